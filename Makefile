@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PIP     = $(VENV)/bin/pip
+STAMP   = $(VENV)/.installed
+
+.PHONY: demo test env lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip -c constraints.txt
+	$(PIP) install --quiet torch==2.13.0 -c constraints.txt
+	$(PIP) install --quiet -e ".[test]" -c constraints.txt
+	@if $(PIP) list 2>/dev/null | grep -Ei '^(nvidia-|triton )'; then \
+	  echo "error: a CUDA package was installed next to the CPU build of torch; check constraints.txt" >&2; exit 1; fi
+	touch $(STAMP)
+
+env: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/healthfusion demo
+
+test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check healthfusion tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,26 @@
+"""Source readers: each turns raw files of one public database (or a user's extract in the same format) into a
+:class:`~healthfusion.data.cohort.Cohort`. Register a reader in :data:`SOURCES` as ``name -> "module:function"``;
+the function signature is ``build(path, *, task=None, progress=False, **options) -> Cohort``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable
+
+from healthfusion.data.errors import SourceError
+
+SOURCES: dict[str, str] = {
+    "synthetic": "healthfusion.data.synthetic:build",
+}
+
+
+def get_source(name: str) -> Callable:
+    """The build function of source ``name``; unknown names raise :class:`SourceError` with a suggestion."""
+    if name not in SOURCES:
+        close = difflib.get_close_matches(name, SOURCES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise SourceError(f"Unknown source {name!r}; known sources: {', '.join(sorted(SOURCES))}.{hint}")
+    module, func = SOURCES[name].split(":")
+    return getattr(importlib.import_module(module), func)

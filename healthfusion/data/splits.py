@@ -1,0 +1,70 @@
+"""Reproducible splits. Patient-level by default: all stays of a patient land in the same split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from healthfusion.data.errors import CohortError
+
+DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+
+
+def split_patients(
+    stays: pd.DataFrame,
+    fractions: dict[str, float] | None = None,
+    seed: int = 0,
+    stratify: pd.Series | None = None,
+) -> pd.Series:
+    """Assign every stay to a split, keeping each patient's stays together.
+
+    Parameters
+    ----------
+    stays : DataFrame
+        The cohort's stays table (``stay_id``, ``patient_id``).
+    fractions : dict, default ``{"train": 0.7, "val": 0.15, "test": 0.15}``
+        Split name -> fraction of patients; must sum to 1.
+    seed : int
+        The same seed gives the same assignment.
+    stratify : Series, optional
+        A label indexed by stay_id; patients are stratified by their maximum label (e.g. ever died), so each
+        split keeps the prevalence. Missing labels form their own stratum.
+
+    Returns
+    -------
+    Series indexed by stay_id (in ``stays`` order) with the split name of each stay.
+
+    Raises
+    ------
+    CohortError
+        If fractions do not sum to 1 or a split would be empty.
+    """
+    fractions = dict(fractions or DEFAULT_FRACTIONS)
+    if abs(sum(fractions.values()) - 1.0) > 1e-6 or any(f < 0 for f in fractions.values()):
+        raise CohortError(f"Split fractions must be non-negative and sum to 1; got {fractions}.")
+    patients = stays[["stay_id", "patient_id"]].copy()
+    if stratify is not None:
+        patients["stratum"] = patients["stay_id"].map(stratify).astype("float64")
+        strata = patients.groupby("patient_id", sort=True)["stratum"].max().fillna(-1.0)
+    else:
+        strata = pd.Series(0.0, index=pd.Index(sorted(patients["patient_id"].unique()), name="patient_id"))
+    rng = np.random.default_rng(seed)
+    names = list(fractions)
+    assignment: dict[str, str] = {}
+    for _, group in strata.groupby(strata, sort=True):
+        ids = group.index.to_numpy().copy()
+        rng.shuffle(ids)
+        bounds = np.round(np.cumsum([fractions[n] for n in names]) * len(ids)).astype(int)
+        start = 0
+        for name, stop in zip(names, bounds):
+            for pid in ids[start:stop]:
+                assignment[pid] = name
+            start = stop
+    result = patients["patient_id"].map(assignment)
+    result.index = patients["stay_id"].to_numpy()
+    result.name = "split"
+    empty = [n for n in names if fractions[n] > 0 and not (result == n).any()]
+    if empty:
+        raise CohortError(f"Split(s) {empty} got no patients ({patients['patient_id'].nunique()} patients in all); "
+                          "use fewer splits or a larger cohort.")
+    return result
