@@ -447,7 +447,7 @@ def _check_label(labels: pd.DataFrame, spec: LabelSpec) -> None:
         bad = present.map(lambda v: not set(map(str, v)) <= allowed)
     if bad.any():
         i = bad.to_numpy().nonzero()[0][0]
-        expected = {"binary": "0 or 1", "regression": "a number"}.get(spec.kind, f"one of {list(spec.classes)}")
+        expected = {"binary": "0 or 1", "regression": "a number"}.get(spec.kind) or f"one of {list(spec.classes)}"
         raise CohortError(
             f"labels: column {spec.name!r} ({spec.kind}) has value {present.iloc[i]!r} at stay "
             f"{labels.loc[present.index[i], 'stay_id']!r}; expected {expected} (or empty for unknown)."

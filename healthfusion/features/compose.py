@@ -1,0 +1,211 @@
+"""One featurizer for all modalities: fit on training stays, transform any stays into an :class:`ArrayDataset`,
+save and restore its whole state as JSON (stored beside a saved model as ``preprocessing.json``).
+
+Example::
+
+    feat = CohortFeaturizer(modalities=("ts", "static", "image"), label="mortality")
+    train = feat.fit(cohort, train_ids).transform(cohort, train_ids)
+    test = feat.transform(cohort, test_ids)
+    state = feat.get_state()                       # JSON-serialisable
+    same = CohortFeaturizer.from_state(state)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from healthfusion.data.cohort import Cohort
+from healthfusion.data.schema import LabelSpec
+from healthfusion.features import batch as B
+from healthfusion.features.codes import CodeTransformer
+from healthfusion.features.dataset import ArrayDataset
+from healthfusion.features.image import ImageTransformer
+from healthfusion.features.tabular import StaticTransformer
+from healthfusion.features.text import TextTransformer
+from healthfusion.features.timeseries import TimeSeriesTransformer
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_DEFAULTS = {
+    "ts": TimeSeriesTransformer,
+    "static": StaticTransformer,
+    "codes": CodeTransformer,
+    "text": TextTransformer,
+    "image": ImageTransformer,
+}
+_TABLE = {"ts": "events", "static": "static", "codes": "codes", "text": "notes", "image": "images"}
+
+
+def encode_target(values: pd.Series, spec: LabelSpec) -> np.ndarray:
+    """Encode a label column: binary/regression -> float32 (NaN missing), multiclass -> int64 class index
+    (-1 missing), multilabel -> float32 multi-hot ``[N, K]`` (NaN row when missing).
+
+    Raises
+    ------
+    ValueError
+        On a value that is not valid for ``spec`` (an unknown class is an error, not a 0).
+    """
+    if spec.kind in ("binary", "regression"):
+        out = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float32)
+        bad = np.isnan(out) & values.notna().to_numpy()
+        if spec.kind == "binary":
+            bad |= ~np.isnan(out) & ~np.isin(out, [0.0, 1.0])
+        if bad.any():
+            raise ValueError(f"Label {spec.name!r}: value {values.iloc[int(np.flatnonzero(bad)[0])]!r} is not valid "
+                             f"for a {spec.kind} label.")
+        return out
+    classes = list(spec.classes)
+    if spec.kind == "multiclass":
+        idx = pd.Index(classes).get_indexer(values.astype("string").astype(object)).astype(np.int64)
+        unknown = (idx < 0) & values.notna().to_numpy()
+        if unknown.any():
+            raise ValueError(f"Label {spec.name!r}: value {values.iloc[int(np.flatnonzero(unknown)[0])]!r} is not "
+                             f"one of the declared classes {classes}.")
+        return idx
+    out = np.full((len(values), len(classes)), np.nan, dtype=np.float32)
+    lookup = {c: i for i, c in enumerate(classes)}
+    for row, v in enumerate(values):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            continue
+        out[row] = 0.0
+        for item in v:
+            if str(item) not in lookup:
+                raise ValueError(f"Label {spec.name!r}: class {item!r} is not one of {classes}.")
+            out[row, lookup[str(item)]] = 1.0
+    return out
+
+
+class CohortFeaturizer:
+    """Fit per-modality transformers on training stays and produce model-ready arrays.
+
+    Parameters
+    ----------
+    modalities : sequence of str
+        Any of ``"ts"``, ``"static"``, ``"codes"``, ``"text"``, ``"image"``.
+    label : str, optional
+        Label to encode as ``target`` (must be declared in the cohort's meta).
+    transformers : dict, optional
+        Per-modality transformer instances overriding the defaults (e.g. ``{"ts": TimeSeriesTransformer(hours=24)}``).
+
+    Attributes
+    ----------
+    transformers_ : dict of fitted transformers
+    label_spec_ : LabelSpec or None
+    """
+
+    def __init__(self, modalities: Sequence[str] = ("ts", "static"), label: str | None = None,
+                 transformers: dict | None = None):
+        self.modalities = tuple(modalities)
+        self.label = label
+        self.transformers = transformers or {}
+
+    def fit(self, cohort: Cohort, stay_ids: Sequence[str]) -> CohortFeaturizer:
+        """Learn every modality's preprocessing from ``stay_ids`` (the training stays) only.
+
+        Raises
+        ------
+        ValueError
+            On an unknown modality, or one the cohort has no table for.
+        """
+        unknown = [m for m in self.modalities if m not in _DEFAULTS]
+        if unknown:
+            raise ValueError(f"Unknown modality {unknown}; choose from {list(_DEFAULTS)}.")
+        absent = [m for m in self.modalities if not cohort.has(_TABLE[m])]
+        if absent:
+            raise ValueError(f"Cohort {cohort.meta.name!r} has no data for modality {absent} "
+                             f"(tables {[_TABLE[m] for m in absent]}); remove it from the modalities.")
+        stay_ids = [str(s) for s in stay_ids]
+        self.transformers_ = {}
+        for m in self.modalities:
+            tr = self.transformers.get(m) or _DEFAULTS[m]()
+            self.transformers_[m] = tr.fit(cohort, stay_ids)
+        self.label_spec_ = cohort.meta.label(self.label) if self.label else None
+        return self
+
+    def transform(self, cohort: Cohort, stay_ids: Sequence[str], with_target: bool = True) -> ArrayDataset:
+        """Arrays for ``stay_ids`` in that order (see :mod:`healthfusion.features.batch` for keys and shapes).
+
+        ``with_target=False`` skips the label (for scoring new patients without outcomes).
+        """
+        if not hasattr(self, "transformers_"):
+            raise ValueError("CohortFeaturizer is not fitted; call fit(cohort, train_stay_ids) first.")
+        stay_ids = [str(s) for s in stay_ids]
+        arrays: dict[str, np.ndarray] = {}
+        drops: dict[str, dict] = {}
+        for m, tr in self.transformers_.items():
+            if m == "ts":
+                out = tr.transform(cohort, stay_ids)
+                arrays.update({B.TS_VALUES: out["values"], B.TS_MASK: out["mask"], B.TS_DELTA: out["delta"],
+                               B.TS_LENGTHS: out["lengths"]})
+                arrays[B.present_key("ts")] = out["mask"].reshape(len(stay_ids), -1).any(axis=1)
+                drops["events"] = tr.drop_counts_
+            elif m == "static":
+                arrays[B.STATIC] = tr.transform(cohort, stay_ids)
+                ids = set(cohort.static["stay_id"])
+                arrays[B.present_key("static")] = np.array([s in ids for s in stay_ids])
+            elif m == "codes":
+                arrays[B.CODES] = tr.transform(cohort, stay_ids)
+                arrays[B.present_key("codes")] = (arrays[B.CODES] > 0).any(axis=1)
+            elif m == "text":
+                arrays[B.TEXT] = tr.transform(cohort, stay_ids)
+                arrays[B.present_key("text")] = (arrays[B.TEXT] > 0).any(axis=1)
+            elif m == "image":
+                arrays[B.IMAGE], arrays[B.present_key("image")] = tr.transform(cohort, stay_ids)
+        if with_target and self.label_spec_ is not None:
+            arrays[B.TARGET] = encode_target(cohort.label(self.label_spec_.name).reindex(stay_ids), self.label_spec_)
+        return ArrayDataset(arrays, meta={"stay_ids": stay_ids, "feature_drops": drops})
+
+    def input_dims(self) -> dict[str, int]:
+        """Input sizes a model needs: n_variables, n_steps, static_dim, code_vocab, text_buckets, image_channels,
+        image_size (only for the fitted modalities)."""
+        t = self.transformers_
+        dims = {}
+        if "ts" in t:
+            dims.update(n_variables=len(t["ts"].variables_), n_steps=t["ts"].n_steps)
+        if "static" in t:
+            dims["static_dim"] = len(t["static"].feature_names_)
+        if "codes" in t:
+            dims["code_vocab"] = t["codes"].vocab_size
+        if "text" in t:
+            dims["text_buckets"] = t["text"].n_buckets
+        if "image" in t:
+            dims.update(image_channels=t["image"].channels_, image_size=t["image"].size)
+        return dims
+
+    def get_state(self) -> dict:
+        """JSON-serialisable state of the fitted featurizer."""
+        if not hasattr(self, "transformers_"):
+            raise ValueError("CohortFeaturizer is not fitted; nothing to save.")
+        return {
+            "state_version": STATE_VERSION,
+            "modalities": list(self.modalities),
+            "label": self.label_spec_.to_dict() if self.label_spec_ else None,
+            "transformers": {m: tr.get_state() for m, tr in self.transformers_.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> CohortFeaturizer:
+        """Rebuild a fitted featurizer from :meth:`get_state` output.
+
+        Raises
+        ------
+        ValueError
+            If the state is from another version or names an unknown modality.
+        """
+        if state.get("state_version") != STATE_VERSION:
+            raise ValueError(f"Preprocessing state version {state.get('state_version')!r} is not "
+                             f"{STATE_VERSION}; re-train or re-save the model with this healthfusion.")
+        label = LabelSpec.from_dict(state["label"]) if state.get("label") else None
+        obj = cls(modalities=state["modalities"], label=label.name if label else None)
+        obj.transformers_ = {}
+        for m, s in state["transformers"].items():
+            if m not in _DEFAULTS:
+                raise ValueError(f"Preprocessing state names unknown modality {m!r}.")
+            obj.transformers_[m] = _DEFAULTS[m].from_state(s)
+        obj.label_spec_ = label
+        return obj

@@ -1,0 +1,101 @@
+"""Static tabular features -> a float matrix: numeric columns mean-imputed and standardised (+ a missing
+indicator), categorical columns one-hot encoded with an explicit ``<missing>`` level, so absence stays visible. Categories unseen in training map to no column (all zeros) and are
+counted in ``unseen_counts_``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from healthfusion.data.cohort import Cohort
+from healthfusion.features.base import FeatureTransformer
+
+MISSING = "<missing>"
+
+
+class StaticTransformer(FeatureTransformer):
+    """Encode the cohort's ``static`` table.
+
+    Parameters
+    ----------
+    columns : sequence of str, optional
+        Static columns to use (default: all typed columns in ``cohort.meta.feature_types``).
+    exclude : sequence of str
+        Columns never to use (e.g. a column that duplicates the label).
+    max_categories : int, default 50
+        Categories beyond the most frequent ``max_categories`` share one ``<other>`` column.
+
+    Attributes
+    ----------
+    numeric_, categorical_ : list of str
+    mean_, std_ : list of float
+    categories_ : dict of str to list of str
+    feature_names_ : list of str
+        Output column names, in order.
+    """
+
+    _fitted = ("numeric_", "categorical_", "mean_", "std_", "categories_", "feature_names_")
+
+    def __init__(self, columns: Sequence[str] | None = None, exclude: Sequence[str] = (), max_categories: int = 50):
+        self.columns = columns
+        self.exclude = exclude
+        self.max_categories = max_categories
+
+    def _frame(self, cohort: Cohort, stay_ids) -> pd.DataFrame:
+        static = cohort.static
+        if static is None:
+            raise ValueError(f"Cohort {cohort.meta.name!r} has no static table; drop 'static' from the modalities.")
+        return static.set_index("stay_id").reindex([str(s) for s in stay_ids])
+
+    def fit(self, cohort: Cohort, stay_ids: Sequence[str]) -> StaticTransformer:
+        types = cohort.meta.feature_types
+        cols = list(self.columns) if self.columns is not None else list(types)
+        unknown = [c for c in cols if c not in types]
+        if unknown:
+            raise ValueError(f"Static column(s) {unknown} not in the cohort; it has {list(types)}.")
+        cols = [c for c in cols if c not in set(self.exclude)]
+        df = self._frame(cohort, stay_ids)
+        self.numeric_ = [c for c in cols if types[c] == "numeric"]
+        self.categorical_ = [c for c in cols if types[c] == "categorical"]
+        num = df[self.numeric_].apply(pd.to_numeric, errors="coerce")
+        self.mean_ = num.mean().fillna(0.0).astype(float).tolist()
+        self.std_ = num.std().fillna(1.0).replace(0.0, 1.0).astype(float).tolist()
+        self.categories_ = {}
+        for c in self.categorical_:
+            counts = df[c].astype("string").fillna(MISSING).value_counts()
+            levels = sorted(counts.index[: self.max_categories].tolist())
+            if len(counts) > self.max_categories:
+                levels.append("<other>")
+            self.categories_[c] = levels
+        self.feature_names_ = [f for c in self.numeric_ for f in (c, f"{c}__missing")] + [
+            f"{c}={lvl}" for c in self.categorical_ for lvl in self.categories_[c]
+        ]
+        return self
+
+    def transform(self, cohort: Cohort, stay_ids: Sequence[str]) -> np.ndarray:
+        """``[len(stay_ids), len(feature_names_)]`` float32 matrix."""
+        self._check_fitted()
+        df = self._frame(cohort, stay_ids)
+        blocks = []
+        if self.numeric_:
+            num = df[self.numeric_].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+            missing = np.isnan(num)
+            z = (np.where(missing, np.asarray(self.mean_), num) - np.asarray(self.mean_)) / np.asarray(self.std_)
+            blocks.append(np.stack([z, missing.astype(float)], axis=2).reshape(len(df), -1))
+        self.unseen_counts_ = {}
+        for c in self.categorical_:
+            levels = self.categories_[c]
+            vals = df[c].astype("string").fillna(MISSING)
+            if "<other>" in levels:
+                vals = vals.where(vals.isin(levels), "<other>")
+            codes = pd.Index(levels).get_indexer(vals.astype(object))
+            self.unseen_counts_[c] = int((codes < 0).sum())
+            onehot = np.zeros((len(df), len(levels)))
+            rows = np.flatnonzero(codes >= 0)
+            onehot[rows, codes[rows]] = 1.0
+            blocks.append(onehot)
+        if not blocks:
+            return np.zeros((len(df), 0), dtype=np.float32)
+        return np.concatenate(blocks, axis=1).astype(np.float32)

@@ -1,0 +1,131 @@
+"""Irregular time series -> a regular grid of values, an observation mask and the time since last observation.
+
+Events are read through :meth:`Cohort.observable`, the leakage guard, so nothing after a stay's prediction time is
+used. The grid covers the ``hours`` before the prediction time in bins of ``step`` hours (hourly by default); several
+observations in one bin are averaged; empty bins carry the last observation forward (LOCF), and bins before a
+variable's first observation take the training mean (0 after standardisation). Impossible values (outside
+:data:`healthfusion.data.plausibility.PLAUSIBLE_RANGES`) are removed and counted in ``drop_counts_``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from healthfusion.data.cohort import Cohort
+from healthfusion.data.plausibility import plausible_mask
+from healthfusion.features.base import FeatureTransformer
+
+log = logging.getLogger(__name__)
+
+
+class TimeSeriesTransformer(FeatureTransformer):
+    """Grid, impute and standardise the ``events`` table.
+
+    Parameters
+    ----------
+    variables : sequence of str, optional
+        Variables to keep (in this order). Default: every variable seen in the training events at least
+        ``min_count`` times.
+    hours : float, default 48
+        Length of the observation window ending at the prediction time.
+    step : float, default 1.0
+        Bin width in hours.
+    min_count : int, default 10
+        Minimum number of training observations for a variable to be kept when ``variables`` is None.
+
+    Attributes
+    ----------
+    variables_ : list of str
+    mean_, std_ : list of float
+        Per-variable mean and standard deviation of plausible training observations.
+    drop_counts_ : dict
+        Events removed by the last ``transform``: ``{"implausible value": n, "unknown variable": n, ...}``.
+
+    Output of :meth:`transform`: ``values``, ``mask``, ``delta`` arrays ``[N, T, V]`` float32 (delta in units of
+    ``hours``, i.e. 1.0 = a whole window) and ``lengths`` ``[N]``.
+    """
+
+    _fitted = ("variables_", "mean_", "std_")
+
+    def __init__(self, variables: Sequence[str] | None = None, hours: float = 48.0, step: float = 1.0,
+                 min_count: int = 10):
+        self.variables = variables
+        self.hours = hours
+        self.step = step
+        self.min_count = min_count
+
+    @property
+    def n_steps(self) -> int:
+        return int(np.ceil(self.hours / self.step))
+
+    def _events(self, cohort: Cohort, stay_ids) -> pd.DataFrame:
+        events = cohort.observable("events", stay_ids)
+        pred = cohort.stays.set_index("stay_id")["prediction_time"]
+        start = events["stay_id"].map(pred).to_numpy() - self.hours
+        in_window = events["time"].to_numpy() >= start
+        self._last_counts = {"before window": int((~in_window).sum())}
+        events = events[in_window]
+        ok = plausible_mask(events).to_numpy()
+        self._last_counts["implausible value"] = int((~ok).sum())
+        return events[ok]
+
+    def fit(self, cohort: Cohort, stay_ids: Sequence[str]) -> TimeSeriesTransformer:
+        """Learn variables and their mean/std from the training stays ``stay_ids`` only."""
+        if self.hours <= 0 or self.step <= 0 or self.step > self.hours:
+            raise ValueError(f"Need 0 < step <= hours; got step={self.step}, hours={self.hours}.")
+        events = self._events(cohort, stay_ids)
+        stats = events.groupby("variable", observed=True)["value"].agg(["count", "mean", "std"])
+        if self.variables is not None:
+            missing = [v for v in self.variables if v not in stats.index]
+            if missing:
+                log.warning("Variables %s never observed in the training stays; they stay all-missing.", missing)
+            stats = stats.reindex(list(self.variables))
+        else:
+            stats = stats[stats["count"] >= self.min_count].sort_index()
+        if len(stats) == 0:
+            raise ValueError("No time-series variable has enough training observations; check the events table.")
+        self.variables_ = [str(v) for v in stats.index]
+        self.mean_ = stats["mean"].fillna(0.0).astype(float).tolist()
+        self.std_ = stats["std"].fillna(1.0).replace(0.0, 1.0).astype(float).tolist()
+        return self
+
+    def transform(self, cohort: Cohort, stay_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """Grid the observable events of ``stay_ids`` (in that order). Stays with no events get all-zero masks."""
+        self._check_fitted()
+        stay_ids = [str(s) for s in stay_ids]
+        events = self._events(cohort, stay_ids)
+        var_index = pd.Index(self.variables_)
+        v = var_index.get_indexer(events["variable"])
+        known = v >= 0
+        self.drop_counts_ = {**self._last_counts, "unknown variable": int((~known).sum())}
+        events = events[known]
+        v = v[known]
+        n, t_steps, n_var = len(stay_ids), self.n_steps, len(self.variables_)
+        s = pd.Index(stay_ids).get_indexer(events["stay_id"])
+        pred = cohort.stays.set_index("stay_id")["prediction_time"].reindex(stay_ids).to_numpy()
+        rel = events["time"].to_numpy() - (pred[s] - self.hours)
+        t = np.clip(np.floor(rel / self.step).astype(np.int64), 0, t_steps - 1)
+        z = (events["value"].to_numpy() - np.asarray(self.mean_)[v]) / np.asarray(self.std_)[v]
+        flat = (s * t_steps + t) * n_var + v
+        size = n * t_steps * n_var
+        sums = np.bincount(flat, weights=z, minlength=size)
+        counts = np.bincount(flat, minlength=size)
+        mask = (counts > 0).reshape(n, t_steps, n_var)
+        values = np.divide(sums, counts, out=np.zeros(size), where=counts > 0).reshape(n, t_steps, n_var)
+        # last observation carried forward, and time since it
+        steps = np.arange(t_steps)[None, :, None]
+        last = np.maximum.accumulate(np.where(mask, steps, -1), axis=1)
+        seen = last >= 0
+        filled = np.take_along_axis(values, np.maximum(last, 0), axis=1)
+        values = np.where(seen, filled, 0.0)
+        delta = np.where(seen, steps - last, steps + 1) * self.step / self.hours
+        return {
+            "values": values.astype(np.float32),
+            "mask": mask.astype(np.float32),
+            "delta": delta.astype(np.float32),
+            "lengths": np.full(n, t_steps, dtype=np.int64),
+        }
