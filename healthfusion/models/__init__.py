@@ -1,0 +1,72 @@
+"""Pure torch models: encoders, fusion, heads, the hybrid model, and the save/load format (no data, no training).
+
+Importing this package registers every built-in model type in :data:`MODEL_REGISTRY`.
+"""
+
+from healthfusion.models.base import (
+    FORMAT_VERSION,
+    MODEL_REGISTRY,
+    ModelConfig,
+    ModelLoadError,
+    PretrainedModel,
+    load_model,
+    model_fingerprint,
+    register_model,
+)
+from healthfusion.models.encoders import (
+    CNNEncoder,
+    CNNEncoderConfig,
+    CodesEncoder,
+    CodesEncoderConfig,
+    LSTMEncoder,
+    LSTMEncoderConfig,
+    MLPEncoder,
+    MLPEncoderConfig,
+    TextEncoder,
+    TextEncoderConfig,
+)
+from healthfusion.models.fusion import (
+    FUSION_KINDS,
+    AttentionFusion,
+    ConcatFusion,
+    Fusion,
+    FusionKind,
+    GatedFusion,
+    build_fusion,
+)
+from healthfusion.models.heads import HEAD_KINDS, Head, HeadKind, head_predictions
+from healthfusion.models.hybrid import HybridConfig, HybridModel
+
+__all__ = [
+    "FORMAT_VERSION",
+    "FUSION_KINDS",
+    "HEAD_KINDS",
+    "MODEL_REGISTRY",
+    "AttentionFusion",
+    "CNNEncoder",
+    "CNNEncoderConfig",
+    "CodesEncoder",
+    "CodesEncoderConfig",
+    "ConcatFusion",
+    "Fusion",
+    "FusionKind",
+    "GatedFusion",
+    "Head",
+    "HeadKind",
+    "HybridConfig",
+    "HybridModel",
+    "LSTMEncoder",
+    "LSTMEncoderConfig",
+    "MLPEncoder",
+    "MLPEncoderConfig",
+    "ModelConfig",
+    "ModelLoadError",
+    "PretrainedModel",
+    "TextEncoder",
+    "TextEncoderConfig",
+    "build_fusion",
+    "head_predictions",
+    "load_model",
+    "model_fingerprint",
+    "register_model",
+]
