@@ -1,0 +1,125 @@
+"""Trainer settings and the per-epoch training record.
+
+Example::
+
+    config = TrainerConfig(max_epochs=20, imbalance="oversample")
+    config.model_dump()  # plain dict, e.g. for a run's metadata
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainerConfig(BaseModel):
+    """Training settings (validated on construction; unknown keys are an error).
+
+    Attributes
+    ----------
+    max_epochs : int, default 50
+    batch_size : int, default 64
+        Training batch size; validation and prediction use twice this (no gradients are kept).
+    lr : float, default 1e-3
+        Adam learning rate.
+    weight_decay : float, default 1e-4
+        L2 penalty (Adam's ``weight_decay``).
+    patience : int or None, default 8
+        Early-stopping patience in epochs, used when ``fit`` gets validation data and no
+        :class:`EarlyStopping` callback is passed. None: no automatic early stopping.
+    monitor : str or None, default None
+        ``"val_loss"`` or the head's metric (``"val_auroc"``, ``"val_accuracy"``, ``"val_macro_auroc"``,
+        ``"val_neg_mse"``). None: the head's metric.
+    imbalance : {"none", "class_weight", "oversample"}, default "none"
+        ``class_weight``: balanced loss weights from the training labels (binary, multiclass, multilabel).
+        ``oversample``: each epoch draws minority classes with replacement up to the largest class
+        (binary, multiclass).
+    seed : int, default 0
+        Seeds torch's global RNG at the start of ``fit`` and the numpy generator that orders samples.
+    device : {"auto", "cpu", "cuda"}, default "auto"
+        ``auto``: CUDA when available, else CPU.
+    mixed_precision : bool, default False
+        float16 autocast + gradient scaling on CUDA; ignored (with a warning) on CPU.
+    grad_clip : float or None, default None
+        Clip the gradients' global L2 norm to this value.
+    num_threads : int or None, default None
+        ``torch.set_num_threads`` during ``fit``/``predict`` (restored afterwards). None: leave as is.
+    progress : bool, default False
+        Add a :class:`ProgressCallback` (rich progress bars).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_epochs: int = Field(50, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    patience: int | None = Field(8, ge=1)
+    monitor: Literal["val_loss", "val_auroc", "val_accuracy", "val_macro_auroc", "val_neg_mse"] | None = None
+    imbalance: Literal["none", "class_weight", "oversample"] = "none"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = False
+    grad_clip: float | None = Field(None, gt=0)
+    num_threads: int | None = Field(None, ge=1)
+    progress: bool = False
+
+
+@dataclass
+class TrainingHistory:
+    """Per-epoch record of a fit (lists indexed by 0-based epoch; a resumed fit continues the same lists).
+
+    Attributes
+    ----------
+    monitor : str or None
+        The monitored metric's name (None without validation data).
+    train_loss, val_loss, val_metric, epoch_seconds : list of float
+        ``val_loss``/``val_metric`` hold None without validation data; ``val_metric`` is the head's metric
+        (see :mod:`healthfusion.training.monitoring`), NaN when it cannot be computed.
+    best_epoch : int or None
+        Epoch with the best monitored value (the one early stopping restored), None without validation data.
+    stopped_early : bool
+    """
+
+    monitor: str | None = None
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float | None] = field(default_factory=list)
+    val_metric: list[float | None] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    def __len__(self) -> int:
+        return len(self.train_loss)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serialisable dict (NaN stays NaN)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> TrainingHistory:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**{k: list(v) if isinstance(v, list) else v for k, v in state.items()})
+
+
+def resolve_device(device: str) -> torch.device:
+    """``torch.device`` for ``"auto"``/``"cpu"``/``"cuda"``.
+
+    Raises
+    ------
+    ValueError
+        If ``"cuda"`` is requested but not available, or ``device`` is unknown.
+    """
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device='cuda' was requested but torch sees no CUDA device; use device='auto' or 'cpu'."
+        )
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda'; got {device!r}.")
+    return torch.device(device)
