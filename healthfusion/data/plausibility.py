@@ -12,6 +12,7 @@ Sci Data 2019) rounded outward.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from healthfusion.data.accounting import RowAccounting
@@ -61,12 +62,14 @@ PLAUSIBLE_RANGES: dict[str, tuple[float, float, str]] = {
 
 
 def plausible_mask(events: pd.DataFrame) -> pd.Series:
-    """Boolean Series over ``events`` rows: True where the value is within its variable's range (or unranged)."""
-    low = events["variable"].map({k: v[0] for k, v in PLAUSIBLE_RANGES.items()})
-    high = events["variable"].map({k: v[1] for k, v in PLAUSIBLE_RANGES.items()})
-    value = events["value"]
-    ok = value.notna() & ~((value < low) | (value > high))
-    return ok.fillna(True) if ok.dtype == object else ok
+    """Boolean Series over ``events`` rows: True where the value is present and within its variable's range
+    (variables without a range only need a value)."""
+    codes, names = pd.factorize(events["variable"])
+    low = np.array([PLAUSIBLE_RANGES.get(str(v), (-np.inf, np.inf, ""))[0] for v in names] + [-np.inf])
+    high = np.array([PLAUSIBLE_RANGES.get(str(v), (-np.inf, np.inf, ""))[1] for v in names] + [np.inf])
+    value = events["value"].to_numpy(dtype=float)
+    ok = ~np.isnan(value) & (value >= low[codes]) & (value <= high[codes])
+    return pd.Series(ok, index=events.index)
 
 
 def drop_implausible(events: pd.DataFrame, accounting: RowAccounting, table: str) -> pd.DataFrame:

@@ -13,6 +13,15 @@ from healthfusion.data.errors import SourceError
 
 SOURCES: dict[str, str] = {
     "synthetic": "healthfusion.data.synthetic:build",
+    "physionet2012": "healthfusion.data.sources.physionet2012:build",
+    "medmnist": "healthfusion.data.sources.medmnist:build",
+    "image_folder": "healthfusion.data.sources.image_folder:build",
+    "notes": "healthfusion.data.sources.notes:build",
+    "mtsamples": "healthfusion.data.sources.notes:build_mtsamples",
+    "diabetes130": "healthfusion.data.sources.uci:build_diabetes130",
+    "heart_disease": "healthfusion.data.sources.uci:build_heart_disease",
+    "mimic4": "healthfusion.data.sources.mimic4:build",
+    "eicu": "healthfusion.data.sources.eicu:build",
 }
 
 
