@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/healthfusion demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check healthfusion tests benchmarks
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 

@@ -56,7 +56,7 @@ def split_patients(
         rng.shuffle(ids)
         bounds = np.round(np.cumsum([fractions[n] for n in names]) * len(ids)).astype(int)
         start = 0
-        for name, stop in zip(names, bounds):
+        for name, stop in zip(names, bounds, strict=True):
             for pid in ids[start:stop]:
                 assignment[pid] = name
             start = stop

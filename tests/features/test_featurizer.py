@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 
 from healthfusion.data.cohort import Cohort
+from healthfusion.data.schema import LabelSpec
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.compose import CohortFeaturizer, encode_target
 from healthfusion.features.text import clean_text, hash_ngrams
 from healthfusion.features.timeseries import TimeSeriesTransformer
-from healthfusion.data.schema import LabelSpec
 
 ALL = ("ts", "static", "codes", "text", "image")
 

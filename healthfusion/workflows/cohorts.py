@@ -1,0 +1,35 @@
+"""Build a cohort folder from a registered source, with progress, and check its row accounting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from healthfusion.data.cohort import Cohort
+from healthfusion.data.errors import SourceError
+from healthfusion.data.sources import get_source
+
+
+def build_cohort(source: str, path: Path | None, out: Path, task: str | None = None, console=None,
+                 **options) -> Cohort:
+    """Run source ``source`` on the raw files at ``path``, save the cohort to ``out`` and return it (loaded from
+    ``out``). The ``synthetic`` source has no raw files: it streams its generated cohort straight into ``out``.
+
+    Raises
+    ------
+    SourceError, CohortError
+        On unreadable input (the message names the file, column or row), or rows that do not add up.
+    """
+    builder = get_source(source)
+    generated = source == "synthetic"
+    if path is None and not generated:
+        raise SourceError(f"Source {source!r} reads raw files: pass --path to the folder or file that holds them.")
+    target = out if generated else path
+    if console is not None:
+        with console.status(f"Building the {source} cohort ..."):
+            cohort = builder(target, task=task, progress=True, **options)
+    else:
+        cohort = builder(target, task=task, **options)
+    cohort.accounting.check()
+    if not generated:
+        cohort.save(out)
+    return Cohort.load(out)
