@@ -21,12 +21,12 @@ demo: $(STAMP)
 	$(VENV)/bin/healthfusion demo
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check healthfusion tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check healthfusion tests benchmarks
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) runs
