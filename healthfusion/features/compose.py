@@ -19,11 +19,13 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.data.cohort import Cohort
+from healthfusion.data.plausibility import plausible_mask
 from healthfusion.data.schema import LabelSpec
 from healthfusion.features import batch as B
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.features.image import ImageTransformer
+from healthfusion.features.summary import summary_features
 from healthfusion.features.tabular import StaticTransformer
 from healthfusion.features.text import TextTransformer
 from healthfusion.features.timeseries import TimeSeriesTransformer
@@ -209,3 +211,25 @@ class CohortFeaturizer:
             obj.transformers_[m] = _DEFAULTS[m].from_state(s)
         obj.label_spec_ = label
         return obj
+
+
+def engineered_features(cohort: Cohort, featurizer: CohortFeaturizer, stay_ids: Sequence[str]) -> pd.DataFrame:
+    """Engineered features for classical models: per-variable last/mean/min/max/std/count of each observable
+    series (plausible values only, over the featurizer's window) plus the encoded static features."""
+    stay_ids = [str(s) for s in stay_ids]
+    blocks = []
+    tr = featurizer.transformers_.get("ts")
+    if tr is not None:
+        events = cohort.observable("events", stay_ids)
+        pred = cohort.stays.set_index("stay_id")["prediction_time"]
+        events = events[events["time"].to_numpy() >= events["stay_id"].map(pred).to_numpy() - tr.hours]
+        events = events[plausible_mask(events).to_numpy()]
+        blocks.append(summary_features(events, stay_ids, tr.variables_).reset_index(drop=True))
+    st = featurizer.transformers_.get("static")
+    if st is not None:
+        blocks.append(pd.DataFrame(st.transform(cohort, stay_ids), columns=st.feature_names_))
+    if not blocks:
+        raise ValueError("Classical baselines need the 'ts' or 'static' modality.")
+    out = pd.concat(blocks, axis=1)
+    out.index = pd.Index(stay_ids, name="stay_id")
+    return out.astype(np.float64)

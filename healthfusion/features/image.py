@@ -1,7 +1,8 @@
 """Images -> normalised ``[N, C, size, size]`` float arrays; one image per stay (the latest observable one).
 
 Pixels are scaled to [0, 1] (uint8 / 255), resized with antialiased bilinear interpolation and standardised with
-the training mean and standard deviation. :func:`augment` applies training-time augmentation to a batch.
+the training mean and standard deviation. :func:`augment` applies the training-time augmentation an :class:`ImageAugmentation` describes to a batch
+(the trainer does this when ``TrainerConfig.image_augmentation`` is set).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.features.base import FeatureTransformer
@@ -84,16 +86,102 @@ class ImageTransformer(FeatureTransformer):
         return out, present
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> torch.Tensor:
-    """Training-time augmentation of a ``[B, C, H, W]`` batch: random horizontal flips and shifts of up to
-    ``max_shift`` pixels (zero padded). Deterministic given ``generator``."""
-    b = images.shape[0]
-    flip = torch.rand(b, generator=generator) < 0.5
-    out = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    if max_shift > 0:
-        padded = F.pad(out, (max_shift,) * 4)
-        dx = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
-        dy = torch.randint(0, 2 * max_shift + 1, (b,), generator=generator)
-        h, w = images.shape[-2:]
-        out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+class ImageAugmentation(BaseModel):
+    """Random training-time augmentation of image batches (validated on construction; unknown keys are an error).
+
+    Every image of a batch gets its own draw: a flip, a shift, a rotation and a zoom (one affine resampling,
+    bilinear, zero padded -- zero is the training mean after :class:`ImageTransformer`), then a contrast and
+    brightness jitter. The defaults are the classic small-image recipe: horizontal flips and shifts of up to 2 pixels.
+
+    Attributes
+    ----------
+    hflip : bool, default True
+        Mirror left-right with probability 0.5.
+    vflip : bool, default False
+        Mirror top-bottom with probability 0.5 (only where anatomy has no up/down orientation).
+    max_shift : int, default 2
+        Shift by a whole number of pixels drawn uniformly from ``[-max_shift, max_shift]`` on each axis.
+    max_rotation : float, default 0.0
+        Rotate by an angle drawn uniformly from ``[-max_rotation, max_rotation]`` degrees.
+    max_zoom : float, default 0.0
+        Scale by a factor drawn uniformly from ``[1 - max_zoom, 1 + max_zoom]``.
+    intensity : float, default 0.0
+        Contrast factor from ``[1 - intensity, 1 + intensity]`` and brightness offset from
+        ``[-intensity, intensity]`` (in standardised units), applied as ``x * contrast + brightness``.
+
+    Example::
+
+        ImageAugmentation(max_shift=3, max_rotation=10, intensity=0.1)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hflip: bool = True
+    vflip: bool = False
+    max_shift: int = Field(2, ge=0)
+    max_rotation: float = Field(0.0, ge=0.0, le=180.0)
+    max_zoom: float = Field(0.0, ge=0.0, lt=1.0)
+    intensity: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @property
+    def geometric(self) -> bool:
+        """Whether any spatial transform is enabled."""
+        return self.hflip or self.vflip or self.max_shift > 0 or self.max_rotation > 0 or self.max_zoom > 0
+
+
+def augment(
+    images: torch.Tensor, generator: torch.Generator, config: ImageAugmentation | None = None
+) -> torch.Tensor:
+    """Augment a ``[B, C, H, W]`` float batch as ``config`` says (default ``ImageAugmentation()``: horizontal flips
+    and shifts of up to 2 pixels); a new tensor on the same device, the input is left unchanged.
+
+    Deterministic given the state of ``generator`` (a CPU ``torch.Generator``; the random draws are made on the
+    CPU and moved to ``images.device``), which advances by the same amount for every batch of the same size.
+
+    Raises
+    ------
+    ValueError
+        If ``images`` is not a 4-D floating-point tensor.
+
+    Example::
+
+        gen = torch.Generator().manual_seed(0)
+        out = augment(torch.randn(8, 1, 28, 28), gen, ImageAugmentation(max_rotation=10))
+    """
+    if images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(
+            f"augment expects a [B, C, H, W] float tensor; got shape {tuple(images.shape)} and dtype {images.dtype}."
+        )
+    config = config if config is not None else ImageAugmentation()
+    b, _, h, w = images.shape
+    out = images
+    if config.geometric and b > 0:
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return low + (high - low) * torch.rand(b, generator=generator, dtype=torch.float64)
+
+        def sign(enabled: bool) -> torch.Tensor:
+            flip = torch.rand(b, generator=generator) < 0.5
+            return torch.where(flip & enabled, -1.0, 1.0).to(torch.float64)
+
+        sx, sy = sign(config.hflip), sign(config.vflip)
+        shift = torch.randint(-config.max_shift, config.max_shift + 1, (2, b), generator=generator)
+        angle = torch.deg2rad(uniform(-config.max_rotation, config.max_rotation))
+        zoom = uniform(1.0 - config.max_zoom, 1.0 + config.max_zoom)
+        # theta maps output to input coordinates in [-1, 1]; a shift of k pixels is 2k / side there.
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack(
+            [
+                torch.stack([cos * sx, -sin * sy, -2.0 * shift[0] / w], dim=1),
+                torch.stack([sin * sx, cos * sy, -2.0 * shift[1] / h], dim=1),
+            ],
+            dim=1,
+        ).to(device=images.device, dtype=images.dtype)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        out = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if config.intensity > 0 and b > 0:
+        i = config.intensity
+        contrast = 1.0 + i * (2.0 * torch.rand(b, generator=generator) - 1.0)
+        brightness = i * (2.0 * torch.rand(b, generator=generator) - 1.0)
+        shape = (b, 1, 1, 1)
+        out = out * contrast.to(out).view(shape) + brightness.to(out).view(shape)
     return out

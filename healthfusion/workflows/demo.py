@@ -21,12 +21,12 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.compare import comparison_table, format_comparison
 from healthfusion.evaluation.plots import plot_pr, plot_roc
-from healthfusion.features.compose import CohortFeaturizer
+from healthfusion.features.compose import CohortFeaturizer, engineered_features
 from healthfusion.models.classical import make_baseline
 from healthfusion.models.hybrid import HybridModel
 from healthfusion.training import Trainer, TrainerConfig
 from healthfusion.training.callbacks import ProgressCallback
-from healthfusion.workflows.modeling import hybrid_config, tabular_features
+from healthfusion.workflows.modeling import hybrid_config
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def run_demo(
     step.done(s, f"(best epoch {history.best_epoch + 1} of {len(history.train_loss)})")
 
     s = step("Training the logistic-regression baseline on engineered features")
-    x = {name: tabular_features(cohort, feat, v) for name, v in ids.items()}
+    x = {name: engineered_features(cohort, feat, v) for name, v in ids.items()}
     y = {name: data[name]["target"] for name in ids}
     baseline = make_baseline("logistic_regression", seed=seed).fit(x["train"], y["train"])
     p_lr = baseline.predict_proba(x["test"])[:, 1]
