@@ -53,6 +53,76 @@ def demo(
     console.print(f"Run folder: [bold]{result['run_dir']}[/]  ({result['seconds']:.0f} s)")
 
 
+@app.command()
+def train(config: Path = typer.Option(..., "--config", "-c", help="Run configuration (YAML); unknown keys are errors.")) -> None:
+    """Train the hybrid model and the baselines on one split; write the run folder with metrics and plots."""
+    from healthfusion.workflows.config import load_run_config
+    from healthfusion.workflows.train import run_training
+
+    try:
+        run_dir = run_training(load_run_config(config), console=console)
+    except ValueError as exc:
+        _fail(exc)
+    _print_run(run_dir)
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `healthfusion train`."),
+    split: str = typer.Option("test", help="Split of predictions.csv to evaluate."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples for the 95% CIs."),
+) -> None:
+    """Recompute the comparison table (with CIs) and ROC/PR curves of a run folder's predictions."""
+    from healthfusion.workflows.evaluate import evaluate_predictions
+
+    try:
+        evaluate_predictions(run_dir, split=split, n_boot=n_boot)
+    except ValueError as exc:
+        _fail(exc)
+    _print_run(run_dir)
+
+
+@app.command()
+def predict(
+    model: Path = typer.Option(..., help="Saved model folder (e.g. RUN_DIR/model)."),
+    source: str = typer.Option(..., help="Source reader of the raw files, e.g. physionet2012, medmnist."),
+    path: Path = typer.Option(..., help="Raw files to score: the source's folder or file."),
+    out: Path = typer.Option(..., help="CSV to write: id, probability, risk group, status."),
+    split: str | None = typer.Option(None, help="Named split of the source, e.g. test for a MedMNIST .npz."),
+    threshold: float = typer.Option(0.5, help="Probability at or above which a patient is high risk."),
+) -> None:
+    """Score new patients from raw files with a saved model (the saved preprocessing is applied as is)."""
+    from healthfusion.workflows.predict import predict_source
+
+    try:
+        frame = predict_source(model, source, path, split=split, threshold=threshold)
+    except ValueError as exc:
+        _fail(exc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out, index=False)
+    counts = frame["status"].value_counts().to_dict()
+    console.print(f"Wrote {len(frame)} rows to [bold]{out}[/] ({counts})")
+    if "y_true" in frame.columns:
+        from healthfusion.evaluation.bootstrap import metrics_with_ci
+
+        scored = frame[(frame["status"] == "scored") & frame["y_true"].notna()]
+        if scored["y_true"].nunique() == 2:
+            table = metrics_with_ci(scored["y_true"].to_numpy(), scored["probability"].to_numpy(), threshold,
+                                    n_boot=500)
+            print_frame(console, table, title="External validation (labels found in the input)")
+
+
+def _print_run(run_dir: Path) -> None:
+    import pandas as pd
+
+    from healthfusion.evaluation.compare import format_comparison
+
+    table = pd.read_csv(run_dir / "comparison.csv", index_col=0)
+    print_frame(console, format_comparison(table).T.rename_axis("metric").reset_index(),
+                title="Test-set metrics at threshold 0.5 (95% bootstrap CI)")
+    console.print(f"Run folder: [bold]{run_dir}[/]")
+
+
 @cohort_app.command("build")
 def cohort_build(
     source: str = typer.Option(..., help="Source reader, e.g. synthetic, physionet2012, mimic4, eicu."),

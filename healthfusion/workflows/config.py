@@ -1,0 +1,164 @@
+"""The run configuration read by ``healthfusion train --config RUN.yaml``: validated, unknown keys are errors.
+
+Example ``RUN.yaml``::
+
+    name: physionet-mortality
+    out: runs/physionet
+    data:
+      source: physionet2012
+      path: ../shared/data/physionet2012/set-a.tar.gz
+      label: in_hospital_death
+      test:                      # optional external test set (all its stays are test stays)
+        source: physionet2012
+        path: ../shared/data/physionet2012/set-b.tar.gz
+    features:
+      modalities: [ts, static]
+      hours: 48
+    model:
+      fusion: concat
+      hidden: 64
+    training:
+      max_epochs: 50
+      imbalance: class_weight
+    baselines: [logistic_regression, svm, random_forest, gradient_boosting]
+    reference_scores: [saps_i]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from healthfusion.models.classical import BASELINES
+from healthfusion.training.config import TrainerConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSpec(_Strict):
+    """Where stays come from: a registered source reading raw files, or a saved cohort folder."""
+
+    source: str | None = None
+    path: Path | None = None
+    cohort: Path | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one(self) -> SourceSpec:
+        if (self.cohort is None) == (self.source is None):
+            raise ValueError("give either 'source' (+ 'path') or 'cohort' (a cohort folder), not both or neither")
+        return self
+
+
+class SplitSpec(_Strict):
+    train: float = 0.7
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 0
+
+
+class DataSpec(SourceSpec):
+    label: str
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    test: SourceSpec | None = None
+
+
+class FeatureSpec(_Strict):
+    modalities: list[Literal["ts", "static", "codes", "text", "image"]] = Field(default_factory=lambda: ["ts", "static"])
+    hours: float = 48.0
+    step: float = 1.0
+    min_count: int = 10
+    image_size: int = 28
+    code_min_count: int = 5
+    text_buckets: int = 16384
+
+
+class ModelSpec(_Strict):
+    fusion: Literal["concat", "gated", "attention"] = "concat"
+    hidden: int = Field(32, ge=1)
+    lstm_layers: int = Field(1, ge=1)
+    bidirectional: bool = False
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TuningSpec(_Strict):
+    """Grid search over ``model`` fields by K-fold cross-validation on the training stays only."""
+
+    folds: int = Field(3, ge=2)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> TuningSpec:
+        unknown = set(self.grid) - set(ModelSpec.model_fields)
+        if unknown:
+            raise ValueError(f"tuning.grid keys {sorted(unknown)} are not model fields {list(ModelSpec.model_fields)}")
+        return self
+
+
+class EvaluationSpec(_Strict):
+    n_boot: int = Field(1000, ge=0)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    operating_point: Literal["youden", "f1", "sensitivity"] = "youden"
+    target_sensitivity: float | None = None
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    out: Path | None = None
+    data: DataSpec
+    features: FeatureSpec = Field(default_factory=FeatureSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainerConfig = Field(default_factory=TrainerConfig)
+    tuning: TuningSpec | None = None
+    baselines: list[str] = Field(default_factory=lambda: ["logistic_regression"])
+    reference_scores: list[str] = Field(default_factory=list)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        if unknown:
+            raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+        return self
+
+
+class ConfigError(ValueError):
+    """The run configuration file is missing, not YAML, or does not validate."""
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config; relative data paths are resolved against the config file's folder.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and, for validation errors, each offending key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
+    try:
+        config = RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from exc
+    base = path.parent
+    for spec in (config.data, config.data.test):
+        if spec is None:
+            continue
+        for attr in ("path", "cohort"):
+            value = getattr(spec, attr)
+            if value is not None and not value.is_absolute():
+                setattr(spec, attr, (base / value).resolve())
+    return config

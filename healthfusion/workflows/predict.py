@@ -1,0 +1,95 @@
+"""``healthfusion predict``: score raw files of any supported source with a saved model.
+
+The saved preprocessing is applied unchanged (no refitting). Output: one row per stay/image with its id, the
+probability, the risk group at the threshold (``high`` if probability >= threshold) and a status; a stay with no
+usable data for any of the model's modalities gets status ``no usable data`` and an empty probability, never a
+default value. When the source carries the model's label, it is added as ``y_true`` for external validation.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from healthfusion.data.cohort import Cohort
+from healthfusion.data.errors import SourceError
+from healthfusion.data.sources import get_source
+from healthfusion.evaluation.compare import risk_groups
+from healthfusion.features import batch as B
+from healthfusion.features.compose import CohortFeaturizer
+from healthfusion.models import load_model
+from healthfusion.training import Trainer
+
+log = logging.getLogger(__name__)
+
+
+class PredictionError(ValueError):
+    """The input cannot be scored by this model (mismatched variables, empty input)."""
+
+
+def _check_compatible(feat: CohortFeaturizer, cohort: Cohort, source: str) -> None:
+    tables = {"ts": "events", "static": "static", "codes": "codes", "text": "notes", "image": "images"}
+    usable = [m for m in feat.transformers_ if cohort.has(tables[m])]
+    if not usable:
+        raise PredictionError(f"The {source} input has none of the model's modalities {list(feat.transformers_)}.")
+    ts = feat.transformers_.get("ts")
+    if ts is not None and cohort.has("events"):
+        seen = set(cohort.read_table("events", columns=["variable"])["variable"].unique())
+        overlap = [v for v in ts.variables_ if v in seen]
+        if not overlap:
+            raise PredictionError(
+                f"None of the model's {len(ts.variables_)} time-series variables (e.g. {ts.variables_[:5]}) occur "
+                f"in the {source} input (which has e.g. {sorted(seen)[:5]}); was the model trained on another source?"
+            )
+        missing = [v for v in ts.variables_ if v not in seen]
+        if missing:
+            log.warning("Variables %s of the model never occur in the input; they are treated as unobserved.", missing)
+    st = feat.transformers_.get("static")
+    if st is not None and cohort.has("static"):
+        absent = [c for c in st.numeric_ + st.categorical_ if c not in cohort.static.columns]
+        if absent:
+            raise PredictionError(f"The {source} input lacks the model's static feature column(s) {absent}.")
+
+
+def predict_source(model_dir: str | Path, source: str, path: str | Path, split: str | None = None,
+                   threshold: float = 0.5, **options) -> pd.DataFrame:
+    """Score the stays of ``source`` files at ``path`` with the model saved in ``model_dir``.
+
+    ``split`` selects a named split of sources that have them (e.g. MedMNIST ``train``/``val``/``test``).
+
+    Raises
+    ------
+    ModelLoadError
+        Missing or corrupted model folder (truncated weights, edited config, preprocessing from another model).
+    SourceError, PredictionError
+        Unreadable input, empty input, or variables that do not match the model's.
+    """
+    model, state = load_model(model_dir)
+    if state is None:
+        raise PredictionError(f"{model_dir} has no preprocessing.json; save models with their preprocessing state.")
+    feat = CohortFeaturizer.from_state(state)
+    if split is not None:
+        options["split"] = split
+    cohort = get_source(source)(path, **options)
+    if len(cohort) == 0:
+        raise SourceError(f"The {source} input at {path} holds no stays; nothing to score.")
+    _check_compatible(feat, cohort, source)
+    ids = cohort.stay_ids.tolist()
+    data = feat.transform(cohort, ids, with_target=False)
+    present = np.zeros(len(ids), dtype=bool)
+    for m in feat.transformers_:
+        present |= data[B.present_key(m)]
+    out = pd.DataFrame({"stay_id": ids, "probability": np.nan, "risk_group": "", "status": "no usable data"})
+    if present.any():
+        kind = feat.label_spec_.kind if feat.label_spec_ else "binary"
+        prob = Trainer().predict(model, data[present], head_kind=kind)
+        out.loc[present, "probability"] = prob
+        out.loc[present, "risk_group"] = risk_groups(prob, threshold)
+        out.loc[present, "status"] = "scored"
+    label = feat.label_spec_.name if feat.label_spec_ else None
+    if label and cohort.labels is not None and label in cohort.labels.columns:
+        out["y_true"] = cohort.label(label).reindex(ids).to_numpy()
+    return out

@@ -1,0 +1,219 @@
+"""``healthfusion train``: fit the hybrid model and the classical baselines on one split, evaluate them together.
+
+A run folder holds ``config.yaml`` (the validated config), ``model/`` (the hybrid, loadable without the data),
+``predictions.csv`` (one row per evaluated stay: split, label, each model's probability), ``metrics.json`` and
+``comparison.csv`` (every model with bootstrap 95% CIs, at threshold 0.5 and at an operating point chosen on the
+validation stays), ``roc.png``/``pr.png``, ``history.json`` and ``accounting.csv`` (the input rows' fate).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.linear_model import LogisticRegression
+
+from healthfusion.data.cohort import Cohort
+from healthfusion.data.sources import get_source
+from healthfusion.data.splits import split_patients
+from healthfusion.evaluation.metrics import auroc, choose_threshold
+from healthfusion.features.codes import CodeTransformer
+from healthfusion.features.compose import CohortFeaturizer, engineered_features
+from healthfusion.features.image import ImageTransformer
+from healthfusion.features.text import TextTransformer
+from healthfusion.features.timeseries import TimeSeriesTransformer
+from healthfusion.models.classical import make_baseline
+from healthfusion.models.hybrid import HybridModel
+from healthfusion.training import Trainer
+from healthfusion.training.callbacks import ProgressCallback
+from healthfusion.workflows.config import FeatureSpec, ModelSpec, RunConfig, SourceSpec
+from healthfusion.workflows.evaluate import evaluate_predictions
+from healthfusion.workflows.modeling import hybrid_config
+
+log = logging.getLogger(__name__)
+HYBRID = "hybrid"
+
+
+def open_source(spec: SourceSpec, console=None) -> Cohort:
+    """The cohort a :class:`SourceSpec` names: a saved folder, or built in memory from raw files."""
+    if spec.cohort is not None:
+        return Cohort.load(spec.cohort)
+    builder = get_source(spec.source)
+    if console is not None:
+        with console.status(f"Reading {spec.source} from {spec.path} ..."):
+            return builder(spec.path, **spec.options)
+    return builder(spec.path, **spec.options)
+
+
+def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
+    """A featurizer with the run's per-modality settings."""
+    transformers = {
+        "ts": TimeSeriesTransformer(hours=spec.hours, step=spec.step, min_count=spec.min_count),
+        "image": ImageTransformer(size=spec.image_size),
+        "codes": CodeTransformer(min_count=spec.code_min_count),
+        "text": TextTransformer(n_buckets=spec.text_buckets),
+    }
+    return CohortFeaturizer(modalities=spec.modalities, label=label,
+                            transformers={m: t for m, t in transformers.items() if m in spec.modalities})
+
+
+def _fit_hybrid(feat, spec: ModelSpec, train, val, config: RunConfig, console=None):
+    model = HybridModel(hybrid_config(feat, fusion=spec.fusion, hidden=spec.hidden, lstm_layers=spec.lstm_layers,
+                                      bidirectional=spec.bidirectional, dropout=spec.dropout))
+    callbacks = [ProgressCallback(console=console)] if console is not None else []
+    trainer = Trainer(config.training, callbacks=callbacks)
+    history = trainer.fit(model, train, val, head_kind="binary")
+    return model, trainer, history
+
+
+def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console=None) -> tuple[ModelSpec, pd.DataFrame]:
+    """Grid search over ``config.tuning.grid`` by patient-level K-fold CV on the training stays only.
+
+    Each fold refits the features on its own training part; the score is the mean fold AUROC.
+    """
+    tuning = config.tuning
+    keys = list(tuning.grid)
+    stays = cohort.stays.set_index("stay_id").loc[train_ids].reset_index()
+    label = cohort.label(config.data.label)
+    fractions = {f"fold{k}": 1.0 / tuning.folds for k in range(tuning.folds)}
+    folds = split_patients(stays, fractions=fractions, seed=config.data.split.seed, stratify=label)
+    rows = []
+    for values in product(*(tuning.grid[k] for k in keys)):
+        spec = config.model.model_copy(update=dict(zip(keys, values, strict=True)))
+        scores = []
+        for k in range(tuning.folds):
+            fit_ids = folds.index[folds != f"fold{k}"].tolist()
+            held_ids = folds.index[folds == f"fold{k}"].tolist()
+            feat = make_featurizer(config.features, config.data.label).fit(cohort, fit_ids)
+            fit, held = feat.transform(cohort, fit_ids), feat.transform(cohort, held_ids)
+            model, trainer, _ = _fit_hybrid(feat, spec, fit, held, config)
+            scores.append(auroc(held["target"], trainer.predict(model, held)))
+        rows.append({**dict(zip(keys, values, strict=True)), "cv_auroc": float(np.mean(scores)),
+                     "cv_auroc_sd": float(np.std(scores))})
+        if console is not None:
+            console.print(f"      tuning {rows[-1]}")
+    table = pd.DataFrame(rows)
+    best = table.loc[table["cv_auroc"].idxmax(), keys].to_dict()
+    return config.model.model_copy(update=best), table
+
+
+def _reference_scores(config: RunConfig, cohorts: dict[str, Cohort], ids: dict[str, list[str]]) -> dict:
+    """Each reference score (e.g. SAPS-I) mapped to a probability by a logistic fit on the training stays."""
+    out = {}
+    for name in config.reference_scores:
+        def score(split, name=name):
+            return pd.to_numeric(cohorts[split].labels.set_index("stay_id")[name].reindex(ids[split])).to_numpy()
+
+        x_train, y_train = score("train"), cohorts["train"].label(config.data.label).reindex(ids["train"]).to_numpy()
+        ok = ~np.isnan(x_train) & ~np.isnan(y_train)
+        calib = LogisticRegression().fit(x_train[ok, None], y_train[ok])
+        out[name] = {}
+        for split in ("val", "test"):
+            x = score(split)
+            p = np.full(len(x), np.nan)
+            p[~np.isnan(x)] = calib.predict_proba(x[~np.isnan(x), None])[:, 1]
+            out[name][split] = p
+    return out
+
+
+def run_training(config: RunConfig, console=None) -> Path:
+    """Run the whole training job described by ``config`` and return the run folder.
+
+    Raises
+    ------
+    ValueError (SourceError, CohortError, ConfigError)
+        On unreadable data, a label the cohort lacks, or an impossible split; the message says which.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(config.out) if config.out else Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+
+    def say(text):
+        if console is not None:
+            console.print(text)
+
+    say("[bold cyan]Data[/]")
+    main = open_source(config.data, console)
+    main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
+    split_cfg = config.data.split
+    if config.data.test is not None:
+        test_cohort = open_source(config.data.test, console)
+        frac = {"train": split_cfg.train / (split_cfg.train + split_cfg.val),
+                "val": split_cfg.val / (split_cfg.train + split_cfg.val)}
+        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=main.label(config.data.label))
+        ids = {"train": split.index[split == "train"].tolist(), "val": split.index[split == "val"].tolist(),
+               "test": test_cohort.stay_ids.tolist()}
+        cohorts = {"train": main, "val": main, "test": test_cohort}
+    else:
+        frac = {"train": split_cfg.train, "val": split_cfg.val, "test": split_cfg.test}
+        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=main.label(config.data.label))
+        ids = {s: split.index[split == s].tolist() for s in ("train", "val", "test")}
+        cohorts = {"train": main, "val": main, "test": main}
+    # stays without the label cannot be trained or scored against it; count them instead of dropping silently
+    unlabeled = {}
+    for s in ids:
+        lab = cohorts[s].label(config.data.label).reindex(ids[s])
+        unlabeled[s] = int(lab.isna().sum())
+        ids[s] = lab.index[lab.notna()].tolist()
+    say("      stays: " + ", ".join(f"{s} {len(v)}" for s, v in ids.items())
+        + (f" (without label, excluded: {unlabeled})" if any(unlabeled.values()) else ""))
+    accounting = pd.concat([cohorts[s].accounting.to_frame().assign(cohort=s) for s in ("train", "test")])
+    accounting.drop_duplicates().to_csv(run_dir / "accounting.csv", index=False)
+
+    spec, tuning_table = config.model, None
+    if config.tuning is not None and config.tuning.grid:
+        say(f"[bold cyan]Tuning[/] {config.tuning.folds}-fold CV on the training stays")
+        spec, tuning_table = tune_hybrid(config, main, ids["train"], console)
+        tuning_table.to_csv(run_dir / "tuning.csv", index=False)
+        say(f"      chosen: {spec.model_dump()}")
+
+    say("[bold cyan]Features[/] fitted on the training stays")
+    feat = make_featurizer(config.features, config.data.label).fit(main, ids["train"])
+    data = {s: feat.transform(cohorts[s], ids[s]) for s in ids}
+
+    say("[bold cyan]Hybrid model[/]")
+    model, trainer, history = _fit_hybrid(feat, spec, data["train"], data["val"], config, console)
+    model.save_pretrained(run_dir / "model", preprocessing_state=feat.get_state())
+    probs = {HYBRID: {s: trainer.predict(model, data[s]) for s in ("val", "test")}}
+    (run_dir / "history.json").write_text(json.dumps({
+        "train_loss": list(map(float, history.train_loss)), "val_metric": list(map(float, history.val_metric)),
+        "best_epoch": history.best_epoch, "epoch_seconds": list(map(float, history.epoch_seconds))}, indent=2))
+
+    if config.baselines:
+        say("[bold cyan]Baselines[/] on engineered features of the same split: " + ", ".join(config.baselines))
+        x = {s: engineered_features(cohorts[s], feat, ids[s]) for s in ids}
+        for name in config.baselines:
+            est = make_baseline(name, seed=config.training.seed).fit(x["train"], data["train"]["target"])
+            probs[name] = {s: est.predict_proba(x[s])[:, 1] for s in ("val", "test")}
+    for name, p in _reference_scores(config, cohorts, ids).items():
+        probs[f"{name} (reference score)"] = p
+
+    rows = []
+    for s in ("val", "test"):
+        frame = pd.DataFrame({"stay_id": ids[s], "split": s, "y_true": data[s]["target"]})
+        for name, p in probs.items():
+            frame[name] = p[s]
+        rows.append(frame)
+    predictions = pd.concat(rows, ignore_index=True)
+    predictions.to_csv(run_dir / "predictions.csv", index=False)
+
+    say("[bold cyan]Evaluation[/] on the test stays")
+    ev = config.evaluation
+    val = predictions[predictions["split"] == "val"]
+    op = {name: choose_threshold(val["y_true"].to_numpy(), val[name].to_numpy(), rule=ev.operating_point,
+                                 target=ev.target_sensitivity) for name in probs if val[name].notna().all()}
+    summary = evaluate_predictions(run_dir, threshold=ev.threshold, operating_points=op, n_boot=ev.n_boot,
+                                   seed=config.training.seed)
+    summary["seconds"] = time.perf_counter() - t0
+    summary["best_epoch"] = history.best_epoch
+    summary["model_spec"] = spec.model_dump()
+    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    return run_dir

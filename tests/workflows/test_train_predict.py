@@ -1,0 +1,100 @@
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from healthfusion.data import synthetic
+from healthfusion.models.base import ModelLoadError
+from healthfusion.workflows.config import ConfigError, load_run_config
+from healthfusion.workflows.evaluate import evaluate_predictions
+from healthfusion.workflows.predict import PredictionError, predict_source
+from healthfusion.workflows.train import run_training
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    synthetic.write(root / "cohort", n_stays=300, seed=2)
+    cfg = {
+        "name": "tiny", "out": str(root / "run"),
+        "data": {"cohort": "cohort", "label": "mortality"},
+        "features": {"modalities": ["ts", "static", "text"]},
+        "model": {"hidden": 8},
+        "training": {"max_epochs": 2, "batch_size": 32},
+        "baselines": ["logistic_regression"],
+        "evaluation": {"n_boot": 50},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(cfg))
+    return run_training(load_run_config(root / "run.yaml")), root
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    run, _ = trained_run
+    for name in ("config.yaml", "predictions.csv", "comparison.csv", "metrics.json", "roc.png", "pr.png",
+                 "history.json", "accounting.csv", "model/config.json", "model/model.safetensors",
+                 "model/preprocessing.json"):
+        assert (run / name).is_file(), name
+    preds = pd.read_csv(run / "predictions.csv")
+    assert set(preds["split"]) == {"val", "test"}
+    assert {"hybrid", "logistic_regression"} <= set(preds.columns)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["comparison"]) == {"hybrid", "logistic_regression"}
+    assert metrics["n"] == int((preds["split"] == "test").sum())
+
+
+def test_evaluate_recomputes_the_same_table(trained_run):
+    run, _ = trained_run
+    before = pd.read_csv(run / "comparison.csv", index_col=0)
+    evaluate_predictions(run, n_boot=50)
+    after = pd.read_csv(run / "comparison.csv", index_col=0)
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_predict_scores_raw_source_and_marks_unusable_rows(trained_run, tmp_path):
+    run, _ = trained_run
+    frame = predict_source(run / "model", "synthetic", tmp_path / "new", n_stays=60, seed=9)
+    assert len(frame) == 60 and set(frame["status"]) <= {"scored", "no usable data"}
+    scored = frame[frame["status"] == "scored"]
+    assert scored["probability"].between(0, 1).all()
+    assert set(scored["risk_group"]) <= {"high", "low"}
+    assert frame.loc[frame["status"] != "scored", "probability"].isna().all()
+
+
+def test_predict_rejects_corrupted_model(trained_run, tmp_path):
+    run, _ = trained_run
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(run / "model", broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError):
+        predict_source(broken, "synthetic", tmp_path / "new", n_stays=60)
+
+
+def test_predict_rejects_mismatched_variables(trained_run):
+    run, _ = trained_run
+    from healthfusion.data.cohort import Cohort
+    from healthfusion.features.compose import CohortFeaturizer
+    from healthfusion.workflows.predict import _check_compatible
+
+    feat = CohortFeaturizer.from_state(json.loads((run / "model" / "preprocessing.json").read_text())["state"])
+    stays = pd.DataFrame({"stay_id": ["a"], "patient_id": ["p"], "prediction_time": [48.0]})
+    events = pd.DataFrame({"stay_id": ["a"], "time": [1.0], "variable": ["Foo"], "value": [1.0]})
+    with pytest.raises(PredictionError, match="None of the model's"):
+        _check_compatible(feat, Cohort(stays, events=events), "test")
+    with pytest.raises(PredictionError, match="none of the model's modalities"):
+        _check_compatible(feat, Cohort(stays), "test")
+
+
+def test_config_errors_name_the_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"data": {"cohort": "x", "label": "y"}, "modle": {}}))
+    with pytest.raises(ConfigError, match="modle"):
+        load_run_config(path)
+    path.write_text(yaml.safe_dump({"data": {"cohort": "x", "label": "y"}, "baselines": ["xgb"]}))
+    with pytest.raises(ConfigError, match="unknown baseline"):
+        load_run_config(path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_run_config(tmp_path / "missing.yaml")
