@@ -10,9 +10,10 @@ def test_demo_runs_end_to_end_on_a_tiny_cohort(tmp_path):
     result = run_demo(out=tmp_path / "run", n_stays=300, seed=1, max_epochs=2)
     run = result["run_dir"]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"hybrid (LSTM+CNN+tabular)", "logistic regression"}
-    for row in metrics["models"].values():
-        assert 0.0 <= row["auroc"] <= 1.0 and row["n"] == metrics["n_test"]
+    assert set(metrics["comparison"]) == {"hybrid", "logistic_regression"}
+    for row in metrics["comparison"].values():
+        assert 0.0 <= row["auroc"] <= 1.0 and row["n"] == metrics["n"]
+    assert json.loads((run / "model" / "config.json").read_text())["image"] is not None
     assert (run / "roc.png").stat().st_size > 1000 and (run / "pr.png").stat().st_size > 1000
     model, state = load_model(run / "model")
     assert state is not None and state["label"]["name"] == "mortality"
