@@ -24,6 +24,7 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.sources import get_source
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.metrics import auroc, choose_threshold
+from healthfusion.features import batch as B
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.compose import CohortFeaturizer, engineered_features
 from healthfusion.features.image import ImageTransformer
@@ -39,6 +40,14 @@ from healthfusion.workflows.modeling import hybrid_config
 
 log = logging.getLogger(__name__)
 HYBRID = "hybrid"
+
+
+def usable_rows(data) -> np.ndarray:
+    """``[n]`` bool: rows with at least one of the dataset's modalities present."""
+    out = np.zeros(len(data), dtype=bool)
+    for m in data.modalities:
+        out |= data[B.present_key(m)]
+    return out
 
 
 def open_source(spec: SourceSpec, console=None) -> Cohort:
@@ -93,6 +102,7 @@ def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console
             held_ids = folds.index[folds == f"fold{k}"].tolist()
             feat = make_featurizer(config.features, config.data.label).fit(cohort, fit_ids)
             fit, held = feat.transform(cohort, fit_ids), feat.transform(cohort, held_ids)
+            fit, held = fit[usable_rows(fit)], held[usable_rows(held)]
             model, trainer, _ = _fit_hybrid(feat, spec, fit, held, config)
             scores.append(auroc(held["target"], trainer.predict(model, held)))
         rows.append({**dict(zip(keys, values, strict=True)), "cv_auroc": float(np.mean(scores)),
@@ -178,11 +188,22 @@ def run_training(config: RunConfig, console=None) -> Path:
     say("[bold cyan]Features[/] fitted on the training stays")
     feat = make_featurizer(config.features, config.data.label).fit(main, ids["train"])
     data = {s: feat.transform(cohorts[s], ids[s]) for s in ids}
+    # a stay with none of the model's modalities cannot be scored by the hybrid: it is left out of training and
+    # gets no hybrid score (evaluation counts it under models_without_score), never a default probability
+    usable = {s: usable_rows(data[s]) for s in ids}
+    no_input = {s: int((~u).sum()) for s, u in usable.items() if (~u).any()}
+    if no_input:
+        say(f"      stays with none of the modalities {list(feat.transformers_)}: {no_input}")
 
     say("[bold cyan]Hybrid model[/]")
-    model, trainer, history = _fit_hybrid(feat, spec, data["train"], data["val"], config, console)
+    model, trainer, history = _fit_hybrid(feat, spec, data["train"][usable["train"]], data["val"][usable["val"]],
+                                          config, console)
     model.save_pretrained(run_dir / "model", preprocessing_state=feat.get_state())
-    probs = {HYBRID: {s: trainer.predict(model, data[s]) for s in ("val", "test")}}
+    probs = {HYBRID: {}}
+    for s in ("val", "test"):
+        p = np.full(len(ids[s]), np.nan)
+        p[usable[s]] = trainer.predict(model, data[s][usable[s]])
+        probs[HYBRID][s] = p
     (run_dir / "history.json").write_text(json.dumps({
         "train_loss": list(map(float, history.train_loss)), "val_metric": list(map(float, history.val_metric)),
         "best_epoch": history.best_epoch, "epoch_seconds": list(map(float, history.epoch_seconds))}, indent=2))
@@ -208,8 +229,12 @@ def run_training(config: RunConfig, console=None) -> Path:
     say("[bold cyan]Evaluation[/] on the test stays")
     ev = config.evaluation
     val = predictions[predictions["split"] == "val"]
-    op = {name: choose_threshold(val["y_true"].to_numpy(), val[name].to_numpy(), rule=ev.operating_point,
-                                 target=ev.target_sensitivity) for name in probs if val[name].notna().all()}
+    op = {}
+    for name in probs:
+        scored = val[val[name].notna()]
+        if scored["y_true"].nunique() == 2:
+            op[name] = choose_threshold(scored["y_true"].to_numpy(), scored[name].to_numpy(),
+                                        rule=ev.operating_point, target=ev.target_sensitivity)
     summary = evaluate_predictions(run_dir, threshold=ev.threshold, operating_points=op, n_boot=ev.n_boot,
                                    seed=config.training.seed)
     summary["seconds"] = time.perf_counter() - t0

@@ -98,3 +98,20 @@ def test_config_errors_name_the_key(tmp_path):
         load_run_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_run_config(tmp_path / "missing.yaml")
+
+
+def test_stays_without_any_model_modality_get_no_score(trained_run, tmp_path):
+    _, root = trained_run
+    cfg = {
+        "out": str(tmp_path / "run"), "data": {"cohort": str(root / "cohort"), "label": "mortality"},
+        "features": {"modalities": ["image"]}, "model": {"hidden": 8},
+        "training": {"max_epochs": 1}, "baselines": [], "evaluation": {"n_boot": 20},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run = run_training(load_run_config(tmp_path / "run.yaml"))
+    preds = pd.read_csv(run / "predictions.csv")
+    test = preds[preds["split"] == "test"]
+    assert test["hybrid"].isna().any(), "some synthetic stays have no image"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["models_without_score"]["hybrid"] == int(test["hybrid"].isna().sum())
+    assert metrics["comparison"]["hybrid"]["n"] == int(test["hybrid"].notna().sum())
