@@ -1,5 +1,6 @@
 """Static tabular features -> a float matrix: numeric columns mean-imputed and standardised (+ a missing
-indicator), categorical columns one-hot encoded with an explicit ``<missing>`` level, so absence stays visible. Categories unseen in training map to no column (all zeros) and are
+indicator), categorical columns one-hot encoded, a missing category either kept as its own ``<missing>`` level (the
+default, so absence stays visible) or imputed with the training mode. Categories unseen in training map to no column (all zeros) and are
 counted in ``unseen_counts_``."""
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class StaticTransformer(FeatureTransformer):
         Columns never to use (e.g. a column that duplicates the label).
     max_categories : int, default 50
         Categories beyond the most frequent ``max_categories`` share one ``<other>`` column.
+    categorical_missing : {"level", "mode"}, default "level"
+        ``level``: a missing category is its own ``<missing>`` level; ``mode``: it takes the training mode.
 
     Attributes
     ----------
@@ -36,12 +39,20 @@ class StaticTransformer(FeatureTransformer):
         Output column names, in order.
     """
 
-    _fitted = ("numeric_", "categorical_", "mean_", "std_", "categories_", "feature_names_")
+    _fitted = ("numeric_", "categorical_", "mean_", "std_", "modes_", "categories_", "feature_names_")
 
-    def __init__(self, columns: Sequence[str] | None = None, exclude: Sequence[str] = (), max_categories: int = 50):
+    def __init__(self, columns: Sequence[str] | None = None, exclude: Sequence[str] = (), max_categories: int = 50,
+                 categorical_missing: str = "level"):
         self.columns = columns
         self.exclude = exclude
         self.max_categories = max_categories
+        self.categorical_missing = categorical_missing
+
+    def _categories(self, df: pd.DataFrame, col: str) -> pd.Series:
+        vals = df[col].astype("string")
+        if self.categorical_missing == "mode":
+            return vals.fillna(self.modes_[col])
+        return vals.fillna(MISSING)
 
     def _frame(self, cohort: Cohort, stay_ids) -> pd.DataFrame:
         static = cohort.static
@@ -56,15 +67,21 @@ class StaticTransformer(FeatureTransformer):
         if unknown:
             raise ValueError(f"Static column(s) {unknown} not in the cohort; it has {list(types)}.")
         cols = [c for c in cols if c not in set(self.exclude)]
+        if self.categorical_missing not in ("level", "mode"):
+            raise ValueError(f"categorical_missing must be 'level' or 'mode'; got {self.categorical_missing!r}.")
         df = self._frame(cohort, stay_ids)
         self.numeric_ = [c for c in cols if types[c] == "numeric"]
         self.categorical_ = [c for c in cols if types[c] == "categorical"]
         num = df[self.numeric_].apply(pd.to_numeric, errors="coerce")
         self.mean_ = num.mean().fillna(0.0).astype(float).tolist()
         self.std_ = num.std().fillna(1.0).replace(0.0, 1.0).astype(float).tolist()
+        self.modes_ = {}
+        for c in self.categorical_:
+            mode = df[c].astype("string").mode()
+            self.modes_[c] = str(mode.iloc[0]) if len(mode) else MISSING
         self.categories_ = {}
         for c in self.categorical_:
-            counts = df[c].astype("string").fillna(MISSING).value_counts()
+            counts = self._categories(df, c).value_counts()
             levels = sorted(counts.index[: self.max_categories].tolist())
             if len(counts) > self.max_categories:
                 levels.append("<other>")
@@ -87,7 +104,7 @@ class StaticTransformer(FeatureTransformer):
         self.unseen_counts_ = {}
         for c in self.categorical_:
             levels = self.categories_[c]
-            vals = df[c].astype("string").fillna(MISSING)
+            vals = self._categories(df, c)
             if "<other>" in levels:
                 vals = vals.where(vals.isin(levels), "<other>")
             codes = pd.Index(levels).get_indexer(vals.astype(object))

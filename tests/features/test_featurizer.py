@@ -89,3 +89,18 @@ def test_text_hashing_is_stable():
     assert clean_text("BP 120/80, Confused!") == "bp 0 0 confused"
     assert hash_ngrams("confused patient", 1000) == hash_ngrams("Confused  patient.", 1000)
     assert all(1 <= i < 1000 for i in hash_ngrams("a b c d", 1000))
+
+
+def test_categorical_missing_level_or_mode():
+    from healthfusion.features.tabular import StaticTransformer
+
+    stays = pd.DataFrame({"stay_id": list("abcd"), "patient_id": list("abcd"), "prediction_time": 1.0})
+    static = pd.DataFrame({"stay_id": list("abcd"), "unit": ["x", "x", "y", None]})
+    cohort = Cohort(stays, static=static)
+    level = StaticTransformer().fit(cohort, list("abcd"))
+    assert "unit=<missing>" in level.feature_names_
+    mode = StaticTransformer(categorical_missing="mode").fit(cohort, list("abc"))
+    row = mode.transform(cohort, ["d"])[0]
+    assert row[mode.feature_names_.index("unit=x")] == 1.0
+    with pytest.raises(ValueError, match="categorical_missing"):
+        StaticTransformer(categorical_missing="drop").fit(cohort, list("abcd"))
