@@ -1,8 +1,9 @@
 """Images -> normalised ``[N, C, size, size]`` float arrays; one image per stay (the latest observable one).
 
 Pixels are scaled to [0, 1] (uint8 / 255), resized with antialiased bilinear interpolation and standardised with
-the training mean and standard deviation. :func:`augment` applies the training-time augmentation an :class:`ImageAugmentation` describes to a batch
-(the trainer does this when ``TrainerConfig.image_augmentation`` is set).
+the training mean and standard deviation. :func:`augment` applies the training-time
+augmentation an :class:`ImageAugmentation` describes to a batch (the trainer does this when
+``TrainerConfig.image_augmentation`` is set).
 """
 
 from __future__ import annotations
@@ -160,8 +161,8 @@ def augment(
             return low + (high - low) * torch.rand(b, generator=generator, dtype=torch.float64)
 
         def sign(enabled: bool) -> torch.Tensor:
-            flip = torch.rand(b, generator=generator) < 0.5
-            return torch.where(flip & enabled, -1.0, 1.0).to(torch.float64)
+            flip = torch.rand(b, generator=generator) < 0.5  # drawn either way: same stream for any config
+            return torch.where(flip, -1.0, 1.0).to(torch.float64) if enabled else torch.ones(b, dtype=torch.float64)
 
         sx, sy = sign(config.hflip), sign(config.vflip)
         shift = torch.randint(-config.max_shift, config.max_shift + 1, (2, b), generator=generator)

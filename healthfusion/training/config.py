@@ -3,6 +3,7 @@
 Example::
 
     config = TrainerConfig(max_epochs=20, imbalance="oversample")
+    config = TrainerConfig(image_augmentation={"max_shift": 2, "max_rotation": 10})  # augmented image batches
     config.model_dump()  # plain dict, e.g. for a run's metadata
 """
 
@@ -15,6 +16,8 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from healthfusion.features.image import ImageAugmentation
+
 
 class TrainerConfig(BaseModel):
     """Training settings (validated on construction; unknown keys are an error).
@@ -25,7 +28,10 @@ class TrainerConfig(BaseModel):
     batch_size : int, default 64
         Training batch size; validation and prediction use twice this (no gradients are kept).
     lr : float, default 1e-3
-        Adam learning rate.
+        Adam learning rate (the starting one under a schedule).
+    lr_schedule : {"constant", "cosine"}, default "constant"
+        ``cosine``: the learning rate of epoch ``e`` (0-based) is ``lr * (1 + cos(pi * e / max_epochs)) / 2``,
+        annealing towards 0 by the last epoch; useful when training for a fixed number of epochs.
     weight_decay : float, default 1e-4
         L2 penalty (Adam's ``weight_decay``).
     patience : int or None, default 8
@@ -50,6 +56,12 @@ class TrainerConfig(BaseModel):
         ``torch.set_num_threads`` during ``fit``/``predict`` (restored afterwards). None: leave as is.
     progress : bool, default False
         Add a :class:`ProgressCallback` (rich progress bars).
+    image_augmentation : ImageAugmentation or None, default None
+        Random augmentation (flips, shifts, rotations, zoom, intensity jitter; see
+        :class:`~healthfusion.features.image.ImageAugmentation`) of the ``"image"`` array of *training* batches,
+        on the rows whose ``image_present`` flag is set; validation and ``predict`` always see the images
+        unchanged. Drawn from a generator seeded from ``seed``, so runs stay reproducible. A dict is accepted,
+        e.g. ``{"max_shift": 3, "max_rotation": 10}``. None: no augmentation.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,6 +69,7 @@ class TrainerConfig(BaseModel):
     max_epochs: int = Field(50, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(1e-4, ge=0)
     patience: int | None = Field(8, ge=1)
     monitor: Literal["val_loss", "val_auroc", "val_accuracy", "val_macro_auroc", "val_neg_mse"] | None = None
@@ -67,6 +80,7 @@ class TrainerConfig(BaseModel):
     grad_clip: float | None = Field(None, gt=0)
     num_threads: int | None = Field(None, ge=1)
     progress: bool = False
+    image_augmentation: ImageAugmentation | None = None
 
 
 @dataclass

@@ -1,9 +1,9 @@
 """The training loop: any ``nn.Module`` whose ``forward(batch) -> {"logits": ...}`` on :class:`ArrayDataset` batches.
 
-The trainer owns the engineering (device, mixed precision, optimiser, shuffling, class imbalance, validation,
-checkpoints, callbacks); the model owns the maths. The model receives each batch dict of
-:mod:`healthfusion.features.batch` *without* its ``"target"`` key and returns a dict whose ``"logits"`` are [B]
-(binary, regression) or [B, K] (multiclass, multilabel, multi-output regression).
+The trainer owns the engineering (device, mixed precision, optimiser, learning-rate schedule, shuffling, class
+imbalance, image augmentation, validation, checkpoints, callbacks); the model owns the maths. The model receives
+each batch dict of :mod:`healthfusion.features.batch` *without* its ``"target"`` key and returns a dict whose
+``"logits"`` are [B] (binary, regression) or [B, K] (multiclass, multilabel, multi-output regression).
 
 Example::
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ from torch import nn
 
 from healthfusion.features import batch as B
 from healthfusion.features.dataset import ArrayDataset
+from healthfusion.features.image import augment
 from healthfusion.training.callbacks import Callback, Checkpoint, EarlyStopping, ProgressCallback
 from healthfusion.training.config import TrainerConfig, TrainingHistory, resolve_device
 from healthfusion.training.monitoring import HEAD_METRIC, head_metric, monitor_mode, resolve_monitor
@@ -52,6 +54,12 @@ def _logits(out: Any) -> torch.Tensor:
         got = f"a dict with keys {sorted(out)}" if isinstance(out, Mapping) else type(out).__name__
         raise TypeError(f"model.forward(batch) must return a dict with a 'logits' tensor; got {got}.")
     return out["logits"]
+
+
+def _augment_seed(seed: int) -> int:
+    """Seed of the image-augmentation generator: derived from ``seed`` but a different stream from the one
+    ``torch.manual_seed(seed)`` gives the global generator (dropout), so the two draws are not correlated."""
+    return int(np.random.SeedSequence([seed, 1]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 def _callback_keys(callbacks: Sequence[Callback]) -> list[str]:
@@ -123,13 +131,19 @@ class Trainer:
             If a dataset is not an ArrayDataset or the model does not return ``{"logits": tensor}``.
         ValueError
             On a missing/ill-formed target, an empty training set, an imbalance option the head kind does not
-            support, a monitor the head does not log, or a checkpoint (``resume_from``) for another head kind.
+            support, a monitor the head does not log, a checkpoint (``resume_from``) for another head kind, or
+            ``image_augmentation`` set for a train dataset without an ``"image"`` array.
         """
         kind = check_head_kind(head_kind)
         cfg = self.config
         self._check_data(train, "train", kind)
         if val is not None:
             self._check_data(val, "val", kind)
+        if cfg.image_augmentation is not None and B.IMAGE not in train:
+            raise ValueError(
+                f"image_augmentation is set but the train dataset has no {B.IMAGE!r} array (it has "
+                f"{', '.join(sorted(train))}); add the image modality or set image_augmentation=None."
+            )
         if cfg.imbalance == "oversample" and kind not in ("binary", "multiclass"):
             raise ValueError(
                 f"imbalance='oversample' needs one class label per sample; a {kind} head has none. "
@@ -152,6 +166,7 @@ class Trainer:
         with self._threads():
             torch.manual_seed(cfg.seed)
             self._rng = np.random.default_rng(cfg.seed)
+            self._augment_rng = torch.Generator().manual_seed(_augment_seed(cfg.seed))
             self.model = model.to(self.device)
             weight = (
                 class_weights_from_labels(train[B.TARGET], kind) if cfg.imbalance == "class_weight" else None
@@ -191,6 +206,8 @@ class Trainer:
             else:
                 order = shuffled_order(len(train), self._rng)
             self.num_batches = -(-len(order) // cfg.batch_size)
+            if cfg.lr_schedule != "constant":
+                self._set_lr(epoch)
             for cb in self._active:
                 cb.on_epoch_start(self)
             train_loss = self._train_epoch(train, order)
@@ -224,6 +241,8 @@ class Trainer:
         totals, norms = [], []  # 0-dim tensors; summed once per epoch so batches never wait on the device
         for i, batch in enumerate(train.iter_batches(self.config.batch_size, order, device=self.device)):
             target = batch.pop(B.TARGET)
+            if self.config.image_augmentation is not None:
+                batch[B.IMAGE] = self._augment_images(batch)
             with self._autocast():
                 logits = _logits(model(batch))
             if i == 0 and self.epoch == self.start_epoch:
@@ -250,6 +269,23 @@ class Trainer:
                 cb.on_batch_end(self, i)
         total, n = torch.stack(totals).sum().item(), torch.stack(norms).sum().item()
         return total / n if n > 0 else float("nan")
+
+    def _set_lr(self, epoch: int) -> None:
+        """Set the learning rate of ``epoch`` under the cosine ``config.lr_schedule`` (a function of the epoch only,
+        so a resumed fit continues the same schedule)."""
+        cfg = self.config
+        lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.max_epochs))  # "cosine", the only schedule
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _augment_images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The batch's images augmented on the rows where the image is present (all rows without a flag)."""
+        images = batch[B.IMAGE]
+        out = augment(images, self._augment_rng, self.config.image_augmentation)
+        present = batch.get(B.present_key("image"))
+        if present is not None:
+            out = torch.where(present.view(-1, *([1] * (images.dim() - 1))), out, images)
+        return out
 
     def _finish(self) -> None:
         h = self.history
@@ -339,6 +375,7 @@ class Trainer:
             "history": self.history.to_dict(),
             "numpy_rng": self._rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            "augment_rng": self._augment_rng.get_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
             "config": self.config.model_dump(mode="json"),
         }
@@ -412,6 +449,8 @@ class Trainer:
         self.history = TrainingHistory.from_dict(st["history"])
         self._rng.bit_generator.state = st["numpy_rng"]
         torch.set_rng_state(st["torch_rng"])
+        if st.get("augment_rng") is not None:  # absent from checkpoints written before image augmentation
+            self._augment_rng.set_state(st["augment_rng"])
         if st["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(st["cuda_rng"])
         logger.info("Resuming from epoch %d.", self.start_epoch)
