@@ -101,7 +101,7 @@ class TuningSpec(_Strict):
 
 
 class EvaluationSpec(_Strict):
-    n_boot: int = Field(1000, ge=0)
+    n_boot: int = Field(1000, ge=1)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     operating_point: Literal["youden", "f1", "sensitivity"] = "youden"
     target_sensitivity: float | None = None
