@@ -32,3 +32,18 @@ def test_unknown_source_is_one_clear_line(tmp_path):
 def test_missing_cohort_folder_is_one_clear_line(tmp_path):
     result = runner.invoke(app, ["cohort", "describe", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_cohort_convert_writes_parquet_with_the_same_layout(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "icu").mkdir(parents=True)
+    (raw / "icu" / "icustays.csv").write_text("stay_id,intime\n1,2150-01-01 06:00:00\n")
+    result = runner.invoke(app, ["cohort", "convert", "--path", str(raw), "--out", str(tmp_path / "pq")])
+    assert result.exit_code == 0, result.output
+    assert "Wrote 1 Parquet tables" in result.output
+    assert (tmp_path / "pq" / "icu" / "icustays.parquet").is_file()
+
+
+def test_cohort_convert_without_csv_is_one_clear_line(tmp_path):
+    result = runner.invoke(app, ["cohort", "convert", "--path", str(tmp_path), "--out", str(tmp_path / "pq")])
+    assert result.exit_code == 2 and "No CSV table" in result.output

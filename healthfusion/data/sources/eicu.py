@@ -70,7 +70,7 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.plausibility import PLAUSIBLE_RANGES, drop_implausible
 from healthfusion.data.schema import CohortMeta, LabelSpec
-from healthfusion.data.sources.io import find_table, read_table
+from healthfusion.data.sources.io import find_table, keep_rows, optional_table, read_table, stream_table
 from healthfusion.data.sources.itemmap import (
     EICU_INTAKE_OUTPUT,
     EICU_LABS,
@@ -81,7 +81,7 @@ from healthfusion.data.sources.itemmap import (
     ethnicity_group,
     sex_group,
 )
-from healthfusion.data.sources.mimic4 import check_hours, check_task, keep_rows, optional_table, stream_table
+from healthfusion.data.sources.mimic4 import check_hours, check_task
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,15 @@ What the cohort holds
 ``events``  laboratory values from ``hosp/labevents``, bedside vitals from ``icu/chartevents`` **when
             present** and urine output from ``icu/outputevents`` when present, mapped through
             :data:`~healthfusion.data.sources.itemmap.MIMIC4_ITEMS` (canonical names and units, e.g.
-            Fahrenheit converted to Celsius). ``GCS`` is derived as the sum of its three components charted at
-            the same time. Large tables are streamed in blocks with pyarrow, keeping only mapped items of
-            cohort stays, so memory grows with the cohort's events, not with the file.
+            Fahrenheit converted to Celsius). Labs and urine outputs are kept one event per row.
+            **Chartevents are kept as hourly means**: one event per stay, variable and hour, its value the
+            mean of that hour's values and its time their mean time, with hours counted from the prediction
+            time so that no hour straddles it (see :mod:`~healthfusion.data.sources.hourly`). The full
+            table has about 330 million rows; what is kept grows with stays x hours x variables, not with
+            the rows. ``GCS`` is derived in every hour where all three components have a value, as the sum of
+            their hourly means. Tables are streamed in blocks with pyarrow, keeping only mapped items of
+            cohort stays; convert the CSV files to Parquet once (``healthfusion cohort convert``) for
+            rebuilds many times faster.
 ``codes``   ``hosp/diagnoses_icd`` (``system`` ``icd9``/``icd10`` from ``icd_version``), attached to every ICU
             stay of the admission; the stay window does not apply to them. Diagnoses are coded at discharge,
             so by default their time is the hospital discharge time and the prediction-time guard keeps them
@@ -40,6 +46,10 @@ Cohort choices
   windows is attached to both. Events **after the prediction time are kept**: the cohort's single leakage
   guard, :meth:`~healthfusion.data.cohort.Cohort.observable`, hides them from every feature builder, and
   keeping them lets one cohort serve several prediction times.
+* Hourly means of chartevents: a model's hourly grid (:class:`~healthfusion.features.timeseries.
+  TimeSeriesTransformer` with 1 h steps, a whole number of hours) sees the same hourly averages as from the
+  raw rows, but the standardisation it learns is that of hourly means, and a finer grid sees one value per
+  hour. The alignment to the prediction time holds for prediction times a whole number of hours away.
 * Lab times are the specimen times (``charttime``), as in common MIMIC benchmarks; a result reported after the
   prediction time for a sample drawn before it is then visible. ``lab_time="storetime"`` uses the time the
   result was stored instead (stricter).
@@ -60,25 +70,28 @@ Example::
 
 from __future__ import annotations
 
-import csv
-import gzip
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from healthfusion.data.accounting import RowAccounting
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.plausibility import drop_implausible
 from healthfusion.data.schema import CohortMeta, LabelSpec
-from healthfusion.data.sources.io import find_table, read_table
+from healthfusion.data.sources.hourly import stream_hourly
+from healthfusion.data.sources.io import (
+    find_table,
+    keep_rows,
+    optional_table,
+    parse_times,
+    read_table,
+    stream_table,
+)
 from healthfusion.data.sources.itemmap import (
     GCS_COMPONENTS,
     UNKNOWN,
@@ -102,9 +115,6 @@ LABELS = (
 )
 CODES_AT = ("discharge", "admission")
 LAB_TIMES = ("charttime", "storetime")
-STREAM_BLOCK_BYTES = 16 << 20  # CSV block read at a time (about 150,000 chartevents rows)
-PARQUET_BATCH_ROWS = 250_000
-_ARROW = {"int": pa.int64(), "float": pa.float64(), "str": pa.string()}
 
 
 def build(
@@ -172,18 +182,28 @@ def build(
     windows = stays[["subject_id", "stay_key", "stay_id", "intime"]].assign(
         start=-float(lookback_hours), end=stays["los_hours"])
     parts = []
-    lab_cols = {"subject_id": "int", "itemid": "int", lab_time: "str", "valuenum": "float"}
+    lab_cols = {"subject_id": "int", "itemid": "int", lab_time: "time", "valuenum": "float"}
     parts.append(stream_events(find_table(root / "hosp", "labevents"), "labevents", lab_cols, "subject_id",
                                lab_time, "valuenum", mimic4_items("labevents"), windows, acc, progress))
-    for name, value in (("chartevents", "valuenum"), ("outputevents", "value")):
-        file = optional_table(root / "icu", name)
+    chart = optional_table(root / "icu", "chartevents")
+    if chart is not None:
+        parts.append(stream_hourly(chart, "chartevents", ("stay_id", "itemid", "charttime", "valuenum"),
+                                   mimic4_items("chartevents"), windows, prediction_hours, acc,
+                                   derived={"GCS": GCS_COMPONENTS}, progress=progress))
+    output = optional_table(root / "icu", "outputevents")
+    if output is not None:
+        cols = {"stay_id": "int", "itemid": "int", "charttime": "time", "value": "float"}
+        parts.append(stream_events(output, "outputevents", cols, "stay_id", "charttime", "value",
+                                   mimic4_items("outputevents"), windows, acc, progress))
+    for name, file in (("chartevents", chart), ("outputevents", output)):
         if file is None:
             log.info("%s: no %s table; its variables are absent from the cohort.", root, name)
-            continue
-        cols = {"stay_id": "int", "itemid": "int", "charttime": "str", value: "float"}
-        parts.append(stream_events(file, name, cols, "stay_id", "charttime", value, mimic4_items(name),
-                                   windows, acc, progress))
-    events = derive_gcs(pd.concat(parts, ignore_index=True))
+    # one categorical coding for every part, so the concatenation stays compact (chartevents: millions)
+    stay_ids, variables = pd.Index(stays["stay_id"]), pd.Index(sorted({*mimic4_items()["variable"], "GCS"}))
+    events = pd.concat([p.assign(stay_id=pd.Categorical(p["stay_id"], categories=stay_ids),
+                                 variable=pd.Categorical(p["variable"], categories=variables)) for p in parts],
+                       ignore_index=True)
+    del parts
 
     codes = _codes(root, stays, acc, codes_at)
     labels = _labels(stays)
@@ -223,14 +243,6 @@ def check_task(task: str | None, labels, source: str) -> None:
     names = [s.name for s in labels]
     if task is not None and task not in names:
         raise SourceError(f"Task {task!r} is not a label of the {source} cohort; labels are {names}.")
-
-
-def optional_table(folder: Path, name: str) -> Path | None:
-    """The file of table ``name`` in ``folder`` (see :func:`find_table`), or None when there is none."""
-    try:
-        return find_table(folder, name)
-    except SourceError:
-        return None
 
 
 # -------------------------------------------------------------------------------------- stays, labels, codes
@@ -367,8 +379,7 @@ def stream_events(
                   "subject not in cohort" if key == "subject_id" else "stay not in cohort")
         if t.num_rows == 0:
             continue
-        df = t.to_pandas()
-        df["when"] = parse_times(df[time_col], df["_row"] + 2, path, time_col)
+        df = t.to_pandas().rename(columns={time_col: "when"})
         no_time = df["when"].isna()
         acc.drop(table, "missing time", int(no_time.sum()))
         df = df[~no_time]
@@ -390,137 +401,3 @@ def stream_events(
         return pd.DataFrame({"stay_id": pd.Series(dtype=object), "time": pd.Series(dtype=float),
                              "variable": pd.Series(dtype=object), "value": pd.Series(dtype=float)})
     return pd.concat(out, ignore_index=True)
-
-
-def keep_rows(t: pa.Table, mask: pa.ChunkedArray, acc: RowAccounting, table: str, reason: str) -> pa.Table:
-    """Rows of ``t`` where ``mask`` is true (null counts as false); the others are counted as ``reason``."""
-    mask = pc.fill_null(mask, False)
-    kept = t.filter(mask)
-    acc.drop(table, reason, t.num_rows - kept.num_rows)
-    return kept
-
-
-def derive_gcs(events: pd.DataFrame) -> pd.DataFrame:
-    """Add ``GCS`` = eye + verbal + motor wherever all three components share a stay and time."""
-    comp = events[events["variable"].isin(GCS_COMPONENTS)]
-    if comp.empty:
-        return events
-    wide = comp.pivot_table(index=["stay_id", "time"], columns="variable", values="value", aggfunc="last")
-    wide = wide.reindex(columns=list(GCS_COMPONENTS)).dropna()
-    total = wide.sum(axis=1).rename("value").reset_index().assign(variable="GCS")
-    return pd.concat([events, total[["stay_id", "time", "variable", "value"]]], ignore_index=True)
-
-
-# ------------------------------------------------------------------------------------------ streaming reader
-def stream_table(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
-    """Blocks of ``columns`` (name -> ``"int"``, ``"float"`` or ``"str"``) of a CSV (.csv, .csv.gz) or Parquet
-    table.
-
-    Each block is a pyarrow Table with the requested columns plus ``_row``, the 0-based data row in the file
-    (the CSV line is ``_row + 2``). Memory is bounded by the block size, not the file size.
-
-    Raises
-    ------
-    SourceError
-        If the file is empty, lacks a column (naming the columns it has), or a number cannot be parsed (naming
-        the column and line).
-    """
-    path = Path(path)
-    row = 0
-    if path.suffix == ".parquet":
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise SourceError(f"File {path} is not readable Parquet ({exc}).") from exc
-        _check_columns(path, pf.schema_arrow.names, columns)
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=list(columns)):
-            t = pa.Table.from_batches([batch])
-            for name, kind in columns.items():
-                if kind != "str" or not pa.types.is_timestamp(t[name].type):
-                    try:
-                        t = t.set_column(t.schema.get_field_index(name), name, pc.cast(t[name], _ARROW[kind]))
-                    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                        raise SourceError(
-                            f"File {path}, column {name!r}: cannot read it as {kind} ({exc}).") from exc
-            yield t.append_column("_row", pa.array(np.arange(row, row + t.num_rows)))
-            row += t.num_rows
-        return
-    _check_columns(path, _csv_header(path, list(columns)), columns)
-    options = pacsv.ConvertOptions(include_columns=list(columns), strings_can_be_null=True,
-                                   column_types={c: _ARROW[k] for c, k in columns.items()})
-    try:
-        with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=STREAM_BLOCK_BYTES),
-                            convert_options=options) as reader:
-            for batch in reader:
-                rows = pa.array(np.arange(row, row + batch.num_rows))
-                yield pa.Table.from_batches([batch]).append_column("_row", rows)
-                row += batch.num_rows
-    except pa.ArrowInvalid as exc:
-        raise _locate_bad_number(path, columns, exc) from exc
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
-
-
-def _unreadable(path: Path, exc: Exception) -> SourceError:
-    return SourceError(f"File {path} could not be read ({exc}); is it a complete, uncorrupted file?")
-
-
-def _csv_header(path: Path, expected: list[str]) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", newline="") as fh:
-            header = next(csv.reader(fh), None)
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise _unreadable(path, exc) from exc
-    if not header:
-        raise SourceError(f"File {path} is empty; expected a table with columns {expected}.")
-    return header
-
-
-def _check_columns(path: Path, names: list[str], columns: dict[str, str]) -> None:
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise SourceError(f"File {path} lacks column(s) {missing}; it has {list(names)[:20]}.")
-
-
-def _locate_bad_number(path: Path, columns: dict[str, str], exc: Exception) -> SourceError:
-    """Re-scan the numeric columns as text to name the line of a value that failed to convert; other parse
-    errors (a row with the wrong number of fields, ...) are reported with pyarrow's own message."""
-    numeric = [c for c, k in columns.items() if k != "str"]
-    options = pacsv.ConvertOptions(include_columns=numeric, strings_can_be_null=True,
-                                   column_types={c: pa.string() for c in numeric})
-    unparsed = SourceError(f"File {path} could not be parsed as CSV: {exc}.")
-    row = 0
-    try:
-        with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=STREAM_BLOCK_BYTES),
-                            convert_options=options) as reader:
-            for batch in reader:
-                df = batch.to_pandas()
-                for col in numeric:
-                    num = pd.to_numeric(df[col], errors="coerce")
-                    bad = df[col].notna() & num.isna()
-                    if columns[col] == "int":
-                        bad |= num.notna() & (num != np.floor(num))
-                    if bad.any():
-                        i = int(np.flatnonzero(bad.to_numpy())[0])
-                        kind = "an integer" if columns[col] == "int" else "a number"
-                        return SourceError(f"File {path}, column {col!r}, line {row + i + 2}: "
-                                           f"{df[col].iloc[i]!r} is not {kind}.")
-                row += len(df)
-    except (pa.ArrowInvalid, OSError):
-        return unparsed  # malformed beyond one value (e.g. a row with extra fields): pyarrow's message tells
-    return unparsed
-
-
-def parse_times(values: pd.Series, lines, path: Path, column: str) -> pd.Series:
-    """ISO timestamps -> datetime; empty stays NaT; an unparseable one raises naming file, column and line."""
-    if pd.api.types.is_datetime64_any_dtype(values):
-        return values
-    parsed = pd.to_datetime(values, errors="coerce", format="ISO8601")
-    bad = parsed.isna() & values.notna()
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        line = int(np.asarray(lines)[i])
-        raise SourceError(f"File {path}, column {column!r}, line {line}: cannot parse time "
-                          f"{values.iloc[i]!r}; expected e.g. 2150-01-01 12:00:00.")
-    return parsed

@@ -8,7 +8,7 @@ import pytest
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
-from healthfusion.data.sources import get_source, mimic4
+from healthfusion.data.sources import get_source, io
 from healthfusion.data.sources.eicu import build
 
 # ---------------------------------------------------------------------------------------------- a tiny extract
@@ -187,7 +187,7 @@ def test_optional_tables_absent(extract):
 
 def test_streaming_in_small_blocks_gives_the_same_cohort(extract, monkeypatch):
     whole = build(extract)
-    monkeypatch.setattr(mimic4, "STREAM_BLOCK_BYTES", 400)  # a little over the longest header
+    monkeypatch.setattr(io, "STREAM_BLOCK_BYTES", 400)  # a little over the longest header
     blocks = build(extract)
     assert blocks.accounting.to_dict() == whole.accounting.to_dict()
     key = ["stay_id", "time", "variable", "value"]

@@ -8,7 +8,8 @@ import pytest
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
-from healthfusion.data.sources import get_source, mimic4
+from healthfusion.data.sources import get_source, io
+from healthfusion.data.sources.io import convert_to_parquet
 from healthfusion.data.sources.itemmap import MIMIC4_ITEMS
 from healthfusion.data.sources.mimic4 import build
 
@@ -173,7 +174,7 @@ def test_diagnoses_are_dated_at_discharge_unless_asked(extract):
 
 def test_streaming_in_small_blocks_gives_the_same_cohort(extract, monkeypatch):
     whole = build(extract)
-    monkeypatch.setattr(mimic4, "STREAM_BLOCK_BYTES", 200)
+    monkeypatch.setattr(io, "STREAM_BLOCK_BYTES", 200)
     blocks = build(extract)
     assert blocks.accounting.to_dict() == whole.accounting.to_dict()
     key = ["stay_id", "time", "variable", "value"]
@@ -201,6 +202,59 @@ def test_cohort_round_trips_and_is_registered(extract, tmp_path):
     cohort = build(extract)
     loaded = Cohort.load(cohort.save(tmp_path / "out"))
     assert len(loaded) == 2 and loaded.meta.label("readmission_30d").kind == "binary"
+
+
+
+def _add_chart_rows(extract: Path, rows: list[tuple]) -> None:
+    path = extract / "icu" / "chartevents.csv.gz"
+    df = pd.read_csv(path)
+    extra = pd.DataFrame(rows, columns=["stay_id", "charttime", "itemid", "valuenum"])
+    pd.concat([df, extra.assign(value=extra["valuenum"])], ignore_index=True).to_csv(path, index=False)
+
+
+def test_chartevents_are_hourly_means_dated_at_their_mean_time(extract):
+    _add_chart_rows(extract, [
+        (1001, "2150-01-01 07:30:00", 220045, 90.0),  # a second HR in hour [1, 2): mean 85 at 1.25 h
+        (1001, "2150-01-01 11:00:00", 220739, 3.0),  # GCS components in hour [5, 6), charted apart
+        (1001, "2150-01-01 11:20:00", 223900, 4.0),
+        (1001, "2150-01-01 11:40:00", 223901, 5.0),
+        (1001, "2150-01-01 11:50:00", 223901, 6.0),
+    ])
+    cohort = build(extract)
+    acc = cohort.accounting.to_dict()["chartevents"]
+    assert acc["read"] == 17 and acc["used"] == 11  # every raw row is used once or dropped with a reason
+    hr = _events(cohort, "HR")
+    assert hr["value"].tolist() == [85.0, 90.0] and hr["time"].tolist() == pytest.approx([1.25, 30.0])
+    motor = _events(cohort, "GCSMotor")
+    assert motor["value"].tolist() == [6.0, 5.5] and motor["time"].tolist() == pytest.approx([3.0, 5 + 3 / 4])
+    gcs = _events(cohort, "GCS")  # sum of the hour's component means, dated at the latest component
+    assert gcs["value"].tolist() == [15.0, 12.5] and gcs["time"].tolist() == pytest.approx([3.0, 5 + 3 / 4])
+
+
+def test_hours_are_counted_from_the_prediction_time_so_no_mean_leaks(extract):
+    _add_chart_rows(extract, [
+        (1001, "2150-01-02 06:12:00", 220045, 100.0),  # 24.2 h: before a 24.5 h prediction time
+        (1001, "2150-01-02 06:42:00", 220045, 200.0),  # 24.7 h: after it (planted future value)
+    ])
+    cohort = build(extract, prediction_hours=24.5)
+    seen = cohort.observable("events")
+    seen = seen[(seen["stay_id"] == "1001") & (seen["variable"] == "HR")]
+    assert seen["value"].tolist() == [80.0, 100.0]  # an hour since admission [24, 25) would have mixed them
+    hr = _events(cohort, "HR")
+    assert hr.loc[hr["value"] == 200.0, "time"].tolist() == pytest.approx([24.7])
+
+
+def test_a_parquet_conversion_gives_the_same_cohort(extract):
+    csv = build(extract)
+    written = convert_to_parquet(extract, extract)  # in place: the readers prefer the .parquet files
+    assert extract / "icu" / "chartevents.parquet" in written
+    parquet = build(extract)
+    assert parquet.accounting.to_dict() == csv.accounting.to_dict()
+    for table in ("events", "codes", "labels", "static", "stays"):
+        a, b = getattr(csv, table), getattr(parquet, table)
+        key = list(a.columns)
+        pd.testing.assert_frame_equal(a.sort_values(key).reset_index(drop=True),
+                                      b.sort_values(key).reset_index(drop=True), check_dtype=False)
 
 
 # ---------------------------------------------------------------------------------------------- bad input
