@@ -117,9 +117,10 @@ def stream_table(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
     """Blocks of ``columns`` (name -> ``"int"``, ``"float"``, ``"str"`` or ``"time"``) of a CSV (.csv,
     .csv.gz) or Parquet table.
 
-    Each block is a pyarrow Table with the requested columns (int64, float64, string, timestamp[us]) plus
-    ``_row``, the 0-based data row in the file (the CSV line is ``_row + 2``). Memory is bounded by the block
-    size (:data:`STREAM_BLOCK_BYTES` of CSV, :data:`PARQUET_BATCH_ROWS` rows of Parquet), not the file size.
+    Each block is a pyarrow Table of about :data:`PARQUET_BATCH_ROWS` rows with the requested columns (int64,
+    float64, string, timestamp[us]) plus ``_row``, the 0-based data row in the file (the CSV line is
+    ``_row + 2``). CSV is read :data:`STREAM_BLOCK_BYTES` at a time. Memory is bounded by these sizes, not by
+    the file size.
 
     Raises
     ------
@@ -134,14 +135,25 @@ def stream_table(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
     _check_columns(path, _csv_header(path, list(columns)), columns)
     options = pacsv.ConvertOptions(include_columns=list(columns), strings_can_be_null=True,
                                    column_types={c: _ARROW[k] for c, k in columns.items()})
-    row = 0
+    row, waiting = 0, []
+
+    def joined() -> pa.Table:
+        t = pa.Table.from_batches(waiting).combine_chunks()
+        waiting.clear()
+        return t.append_column("_row", pa.array(np.arange(row, row + t.num_rows)))
+
     try:
         with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=STREAM_BLOCK_BYTES),
                             convert_options=options) as reader:
+            # small blocks keep the reader's memory low; yielded joined, they keep the caller's calls few
             for batch in reader:
-                rows = pa.array(np.arange(row, row + batch.num_rows))
-                yield pa.Table.from_batches([batch]).append_column("_row", rows)
-                row += batch.num_rows
+                waiting.append(batch)
+                if sum(b.num_rows for b in waiting) >= PARQUET_BATCH_ROWS:
+                    t = joined()
+                    row += t.num_rows
+                    yield t
+            if waiting:
+                yield joined()
     except pa.ArrowInvalid as exc:
         raise _locate_bad_value(path, columns, exc) from exc
     except OSError as exc:

@@ -339,8 +339,9 @@ def _codes(root: Path, stays: pd.DataFrame, acc: RowAccounting, codes_at: str) -
         i = int(np.flatnonzero(bad.to_numpy())[0])
         value = dx["icd_version"].astype(object).iloc[i]
         raise SourceError(f"File {path}, column 'icd_version', line {i + 2}: {value!r} is not 9 or 10.")
-    dx = dx.assign(system=np.where(version == 9, "icd9", "icd10"),
-                   code=dx["icd_code"].astype(object).str.strip())
+    code = dx["icd_code"]  # strip text columns as they are (pyarrow strings: vectorized), numbers as objects
+    code = code.str.strip() if pd.api.types.is_string_dtype(code) else code.astype(object).str.strip()
+    dx = dx.assign(system=np.where(version == 9, "icd9", "icd10"), code=code)
     in_cohort = dx["hadm_id"].isin(stays["hadm_id"])
     acc.drop(table, "admission not in cohort", int((~in_cohort).sum()))
     dx = dx[in_cohort]
