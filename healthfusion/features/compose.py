@@ -26,6 +26,7 @@ from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.features.image import ImageTransformer
 from healthfusion.features.summary import summary_features
+from healthfusion.features.summary_encoding import SummaryTransformer
 from healthfusion.features.tabular import StaticTransformer
 from healthfusion.features.text import TextTransformer
 from healthfusion.features.timeseries import TimeSeriesTransformer
@@ -92,7 +93,14 @@ class CohortFeaturizer:
     label : str, optional
         Label to encode as ``target`` (must be declared in the cohort's meta).
     transformers : dict, optional
-        Per-modality transformer instances overriding the defaults (e.g. ``{"ts": TimeSeriesTransformer(hours=24)}``).
+        Per-modality transformer instances overriding the defaults (e.g. ``{"ts": TimeSeriesTransformer(hours=24)}``);
+        the key ``"summary"`` overrides the :class:`SummaryTransformer` used with ``summary=True``.
+    summary : bool, default False
+        Wide & deep input: append the per-variable summary statistics of the time series (last/mean/min/max/std/
+        count over the window, piecewise-linear encoded, see :mod:`healthfusion.features.summary_encoding`) to the
+        ``static`` array, so a model's static branch sees them next to the encoded static features while its
+        sequence encoder sees the raw series. Needs the ``"static"`` modality; by default the summaries use the
+        ``"ts"`` transformer's window and variables.
 
     Attributes
     ----------
@@ -101,10 +109,11 @@ class CohortFeaturizer:
     """
 
     def __init__(self, modalities: Sequence[str] = ("ts", "static"), label: str | None = None,
-                 transformers: dict | None = None):
+                 transformers: dict | None = None, summary: bool = False):
         self.modalities = tuple(modalities)
         self.label = label
         self.transformers = transformers or {}
+        self.summary = summary
 
     def fit(self, cohort: Cohort, stay_ids: Sequence[str]) -> CohortFeaturizer:
         """Learn every modality's preprocessing from ``stay_ids`` (the training stays) only.
@@ -112,7 +121,8 @@ class CohortFeaturizer:
         Raises
         ------
         ValueError
-            On an unknown modality, or one the cohort has no table for.
+            On an unknown modality, one the cohort has no table for, or ``summary=True`` without ``"static"``
+            or without an events table.
         """
         unknown = [m for m in self.modalities if m not in _DEFAULTS]
         if unknown:
@@ -121,11 +131,21 @@ class CohortFeaturizer:
         if absent:
             raise ValueError(f"Cohort {cohort.meta.name!r} has no data for modality {absent} "
                              f"(tables {[_TABLE[m] for m in absent]}); remove it from the modalities.")
+        if self.summary and ("static" not in self.modalities or not cohort.has("events")):
+            raise ValueError("summary=True appends time-series summaries to the static input: it needs the 'static' "
+                             f"modality (got {list(self.modalities)}) and an events table; add 'static' or set "
+                             "summary=False.")
         stay_ids = [str(s) for s in stay_ids]
         self.transformers_ = {}
         for m in self.modalities:
             tr = self.transformers.get(m) or _DEFAULTS[m]()
             self.transformers_[m] = tr.fit(cohort, stay_ids)
+        if self.summary:
+            ts = self.transformers_.get("ts")
+            tr = self.transformers.get("summary") or (
+                SummaryTransformer(variables=ts.variables_, hours=ts.hours) if ts is not None else SummaryTransformer()
+            )
+            self.transformers_["summary"] = tr.fit(cohort, stay_ids)
         self.label_spec_ = cohort.meta.label(self.label) if self.label else None
         return self
 
@@ -158,6 +178,9 @@ class CohortFeaturizer:
                 arrays[B.present_key("text")] = (arrays[B.TEXT] > 0).any(axis=1)
             elif m == "image":
                 arrays[B.IMAGE], arrays[B.present_key("image")] = tr.transform(cohort, stay_ids)
+        if "summary" in self.transformers_:
+            wide = self.transformers_["summary"].transform(cohort, stay_ids)
+            arrays[B.STATIC] = np.concatenate([arrays[B.STATIC], wide], axis=1)
         if with_target and self.label_spec_ is not None:
             arrays[B.TARGET] = encode_target(cohort.label(self.label_spec_.name).reindex(stay_ids), self.label_spec_)
         return ArrayDataset(arrays, meta={"stay_ids": stay_ids, "feature_drops": drops})
@@ -170,7 +193,8 @@ class CohortFeaturizer:
         if "ts" in t:
             dims.update(n_variables=len(t["ts"].variables_), n_steps=t["ts"].n_steps)
         if "static" in t:
-            dims["static_dim"] = len(t["static"].feature_names_)
+            dims["static_dim"] = len(t["static"].feature_names_) + (
+                len(t["summary"].feature_names_) if "summary" in t else 0)
         if "codes" in t:
             dims["code_vocab"] = t["codes"].vocab_size
         if "text" in t:
@@ -203,9 +227,13 @@ class CohortFeaturizer:
             raise ValueError(f"Preprocessing state version {state.get('state_version')!r} is not "
                              f"{STATE_VERSION}; re-train or re-save the model with this healthfusion.")
         label = LabelSpec.from_dict(state["label"]) if state.get("label") else None
-        obj = cls(modalities=state["modalities"], label=label.name if label else None)
+        obj = cls(modalities=state["modalities"], label=label.name if label else None,
+                  summary="summary" in state["transformers"])
         obj.transformers_ = {}
         for m, s in state["transformers"].items():
+            if m == "summary":
+                obj.transformers_[m] = SummaryTransformer.from_state(s)
+                continue
             if m not in _DEFAULTS:
                 raise ValueError(f"Preprocessing state names unknown modality {m!r}.")
             obj.transformers_[m] = _DEFAULTS[m].from_state(s)
