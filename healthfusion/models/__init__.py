@@ -1,4 +1,5 @@
-"""Pure torch models: encoders, fusion, heads, the hybrid model, and the save/load format (no data, no training).
+"""Pure torch models: encoders, fusion, heads, the hybrid model, and the save/load format (no data, no training);
+gradient boosting (:class:`BoostingClassifier`) and weighted ensembles of risk models (:mod:`.ensemble`).
 
 Importing this package registers every built-in model type in :data:`MODEL_REGISTRY`.
 """
@@ -13,6 +14,7 @@ from healthfusion.models.base import (
     model_fingerprint,
     register_model,
 )
+from healthfusion.models.boosting import BoostingClassifier
 from healthfusion.models.encoders import (
     CNNEncoder,
     CNNEncoderConfig,
@@ -25,6 +27,7 @@ from healthfusion.models.encoders import (
     TextEncoder,
     TextEncoderConfig,
 )
+from healthfusion.models.ensemble import EnsembleWeights, combine, fit_weights
 from healthfusion.models.fusion import (
     FUSION_KINDS,
     AttentionFusion,
@@ -43,11 +46,13 @@ __all__ = [
     "HEAD_KINDS",
     "MODEL_REGISTRY",
     "AttentionFusion",
+    "BoostingClassifier",
     "CNNEncoder",
     "CNNEncoderConfig",
     "CodesEncoder",
     "CodesEncoderConfig",
     "ConcatFusion",
+    "EnsembleWeights",
     "Fusion",
     "FusionKind",
     "GatedFusion",
@@ -65,6 +70,8 @@ __all__ = [
     "TextEncoder",
     "TextEncoderConfig",
     "build_fusion",
+    "combine",
+    "fit_weights",
     "head_predictions",
     "load_model",
     "model_fingerprint",
