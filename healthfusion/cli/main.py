@@ -10,8 +10,8 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
 
+from healthfusion.cli.common import console, fail  # noqa: E402
 from healthfusion.cli.render import print_frame  # noqa: E402
 
 app = typer.Typer(
@@ -22,12 +22,7 @@ app = typer.Typer(
 )
 cohort_app = typer.Typer(help="Build and inspect cohorts.", no_args_is_help=True)
 app.add_typer(cohort_app, name="cohort", help="Build cohorts from raw sources and describe them.")
-console = Console()
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
-    raise typer.Exit(code=2)
+_fail = fail
 
 
 @app.callback()
@@ -169,6 +164,20 @@ def cohort_convert(
     except ValueError as exc:
         _fail(exc)
     console.print(f"Wrote {len(written)} Parquet tables to [bold]{out}[/]")
+
+
+# Commands with their own module register themselves here: each module defines ``register(app)``.
+_COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _register_commands() -> None:
+    import importlib
+
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"healthfusion.cli.{name}").register(app)
+
+
+_register_commands()
 
 
 def main() -> None:
