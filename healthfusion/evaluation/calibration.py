@@ -1,0 +1,206 @@
+"""Calibration of binary risk models: reliability curve, ECE, Brier, calibration slope and intercept, and post-hoc
+recalibration (temperature scaling or isotonic regression) fitted on validation predictions only.
+
+Definitions
+-----------
+* Reliability curve: stays binned by predicted probability; per bin the mean prediction and the observed rate.
+* ECE (expected calibration error): ``sum_b n_b / n * |observed_b - mean_predicted_b|`` over non-empty bins.
+* Calibration slope: the coefficient ``b`` of the logistic fit ``logit P(y=1) = a + b * logit(p)``; 1 is ideal,
+  below 1 means predictions are too extreme (overfitting).
+* Calibration intercept (calibration-in-the-large): ``a`` in ``logit P(y=1) = a + logit(p)`` (slope fixed at 1);
+  0 is ideal, above 0 means risks are underestimated on average.
+
+Example
+-------
+>>> y, p = [0, 0, 1, 1, 0, 1], [0.1, 0.3, 0.8, 0.7, 0.2, 0.6]
+>>> round(expected_calibration_error(y, p, n_bins=5), 3)
+0.25
+>>> cal = Recalibrator("isotonic").fit(y, p)   # on VALIDATION predictions
+>>> cal.transform([0.15, 0.75]).round(2)
+array([0., 1.])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from sklearn.isotonic import IsotonicRegression
+
+from healthfusion.evaluation.bootstrap import bootstrap_ci
+from healthfusion.evaluation.metrics import check_binary_input
+
+ArrayLike = Any
+_EPS = 1e-7
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def _bins(p: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}.")
+    if strategy == "uniform":
+        return np.linspace(0.0, 1.0, n_bins + 1)
+    if strategy == "quantile":
+        return np.percentile(p, np.linspace(0, 100, n_bins + 1))
+    raise ValueError(f"Unknown binning strategy {strategy!r}; expected 'uniform' or 'quantile'.")
+
+
+def reliability_curve(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10, strategy: str = "uniform") -> pd.DataFrame:
+    """Reliability table: one row per non-empty bin with ``bin_low``, ``bin_high``, ``mean_predicted``,
+    ``observed`` (event rate) and ``n``. Bins as in :func:`sklearn.calibration.calibration_curve`.
+
+    Raises
+    ------
+    ValueError
+        Bad input (see :func:`~healthfusion.evaluation.metrics.check_binary_input`), ``n_bins < 1`` or an unknown
+        ``strategy`` ("uniform" or "quantile").
+    """
+    y, p = check_binary_input(y_true, y_prob)
+    edges = _bins(p, n_bins, strategy)
+    ids = np.searchsorted(edges[1:-1], p, side="right")
+    n = np.bincount(ids, minlength=len(edges) - 1)
+    sum_p = np.bincount(ids, weights=p, minlength=len(edges) - 1)
+    sum_y = np.bincount(ids, weights=y, minlength=len(edges) - 1)
+    ok = n > 0
+    return pd.DataFrame({"bin_low": edges[:-1][ok], "bin_high": edges[1:][ok], "mean_predicted": sum_p[ok] / n[ok],
+                         "observed": sum_y[ok] / n[ok], "n": n[ok].astype(int)})
+
+
+def expected_calibration_error(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10,
+                               strategy: str = "uniform") -> float:
+    """ECE over ``n_bins`` bins (weighted mean absolute gap between observed rate and mean prediction)."""
+    table = reliability_curve(y_true, y_prob, n_bins, strategy)
+    return float((table["n"] * (table["observed"] - table["mean_predicted"]).abs()).sum() / table["n"].sum())
+
+
+def brier_score(y_true: ArrayLike, y_prob: ArrayLike) -> float:
+    """Mean squared difference between outcome and predicted probability."""
+    y, p = check_binary_input(y_true, y_prob)
+    return float(np.mean((p - y) ** 2))
+
+
+def _newton_logistic(x: np.ndarray, y: np.ndarray, offset: np.ndarray, n_iter: int = 50) -> np.ndarray:
+    """Unpenalised logistic regression ``logit P = x @ beta + offset`` by Newton-Raphson (x includes intercept)."""
+    beta = np.zeros(x.shape[1])
+    for _ in range(n_iter):
+        eta = x @ beta + offset
+        mu = 1.0 / (1.0 + np.exp(-eta))
+        w = np.maximum(mu * (1 - mu), 1e-12)
+        grad = x.T @ (y - mu)
+        hess = x.T @ (x * w[:, None])
+        step = np.linalg.solve(hess + 1e-10 * np.eye(x.shape[1]), grad)
+        beta += step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    return beta
+
+
+def calibration_slope_intercept(y_true: ArrayLike, y_prob: ArrayLike) -> dict[str, float]:
+    """``{"slope", "intercept"}``: the logistic recalibration slope and the calibration-in-the-large intercept
+    (see the module docstring). ``nan`` when ``y_true`` has one class.
+
+    Raises
+    ------
+    ValueError
+        Bad input (see :func:`~healthfusion.evaluation.metrics.check_binary_input`).
+    """
+    y, p = check_binary_input(y_true, y_prob)
+    if y.min() == y.max():
+        return {"slope": float("nan"), "intercept": float("nan")}
+    lp = _logit(p)
+    ones = np.ones((y.size, 1))
+    slope = _newton_logistic(np.column_stack([ones, lp]), y, np.zeros(y.size))[1]
+    intercept = _newton_logistic(ones, y, lp)[0]
+    return {"slope": float(slope), "intercept": float(intercept)}
+
+
+def calibration_summary(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10, n_boot: int = 1000,
+                        seed: int = 0) -> pd.DataFrame:
+    """ECE, Brier, slope and intercept with percentile-bootstrap 95% intervals: columns ``metric``, ``value``,
+    ``ci_low``, ``ci_high``, ``n``."""
+
+    def slope(y, p):
+        return calibration_slope_intercept(y, p)["slope"]
+
+    def intercept(y, p):
+        return calibration_slope_intercept(y, p)["intercept"]
+
+    def ece(y, p):
+        return expected_calibration_error(y, p, n_bins)
+
+    rows = []
+    for name, fn in (("ece", ece), ("brier", brier_score), ("slope", slope), ("intercept", intercept)):
+        ci = bootstrap_ci(fn, y_true, y_prob, n_boot=n_boot, seed=seed)
+        rows.append({"metric": name, "value": ci.value, "ci_low": ci.ci_low, "ci_high": ci.ci_high, "n": ci.n})
+    return pd.DataFrame(rows)
+
+
+class Recalibrator:
+    """Post-hoc recalibration of predicted probabilities; fit it on VALIDATION predictions, apply it to test.
+
+    Parameters
+    ----------
+    method : "temperature" | "isotonic", default "temperature"
+        ``temperature``: ``sigmoid(logit(p) / T)`` with ``T`` minimising the validation log loss (keeps the
+        ranking, so AUROC is unchanged). ``isotonic``: a monotone step function (scikit-learn's
+        :class:`~sklearn.isotonic.IsotonicRegression`, clipped outside the fitted range).
+
+    Attributes
+    ----------
+    temperature_ : float
+        For ``method="temperature"``.
+    isotonic_ : IsotonicRegression
+        For ``method="isotonic"``.
+    n_fit_ : int
+        Number of predictions it was fitted on.
+    """
+
+    def __init__(self, method: Literal["temperature", "isotonic"] = "temperature"):
+        self.method = method
+
+    def fit(self, y_true: ArrayLike, y_prob: ArrayLike) -> Recalibrator:
+        """Fit on validation labels and predicted probabilities.
+
+        Raises
+        ------
+        ValueError
+            Unknown method, bad input, or a single-class ``y_true``.
+        """
+        if self.method not in ("temperature", "isotonic"):
+            raise ValueError(f"Unknown recalibration method {self.method!r}; expected 'temperature' or 'isotonic'.")
+        y, p = check_binary_input(y_true, y_prob)
+        if y.min() == y.max():
+            raise ValueError("Recalibration needs both outcomes in the validation data; got a single class.")
+        if self.method == "temperature":
+            z = _logit(p)
+
+            def nll(log_t: float) -> float:
+                q = np.clip(1.0 / (1.0 + np.exp(-z / np.exp(log_t))), _EPS, 1 - _EPS)
+                return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+            self.temperature_ = float(np.exp(minimize_scalar(nll, bounds=(-5, 5), method="bounded").x))
+        else:
+            self.isotonic_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
+        self.n_fit_ = int(y.size)
+        return self
+
+    def transform(self, y_prob: ArrayLike) -> np.ndarray:
+        """Recalibrated probabilities ``[n]``.
+
+        Raises
+        ------
+        ValueError
+            If called before :meth:`fit`.
+        """
+        if not hasattr(self, "n_fit_"):
+            raise ValueError("This Recalibrator is not fitted; call fit(y_val, p_val) on validation predictions first.")
+        p = np.asarray(y_prob, dtype=float)
+        if self.method == "temperature":
+            return 1.0 / (1.0 + np.exp(-_logit(p) / self.temperature_))
+        return np.asarray(self.isotonic_.predict(p), dtype=float)

@@ -1,0 +1,92 @@
+"""Calibration metrics against scikit-learn on small cases, and recalibration fitted on validation data."""
+
+import numpy as np
+import pytest
+from sklearn.calibration import calibration_curve
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import brier_score_loss, log_loss
+
+from healthfusion.evaluation.calibration import (
+    Recalibrator,
+    brier_score,
+    calibration_slope_intercept,
+    calibration_summary,
+    expected_calibration_error,
+    reliability_curve,
+)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.01, 0.99, 400)
+    y = (rng.uniform(size=400) < p).astype(float)
+    return y, p
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "quantile"])
+def test_reliability_curve_matches_sklearn(data, strategy):
+    y, p = data
+    table = reliability_curve(y, p, n_bins=8, strategy=strategy)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=8, strategy=strategy)
+    np.testing.assert_allclose(table["observed"], prob_true)
+    np.testing.assert_allclose(table["mean_predicted"], prob_pred)
+    assert table["n"].sum() == len(y)
+
+
+def test_ece_by_hand_and_brier_matches_sklearn(data):
+    y, p = data
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=10)
+    counts = reliability_curve(y, p, n_bins=10)["n"].to_numpy()
+    assert expected_calibration_error(y, p) == pytest.approx(np.sum(counts * np.abs(prob_true - prob_pred)) / len(y))
+    assert brier_score(y, p) == pytest.approx(brier_score_loss(y, p))
+
+
+def test_slope_matches_unpenalised_logistic_regression(data):
+    y, p = data
+    p_over = 1 / (1 + np.exp(-2.5 * np.log(p / (1 - p))))  # overconfident: slope well below 1
+    result = calibration_slope_intercept(y, p_over)
+    ref = LogisticRegression(C=np.inf).fit(np.log(p_over / (1 - p_over))[:, None], y)
+    assert result["slope"] == pytest.approx(ref.coef_[0, 0], rel=1e-4)
+    assert result["slope"] < 0.6
+    shifted = calibration_slope_intercept(y, p * 0.5)  # underestimated risk: intercept > 0
+    assert shifted["intercept"] > 0.3
+
+
+def test_summary_has_intervals(data):
+    y, p = data
+    table = calibration_summary(y, p, n_boot=50)
+    assert list(table["metric"]) == ["ece", "brier", "slope", "intercept"]
+    assert (table["ci_low"] < table["ci_high"]).all()
+    brier = table.set_index("metric").loc["brier"]
+    assert brier["ci_low"] <= brier["value"] <= brier["ci_high"]
+    assert (table["n"] == len(y)).all()
+
+
+def test_temperature_scaling_improves_overconfident_model(data):
+    y, p = data
+    over = 1 / (1 + np.exp(-3 * np.log(p / (1 - p))))
+    cal = Recalibrator("temperature").fit(y[:200], over[:200])
+    assert cal.temperature_ == pytest.approx(3.0, rel=0.35)
+    fixed = cal.transform(over[200:])
+    assert log_loss(y[200:], fixed) < log_loss(y[200:], over[200:])
+    assert np.array_equal(np.argsort(fixed), np.argsort(over[200:]))  # ranking kept
+
+
+def test_isotonic_matches_sklearn(data):
+    y, p = data
+    cal = Recalibrator("isotonic").fit(y[:200], p[:200])
+    ref = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(p[:200], y[:200])
+    np.testing.assert_allclose(cal.transform(p[200:]), ref.predict(p[200:]))
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="not fitted"):
+        Recalibrator().transform([0.2])
+    with pytest.raises(ValueError, match="Unknown recalibration method"):
+        Recalibrator("platt").fit([0, 1], [0.2, 0.8])
+    with pytest.raises(ValueError, match="both outcomes"):
+        Recalibrator().fit([0, 0], [0.2, 0.8])
+    with pytest.raises(ValueError, match="strategy"):
+        reliability_curve([0, 1], [0.2, 0.8], strategy="kmeans")
