@@ -283,16 +283,30 @@ class Cohort:
         parts = ", ".join(sorted(self._present))
         return f"Cohort(name={self.meta.name!r}, n_stays={len(self)}, tables=[{parts}])"
 
-    def read_table(self, name: str, stay_ids: Iterable[str] | None = None, columns: Sequence[str] | None = None):
-        """Rows of ``name`` for ``stay_ids`` only (all when None), reading no more than needed from disk."""
+    def read_table(self, name: str, stay_ids: Iterable[str] | None = None, columns: Sequence[str] | None = None,
+                   time_range: tuple[float | None, float | None] | None = None):
+        """Rows of ``name`` for ``stay_ids`` only (all when None) and, for a timed table, with ``time`` inside
+        ``time_range`` (inclusive; None = open end), reading no more than needed from disk: a table not loaded
+        yet is filtered while it is read, so a window of a large table never loads the rest."""
         if name not in self._present:
             return None
-        if self._tables.get(name) is None and self._root is not None and stay_ids is not None:
-            ids = pa.array([str(s) for s in stay_ids], type=pa.string())
-            return pq.read_table(self._table_path(name), columns=columns, filters=[("stay_id", "in", ids)]).to_pandas()
+        lo, hi = time_range if time_range is not None else (None, None)
+        if self._tables.get(name) is None and self._root is not None and (
+                stay_ids is not None or lo is not None or hi is not None):
+            filters = []
+            if stay_ids is not None:
+                filters.append(("stay_id", "in", pa.array([str(s) for s in stay_ids], type=pa.string())))
+            if lo is not None:
+                filters.append(("time", ">=", float(lo)))
+            if hi is not None:
+                filters.append(("time", "<=", float(hi)))
+            return pq.read_table(self._table_path(name), columns=columns, filters=filters).to_pandas()
         df = self._get(name)
         if stay_ids is not None:
             df = df[df["stay_id"].isin(pd.Index([str(s) for s in stay_ids]))]
+        if lo is not None or hi is not None:
+            time = df["time"].to_numpy()
+            df = df[(time >= (-np.inf if lo is None else lo)) & (time <= (np.inf if hi is None else hi))]
         return df if columns is None else df[list(columns)]
 
     def observable(self, table: str, stay_ids: Iterable[str] | None = None, start: float | None = None) -> pd.DataFrame:
@@ -309,10 +323,11 @@ class Cohort:
         """
         if table not in TIMED_TABLES:
             raise CohortError(f"observable() takes a timed table ({', '.join(TIMED_TABLES)}), not {table!r}.")
-        df = self.read_table(table, stay_ids)
+        cutoff = self.stays.set_index("stay_id")["prediction_time"]
+        latest = float(cutoff.max()) if len(cutoff) else None
+        df = self.read_table(table, stay_ids, time_range=(start, latest))
         if df is None:
             return pd.DataFrame(columns=list(TABLE_COLUMNS[table]))
-        cutoff = self.stays.set_index("stay_id")["prediction_time"]
         keep = df["time"].to_numpy() <= per_stay(df["stay_id"], cutoff)
         if start is not None:
             keep &= df["time"].to_numpy() >= start

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from healthfusion.data.cohort import Cohort
@@ -12,7 +13,8 @@ from healthfusion.data.sources import get_source
 def build_cohort(source: str, path: Path | None, out: Path, task: str | None = None, console=None,
                  **options) -> Cohort:
     """Run source ``source`` on the raw files at ``path``, save the cohort to ``out`` and return it (loaded from
-    ``out``). The ``synthetic`` source has no raw files: it streams its generated cohort straight into ``out``.
+    ``out``). The ``synthetic`` source has no raw files: it streams its generated cohort straight into ``out``;
+    a reader that takes an ``out`` folder itself (MIMIC-IV) writes its large tables there as it reads them.
 
     Raises
     ------
@@ -24,12 +26,15 @@ def build_cohort(source: str, path: Path | None, out: Path, task: str | None = N
     if path is None and not generated:
         raise SourceError(f"Source {source!r} reads raw files: pass --path to the folder or file that holds them.")
     target = out if generated else path
+    streams = generated or "out" in inspect.signature(builder).parameters
+    if streams and not generated:
+        options["out"] = out
     if console is not None:
         with console.status(f"Building the {source} cohort ..."):
             cohort = builder(target, task=task, progress=True, **options)
     else:
         cohort = builder(target, task=task, **options)
     cohort.accounting.check()
-    if not generated:
+    if not streams:
         cohort.save(out)
     return Cohort.load(out)

@@ -12,7 +12,10 @@ the leakage guard :meth:`~healthfusion.data.cohort.Cohort.observable` hides exac
 each block is reduced to sums and counts at once, and the reduced blocks are merged into the running state by
 key. The state is split into shards of consecutive stays, and a shard is merged once its pending blocks reach
 a quarter of its size, so merging needs extra memory for one shard only and the total work stays close to
-linear.
+linear. Once the state held in memory passes ``memory_rows`` bins, every shard's state is appended to its own
+spill file on disk and memory starts again from empty: the memory used stays flat however large the table.
+:meth:`HourlyBins.chunks` then finishes the shards one at a time (spill file + what is still in memory), so
+results are produced, and can be written out, shard by shard; :func:`iter_hourly` yields them as events.
 
 Example::
 
@@ -25,6 +28,9 @@ Example::
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +46,8 @@ log = logging.getLogger(__name__)
 
 SHARD_STAYS = 512  # stays per shard of the state
 MIN_PENDING = 1 << 16  # a shard is merged once this many reduced rows wait, or a quarter of its size
+MEMORY_ROWS = 4_000_000  # bins held in memory before the state is spilled to disk (24 bytes each)
+_RECORD = np.dtype([("key", np.int64), ("vsum", np.float64), ("osum", np.float32), ("count", np.uint32)])
 _LAST_OFFSET = 1 - 2.0**-20  # mean offsets stay below 1, so hour + offset is inside the hour (float32 sums)
 
 
@@ -52,6 +60,10 @@ class HourlyBins:
         Stays and variables are given to :meth:`add` as indices ``0 .. n - 1``.
     first_hour, last_hour : int
         Range of hour indices (inclusive); an hour may be negative (before admission).
+    memory_rows : int
+        Bins kept in memory before the state is spilled to disk (default :data:`MEMORY_ROWS`, about 100 MB).
+    spill_dir : Path, optional
+        Where spill files go (a temporary folder, removed when :meth:`chunks` ends, when None).
 
     Raises
     ------
@@ -59,7 +71,8 @@ class HourlyBins:
         If a size is not positive, ``last_hour < first_hour``, or the key space exceeds int64.
     """
 
-    def __init__(self, n_stays: int, n_variables: int, first_hour: int, last_hour: int):
+    def __init__(self, n_stays: int, n_variables: int, first_hour: int, last_hour: int,
+                 memory_rows: int | None = None, spill_dir: Path | None = None):
         if n_stays < 1 or n_variables < 1 or last_hour < first_hour:
             raise ValueError(f"Need n_stays >= 1, n_variables >= 1 and first_hour <= last_hour; got {n_stays}, "
                              f"{n_variables}, {first_hour}, {last_hour}.")
@@ -75,6 +88,11 @@ class HourlyBins:
         self._pending: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(n_shards)]
         self._waiting = np.zeros(n_shards, dtype=np.int64)
         self.n_added = 0
+        self.memory_rows = int(MEMORY_ROWS if memory_rows is None else memory_rows)
+        self._spill_root = None if spill_dir is None else Path(spill_dir)
+        self._spill_dir: Path | None = None  # created at the first spill
+        self._spilled = np.zeros(n_shards, dtype=np.int64)  # bins written to each shard's spill file
+        self.n_spills = 0
 
     def add(self, stay: np.ndarray, hour: np.ndarray, variable: np.ndarray, value: np.ndarray,
             offset: np.ndarray) -> None:
@@ -94,6 +112,8 @@ class HourlyBins:
                 self._waiting[shard] += hi - lo
                 if self._waiting[shard] >= max(MIN_PENDING, len(self._state[shard][0]) // 4):
                     self._merge(shard)
+        if self.n_bins > self.memory_rows:
+            self._spill()
 
     def _merge(self, shard: int) -> None:
         parts = [self._state[shard], *self._pending[shard]]
@@ -103,32 +123,74 @@ class HourlyBins:
 
     @property
     def n_bins(self) -> int:
-        """Bins held so far (pending blocks not merged yet count once per block)."""
+        """Bins held in memory (pending blocks not merged yet count once per block; spilled bins do not count)."""
         return int(sum(len(s[0]) for s in self._state) + self._waiting.sum())
+
+    def _spill(self) -> None:
+        """Append every shard's state to its spill file and empty the memory."""
+        if self._spill_dir is None:
+            if self._spill_root is not None:
+                self._spill_root.mkdir(parents=True, exist_ok=True)
+            self._spill_dir = Path(tempfile.mkdtemp(prefix="hourly-", dir=self._spill_root))
+        for shard in range(len(self._state)):
+            if self._pending[shard]:
+                self._merge(shard)
+            key, vsum, osum, count = self._state[shard]
+            if len(key) == 0:
+                continue
+            records = np.empty(len(key), _RECORD)
+            records["key"], records["vsum"], records["osum"], records["count"] = key, vsum, osum, count
+            with open(self._spill_dir / f"shard-{shard:06d}.bin", "ab") as fh:
+                records.tofile(fh)
+            self._spilled[shard] += len(key)
+            self._state[shard] = _empty()
+        self.n_spills += 1
+        log.debug("hourly state spilled to %s (%d bins on disk)", self._spill_dir, int(self._spilled.sum()))
+
+    def _finish(self, shard: int) -> tuple[np.ndarray, ...]:
+        """The shard's final sums (spill file + memory); its memory and spill file are released."""
+        parts = [self._state[shard], *self._pending[shard]]
+        self._state[shard], self._pending[shard], self._waiting[shard] = _empty(), [], 0
+        if self._spilled[shard]:
+            path = self._spill_dir / f"shard-{shard:06d}.bin"
+            records = np.fromfile(path, dtype=_RECORD)
+            path.unlink()
+            self._spilled[shard] = 0
+            parts.append((records["key"], records["vsum"], records["osum"], records["count"]))
+        if len(parts) == 1:
+            return parts[0]
+        return _reduce(*(np.concatenate([p[i] for p in parts]) for i in range(4)))
+
+    def chunks(self) -> Iterator[dict[str, np.ndarray]]:
+        """The hourly means shard by shard (consecutive stays), each as :meth:`result` describes; a shard's
+        memory and spill file are released as it is yielded, and the spill folder when the last one is."""
+        try:
+            for shard in range(len(self._state)):
+                key, vsum, osum, count = self._finish(shard)
+                if len(key) == 0:
+                    continue
+                rest, variable = np.divmod(key, self.n_variables)
+                stay, hour = np.divmod(rest, self.n_hours)
+                yield {"stay": stay.astype(np.int32), "hour": (hour + self.first_hour).astype(np.int32),
+                       "variable": variable.astype(np.int32), "value": vsum / count,
+                       "offset": np.minimum(osum / count, _LAST_OFFSET).astype(np.float32),
+                       "count": count.astype(np.uint32)}
+        finally:
+            if self._spill_dir is not None:
+                shutil.rmtree(self._spill_dir, ignore_errors=True)
+                self._spill_dir = None
 
     def result(self) -> dict[str, np.ndarray]:
         """The hourly means, sorted by stay, hour, variable: arrays ``stay``, ``hour``, ``variable`` (int32),
         ``value`` (mean, float64), ``offset`` (mean time within the hour, float32 in [0, 1)) and ``count``
-        (uint32). The state is released shard by shard as the arrays fill."""
-        for shard in range(len(self._state)):
-            if self._pending[shard]:
-                self._merge(shard)
-        n = sum(len(s[0]) for s in self._state)
-        out = {"stay": np.empty(n, np.int32), "hour": np.empty(n, np.int32), "variable": np.empty(n, np.int32),
-               "value": np.empty(n, np.float64), "offset": np.empty(n, np.float32), "count": np.empty(n, np.uint32)}
-        at = 0
-        for shard in range(len(self._state)):
-            key, vsum, osum, count = self._state[shard]
-            self._state[shard] = _empty()
-            part = slice(at, at + len(key))
-            rest, out["variable"][part] = np.divmod(key, self.n_variables)
-            out["stay"][part], hour = np.divmod(rest, self.n_hours)
-            out["hour"][part] = hour + self.first_hour
-            out["value"][part] = vsum / count
-            out["offset"][part] = np.minimum(osum / count, _LAST_OFFSET)
-            out["count"][part] = count
-            at += len(key)
-        return out
+        (uint32), all in memory at once (:meth:`chunks` gives them shard by shard)."""
+        parts = list(self.chunks())
+        names = ("stay", "hour", "variable", "value", "offset", "count")
+        if not parts:
+            return {"stay": np.empty(0, np.int32), "hour": np.empty(0, np.int32), "variable": np.empty(0, np.int32),
+                    "value": np.empty(0, np.float64), "offset": np.empty(0, np.float32),
+                    "count": np.empty(0, np.uint32)}
+        return {name: np.concatenate([p[name] for p in parts]) for name in names}
 
 
 def _empty() -> tuple[np.ndarray, ...]:
@@ -149,7 +211,22 @@ def stream_hourly(
     prediction_hours: float, acc: RowAccounting, derived: dict[str, tuple[str, ...]] | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Stream an itemid-coded event table into hourly means per stay and variable, counting every row.
+    """All of :func:`iter_hourly`'s events in one DataFrame (for tables whose hourly means fit in memory)."""
+    parts = list(iter_hourly(path, table, columns, items, windows, prediction_hours, acc, derived, progress))
+    if not parts:
+        stay_ids = pd.Index(windows["stay_id"])
+        return pd.DataFrame({"stay_id": pd.Categorical([], categories=stay_ids), "time": np.empty(0),
+                             "variable": pd.Categorical([]), "value": np.empty(0)})
+    return pd.concat(parts, ignore_index=True)
+
+
+def iter_hourly(
+    path: Path, table: str, columns: tuple[str, str, str, str], items: pd.DataFrame, windows: pd.DataFrame,
+    prediction_hours: float, acc: RowAccounting, derived: dict[str, tuple[str, ...]] | None = None,
+    progress: bool = False, memory_rows: int | None = None, spill_dir: Path | None = None,
+) -> Iterator[pd.DataFrame]:
+    """Stream an itemid-coded event table into hourly means per stay and variable, counting every row; yield the
+    events in chunks of consecutive stays, in bounded memory (see :class:`HourlyBins`).
 
     Parameters
     ----------
@@ -168,10 +245,15 @@ def stream_hourly(
         ``{"GCS": ("GCSEye", "GCSVerbal", "GCSMotor")}``: a variable that is the sum of the hourly means of its
         components, in every hour where all of them have a value; dated at the latest component time.
 
-    Returns
-    -------
+    memory_rows, spill_dir : optional
+        Passed to :class:`HourlyBins`: bins held in memory before spilling, and where spill files go.
+
+    Yields
+    ------
     DataFrame
-        Events with columns ``stay_id``, ``time`` (hours since ``intime``), ``variable``, ``value``.
+        Events with columns ``stay_id``, ``time`` (hours since ``intime``), ``variable``, ``value``; the
+        categories of ``stay_id`` are all of ``windows["stay_id"]`` and those of ``variable`` are the same in
+        every chunk. The whole table is read (and every row counted) before the first chunk is yielded.
 
     Row accounting: ``unmapped item``, ``stay not in cohort``, ``missing time``, ``missing value``,
     ``implausible value`` (outside :data:`~healthfusion.data.plausibility.PLAUSIBLE_RANGES` after unit
@@ -191,7 +273,7 @@ def stream_hourly(
     start, end = windows["start"].to_numpy(dtype=float), windows["end"].to_numpy(dtype=float)
     pred = float(prediction_hours)
     bins = HourlyBins(len(windows), len(variables), int(np.floor(start.min() - pred)),
-                      int(np.floor(end.max() - pred)))
+                      int(np.floor(end.max() - pred)), memory_rows=memory_rows, spill_dir=spill_dir)
     kinds = {key_col: "int", item_col: "int", time_col: "time", value_col: "float"}
     for i, t in enumerate(stream_table(path, kinds)):
         acc.read(table, t.num_rows)
@@ -225,7 +307,11 @@ def stream_hourly(
         rel = hours[ok] - pred
         hour = np.floor(rel)
         bins.add(stay[ok], hour, var[ok], value[ok], rel - hour)
-    return _events(bins.result(), variables, pd.Index(windows["stay_id"]), pred, derived)
+    if bins.n_spills:
+        log.info("%s: hourly state spilled to disk %d time(s)", table, bins.n_spills)
+    stay_ids = pd.Index(windows["stay_id"])
+    for chunk in bins.chunks():
+        yield _events(chunk, variables, stay_ids, pred, derived)
 
 
 def _events(means: dict[str, np.ndarray], variables: pd.Index, stay_ids: pd.Index, pred: float,

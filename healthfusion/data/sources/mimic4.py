@@ -79,11 +79,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from healthfusion.data.accounting import RowAccounting
-from healthfusion.data.cohort import Cohort
+from healthfusion.data.cohort import Cohort, CohortWriter
 from healthfusion.data.errors import SourceError
 from healthfusion.data.plausibility import drop_implausible
 from healthfusion.data.schema import CohortMeta, LabelSpec
-from healthfusion.data.sources.hourly import stream_hourly
+from healthfusion.data.sources.hourly import iter_hourly
 from healthfusion.data.sources.io import (
     find_table,
     keep_rows,
@@ -127,6 +127,7 @@ def build(
     lookback_hours: float = 24.0,
     codes_at: str = "discharge",
     lab_time: str = "charttime",
+    out: str | Path | None = None,
 ) -> Cohort:
     """Read a MIMIC-IV extract into a cohort of ICU stays (see the module docstring for the tables).
 
@@ -149,6 +150,10 @@ def build(
         Time given to diagnosis codes; ``"admission"`` is leakage-prone (see the module docstring).
     lab_time : {"charttime", "storetime"}, default "charttime"
         Which labevents time dates a lab value.
+    out : str or Path, optional
+        Write the cohort to this folder as it is built and return it loaded lazily from there: the hourly
+        chartevents are written chunk by chunk (stays in order), so memory stays flat however large the table.
+        Without it the cohort is built in memory.
 
     Returns
     -------
@@ -181,33 +186,9 @@ def build(
 
     windows = stays[["subject_id", "stay_key", "stay_id", "intime"]].assign(
         start=-float(lookback_hours), end=stays["los_hours"])
-    parts = []
-    lab_cols = {"subject_id": "int", "itemid": "int", lab_time: "time", "valuenum": "float"}
-    parts.append(stream_events(find_table(root / "hosp", "labevents"), "labevents", lab_cols, "subject_id",
-                               lab_time, "valuenum", mimic4_items("labevents"), windows, acc, progress))
-    chart = optional_table(root / "icu", "chartevents")
-    if chart is not None:
-        parts.append(stream_hourly(chart, "chartevents", ("stay_id", "itemid", "charttime", "valuenum"),
-                                   mimic4_items("chartevents"), windows, prediction_hours, acc,
-                                   derived={"GCS": GCS_COMPONENTS}, progress=progress))
-    output = optional_table(root / "icu", "outputevents")
-    if output is not None:
-        cols = {"stay_id": "int", "itemid": "int", "charttime": "time", "value": "float"}
-        parts.append(stream_events(output, "outputevents", cols, "stay_id", "charttime", "value",
-                                   mimic4_items("outputevents"), windows, acc, progress))
-    for name, file in (("chartevents", chart), ("outputevents", output)):
-        if file is None:
-            log.info("%s: no %s table; its variables are absent from the cohort.", root, name)
-    # one categorical coding for every part, so the concatenation stays compact (chartevents: millions)
-    stay_ids, variables = pd.Index(stays["stay_id"]), pd.Index(sorted({*mimic4_items()["variable"], "GCS"}))
-    events = pd.concat([p.assign(stay_id=pd.Categorical(p["stay_id"], categories=stay_ids),
-                                 variable=pd.Categorical(p["variable"], categories=variables)) for p in parts],
-                       ignore_index=True)
-    del parts
-
     codes = _codes(root, stays, acc, codes_at)
     labels = _labels(stays)
-    out = stays.assign(
+    table = stays.assign(
         prediction_time=float(prediction_hours), site=SITE, care_unit=stays["first_careunit"].fillna(UNKNOWN),
         age_group=age_group(stays["Age"]), sex=stays["Gender"], ethnicity=ethnicity_group(stays["race"]),
     )[["stay_id", "patient_id", "prediction_time", "site", "care_unit", "age_group", "sex", "ethnicity"]]
@@ -220,9 +201,49 @@ def build(
         description=(f"MIMIC-IV ICU stays of at least {min_stay:g} h, prediction at {prediction_hours:g} h "
                      f"after ICU admission; diagnosis codes dated at hospital {codes_at}."),
     )
+    # one categorical coding for every part, so events stay compact (chartevents: millions)
+    stay_ids, variables = pd.Index(stays["stay_id"]), pd.Index(sorted({*mimic4_items()["variable"], "GCS"}))
+
+    def coded(part: pd.DataFrame) -> pd.DataFrame:
+        return part.assign(stay_id=pd.Categorical(part["stay_id"], categories=stay_ids),
+                           variable=pd.Categorical(part["variable"], categories=variables))
+
+    parts = _event_parts(root, windows, prediction_hours, lab_time, acc, progress)
+    if out is not None:
+        n_events = 0
+        with CohortWriter(out, meta, acc) as writer:
+            writer.append(stays=table, static=static, codes=codes, labels=labels)
+            for part in parts:
+                writer.append(events=coded(part))
+                n_events += len(part)
+            acc.check()
+        log.info("%s: %d ICU stays, %d events, %d codes written to %s", root, len(table), n_events, len(codes), out)
+        return Cohort.load(out)
+    events = pd.concat([coded(p) for p in parts], ignore_index=True)
     acc.check()
-    log.info("%s: %d ICU stays, %d events, %d codes", root, len(out), len(events), len(codes))
-    return Cohort(out, static=static, events=events, codes=codes, labels=labels, meta=meta, accounting=acc)
+    log.info("%s: %d ICU stays, %d events, %d codes", root, len(table), len(events), len(codes))
+    return Cohort(table, static=static, events=events, codes=codes, labels=labels, meta=meta, accounting=acc)
+
+
+def _event_parts(root: Path, windows: pd.DataFrame, prediction_hours: float, lab_time: str, acc: RowAccounting,
+                 progress: bool):
+    """Events of the stays in ``windows``, part by part: labs, hourly chartevents chunks, urine output."""
+    lab_cols = {"subject_id": "int", "itemid": "int", lab_time: "time", "valuenum": "float"}
+    yield stream_events(find_table(root / "hosp", "labevents"), "labevents", lab_cols, "subject_id",
+                        lab_time, "valuenum", mimic4_items("labevents"), windows, acc, progress)
+    chart = optional_table(root / "icu", "chartevents")
+    if chart is not None:
+        yield from iter_hourly(chart, "chartevents", ("stay_id", "itemid", "charttime", "valuenum"),
+                               mimic4_items("chartevents"), windows, prediction_hours, acc,
+                               derived={"GCS": GCS_COMPONENTS}, progress=progress)
+    output = optional_table(root / "icu", "outputevents")
+    if output is not None:
+        cols = {"stay_id": "int", "itemid": "int", "charttime": "time", "value": "float"}
+        yield stream_events(output, "outputevents", cols, "stay_id", "charttime", "value",
+                            mimic4_items("outputevents"), windows, acc, progress)
+    for name, file in (("chartevents", chart), ("outputevents", output)):
+        if file is None:
+            log.info("%s: no %s table; its variables are absent from the cohort.", root, name)
 
 
 def check_hours(**hours: float | None) -> None:

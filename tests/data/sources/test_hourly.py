@@ -50,6 +50,32 @@ def test_hourly_bins_memory_is_bounded_by_cells_not_rows():
     assert len(bins.result()["value"]) == 20
 
 
+def test_spilled_state_gives_the_same_means_shard_by_shard(monkeypatch, tmp_path):
+    """With a tiny memory budget the state goes to disk many times; the means are those of the in-memory run,
+    chunks come in stay order (one per shard) and the spill files are gone at the end."""
+    monkeypatch.setattr(hourly, "SHARD_STAYS", 8)
+    monkeypatch.setattr(hourly, "MIN_PENDING", 50)
+    rng = np.random.default_rng(4)
+    blocks = [_random_events(rng, 2000) for _ in range(6)]
+    kept = HourlyBins(n_stays=40, n_variables=5, first_hour=-30, last_hour=200)
+    spilled = HourlyBins(n_stays=40, n_variables=5, first_hour=-30, last_hour=200, memory_rows=300,
+                         spill_dir=tmp_path / "spill")
+    for b in blocks:
+        kept.add(**b)
+        spilled.add(**b)
+        assert spilled.n_bins <= 300 + 2000  # memory: the budget plus at most one reduced block
+    assert spilled.n_spills >= 5 and kept.n_spills == 0
+    chunks = list(spilled.chunks())
+    assert len(chunks) == 5  # 40 stays / 8 per shard
+    assert all(c["stay"].min() // 8 == c["stay"].max() // 8 for c in chunks)
+    got, want = ({k: np.concatenate([c[k] for c in parts]) for k in parts[0]} for parts in (chunks, [kept.result()]))
+    for name in ("stay", "hour", "variable", "count"):
+        np.testing.assert_array_equal(got[name], want[name])
+    np.testing.assert_allclose(got["value"], want["value"], rtol=1e-12)
+    np.testing.assert_allclose(got["offset"], want["offset"], atol=1e-6)
+    assert list((tmp_path / "spill").iterdir()) == []  # spill folder of this run removed
+
+
 def test_hourly_bins_reject_bad_sizes():
     with pytest.raises(ValueError, match="first_hour <= last_hour"):
         HourlyBins(n_stays=1, n_variables=1, first_hour=5, last_hour=4)

@@ -204,6 +204,28 @@ def test_cohort_round_trips_and_is_registered(extract, tmp_path):
     assert len(loaded) == 2 and loaded.meta.label("readmission_30d").kind == "binary"
 
 
+def test_building_into_a_folder_streams_the_same_cohort_with_spills(extract, tmp_path, monkeypatch):
+    """build(out=...) writes the hourly chunks as they finish (here with the state spilled to disk at every
+    block) and returns the lazily loaded folder: same events, accounting and observable rows as in memory."""
+    from healthfusion.data.sources import hourly
+
+    whole = build(extract)
+    monkeypatch.setattr(io, "STREAM_BLOCK_BYTES", 200)
+    monkeypatch.setattr(hourly, "MEMORY_ROWS", 1)
+    monkeypatch.setattr(hourly, "SHARD_STAYS", 1)
+    folder = build(extract, out=tmp_path / "cohort")
+    assert (tmp_path / "cohort" / "events.parquet").is_file() and folder._tables.get("events") is None
+    assert folder.accounting.to_dict() == whole.accounting.to_dict()
+    key = ["stay_id", "time", "variable", "value"]
+
+    def plain(df):
+        return df.astype({"stay_id": str, "variable": str})[key].sort_values(key).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(plain(folder.observable("events", start=-6.0)),
+                                  plain(whole.observable("events", start=-6.0)))
+    assert folder._tables.get("events") is None  # the window was read with a filter, not the whole table
+    pd.testing.assert_frame_equal(plain(folder.events), plain(whole.events))
+
 
 def _add_chart_rows(extract: Path, rows: list[tuple]) -> None:
     path = extract / "icu" / "chartevents.csv.gz"
