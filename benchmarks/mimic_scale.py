@@ -19,7 +19,8 @@ memory is read from its own ``ru_maxrss`` (``os.wait4``; database writing and th
 the parent, which a child's ``ru_maxrss`` starts from, stays small):
 
 (a) ``project`` on the CSV database: :func:`healthfusion.data.sources.mimic4.build` (the whole cohort: stays,
-    labels, codes, chartevents streamed into hourly means), then tensors ``values``/``mask`` [stays, 48 h,
+    labels, codes, chartevents streamed into hourly means, written to a cohort folder chunk by chunk as
+    ``healthfusion cohort build`` does), then tensors ``values``/``mask`` [stays, 48 h,
     variables] of the 48 hours before the prediction time (24 h), read through the leakage guard
     ``Cohort.observable``;
 (b) ``pandas`` on the CSV database: the same transformation as a vectorized pandas program - read the CSV
@@ -210,19 +211,24 @@ def _chart_chunk(s, stays, intime, length, mapped_ids, mapped_p, unmapped_ids, r
 
 
 # ---------------------------------------------------------------------------------------------- the builds
-def project_build(root: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict]:
-    """(a)/(d): the project's reader, then the tensors of the 48 h before the prediction time from what the
-    leakage guard lets through. Returns the cohort's events, the tensors and the chartevents row accounting."""
+def project_build(root: Path, events: bool = True) -> tuple[pd.DataFrame | int, dict[str, np.ndarray], dict]:
+    """(a)/(d): the project's reader writing the cohort folder ``<root>-cohort`` as it reads (hourly means
+    streamed out chunk by chunk), then the tensors of the 48 h before the prediction time from what the leakage
+    guard lets through (a filtered read of the folder). Returns the cohort's events (or, with ``events=False``,
+    their number, so nothing else is read back), the tensors and the chartevents row accounting."""
     from healthfusion.data.sources.mimic4 import build
 
-    cohort = build(root, prediction_hours=PREDICTION_HOURS, lookback_hours=LOOKBACK_HOURS)
+    folder = root.parent / f"{root.name}-cohort"
+    shutil.rmtree(folder, ignore_errors=True)
+    cohort = build(root, prediction_hours=PREDICTION_HOURS, lookback_hours=LOOKBACK_HOURS, out=folder)
     seen = cohort.observable("events", start=PREDICTION_HOURS - WINDOW_HOURS)
     hour = np.floor(seen["time"].to_numpy() - (PREDICTION_HOURS - WINDOW_HOURS)).astype("int64")
     seen, hour = seen[hour < WINDOW_HOURS], hour[hour < WINDOW_HOURS]  # hours whose values all fall at p itself
     stays = np.sort(cohort.stay_ids.astype("int64"))
     cells = pd.DataFrame({"s": _index_in(seen["stay_id"], stays.astype(str)), "h": hour,
                           "v": _index_in(seen["variable"], chart_variables()), "value": seen["value"].to_numpy()})
-    return cohort.events, _tensors(cells, len(stays)), cohort.accounting.to_dict()["chartevents"]
+    kept = cohort.events if events else json.loads((folder / "cohort.json").read_text())["tables"]["events"]
+    return kept, _tensors(cells, len(stays)), cohort.accounting.to_dict()["chartevents"]
 
 
 def _index_in(values: pd.Series, table) -> np.ndarray:
@@ -322,8 +328,12 @@ def _child(mode: str, root: Path, out: Path, save: Path | None, rows: int = 0, c
         figures = compare(pd.read_parquet(root / "project-means.parquet"), pd.read_parquet(root / "pandas-means.parquet"),
                           dict(np.load(root / "project-means.npz")), dict(np.load(root / "pandas-means.npz")))
     else:
-        means, tensors, counts = (pandas_build if mode == "pandas" else project_build)(root)
-        figures = {"rows": counts["read"], "hourly_means": len(means), "tensor_shape": list(tensors["mask"].shape),
+        if mode == "pandas":
+            means, tensors, counts = pandas_build(root)
+        else:
+            means, tensors, counts = project_build(root, events=save is not None)
+        n_means = means if isinstance(means, int) else len(means)
+        figures = {"rows": counts["read"], "hourly_means": n_means, "tensor_shape": list(tensors["mask"].shape),
                    "observed": int(tensors["mask"].sum())}
     figures["seconds"] = time.perf_counter() - start
     figures["vm_hwm_mb"] = _vm_hwm_mb()
@@ -391,8 +401,8 @@ def run(sizes: list[int], copies: int, work: Path, keep: bool) -> list[dict]:
                   f"{c.get('tensors_close')}", flush=True)
         results.append(row)
         if not keep:
-            shutil.rmtree(root, ignore_errors=True)
-            shutil.rmtree(parquet, ignore_errors=True)
+            for folder in (root, parquet, work / f"csv-{n}-cohort", work / f"parquet-{n}-cohort"):
+                shutil.rmtree(folder, ignore_errors=True)
     return results
 
 
