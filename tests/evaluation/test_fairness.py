@@ -1,0 +1,65 @@
+"""Subgroup metrics and gaps against Fairlearn and scikit-learn on small cases; the mitigation's effect."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from fairlearn.metrics import MetricFrame, equalized_odds_difference, false_positive_rate
+from sklearn.metrics import precision_score, recall_score, roc_auc_score
+
+from healthfusion.evaluation.fairness import fairness_gaps, group_metrics, group_thresholds
+
+
+@pytest.fixture
+def biased():
+    """Group B's scores are shifted down: same outcomes, lower predicted risk (fewer flagged)."""
+    rng = np.random.default_rng(1)
+    n = 600
+    group = rng.choice(["A", "B"], n)
+    y = (rng.uniform(size=n) < 0.3).astype(float)
+    score = 1 / (1 + np.exp(-(2.0 * (y - 0.5) + rng.normal(0, 1, n) - 1.2 * (group == "B"))))
+    site = np.where(np.arange(n) < 6, "tiny", "big")
+    return y, score, pd.DataFrame({"grp": group, "site": site})
+
+
+def test_group_metrics_match_fairlearn_metricframe(biased):
+    y, p, groups = biased
+    table = group_metrics(y, p, groups, threshold=0.4, n_boot=50)
+    decisions = (p >= 0.4).astype(int)
+    frame = MetricFrame(metrics={"tpr": recall_score, "ppv": precision_score, "fpr": false_positive_rate},
+                        y_true=y.astype(int), y_pred=decisions, sensitive_features=groups["grp"])
+    ours = table[table["attribute"] == "grp"].set_index("group")
+    for metric in ("tpr", "ppv", "fpr"):
+        np.testing.assert_allclose(ours[metric].to_numpy(), frame.by_group[metric].to_numpy())
+    for g in ("A", "B"):
+        mask = groups["grp"].to_numpy() == g
+        assert ours.loc[g, "auroc"] == pytest.approx(roc_auc_score(y[mask], p[mask]))
+        assert ours.loc[g, "n"] == mask.sum()
+        assert ours.loc[g, "auroc_ci_low"] <= ours.loc[g, "auroc"] <= ours.loc[g, "auroc_ci_high"]
+        assert ours.loc[g, "calibration_gap"] == pytest.approx(y[mask].mean() - p[mask].mean())
+
+
+def test_small_groups_flagged_and_left_out_of_gaps(biased):
+    y, p, groups = biased
+    table = group_metrics(y, p, groups, n_boot=20)
+    tiny = table[(table["attribute"] == "site") & (table["group"] == "tiny")]
+    assert len(tiny) == 1 and bool(tiny["small_group"].iloc[0]) and int(tiny["n"].iloc[0]) == 6
+    gaps = fairness_gaps(y, p, groups, threshold=0.4).set_index("attribute")
+    assert "tiny (n=6)" in gaps.loc["site", "excluded"]
+    assert gaps.loc["site", "n_groups"] == 1 and np.isnan(gaps.loc["site", "equalized_odds_difference"])
+    expected = equalized_odds_difference(y.astype(int), (p >= 0.4).astype(int), sensitive_features=groups["grp"])
+    assert gaps.loc["grp", "equalized_odds_difference"] == pytest.approx(expected)
+
+
+def test_group_thresholds_reduce_the_equalised_odds_gap(biased):
+    y, p, groups = biased
+    g = groups["grp"].to_numpy()
+    val, test = slice(0, 300), slice(300, None)
+    decisions, effect = group_thresholds(y[val], p[val], g[val], y[test], p[test], g[test], threshold=0.4)
+    assert set(np.unique(decisions)) <= {0, 1} and decisions.size == 300
+    assert effect.loc["equalized_odds_difference", "after"] < effect.loc["equalized_odds_difference", "before"]
+    assert list(effect.columns) == ["before", "after"]
+
+
+def test_group_rows_must_match():
+    with pytest.raises(ValueError, match="groups has 2 rows but y_true has 3"):
+        group_metrics([0, 1, 0], [0.1, 0.8, 0.3], pd.DataFrame({"sex": ["F", "M"]}))
