@@ -21,6 +21,8 @@ from healthfusion.features.base import FeatureTransformer
 
 log = logging.getLogger(__name__)
 
+GRID_CHUNK_STAYS = 2048  # stays gridded at a time: float64 scratch stays ~30 MB per array at 48 steps x 40 vars
+
 
 class TimeSeriesTransformer(FeatureTransformer):
     """Grid, impute and standardise the ``events`` table.
@@ -110,22 +112,38 @@ class TimeSeriesTransformer(FeatureTransformer):
         rel = events["time"].to_numpy() - (pred[s] - self.hours)
         t = np.clip(np.floor(rel / self.step).astype(np.int64), 0, t_steps - 1)
         z = (events["value"].to_numpy() - np.asarray(self.mean_)[v]) / np.asarray(self.std_)[v]
+        out = {"values": np.empty((n, t_steps, n_var), np.float32), "mask": np.empty((n, t_steps, n_var), np.float32),
+               "delta": np.empty((n, t_steps, n_var), np.float32)}
+        order = np.argsort(s, kind="stable")  # events grouped by stay, so each chunk of stays is one slice
+        s, t, v, z = s[order], t[order], v[order], z[order]
+        cuts = np.searchsorted(s, np.arange(0, n + GRID_CHUNK_STAYS, GRID_CHUNK_STAYS))
+        for i, lo in enumerate(range(0, n, GRID_CHUNK_STAYS)):
+            hi = min(lo + GRID_CHUNK_STAYS, n)
+            rows = slice(cuts[i], cuts[i + 1])
+            chunk = self._grid(s[rows] - lo, t[rows], v[rows], z[rows], hi - lo)
+            for name, array in chunk.items():
+                out[name][lo:hi] = array
+        out["lengths"] = np.full(n, t_steps, dtype=np.int64)
+        return out
+
+    def _grid(self, s: np.ndarray, t: np.ndarray, v: np.ndarray, z: np.ndarray, n: int) -> dict[str, np.ndarray]:
+        """Values (bin means, carried forward), mask and scaled time since last observation of ``n`` stays, from
+        their events' stay, step and variable indices and standardised values (float64 sums, float32 out)."""
+        t_steps, n_var = self.n_steps, len(self.variables_)
         flat = (s * t_steps + t) * n_var + v
         size = n * t_steps * n_var
         sums = np.bincount(flat, weights=z, minlength=size)
         counts = np.bincount(flat, minlength=size)
         mask = (counts > 0).reshape(n, t_steps, n_var)
         values = np.divide(sums, counts, out=np.zeros(size), where=counts > 0).reshape(n, t_steps, n_var)
+        del sums, counts
         # last observation carried forward, and time since it
-        steps = np.arange(t_steps)[None, :, None]
-        last = np.maximum.accumulate(np.where(mask, steps, -1), axis=1)
+        steps = np.arange(t_steps, dtype=np.int32)[None, :, None]
+        last = np.maximum.accumulate(np.where(mask, steps, np.int32(-1)), axis=1)
         seen = last >= 0
         filled = np.take_along_axis(values, np.maximum(last, 0), axis=1)
-        values = np.where(seen, filled, 0.0)
-        delta = np.where(seen, steps - last, steps + 1) * self.step / self.hours
         return {
-            "values": values.astype(np.float32),
+            "values": np.where(seen, filled, 0.0).astype(np.float32),
             "mask": mask.astype(np.float32),
-            "delta": delta.astype(np.float32),
-            "lengths": np.full(n, t_steps, dtype=np.int64),
+            "delta": (np.where(seen, steps - last, steps + 1) * self.step / self.hours).astype(np.float32),
         }

@@ -47,6 +47,19 @@ def test_gridding_locf_mask_and_delta():
     assert mean == pytest.approx(np.mean([60, 80, 100])), "the event after prediction time must not be fitted"
 
 
+def test_gridding_in_chunks_of_stays_gives_the_same_arrays(tiny_cohort, monkeypatch):
+    from healthfusion.features import timeseries
+
+    ids = list(tiny_cohort.stay_ids)[::-1]  # an order unlike the events table's
+    tr = TimeSeriesTransformer(min_count=1).fit(tiny_cohort, ids[:8])
+    whole = tr.transform(tiny_cohort, ids)
+    monkeypatch.setattr(timeseries, "GRID_CHUNK_STAYS", 5)  # 12 stays: chunks of 5, 5 and 2
+    chunked = tr.transform(tiny_cohort, ids)
+    assert whole["mask"].sum() > 0
+    for key in whole:
+        np.testing.assert_array_equal(whole[key], chunked[key])
+
+
 def test_planted_future_events_never_reach_features(tiny_cohort):
     ids = list(tiny_cohort.stay_ids)
     feat = _featurizer().fit(tiny_cohort, ids)
