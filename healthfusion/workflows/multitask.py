@@ -1,0 +1,619 @@
+"""``healthfusion multitask --config MT.yaml``: train one multimodal multitask model (M3H) on tasks of any kind,
+measure each task, the task-interdependence matrix (TIM) and, optionally, single-task models of the same budget.
+
+Example ``MT.yaml``::
+
+    name: physionet-m3h
+    data:
+      source: physionet2012
+      path: ../shared/data/physionet2012/set-a.tar.gz
+      split: {train: 0.7, val: 0.15, test: 0.15, seed: 0}
+    features: {modalities: [ts, static], hours: 48, step: 2}
+    tasks:
+      - {name: death, kind: binary, source: {label: in_hospital_death}}
+      - {name: los_gt_3d, kind: binary, source: {label: length_of_stay, above: 3}}
+      - {name: los, kind: regression, source: {label: length_of_stay}}
+      - {name: icu_type, kind: multiclass, source: {static: ICUType}}   # ICUType leaves the static inputs
+      - {name: phenotype, kind: clustering, n_clusters: 4}
+    training: {max_epochs: 20, weighting: uncertainty}
+    tim: {ablation: attention}
+    comparison: {single_task: true, seeds: [0, 1, 2]}
+
+Label sources (``source``), exactly one of:
+
+* ``label: NAME`` a label of the cohort (its kind must match the task's; ``above: X`` turns a regression label into
+  the binary task ``label > X``);
+* ``static: COLUMN`` a static column, as a multiclass target; the column is removed from the static inputs;
+* ``stays: COLUMN`` a column of the stays table (e.g. ``care_unit``) as a multiclass target;
+* ``codes: icd9_groups`` the stay's ICD-9 codes (any time: it is a label, not a feature) grouped into
+  :data:`ICD9_GROUPS`, as a multilabel target; a stay without codes has a missing label.
+
+The run folder holds ``config.yaml``, ``tasks.csv`` (the per-task table), ``tim_attention.csv``/``.png``,
+``tim_ablation.csv``/``.png`` (and ``tim_retrain.csv``/``.png`` with retraining ablation), ``clusters.json``,
+``comparison.csv`` (per task and seed), ``metrics.json``, ``history.json`` and ``model/`` (a saved
+:class:`~healthfusion.models.multitask.MultitaskModel` with the featurizer state in ``preprocessing.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from healthfusion.data.cohort import Cohort
+from healthfusion.data.splits import split_patients
+from healthfusion.evaluation.tim import (
+    MAIN_METRIC,
+    ablation_tim,
+    attention_tim,
+    main_metric_ci,
+    plot_tim,
+    relative_improvement,
+    seed_interval,
+    task_metrics,
+    tim_agreement,
+)
+from healthfusion.features.compose import CohortFeaturizer, encode_target
+from healthfusion.features.tabular import StaticTransformer
+from healthfusion.models.multitask import MultitaskModel, MultitaskModelConfig, TaskKind, TaskSpec
+from healthfusion.training.multitask import (
+    MultitaskTrainingConfig,
+    fit_multitask,
+    predict_multitask,
+    target_key,
+)
+from healthfusion.workflows.config import ConfigError, FeatureSpec, SourceSpec, SplitSpec
+from healthfusion.workflows.modeling import hybrid_config
+from healthfusion.workflows.train import make_featurizer, open_source, usable_rows
+
+log = logging.getLogger(__name__)
+
+# ICD-9 diagnosis groups of Strack et al. (2014), the paper that released the Diabetes 130 data: (name, ranges of
+# the numeric code part, inclusive); "diabetes" is 250.xx; V and E codes and everything else are "other".
+ICD9_GROUPS: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = (
+    ("circulatory", ((390, 459.99), (785, 785.99))),
+    ("respiratory", ((460, 519.99), (786, 786.99))),
+    ("digestive", ((520, 579.99), (787, 787.99))),
+    ("diabetes", ((250, 250.99),)),
+    ("injury", ((800, 999.99),)),
+    ("musculoskeletal", ((710, 739.99),)),
+    ("genitourinary", ((580, 629.99), (788, 788.99))),
+    ("neoplasms", ((140, 239.99),)),
+)
+ICD9_GROUP_NAMES: tuple[str, ...] = (*(g for g, _ in ICD9_GROUPS), "other")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LabelSource(_Strict):
+    """Where a task's labels come from (exactly one of ``label``, ``static``, ``stays``, ``codes``)."""
+
+    label: str | None = None
+    above: float | None = None
+    static: str | None = None
+    stays: str | None = None
+    codes: Literal["icd9_groups"] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> LabelSource:
+        given = [k for k in ("label", "static", "stays", "codes") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of label, static, stays, codes; got {given or 'none'}")
+        if self.above is not None and self.label is None:
+            raise ValueError("'above' turns a regression 'label' into a binary task; it needs 'label'")
+        return self
+
+
+class TaskConfig(_Strict):
+    """One task: ``name``, ``kind``, label ``source`` (none for clustering), loss ``weight``, input ``modalities``
+    (default: all), ``n_clusters`` (clustering only)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    kind: TaskKind
+    source: LabelSource | None = None
+    weight: float = Field(1.0, gt=0)
+    modalities: list[Literal["ts", "static", "codes", "text", "image"]] = Field(default_factory=list)
+    n_clusters: int | None = Field(None, ge=2)
+
+    @model_validator(mode="after")
+    def _check(self) -> TaskConfig:
+        if self.kind == "clustering":
+            if self.source is not None:
+                raise ValueError(f"task {self.name!r}: a clustering task learns without labels; remove 'source'")
+            if self.n_clusters is None:
+                self.n_clusters = 4
+        else:
+            if self.source is None:
+                raise ValueError(f"task {self.name!r}: a {self.kind} task needs a label 'source'")
+            if self.n_clusters is not None:
+                raise ValueError(f"task {self.name!r}: n_clusters is for clustering tasks only")
+        return self
+
+
+class MultitaskDataSpec(SourceSpec):
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    max_stays: int | None = Field(None, ge=10)
+
+
+class MultitaskModelSpec(_Strict):
+    fusion: Literal["concat", "gated", "attention"] = "concat"
+    hidden: int = Field(32, ge=1)
+    task_dim: int = Field(32, ge=1)
+    lstm_layers: int = Field(1, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    task_attention: bool = True
+
+
+class TimSpec(_Strict):
+    ablation: Literal["attention", "retrain", "both", "none"] = "attention"
+
+
+class ComparisonSpec(_Strict):
+    single_task: bool = False
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+
+class MultitaskConfig(_Strict):
+    """The ``healthfusion multitask`` run configuration (unknown keys are errors at every level)."""
+
+    name: str = "multitask"
+    out: Path | None = None
+    data: MultitaskDataSpec
+    features: FeatureSpec = Field(default_factory=FeatureSpec)
+    exclude_static: list[str] = Field(default_factory=list)
+    tasks: list[TaskConfig] = Field(min_length=1)
+    model: MultitaskModelSpec = Field(default_factory=MultitaskModelSpec)
+    training: MultitaskTrainingConfig = Field(default_factory=MultitaskTrainingConfig)
+    tim: TimSpec = Field(default_factory=TimSpec)
+    comparison: ComparisonSpec = Field(default_factory=ComparisonSpec)
+    n_boot: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> MultitaskConfig:
+        names = [t.name for t in self.tasks]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"task names must be unique; {dup} repeat")
+        for t in self.tasks:
+            missing = [m for m in t.modalities if m not in self.features.modalities]
+            if missing:
+                raise ValueError(f"task {t.name!r} reads {missing}, not in features.modalities "
+                                 f"{self.features.modalities}")
+        return self
+
+
+def load_multitask_config(path: str | Path) -> MultitaskConfig:
+    """Read and validate ``MT.yaml``; relative data paths are resolved against the file's folder.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and each offending key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
+    try:
+        config = MultitaskConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from exc
+    for attr in ("path", "cohort"):
+        value = getattr(config.data, attr)
+        if value is not None and not value.is_absolute():
+            setattr(config.data, attr, (path.parent / value).resolve())
+    return config
+
+
+# ------------------------------------------------------------------------------------------------ labels
+def icd9_group(code: str) -> str:
+    """The :data:`ICD9_GROUPS` group of one ICD-9 code (``"other"`` for V/E codes and unlisted ranges)."""
+    try:
+        value = float(code)
+    except ValueError:
+        return "other"
+    for name, ranges in ICD9_GROUPS:
+        if any(lo <= value <= hi for lo, hi in ranges):
+            return name
+    return "other"
+
+
+def _column(table: pd.DataFrame | None, column: str, where: str, stay_ids: list[str]) -> pd.Series:
+    if table is None or column not in table.columns:
+        have = [] if table is None else [c for c in table.columns if c != "stay_id"]
+        raise ValueError(f"The cohort's {where} table has no column {column!r} (it has {have}); fix the task source.")
+    return table.set_index("stay_id")[column].reindex(stay_ids)
+
+
+def extract_labels(cohort: Cohort, tasks: Sequence[TaskConfig], stay_ids: Sequence[str]) -> tuple[dict, dict]:
+    """Encoded labels of every supervised task for ``stay_ids`` and each task's classes.
+
+    Returns
+    -------
+    (labels, classes)
+        ``labels[task]``: binary/regression float ``[n]`` (NaN missing), multiclass int ``[n]`` (-1 missing),
+        multilabel float ``[n, K]`` (NaN rows missing). ``classes[task]``: list of class/label names or None.
+
+    Raises
+    ------
+    ValueError
+        Unknown label or column, a kind that does not match the label's, an unknown label value.
+    """
+    ids = [str(s) for s in stay_ids]
+    labels: dict[str, np.ndarray] = {}
+    classes: dict[str, list[str] | None] = {}
+    for task in tasks:
+        src = task.source
+        if src is None:
+            continue
+        if src.label is not None:
+            try:
+                spec = cohort.meta.label(src.label)
+            except KeyError as exc:
+                raise ValueError(f"Task {task.name!r}: {exc.args[0]}") from None
+            expected = "regression" if src.above is not None else task.kind
+            if spec.kind != expected:
+                raise ValueError(f"Task {task.name!r} is {task.kind} but label {src.label!r} is {spec.kind}"
+                                 + (" ('above' needs a regression label)" if src.above is not None else "") + ".")
+            values = encode_target(cohort.label(src.label).reindex(ids), spec)
+            if src.above is not None:
+                values = np.where(np.isnan(values), np.nan, (values > src.above).astype(np.float32))
+                values = values.astype(np.float32)
+            labels[task.name], classes[task.name] = values, list(spec.classes) if spec.classes else None
+        elif src.static is not None or src.stays is not None:
+            if task.kind != "multiclass":
+                raise ValueError(f"Task {task.name!r}: a static/stays column is a multiclass source, not {task.kind}.")
+            where, col = ("static", src.static) if src.static is not None else ("stays", src.stays)
+            raw = _column(cohort.static if where == "static" else cohort.stays, col, where, ids)
+            text = raw.astype("string").replace({"Unknown": pd.NA, "nan": pd.NA})
+            names = sorted(text.dropna().unique().tolist())
+            if len(names) < 2:
+                raise ValueError(f"Task {task.name!r}: {where} column {col!r} has {len(names)} class(es); need >= 2.")
+            lookup = {c: i for i, c in enumerate(names)}
+            labels[task.name] = np.array([lookup.get(v, -1) if v is not pd.NA else -1 for v in text], dtype=np.int64)
+            classes[task.name] = names
+        else:
+            if task.kind != "multilabel":
+                raise ValueError(f"Task {task.name!r}: codes: icd9_groups is a multilabel source, not {task.kind}.")
+            codes = cohort.codes
+            if codes is None:
+                raise ValueError(f"Task {task.name!r}: the cohort has no codes table to group.")
+            groups = codes.assign(group=codes["code"].map(icd9_group))
+            names = list(ICD9_GROUP_NAMES)
+            hot = pd.crosstab(groups["stay_id"], groups["group"]).reindex(columns=names, fill_value=0).clip(upper=1)
+            out = hot.reindex(ids).to_numpy(dtype=np.float32)  # stays without codes: NaN rows (missing)
+            labels[task.name], classes[task.name] = out, names
+    return labels, classes
+
+
+# ------------------------------------------------------------------------------------------------ model build
+def _task_specs(config: MultitaskConfig, labels: dict, classes: dict, train_rows: np.ndarray,
+                only: Sequence[str] | None = None) -> tuple[TaskSpec, ...]:
+    specs = []
+    for t in config.tasks:
+        if only is not None and t.name not in only:
+            continue
+        extra: dict[str, Any] = {}
+        if t.kind == "clustering":
+            extra["n_outputs"] = t.n_clusters
+        elif t.kind in ("multiclass", "multilabel"):
+            extra["n_outputs"] = len(classes[t.name])
+        elif t.kind == "regression":
+            y = labels[t.name][train_rows]
+            y = y[~np.isnan(y)]
+            if len(y) < 2:
+                raise ValueError(f"Task {t.name!r} has {len(y)} labelled training stays; need at least 2.")
+            extra.update(target_shift=float(y.mean()), target_scale=float(max(y.std(), 1e-6)))
+        specs.append(TaskSpec(name=t.name, kind=t.kind, modalities=tuple(t.modalities), **extra))
+    return tuple(specs)
+
+
+def build_model(config: MultitaskConfig, feat: CohortFeaturizer, tasks: tuple[TaskSpec, ...],
+                task_attention: bool | None = None) -> MultitaskModel:
+    """A :class:`MultitaskModel` with encoders sized from the fitted featurizer (as the hybrid's)."""
+    spec = config.model
+    enc = hybrid_config(feat, hidden=spec.hidden, lstm_layers=spec.lstm_layers, dropout=spec.dropout)
+    encoders = {m: getattr(enc, m) for m in enc.modalities}
+    attention = spec.task_attention if task_attention is None else task_attention
+    return MultitaskModel(MultitaskModelConfig(**encoders, tasks=tasks, fusion=spec.fusion, fusion_dim=spec.hidden,
+                                               task_dim=spec.task_dim, dropout=spec.dropout,
+                                               task_attention=attention and len(tasks) > 1))
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+def _evaluate(model: MultitaskModel, data, seed: int, removed: Sequence[str] = ()) -> tuple[dict, dict]:
+    pred = predict_multitask(model, data, removed=removed)
+    metrics = {}
+    for i, task in enumerate(model.config.tasks):
+        rows = pred["task_present"][:, i]
+        p = pred["predictions"][task.name][rows]
+        if task.kind == "clustering":
+            metrics[task.name] = task_metrics("clustering", None, p, embedding=pred["representations"][rows, i],
+                                              seed=seed)
+        else:
+            metrics[task.name] = task_metrics(task.kind, data[target_key(task.name)][rows], p)
+    return metrics, pred
+
+
+class _Progress:
+    """Rich progress over every training of the run (one bar per training, advanced per epoch)."""
+
+    def __init__(self, console):
+        self.console = console
+        self.bar = None
+
+    def __enter__(self):
+        if self.console is not None:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console)
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def fit(self, description: str, model, train, val, config: MultitaskTrainingConfig, weights) -> dict:
+        bar_id = None if self.bar is None else self.bar.add_task(description, total=config.max_epochs, info="")
+
+        def on_epoch(epoch, record):
+            if self.bar is not None:
+                self.bar.update(bar_id, completed=epoch + 1, info=f"val {record['val']['total']:.3f}")
+
+        history = fit_multitask(model, train, val, config, weights=weights, on_epoch=on_epoch)
+        if self.bar is not None:
+            self.bar.update(bar_id, completed=config.max_epochs)
+        return history
+
+
+def _stratifier(config: MultitaskConfig, labels: dict, ids: list[str]) -> pd.Series | None:
+    for t in config.tasks:
+        if t.kind == "binary":
+            return pd.Series(labels[t.name], index=ids)
+    return None
+
+
+def prepare(config: MultitaskConfig, console=None) -> dict:
+    """Cohort, labels, split and fitted featurizer of a run, and the train/val/test datasets with targets."""
+    cohort = open_source(config.data, console)
+    ids = [str(s) for s in cohort.stay_ids]
+    if config.data.max_stays is not None and len(ids) > config.data.max_stays:
+        stays = cohort.stays
+        patients = stays["patient_id"].drop_duplicates().to_numpy()
+        rng = np.random.default_rng(config.data.split.seed)
+        rng.shuffle(patients)
+        per_patient = stays.groupby("patient_id").size().reindex(patients).cumsum()
+        keep = set(per_patient.index[per_patient.to_numpy() <= config.data.max_stays])
+        ids = stays.loc[stays["patient_id"].isin(keep), "stay_id"].astype(str).tolist()
+        cohort = cohort.subset(ids)
+    labels, classes = extract_labels(cohort, config.tasks, ids)
+    split = config.data.split
+    fractions = {"train": split.train, "val": split.val, "test": split.test}
+    assignment = split_patients(cohort.stays, fractions, seed=split.seed,
+                                stratify=_stratifier(config, labels, ids)).reindex(ids)
+    excluded = list(dict.fromkeys([*config.exclude_static,
+                                   *(t.source.static for t in config.tasks if t.source and t.source.static)]))
+    feat = make_featurizer(config.features, None)
+    if "static" in config.features.modalities:
+        feat.transformers["static"] = StaticTransformer(exclude=excluded)
+    train_ids = [s for s in ids if assignment[s] == "train"]
+    feat.fit(cohort, train_ids)
+    data = feat.transform(cohort, ids, with_target=False)
+    data = data.with_arrays(**{target_key(name): arr for name, arr in labels.items()})
+    split_arr = assignment.to_numpy()
+    usable = usable_rows(data)
+    parts = {s: data[(split_arr == s) & usable] for s in ("train", "val", "test")}
+    for s, part in parts.items():
+        if len(part) == 0:
+            raise ValueError(f"The {s} split has no usable stay; change data.split or use more stays.")
+    return {"cohort": cohort, "labels": labels, "classes": classes, "featurizer": feat, "excluded": excluded,
+            "data": parts, "n_unusable": int((~usable).sum()), "train_rows": split_arr == "train"}
+
+
+def run_multitask(config: MultitaskConfig, console=None) -> Path:
+    """Run the whole multitask job and write the run folder (see the module docstring); returns its path.
+
+    Raises
+    ------
+    ValueError
+        On bad labels, splits or data (messages name the task, column or file).
+    """
+    start = time.time()
+    run_dir = config.out or Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    prep = prepare(config, console)
+    train, val, test = (prep["data"][s] for s in ("train", "val", "test"))
+    kinds = {t.name: t.kind for t in config.tasks}
+    names = [t.name for t in config.tasks]
+    weights = {t.name: t.weight for t in config.tasks}
+    specs = _task_specs(config, prep["labels"], prep["classes"], prep["train_rows"])
+    rows, tims, abl, retrain, histories = [], [], [], [], {}
+    main_model = main_pred = None
+    with _Progress(console) as progress:
+        for seed in config.comparison.seeds:
+            tcfg = config.training.model_copy(update={"seed": seed})
+            model = build_model(config, prep["featurizer"], specs)
+            histories[f"multitask/seed{seed}"] = progress.fit(f"seed {seed}: multitask", model, train, val, tcfg,
+                                                              weights)
+            full, pred = _evaluate(model, test, seed)
+            if main_model is None:
+                main_model, main_pred = model, pred
+            tims.append(attention_tim(names, pred["task_attention"], pred["self_weight"], pred["task_present"]))
+            for name in names:
+                rows.append({"seed": seed, "model": "multitask", "task": name, **_flat(full[name])})
+            if config.tim.ablation in ("attention", "both") and model.attention is not None:
+                without = {j: {i: m["main"] for i, m in _evaluate(model, test, seed, removed=[j])[0].items()}
+                           for j in names}
+                abl.append(ablation_tim(names, kinds, {i: full[i]["main"] for i in names}, without))
+            if config.tim.ablation in ("retrain", "both") and len(names) > 1:
+                without = {}
+                for j in names:
+                    rest = [s for s in specs if s.name != j]
+                    sub = build_model(config, prep["featurizer"], tuple(rest))
+                    progress.fit(f"seed {seed}: without {j}", sub, train, val, tcfg,
+                                 {k: w for k, w in weights.items() if k != j})
+                    without[j] = {i: m["main"] for i, m in _evaluate(sub, test, seed)[0].items()}
+                retrain.append(ablation_tim(names, kinds, {i: full[i]["main"] for i in names}, without))
+            if config.comparison.single_task:
+                for spec in specs:
+                    single = build_model(config, prep["featurizer"], (spec,), task_attention=False)
+                    histories[f"single/{spec.name}/seed{seed}"] = progress.fit(
+                        f"seed {seed}: single {spec.name}", single, train, val, tcfg, None)
+                    metrics = _evaluate(single, test, seed)[0][spec.name]
+                    rows.append({"seed": seed, "model": "single", "task": spec.name, **_flat(metrics)})
+    per_seed = pd.DataFrame(rows)
+    table = task_table(per_seed, kinds, main_model, main_pred, test, config.n_boot)
+    summary = improvement_summary(per_seed, kinds)
+    _write_outputs(run_dir, config, prep, main_model, main_pred, test, per_seed, table, summary, tims, abl, retrain,
+                   histories, time.time() - start)
+    return run_dir
+
+
+def _flat(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not isinstance(v, list)}
+
+
+def task_table(per_seed: pd.DataFrame, kinds: dict, model: MultitaskModel, pred: dict, test, n_boot: int
+               ) -> pd.DataFrame:
+    """One row per task: main metric of the (first-seed) multitask model with a bootstrap 95% CI on the test
+    stays, its mean over seeds, the single-task mean and the relative improvement with a t-interval over seeds."""
+    rows = []
+    for i, task in enumerate(model.config.tasks):
+        name = task.name
+        metric, higher = MAIN_METRIC[task.kind]
+        mt = per_seed[(per_seed["model"] == "multitask") & (per_seed["task"] == name)].sort_values("seed")
+        row = {"task": name, "kind": task.kind, "metric": metric, "higher_is_better": higher,
+               "n": int(mt["n"].iloc[0]), "self_weight": float(pred["self_weight"][pred["task_present"][:, i], i].mean())}
+        row["multitask"] = float(mt["main"].iloc[0])
+        if task.kind != "clustering":
+            present = pred["task_present"][:, i]
+            ci = main_metric_ci(task.kind, test[target_key(name)][present], pred["predictions"][name][present],
+                                n_boot=n_boot)
+            row["multitask_ci_low"], row["multitask_ci_high"] = ci.ci_low, ci.ci_high
+        mean, lo, hi = seed_interval(mt["main"].tolist())
+        row.update(multitask_mean=mean, multitask_seed_ci_low=lo, multitask_seed_ci_high=hi)
+        st = per_seed[(per_seed["model"] == "single") & (per_seed["task"] == name)].sort_values("seed")
+        if len(st):
+            s_mean, s_lo, s_hi = seed_interval(st["main"].tolist())
+            rel = [relative_improvement(a, b, higher) for a, b in zip(mt["main"], st["main"], strict=True)]
+            r_mean, r_lo, r_hi = seed_interval(rel)
+            row.update(single_mean=s_mean, single_seed_ci_low=s_lo, single_seed_ci_high=s_hi,
+                       rel_improvement=r_mean, rel_ci_low=r_lo, rel_ci_high=r_hi,
+                       worse_beyond_ci=bool(np.isfinite(r_hi) and r_hi < 0))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def improvement_summary(per_seed: pd.DataFrame, kinds: dict) -> dict:
+    """Mean relative improvement over tasks per seed, with a t-interval over seeds (all tasks, and the supervised
+    ones only); empty without single-task models."""
+    if not (per_seed["model"] == "single").any():
+        return {}
+    out = {}
+    for label, tasks in (("all_tasks", list(kinds)), ("supervised_tasks", [t for t, k in kinds.items()
+                                                                           if k != "clustering"])):
+        per = []
+        for _seed, group in per_seed.groupby("seed"):
+            vals = []
+            for t in tasks:
+                mt = group[(group["model"] == "multitask") & (group["task"] == t)]["main"]
+                st = group[(group["model"] == "single") & (group["task"] == t)]["main"]
+                if len(mt) and len(st):
+                    vals.append(relative_improvement(float(mt.iloc[0]), float(st.iloc[0]), MAIN_METRIC[kinds[t]][1]))
+            if vals:
+                per.append(float(np.nanmean(vals)))
+        mean, lo, hi = seed_interval(per)
+        out[label] = {"mean": mean, "ci_low": lo, "ci_high": hi, "per_seed": per, "tasks": tasks}
+    return out
+
+
+def _mean_frame(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
+    if not frames:
+        return None
+    return sum(frames) / len(frames)
+
+
+def _cluster_report(model: MultitaskModel, pred: dict, test, labels_kinds: dict) -> dict:
+    """Size, silhouette and, per cluster, the mean of every binary/regression task's label (what the phenotype
+    means clinically)."""
+    out = {}
+    for i, task in enumerate(model.config.tasks):
+        if task.kind != "clustering":
+            continue
+        rows = pred["task_present"][:, i]
+        assign = pred["predictions"][task.name][rows].argmax(axis=1)
+        metrics = task_metrics("clustering", None, pred["predictions"][task.name][rows],
+                               embedding=pred["representations"][rows, i])
+        profile = {}
+        for other, kind in labels_kinds.items():
+            if kind not in ("binary", "regression"):
+                continue
+            y = test[target_key(other)][rows]
+            profile[other] = [float(np.nanmean(y[assign == k])) if np.isfinite(y[assign == k]).any() else None
+                              for k in range(task.n_outputs)]
+        out[task.name] = {**metrics, "label_means_by_cluster": profile}
+    return out
+
+
+def _write_outputs(run_dir: Path, config, prep, model, pred, test, per_seed, table, summary, tims, abl, retrain,
+                   histories, seconds) -> None:
+    kinds = {t.name: t.kind for t in config.tasks}
+    table.to_csv(run_dir / "tasks.csv", index=False)
+    per_seed.to_csv(run_dir / "comparison.csv", index=False)
+    matrices = {}
+    for stem, frames, title in (("tim_attention", tims, "TIM from attention (share of task i's representation)"),
+                                ("tim_ablation", abl, "TIM by attention ablation (relative metric change)"),
+                                ("tim_retrain", retrain, "TIM by retraining without task j (relative change)")):
+        mean = _mean_frame(frames)
+        if mean is None:
+            continue
+        mean.to_csv(run_dir / f"{stem}.csv")
+        plot_tim(mean, run_dir / f"{stem}.png", title=title)
+        matrices[stem] = mean
+    agreement = {k: tim_agreement(matrices["tim_attention"], m) for k, m in matrices.items()
+                 if k != "tim_attention" and "tim_attention" in matrices}
+    clusters = _cluster_report(model, pred, test, kinds)
+    (run_dir / "clusters.json").write_text(json.dumps(clusters, indent=2, allow_nan=True))
+    model.save_pretrained(run_dir / "model", preprocessing_state={
+        "featurizer": prep["featurizer"].get_state(),
+        "tasks": [t.model_dump(mode="json") for t in config.tasks],
+        "classes": prep["classes"],
+    })
+    metrics = {
+        "name": config.name, "seconds": seconds, "seeds": config.comparison.seeds,
+        "n": {s: len(d) for s, d in prep["data"].items()}, "n_unusable": prep["n_unusable"],
+        "excluded_static": prep["excluded"], "tasks": table.to_dict(orient="records"), "improvement": summary,
+        "tim_agreement": agreement, "clusters": clusters,
+        "tim": {k: m.to_dict() for k, m in matrices.items()},
+    }
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
+    (run_dir / "history.json").write_text(json.dumps(histories, indent=2, default=_json_default))
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.bool_):
+        return bool(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
