@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from healthfusion.features.image import ImageAugmentation
+from healthfusion.training.finetune import FinetuneConfig
 
 
 class TrainerConfig(BaseModel):
@@ -62,6 +63,11 @@ class TrainerConfig(BaseModel):
         on the rows whose ``image_present`` flag is set; validation and ``predict`` always see the images
         unchanged. Drawn from a generator seeded from ``seed``, so runs stay reproducible. A dict is accepted,
         e.g. ``{"max_shift": 3, "max_rotation": 10}``. None: no augmentation.
+    finetune : FinetuneConfig or None, default None
+        Fine-tuning strategy for models with pretrained modules: ``linear_probe`` (frozen), ``full``,
+        ``gradual_unfreeze`` or ``discriminative`` learning rates (see :mod:`healthfusion.training.finetune`).
+        A dict is accepted, e.g. ``{"strategy": "linear_probe", "modules": ["encoders.ts"]}``. None: plain
+        training of every parameter.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -81,6 +87,7 @@ class TrainerConfig(BaseModel):
     num_threads: int | None = Field(None, ge=1)
     progress: bool = False
     image_augmentation: ImageAugmentation | None = None
+    finetune: FinetuneConfig | None = None
 
 
 @dataclass

@@ -32,6 +32,7 @@ from healthfusion.features.dataset import ArrayDataset
 from healthfusion.features.image import augment
 from healthfusion.training.callbacks import Callback, Checkpoint, EarlyStopping, ProgressCallback
 from healthfusion.training.config import TrainerConfig, TrainingHistory, resolve_device
+from healthfusion.training.finetune import FineTuner
 from healthfusion.training.monitoring import HEAD_METRIC, head_metric, monitor_mode, resolve_monitor
 from healthfusion.training.objectives import (
     Objective,
@@ -172,7 +173,9 @@ class Trainer:
                 class_weights_from_labels(train[B.TARGET], kind) if cfg.imbalance == "class_weight" else None
             )
             self._objective = Objective(kind, weight).to(self.device)
-            self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            self._finetuner = FineTuner(model, cfg.finetune) if cfg.finetune is not None else None
+            params = self._finetuner.param_groups(cfg.lr) if self._finetuner else model.parameters()
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
             self._scaler = torch.amp.GradScaler("cuda") if self._amp else None
             self._active = self._collect_callbacks(val is not None, monitor)
             resume, self._resume_state = self._resume_state, None
@@ -191,6 +194,9 @@ class Trainer:
                 for cb in self._active:
                     cb.on_exception(self, exc)
                 raise
+            finally:
+                if self._finetuner is not None:
+                    self._finetuner.restore()
         return self.history
 
     def _loop(self, train: ArrayDataset, val: ArrayDataset | None) -> None:
@@ -208,6 +214,8 @@ class Trainer:
             self.num_batches = -(-len(order) // cfg.batch_size)
             if cfg.lr_schedule != "constant":
                 self._set_lr(epoch)
+            if self._finetuner is not None:
+                self._finetuner.start_epoch(epoch)
             for cb in self._active:
                 cb.on_epoch_start(self)
             train_loss = self._train_epoch(train, order)
@@ -238,6 +246,8 @@ class Trainer:
         # Plain `p.grad = None` instead of optimizer.zero_grad(): same effect, without its per-call profiler hooks.
         params = [p for group in optimizer.param_groups for p in group["params"]]
         model.train()
+        if self._finetuner is not None:
+            self._finetuner.freeze_modes()
         totals, norms = [], []  # 0-dim tensors; summed once per epoch so batches never wait on the device
         for i, batch in enumerate(train.iter_batches(self.config.batch_size, order, device=self.device)):
             target = batch.pop(B.TARGET)
@@ -276,7 +286,7 @@ class Trainer:
         cfg = self.config
         lr = cfg.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.max_epochs))  # "cosine", the only schedule
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # discriminative fine-tuning scales each group
 
     def _augment_images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The batch's images augmented on the rows where the image is present (all rows without a flag)."""
