@@ -24,7 +24,7 @@ from fairlearn.metrics import demographic_parity_difference, equalized_odds_diff
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from healthfusion.evaluation.bootstrap import bootstrap_ci, metrics_with_ci
-from healthfusion.evaluation.metrics import check_binary_input
+from healthfusion.evaluation.metrics import auroc, check_binary_input
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def fairness_gaps(y_true: ArrayLike, y_prob: ArrayLike, groups: Any, threshold: 
                   min_group_size: int = MIN_GROUP_SIZE, y_pred: ArrayLike | None = None) -> pd.DataFrame:
     """Per attribute: Fairlearn's ``equalized_odds_difference`` and ``demographic_parity_difference`` of the
     decisions ``y_prob >= threshold`` (or the given ``y_pred``), the AUROC range over groups, the number of groups
-    compared and the small groups left out (``excluded``).
+    compared and the small groups left out (``excluded``); ``auroc_range`` covers groups with both outcomes.
 
     Raises
     ------
@@ -106,7 +106,6 @@ def fairness_gaps(y_true: ArrayLike, y_prob: ArrayLike, groups: Any, threshold: 
     y, p = check_binary_input(y_true, y_prob)
     frame = _groups_frame(groups, y.size)
     decisions = (p >= threshold).astype(int) if y_pred is None else np.asarray(y_pred).astype(int)
-    per_group = group_metrics(y, p, frame, threshold=threshold, n_boot=1, min_group_size=min_group_size)
     rows = []
     for attribute in frame.columns:
         sizes = frame[attribute].value_counts()
@@ -122,8 +121,9 @@ def fairness_gaps(y_true: ArrayLike, y_prob: ArrayLike, groups: Any, threshold: 
                 y[keep].astype(int), decisions[keep], sensitive_features=sf))
             row["demographic_parity_difference"] = float(demographic_parity_difference(
                 y[keep].astype(int), decisions[keep], sensitive_features=sf))
-            aurocs = per_group[(per_group["attribute"] == attribute) & per_group["group"].isin(keep_groups)]["auroc"]
-            row["auroc_range"] = float(aurocs.max() - aurocs.min()) if aurocs.notna().any() else float("nan")
+            aurocs = [auroc(y[keep][sf == g], p[keep][sf == g]) for g in keep_groups
+                      if 0 < y[keep][sf == g].sum() < (sf == g).sum()]
+            row["auroc_range"] = float(max(aurocs) - min(aurocs)) if len(aurocs) >= 2 else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -3,7 +3,9 @@
 A run folder holds ``config.yaml`` (the validated config), ``model/`` (the hybrid, loadable without the data),
 ``predictions.csv`` (one row per evaluated stay: split, label, each model's probability), ``metrics.json`` and
 ``comparison.csv`` (every model with bootstrap 95% CIs, at threshold 0.5 and at an operating point chosen on the
-validation stays), ``roc.png``/``pr.png``, ``history.json`` and ``accounting.csv`` (the input rows' fate).
+validation stays), ``roc.png``/``pr.png``, ``history.json``, ``accounting.csv`` (the input rows' fate), ``domains.csv`` (each
+evaluated stay's site, care unit, age group, sex, ethnicity), ``explanations/`` and ``audit/`` (see
+:mod:`healthfusion.workflows.audit`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from healthfusion.models.classical import make_baseline
 from healthfusion.models.hybrid import HybridModel
 from healthfusion.training import Trainer
 from healthfusion.training.callbacks import ProgressCallback
+from healthfusion.workflows.audit import domain_table, write_audit, write_explanations
 from healthfusion.workflows.config import FeatureSpec, ModelSpec, RunConfig, SourceSpec
 from healthfusion.workflows.evaluate import evaluate_predictions
 from healthfusion.workflows.modeling import hybrid_config
@@ -225,6 +228,8 @@ def run_training(config: RunConfig, console=None) -> Path:
         rows.append(frame)
     predictions = pd.concat(rows, ignore_index=True)
     predictions.to_csv(run_dir / "predictions.csv", index=False)
+    domain_table({s: cohorts[s].stays for s in ("val", "test")},
+                 {s: ids[s] for s in ("val", "test")}).to_csv(run_dir / "domains.csv", index=False)
 
     say("[bold cyan]Evaluation[/] on the test stays")
     ev = config.evaluation
@@ -241,4 +246,10 @@ def run_training(config: RunConfig, console=None) -> Path:
     summary["best_epoch"] = history.best_epoch
     summary["model_spec"] = spec.model_dump()
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+
+    say("[bold cyan]Audit[/] explanations, calibration, subgroups, impact")
+    test_rows = np.flatnonzero(usable["test"])
+    write_explanations(run_dir, model, feat, data["train"][usable["train"]], data["test"][test_rows],
+                       [ids["test"][i] for i in test_rows], seed=config.training.seed)
+    write_audit(run_dir, model=HYBRID, n_boot=min(ev.n_boot, 500), seed=config.training.seed)
     return run_dir
