@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -325,9 +326,11 @@ def _task_specs(config: MultitaskConfig, labels: dict, classes: dict, train_rows
     return tuple(specs)
 
 
-def build_model(config: MultitaskConfig, feat: CohortFeaturizer, tasks: tuple[TaskSpec, ...],
+def build_model(config: MultitaskConfig, feat: CohortFeaturizer, tasks: tuple[TaskSpec, ...], seed: int = 0,
                 task_attention: bool | None = None) -> MultitaskModel:
-    """A :class:`MultitaskModel` with encoders sized from the fitted featurizer (as the hybrid's)."""
+    """A :class:`MultitaskModel` with encoders sized from the fitted featurizer (as the hybrid's), initialised from
+    ``seed`` (so a run is reproducible whatever was trained before it)."""
+    torch.manual_seed(seed)
     spec = config.model
     enc = hybrid_config(feat, hidden=spec.hidden, lstm_layers=spec.lstm_layers, dropout=spec.dropout)
     encoders = {m: getattr(enc, m) for m in enc.modalities}
@@ -453,7 +456,7 @@ def run_multitask(config: MultitaskConfig, console=None) -> Path:
     with _Progress(console) as progress:
         for seed in config.comparison.seeds:
             tcfg = config.training.model_copy(update={"seed": seed})
-            model = build_model(config, prep["featurizer"], specs)
+            model = build_model(config, prep["featurizer"], specs, seed)
             histories[f"multitask/seed{seed}"] = progress.fit(f"seed {seed}: multitask", model, train, val, tcfg,
                                                               weights)
             full, pred = _evaluate(model, test, seed)
@@ -470,14 +473,14 @@ def run_multitask(config: MultitaskConfig, console=None) -> Path:
                 without = {}
                 for j in names:
                     rest = [s for s in specs if s.name != j]
-                    sub = build_model(config, prep["featurizer"], tuple(rest))
+                    sub = build_model(config, prep["featurizer"], tuple(rest), seed)
                     progress.fit(f"seed {seed}: without {j}", sub, train, val, tcfg,
                                  {k: w for k, w in weights.items() if k != j})
                     without[j] = {i: m["main"] for i, m in _evaluate(sub, test, seed)[0].items()}
                 retrain.append(ablation_tim(names, kinds, {i: full[i]["main"] for i in names}, without))
             if config.comparison.single_task:
                 for spec in specs:
-                    single = build_model(config, prep["featurizer"], (spec,), task_attention=False)
+                    single = build_model(config, prep["featurizer"], (spec,), seed, task_attention=False)
                     histories[f"single/{spec.name}/seed{seed}"] = progress.fit(
                         f"seed {seed}: single {spec.name}", single, train, val, tcfg, None)
                     metrics = _evaluate(single, test, seed)[0][spec.name]
