@@ -1,0 +1,46 @@
+"""``healthfusion explain RUN_DIR``: compute a run folder's explanations (and ``domains.csv`` if missing) from its
+saved model and the data its ``config.yaml`` names, for runs trained before explanations were written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from healthfusion.features.compose import CohortFeaturizer
+from healthfusion.models.base import load_model
+from healthfusion.workflows.audit import domain_table, write_explanations
+from healthfusion.workflows.config import RunConfig
+from healthfusion.workflows.train import open_source, usable_rows
+
+
+def explain_run(run_dir: str | Path, n_explain: int = 48, seed: int = 0, console=None) -> dict:
+    """Write ``RUN_DIR/explanations/`` for the run's hybrid model on its test stays (background: validation stays).
+
+    Raises
+    ------
+    ValueError
+        If the folder lacks ``config.yaml``, ``predictions.csv`` or ``model/``, or the data cannot be read.
+    """
+    run_dir = Path(run_dir)
+    for name in ("config.yaml", "predictions.csv", "model"):
+        if not (run_dir / name).exists():
+            raise ValueError(f"{run_dir} has no {name}; explanations need a run folder written by `healthfusion train`.")
+    config = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    model, state = load_model(run_dir / "model")
+    if state is None:
+        raise ValueError(f"{run_dir / 'model'} has no preprocessing.json; re-train to save the feature pipeline.")
+    feat = CohortFeaturizer.from_state(state)
+    predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"stay_id": str})
+    main = open_source(config.data, console)
+    test = open_source(config.data.test, console) if config.data.test is not None else main
+    ids = {s: predictions.loc[predictions["split"] == s, "stay_id"].tolist() for s in ("val", "test")}
+    cohorts = {"val": main, "test": test}
+    if not (run_dir / "domains.csv").is_file():
+        domain_table({s: cohorts[s].stays for s in ids}, ids).to_csv(run_dir / "domains.csv", index=False)
+    data = {s: feat.transform(cohorts[s], ids[s], with_target=False) for s in ids}
+    rows = {s: np.flatnonzero(usable_rows(data[s])) for s in ids}
+    return write_explanations(run_dir, model, feat, data["val"][rows["val"]], data["test"][rows["test"]],
+                              [ids["test"][i] for i in rows["test"]], n_explain=n_explain, seed=seed)

@@ -1,0 +1,252 @@
+"""``healthfusion report RUN_DIR``: collect a run folder's outputs into one self-contained HTML report.
+
+The run folder is one written by ``healthfusion train`` or the demo (``config.yaml``, ``predictions.csv``,
+``metrics.json``, ``comparison.csv``, ``model/`` ...). The calibration/subgroup/impact audit is computed from the
+predictions when the folder has none; explanations need the model and the data, so a folder without
+``explanations/`` gets them with ``explain=True`` (``healthfusion explain RUN_DIR``). Tables (``*.csv``) and
+figures (``*.png``) the report does not know are shown too: under "Transfer" or "Multi-task" when their path names
+that, else under "Other outputs".
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+
+from healthfusion.evaluation.compare import format_ci, format_comparison
+from healthfusion.report.html import image_data_uri, table_html, write_report
+from healthfusion.workflows.audit import HYBRID, write_audit
+from healthfusion.workflows.report_sections import (
+    explanation_section,
+    known_paths,
+    limitations,
+    subgroup_section,
+)
+
+_LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "slope": "calibration slope",
+           "intercept": "calibration intercept"}
+
+
+def _read_csv(path: Path, **kw) -> pd.DataFrame | None:
+    return pd.read_csv(path, **kw) if path.is_file() else None
+
+
+def _figure(path: Path, caption: str, heading: str | None = None) -> dict | None:
+    if not path.is_file():
+        return None
+    return {"kind": "figure", "src": image_data_uri(path), "caption": caption, "heading": heading}
+
+
+def _text(text: str, heading: str | None = None, warn: bool = False) -> dict:
+    return {"kind": "text", "text": text, "heading": heading, "warn": warn}
+
+
+def _table(frame: pd.DataFrame, caption: str | None = None, heading: str | None = None, index: bool = False,
+           digits: int = 3) -> dict:
+    return {"kind": "table", "html": table_html(frame, digits=digits, index=index), "caption": caption,
+            "heading": heading}
+
+
+def _section(sid: str, title: str, blocks: list) -> dict:
+    return {"id": sid, "title": title, "blocks": [b for b in blocks if b is not None]}
+
+
+def _load(run_dir: Path) -> dict:
+    import yaml
+
+    if not (run_dir / "predictions.csv").is_file():
+        raise ValueError(f"{run_dir} has no predictions.csv; pass a run folder written by `healthfusion train` or "
+                         "`healthfusion demo`.")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    model_cfg = {}
+    if (run_dir / "model" / "config.json").is_file():
+        model_cfg = json.loads((run_dir / "model" / "config.json").read_text())
+    predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"stay_id": str})
+    return {"config": config or {}, "metrics": metrics, "model": model_cfg, "predictions": predictions}
+
+
+def _card(run_dir: Path, info: dict, audit: dict) -> list[tuple[str, str]]:
+    cfg, model, metrics = info["config"], info["model"], info["metrics"]
+    data = cfg.get("data", {})
+    label = data.get("label", "the outcome")
+    mods = [m for m in ("ts", "static", "codes", "text", "image") if model.get(m)]
+    names = {"ts": "time series (LSTM)", "static": "static features (MLP)", "codes": "codes", "text": "notes",
+             "image": "images (CNN)"}
+    source = data.get("cohort") or f"{data.get('source')} ({data.get('path')})"
+    test = data.get("test")
+    test_text = (f"external test set: {test.get('cohort') or test.get('source')} ({test.get('path')})" if test
+                 else "held-out test split of the same cohort (patient-level)")
+    comparison = metrics.get("comparison", {}).get(HYBRID, {})
+    card = [
+        ("Model", f"{model.get('model_type', 'hybrid')} fusion model ({model.get('fusion', '?')} fusion) over "
+                  + (", ".join(names[m] for m in mods) or "?")),
+        ("Predicts", f"probability of {label!r} from data recorded up to each stay's prediction time"),
+        ("Intended use", "decision support for clinicians and quality teams: flag stays at high risk of "
+                         f"{label!r} for review, in populations like the training cohort; a second opinion, "
+                         "never a replacement for clinical judgement."),
+        ("Not intended for", "automated decisions without review; patients or settings unlike the training cohort "
+                             "(other ages, units, sites or time periods) without local validation; causal claims "
+                             "about individual variables."),
+        ("Training data", f"{source}; label {label!r}"),
+        ("Evaluation", f"{test_text}; n = {metrics.get('n', '?')}, prevalence "
+                       f"{metrics.get('prevalence', float('nan')):.3f}"),
+        ("Headline result", format_ci(comparison.get("auroc", float("nan")), comparison.get("auroc_ci_low", float("nan")),
+                                      comparison.get("auroc_ci_high", float("nan"))) + " AUROC (95% bootstrap CI)"),
+        ("Operating point", f"{audit.get('threshold', float('nan')):.3f} (chosen on the validation stays)"),
+        ("Run", f"{cfg.get('name', run_dir.name)} — {run_dir}"),
+    ]
+    if model.get("model_fingerprint"):
+        card.append(("Model fingerprint", model["model_fingerprint"][:16]))
+    return card
+
+
+def _data_section(run_dir: Path, info: dict) -> dict:
+    pred, metrics = info["predictions"], info["metrics"]
+    counts = pred.groupby("split").agg(stays=("y_true", "size"), events=("y_true", "sum"))
+    counts["events"] = counts["events"].astype(int)
+    counts["prevalence"] = counts["events"] / counts["stays"]
+    blocks = [_table(counts.reset_index(), heading="Evaluated stays per split",
+                     caption="Training stays are not listed here; they are counted in the accounting below.")]
+    acc = _read_csv(run_dir / "accounting.csv")
+    if acc is not None and len(acc):
+        wide = acc.pivot_table(index=["cohort", "table"], columns="outcome", values="rows", aggfunc="sum")
+        blocks.append(_table(wide.reset_index(), heading="Row accounting of the input data",
+                             caption="Every input row is read and then used or dropped with a reason.", digits=0))
+    skipped = metrics.get("models_without_score") or {}
+    if skipped:
+        blocks.append(_text("Stays without a score (left out of that model's metrics, never defaulted): "
+                            + ", ".join(f"{k}: {v}" for k, v in skipped.items()), warn=True))
+    return _section("data", "Data and cohort", blocks)
+
+
+def _metrics_sections(run_dir: Path, info: dict) -> list[dict]:
+    blocks, base = [], []
+    table = _read_csv(run_dir / "comparison.csv", index_col=0)
+    if table is not None:
+        blocks.append(_table(format_comparison(table).reset_index(names="model"), heading="At threshold 0.5"))
+    op = _read_csv(run_dir / "comparison_operating_point.csv", index_col=0)
+    if op is not None:
+        points = info["metrics"].get("operating_points", {})
+        blocks.append(_table(format_comparison(op).reset_index(names="model"),
+                             heading="At each model's operating point (chosen on validation)",
+                             caption="Thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in points.items())))
+    blocks.append(_text("Values are point estimates with percentile-bootstrap 95% intervals on the test stays."))
+    curves = [_figure(run_dir / "roc.png", "ROC curves on the test stays"),
+              _figure(run_dir / "pr.png", "Precision-recall curves on the test stays"),
+              _figure(run_dir / "audit" / "reliability.png", "Calibration: observed vs predicted risk")]
+    figs = {"kind": "figures", "figures": [c for c in curves if c]}
+    if table is not None and HYBRID in table.index and len(table) > 1:
+        rows = []
+        for name in table.index.drop(HYBRID):
+            rows.append({"model": name, **{f"{m} difference (hybrid - model)": table.loc[HYBRID, m] - table.loc[name, m]
+                                           for m in ("auroc", "auprc", "brier")}})
+        base.append(_table(pd.DataFrame(rows), caption="Positive AUROC/AUPRC and negative Brier differences favour "
+                                                       "the hybrid; see the metric table for each model's CI."))
+    tuning = _read_csv(run_dir / "tuning.csv")
+    if tuning is not None:
+        base.append(_table(tuning, heading="Hyperparameter search (CV on the training stays)"))
+    history = run_dir / "history.json"
+    if history.is_file():
+        h = json.loads(history.read_text())
+        base.append(_text(f"Hybrid training: {len(h.get('train_loss', []))} epochs, best epoch "
+                          f"{h.get('best_epoch')}, {sum(h.get('epoch_seconds', [])):.0f} s."))
+    return [_section("metrics", "Metrics with confidence intervals", blocks),
+            _section("curves", "ROC, precision-recall and calibration curves", [figs]),
+            _section("baselines", "Baseline comparison", base or [_text("No baselines in this run.")])]
+
+
+def _calibration_section(run_dir: Path, audit: dict) -> dict:
+    table = _read_csv(run_dir / "audit" / "calibration.csv")
+    blocks = []
+    if table is not None:
+        table["estimate (95% CI)"] = [format_ci(v, lo, hi) for v, lo, hi in table[["value", "ci_low", "ci_high"]]
+                                      .to_numpy()]
+        wide = table.pivot(index="model", columns="metric", values="estimate (95% CI)")
+        wide = wide[[c for c in ("ece", "brier", "slope", "intercept") if c in wide]].rename(columns=_LABELS)
+        blocks.append(_table(wide.reset_index(), caption="Recalibration (temperature scaling, isotonic regression) "
+                                                         "was fitted on the validation stays only and applied to "
+                                                         f"test; fitted temperature {audit.get('temperature', 0):.3f}."))
+    blocks.append(_figure(run_dir / "audit" / "reliability.png", "Reliability diagram (test stays)"))
+    return _section("calibration", "Calibration", blocks)
+
+
+def _impact_section(run_dir: Path) -> dict:
+    blocks = [_figure(run_dir / "audit" / "decision_curve.png", "Net benefit across threshold probabilities "
+                      "(the model vs treating everyone or no one).")]
+    path = run_dir / "audit" / "what_if.json"
+    if path.is_file():
+        w = json.loads(path.read_text())
+        rows = [("threshold", w["threshold"]), ("stays evaluated", w["n"]), ("events", w["events"]),
+                ("stays flagged", w["flagged"]), ("events among flagged", w["events_flagged"]),
+                ("events avoided", w["events_avoided"]), ("intervention cost", w["intervention_cost"]),
+                ("savings from avoided events", w["savings"]), ("net cost (negative = saving)", w["net_cost"]),
+                ("number needed to treat", w["number_needed_to_treat"]),
+                ("per 1,000 stays: flagged", w["per_1000"]["flagged"]),
+                ("per 1,000 stays: events avoided", w["per_1000"]["events_avoided"]),
+                ("per 1,000 stays: net cost", w["per_1000"]["net_cost"])]
+        blocks.append(_table(pd.DataFrame(rows, columns=["what-if", "value"]), heading="What-if at the operating point",
+                             digits=2))
+        blocks.append({"kind": "list", "items": w["assumptions"], "heading": "Assumptions"})
+    return _section("impact", "Impact analysis", blocks)
+
+
+def _extra_sections(run_dir: Path, out: Path) -> list[dict]:
+    known = known_paths(run_dir)
+    groups: dict[str, list[dict]] = {"transfer": [], "multitask": [], "other": []}
+    for path in sorted(p for p in run_dir.rglob("*") if p.suffix in (".csv", ".png") and p.is_file()):
+        rel = path.relative_to(run_dir)
+        if rel.as_posix() in known or rel.parts[0] in ("model", "cohort") or path == out:
+            continue
+        lower = rel.as_posix().lower()
+        key = "transfer" if "transfer" in lower else "multitask" if ("multitask" in lower or "multi_task" in lower) else "other"
+        if path.suffix == ".png":
+            groups[key].append(_figure(path, rel.as_posix()))
+        else:
+            frame = pd.read_csv(path)
+            groups[key].append(_table(frame, heading=rel.as_posix()))
+    titles = {"transfer": "Transfer", "multitask": "Multi-task", "other": "Other outputs"}
+    return [_section(k, titles[k], blocks) for k, blocks in groups.items() if blocks]
+
+
+def build_report(run_dir: str | Path, out: str | Path | None = None, *, recompute_audit: bool = False,
+                 explain: bool = False, console=None) -> Path:
+    """Write ``out`` (default ``RUN_DIR/report.html``) for the run folder ``run_dir``; return its path.
+
+    Parameters
+    ----------
+    recompute_audit : bool
+        Recompute ``audit/`` even if present.
+    explain : bool
+        Compute ``explanations/`` when missing (needs the run's data, as named in ``config.yaml``).
+
+    Raises
+    ------
+    ValueError
+        If ``run_dir`` is not a run folder (no ``predictions.csv``), or the data for explanations cannot be read.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"Run folder {run_dir} does not exist.")
+    out = Path(out) if out else run_dir / "report.html"
+    info = _load(run_dir)
+    if recompute_audit or not (run_dir / "audit" / "audit.json").is_file():
+        write_audit(run_dir, n_boot=300)
+    if explain and not (run_dir / "explanations" / "summary.json").is_file():
+        from healthfusion.workflows.explain import explain_run
+
+        explain_run(run_dir, console=console)
+    audit = json.loads((run_dir / "audit" / "audit.json").read_text())
+    sections = [_data_section(run_dir, info), *_metrics_sections(run_dir, info),
+                _calibration_section(run_dir, audit), subgroup_section(run_dir, audit),
+                explanation_section(run_dir), _impact_section(run_dir), *_extra_sections(run_dir, out),
+                _section("limitations", "Limitations", [{"kind": "list", "items": limitations(run_dir, info, audit)}])]
+    cfg = info["config"]
+    context = {"title": f"{cfg.get('name', run_dir.name)}: risk model report",
+               "subtitle": f"Outcome {cfg.get('data', {}).get('label', '?')} · run folder {run_dir}",
+               "generated": f"Generated by healthfusion on {datetime.now():%Y-%m-%d %H:%M} from {run_dir}",
+               "card": _card(run_dir, info, audit), "sections": sections}
+    return write_report(context, out)
