@@ -1,0 +1,145 @@
+"""healthfusion multitask: config validation, label extraction, all five task kinds from one config, TIM by seed."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from healthfusion.data.synthetic import generate
+from healthfusion.models.base import load_model
+from healthfusion.workflows.config import ConfigError
+from healthfusion.workflows.multitask import (
+    MultitaskConfig,
+    TaskConfig,
+    extract_labels,
+    icd9_group,
+    load_multitask_config,
+    prepare,
+    run_multitask,
+)
+
+TASKS = [
+    {"name": "death", "kind": "binary", "source": {"label": "mortality"}},
+    {"name": "long", "kind": "binary", "source": {"label": "los_days", "above": 3}},
+    {"name": "los", "kind": "regression", "source": {"label": "los_days"}},
+    {"name": "unit", "kind": "multiclass", "source": {"stays": "care_unit"}},
+    {"name": "dx", "kind": "multilabel", "source": {"label": "diagnoses"}, "modalities": ["static"]},
+    {"name": "pheno", "kind": "clustering", "n_clusters": 3},
+]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    path = tmp_path_factory.mktemp("synth") / "cohort"
+    generate(160, seed=0).save(path)
+    return path
+
+
+def config_dict(synth, out, **overrides):
+    raw = {
+        "name": "t", "out": str(out),
+        "data": {"cohort": str(synth), "split": {"train": 0.6, "val": 0.2, "test": 0.2, "seed": 0}},
+        "features": {"modalities": ["ts", "static"], "hours": 48, "step": 8},
+        "tasks": TASKS,
+        "model": {"hidden": 4, "task_dim": 4},
+        "training": {"max_epochs": 2, "patience": 1, "cluster_warmup_epochs": 1, "batch_size": 32},
+        "n_boot": 20,
+    }
+    raw.update(overrides)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def full_run(synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = MultitaskConfig.model_validate(config_dict(
+        synth, out, tim={"ablation": "both"}, comparison={"single_task": True, "seeds": [0]}))
+    return run_multitask(config)
+
+
+def test_all_five_kinds_train_together_from_one_config(full_run):
+    table = pd.read_csv(full_run / "tasks.csv")
+    assert sorted(table["kind"].unique()) == ["binary", "clustering", "multiclass", "multilabel", "regression"]
+    assert table["multitask"].notna().all() and table["single_mean"].notna().all()
+    for stem in ("tim_attention", "tim_ablation", "tim_retrain"):
+        tim = pd.read_csv(full_run / f"{stem}.csv", index_col=0)
+        assert list(tim.index) == list(tim.columns) == [t["name"] for t in TASKS]
+        assert (full_run / f"{stem}.png").stat().st_size > 0
+    np.testing.assert_allclose(pd.read_csv(full_run / "tim_attention.csv", index_col=0).sum(axis=1), 1.0, atol=1e-5)
+    model, state = load_model(full_run / "model")
+    assert [t.kind for t in model.config.tasks] == [t["kind"] for t in TASKS]
+    assert set(state) == {"featurizer", "tasks", "classes"}
+    clusters = json.loads((full_run / "clusters.json").read_text())["pheno"]
+    assert sum(clusters["sizes"]) == clusters["n"] == int(table.loc[table["task"] == "pheno", "n"].iloc[0])
+    metrics = json.loads((full_run / "metrics.json").read_text())
+    assert set(metrics["improvement"]) == {"all_tasks", "supervised_tasks"}
+
+
+def test_tim_is_reproducible_by_seed(synth, tmp_path, full_run):
+    """The attention TIM of seed 0 does not depend on what else the run trains, and the CLI writes the same one."""
+    path = tmp_path / "mt.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump(config_dict(synth, tmp_path / "cli")))
+    from healthfusion.cli.main import app
+
+    result = CliRunner().invoke(app, ["multitask", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "Run folder" in result.output
+    a = pd.read_csv(full_run / "tim_attention.csv", index_col=0)
+    b = pd.read_csv(tmp_path / "cli" / "tim_attention.csv", index_col=0)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_config_rejects_unknown_keys_and_bad_tasks(tmp_path, synth):
+    base = config_dict(synth, tmp_path)
+    for bad, match in [
+        ({**base, "extra": 1}, "extra"),
+        ({**base, "tasks": [{**TASKS[0], "wieght": 2}]}, "wieght"),
+        ({**base, "tasks": [{"name": "c", "kind": "clustering", "source": {"label": "mortality"}}]}, "without labels"),
+        ({**base, "tasks": [{"name": "b", "kind": "binary"}]}, "needs a label"),
+        ({**base, "tasks": [{**TASKS[0], "modalities": ["image"]}]}, "not in features.modalities"),
+        ({**base, "tasks": [TASKS[0], TASKS[0]]}, "unique"),
+        ({**base, "tasks": [{"name": "b", "kind": "binary", "source": {"label": "x", "stays": "y"}}]}, "exactly one"),
+    ]:
+        path = tmp_path / "bad.yaml"
+        import yaml
+
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ConfigError, match=match):
+            load_multitask_config(path)
+
+
+def test_label_sources(synth):
+    from healthfusion.data.cohort import Cohort
+
+    cohort = Cohort.load(synth)
+    ids = [str(s) for s in cohort.stay_ids]
+    tasks = [TaskConfig.model_validate(t) for t in TASKS[:5]]
+    labels, classes = extract_labels(cohort, tasks, ids)
+    los = cohort.label("los_days").reindex(ids).to_numpy(dtype=float)
+    np.testing.assert_array_equal(labels["long"], (los > 3).astype(np.float32))
+    units = cohort.stays.set_index("stay_id")["care_unit"].reindex(ids)
+    assert [classes["unit"][k] for k in labels["unit"]] == units.tolist()
+    assert labels["dx"].shape == (len(ids), len(classes["dx"]))
+    with pytest.raises(ValueError, match="is regression but label 'mortality' is binary"):
+        extract_labels(cohort, [TaskConfig(name="x", kind="regression", source={"label": "mortality"})], ids)
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        extract_labels(cohort, [TaskConfig(name="x", kind="multiclass", source={"stays": "nope"})], ids)
+
+
+def test_a_static_target_leaves_the_inputs(synth, tmp_path):
+    config = MultitaskConfig.model_validate(config_dict(
+        synth, tmp_path, tasks=[{"name": "adm", "kind": "multiclass", "source": {"static": "admission_type"}}]))
+    prep = prepare(config)
+    names = prep["featurizer"].transformers_["static"].feature_names_
+    assert prep["excluded"] == ["admission_type"]
+    assert not any(n.startswith("admission_type") for n in names)
+
+
+def test_icd9_groups():
+    assert [icd9_group(c) for c in ("428", "250.83", "486", "008", "V57", "E885", "820", "174", "715")] == [
+        "circulatory", "diabetes", "respiratory", "other", "other", "other", "injury", "neoplasms",
+        "musculoskeletal"]
