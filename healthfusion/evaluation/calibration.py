@@ -27,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 from scipy.optimize import minimize_scalar
+from scipy.special import expit
 from sklearn.isotonic import IsotonicRegression
 
 from healthfusion.evaluation.bootstrap import bootstrap_ci
@@ -90,7 +91,7 @@ def _newton_logistic(x: np.ndarray, y: np.ndarray, offset: np.ndarray, n_iter: i
     beta = np.zeros(x.shape[1])
     for _ in range(n_iter):
         eta = x @ beta + offset
-        mu = 1.0 / (1.0 + np.exp(-eta))
+        mu = expit(eta)
         w = np.maximum(mu * (1 - mu), 1e-12)
         grad = x.T @ (y - mu)
         hess = x.T @ (x * w[:, None])
@@ -181,7 +182,7 @@ class Recalibrator:
             z = _logit(p)
 
             def nll(log_t: float) -> float:
-                q = np.clip(1.0 / (1.0 + np.exp(-z / np.exp(log_t))), _EPS, 1 - _EPS)
+                q = np.clip(expit(z / np.exp(log_t)), _EPS, 1 - _EPS)
                 return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
             self.temperature_ = float(np.exp(minimize_scalar(nll, bounds=(-5, 5), method="bounded").x))
@@ -202,5 +203,5 @@ class Recalibrator:
             raise ValueError("This Recalibrator is not fitted; call fit(y_val, p_val) on validation predictions first.")
         p = np.asarray(y_prob, dtype=float)
         if self.method == "temperature":
-            return 1.0 / (1.0 + np.exp(-_logit(p) / self.temperature_))
+            return expit(_logit(p) / self.temperature_)
         return np.asarray(self.isotonic_.predict(p), dtype=float)

@@ -4,7 +4,7 @@ It generates the cohort into the run folder, then runs the same training job as 
 patient-level split stratified by mortality, features fitted on the training stays, the fused LSTM + CNN + tabular
 model (concatenation fusion, FC head, early stopping on validation AUROC, class weights) and a logistic-regression
 baseline on engineered features of the same split, evaluated on the test stays with bootstrap CIs, ROC/PR curves,
-``metrics.json`` and the saved model.
+``metrics.json``, the saved model, explanations, the calibration/subgroup/impact audit and ``report.html``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pandas as pd
 from healthfusion.data import synthetic
 from healthfusion.evaluation.compare import format_comparison
 from healthfusion.workflows.config import DataSpec, EvaluationSpec, FeatureSpec, ModelSpec, RunConfig
+from healthfusion.workflows.report import build_report
 from healthfusion.workflows.train import run_training
 
 LABEL = "mortality"
@@ -41,7 +42,8 @@ def demo_config(run_dir: Path, seed: int = 0, max_epochs: int = 30) -> RunConfig
 
 def run_demo(out: Path | None = None, n_stays: int = 2000, seed: int = 0, max_epochs: int = 30,
              console=None) -> dict:
-    """Run the demo; return ``{"run_dir", "table" (metric x model strings), "metrics" (raw), "seconds"}``.
+    """Run the demo; return ``{"run_dir", "report" (the HTML file), "table" (metric x model strings), "metrics"
+    (raw), "seconds"}``.
 
     Raises
     ------
@@ -60,9 +62,13 @@ def run_demo(out: Path | None = None, n_stays: int = 2000, seed: int = 0, max_ep
     else:
         synthetic.write(run_dir / "cohort", n_stays=n_stays, seed=seed)
     run_training(demo_config(run_dir, seed=seed, max_epochs=max_epochs), console=console)
+    report = build_report(run_dir)
+    if console is not None:
+        console.print(f"[bold cyan]Report[/] {report}")
     table = pd.read_csv(run_dir / "comparison.csv", index_col=0)
     return {
         "run_dir": run_dir,
+        "report": report,
         "table": format_comparison(table).T.rename_axis("metric").reset_index(),
         "metrics": json.loads((run_dir / "metrics.json").read_text()),
         "seconds": time.perf_counter() - t0,

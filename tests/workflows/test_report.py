@@ -1,0 +1,105 @@
+"""The report of a demo run: every section filled from the run's outputs, unknown run-folder outputs shown, and the
+page rendered by a real headless Chromium without console errors."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from healthfusion.cli.main import app
+from healthfusion.workflows.demo import run_demo
+from healthfusion.workflows.report import build_report
+
+SECTIONS = ("model-card", "data", "metrics", "curves", "baselines", "calibration", "subgroups", "explanations",
+            "impact", "limitations")
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    result = run_demo(out=out, n_stays=240, seed=2, max_epochs=2)
+    return result
+
+
+def test_demo_writes_a_report_with_every_section(demo_run):
+    run, report = demo_run["run_dir"], demo_run["report"]
+    html = report.read_text()
+    for section in SECTIONS:
+        assert f'id="{section}"' in html, section
+    audit = json.loads((run / "audit" / "audit.json").read_text())
+    assert audit["n_test"] == json.loads((run / "metrics.json").read_text())["n"]
+    importance = pd.read_csv(run / "explanations" / "global_importance.csv")
+    assert importance["feature"].iloc[0] in html  # the top variable is shown
+    assert "Assumptions" in html and "equalized_odds_difference" in html and "what-if" in html
+    assert (run / "explanations" / "saliency.png").is_file() and (run / "explanations" / "attention.png").is_file()
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert len(srcs) >= 8 and all(s.startswith("data:image/png;base64,") for s in srcs)
+
+
+def test_unknown_outputs_get_their_own_sections(demo_run, tmp_path):
+    run = demo_run["run_dir"]
+    (run / "transfer").mkdir(exist_ok=True)
+    pd.DataFrame({"target_site": ["B"], "auroc": [0.7]}).to_csv(run / "transfer" / "transfer_metrics.csv", index=False)
+    pd.DataFrame({"task": ["mortality"], "auroc": [0.8]}).to_csv(run / "multitask_tasks.csv", index=False)
+    pd.DataFrame({"k": [1]}).to_csv(run / "something_else.csv", index=False)
+    out = build_report(run, tmp_path / "r.html")
+    html = out.read_text()
+    for sid, text in (("transfer", "transfer/transfer_metrics.csv"), ("multitask", "multitask_tasks.csv"),
+                      ("other", "something_else.csv")):
+        assert f'id="{sid}"' in html and text in html
+
+
+def test_cli_report_and_bad_folder(demo_run, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["report", str(demo_run["run_dir"]), "--out", str(tmp_path / "cli.html")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cli.html").stat().st_size > 10_000
+    bad = runner.invoke(app, ["report", str(tmp_path)])
+    assert bad.exit_code == 2 and "predictions.csv" in bad.output
+
+
+def _chromium(args, tmp_path):
+    profile = tmp_path / "profile"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def _console_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "CONSOLE" in line]
+
+
+@pytest.fixture
+def browser():
+    if CHROMIUM is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("Chromium is required under CI=true; `make test` installs it (apt-get install chromium).")
+        pytest.skip("Chromium is not installed (`make test` installs it with apt-get install chromium).")
+    return CHROMIUM
+
+
+def test_browser_renders_report_without_console_errors(browser, demo_run, tmp_path):
+    # the check itself must see errors: a page with a failing script reports them
+    broken = tmp_path / "broken.html"
+    broken.write_text('<html><body><script>console.error("planted"); missingFunction();</script></body></html>')
+    assert any("planted" in line for line in _console_lines(_chromium(["--dump-dom", broken.as_uri()], tmp_path).stderr))
+
+    report = demo_run["report"]
+    run = _chromium(["--dump-dom", report.resolve().as_uri()], tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert _console_lines(run.stderr) == []
+    dom = run.stdout
+    for section in SECTIONS:
+        assert re.search(rf'<section id="{section}">\s*<h2>', dom), section
+    shot = tmp_path / "report.png"
+    _chromium(["--hide-scrollbars", "--window-size=1200,3000", f"--screenshot={shot}", report.resolve().as_uri()],
+              tmp_path)
+    assert shot.is_file() and shot.stat().st_size > 20_000
