@@ -167,6 +167,7 @@ def _calibration_section(run_dir: Path, audit: dict) -> dict:
                                       .to_numpy()]
         wide = table.pivot(index="model", columns="metric", values="estimate (95% CI)")
         wide = wide[[c for c in ("ece", "brier", "slope", "intercept") if c in wide]].rename(columns=_LABELS)
+        wide.columns.name = None
         blocks.append(_table(wide.reset_index(), caption="Recalibration (temperature scaling, isotonic regression) "
                                                          "was fitted on the validation stays only and applied to "
                                                          f"test; fitted temperature {audit.get('temperature', 0):.3f}."))
