@@ -177,7 +177,10 @@ def write_audit(run_dir: str | Path, *, model: str = HYBRID, n_boot: int = 500, 
     summary: dict = {"model": model, "threshold": threshold, "n_test": int(y.size), "n_val": int(y_val.size)}
 
     # calibration, before and after recalibration fitted on the validation stays only
-    recal = {m: Recalibrator(m).fit(y_val, p_val) for m in ("temperature", "isotonic")}
+    both = 0 < y_val.sum() < y_val.size
+    recal = {m: Recalibrator(m).fit(y_val, p_val) for m in ("temperature", "isotonic")} if both else {}
+    if not both:
+        summary["recalibration_note"] = "The validation stays have one outcome only; no recalibration fitted."
     variants = {model: p, **{f"{model} + {m}": r.transform(p) for m, r in recal.items()}}
     calib = pd.concat([calibration_summary(y, q, n_boot=n_boot, seed=seed).assign(model=name)
                        for name, q in variants.items()], ignore_index=True)
@@ -188,7 +191,8 @@ def write_audit(run_dir: str | Path, *, model: str = HYBRID, n_boot: int = 500, 
         yo, po, _ = _rows(predictions, "test", name)
         curves[name] = (yo, po)
     plot_reliability(curves, out / "reliability.png")
-    summary["temperature"] = recal["temperature"].temperature_
+    if recal:
+        summary["temperature"] = recal["temperature"].temperature_
 
     # decision curve and what-if at the operating point
     probs = {name: q for name, (yq, q) in curves.items() if yq.size == y.size}

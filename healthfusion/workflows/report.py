@@ -170,7 +170,8 @@ def _calibration_section(run_dir: Path, audit: dict) -> dict:
         wide.columns.name = None
         blocks.append(_table(wide.reset_index(), caption="Recalibration (temperature scaling, isotonic regression) "
                                                          "was fitted on the validation stays only and applied to "
-                                                         f"test; fitted temperature {audit.get('temperature', 0):.3f}."))
+                                                         "test" + (f"; fitted temperature {audit['temperature']:.3f}." if "temperature" in audit
+                                                                   else f". {audit.get('recalibration_note', '')}")))
     blocks.append(_figure(run_dir / "audit" / "reliability.png", "Reliability diagram (test stays)"))
     return _section("calibration", "Calibration", blocks)
 

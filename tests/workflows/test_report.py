@@ -103,3 +103,20 @@ def test_browser_renders_report_without_console_errors(browser, demo_run, tmp_pa
     _chromium(["--hide-scrollbars", "--window-size=1200,3000", f"--screenshot={shot}", report.resolve().as_uri()],
               tmp_path)
     assert shot.is_file() and shot.stat().st_size > 20_000
+
+
+def test_report_from_predictions_only(tmp_path):
+    """A bare run folder (predictions only, validation without deaths, no domains) still reports, and says what
+    is missing instead of failing."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = (rng.uniform(size=120) < 0.3).astype(float)
+    frame = pd.DataFrame({"stay_id": [f"s{i}" for i in range(160)], "split": ["val"] * 40 + ["test"] * 120,
+                          "y_true": np.r_[np.zeros(40), y],
+                          "hybrid": np.clip(np.r_[rng.uniform(0, 0.5, 40), 0.3 * y + rng.uniform(0, 0.6, 120)], 0, 1)})
+    frame.to_csv(tmp_path / "predictions.csv", index=False)
+    html = build_report(tmp_path).read_text()
+    for section in ("model-card", "data", "calibration", "subgroups", "explanations", "impact", "limitations"):
+        assert f'id="{section}"' in html
+    assert "No domains.csv" in html and "healthfusion explain" in html and "one outcome only" in html
