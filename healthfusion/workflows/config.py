@@ -17,9 +17,11 @@ Example ``RUN.yaml``::
     model:
       fusion: concat
       hidden: 64
+      # pretrained: {ts: physionet-lstm}   # a pretrained encoder by registry name or folder
     training:
       max_epochs: 50
       imbalance: class_weight
+      # finetune: {strategy: linear_probe}   # or full, gradual_unfreeze, discriminative
     baselines: [logistic_regression, svm, random_forest, gradient_boosting]
     reference_scores: [saps_i]
 """
@@ -79,11 +81,17 @@ class FeatureSpec(_Strict):
 
 
 class ModelSpec(_Strict):
+    """The hybrid's architecture. ``pretrained`` maps modalities to pretrained encoders (registry name or folder,
+    see :mod:`healthfusion.models.registry`); those encoders keep their own size and preprocessing, and
+    ``training.finetune`` says how they are fine-tuned (its ``modules`` default to the pretrained encoders)."""
+
     fusion: Literal["concat", "gated", "attention"] = "concat"
     hidden: int = Field(32, ge=1)
     lstm_layers: int = Field(1, ge=1)
     bidirectional: bool = False
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    pretrained: dict[Literal["ts", "static", "codes", "text", "image"], str] = Field(default_factory=dict)
+    pretrained_root: Path | None = None
 
 
 class TuningSpec(_Strict):

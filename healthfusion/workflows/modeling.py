@@ -1,9 +1,13 @@
-"""Glue shared by the jobs that train models: a hybrid config sized from a fitted featurizer, and the engineered
-features the classical baselines use on the same split."""
+"""Glue shared by the jobs that train models: a hybrid config sized from a fitted featurizer (optionally with
+pretrained encoders, loaded by registry name or folder path), and the engineered features the classical baselines
+use on the same split."""
 
 from __future__ import annotations
 
+import os
+
 from healthfusion.features.compose import CohortFeaturizer
+from healthfusion.models.base import ModelConfig
 from healthfusion.models.encoders import (
     CNNEncoderConfig,
     CodesEncoderConfig,
@@ -11,7 +15,14 @@ from healthfusion.models.encoders import (
     MLPEncoderConfig,
     TextEncoderConfig,
 )
-from healthfusion.models.hybrid import HybridConfig
+from healthfusion.models.hybrid import HybridConfig, HybridModel
+from healthfusion.models.registry import ModelCard, load_pretrained_encoder
+from healthfusion.training.config import TrainerConfig
+
+#: input-size field of each modality's encoder config -> the featurizer dimension it must equal
+_INPUT_DIMS = {"ts": {"n_variables": "n_variables"}, "static": {"in_dim": "static_dim"},
+               "codes": {"vocab_size": "code_vocab"}, "text": {"n_buckets": "text_buckets"},
+               "image": {"in_channels": "image_channels", "image_size": "image_size"}}
 
 
 def hybrid_config(
@@ -24,8 +35,18 @@ def hybrid_config(
     dropout: float = 0.1,
     head: str = "binary",
     n_outputs: int = 1,
+    pretrained: dict[str, ModelConfig] | None = None,
 ) -> HybridConfig:
-    """A :class:`HybridConfig` whose encoders match the fitted ``featurizer``'s modalities and input sizes."""
+    """A :class:`HybridConfig` whose encoders match the fitted ``featurizer``'s modalities and input sizes.
+
+    ``pretrained`` maps modalities to the encoder configs of pretrained encoders; those are used as they are
+    (their architecture, not ``hidden``), after checking their input sizes against the featurizer.
+
+    Raises
+    ------
+    ValueError
+        A pretrained modality the featurizer lacks, or input sizes that differ (both named).
+    """
     dims = featurizer.input_dims()
     enc = {}
     if "ts" in featurizer.transformers_:
@@ -41,5 +62,88 @@ def hybrid_config(
     if "image" in featurizer.transformers_:
         enc["image"] = CNNEncoderConfig(in_channels=dims["image_channels"], image_size=dims["image_size"],
                                         out_dim=hidden, dropout=dropout)
+    for m, enc_config in (pretrained or {}).items():
+        if m not in enc:
+            raise ValueError(f"A pretrained encoder is given for modality {m!r}, which the features do not have "
+                             f"(they have {list(enc)}); add {m!r} to features.modalities.")
+        for field, dim in _INPUT_DIMS[m].items():
+            if getattr(enc_config, field) != dims[dim]:
+                raise ValueError(
+                    f"The pretrained {m!r} encoder expects {field}={getattr(enc_config, field)} but the features give "
+                    f"{dims[dim]}; use the pretrained encoder's preprocessing (use_pretrained_preprocessing).")
+        enc[m] = enc_config
     return HybridConfig(**enc, fusion=fusion, fusion_dim=hidden, fc_hidden=(hidden,), dropout=dropout, head=head,
                         n_outputs=n_outputs)
+
+
+def load_pretrained(pretrained: dict[str, str | os.PathLike], root: str | os.PathLike | None = None):
+    """Load the pretrained encoders a run names, ``{modality: name or folder}`` -> ``{modality: (encoder module,
+    card, preprocessing state or None)}``.
+
+    Raises
+    ------
+    ModelLoadError (a ValueError)
+        An unknown name/path or an unreadable folder.
+    ValueError
+        An encoder serving another modality than the key it is given under.
+    """
+    out = {}
+    for m, name in pretrained.items():
+        wrapped, card, prep = load_pretrained_encoder(name, root)
+        if wrapped.modality != m:
+            raise ValueError(f"model.pretrained.{m} = {str(name)!r} is a {wrapped.modality!r} encoder; "
+                             f"give it under {wrapped.modality!r}.")
+        out[m] = (wrapped.encoder, card, prep)
+    return out
+
+
+def use_pretrained_preprocessing(featurizer: CohortFeaturizer, loaded: dict) -> CohortFeaturizer:
+    """Replace the fitted transformer of each pretrained modality with the one the encoder was pretrained with
+    (its variables, order and standardisation), so the encoder sees inputs as during pretraining. Modalities
+    whose encoder has no saved preprocessing keep the fitted transformer. Returns ``featurizer``."""
+    for m, (_, _, prep) in loaded.items():
+        if prep is None:
+            continue
+        saved = CohortFeaturizer.from_state(prep)
+        if m not in saved.transformers_:
+            raise ValueError(f"The pretrained {m!r} encoder's preprocessing has no {m!r} transformer "
+                             f"(it has {list(saved.transformers_)}); re-save it with its own featurizer state.")
+        featurizer.transformers_[m] = saved.transformers_[m]
+    return featurizer
+
+
+def build_hybrid(featurizer: CohortFeaturizer, loaded: dict | None = None, **kwargs) -> HybridModel:
+    """A :class:`HybridModel` from :func:`hybrid_config` (``kwargs``) with the ``loaded`` pretrained encoders'
+    weights copied in (``loaded`` as returned by :func:`load_pretrained`)."""
+    loaded = loaded or {}
+    model = HybridModel(hybrid_config(featurizer, pretrained={m: enc.config for m, (enc, _, _) in loaded.items()},
+                                      **kwargs))
+    for m, (enc, _, _) in loaded.items():
+        model.encoders[m].load_state_dict(enc.state_dict(), strict=True)
+    return model
+
+
+def pretrained_cards(loaded: dict) -> dict[str, ModelCard]:
+    """``{modality: model card}`` of loaded pretrained encoders (for a run's metadata)."""
+    return {m: card for m, (_, card, _) in loaded.items()}
+
+
+def pretrained_featurizer(featurizer: CohortFeaturizer, spec) -> CohortFeaturizer:
+    """A run's fitted featurizer with the preprocessing of the pretrained encoders its ``ModelSpec`` names."""
+    if not spec.pretrained:
+        return featurizer
+    return use_pretrained_preprocessing(featurizer, load_pretrained(spec.pretrained, spec.pretrained_root))
+
+
+def build_run_hybrid(featurizer: CohortFeaturizer, spec, training: TrainerConfig) -> tuple[HybridModel, TrainerConfig]:
+    """The hybrid a run's ``ModelSpec`` describes, with its pretrained encoders loaded, and the trainer config
+    whose ``finetune.modules`` default to those encoders (so a linear probe never freezes an encoder trained from
+    scratch)."""
+    loaded = load_pretrained(spec.pretrained, spec.pretrained_root) if spec.pretrained else {}
+    model = build_hybrid(featurizer, loaded, fusion=spec.fusion, hidden=spec.hidden, lstm_layers=spec.lstm_layers,
+                         bidirectional=spec.bidirectional, dropout=spec.dropout)
+    ft = training.finetune
+    if loaded and ft is not None and "modules" not in ft.model_fields_set:
+        modules = tuple(f"encoders.{m}" for m in loaded)
+        training = training.model_copy(update={"finetune": ft.model_copy(update={"modules": modules})})
+    return model, training

@@ -33,13 +33,12 @@ from healthfusion.features.image import ImageTransformer
 from healthfusion.features.text import TextTransformer
 from healthfusion.features.timeseries import TimeSeriesTransformer
 from healthfusion.models.classical import make_baseline
-from healthfusion.models.hybrid import HybridModel
 from healthfusion.training import Trainer
 from healthfusion.training.callbacks import ProgressCallback
 from healthfusion.workflows.audit import domain_table, write_audit, write_explanations
 from healthfusion.workflows.config import FeatureSpec, ModelSpec, RunConfig, SourceSpec
 from healthfusion.workflows.evaluate import evaluate_predictions
-from healthfusion.workflows.modeling import hybrid_config
+from healthfusion.workflows.modeling import build_run_hybrid, pretrained_featurizer
 
 log = logging.getLogger(__name__)
 HYBRID = "hybrid"
@@ -77,10 +76,9 @@ def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
 
 
 def _fit_hybrid(feat, spec: ModelSpec, train, val, config: RunConfig, console=None):
-    model = HybridModel(hybrid_config(feat, fusion=spec.fusion, hidden=spec.hidden, lstm_layers=spec.lstm_layers,
-                                      bidirectional=spec.bidirectional, dropout=spec.dropout))
+    model, training = build_run_hybrid(feat, spec, config.training)
     callbacks = [ProgressCallback(console=console)] if console is not None else []
-    trainer = Trainer(config.training, callbacks=callbacks)
+    trainer = Trainer(training, callbacks=callbacks)
     history = trainer.fit(model, train, val, head_kind="binary")
     return model, trainer, history
 
@@ -103,7 +101,7 @@ def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console
         for k in range(tuning.folds):
             fit_ids = folds.index[folds != f"fold{k}"].tolist()
             held_ids = folds.index[folds == f"fold{k}"].tolist()
-            feat = make_featurizer(config.features, config.data.label).fit(cohort, fit_ids)
+            feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(cohort, fit_ids), spec)
             fit, held = feat.transform(cohort, fit_ids), feat.transform(cohort, held_ids)
             fit, held = fit[usable_rows(fit)], held[usable_rows(held)]
             model, trainer, _ = _fit_hybrid(feat, spec, fit, held, config)
@@ -189,7 +187,7 @@ def run_training(config: RunConfig, console=None) -> Path:
         say(f"      chosen: {spec.model_dump()}")
 
     say("[bold cyan]Features[/] fitted on the training stays")
-    feat = make_featurizer(config.features, config.data.label).fit(main, ids["train"])
+    feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(main, ids["train"]), spec)
     data = {s: feat.transform(cohorts[s], ids[s]) for s in ids}
     # a stay with none of the model's modalities cannot be scored by the hybrid: it is left out of training and
     # gets no hybrid score (evaluation counts it under models_without_score), never a default probability

@@ -1,0 +1,227 @@
+"""``healthfusion pretrain --config PRE.yaml``: self-supervised pretraining of one encoder on unlabelled stays,
+saved as a named checkpoint in the local registry (or a folder), with its model card and preprocessing.
+
+Example ``PRE.yaml``::
+
+    name: physionet-lstm            # registry name (saved under $HEALTHFUSION_MODELS or ~/.healthfusion/models)
+    data:                           # one source, or a list pooled into one set of stays; labels are never read
+      - {source: physionet2012, path: ../shared/data/physionet2012/set-a.tar.gz}
+      - {source: physionet2012, path: ../shared/data/physionet2012/set-b.tar.gz}
+    exclude_stays: eval_stays.txt   # optional: one stay id per line, left out of pretraining (evaluation stays)
+    modality: ts
+    features: {hours: 48, step: 2}
+    encoder: {hidden: 32, lstm_layers: 1}
+    objective: masked_value         # optional: the encoder's default
+    mask_rate: 0.15
+    training: {max_epochs: 20, batch_size: 64, lr: 0.001}
+
+The encoder's architecture comes from ``encoder`` exactly as ``healthfusion train`` builds it from the same
+``model`` fields, so a run config with ``model: {pretrained: {ts: physionet-lstm}}`` loads it without edits.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from healthfusion.data.cohort import Cohort
+from healthfusion.data.splits import split_patients
+from healthfusion.features import batch as B
+from healthfusion.models.pretraining import PretrainingConfig, PretrainingModel
+from healthfusion.models.registry import ModelCard, save_encoder
+from healthfusion.training.pretrain import PretrainConfig, pretrain
+from healthfusion.workflows.config import ConfigError, FeatureSpec, SourceSpec
+from healthfusion.workflows.modeling import hybrid_config
+from healthfusion.workflows.train import make_featurizer, open_source
+
+
+class EncoderSpec(BaseModel):
+    """Encoder size, with the meaning of the same ``model`` fields of a run config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden: int = Field(32, ge=1)
+    lstm_layers: int = Field(1, ge=1)
+    bidirectional: bool = False
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class PretrainRunConfig(BaseModel):
+    """The ``pretrain`` job (validated; unknown keys are errors). Give ``name`` (registry) or ``out`` (a folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = None
+    out: Path | None = None
+    root: Path | None = None
+    overwrite: bool = False
+    data: list[SourceSpec]
+    exclude_stays: Path | None = None
+    modality: Literal["ts", "static", "codes", "text", "image"] = "ts"
+    features: FeatureSpec = Field(default_factory=FeatureSpec)
+    encoder: EncoderSpec = Field(default_factory=EncoderSpec)
+    objective: Literal["masked_value", "masked_feature", "masked_code", "contrastive"] | None = None
+    mask_rate: float = Field(0.15, gt=0.0, lt=1.0)
+    temperature: float = Field(0.1, gt=0.0)
+    val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
+    split_seed: int = 0
+    training: PretrainConfig = Field(default_factory=PretrainConfig)
+    notes: str = ""
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _as_list(cls, value):
+        return [value] if isinstance(value, dict) else value
+
+    def target(self) -> str | Path:
+        if (self.name is None) == (self.out is None):
+            raise ValueError("give either 'name' (save into the model registry) or 'out' (a folder), not both or "
+                             "neither")
+        return self.name if self.name is not None else Path(self.out)
+
+
+def load_pretrain_config(path: str | Path) -> PretrainRunConfig:
+    """Read and validate a pretraining config; relative paths are resolved against the file's folder.
+
+    Raises
+    ------
+    ConfigError
+        Missing file, invalid YAML, or invalid settings (each offending key named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
+    try:
+        config = PretrainRunConfig.model_validate(raw)
+        config.target()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    base = path.parent
+    for spec in config.data:
+        for attr in ("path", "cohort"):
+            value = getattr(spec, attr)
+            if value is not None and not value.is_absolute():
+                setattr(spec, attr, (base / value).resolve())
+    for attr in ("out", "exclude_stays", "root"):
+        value = getattr(config, attr)
+        if value is not None and not value.expanduser().is_absolute():
+            setattr(config, attr, (base / value).resolve())
+    return config
+
+
+def pool_cohorts(cohorts: list[Cohort]) -> Cohort:
+    """One in-memory cohort holding the stays of several of the same source (e.g. PhysioNet 2012 sets A and B).
+
+    Raises
+    ------
+    ValueError
+        If a stay id appears in more than one cohort.
+    """
+    if len(cohorts) == 1:
+        return cohorts[0]
+    ids = pd.concat([c.stays["stay_id"] for c in cohorts], ignore_index=True)
+    if ids.duplicated().any():
+        raise ValueError(f"Stay id {ids[ids.duplicated()].iloc[0]!r} appears in more than one of the data sources; "
+                         "pretrain on sources with distinct stays.")
+    tables = {name: pd.concat([getattr(c, name) for c in cohorts], ignore_index=True)
+              for name in ("static", "events", "codes", "notes", "labels")
+              if all(getattr(c, name) is not None for c in cohorts)}
+    return Cohort(pd.concat([c.stays for c in cohorts], ignore_index=True), meta=cohorts[0].meta, **tables)
+
+
+def _read_exclusions(path: Path | None) -> set[str]:
+    if path is None:
+        return set()
+    if not path.is_file():
+        raise ValueError(f"exclude_stays file {path} does not exist; give a text file with one stay id per line.")
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+def run_pretraining(config: PretrainRunConfig, console=None, exclude: set[str] | None = None,
+                    cohort: Cohort | None = None) -> dict:
+    """Pretrain the configured encoder on the unlabelled stays and save it with its model card.
+
+    ``exclude`` adds stay ids to those of ``config.exclude_stays``; ``cohort`` (already read) replaces reading
+    ``config.data`` (which then only describes the data in the model card). Labels are never read.
+    Returns ``{"path", "card", "history"}``.
+
+    Raises
+    ------
+    ValueError (ConfigError, SourceError, CohortError, ModelLoadError)
+        Unreadable data, no stays left, a modality the data lacks, or an existing checkpoint without
+        ``overwrite``.
+    """
+    t0 = time.perf_counter()
+    target = config.target()
+
+    def say(text):
+        if console is not None:
+            console.print(text)
+
+    say("[bold cyan]Data[/] (labels are not read)")
+    if cohort is None:
+        cohort = pool_cohorts([open_source(spec, console) for spec in config.data])
+    excluded = _read_exclusions(config.exclude_stays) | set(exclude or ())
+    ids = [s for s in cohort.stay_ids.tolist() if s not in excluded]
+    if len(ids) < 10:
+        raise ValueError(f"Only {len(ids)} stays remain after excluding {len(excluded)}; pretraining needs more.")
+    stays = cohort.stays.set_index("stay_id").loc[ids].reset_index()
+    split = split_patients(stays, {"train": 1 - config.val_fraction, "val": config.val_fraction},
+                           seed=config.split_seed)
+    parts = {s: split.index[split == s].tolist() for s in ("train", "val")}
+    say(f"      stays: {len(ids)} ({len(parts['train'])} train, {len(parts['val'])} validation; "
+        f"{len(cohort) - len(ids)} excluded)")
+
+    m = config.modality
+    feat = make_featurizer(config.features.model_copy(update={"modalities": [m]}), None).fit(cohort, parts["train"])
+    data = {}
+    for s, part in parts.items():
+        ds = feat.transform(cohort, part, with_target=False)
+        data[s] = ds[ds[B.present_key(m)]]
+    say(f"      with {m}: " + ", ".join(f"{s} {len(d)}" for s, d in data.items()))
+    enc = config.encoder
+    encoder_config = getattr(hybrid_config(feat, hidden=enc.hidden, lstm_layers=enc.lstm_layers,
+                                           bidirectional=enc.bidirectional, dropout=enc.dropout), m)
+    model = PretrainingModel(PretrainingConfig(encoder=encoder_config, objective=config.objective,
+                                               mask_rate=config.mask_rate, temperature=config.temperature))
+    say(f"[bold cyan]Pretraining[/] {model.objective} on the {m} encoder ({encoder_config.encoder})")
+    history = pretrain(model, data["train"], data["val"], config.training.model_copy(update={"progress": True})
+                       if console is not None else config.training, console=console)
+
+    tr = feat.transformers_[m]
+    prep_summary = {"modality": m, **{k: v for k, v in tr.get_params().items() if isinstance(v, int | float | str)}}
+    if hasattr(tr, "variables_"):
+        prep_summary["variables"] = list(tr.variables_)
+    best = history.best_epoch
+    card = ModelCard(
+        objective=model.objective,
+        data={"source": ", ".join(sorted({str(s.source or s.cohort) for s in config.data})),
+              "paths": [str(s.path or s.cohort) for s in config.data], "n_stays": len(ids),
+              "n_train": len(data["train"]), "n_val": len(data["val"]), "n_excluded": len(cohort) - len(ids),
+              "labels_used": False},
+        preprocessing=prep_summary,
+        metrics={"best_epoch": best, "epochs": len(history.train_loss),
+                 "val_loss": None if best is None else history.val_loss[best],
+                 "train_loss": history.train_loss[-1], "seconds": round(time.perf_counter() - t0, 1)},
+        notes=config.notes,
+    )
+    path = save_encoder(model.encoder, target, card=card, preprocessing_state=feat.get_state(), root=config.root,
+                        overwrite=config.overwrite)
+    (path / "pretraining_history.json").write_text(json.dumps(history.to_dict(), indent=2))
+    say(f"Saved the pretrained {m} encoder to [bold]{path}[/]")
+    return {"path": path, "card": card, "history": history}

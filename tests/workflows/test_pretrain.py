@@ -1,0 +1,83 @@
+"""pretrain job -> registry checkpoint -> `healthfusion train` with the pretrained encoder, by name and by path."""
+
+import pytest
+import torch
+import yaml
+
+from healthfusion.data import synthetic
+from healthfusion.models import load_model
+from healthfusion.models.registry import list_encoders, load_encoder, load_pretrained_encoder
+from healthfusion.workflows.config import ConfigError, load_run_config
+from healthfusion.workflows.pretrain import load_pretrain_config, run_pretraining
+from healthfusion.workflows.train import run_training
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pre")
+    synthetic.write(root / "cohort", n_stays=120, seed=3)
+    (root / "held_out.txt").write_text("\n".join(f"s{i}" for i in range(5)) + "\n")
+    cfg = {"name": "syn-lstm", "root": "registry", "data": {"cohort": "cohort"}, "modality": "ts",
+           "exclude_stays": "held_out.txt", "features": {"hours": 24, "step": 2},
+           "encoder": {"hidden": 8}, "training": {"max_epochs": 2, "batch_size": 32}}
+    (root / "pre.yaml").write_text(yaml.safe_dump(cfg))
+    result = run_pretraining(load_pretrain_config(root / "pre.yaml"))
+    return root, result
+
+
+def test_pretraining_saves_a_described_checkpoint(pretrained):
+    root, result = pretrained
+    assert result["path"] == root / "registry" / "syn-lstm"
+    rows = list_encoders(root / "registry")
+    assert [r["name"] for r in rows] == ["syn-lstm"] and rows[0]["modality"] == "ts"
+    _, card, prep = load_pretrained_encoder("syn-lstm", root / "registry")
+    assert card.objective == "masked_value" and card.data["labels_used"] is False
+    assert card.data["n_excluded"] == len({f"s{i}" for i in range(5)} & set(synthetic_ids(root)))
+    assert card.preprocessing["hours"] == 24 and card.preprocessing["variables"]
+    assert prep["modalities"] == ["ts"]
+    assert (result["path"] / "pretraining_history.json").is_file()
+
+
+def synthetic_ids(root):
+    from healthfusion.data.cohort import Cohort
+
+    return Cohort.load(root / "cohort").stay_ids.tolist()
+
+
+def test_train_with_a_linear_probe_keeps_the_encoder(pretrained, monkeypatch):
+    root, result = pretrained
+    monkeypatch.setenv("HEALTHFUSION_MODELS", str(root / "registry"))
+    cfg = {"name": "ft", "out": str(root / "run"), "data": {"cohort": "cohort", "label": "mortality"},
+           "features": {"modalities": ["ts", "static"], "hours": 48, "step": 1},
+           "model": {"hidden": 8, "pretrained": {"ts": "syn-lstm"}},
+           "training": {"max_epochs": 2, "batch_size": 32, "finetune": {"strategy": "linear_probe"}},
+           "baselines": [], "evaluation": {"n_boot": 20}}
+    (root / "ft.yaml").write_text(yaml.safe_dump(cfg))
+    run = run_training(load_run_config(root / "ft.yaml"))
+    model, prep = load_model(run / "model")
+    encoder = load_encoder("syn-lstm")
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(model.encoders["ts"].state_dict()[name], value), name
+    # the pretrained preprocessing (24 h window in 2 h steps) replaced the run's own (48 h, 1 h)
+    assert prep["transformers"]["ts"]["params"]["hours"] == 24
+    # the static encoder, trained from scratch, was not frozen
+    assert model.encoders["static"].layers[0].weight.shape[0] == 8
+
+
+def test_unknown_pretrained_name_is_a_clear_error(pretrained, monkeypatch):
+    root, _ = pretrained
+    monkeypatch.setenv("HEALTHFUSION_MODELS", str(root / "registry"))
+    cfg = {"data": {"cohort": "cohort", "label": "mortality"}, "model": {"pretrained": {"ts": "nope"}},
+           "training": {"max_epochs": 1}, "baselines": []}
+    (root / "bad.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="syn-lstm"):
+        run_training(load_run_config(root / "bad.yaml"))
+
+
+def test_pretrain_config_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump({"data": {"cohort": "c"}}))
+    with pytest.raises(ConfigError, match="name"):
+        load_pretrain_config(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"name": "x", "data": {"cohort": "c"}, "modality": "audio"}))
+    with pytest.raises(ConfigError, match="modality"):
+        load_pretrain_config(tmp_path / "b.yaml")
