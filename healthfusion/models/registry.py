@@ -274,7 +274,7 @@ def resolve_encoder_path(name_or_path: str | os.PathLike, root: str | os.PathLik
     candidate = reg / str(name_or_path)
     if _NAME.match(str(name_or_path)) and candidate.is_dir():
         return candidate
-    names = [row["name"] for row in list_encoders(root)]
+    names = [row["name"] for row in list_encoders(root) if not row["error"]]
     hint = f"registered names: {', '.join(names)}" if names else "the registry is empty"
     raise ModelLoadError(
         f"No pretrained encoder {str(name_or_path)!r}: it is not a folder and not a name in the registry {reg} "
