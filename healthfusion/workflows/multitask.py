@@ -157,7 +157,11 @@ class MultitaskModelSpec(_Strict):
 
 
 class TimSpec(_Strict):
+    """``ablation``: how the TIM is checked (see :mod:`healthfusion.evaluation.tim`); ``retrain_seeds``: the retraining
+    ablation (one model per task left out) runs on the first this-many seeds only (default: all)."""
+
     ablation: Literal["attention", "retrain", "both", "none"] = "attention"
+    retrain_seeds: int | None = Field(None, ge=1)
 
 
 class ComparisonSpec(_Strict):
@@ -469,7 +473,8 @@ def run_multitask(config: MultitaskConfig, console=None) -> Path:
                 without = {j: {i: m["main"] for i, m in _evaluate(model, test, seed, removed=[j])[0].items()}
                            for j in names}
                 abl.append(ablation_tim(names, kinds, {i: full[i]["main"] for i in names}, without))
-            if config.tim.ablation in ("retrain", "both") and len(names) > 1:
+            n_retrain = config.tim.retrain_seeds or len(config.comparison.seeds)
+            if config.tim.ablation in ("retrain", "both") and len(names) > 1 and len(retrain) < n_retrain:
                 without = {}
                 for j in names:
                     rest = [s for s in specs if s.name != j]
