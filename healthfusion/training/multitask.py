@@ -17,7 +17,9 @@ collapse onto one cluster; it starts after ``cluster_warmup_epochs``, when the c
 task's representations of the training rows.
 
 Weighting: ``"fixed"`` sums ``w_t * L_t`` with the given weights; ``"uncertainty"`` (Kendall, Gal & Cipolla 2018)
-learns a log-variance ``s_t`` per task and sums ``w_t * (exp(-s_t) * L_t + s_t)``. A task with no valid label in a
+learns a log-variance ``s_t`` per supervised task and sums ``w_t * (exp(-s_t) * L_t + s_t)``; a clustering task
+keeps its fixed weight (the DEC loss shrinks towards 0 as assignments sharpen, which would drive its learned weight
+``exp(-s_t)`` without bound). A task with no valid label in a
 batch contributes nothing at all (also no ``s_t`` term), so masking all of a task's labels removes its gradient.
 
 Example::
@@ -169,7 +171,7 @@ class MultitaskLoss(nn.Module):
             loss, n_valid = self.task_loss(task, out["logits"][task.name], batch, out["task_present"][:, i])
             parts[task.name] = loss.detach()
             has = (n_valid > 0).to(loss.dtype)
-            if self.log_vars is not None:
+            if self.log_vars is not None and task.kind != "clustering":
                 s = self.log_vars[i]
                 term = (torch.exp(-s) * loss + s) * has
             else:
@@ -185,7 +187,8 @@ class MultitaskLoss(nn.Module):
         if self.log_vars is None:
             return dict(self.weights)
         factors = torch.exp(-self.log_vars.detach()).tolist()
-        return {t.name: self.weights[t.name] * f for t, f in zip(self.tasks, factors, strict=True)}
+        return {t.name: self.weights[t.name] * (1.0 if t.kind == "clustering" else f)
+                for t, f in zip(self.tasks, factors, strict=True)}
 
 
 def _mask_rows(target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

@@ -161,3 +161,11 @@ def test_training_needs_targets():
 def test_predict_rejects_unknown_removed_task():
     with pytest.raises(KeyError, match="nope"):
         predict_multitask(tiny_model(), planted(10), removed=["nope"])
+
+
+def test_uncertainty_weighting_leaves_clustering_at_its_fixed_weight():
+    loss = MultitaskLoss(TASKS, weights={"clu": 0.5}, weighting="uncertainty")
+    with torch.no_grad():
+        loss.log_vars.fill_(-1.0)
+    weights = loss.task_weights()
+    assert weights["clu"] == 0.5 and weights["bin"] == pytest.approx(np.e)
