@@ -1,0 +1,168 @@
+"""``healthfusion transfer``: config validation, the run folder, no target test stay in training or model selection,
+and reproducibility by seed."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import healthfusion.workflows.transfer as tw
+from healthfusion.data.synthetic import generate
+from healthfusion.features import batch as B
+from healthfusion.models.base import load_model
+from healthfusion.workflows.transfer import (
+    STRATEGIES,
+    TransferConfig,
+    TransferConfigError,
+    gains,
+    load_transfer_config,
+    run_transfer,
+    seed_splits,
+)
+
+
+def _raw(cohort_dir, out, **over):
+    raw = {
+        "name": "tiny", "out": str(out),
+        "data": {"sources": [{"cohort": str(cohort_dir)}], "label": "mortality"},
+        "domain": {"column": "site", "target": ["C"]},
+        "protocol": {"sizes": [30], "seeds": [0, 1], "headline_size": 30, "n_boot": 20},
+        "features": {"hours": 12, "step": 4, "embed": ["sex", "admission_type"]},
+        "model": {"hidden": 4, "static_hidden": 3, "embedding_dim": 2},
+        "training": {"max_epochs": 2, "patience": 2, "batch_size": 64},
+        "finetune": {"max_epochs": 2, "patience": 2, "batch_size": 16},
+        "shap": {"n_patients": 6, "n_background": 6, "n_samples": 2, "compare": "finetune_dann_mmd"},
+    }
+    raw.update(over)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cohort")
+    generate(320, seed=0).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def recorded_run(cohort_dir, tmp_path_factory):
+    """One run of every strategy, recording the stays of every dataset handed to the training loop."""
+    calls = []
+    original = tw.fit_transfer
+
+    def spy(model, train, val, config=None, *, source=None, target=None, on_epoch=None):
+        def stays(data):
+            return None if data is None else {data.meta["stay_ids"][i] for i in data[B.INDEX]}
+
+        calls.append({"train": stays(train), "val": stays(val), "source": stays(source), "target": stays(target),
+                      "seed": config.seed})
+        return original(model, train, val, config, source=source, target=target, on_epoch=on_epoch)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tw, "fit_transfer", spy)
+    try:
+        config = TransferConfig.model_validate(_raw(cohort_dir, tmp_path_factory.mktemp("run") / "out"))
+        run_dir = run_transfer(config)
+    finally:
+        mp.undo()
+    return config, run_dir, calls
+
+
+def test_config_rejects_unknown_keys_and_names_them(tmp_path, cohort_dir):
+    raw = _raw(cohort_dir, tmp_path / "o")
+    raw["training"]["max_epoch"] = 3
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TransferConfigError, match="training.max_epoch"):
+        load_transfer_config(path)
+    raw = _raw(cohort_dir, tmp_path / "o", strategies=["dann", "dann"])
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(TransferConfigError, match="twice"):
+        load_transfer_config(path)
+    with pytest.raises(TransferConfigError, match="does not exist"):
+        load_transfer_config(tmp_path / "missing.yaml")
+
+
+def test_config_resolves_relative_paths(tmp_path, cohort_dir):
+    raw = _raw(cohort_dir, tmp_path / "o")
+    raw["data"]["sources"] = [{"source": "physionet2012", "path": "data/set-a"}]
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
+    config = load_transfer_config(tmp_path / "t.yaml")
+    assert config.data.sources[0].path == (tmp_path / "data/set-a").resolve()
+
+
+def test_run_writes_table_plot_models_shift_and_shap(recorded_run):
+    config, run_dir, _ = recorded_run
+    results = pd.read_csv(run_dir / "results.csv")
+    assert set(results["strategy"]) == set(STRATEGIES)
+    assert len(results) == len(STRATEGIES) * 2 and (results["status"] == "ok").all()
+    for col in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "accuracy", "precision", "recall", "f1"):
+        assert col in results.columns
+    summary = pd.read_csv(run_dir / "summary.csv")
+    assert (summary["n_seeds"] == 2).all()
+    assert set(pd.read_csv(run_dir / "gains.csv")["bar"]) <= {"source_only", "pooled"}
+    assert (run_dir / "learning_curve.png").stat().st_size > 1000
+    shift = json.loads((run_dir / "shift.json").read_text())
+    assert 0.0 <= shift["domain_auroc"] <= 1.0 and shift["target_values"] == ["C"]
+    assert {"variable", "smd", "ks"} <= set(pd.read_csv(run_dir / "shift.csv").columns)
+    model, prep = load_model(run_dir / "models" / "dann" / "seed1-n30")
+    assert model.model_type == "transfer_bilstm" and prep["categorical"]["columns"] == ["sex", "admission_type"]
+    load_model(run_dir / "models" / "source_only" / "seed0")
+    importance = pd.read_csv(run_dir / "shap" / "global_importance.csv", index_col=0)
+    assert list(importance.columns) == ["source_only", "finetune_dann_mmd"]
+    assert (run_dir / "shap" / "global_importance.png").is_file()
+    top = pd.read_csv(run_dir / "shap" / "top_features.csv")
+    assert top.groupby(["model", "stay_id"]).size().max() == config.shap.top_k
+
+
+def test_no_target_test_stay_reaches_training_or_model_selection(recorded_run):
+    config, run_dir, calls = recorded_run
+    predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"stay_id": str})
+    assert len(calls) == 2 * (1 + (len(STRATEGIES) - 1))
+    for call in calls:
+        test = set(predictions.loc[predictions["seed"] == call["seed"], "stay_id"])
+        assert test, "every seed scores some test stays"
+        for part in ("train", "val", "source", "target"):
+            assert not (call[part] or set()) & test, f"a target test stay reached {part}"
+        if call["target"] is not None:  # the unlabelled target pool is target-domain training stays
+            assert call["target"].isdisjoint(call["source"])
+
+
+def test_seed_splits_are_disjoint_and_nested(cohort_dir, tmp_path):
+    config = TransferConfig.model_validate(_raw(cohort_dir, tmp_path / "o"))
+    cohort = tw.load_cohort(config)
+    split = tw.split_domains(cohort, "site", ["C"])
+    ids = seed_splits(config, cohort, split, seed=3)
+    test = set(ids["test"])
+    train30, val30 = ids["labelled"](30)
+    train_all, val_all = ids["labelled"]("all")
+    assert not test & (set(train30) | set(val30) | set(ids["pool"]) | set(ids["source_train"]))
+    assert set(train30) | set(val30) <= set(train_all) | set(val_all) <= set(ids["pool"])
+    assert len(train30) + len(val30) == 30 and not set(train30) & set(val30)
+    assert set(ids["source_train"]).isdisjoint(ids["source_val"])
+
+
+def test_results_are_reproducible_by_seed(cohort_dir, tmp_path, recorded_run):
+    _, first_dir, _ = recorded_run
+    raw = _raw(cohort_dir, tmp_path / "again", strategies=["source_only", "finetune_dann_mmd", "dann"])
+    raw["shap"]["enabled"] = False
+    again = pd.read_csv(run_transfer(TransferConfig.model_validate(raw)) / "results.csv", dtype={"size": str})
+    first = pd.read_csv(first_dir / "results.csv", dtype={"size": str})
+    keys = ["seed", "size", "strategy"]
+    merged = again.merge(first, on=keys, suffixes=("", "_first"))
+    assert len(merged) == len(again) == 6
+    np.testing.assert_allclose(merged["auroc"], merged["auroc_first"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(merged["brier"], merged["brier_first"], rtol=0, atol=1e-12)
+
+
+def test_gains_pick_the_better_baseline_and_pair_by_seed():
+    rows = []
+    for seed, (src, pooled, dann) in enumerate([(0.70, 0.72, 0.75), (0.71, 0.74, 0.76), (0.69, 0.73, 0.74)]):
+        for strategy, value in (("source_only", src), ("pooled", pooled), ("dann", dann)):
+            rows.append({"seed": seed, "size": "100", "strategy": strategy, "auroc": value, "status": "ok"})
+    table = gains(pd.DataFrame(rows))
+    row = table.set_index("strategy").loc["dann"]
+    assert row["bar"] == "pooled" and row["gain"] == pytest.approx(np.mean([0.03, 0.02, 0.01]))
+    assert row["gain_ci_low"] < row["gain"] < row["gain_ci_high"] and row["wins"] == 3
