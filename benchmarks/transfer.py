@@ -21,6 +21,7 @@ strategy over the better of source-only and pooled, paired by seed; the run fold
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from pathlib import Path
@@ -54,6 +55,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("healthfusion.workflows.transfer").setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
     config = load_transfer_config(args.config or CONFIGS[args.dataset])
     protocol = {}

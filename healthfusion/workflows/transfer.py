@@ -469,6 +469,9 @@ def plot_learning_curve(summary: pd.DataFrame, path: Path, metric: str = "auroc"
         ax.errorbar(part["n"], part[metric], yerr=np.nan_to_num(err), marker="o", capsize=3, linestyle=style,
                     label=strategy)
     ax.set_xscale("log")
+    ticks = sorted({int(round(n)) for n in sizes["n"]})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel("labelled target stays (train + validation)")
     ax.set_ylabel(f"target test {metric.upper()} (mean over seeds, 95% CI)")
     ax.set_title(title)
@@ -586,6 +589,9 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
                                     "domain_accuracy": _last(h.domain_accuracy), "mmd": _last(h.mmd)})
                     predictions.append(_pred_frame(ids["test"], y_test, prob, strategy, seed, size))
                     histories[f"{strategy}/seed{seed}/n{size}"] = h.to_dict()
+                    log.info("seed %d, n=%s, %s: AUROC %.3f (%d epochs, %.0f s)", seed, size, strategy,
+                             results[-1]["auroc"], len(h.train_loss), results[-1]["seconds"])
+                    pd.DataFrame(results).to_csv(run_dir / "results.csv", index=False)  # partial results survive
                     if size == p.headline_size:
                         saved[(strategy, seed, size)] = model
                     _advance(progress, task)
