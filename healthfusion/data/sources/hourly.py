@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 SHARD_STAYS = 512  # stays per shard of the state
 MIN_PENDING = 1 << 16  # a shard is merged once this many reduced rows wait, or a quarter of its size
-MEMORY_ROWS = 4_000_000  # bins held in memory before the state is spilled to disk (24 bytes each)
+MEMORY_ROWS = 1_000_000  # bins held in memory before the state is spilled to disk (24 bytes each)
 _RECORD = np.dtype([("key", np.int64), ("vsum", np.float64), ("osum", np.float32), ("count", np.uint32)])
 _LAST_OFFSET = 1 - 2.0**-20  # mean offsets stay below 1, so hour + offset is inside the hour (float32 sums)
 
@@ -61,7 +61,7 @@ class HourlyBins:
     first_hour, last_hour : int
         Range of hour indices (inclusive); an hour may be negative (before admission).
     memory_rows : int
-        Bins kept in memory before the state is spilled to disk (default :data:`MEMORY_ROWS`, about 100 MB).
+        Bins kept in memory before the state is spilled to disk (default :data:`MEMORY_ROWS`, about 24 MB).
     spill_dir : Path, optional
         Where spill files go (a temporary folder, removed when :meth:`chunks` ends, when None).
 
