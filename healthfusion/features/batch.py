@@ -13,7 +13,10 @@ key                shape / dtype               meaning
 ``ts_lengths``     [B] int64                   number of real (non-padded) time steps
 ``static``         [B, F] float32              encoded static features (standardised numeric + one-hot)
 ``codes``          [B, L] int64                code vocabulary ids, 0 = padding
-``text``           [B, L] int64                hashed n-gram ids, 0 = padding
+``text``           [B, L] int64                hashed n-gram ids, 0 = padding; or, with ``text_mask``, the token
+                                               ids of a local Hugging Face tokenizer (HFTokenTransformer)
+``text_mask``      [B, L] int64                attention mask of tokenizer ids: 1 = real token, 0 = padding
+                                               (only with tokenizer ids in ``text``)
 ``image``          [B, C, H, W] float32        normalised image
 ``<m>_present``    [B] bool                    modality ``m`` (ts, static, codes, text, image) exists for sample
 ``target``         [B] or [B, K]               label(s): float 0/1 (binary), int64 class (multiclass),
@@ -33,6 +36,7 @@ TS_LENGTHS = "ts_lengths"
 STATIC = "static"
 CODES = "codes"
 TEXT = "text"
+TEXT_MASK = "text_mask"
 IMAGE = "image"
 TARGET = "target"
 

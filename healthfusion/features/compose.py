@@ -28,7 +28,7 @@ from healthfusion.features.image import ImageTransformer
 from healthfusion.features.summary import summary_features
 from healthfusion.features.summary_encoding import SummaryTransformer
 from healthfusion.features.tabular import StaticTransformer
-from healthfusion.features.text import TextTransformer
+from healthfusion.features.text import HFTokenTransformer, TextTransformer
 from healthfusion.features.timeseries import TimeSeriesTransformer
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,10 @@ class CohortFeaturizer:
             elif m == "codes":
                 arrays[B.CODES] = tr.transform(cohort, stay_ids)
                 arrays[B.present_key("codes")] = (arrays[B.CODES] > 0).any(axis=1)
+            elif m == "text" and isinstance(tr, HFTokenTransformer):
+                out = tr.transform(cohort, stay_ids)
+                arrays[B.TEXT], arrays[B.TEXT_MASK] = out["ids"], out["mask"]
+                arrays[B.present_key("text")] = out["present"]
             elif m == "text":
                 arrays[B.TEXT] = tr.transform(cohort, stay_ids)
                 arrays[B.present_key("text")] = (arrays[B.TEXT] > 0).any(axis=1)
@@ -186,8 +190,8 @@ class CohortFeaturizer:
         return ArrayDataset(arrays, meta={"stay_ids": stay_ids, "feature_drops": drops})
 
     def input_dims(self) -> dict[str, int]:
-        """Input sizes a model needs: n_variables, n_steps, static_dim, code_vocab, text_buckets, image_channels,
-        image_size (only for the fitted modalities)."""
+        """Input sizes a model needs: n_variables, n_steps, static_dim, code_vocab, text_buckets (text_vocab with
+        a local Hugging Face tokenizer), image_channels, image_size (only for the fitted modalities)."""
         t = self.transformers_
         dims = {}
         if "ts" in t:
@@ -197,7 +201,9 @@ class CohortFeaturizer:
                 len(t["summary"].feature_names_) if "summary" in t else 0)
         if "codes" in t:
             dims["code_vocab"] = t["codes"].vocab_size
-        if "text" in t:
+        if "text" in t and isinstance(t["text"], HFTokenTransformer):
+            dims["text_vocab"] = t["text"].vocab_size_
+        elif "text" in t:
             dims["text_buckets"] = t["text"].n_buckets
         if "image" in t:
             dims.update(image_channels=t["image"].channels_, image_size=t["image"].size)
@@ -236,7 +242,8 @@ class CohortFeaturizer:
                 continue
             if m not in _DEFAULTS:
                 raise ValueError(f"Preprocessing state names unknown modality {m!r}.")
-            obj.transformers_[m] = _DEFAULTS[m].from_state(s)
+            tr_class = HFTokenTransformer if m == "text" and s.get("type") == "HFTokenTransformer" else _DEFAULTS[m]
+            obj.transformers_[m] = tr_class.from_state(s)
         obj.label_spec_ = label
         return obj
 
