@@ -36,6 +36,7 @@ from healthfusion.models.encoders import (
     TextEncoderConfig,
 )
 from healthfusion.models.encoders.mlp import mlp_layers
+from healthfusion.models.encoders.text_hf import HFTextEncoder, HFTextEncoderConfig
 from healthfusion.models.fusion import FusionKind, build_fusion
 from healthfusion.models.heads import Head, HeadKind, check_head
 
@@ -46,6 +47,14 @@ _ENCODERS: dict[str, type[nn.Module]] = {
     "text": TextEncoder,
     "image": CNNEncoder,
 }
+
+
+def _build_encoder(modality: str, config: ModelConfig) -> nn.Module:
+    if isinstance(config, HFTextEncoderConfig):
+        return HFTextEncoder(config)
+    return _ENCODERS[modality](config)
+
+
 _INPUT_KEY = {"ts": B.TS_VALUES, "static": B.STATIC, "codes": B.CODES, "text": B.TEXT, "image": B.IMAGE}
 
 
@@ -60,8 +69,9 @@ class HybridConfig(ModelConfig):
         Static features (``in_dim`` = F).
     codes : CodesEncoderConfig, optional
         Code ids (``vocab_size`` including padding 0).
-    text : TextEncoderConfig, optional
-        Hashed n-gram ids (``n_buckets`` including padding 0).
+    text : TextEncoderConfig or HFTextEncoderConfig, optional
+        Hashed n-gram ids (``n_buckets`` including padding 0), or a local Hugging Face model (``encoder: hf``,
+        ``path``; token ids in ``text`` and the attention mask in ``text_mask``).
     image : CNNEncoderConfig, optional
         Images (``in_channels``, ``image_size``).
     fusion : "concat" | "gated" | "attention", default "concat"
@@ -84,7 +94,7 @@ class HybridConfig(ModelConfig):
     ts: LSTMEncoderConfig | None = None
     static: MLPEncoderConfig | None = None
     codes: CodesEncoderConfig | None = None
-    text: TextEncoderConfig | None = None
+    text: TextEncoderConfig | HFTextEncoderConfig | None = None
     image: CNNEncoderConfig | None = None
     fusion: FusionKind = "concat"
     fusion_dim: int = Field(default=32, ge=1)
@@ -140,7 +150,7 @@ class HybridModel(PretrainedModel):
     def __init__(self, config: HybridConfig):
         super().__init__(config)
         self.modalities = config.modalities
-        self.encoders = nn.ModuleDict({m: _ENCODERS[m](getattr(config, m)) for m in self.modalities})
+        self.encoders = nn.ModuleDict({m: _build_encoder(m, getattr(config, m)) for m in self.modalities})
         dims = {m: self.encoders[m].out_dim for m in self.modalities}
         self.fusion = build_fusion(config.fusion, dims, config.fusion_dim)
         self.fc = mlp_layers(self.fusion.out_dim, config.fc_hidden, config.dropout)
@@ -196,6 +206,8 @@ class HybridModel(PretrainedModel):
         encoder = self.encoders[m]
         if m == "ts":
             return encoder(take(B.TS_VALUES), take(B.TS_MASK), take(B.TS_DELTA), take(B.TS_LENGTHS))
+        if isinstance(encoder, HFTextEncoder):
+            return encoder(take(B.TEXT), take(B.TEXT_MASK)), None
         return encoder(take(_INPUT_KEY[m])), None
 
     def _encode(self, batch: dict[str, torch.Tensor]):
