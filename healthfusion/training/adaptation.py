@@ -113,6 +113,9 @@ class AdaptationConfig(BaseModel):
     weight_decay : float, default 1e-4
     patience : int, default 5
         Epochs without improvement of ``monitor`` on ``val`` before stopping; the best epoch's weights are restored.
+    early_stopping : bool, default True
+        False: train all ``max_epochs`` and keep the last weights (``val`` is still evaluated and logged); a fixed
+        budget set in advance, for validation sets too small to choose an epoch on.
     monitor : {"val_loss", "val_auroc"}, default "val_loss"
         ``val_loss`` (the class-weighted log-loss) is steadier than AUROC on the few positives of a small target.
     class_weight : bool, default True
@@ -136,6 +139,7 @@ class AdaptationConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(5, ge=1)
+    early_stopping: bool = True
     monitor: str = Field("val_loss", pattern="^(val_loss|val_auroc)$")
     class_weight: bool = True
     dann_weight: float = Field(0.0, ge=0)
@@ -245,7 +249,7 @@ def fit_transfer(
     Returns
     -------
     AdaptationHistory
-        The model ends with the weights of the best validation epoch.
+        The model ends with the weights of the best validation epoch (the last epoch without early stopping).
 
     Raises
     ------
@@ -313,7 +317,9 @@ def fit_transfer(
         if on_epoch is not None:
             on_epoch(epoch, {"train_loss": history.train_loss[-1], "val_loss": val_loss, "val_auroc": val_auroc,
                              "domain_accuracy": history.domain_accuracy[-1], "mmd": history.mmd[-1]})
-        if not math.isnan(value) and (best is None or sign * value < sign * best):
+        if not cfg.early_stopping:
+            history.best_epoch = epoch
+        elif not math.isnan(value) and (best is None or sign * value < sign * best):
             best, waited, history.best_epoch = value, 0, epoch
             best_state = copy.deepcopy(model.state_dict())
         else:

@@ -145,6 +145,7 @@ class LoopSpec(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     patience: int = Field(4, ge=1)
+    early_stopping: bool = True
     monitor: Literal["val_loss", "val_auroc"] = "val_loss"
     class_weight: bool = True
 

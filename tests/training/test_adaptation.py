@@ -17,6 +17,7 @@ from healthfusion.training.adaptation import (
     gaussian_mmd,
     predict_proba,
 )
+from healthfusion.training.objectives import Objective, class_weights_from_labels
 
 
 def _reference_mmd(x, y, scales, h):
@@ -135,6 +136,18 @@ def test_early_stopping_stops_after_patience():
                                                                      patience=2))
     assert history.stopped_early == (len(history.train_loss) < 50)
     assert len(history.train_loss) - 1 - history.best_epoch <= 2
+
+
+def test_without_early_stopping_all_epochs_run_and_the_last_weights_stay():
+    model = _model()
+    history = fit_transfer(model, SRC, TGT[:20], AdaptationConfig(max_epochs=4, batch_size=64, lr=5e-2, patience=1,
+                                                                  early_stopping=False))
+    assert len(history.train_loss) == 4 and not history.stopped_early and history.best_epoch == 3
+    val = TGT[:20]
+    objective = Objective("binary", class_weights_from_labels(SRC[B.TARGET], "binary"))
+    logits = torch.logit(torch.tensor(predict_proba(model, val), dtype=torch.float64))
+    last = float(objective(logits.float(), torch.tensor(val[B.TARGET])))
+    assert last == pytest.approx(history.val_loss[-1], rel=1e-4)  # the model holds the last epoch's weights
 
 
 def test_class_weight_needs_both_classes():
