@@ -1,20 +1,41 @@
 """One contract over every registered model type and fusion kind: shapes, round trip, determinism, bad input.
 
-A new model type must add a tiny config factory to TINY_CONFIGS (the first test fails until it does).
+A new risk-model type (batch in, ``{"logits", "embedding"}`` out) adds a tiny config factory to TINY_CONFIGS; a
+model type with other outputs (an encoder, a pretraining wrapper, a multitask or transfer model) names the test
+module that checks its own save/load round trip in OWN_CONTRACT. The first test fails until one of them does.
 """
+
+import importlib
+import pkgutil
+from pathlib import Path
 
 import pytest
 import torch
 
+import healthfusion.models
 from healthfusion.models import FUSION_KINDS, MODEL_REGISTRY, load_model
 
+for _module in pkgutil.walk_packages(healthfusion.models.__path__, "healthfusion.models."):
+    importlib.import_module(_module.name)  # every @register_model runs, whatever was imported before
+
 TINY_CONFIGS = {"hybrid": lambda make_config, fusion: make_config(fusion)}
-CASES = [(t, f) for t in sorted(MODEL_REGISTRY) for f in FUSION_KINDS]
+OWN_CONTRACT = {
+    "encoder": "test_registry.py",
+    "pretraining": "test_pretraining.py",
+    "multitask": "test_multitask.py",
+    "transfer_bilstm": "test_transfer.py",
+}
+CASES = [(t, f) for t in sorted(TINY_CONFIGS) for f in FUSION_KINDS]
 PRESENT = {"ts": [True, False, True, True, True, False], "image": [False, True, True, False, True, True]}
 
 
-def test_every_registered_type_has_a_tiny_config():
-    assert set(MODEL_REGISTRY) <= set(TINY_CONFIGS)
+def test_every_registered_type_has_a_contract():
+    assert set(MODEL_REGISTRY) <= set(TINY_CONFIGS) | set(OWN_CONTRACT)
+    here = Path(__file__).parent
+    for model_type, module in OWN_CONTRACT.items():
+        text = (here / module).read_text()
+        assert "save_pretrained" in text and ("from_pretrained" in text or "load_model" in text or
+                                              "load_encoder" in text), f"{module} lacks a round trip of {model_type}"
 
 
 @pytest.fixture
