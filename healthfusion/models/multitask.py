@@ -109,6 +109,12 @@ class MultitaskModelConfig(ModelConfig):
         False: no cross-task attention (``h_i = r_i``); used for single-task models and as an ablation.
     cluster_alpha : float, default 1.0
         Degrees of freedom of the clustering heads' Student-t kernel.
+    gate_init : float, default 0.0
+        Initial bias of every task's self/cross gate: ``beta`` starts near ``sigmoid(gate_init)`` (0: an even mix;
+        positive: each task starts from its own representation and learns how much to take from the others).
+    cluster_gradient : bool, default True
+        Whether the clustering tasks' loss reaches the shared encoders (False: the clusters are learned on the shared
+        embedding without reshaping it; their tower, attention and head still learn).
 
     Raises
     ------
@@ -128,6 +134,8 @@ class MultitaskModelConfig(ModelConfig):
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     task_attention: bool = True
     cluster_alpha: float = Field(default=1.0, gt=0.0)
+    gate_init: float = 0.0
+    cluster_gradient: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> MultitaskModelConfig:
@@ -200,7 +208,7 @@ class TaskAttention(nn.Module):
     where no other task is available, ``beta = 1`` and ``h_i = r_i``.
     """
 
-    def __init__(self, n_tasks: int, dim: int):
+    def __init__(self, n_tasks: int, dim: int, gate_init: float = 0.0):
         super().__init__()
         self.dim = dim
         self.task_embedding = nn.Parameter(torch.randn(n_tasks, dim) * 0.02)
@@ -208,19 +216,29 @@ class TaskAttention(nn.Module):
         self.key = nn.Linear(dim, dim)
         self.value = nn.Linear(dim, dim)
         self.gate_weight = nn.Parameter(torch.zeros(n_tasks, 2 * dim))
-        self.gate_bias = nn.Parameter(torch.zeros(n_tasks))
+        self.gate_bias = nn.Parameter(torch.full((n_tasks,), float(gate_init)))
 
-    def forward(self, reps: torch.Tensor, present: torch.Tensor, removed: torch.Tensor | None = None):
+    def _cross(self, tokens: torch.Tensor, sources: torch.Tensor, allowed: torch.Tensor):
+        scores = self.query(tokens) @ self.key(sources).transpose(1, 2) / math.sqrt(self.dim)  # [B, T, T]
+        attention = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=2)
+        attention = torch.where(allowed, attention, torch.zeros_like(attention))  # rows with no other task: 0, not NaN
+        return attention, attention @ self.value(sources)  # [B, T, T], [B, T, D]
+
+    def forward(self, reps: torch.Tensor, present: torch.Tensor, removed: torch.Tensor | None = None,
+                detached: torch.Tensor | None = None):
+        """``detached`` ([T] bool, optional): tasks whose query reads the other tasks' representations without
+        passing gradient back into them."""
         batch, n_tasks, _ = reps.shape
         tokens = reps + self.task_embedding
-        scores = self.query(tokens) @ self.key(tokens).transpose(1, 2) / math.sqrt(self.dim)  # [B, T, T]
         allowed = present[:, None, :] & ~torch.eye(n_tasks, dtype=torch.bool, device=reps.device)[None]
         if removed is not None:
             allowed = allowed & ~removed[None, None, :]
         any_other = allowed.any(dim=2)  # [B, T]
-        attention = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=2)
-        attention = torch.where(allowed, attention, torch.zeros_like(attention))  # rows with no other task: 0, not NaN
-        cross = attention @ self.value(tokens)  # [B, T, D]
+        attention, cross = self._cross(tokens, tokens, allowed)
+        if detached is not None and bool(detached.any()):
+            att_d, cross_d = self._cross(tokens, reps.detach() + self.task_embedding, allowed)
+            attention = torch.where(detached[None, :, None], att_d, attention)
+            cross = torch.where(detached[None, :, None], cross_d, cross)
         gate_in = torch.cat([reps, cross], dim=2)
         beta = torch.sigmoid((gate_in * self.gate_weight).sum(dim=2) + self.gate_bias)
         beta = torch.where(any_other, beta, torch.ones_like(beta))
@@ -271,7 +289,10 @@ class MultitaskModel(PretrainedModel):
                 self.heads[task.name] = ClusteringHead(config.task_dim, task.n_outputs, config.cluster_alpha)
             else:
                 self.heads[task.name] = Head(config.task_dim, task.kind, task.n_outputs)
-        self.attention = TaskAttention(len(config.tasks), config.task_dim) if config.task_attention else None
+        self.attention = (TaskAttention(len(config.tasks), config.task_dim, config.gate_init)
+                          if config.task_attention else None)
+        detached = [t.kind == "clustering" and not config.cluster_gradient for t in config.tasks]
+        self.register_buffer("_detached", torch.tensor(detached) if any(detached) else None, persistent=False)
 
     def task(self, name: str) -> TaskSpec:
         """The :class:`TaskSpec` named ``name``.
@@ -298,7 +319,10 @@ class MultitaskModel(PretrainedModel):
             first = mods[0]
             task_present = {m: present[m] | (~any_present if m == first else torch.zeros_like(any_present))
                             for m in mods}
-            fused, _ = self.fusions[task.name]({m: embeddings[m] for m in mods}, task_present)
+            inputs = {m: embeddings[m] for m in mods}
+            if task.kind == "clustering" and not self.config.cluster_gradient:
+                inputs = {m: h.detach() for m, h in inputs.items()}
+            fused, _ = self.fusions[task.name](inputs, task_present)
             reps.append(self.towers[task.name](fused))
             flags.append(any_present)
         return torch.stack(reps, dim=1), torch.stack(flags, dim=1)
@@ -306,7 +330,7 @@ class MultitaskModel(PretrainedModel):
     def forward(self, batch: dict[str, torch.Tensor], removed: torch.Tensor | None = None) -> dict[str, Any]:
         reps, present = self._task_reps(batch)
         if self.attention is not None:
-            h, attention, beta = self.attention(reps, present, removed)
+            h, attention, beta = self.attention(reps, present, removed, self._detached)
         else:
             n, t = present.shape
             h = reps

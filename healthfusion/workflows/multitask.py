@@ -154,6 +154,8 @@ class MultitaskModelSpec(_Strict):
     lstm_layers: int = Field(1, ge=1)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     task_attention: bool = True
+    gate_init: float = 0.0
+    cluster_gradient: bool = True
 
 
 class TimSpec(_Strict):
@@ -341,7 +343,9 @@ def build_model(config: MultitaskConfig, feat: CohortFeaturizer, tasks: tuple[Ta
     attention = spec.task_attention if task_attention is None else task_attention
     return MultitaskModel(MultitaskModelConfig(**encoders, tasks=tasks, fusion=spec.fusion, fusion_dim=spec.hidden,
                                                task_dim=spec.task_dim, dropout=spec.dropout,
-                                               task_attention=attention and len(tasks) > 1))
+                                               task_attention=attention and len(tasks) > 1,
+                                               gate_init=spec.gate_init,
+                                               cluster_gradient=spec.cluster_gradient or len(tasks) == 1))
 
 
 # ------------------------------------------------------------------------------------------------ evaluation

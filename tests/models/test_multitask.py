@@ -133,3 +133,19 @@ def test_bad_configs_are_rejected(overrides, match):
 def test_bad_task_outputs_are_rejected(kind, n):
     with pytest.raises(ValidationError):
         TaskSpec(name="t", kind=kind, n_outputs=n)
+
+
+def test_gate_init_sets_the_starting_self_weight():
+    torch.manual_seed(0)
+    beta = MultitaskModel(tiny_config(gate_init=3.0))(tiny_batch())["self_weight"]
+    assert torch.allclose(beta, torch.full_like(beta, torch.sigmoid(torch.tensor(3.0)).item()))
+
+
+@pytest.mark.parametrize("flows", [True, False])
+def test_cluster_gradient_controls_whether_clustering_reshapes_the_encoders(flows):
+    torch.manual_seed(0)
+    model = MultitaskModel(tiny_config(cluster_gradient=flows))
+    model(tiny_batch())["logits"]["pheno"].logsumexp(1).sum().backward()
+    grad = model.backbone.encoders["static"].layers[0].weight.grad
+    assert (grad is not None and grad.abs().sum() > 0) == flows
+    assert model.towers["pheno"][0].weight.grad.abs().sum() > 0

@@ -1,0 +1,82 @@
+"""Choose multitask model settings on the VALIDATION stays of a config (the test stays are never read).
+
+For each combination of the ``--grid`` values (fields of the config's ``model`` section), trains the multitask model
+for every seed and compares each task's validation main metric with single-task models (trained once per seed with
+the config's settings), printing the mean relative improvement over tasks. Used to pick ``gate_init`` and
+``cluster_gradient`` for the benchmark configs (see docs/multitask.md)::
+
+    nice -n 10 .venv/bin/python benchmarks/multitask_select.py benchmarks/configs/multitask-diabetes130.yaml \\
+        --grid gate_init=0,2 --grid cluster_gradient=true,false --seeds 0 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from healthfusion.evaluation.tim import MAIN_METRIC, relative_improvement  # noqa: E402
+from healthfusion.training.multitask import fit_multitask  # noqa: E402
+from healthfusion.workflows.multitask import (  # noqa: E402
+    _evaluate,
+    _task_specs,
+    build_model,
+    load_multitask_config,
+    prepare,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--grid", action="append", default=[], help="FIELD=v1,v2 (a model field)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    config = load_multitask_config(args.config)
+    grid = {}
+    for item in args.grid:
+        key, values = item.split("=", 1)
+        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+    prep = prepare(config)
+    train, val = prep["data"]["train"], prep["data"]["val"]
+    specs = _task_specs(config, prep["labels"], prep["classes"], prep["train_rows"])
+    kinds = {s.name: s.kind for s in specs}
+    weights = {t.name: t.weight for t in config.tasks}
+    single: dict[int, dict[str, float]] = {}
+    for seed in args.seeds:
+        tcfg = config.training.model_copy(update={"seed": seed})
+        single[seed] = {}
+        for spec in specs:
+            model = build_model(config, prep["featurizer"], (spec,), seed, task_attention=False)
+            fit_multitask(model, train, val, tcfg)
+            single[seed][spec.name] = _evaluate(model, val, seed)[0][spec.name]["main"]
+    print("single-task validation:", {s: {k: round(v, 4) for k, v in m.items()} for s, m in single.items()})
+    for values in itertools.product(*grid.values()):
+        update = dict(zip(grid, values, strict=True))
+        variant = config.model_copy(update={"model": config.model.model_copy(update=update)})
+        rel: dict[str, list[float]] = {name: [] for name in kinds}
+        for seed in args.seeds:
+            tcfg = config.training.model_copy(update={"seed": seed})
+            model = build_model(variant, prep["featurizer"], specs, seed)
+            fit_multitask(model, train, val, tcfg, weights=weights)
+            metrics = _evaluate(model, val, seed)[0]
+            for name, kind in kinds.items():
+                rel[name].append(relative_improvement(metrics[name]["main"], single[seed][name], MAIN_METRIC[kind][1]))
+        per_task = {n: round(float(np.mean(v)), 4) for n, v in rel.items()}
+        supervised = [np.mean(v) for n, v in rel.items() if kinds[n] != "clustering"]
+        print(f"{update}: mean rel. improvement (val) all {np.mean([np.mean(v) for v in rel.values()]):+.2%}, "
+              f"supervised {np.mean(supervised):+.2%}; per task {per_task}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
