@@ -78,6 +78,7 @@ class FeatureSpec(_Strict):
     image_size: int = 28
     code_min_count: int = 5
     text_buckets: int = 16384
+    summary: bool = False  # wide & deep: per-variable window summaries of the series appended to the static input
 
 
 class ModelSpec(_Strict):

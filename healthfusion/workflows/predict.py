@@ -32,9 +32,9 @@ class PredictionError(ValueError):
 
 def _check_compatible(feat: CohortFeaturizer, cohort: Cohort, source: str) -> None:
     tables = {"ts": "events", "static": "static", "codes": "codes", "text": "notes", "image": "images"}
-    usable = [m for m in feat.transformers_ if cohort.has(tables[m])]
+    usable = [m for m in feat.modalities if cohort.has(tables[m])]
     if not usable:
-        raise PredictionError(f"The {source} input has none of the model's modalities {list(feat.transformers_)}.")
+        raise PredictionError(f"The {source} input has none of the model's modalities {list(feat.modalities)}.")
     ts = feat.transformers_.get("ts")
     if ts is not None and cohort.has("events"):
         seen = set(cohort.read_table("events", columns=["variable"])["variable"].unique())
@@ -80,7 +80,7 @@ def predict_source(model_dir: str | Path, source: str, path: str | Path, split: 
     ids = cohort.stay_ids.tolist()
     data = feat.transform(cohort, ids, with_target=False)
     present = np.zeros(len(ids), dtype=bool)
-    for m in feat.transformers_:
+    for m in feat.modalities:  # the wide input (summary) is part of static, not a modality of its own
         present |= data[B.present_key(m)]
     out = pd.DataFrame({"stay_id": ids, "probability": np.nan, "risk_group": "", "status": "no usable data"})
     if present.any():

@@ -71,7 +71,7 @@ def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
         "codes": CodeTransformer(min_count=spec.code_min_count),
         "text": TextTransformer(n_buckets=spec.text_buckets),
     }
-    return CohortFeaturizer(modalities=spec.modalities, label=label,
+    return CohortFeaturizer(modalities=spec.modalities, label=label, summary=spec.summary,
                             transformers={m: t for m, t in transformers.items() if m in spec.modalities})
 
 

@@ -19,7 +19,7 @@ def trained_run(tmp_path_factory):
     cfg = {
         "name": "tiny", "out": str(root / "run"),
         "data": {"cohort": "cohort", "label": "mortality"},
-        "features": {"modalities": ["ts", "static", "text"]},
+        "features": {"modalities": ["ts", "static", "text"], "summary": True},  # the wide input, saved and reused
         "model": {"hidden": 8},
         "training": {"max_epochs": 2, "batch_size": 32},
         "baselines": ["logistic_regression"],
@@ -41,6 +41,7 @@ def test_train_writes_a_complete_run_folder(trained_run):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["comparison"]) == {"hybrid", "logistic_regression"}
     assert metrics["n"] == int((preds["split"] == "test").sum())
+    assert "summary" in (run / "model" / "preprocessing.json").read_text()  # predict re-applies the wide input
 
 
 def test_evaluate_recomputes_the_same_table(trained_run):
