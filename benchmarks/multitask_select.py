@@ -1,12 +1,12 @@
 """Choose multitask model settings on the VALIDATION stays of a config (the test stays are never read).
 
-For each combination of the ``--grid`` values (fields of the config's ``model`` section), trains the multitask model
-for every seed and compares each task's validation main metric with single-task models (trained once per seed with
-the config's settings), printing the mean relative improvement over tasks. Used to pick ``gate_init`` and
-``cluster_gradient`` for the benchmark configs (see docs/multitask.md)::
+For each combination of the ``--grid`` values (fields of the config's ``model`` section, or ``training.FIELD``), trains
+the multitask model and single-task models with the same settings for every seed and compares each task's validation
+main metric, printing the mean relative improvement over tasks. Used to pick the benchmark configs' settings (see
+docs/multitask.md)::
 
     nice -n 10 .venv/bin/python benchmarks/multitask_select.py benchmarks/configs/multitask-diabetes130.yaml \\
-        --grid gate_init=0,2 --grid cluster_gradient=true,false --seeds 0 1
+        --grid gate_init=0,3 --grid cluster_gradient=true,false --seeds 0 1
 """
 
 from __future__ import annotations
@@ -51,29 +51,27 @@ def main(argv: list[str] | None = None) -> int:
     specs = _task_specs(config, prep["labels"], prep["classes"], prep["train_rows"])
     kinds = {s.name: s.kind for s in specs}
     weights = {t.name: t.weight for t in config.tasks}
-    single: dict[int, dict[str, float]] = {}
-    for seed in args.seeds:
-        tcfg = config.training.model_copy(update={"seed": seed})
-        single[seed] = {}
-        for spec in specs:
-            model = build_model(config, prep["featurizer"], (spec,), seed, task_attention=False)
-            fit_multitask(model, train, val, tcfg)
-            single[seed][spec.name] = _evaluate(model, val, seed)[0][spec.name]["main"]
-    print("single-task validation:", {s: {k: round(v, 4) for k, v in m.items()} for s, m in single.items()})
     for values in itertools.product(*grid.values()):
         update = dict(zip(grid, values, strict=True))
-        variant = config.model_copy(update={"model": config.model.model_copy(update=update)})
+        model_update = {k: v for k, v in update.items() if not k.startswith("training.")}
+        train_update = {k.split(".", 1)[1]: v for k, v in update.items() if k.startswith("training.")}
+        variant = config.model_copy(update={"model": config.model.model_copy(update=model_update),
+                                            "training": config.training.model_copy(update=train_update)})
         rel: dict[str, list[float]] = {name: [] for name in kinds}
         for seed in args.seeds:
-            tcfg = config.training.model_copy(update={"seed": seed})
+            tcfg = variant.training.model_copy(update={"seed": seed})
             model = build_model(variant, prep["featurizer"], specs, seed)
             fit_multitask(model, train, val, tcfg, weights=weights)
             metrics = _evaluate(model, val, seed)[0]
-            for name, kind in kinds.items():
-                rel[name].append(relative_improvement(metrics[name]["main"], single[seed][name], MAIN_METRIC[kind][1]))
-        per_task = {n: round(float(np.mean(v)), 4) for n, v in rel.items()}
-        supervised = [np.mean(v) for n, v in rel.items() if kinds[n] != "clustering"]
-        print(f"{update}: mean rel. improvement (val) all {np.mean([np.mean(v) for v in rel.values()]):+.2%}, "
+            for spec in specs:
+                single = build_model(variant, prep["featurizer"], (spec,), seed, task_attention=False)
+                fit_multitask(single, train, val, tcfg)
+                reference = _evaluate(single, val, seed)[0][spec.name]["main"]
+                rel[spec.name].append(relative_improvement(metrics[spec.name]["main"], reference,
+                                                           MAIN_METRIC[spec.kind][1]))
+        per_task = {n: round(float(np.nanmean(v)), 4) for n, v in rel.items()}
+        supervised = [np.nanmean(v) for n, v in rel.items() if kinds[n] != "clustering"]
+        print(f"{update}: mean rel. improvement (val) all {np.nanmean([np.nanmean(v) for v in rel.values()]):+.2%}, "
               f"supervised {np.mean(supervised):+.2%}; per task {per_task}", flush=True)
     return 0
 

@@ -77,6 +77,9 @@ class MultitaskTrainingConfig(BaseModel):
     grad_clip : float or None, default 5.0
     num_threads : int or None, default None
         ``torch.set_num_threads`` during training (restored afterwards).
+    monitor : "sum" | "relative", default "sum"
+        Early-stopping criterion: ``sum`` of the supervised tasks' validation losses, or their ``relative`` mean
+        ``mean_t L_t / L_t(first epoch)``, so that every task counts alike whatever the scale of its loss.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -92,6 +95,7 @@ class MultitaskTrainingConfig(BaseModel):
     cluster_balance: float = Field(1.0, ge=0)
     grad_clip: float | None = Field(5.0, gt=0)
     num_threads: int | None = Field(None, ge=1)
+    monitor: Literal["sum", "relative"] = "sum"
 
 
 def dec_loss(log_q: torch.Tensor, balance: float = 1.0) -> torch.Tensor:
@@ -307,6 +311,7 @@ def _fit(model, train, val, config, weights, on_epoch) -> dict[str, Any]:
     has_clustering = any(t.kind == "clustering" for t in model.config.tasks)
     supervised = any(t.kind != "clustering" for t in model.config.tasks)
     best, best_state, best_epoch, bad = float("inf"), None, -1, 0
+    reference: dict[str, float] | None = None
     epochs: list[dict[str, Any]] = []
     stopped = False
     for epoch in range(config.max_epochs):
@@ -331,7 +336,13 @@ def _fit(model, train, val, config, weights, on_epoch) -> dict[str, Any]:
         record = {"epoch": epoch, "train_loss": total / max(n, 1), "val": val_losses,
                   "task_weights": loss_fn.task_weights()}
         epochs.append(record)
-        criterion = val_losses["total"]
+        supervised_names = [t.name for t in model.config.tasks if t.kind != "clustering"]
+        if config.monitor == "relative" and supervised_names:
+            reference = reference or {t: max(val_losses[t], 1e-12) for t in supervised_names}
+            criterion = float(np.mean([val_losses[t] / reference[t] for t in supervised_names]))
+        else:
+            criterion = val_losses["total"]
+        record["criterion"] = criterion
         ready = supervised or use_clustering or not has_clustering
         if ready and criterion < best - 1e-6:
             best, best_epoch, bad = criterion, epoch, 0

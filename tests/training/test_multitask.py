@@ -169,3 +169,16 @@ def test_uncertainty_weighting_leaves_clustering_at_its_fixed_weight():
         loss.log_vars.fill_(-1.0)
     weights = loss.task_weights()
     assert weights["clu"] == 0.5 and weights["bin"] == pytest.approx(np.e)
+
+
+def test_relative_monitor_weighs_tasks_alike():
+    train, val = planted(120, 0), planted(60, 1)
+    config = MultitaskTrainingConfig(max_epochs=3, batch_size=32, patience=3, monitor="relative",
+                                     cluster_warmup_epochs=1)
+    history = fit_multitask(tiny_model(), train, val, config)
+    first = history["epochs"][0]
+    assert first["criterion"] == pytest.approx(1.0)
+    supervised = [t.name for t in TASKS if t.kind != "clustering"]
+    last = history["epochs"][-1]
+    expected = np.mean([last["val"][t] / first["val"][t] for t in supervised])
+    assert last["criterion"] == pytest.approx(expected)
