@@ -614,20 +614,53 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
         (run_dir / "shift.json").write_text(json.dumps({**info, **split.summary()}, indent=2,
                                                        default=_json_default))
         table.to_csv(run_dir / "shift.csv", index=False)
-    compare = config.shap.compare
-    first = p.seeds[0]
+    meta = {"seconds": time.perf_counter() - started, "n_target_test": len(ids["test"]),
+            "domain": split.summary(), "y_prevalence_target": float(y_all.reindex(split.target_ids).mean())}
+    (run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+    compare, first = config.shap.compare, p.seeds[0]
     if config.shap.enabled and ("source_only", first, None) in saved and (compare, first, p.headline_size) in saved:
-        _describe(None, None, "SHAP: source vs adapted model")
+        _describe(progress, task, "SHAP: source vs adapted model")
         explain_models(config, run_dir, rows, seed_splits(config, cohort, split, first),
                        {"source_only": saved[("source_only", first, None)],
                         compare: saved[(compare, first, p.headline_size)]}, featurizer, first)
     elif config.shap.enabled:
         log.warning("SHAP skipped: it needs the source model and %s at the headline size %s.", compare,
                     p.headline_size)
-    meta = {"seconds": time.perf_counter() - started, "n_target_test": len(ids["test"]),
-            "domain": split.summary(), "y_prevalence_target": float(y_all.reindex(split.target_ids).mean())}
-    (run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=_json_default))
     return run_dir
+
+
+def explain_transfer_run(run_dir: str | Path, console=None) -> dict:
+    """(Re)compute the SHAP outputs of a finished transfer run from its ``config.yaml`` and saved models.
+
+    The features are refitted on the source stays exactly as in the run (deterministic) and the first seed's
+    splits are rebuilt; the models are read from ``models/``.
+
+    Raises
+    ------
+    ValueError
+        If the run folder lacks its config or the two models (source and ``shap.compare`` at the headline size of
+        the first seed).
+    """
+    from healthfusion.models.base import load_model
+
+    run_dir = Path(run_dir)
+    config = load_transfer_config(run_dir / "config.yaml")
+    p, compare = config.protocol, config.shap.compare
+    first = p.seeds[0]
+    folders = {"source_only": run_dir / "models" / "source_only" / f"seed{first}",
+               compare: run_dir / "models" / compare / f"seed{first}-n{p.headline_size}"}
+    missing = [str(f) for f in folders.values() if not f.is_dir()]
+    if missing:
+        raise ValueError(f"Run {run_dir} lacks the saved model folder(s) {missing}; SHAP compares the source model "
+                         f"with {compare!r} at the headline size of seed {first}.")
+    torch.set_num_threads(config.threads)
+    cohort = load_cohort(config, console)
+    d = config.domain
+    split = split_domains(cohort, d.column, d.target, d.source, d.bins)
+    featurizer, _, data = _featurize(config, cohort, split)
+    models = {name: load_model(folder)[0] for name, folder in folders.items()}
+    return explain_models(config, run_dir, _Rows(data), seed_splits(config, cohort, split, first), models,
+                          featurizer, first)
 
 
 def explain_models(config: TransferConfig, run_dir: Path, rows: _Rows, ids: dict[str, Any],
@@ -654,16 +687,19 @@ def explain_models(config: TransferConfig, run_dir: Path, rows: _Rows, ids: dict
     batch, background = rows(test_ids).without(B.TARGET), rows(bg_ids).without(B.TARGET)
     variables = featurizer.transformers_["ts"].variables_
     static = "static" in featurizer.transformers_
-    static_names = featurizer.transformers_["static"].feature_names_ if static else None
+    static_names = [f"static:{n}" for n in featurizer.transformers_["static"].feature_names_] if static else None
     importance, tops = {}, []
+    numpy_state = np.random.get_state()
     for name, model in models.items():
         model.eval()
+        np.random.seed(seed)  # Captum's GradientShap draws baselines and alphas from numpy's global generator
         attr = attribute_timeseries(model_forward(model), batch, background=background, variables=variables,
                                     method="gradient_shap", n_samples=spec.n_samples, include_static=static,
                                     static_names=static_names, seed=seed, sample_ids=test_ids,
                                     step_hours=config.features.step)
         importance[name] = attr.global_importance()
         tops.append(attr.top_features(spec.top_k).assign(model=name))
+    np.random.set_state(numpy_state)
     table = pd.DataFrame(importance)
     table.index.name = "feature"
     table = table.sort_values(table.columns[0], ascending=False)

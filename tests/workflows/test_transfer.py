@@ -166,3 +166,13 @@ def test_gains_pick_the_better_baseline_and_pair_by_seed():
     row = table.set_index("strategy").loc["dann"]
     assert row["bar"] == "pooled" and row["gain"] == pytest.approx(np.mean([0.03, 0.02, 0.01]))
     assert row["gain_ci_low"] < row["gain"] < row["gain_ci_high"] and row["wins"] == 3
+
+
+def test_shap_of_a_finished_run_is_recomputed_from_its_folder(recorded_run):
+    _, run_dir, _ = recorded_run
+    before = pd.read_csv(run_dir / "shap" / "global_importance.csv", index_col=0)
+    info = tw.explain_transfer_run(run_dir)
+    after = pd.read_csv(run_dir / "shap" / "global_importance.csv", index_col=0)
+    assert info["models"] == ["source_only", "finetune_dann_mmd"]
+    pd.testing.assert_frame_equal(before.sort_index(), after.sort_index(), rtol=1e-4, atol=1e-7)
+    assert any(name.startswith("static:") for name in after.index)
