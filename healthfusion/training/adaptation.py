@@ -126,6 +126,10 @@ class AdaptationConfig(BaseModel):
         Steepness of the :func:`dann_strength` schedule.
     mmd_weight : float, default 0
         Weight of the MMD term (0: no MMD).
+    mmd_schedule : {"constant", "ramp"}, default "constant"
+        ``ramp``: the MMD weight follows the DANN schedule ``mmd_weight * (2 / (1 + exp(-dann_gamma * p)) - 1)``,
+        so the risk head learns before alignment pulls on the representation (a full-strength MMD term from the
+        first step can collapse the representation).
     freeze : tuple of str, default ()
         Model parts that do not train (e.g. ``("ts_encoder",)`` for fine-tuning only the upper layers).
     seed : int, default 0
@@ -145,6 +149,7 @@ class AdaptationConfig(BaseModel):
     dann_weight: float = Field(0.0, ge=0)
     dann_gamma: float = Field(10.0, ge=0)
     mmd_weight: float = Field(0.0, ge=0)
+    mmd_schedule: str = Field("constant", pattern="^(constant|ramp)$")
     freeze: tuple[str, ...] = ()
     seed: int = 0
 
@@ -288,12 +293,15 @@ def fit_transfer(
             loss = objective(model(batch)["logits"], y)
             if streams is not None:
                 zs, zt = model.encode(streams[0].next()), model.encode(streams[1].next())
+                progress = min(step / max(total_steps - 1, 1), 1.0)
                 if cfg.mmd_weight > 0:
                     mmd = gaussian_mmd(zs, zt)
-                    loss = loss + cfg.mmd_weight * mmd
+                    weight = (cfg.mmd_weight if cfg.mmd_schedule == "constant"
+                              else dann_strength(progress, cfg.mmd_weight, cfg.dann_gamma))
+                    loss = loss + weight * mmd
                     mmds.append(mmd.item())
                 if cfg.dann_weight > 0:
-                    strength = dann_strength(min(step / max(total_steps - 1, 1), 1.0), cfg.dann_weight, cfg.dann_gamma)
+                    strength = dann_strength(progress, cfg.dann_weight, cfg.dann_gamma)
                     logits = model.domain_logits(torch.cat([zs, zt]), strength)
                     domain = torch.cat([torch.zeros(len(zs)), torch.ones(len(zt))])
                     loss = loss + nn.functional.binary_cross_entropy_with_logits(logits, domain)

@@ -158,6 +158,7 @@ class AdaptationSpec(_Strict):
     dann_weight: float = Field(1.0, ge=0, description="maximum gradient-reversal strength")
     dann_gamma: float = Field(10.0, ge=0)
     mmd_weight: float = Field(1.0, ge=0)
+    mmd_schedule: Literal["constant", "ramp"] = "constant"
     freeze: list[Literal["ts_encoder", "static_encoder", "embeddings", "fc"]] = Field(
         default_factory=lambda: ["ts_encoder"], description="parts fixed by finetune_frozen")
 
@@ -374,7 +375,8 @@ def run_strategy(strategy: str, config: TransferConfig, rows: _Rows, ids: dict[s
     if strategy in ("pooled", "dann", "mmd"):
         model = _new_model(model_config, seed)
         extra = {"dann": {"dann_weight": a.dann_weight, "dann_gamma": a.dann_gamma},
-                 "mmd": {"mmd_weight": a.mmd_weight}}.get(strategy, {})
+                 "mmd": {"mmd_weight": a.mmd_weight, "mmd_schedule": a.mmd_schedule,
+                         "dann_gamma": a.dann_gamma}}.get(strategy, {})
         kwargs = align if extra else {}
         return model, fit_transfer(model, pooled_tr, pooled_va, _loop(config.training, seed, **extra), **kwargs)
     if source_model is None:
@@ -384,7 +386,8 @@ def run_strategy(strategy: str, config: TransferConfig, rows: _Rows, ids: dict[s
         return model, fit_transfer(model, tgt_tr, tgt_va, _loop(config.finetune, seed))
     if strategy == "finetune_frozen":
         return model, fit_transfer(model, tgt_tr, tgt_va, _loop(config.finetune, seed, freeze=tuple(a.freeze)))
-    cfg = _loop(config.finetune, seed, dann_weight=a.dann_weight, dann_gamma=a.dann_gamma, mmd_weight=a.mmd_weight)
+    cfg = _loop(config.finetune, seed, dann_weight=a.dann_weight, dann_gamma=a.dann_gamma, mmd_weight=a.mmd_weight,
+                mmd_schedule=a.mmd_schedule)
     return model, fit_transfer(model, tgt_tr, tgt_va, cfg, **align)
 
 

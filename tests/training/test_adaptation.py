@@ -116,6 +116,19 @@ def test_domain_classifier_learns_shifted_domains_without_reversal_pressure():
     assert history.domain_accuracy[-1] > 0.8
 
 
+def test_mmd_ramp_weights_the_first_step_by_zero():
+    """Under the ramp the first step ignores MMD, so it equals a plain step; at full weight it does not."""
+    def first_step(**kw):
+        model = _model()
+        fit_transfer(model, SRC[:32], TGT[:20], AdaptationConfig(max_epochs=1, batch_size=32, **kw),
+                     source=SRC, target=TGT)
+        return predict_proba(model, TGT)
+
+    plain = first_step()
+    np.testing.assert_allclose(first_step(mmd_weight=5.0, mmd_schedule="ramp"), plain, rtol=1e-6)
+    assert not np.allclose(first_step(mmd_weight=5.0), plain, rtol=1e-6)
+
+
 def test_alignment_needs_both_domains():
     with pytest.raises(ValueError, match="source= and target="):
         fit_transfer(_model(), SRC, TGT, AdaptationConfig(mmd_weight=1.0), source=SRC)
