@@ -536,7 +536,7 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
     strategies = [s for s in STRATEGIES if s in config.strategies]
     sized = [s for s in strategies if s != "source_only"]
     need_source = any(s in strategies for s in ("source_only", "finetune", "finetune_frozen", "finetune_dann_mmd"))
-    results, predictions, histories, saved = [], [], {}, {}
+    results, predictions, histories, saved, skipped = [], [], {}, {}, []
     shift_info = None
     total = len(p.seeds) * (int(need_source) + len(p.sizes) * len(sized))
     progress = _progress(console)
@@ -565,6 +565,12 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
                 saved[("source_only", seed, None)] = source_model
                 _advance(progress, task)
             for size in p.sizes:
+                if size != "all" and size > len(ids["order"]):
+                    log.warning("Size %s skipped for seed %d: the target pool has %d labelled stays.", size, seed,
+                                len(ids["order"]))
+                    skipped.append({"seed": seed, "size": size, "pool": len(ids["order"])})
+                    _advance(progress, task, len(sized))
+                    continue
                 target_train, target_val = ids["labelled"](size)
                 fold = {**base, "target_train": target_train, "target_val": target_val}
                 n_labelled = len(target_train) + len(target_val)
@@ -618,7 +624,8 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
                                                        default=_json_default))
         table.to_csv(run_dir / "shift.csv", index=False)
     meta = {"seconds": time.perf_counter() - started, "n_target_test": len(ids["test"]),
-            "domain": split.summary(), "y_prevalence_target": float(y_all.reindex(split.target_ids).mean())}
+            "domain": split.summary(), "y_prevalence_target": float(y_all.reindex(split.target_ids).mean()),
+            "skipped_sizes": skipped}
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=_json_default))
     compare, first = config.shap.compare, p.seeds[0]
     if config.shap.enabled and ("source_only", first, None) in saved and (compare, first, p.headline_size) in saved:
@@ -779,6 +786,6 @@ def _describe(progress, task, text: str) -> None:
     log.info(text)
 
 
-def _advance(progress, task) -> None:
+def _advance(progress, task, steps: int = 1) -> None:
     if progress is not None:
-        progress.advance(task)
+        progress.advance(task, steps)

@@ -148,7 +148,10 @@ def test_results_are_reproducible_by_seed(cohort_dir, tmp_path, recorded_run):
     _, first_dir, _ = recorded_run
     raw = _raw(cohort_dir, tmp_path / "again", strategies=["source_only", "finetune_dann_mmd", "dann"])
     raw["shap"]["enabled"] = False
-    again = pd.read_csv(run_transfer(TransferConfig.model_validate(raw)) / "results.csv", dtype={"size": str})
+    raw["protocol"]["sizes"] = [30, 100_000]  # larger than the target pool: skipped, recorded in run.json
+    again_dir = run_transfer(TransferConfig.model_validate(raw))
+    again = pd.read_csv(again_dir / "results.csv", dtype={"size": str})
+    assert [s["size"] for s in json.loads((again_dir / "run.json").read_text())["skipped_sizes"]] == [100_000] * 2
     first = pd.read_csv(first_dir / "results.csv", dtype={"size": str})
     keys = ["seed", "size", "strategy"]
     merged = again.merge(first, on=keys, suffixes=("", "_first"))
