@@ -79,6 +79,8 @@ class FeatureSpec(_Strict):
     code_min_count: int = 5
     text_buckets: int = 16384
     summary: bool = False  # wide & deep: per-variable window summaries of the series appended to the static input
+    text_model: Path | None = None  # a local Hugging Face model folder: notes are tokenized for it (not hashed)
+    text_max_length: int = Field(128, ge=2)
 
 
 class ModelSpec(_Strict):
@@ -93,6 +95,8 @@ class ModelSpec(_Strict):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pretrained: dict[Literal["ts", "static", "codes", "text", "image"], str] = Field(default_factory=dict)
     pretrained_root: Path | None = None
+    text_pooling: Literal["mean", "cls"] = "mean"  # with features.text_model: how token states become one vector
+    text_freeze: bool = False  # with features.text_model: keep the language model's weights fixed
 
 
 class TuningSpec(_Strict):
@@ -114,6 +118,7 @@ class EvaluationSpec(_Strict):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     operating_point: Literal["youden", "f1", "sensitivity"] = "youden"
     target_sensitivity: float | None = None
+    audit: bool = True  # explanations, calibration, subgroups and impact into explanations/ and audit/
 
 
 class RunConfig(_Strict):
@@ -170,4 +175,7 @@ def load_run_config(path: str | Path) -> RunConfig:
             value = getattr(spec, attr)
             if value is not None and not value.is_absolute():
                 setattr(spec, attr, (base / value).resolve())
+    text_model = config.features.text_model
+    if text_model is not None and not text_model.is_absolute():
+        config.features.text_model = (base / text_model).resolve()
     return config

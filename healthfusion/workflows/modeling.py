@@ -15,6 +15,7 @@ from healthfusion.models.encoders import (
     MLPEncoderConfig,
     TextEncoderConfig,
 )
+from healthfusion.models.encoders.text_hf import HFTextEncoderConfig
 from healthfusion.models.hybrid import HybridConfig, HybridModel
 from healthfusion.models.registry import ModelCard, load_pretrained_encoder
 from healthfusion.training.config import TrainerConfig
@@ -36,11 +37,15 @@ def hybrid_config(
     head: str = "binary",
     n_outputs: int = 1,
     pretrained: dict[str, ModelConfig] | None = None,
+    text_pooling: str = "mean",
+    text_freeze: bool = False,
 ) -> HybridConfig:
     """A :class:`HybridConfig` whose encoders match the fitted ``featurizer``'s modalities and input sizes.
 
     ``pretrained`` maps modalities to the encoder configs of pretrained encoders; those are used as they are
-    (their architecture, not ``hidden``), after checking their input sizes against the featurizer.
+    (their architecture, not ``hidden``), after checking their input sizes against the featurizer. Notes
+    tokenized for a local Hugging Face model (``HFTokenTransformer``) get that model as text encoder, pooled by
+    ``text_pooling`` and frozen when ``text_freeze``.
 
     Raises
     ------
@@ -56,7 +61,10 @@ def hybrid_config(
         enc["static"] = MLPEncoderConfig(in_dim=max(dims["static_dim"], 1), hidden_sizes=(hidden,), dropout=dropout)
     if "codes" in featurizer.transformers_:
         enc["codes"] = CodesEncoderConfig(vocab_size=dims["code_vocab"], embedding_dim=hidden, dropout=dropout)
-    if "text" in featurizer.transformers_:
+    if "text" in featurizer.transformers_ and "text_vocab" in dims:
+        enc["text"] = HFTextEncoderConfig(path=featurizer.transformers_["text"].model_path, pooling=text_pooling,
+                                          freeze=text_freeze)
+    elif "text" in featurizer.transformers_:
         enc["text"] = TextEncoderConfig(n_buckets=dims["text_buckets"], embedding_dim=hidden, hidden_sizes=(hidden,),
                                         dropout=dropout)
     if "image" in featurizer.transformers_:
@@ -141,7 +149,8 @@ def build_run_hybrid(featurizer: CohortFeaturizer, spec, training: TrainerConfig
     scratch)."""
     loaded = load_pretrained(spec.pretrained, spec.pretrained_root) if spec.pretrained else {}
     model = build_hybrid(featurizer, loaded, fusion=spec.fusion, hidden=spec.hidden, lstm_layers=spec.lstm_layers,
-                         bidirectional=spec.bidirectional, dropout=spec.dropout)
+                         bidirectional=spec.bidirectional, dropout=spec.dropout, text_pooling=spec.text_pooling,
+                         text_freeze=spec.text_freeze)
     ft = training.finetune
     if loaded and ft is not None and "modules" not in ft.model_fields_set:
         modules = tuple(f"encoders.{m}" for m in loaded)

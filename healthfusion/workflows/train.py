@@ -30,7 +30,7 @@ from healthfusion.features import batch as B
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.compose import CohortFeaturizer, engineered_features
 from healthfusion.features.image import ImageTransformer
-from healthfusion.features.text import TextTransformer
+from healthfusion.features.text import HFTokenTransformer, TextTransformer
 from healthfusion.features.timeseries import TimeSeriesTransformer
 from healthfusion.models.classical import make_baseline
 from healthfusion.training import Trainer
@@ -69,7 +69,8 @@ def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
         "ts": TimeSeriesTransformer(hours=spec.hours, step=spec.step, min_count=spec.min_count),
         "image": ImageTransformer(size=spec.image_size),
         "codes": CodeTransformer(min_count=spec.code_min_count),
-        "text": TextTransformer(n_buckets=spec.text_buckets),
+        "text": (TextTransformer(n_buckets=spec.text_buckets) if spec.text_model is None
+                 else HFTokenTransformer(str(spec.text_model), max_length=spec.text_max_length)),
     }
     return CohortFeaturizer(modalities=spec.modalities, label=label, summary=spec.summary,
                             transformers={m: t for m, t in transformers.items() if m in spec.modalities})
@@ -245,6 +246,10 @@ def run_training(config: RunConfig, console=None) -> Path:
     summary["model_spec"] = spec.model_dump()
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
 
+    if not ev.audit:
+        say("[bold cyan]Audit[/] skipped (evaluation.audit: false); `healthfusion report --recompute-audit "
+            "--explain` adds it later")
+        return run_dir
     say("[bold cyan]Audit[/] explanations, calibration, subgroups, impact")
     test_rows = np.flatnonzero(usable["test"])
     write_explanations(run_dir, model, feat, data["train"][usable["train"]], data["test"][test_rows],

@@ -199,3 +199,25 @@ def test_gradual_unfreezing_reaches_the_language_model_from_the_top(tiny_bert):
     assert trainable and all(".layer.1.output" in n for n in trainable)  # the last transformer layer's output
     tuner.restore()
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_train_config_uses_the_local_model_as_text_encoder(tiny_bert, tmp_path):
+    """`healthfusion train` with features.text_model: notes tokenized for the local model, the model's weights
+    in the saved hybrid, frozen when model.text_freeze."""
+    import yaml
+
+    from healthfusion.models.base import load_model
+    from healthfusion.workflows.config import load_run_config
+    from healthfusion.workflows.train import run_training
+
+    _notes_cohort(80).save(tmp_path / "cohort")
+    cfg = {"name": "notes", "out": str(tmp_path / "run"), "data": {"cohort": "cohort", "label": "death"},
+           "features": {"modalities": ["text"], "text_model": str(tiny_bert), "text_max_length": MAX_LEN},
+           "model": {"hidden": 8, "text_freeze": True, "text_pooling": "cls"},
+           "training": {"max_epochs": 1, "batch_size": 16}, "baselines": [], "evaluation": {"n_boot": 20, "audit": False}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run = run_training(load_run_config(tmp_path / "run.yaml"))
+    model, state = load_model(run / "model")
+    text = model.config.text
+    assert text.encoder == "hf" and text.freeze and text.pooling == "cls" and text.path == str(tiny_bert)
+    assert "HFTokenTransformer" in json.dumps(state) or "model_path" in json.dumps(state)
