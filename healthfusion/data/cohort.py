@@ -98,13 +98,18 @@ def per_stay(stay_ids: pd.Series, values: pd.Series) -> np.ndarray:
 
 
 def _read_filtered(path: Path, columns: Sequence[str] | None, stay_ids: pa.Array | None, lo: float | None,
-                   hi: float | None) -> pd.DataFrame:
-    """Rows of a Parquet table with ``stay_id`` in ``stay_ids`` and ``lo <= time <= hi`` (None = no condition),
-    filtered row group by row group (one thread), so memory follows the rows kept, not the table's size."""
+                   hi: float | None, cutoff: pd.Series | None = None) -> pd.DataFrame:
+    """Rows of a Parquet table with ``stay_id`` in ``stay_ids``, ``lo <= time <= hi`` and ``time <=
+    cutoff[stay_id]`` (None = no condition; a stay missing from ``cutoff`` keeps no row), filtered row group by
+    row group on one thread, so memory follows the rows kept, not the table's size."""
     file = pq.ParquetFile(path)
     wanted = None if columns is None else list(columns)
+    timed = lo is not None or hi is not None or cutoff is not None
     needed = None if wanted is None else list(dict.fromkeys(
-        [*wanted, *(["stay_id"] if stay_ids is not None else []), *(["time"] if lo is not None or hi is not None else [])]))
+        [*wanted, *(["stay_id"] if stay_ids is not None or cutoff is not None else []), *(["time"] if timed else [])]))
+    if cutoff is not None:
+        cut_ids = pa.array(cutoff.index.astype(str), type=pa.string())
+        cut_times = np.append(cutoff.to_numpy(dtype=float), np.nan)  # position -1 (unknown stay): NaN, never kept
     parts = []
     for group in range(file.num_row_groups):
         table = file.read_row_group(group, columns=needed, use_threads=False)
@@ -115,6 +120,10 @@ def _read_filtered(path: Path, columns: Sequence[str] | None, stay_ids: pa.Array
             keep = pc.and_(keep, pc.greater_equal(table["time"], float(lo)))
         if hi is not None:
             keep = pc.and_(keep, pc.less_equal(table["time"], float(hi)))
+        if cutoff is not None:
+            pos = pc.fill_null(pc.index_in(table["stay_id"], value_set=cut_ids), -1).to_numpy(zero_copy_only=False)
+            time = table["time"].to_numpy()
+            keep = pc.and_(keep, pa.array(time <= cut_times[pos]))
         table = table.filter(keep)
         parts.append(table if wanted is None else table.select(wanted))
     if not parts:
@@ -344,10 +353,12 @@ class Cohort:
         if table not in TIMED_TABLES:
             raise CohortError(f"observable() takes a timed table ({', '.join(TIMED_TABLES)}), not {table!r}.")
         cutoff = self.stays.set_index("stay_id")["prediction_time"]
-        latest = float(cutoff.max()) if len(cutoff) else None
-        df = self.read_table(table, stay_ids, time_range=(start, latest))
-        if df is None:
+        if table not in self._present:
             return pd.DataFrame(columns=list(TABLE_COLUMNS[table]))
+        if self._tables.get(table) is None and self._root is not None:  # filtered while read: nothing else loads
+            ids = None if stay_ids is None else pa.array([str(s) for s in stay_ids], type=pa.string())
+            return _read_filtered(self._table_path(table), None, ids, start, None, cutoff)
+        df = self.read_table(table, stay_ids)
         keep = df["time"].to_numpy() <= per_stay(df["stay_id"], cutoff)
         if start is not None:
             keep &= df["time"].to_numpy() >= start

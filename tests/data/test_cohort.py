@@ -38,6 +38,18 @@ def test_observable_hides_planted_future_events(tiny_cohort):
     assert len(seen) == int((events["time"] <= 24).sum())
 
 
+@pytest.mark.parametrize("stay_ids, start", [(None, None), (["s1", "s2", "nope"], None), (None, 2.0), (["s3"], 0.0)])
+def test_observable_of_a_lazy_folder_equals_the_in_memory_one(tiny_cohort, tmp_path, stay_ids, start):
+    """The folder path filters (stays, window start, per-stay prediction time) while reading row groups."""
+    tiny_cohort.save(tmp_path / "c")
+    loaded = Cohort.load(tmp_path / "c")
+    for table in ("events", "codes", "notes"):
+        want = tiny_cohort.observable(table, stay_ids, start=start)
+        got = loaded.observable(table, stay_ids, start=start)
+        assert loaded._tables[table] is None
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False)
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
