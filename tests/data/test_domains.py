@@ -111,3 +111,15 @@ def test_concat_cohorts_pools_sets_and_rejects_shared_stays():
                 labels=b.labels.assign(stay_id=lambda d: "b" + d["stay_id"]), meta=b.meta)
     both = concat_cohorts([a, b2])
     assert len(both) == 60 and both.label("death").notna().sum() == 58
+
+
+@pytest.mark.realdata
+def test_uci_heart_disease_sites_as_domains(shared_dataset):
+    from healthfusion.data.sources import get_source
+
+    cohort = get_source("heart_disease")(shared_dataset("uci_heart_disease"))
+    split = split_domains(cohort, "site", target=["Switzerland"])
+    assert len(split.target_ids) == (cohort.stays["site"] == "Switzerland").sum()
+    assert set(split.source_values) == set(cohort.stays["site"]) - {"Switzerland"}
+    part = target_partition(cohort, split.target_ids, "disease", test_fraction=0.3, seed=0)
+    assert len(part.test_ids) > 0 and not set(part.test_ids) & set(part.pool_ids)
