@@ -179,3 +179,23 @@ def test_shap_of_a_finished_run_is_recomputed_from_its_folder(recorded_run):
     assert info["models"] == ["source_only", "finetune_dann_mmd"]
     pd.testing.assert_frame_equal(before.sort_index(), after.sort_index(), rtol=1e-4, atol=1e-7)
     assert any(name.startswith("static:") for name in after.index)
+
+
+@pytest.mark.realdata
+def test_physionet2012_ccu_protocol_splits(shared_dataset, tmp_path):
+    """The benchmark's domains on sets A + B: CCU vs the other units, nothing of the CCU test set elsewhere."""
+    from pathlib import Path
+
+    root = shared_dataset("physionet2012")
+    config = load_transfer_config(Path(__file__).resolve().parents[2] / "benchmarks/configs/"
+                                  "transfer-physionet2012-ccu.yaml")
+    config = config.model_copy(update={"data": config.data.model_copy(update={"sources": [
+        s.model_copy(update={"path": root / Path(s.path).name}) for s in config.data.sources]})})
+    cohort = tw.load_cohort(config)
+    split = tw.split_domains(cohort, "care_unit", ["CCU"])
+    assert len(cohort) == 8000 and split.dropped_overlap == 0
+    assert set(cohort.stays.set_index("stay_id").loc[split.target_ids, "care_unit"]) == {"CCU"}
+    ids = seed_splits(config, cohort, split, seed=0)
+    train, val = ids["labelled"](100)
+    assert len(train) + len(val) == 100
+    assert not set(ids["test"]) & (set(ids["pool"]) | set(ids["source_train"]) | set(ids["source_val"]))
