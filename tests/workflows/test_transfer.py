@@ -182,6 +182,7 @@ def test_shap_of_a_finished_run_is_recomputed_from_its_folder(recorded_run):
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_physionet2012_ccu_protocol_splits(shared_dataset, tmp_path):
     """The benchmark's domains on sets A + B: CCU vs the other units, nothing of the CCU test set elsewhere."""
     from pathlib import Path
