@@ -52,6 +52,7 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.domains import (
     DomainSplit,
     concat_cohorts,
+    labelled_ids,
     labelled_order,
     labelled_subset,
     split_domains,
@@ -334,7 +335,7 @@ def seed_splits(config: TransferConfig, cohort: Cohort, split: DomainSplit, seed
     Nothing in any training or validation list is a target test stay.
     """
     p, label = config.protocol, config.data.label
-    labelled_source = [s for s in split.source_ids if not pd.isna(cohort.label(label).get(s))]
+    labelled_source = labelled_ids(cohort, split.source_ids, label)
     source_train, source_val = _two_way(cohort, labelled_source, label, p.source_val_fraction, seed)
     part = target_partition(cohort, split.target_ids, label, p.test_fraction, seed)
     order = labelled_order(cohort, part.pool_ids, label, seed)
