@@ -60,6 +60,7 @@ from healthfusion.data.domains import (
 )
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.bootstrap import metrics_with_ci
+from healthfusion.evaluation.compare import risk_groups
 from healthfusion.evaluation.shift import domain_classifier_auroc, stay_summaries, variable_shift
 from healthfusion.features import batch as B
 from healthfusion.features.compose import CohortFeaturizer
@@ -749,7 +750,7 @@ def _plot_importance(table: pd.DataFrame, path: Path, top: int) -> None:
 # ------------------------------------------------------------------------------------------------ helpers
 def _pred_frame(stay_ids, y, prob, strategy, seed, size) -> pd.DataFrame:
     return pd.DataFrame({"seed": seed, "size": str(size), "strategy": strategy, "stay_id": stay_ids,
-                         "y": y, "prob": prob})
+                         "y": y, "prob": prob, "risk": risk_groups(prob, 0.5)})
 
 
 def _last(values):

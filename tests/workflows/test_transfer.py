@@ -120,6 +120,7 @@ def test_run_writes_table_plot_models_shift_and_shap(recorded_run):
 def test_no_target_test_stay_reaches_training_or_model_selection(recorded_run):
     config, run_dir, calls = recorded_run
     predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"stay_id": str})
+    assert ((predictions["prob"] >= 0.5) == (predictions["risk"] == "high")).all()
     assert len(calls) == 2 * (1 + (len(STRATEGIES) - 1))
     for call in calls:
         test = set(predictions.loc[predictions["seed"] == call["seed"], "stay_id"])
