@@ -143,3 +143,36 @@ def test_icd9_groups():
     assert [icd9_group(c) for c in ("428", "250.83", "486", "008", "V57", "E885", "820", "174", "715")] == [
         "circulatory", "diabetes", "respiratory", "other", "other", "other", "injury", "neoplasms",
         "musculoskeletal"]
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_diabetes_benchmark_config_labels(shared_dataset):
+    """The Diabetes 130 benchmark config: five task kinds, labels derived from the real cohort (ICD-9 groups from
+    discharge codes that the admission-time features cannot see)."""
+    from pathlib import Path
+
+    config_path = Path(__file__).resolve().parents[2] / "benchmarks" / "configs" / "multitask-diabetes130.yaml"
+    config = load_multitask_config(config_path)
+    config.data.path = shared_dataset("uci_diabetes130")
+    config = config.model_copy(update={"data": config.data.model_copy(update={"max_stays": 2000})})
+    assert {t.kind for t in config.tasks} == {"binary", "multiclass", "multilabel", "regression", "clustering"}
+    prep = prepare(config)
+    labels, classes = prep["labels"], prep["classes"]
+    dx = labels["dx_groups"]
+    assert classes["dx_groups"] == ["circulatory", "respiratory", "digestive", "diabetes", "injury",
+                                    "musculoskeletal", "genitourinary", "neoplasms", "other"]
+    assert np.nanmean(dx[:, 0]) > 0.3  # circulatory diagnoses are the most common group in this data
+    assert np.isnan(labels["time_in_hospital"]).sum() == 0
+    assert prep["data"]["train"]["static"].shape[1] > 10
+    assert "codes" not in prep["data"]["train"].modalities
+
+
+def test_physionet_benchmark_config_keeps_icu_type_out_of_the_inputs():
+    from pathlib import Path
+
+    config_path = Path(__file__).resolve().parents[2] / "benchmarks" / "configs" / "multitask-physionet2012.yaml"
+    config = load_multitask_config(config_path)
+    icu = [t for t in config.tasks if t.name == "icu_type"][0]
+    assert icu.source.static == "ICUType" and icu.kind == "multiclass"
+    assert len(config.tasks) == 6
