@@ -26,7 +26,7 @@ Label sources (``source``), exactly one of:
 * ``static: COLUMN`` a static column, as a multiclass target; the column is removed from the static inputs;
 * ``stays: COLUMN`` a column of the stays table (e.g. ``care_unit``) as a multiclass target;
 * ``codes: icd9_groups`` the stay's ICD-9 codes (any time: it is a label, not a feature) grouped into
-  :data:`ICD9_GROUPS`, as a multilabel target; a stay without codes has a missing label.
+  :data:`~healthfusion.workflows.multitask_labels.ICD9_GROUPS`, as a multilabel target; a stay without codes has a missing label.
 
 The run folder holds ``config.yaml``, ``tasks.csv`` (the per-task table), ``tim_attention.csv``/``.png``,
 ``tim_ablation.csv``/``.png`` (and ``tim_retrain.csv``/``.png`` with retraining ablation), ``clusters.json``,
@@ -50,20 +50,15 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from healthfusion.data.cohort import Cohort
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.tim import (
-    MAIN_METRIC,
     ablation_tim,
     attention_tim,
-    main_metric_ci,
     plot_tim,
-    relative_improvement,
-    seed_interval,
     task_metrics,
     tim_agreement,
 )
-from healthfusion.features.compose import CohortFeaturizer, encode_target
+from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.features.tabular import StaticTransformer
 from healthfusion.models.multitask import MultitaskModel, MultitaskModelConfig, TaskKind, TaskSpec
 from healthfusion.training.multitask import (
@@ -74,23 +69,16 @@ from healthfusion.training.multitask import (
 )
 from healthfusion.workflows.config import ConfigError, FeatureSpec, SourceSpec, SplitSpec
 from healthfusion.workflows.modeling import hybrid_config
+from healthfusion.workflows.multitask_labels import extract_labels
+from healthfusion.workflows.multitask_tables import (
+    cluster_report,
+    improvement_summary,
+    mean_frame,
+    task_table,
+)
 from healthfusion.workflows.train import make_featurizer, open_source, usable_rows
 
 log = logging.getLogger(__name__)
-
-# ICD-9 diagnosis groups of Strack et al. (2014), the paper that released the Diabetes 130 data: (name, ranges of
-# the numeric code part, inclusive); "diabetes" is 250.xx; V and E codes and everything else are "other".
-ICD9_GROUPS: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = (
-    ("circulatory", ((390, 459.99), (785, 785.99))),
-    ("respiratory", ((460, 519.99), (786, 786.99))),
-    ("digestive", ((520, 579.99), (787, 787.99))),
-    ("diabetes", ((250, 250.99),)),
-    ("injury", ((800, 999.99),)),
-    ("musculoskeletal", ((710, 739.99),)),
-    ("genitourinary", ((580, 629.99), (788, 788.99))),
-    ("neoplasms", ((140, 239.99),)),
-)
-ICD9_GROUP_NAMES: tuple[str, ...] = (*(g for g, _ in ICD9_GROUPS), "other")
 
 
 class _Strict(BaseModel):
@@ -227,87 +215,6 @@ def load_multitask_config(path: str | Path) -> MultitaskConfig:
         if value is not None and not value.is_absolute():
             setattr(config.data, attr, (path.parent / value).resolve())
     return config
-
-
-# ------------------------------------------------------------------------------------------------ labels
-def icd9_group(code: str) -> str:
-    """The :data:`ICD9_GROUPS` group of one ICD-9 code (``"other"`` for V/E codes and unlisted ranges)."""
-    try:
-        value = float(code)
-    except ValueError:
-        return "other"
-    for name, ranges in ICD9_GROUPS:
-        if any(lo <= value <= hi for lo, hi in ranges):
-            return name
-    return "other"
-
-
-def _column(table: pd.DataFrame | None, column: str, where: str, stay_ids: list[str]) -> pd.Series:
-    if table is None or column not in table.columns:
-        have = [] if table is None else [c for c in table.columns if c != "stay_id"]
-        raise ValueError(f"The cohort's {where} table has no column {column!r} (it has {have}); fix the task source.")
-    return table.set_index("stay_id")[column].reindex(stay_ids)
-
-
-def extract_labels(cohort: Cohort, tasks: Sequence[TaskConfig], stay_ids: Sequence[str]) -> tuple[dict, dict]:
-    """Encoded labels of every supervised task for ``stay_ids`` and each task's classes.
-
-    Returns
-    -------
-    (labels, classes)
-        ``labels[task]``: binary/regression float ``[n]`` (NaN missing), multiclass int ``[n]`` (-1 missing),
-        multilabel float ``[n, K]`` (NaN rows missing). ``classes[task]``: list of class/label names or None.
-
-    Raises
-    ------
-    ValueError
-        Unknown label or column, a kind that does not match the label's, an unknown label value.
-    """
-    ids = [str(s) for s in stay_ids]
-    labels: dict[str, np.ndarray] = {}
-    classes: dict[str, list[str] | None] = {}
-    for task in tasks:
-        src = task.source
-        if src is None:
-            continue
-        if src.label is not None:
-            try:
-                spec = cohort.meta.label(src.label)
-            except KeyError as exc:
-                raise ValueError(f"Task {task.name!r}: {exc.args[0]}") from None
-            expected = "regression" if src.above is not None else task.kind
-            if spec.kind != expected:
-                raise ValueError(f"Task {task.name!r} is {task.kind} but label {src.label!r} is {spec.kind}"
-                                 + (" ('above' needs a regression label)" if src.above is not None else "") + ".")
-            values = encode_target(cohort.label(src.label).reindex(ids), spec)
-            if src.above is not None:
-                values = np.where(np.isnan(values), np.nan, (values > src.above).astype(np.float32))
-                values = values.astype(np.float32)
-            labels[task.name], classes[task.name] = values, list(spec.classes) if spec.classes else None
-        elif src.static is not None or src.stays is not None:
-            if task.kind != "multiclass":
-                raise ValueError(f"Task {task.name!r}: a static/stays column is a multiclass source, not {task.kind}.")
-            where, col = ("static", src.static) if src.static is not None else ("stays", src.stays)
-            raw = _column(cohort.static if where == "static" else cohort.stays, col, where, ids)
-            text = raw.astype("string").replace({"Unknown": pd.NA, "nan": pd.NA})
-            names = sorted(text.dropna().unique().tolist())
-            if len(names) < 2:
-                raise ValueError(f"Task {task.name!r}: {where} column {col!r} has {len(names)} class(es); need >= 2.")
-            lookup = {c: i for i, c in enumerate(names)}
-            labels[task.name] = np.array([lookup.get(v, -1) if v is not pd.NA else -1 for v in text], dtype=np.int64)
-            classes[task.name] = names
-        else:
-            if task.kind != "multilabel":
-                raise ValueError(f"Task {task.name!r}: codes: icd9_groups is a multilabel source, not {task.kind}.")
-            codes = cohort.codes
-            if codes is None:
-                raise ValueError(f"Task {task.name!r}: the cohort has no codes table to group.")
-            groups = codes.assign(group=codes["code"].map(icd9_group))
-            names = list(ICD9_GROUP_NAMES)
-            hot = pd.crosstab(groups["stay_id"], groups["group"]).reindex(columns=names, fill_value=0).clip(upper=1)
-            out = hot.reindex(ids).to_numpy(dtype=np.float32)  # stays without codes: NaN rows (missing)
-            labels[task.name], classes[task.name] = out, names
-    return labels, classes
 
 
 # ------------------------------------------------------------------------------------------------ model build
@@ -506,88 +413,6 @@ def _flat(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not isinstance(v, list)}
 
 
-def task_table(per_seed: pd.DataFrame, kinds: dict, model: MultitaskModel, pred: dict, test, n_boot: int
-               ) -> pd.DataFrame:
-    """One row per task: main metric of the (first-seed) multitask model with a bootstrap 95% CI on the test
-    stays, its mean over seeds, the single-task mean and the relative improvement with a t-interval over seeds."""
-    rows = []
-    for i, task in enumerate(model.config.tasks):
-        name = task.name
-        metric, higher = MAIN_METRIC[task.kind]
-        mt = per_seed[(per_seed["model"] == "multitask") & (per_seed["task"] == name)].sort_values("seed")
-        row = {"task": name, "kind": task.kind, "metric": metric, "higher_is_better": higher,
-               "n": int(mt["n"].iloc[0]), "self_weight": float(pred["self_weight"][pred["task_present"][:, i], i].mean())}
-        row["multitask"] = float(mt["main"].iloc[0])
-        if task.kind != "clustering":
-            present = pred["task_present"][:, i]
-            ci = main_metric_ci(task.kind, test[target_key(name)][present], pred["predictions"][name][present],
-                                n_boot=n_boot)
-            row["multitask_ci_low"], row["multitask_ci_high"] = ci.ci_low, ci.ci_high
-        mean, lo, hi = seed_interval(mt["main"].tolist())
-        row.update(multitask_mean=mean, multitask_seed_ci_low=lo, multitask_seed_ci_high=hi)
-        st = per_seed[(per_seed["model"] == "single") & (per_seed["task"] == name)].sort_values("seed")
-        if len(st):
-            s_mean, s_lo, s_hi = seed_interval(st["main"].tolist())
-            rel = [relative_improvement(a, b, higher) for a, b in zip(mt["main"], st["main"], strict=True)]
-            r_mean, r_lo, r_hi = seed_interval(rel)
-            row.update(single_mean=s_mean, single_seed_ci_low=s_lo, single_seed_ci_high=s_hi,
-                       rel_improvement=r_mean, rel_ci_low=r_lo, rel_ci_high=r_hi,
-                       worse_beyond_ci=bool(np.isfinite(r_hi) and r_hi < 0))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def improvement_summary(per_seed: pd.DataFrame, kinds: dict) -> dict:
-    """Mean relative improvement over tasks per seed, with a t-interval over seeds (all tasks, and the supervised
-    ones only); empty without single-task models."""
-    if not (per_seed["model"] == "single").any():
-        return {}
-    out = {}
-    for label, tasks in (("all_tasks", list(kinds)), ("supervised_tasks", [t for t, k in kinds.items()
-                                                                           if k != "clustering"])):
-        per = []
-        for _seed, group in per_seed.groupby("seed"):
-            vals = []
-            for t in tasks:
-                mt = group[(group["model"] == "multitask") & (group["task"] == t)]["main"]
-                st = group[(group["model"] == "single") & (group["task"] == t)]["main"]
-                if len(mt) and len(st):
-                    vals.append(relative_improvement(float(mt.iloc[0]), float(st.iloc[0]), MAIN_METRIC[kinds[t]][1]))
-            if vals:
-                per.append(float(np.nanmean(vals)))
-        mean, lo, hi = seed_interval(per)
-        out[label] = {"mean": mean, "ci_low": lo, "ci_high": hi, "per_seed": per, "tasks": tasks}
-    return out
-
-
-def _mean_frame(frames: list[pd.DataFrame]) -> pd.DataFrame | None:
-    if not frames:
-        return None
-    return sum(frames) / len(frames)
-
-
-def _cluster_report(model: MultitaskModel, pred: dict, test, labels_kinds: dict) -> dict:
-    """Size, silhouette and, per cluster, the mean of every binary/regression task's label (what the phenotype
-    means clinically)."""
-    out = {}
-    for i, task in enumerate(model.config.tasks):
-        if task.kind != "clustering":
-            continue
-        rows = pred["task_present"][:, i]
-        assign = pred["predictions"][task.name][rows].argmax(axis=1)
-        metrics = task_metrics("clustering", None, pred["predictions"][task.name][rows],
-                               embedding=pred["representations"][rows, i])
-        profile = {}
-        for other, kind in labels_kinds.items():
-            if kind not in ("binary", "regression"):
-                continue
-            y = test[target_key(other)][rows]
-            profile[other] = [float(np.nanmean(y[assign == k])) if np.isfinite(y[assign == k]).any() else None
-                              for k in range(task.n_outputs)]
-        out[task.name] = {**metrics, "label_means_by_cluster": profile}
-    return out
-
-
 def _write_outputs(run_dir: Path, config, prep, model, pred, test, per_seed, table, summary, tims, abl, retrain,
                    histories, seconds) -> None:
     kinds = {t.name: t.kind for t in config.tasks}
@@ -597,7 +422,7 @@ def _write_outputs(run_dir: Path, config, prep, model, pred, test, per_seed, tab
     for stem, frames, title in (("tim_attention", tims, "TIM from attention (share of task i's representation)"),
                                 ("tim_ablation", abl, "TIM by attention ablation (relative metric change)"),
                                 ("tim_retrain", retrain, "TIM by retraining without task j (relative change)")):
-        mean = _mean_frame(frames)
+        mean = mean_frame(frames)
         if mean is None:
             continue
         mean.to_csv(run_dir / f"{stem}.csv")
@@ -605,7 +430,7 @@ def _write_outputs(run_dir: Path, config, prep, model, pred, test, per_seed, tab
         matrices[stem] = mean
     agreement = {k: tim_agreement(matrices["tim_attention"], m) for k, m in matrices.items()
                  if k != "tim_attention" and "tim_attention" in matrices}
-    clusters = _cluster_report(model, pred, test, kinds)
+    clusters = cluster_report(model, pred, test, kinds)
     (run_dir / "clusters.json").write_text(json.dumps(clusters, indent=2, allow_nan=True))
     model.save_pretrained(run_dir / "model", preprocessing_state={
         "featurizer": prep["featurizer"].get_state(),

@@ -13,12 +13,11 @@ from healthfusion.workflows.config import ConfigError
 from healthfusion.workflows.multitask import (
     MultitaskConfig,
     TaskConfig,
-    extract_labels,
-    icd9_group,
     load_multitask_config,
     prepare,
     run_multitask,
 )
+from healthfusion.workflows.multitask_labels import extract_labels, icd9_group
 
 TASKS = [
     {"name": "death", "kind": "binary", "source": {"label": "mortality"}},
