@@ -37,5 +37,8 @@ def register(app: typer.Typer) -> None:
         for label, s in summary.items():
             console.print(f"Mean relative improvement over single-task models ({label.replace('_', ' ')}): "
                           f"{s['mean']:+.1%} (95% CI over seeds {s['ci_low']:+.1%} to {s['ci_high']:+.1%})")
+        tim = pd.read_csv(run_dir / "tim_attention.csv", index_col=0)
+        print_frame(console, tim.reset_index(names="task i \\ task j"),
+                    title="TIM from attention: share of task i's representation taken from task j (diagonal: itself)")
         console.print(f"TIM heatmap: {run_dir / 'tim_attention.png'}")
         console.print(f"Run folder: [bold]{run_dir}[/]")
