@@ -262,7 +262,9 @@ def plot_tim(matrix: pd.DataFrame, path: str | Path, title: str = "Task interdep
     for i in range(t):
         for j in range(t):
             if np.isfinite(values[i, j]):
-                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8)
+                strong = abs(values[i, j]) > 0.6 * (vmax or 1.0) if signed else values[i, j] < 0.4 * (vmax or 1.0)
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if strong else "black")
     fig.colorbar(image, ax=ax, shrink=0.8)
     ax.set_title(title)
     fig.tight_layout()
