@@ -201,3 +201,23 @@ def test_physionet2012_ccu_protocol_splits(shared_dataset, tmp_path):
     train, val = ids["labelled"](100)
     assert len(train) + len(val) == 100
     assert not set(ids["test"]) & (set(ids["pool"]) | set(ids["source_train"]) | set(ids["source_val"]))
+
+
+def test_cli_writes_table_plot_and_shap_and_rejects_a_bad_config(cohort_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from healthfusion.cli.main import app
+
+    raw = _raw(cohort_dir, tmp_path / "cli-run", strategies=["source_only", "finetune_dann_mmd"])
+    raw["protocol"]["seeds"] = [0]
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["transfer", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "Gain over the better of source-only and pooled" in result.output
+    for name in ("results.csv", "learning_curve.png", "shap/global_importance.png", "shap/top_features.csv"):
+        assert (tmp_path / "cli-run" / name).is_file(), name
+    raw["domain"]["colum"] = "site"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["transfer", "--config", str(path)])
+    assert result.exit_code == 2 and "domain.colum" in result.output
