@@ -28,14 +28,17 @@ Example ``RUN.yaml``::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from healthfusion.models.classical import BASELINES
 from healthfusion.training.config import TrainerConfig
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -145,13 +148,15 @@ class ConfigError(ValueError):
     """The run configuration file is missing, not YAML, or does not validate."""
 
 
-def load_run_config(path: str | Path) -> RunConfig:
-    """Read and validate a run config; relative data paths are resolved against the config file's folder.
+def read_yaml_config(path: str | Path, schema: type[M]) -> M:
+    """Read ``path`` as YAML and validate it against the pydantic ``schema`` (unknown keys are errors).
 
     Raises
     ------
     ConfigError
-        Naming the file and, for validation errors, each offending key.
+        A missing file, invalid YAML, a document that is not a mapping, or invalid settings (each offending key
+        named, as ``section.key: message``); a ``ValueError`` raised by the schema's validators is reported the
+        same way.
     """
     path = Path(path)
     if not path.is_file():
@@ -163,19 +168,35 @@ def load_run_config(path: str | Path) -> RunConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
     try:
-        config = RunConfig.model_validate(raw)
+        return schema.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from exc
-    base = path.parent
+
+
+def resolve_paths(base: Path, obj: Any, attrs: Sequence[str]) -> None:
+    """Make each relative path attribute ``attrs`` of ``obj`` (a config section; None allowed) relative to
+    ``base`` (the config file's folder); ``~`` is expanded first."""
+    if obj is None:
+        return
+    for attr in attrs:
+        value = getattr(obj, attr)
+        if value is not None:
+            value = Path(value).expanduser()
+            setattr(obj, attr, value if value.is_absolute() else (base / value).resolve())
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and validate a run config; relative data paths are resolved against the config file's folder.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and, for validation errors, each offending key.
+    """
+    config = read_yaml_config(path, RunConfig)
+    base = Path(path).parent
     for spec in (config.data, config.data.test):
-        if spec is None:
-            continue
-        for attr in ("path", "cohort"):
-            value = getattr(spec, attr)
-            if value is not None and not value.is_absolute():
-                setattr(spec, attr, (base / value).resolve())
-    text_model = config.features.text_model
-    if text_model is not None and not text_model.is_absolute():
-        config.features.text_model = (base / text_model).resolve()
+        resolve_paths(base, spec, ("path", "cohort"))
+    resolve_paths(base, config.features, ("text_model",))
     return config

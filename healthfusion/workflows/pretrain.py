@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.splits import split_patients
@@ -36,7 +35,13 @@ from healthfusion.features import batch as B
 from healthfusion.models.pretraining import PretrainingConfig, PretrainingModel
 from healthfusion.models.registry import ModelCard, save_encoder
 from healthfusion.training.pretrain import PretrainConfig, pretrain
-from healthfusion.workflows.config import ConfigError, FeatureSpec, SourceSpec
+from healthfusion.workflows.config import (
+    ConfigError,
+    FeatureSpec,
+    SourceSpec,
+    read_yaml_config,
+    resolve_paths,
+)
 from healthfusion.workflows.modeling import hybrid_config
 from healthfusion.workflows.train import make_featurizer, open_source
 
@@ -94,33 +99,15 @@ def load_pretrain_config(path: str | Path) -> PretrainRunConfig:
     ConfigError
         Missing file, invalid YAML, or invalid settings (each offending key named).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist.")
+    config = read_yaml_config(path, PretrainRunConfig)
     try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
-    try:
-        config = PretrainRunConfig.model_validate(raw)
         config.target()
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from exc
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    base = path.parent
+    base = Path(path).parent
     for spec in config.data:
-        for attr in ("path", "cohort"):
-            value = getattr(spec, attr)
-            if value is not None and not value.is_absolute():
-                setattr(spec, attr, (base / value).resolve())
-    for attr in ("out", "exclude_stays", "root"):
-        value = getattr(config, attr)
-        if value is not None and not value.expanduser().is_absolute():
-            setattr(config, attr, (base / value).resolve())
+        resolve_paths(base, spec, ("path", "cohort"))
+    resolve_paths(base, config, ("out", "exclude_stays", "root"))
     return config
 
 
