@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,7 +25,7 @@ from healthfusion.features import batch as B
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.features.image import ImageTransformer
-from healthfusion.features.summary import summary_features
+from healthfusion.features.summary import SUMMARY_STATS, summary_features
 from healthfusion.features.summary_encoding import SummaryTransformer
 from healthfusion.features.tabular import StaticTransformer
 from healthfusion.features.text import HFTokenTransformer, TextTransformer
@@ -248,18 +248,37 @@ class CohortFeaturizer:
         return obj
 
 
-def engineered_features(cohort: Cohort, featurizer: CohortFeaturizer, stay_ids: Sequence[str]) -> pd.DataFrame:
-    """Engineered features for classical models: per-variable last/mean/min/max/std/count of each observable
-    series (plausible values only, over the featurizer's window) plus the encoded static features."""
+def engineered_features(cohort: Cohort, featurizer: CohortFeaturizer, stay_ids: Sequence[str],
+                        stats: Sequence[str] = SUMMARY_STATS,
+                        windows: Mapping[float, Sequence[str]] | None = None) -> pd.DataFrame:
+    """Engineered features for classical models: per-variable summary statistics of each observable series
+    (plausible values only, over the featurizer's window) plus the encoded static features.
+
+    Args:
+        cohort, featurizer, stay_ids: the cohort, a fitted featurizer (its ``ts`` variables and window, its
+            ``static`` encoding) and the stays to describe.
+        stats: statistics over the whole window, any of :data:`~healthfusion.features.summary.ALL_STATS`
+            (default: last/mean/min/max/std/count), columns ``"<variable>__<stat>"``.
+        windows: optional extra blocks ``{hours: stats}``, each summarising only the last ``hours`` before the
+            prediction time, columns ``"<variable>__<stat>_<hours>h"`` (e.g. ``{24: ("min", "max", "slope")}``).
+    """
     stay_ids = [str(s) for s in stay_ids]
     blocks = []
     tr = featurizer.transformers_.get("ts")
     if tr is not None:
         events = cohort.observable("events", stay_ids)
         pred = cohort.stays.set_index("stay_id")["prediction_time"]
-        events = events[events["time"].to_numpy() >= events["stay_id"].map(pred).to_numpy() - tr.hours]
-        events = events[plausible_mask(events).to_numpy()]
-        blocks.append(summary_features(events, stay_ids, tr.variables_).reset_index(drop=True))
+        before = events["stay_id"].map(pred).to_numpy() - events["time"].to_numpy()
+        events = events[before <= tr.hours]
+        keep = plausible_mask(events).to_numpy()
+        events, before = events[keep], before[before <= tr.hours][keep]
+        blocks.append(summary_features(events, stay_ids, tr.variables_, stats).reset_index(drop=True))
+        for hours, window_stats in (windows or {}).items():
+            if not 0 < hours <= tr.hours:
+                raise ValueError(f"Expected window hours in (0, {tr.hours:g}] (the featurizer's window), "
+                                 f"got {hours!r}.")
+            block = summary_features(events[before <= hours], stay_ids, tr.variables_, window_stats)
+            blocks.append(block.add_suffix(f"_{hours:g}h").reset_index(drop=True))
     st = featurizer.transformers_.get("static")
     if st is not None:
         blocks.append(pd.DataFrame(st.transform(cohort, stay_ids), columns=st.feature_names_))

@@ -24,7 +24,13 @@ import pandas as pd
 logger = logging.getLogger(__name__)
 
 SUMMARY_STATS: tuple[str, ...] = ("last", "mean", "min", "max", "std", "count")
-"""Statistics :func:`summary_features` can compute."""
+"""The default statistics of :func:`summary_features`."""
+
+EXTRA_STATS: tuple[str, ...] = ("first", "sum", "slope")
+"""Further statistics :func:`summary_features` can compute on request."""
+
+ALL_STATS: tuple[str, ...] = SUMMARY_STATS + EXTRA_STATS
+"""Every statistic :func:`summary_features` can compute."""
 
 EVENT_COLUMNS: tuple[str, ...] = ("stay_id", "time", "variable", "value")
 
@@ -34,12 +40,12 @@ def _check_stats(stats: Sequence[str]) -> tuple[str, ...]:
         raise ValueError(f"Expected stats to be a sequence of names, got the string {stats!r}; use ({stats!r},).")
     stats = tuple(stats)
     if not stats:
-        raise ValueError(f"Expected at least one statistic out of {', '.join(SUMMARY_STATS)}, got none.")
+        raise ValueError(f"Expected at least one statistic out of {', '.join(ALL_STATS)}, got none.")
     for stat in stats:
-        if stat not in SUMMARY_STATS:
-            close = difflib.get_close_matches(str(stat), SUMMARY_STATS, n=1)
+        if stat not in ALL_STATS:
+            close = difflib.get_close_matches(str(stat), ALL_STATS, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"Unknown statistic {stat!r}; expected one of {', '.join(SUMMARY_STATS)}.{hint}")
+            raise ValueError(f"Unknown statistic {stat!r}; expected one of {', '.join(ALL_STATS)}.{hint}")
     if len(set(stats)) != len(stats):
         raise ValueError(f"Expected distinct statistics, got {stats}.")
     return stats
@@ -62,9 +68,12 @@ def summary_features(
             ``variables`` are ignored.
         stay_ids: the stays to describe, in output order (distinct).
         variables: the variables to describe, in column order (distinct).
-        stats: any of :data:`SUMMARY_STATS`. ``last`` is the value at the latest time (ties at the same time: the
-            row that comes last in ``events``); ``std`` is the sample standard deviation (``ddof=1``, so ``nan``
-            with fewer than two observations); ``count`` is the number of observations.
+        stats: any of :data:`ALL_STATS` (default :data:`SUMMARY_STATS`). ``last`` is the value at the latest time
+            (ties at the same time: the row that comes last in ``events``), ``first`` the value at the earliest
+            (ties: the row that comes first); ``std`` is the sample standard deviation (``ddof=1``, so ``nan``
+            with fewer than two observations); ``count`` is the number of observations and ``sum`` their total
+            (e.g. the urine output over the window); ``slope`` is the least-squares slope of value on time, per
+            hour (datetime times are converted to hours), ``nan`` unless observed at two distinct times.
 
     Returns:
         DataFrame indexed by ``stay_id`` (in the order of ``stay_ids``) with columns ``f"{variable}__{stat}"``
@@ -116,13 +125,35 @@ def summary_features(
         # sort by time within (stay, variable); the original position breaks ties so "last" is reproducible
         used = used.assign(_row=range(len(used))).sort_values(["stay_id", "variable", "time", "_row"])
         grouped = used.groupby(["stay_id", "variable"], sort=False, observed=True)["value"]
-        agg = grouped.agg(list(stats))
+        plain = [s for s in stats if s != "slope"]
+        agg = grouped.agg(plain) if plain else pd.DataFrame(index=grouped.size().index)
+        if "slope" in stats:
+            agg = agg.assign(slope=_slopes(used))[list(stats)]
         agg.index = agg.index.set_names(["stay_id", "variable"])
         wide = agg.unstack("variable")  # columns: (stat, variable)
         wide.columns = [f"{var}__{stat}" for stat, var in wide.columns]
         out = wide.reindex(index=stay_index, columns=columns).astype("float64")
     for var in variables:
+        if "sum" in stats:
+            out[f"{var}__sum"] = out[f"{var}__sum"].fillna(0.0)
         if "count" in stats:
             out[f"{var}__count"] = out[f"{var}__count"].fillna(0).astype("int64")
     out.index.name = "stay_id"
     return out
+
+
+def _slopes(used: pd.DataFrame) -> pd.Series:
+    """Least-squares slope of value on time (per hour) for each (stay, variable) of sorted, used events."""
+    t = used["time"]
+    if pd.api.types.is_datetime64_any_dtype(t):
+        t = (t - t.min()) / pd.Timedelta(hours=1)
+    frame = pd.DataFrame({"stay_id": used["stay_id"].to_numpy(), "variable": used["variable"].to_numpy(),
+                          "t": t.to_numpy(dtype="float64"), "v": used["value"].to_numpy(dtype="float64")})
+    keys = ["stay_id", "variable"]
+    g = frame.groupby(keys, sort=False, observed=True)
+    centred_t = frame["t"] - g["t"].transform("mean")
+    centred_v = frame["v"] - g["v"].transform("mean")
+    sums = frame[keys].assign(tv=centred_t * centred_v, tt=centred_t * centred_t).groupby(
+        keys, sort=False, observed=True)[["tv", "tt"]].sum()
+    span = g["t"].max() - g["t"].min()
+    return (sums["tv"] / sums["tt"]).where(span > 0).rename("slope")
