@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.tim import (
@@ -67,7 +67,7 @@ from healthfusion.training.multitask import (
     predict_multitask,
     target_key,
 )
-from healthfusion.workflows.config import ConfigError, FeatureSpec, SourceSpec, SplitSpec
+from healthfusion.workflows.config import FeatureSpec, SourceSpec, SplitSpec, read_yaml_config, resolve_paths
 from healthfusion.workflows.modeling import hybrid_config
 from healthfusion.workflows.multitask_labels import extract_labels
 from healthfusion.workflows.multitask_tables import (
@@ -196,24 +196,8 @@ def load_multitask_config(path: str | Path) -> MultitaskConfig:
     ConfigError
         Naming the file and each offending key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
-    try:
-        config = MultitaskConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from exc
-    for attr in ("path", "cohort"):
-        value = getattr(config.data, attr)
-        if value is not None and not value.is_absolute():
-            setattr(config.data, attr, (path.parent / value).resolve())
+    config = read_yaml_config(path, MultitaskConfig)
+    resolve_paths(Path(path).parent, config.data, ("path", "cohort"))
     return config
 
 
