@@ -149,3 +149,28 @@ def test_cluster_gradient_controls_whether_clustering_reshapes_the_encoders(flow
     grad = model.backbone.encoders["static"].layers[0].weight.grad
     assert (grad is not None and grad.abs().sum() > 0) == flows
     assert model.towers["pheno"][0].weight.grad.abs().sum() > 0
+
+
+def test_tasks_read_any_subset_of_the_five_modalities():
+    from tests.models.conftest import tiny_hybrid_config
+
+    enc = tiny_hybrid_config()
+    tasks = (TaskSpec(name="notes", kind="binary", modalities=("text",)),
+             TaskSpec(name="scan", kind="multilabel", n_outputs=2, modalities=("image",)),
+             TaskSpec(name="all", kind="regression"))
+    torch.manual_seed(0)
+    model = MultitaskModel(MultitaskModelConfig(ts=enc.ts, static=enc.static, codes=enc.codes, text=enc.text,
+                                                image=enc.image, tasks=tasks, task_dim=8, fusion="attention"))
+    b = SIZES["B"]
+    image = [True, False] * (b // 2)
+    out = model.eval()(tiny_batch(image=image))
+    assert out["task_present"][:, 1].tolist() == image
+    assert out["task_present"][:, [0, 2]].all()
+    before = model(tiny_batch(image=image))["logits"]["notes"]
+    changed = tiny_batch(image=image)
+    changed["image"] = changed["image"] + 1.0  # an input the notes task does not read ...
+    after_notes = model(changed)["logits"]["notes"]
+    # ... reaches it only through the task attention (from the tasks that read images)
+    no_attention = MultitaskModel(model.config.model_copy(update={"task_attention": False})).eval()
+    assert torch.equal(no_attention(tiny_batch(image=image))["logits"]["notes"], no_attention(changed)["logits"]["notes"])
+    assert not torch.allclose(before, after_notes)
