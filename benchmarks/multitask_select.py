@@ -60,11 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         rel: dict[str, list[float]] = {name: [] for name in kinds}
         for seed in args.seeds:
             tcfg = variant.training.model_copy(update={"seed": seed})
-            model = build_model(variant, prep["featurizer"], specs, seed)
+            model = build_model(variant, prep["featurizer"], specs, seed, loaded=prep["loaded"])
             fit_multitask(model, train, val, tcfg, weights=weights)
             metrics = _evaluate(model, val, seed)[0]
             for spec in specs:
-                single = build_model(variant, prep["featurizer"], (spec,), seed, task_attention=False)
+                single = build_model(variant, prep["featurizer"], (spec,), seed, task_attention=False,
+                                     loaded=prep["loaded"])
                 fit_multitask(single, train, val, tcfg)
                 reference = _evaluate(single, val, seed)[0][spec.name]["main"]
                 rel[spec.name].append(relative_improvement(metrics[spec.name]["main"], reference,

@@ -68,7 +68,7 @@ from healthfusion.training.multitask import (
     target_key,
 )
 from healthfusion.workflows.config import FeatureSpec, SourceSpec, SplitSpec, read_yaml_config, resolve_paths
-from healthfusion.workflows.modeling import hybrid_config
+from healthfusion.workflows.modeling import hybrid_config, load_pretrained, use_pretrained_preprocessing
 from healthfusion.workflows.multitask_labels import extract_labels
 from healthfusion.workflows.multitask_tables import (
     cluster_report,
@@ -144,6 +144,8 @@ class MultitaskModelSpec(_Strict):
     task_attention: bool = True
     gate_init: float = 0.0
     cluster_gradient: bool = True
+    pretrained: dict[Literal["ts", "static", "codes", "text", "image"], str] = Field(default_factory=dict)
+    pretrained_root: Path | None = None
 
 
 class TimSpec(_Strict):
@@ -198,6 +200,7 @@ def load_multitask_config(path: str | Path) -> MultitaskConfig:
     """
     config = read_yaml_config(path, MultitaskConfig)
     resolve_paths(Path(path).parent, config.data, ("path", "cohort"))
+    resolve_paths(Path(path).parent, config.model, ("pretrained_root",))
     return config
 
 
@@ -224,19 +227,26 @@ def _task_specs(config: MultitaskConfig, labels: dict, classes: dict, train_rows
 
 
 def build_model(config: MultitaskConfig, feat: CohortFeaturizer, tasks: tuple[TaskSpec, ...], seed: int = 0,
-                task_attention: bool | None = None) -> MultitaskModel:
+                task_attention: bool | None = None, loaded: dict | None = None) -> MultitaskModel:
     """A :class:`MultitaskModel` with encoders sized from the fitted featurizer (as the hybrid's), initialised from
-    ``seed`` (so a run is reproducible whatever was trained before it)."""
+    ``seed`` (so a run is reproducible whatever was trained before it); the ``loaded`` pretrained encoders (from
+    :func:`~healthfusion.workflows.modeling.load_pretrained`) replace their modalities' encoders, weights
+    included."""
     torch.manual_seed(seed)
     spec = config.model
-    enc = hybrid_config(feat, hidden=spec.hidden, lstm_layers=spec.lstm_layers, dropout=spec.dropout)
+    loaded = loaded or {}
+    enc = hybrid_config(feat, hidden=spec.hidden, lstm_layers=spec.lstm_layers, dropout=spec.dropout,
+                        pretrained={m: e.config for m, (e, _, _) in loaded.items()})
     encoders = {m: getattr(enc, m) for m in enc.modalities}
     attention = spec.task_attention if task_attention is None else task_attention
-    return MultitaskModel(MultitaskModelConfig(**encoders, tasks=tasks, fusion=spec.fusion, fusion_dim=spec.hidden,
-                                               task_dim=spec.task_dim, dropout=spec.dropout,
-                                               task_attention=attention and len(tasks) > 1,
-                                               gate_init=spec.gate_init,
-                                               cluster_gradient=spec.cluster_gradient or len(tasks) == 1))
+    model = MultitaskModel(MultitaskModelConfig(**encoders, tasks=tasks, fusion=spec.fusion, fusion_dim=spec.hidden,
+                                                task_dim=spec.task_dim, dropout=spec.dropout,
+                                                task_attention=attention and len(tasks) > 1,
+                                                gate_init=spec.gate_init,
+                                                cluster_gradient=spec.cluster_gradient or len(tasks) == 1))
+    for m, (e, _, _) in loaded.items():
+        model.backbone.encoders[m].load_state_dict(e.state_dict(), strict=True)
+    return model
 
 
 # ------------------------------------------------------------------------------------------------ evaluation
@@ -319,6 +329,8 @@ def prepare(config: MultitaskConfig, console=None) -> dict:
         feat.transformers["static"] = StaticTransformer(exclude=excluded)
     train_ids = [s for s in ids if assignment[s] == "train"]
     feat.fit(cohort, train_ids)
+    loaded = load_pretrained(config.model.pretrained, config.model.pretrained_root) if config.model.pretrained else {}
+    use_pretrained_preprocessing(feat, loaded)  # a pretrained encoder sees its inputs as during pretraining
     data = feat.transform(cohort, ids, with_target=False)
     data = data.with_arrays(**{target_key(name): arr for name, arr in labels.items()})
     split_arr = assignment.to_numpy()
@@ -328,7 +340,7 @@ def prepare(config: MultitaskConfig, console=None) -> dict:
         if len(part) == 0:
             raise ValueError(f"The {s} split has no usable stay; change data.split or use more stays.")
     return {"cohort": cohort, "labels": labels, "classes": classes, "featurizer": feat, "excluded": excluded,
-            "data": parts, "n_unusable": int((~usable).sum()), "train_rows": split_arr == "train"}
+            "loaded": loaded, "data": parts, "n_unusable": int((~usable).sum()), "train_rows": split_arr == "train"}
 
 
 def run_multitask(config: MultitaskConfig, console=None) -> Path:
@@ -355,7 +367,7 @@ def run_multitask(config: MultitaskConfig, console=None) -> Path:
     with _Progress(console) as progress:
         for seed in config.comparison.seeds:
             tcfg = config.training.model_copy(update={"seed": seed})
-            model = build_model(config, prep["featurizer"], specs, seed)
+            model = build_model(config, prep["featurizer"], specs, seed, loaded=prep["loaded"])
             histories[f"multitask/seed{seed}"] = progress.fit(f"seed {seed}: multitask", model, train, val, tcfg,
                                                               weights)
             full, pred = _evaluate(model, test, seed)
@@ -373,14 +385,15 @@ def run_multitask(config: MultitaskConfig, console=None) -> Path:
                 without = {}
                 for j in names:
                     rest = [s for s in specs if s.name != j]
-                    sub = build_model(config, prep["featurizer"], tuple(rest), seed)
+                    sub = build_model(config, prep["featurizer"], tuple(rest), seed, loaded=prep["loaded"])
                     progress.fit(f"seed {seed}: without {j}", sub, train, val, tcfg,
                                  {k: w for k, w in weights.items() if k != j})
                     without[j] = {i: m["main"] for i, m in _evaluate(sub, test, seed)[0].items()}
                 retrain.append(ablation_tim(names, kinds, {i: full[i]["main"] for i in names}, without))
             if config.comparison.single_task:
                 for spec in specs:
-                    single = build_model(config, prep["featurizer"], (spec,), seed, task_attention=False)
+                    single = build_model(config, prep["featurizer"], (spec,), seed, task_attention=False,
+                                         loaded=prep["loaded"])
                     histories[f"single/{spec.name}/seed{seed}"] = progress.fit(
                         f"seed {seed}: single {spec.name}", single, train, val, tcfg, None)
                     metrics = _evaluate(single, test, seed)[0][spec.name]

@@ -81,3 +81,26 @@ def test_pretrain_config_errors(tmp_path):
     (tmp_path / "b.yaml").write_text(yaml.safe_dump({"name": "x", "data": {"cohort": "c"}, "modality": "audio"}))
     with pytest.raises(ConfigError, match="modality"):
         load_pretrain_config(tmp_path / "b.yaml")
+
+
+def test_multitask_model_starts_from_the_pretrained_encoder(pretrained, monkeypatch):
+    """model.pretrained of a multitask config: the shared ts encoder starts with the pretrained weights and the
+    features use the encoder's own preprocessing."""
+    from healthfusion.workflows.multitask import MultitaskConfig, _task_specs, build_model, prepare
+
+    root, _ = pretrained
+    monkeypatch.setenv("HEALTHFUSION_MODELS", str(root / "registry"))
+    config = MultitaskConfig.model_validate({
+        "data": {"cohort": str(root / "cohort")},
+        "features": {"modalities": ["ts", "static"]},
+        "tasks": [{"name": "death", "kind": "binary", "source": {"label": "mortality"}},
+                  {"name": "pheno", "kind": "clustering", "n_clusters": 2}],
+        "model": {"hidden": 4, "task_dim": 4, "pretrained": {"ts": "syn-lstm"}},
+    })
+    prep = prepare(config)
+    assert prep["featurizer"].transformers_["ts"].hours == 24  # the pretrained window, not the run's 48 h
+    specs = _task_specs(config, prep["labels"], prep["classes"], prep["train_rows"])
+    model = build_model(config, prep["featurizer"], specs, seed=0, loaded=prep["loaded"])
+    encoder = load_encoder("syn-lstm")
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(model.backbone.encoders["ts"].state_dict()[name], value), name
