@@ -54,6 +54,8 @@ from healthfusion.evaluation.compare import comparison_table, format_comparison 
 from healthfusion.evaluation.metrics import auprc, auroc  # noqa: E402
 from healthfusion.evaluation.plots import plot_pr, plot_roc  # noqa: E402
 from healthfusion.features.compose import CohortFeaturizer, engineered_features  # noqa: E402
+from healthfusion.features.summary import SUMMARY_STATS  # noqa: E402
+from healthfusion.features.summary_encoding import SummaryTransformer  # noqa: E402
 from healthfusion.features.timeseries import TimeSeriesTransformer  # noqa: E402
 from healthfusion.models.boosting import BoostingClassifier  # noqa: E402
 from healthfusion.models.classical import make_baseline  # noqa: E402
@@ -66,6 +68,8 @@ LABEL = "in_hospital_death"
 HYBRID, ENSEMBLE, BOOSTING, SAPS = "hybrid", "ensemble (hybrid + boosting)", "boosting", "SAPS-I"
 BASELINES = {"logistic regression": "logistic_regression", "svm": "svm", "random forest": "random_forest"}
 ORDER = (HYBRID, ENSEMBLE, BOOSTING, *BASELINES, SAPS)
+STATS = (*SUMMARY_STATS, "first", "sum", "slope")
+"""Per-variable statistics of the engineered features and of the hybrid's wide input (chosen by CV on set A)."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -88,6 +92,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--step", type=float, default=2.0, help="grid step of the time series, hours")
     p.add_argument("--bidirectional", action="store_true")
     p.add_argument("--no-summary", action="store_true", help="hybrid without the summary (wide) input")
+    p.add_argument("--basic-stats", action="store_true",
+                   help="only last/mean/min/max/std/count per variable (without first/sum/slope) in the engineered "
+                        "features and the wide input")
     p.add_argument("--ensemble-weights", choices=("oof", "val"), default="oof",
                    help="fit the ensemble's weights on cross-fitted (out-of-fold) predictions over the training and "
                         "validation stays (oof, default) or on the validation split alone (val)")
@@ -113,8 +120,14 @@ def labelled(cohort: Cohort, ids) -> list[str]:
 
 
 def make_featurizer(args: argparse.Namespace) -> CohortFeaturizer:
+    stats = SUMMARY_STATS if args.basic_stats else STATS
     return CohortFeaturizer(("ts", "static"), label=LABEL, summary=not args.no_summary,
-                            transformers={"ts": TimeSeriesTransformer(hours=48.0, step=args.step)})
+                            transformers={"ts": TimeSeriesTransformer(hours=48.0, step=args.step),
+                                          "summary": SummaryTransformer(hours=48.0, stats=stats)})
+
+
+def engineered(cohort: Cohort, feat: CohortFeaturizer, ids: list[str], args: argparse.Namespace) -> pd.DataFrame:
+    return engineered_features(cohort, feat, ids, stats=SUMMARY_STATS if args.basic_stats else STATS)
 
 
 def train_hybrid(feat: CohortFeaturizer, train, val, seed: int, args: argparse.Namespace,
@@ -148,8 +161,8 @@ def out_of_fold(cohort: Cohort, ids: list[str], args: argparse.Namespace, epochs
         p[HYBRID][held] = trainer.predict(model, feat.transform(cohort, held_ids))
         gbm = BoostingClassifier(n_estimators=n_trees, early_stopping_rounds=None, validation_fraction=None,
                                  random_state=seed, n_jobs=args.threads)
-        gbm.fit(engineered_features(cohort, feat, fit_ids), y[~held])
-        p[BOOSTING][held] = gbm.predict_proba(engineered_features(cohort, feat, held_ids))[:, 1]
+        gbm.fit(engineered(cohort, feat, fit_ids, args), y[~held])
+        p[BOOSTING][held] = gbm.predict_proba(engineered(cohort, feat, held_ids, args))[:, 1]
     return y, p
 
 
@@ -164,8 +177,8 @@ def fit_and_score(cohort: Cohort, train_ids: list[str], val_ids: list[str], test
     data = {"train": feat.transform(cohort, train_ids), "val": feat.transform(cohort, val_ids),
             "test": feat.transform(test_cohort, test_ids)}
     y = {k: d["target"].astype(int) for k, d in data.items()}
-    x = {"train": engineered_features(cohort, feat, train_ids), "val": engineered_features(cohort, feat, val_ids),
-         "test": engineered_features(test_cohort, feat, test_ids)}
+    x = {"train": engineered(cohort, feat, train_ids, args), "val": engineered(cohort, feat, val_ids, args),
+         "test": engineered(test_cohort, feat, test_ids, args)}
     say(f"features: {feat.input_dims()}, engineered {x['train'].shape[1]} columns; "
         f"train {len(train_ids)}, val {len(val_ids)}, test {len(test_ids)} stays")
     val_p, test_p, info = {}, {}, {}
