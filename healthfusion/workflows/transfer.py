@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.domains import (
@@ -70,7 +70,7 @@ from healthfusion.features.timeseries import TimeSeriesTransformer
 from healthfusion.models.encoders.lstm import LSTMEncoderConfig
 from healthfusion.models.transfer import CATEGORICAL, CategoricalEmbedding, TransferModel, TransferModelConfig
 from healthfusion.training.adaptation import AdaptationConfig, fit_transfer, predict_proba
-from healthfusion.workflows.config import SourceSpec
+from healthfusion.workflows.config import SourceSpec, read_yaml_config, resolve_paths
 from healthfusion.workflows.train import open_source
 
 log = logging.getLogger(__name__)
@@ -202,37 +202,17 @@ class TransferConfig(_Strict):
         return self
 
 
-class TransferConfigError(ValueError):
-    """The transfer config file is missing, not YAML, or does not validate."""
-
-
 def load_transfer_config(path: str | Path) -> TransferConfig:
     """Read and validate a transfer config; relative data paths resolve against the config file's folder.
 
     Raises
     ------
-    TransferConfigError
+    ConfigError
         Naming the file and each offending key (unknown keys included).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TransferConfigError(f"Config file {path} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise TransferConfigError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise TransferConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
-    try:
-        config = TransferConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise TransferConfigError(f"{path}: {problems}") from exc
+    config = read_yaml_config(path, TransferConfig)
     for spec in config.data.sources:
-        for attr in ("path", "cohort"):
-            value = getattr(spec, attr)
-            if value is not None and not value.is_absolute():
-                setattr(spec, attr, (path.parent / value).resolve())
+        resolve_paths(Path(path).parent, spec, ("path", "cohort"))
     return config
 
 

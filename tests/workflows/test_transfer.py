@@ -12,10 +12,10 @@ import healthfusion.workflows.transfer as tw
 from healthfusion.data.synthetic import generate
 from healthfusion.features import batch as B
 from healthfusion.models.base import load_model
+from healthfusion.workflows.config import ConfigError
 from healthfusion.workflows.transfer import (
     STRATEGIES,
     TransferConfig,
-    TransferConfigError,
     gains,
     load_transfer_config,
     run_transfer,
@@ -75,13 +75,13 @@ def test_config_rejects_unknown_keys_and_names_them(tmp_path, cohort_dir):
     raw["training"]["max_epoch"] = 3
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(TransferConfigError, match="training.max_epoch"):
+    with pytest.raises(ConfigError, match="training.max_epoch"):
         load_transfer_config(path)
     raw = _raw(cohort_dir, tmp_path / "o", strategies=["dann", "dann"])
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(TransferConfigError, match="twice"):
+    with pytest.raises(ConfigError, match="twice"):
         load_transfer_config(path)
-    with pytest.raises(TransferConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="does not exist"):
         load_transfer_config(tmp_path / "missing.yaml")
 
 
