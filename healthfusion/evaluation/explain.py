@@ -246,19 +246,24 @@ def attribute_timeseries(
     n = x[B.TS_VALUES].shape[0]
     torch.manual_seed(seed)
     parts: list[list[np.ndarray]] = [[] for _ in keys]
-    for start in range(0, n, chunk_size):
-        sl = slice(start, start + chunk_size)
-        inputs = tuple(x[k][sl].float().clone().requires_grad_(True) for k in keys)
-        extra = tuple(x[k][sl] for k in others)
-        if method == "gradient_shap":
-            attr = explainer.attribute(inputs, baselines=baselines, n_samples=n_samples, stdevs=0.0,
-                                       additional_forward_args=extra or None)
-        else:
-            attr = explainer.attribute(inputs, baselines=baselines, n_steps=n_samples, method="gausslegendre",
-                                       additional_forward_args=extra or None, internal_batch_size=None)
-        attr = attr if isinstance(attr, tuple) else (attr,)
-        for i, a in enumerate(attr):
-            parts[i].append(a.detach().cpu().numpy())
+    numpy_state = np.random.get_state()  # GradientShap draws baselines and alphas from numpy's global generator
+    np.random.seed(seed)
+    try:
+        for start in range(0, n, chunk_size):
+            sl = slice(start, start + chunk_size)
+            inputs = tuple(x[k][sl].float().clone().requires_grad_(True) for k in keys)
+            extra = tuple(x[k][sl] for k in others)
+            if method == "gradient_shap":
+                attr = explainer.attribute(inputs, baselines=baselines, n_samples=n_samples, stdevs=0.0,
+                                           additional_forward_args=extra or None)
+            else:
+                attr = explainer.attribute(inputs, baselines=baselines, n_steps=n_samples, method="gausslegendre",
+                                           additional_forward_args=extra or None, internal_batch_size=None)
+            attr = attr if isinstance(attr, tuple) else (attr,)
+            for i, a in enumerate(attr):
+                parts[i].append(a.detach().cpu().numpy())
+    finally:
+        np.random.set_state(numpy_state)
     values = np.concatenate(parts[0], axis=0)
     static_values = np.concatenate(parts[1], axis=0) if include_static else None
     names = list(static_names) if static_names is not None else (

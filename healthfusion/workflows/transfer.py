@@ -681,17 +681,14 @@ def explain_models(config: TransferConfig, run_dir: Path, rows: _Rows, ids: dict
     static = "static" in featurizer.transformers_
     static_names = [f"static:{n}" for n in featurizer.transformers_["static"].feature_names_] if static else None
     importance, tops = {}, []
-    numpy_state = np.random.get_state()
     for name, model in models.items():
         model.eval()
-        np.random.seed(seed)  # Captum's GradientShap draws baselines and alphas from numpy's global generator
         attr = attribute_timeseries(model_forward(model), batch, background=background, variables=variables,
                                     method="gradient_shap", n_samples=spec.n_samples, include_static=static,
                                     static_names=static_names, seed=seed, sample_ids=test_ids,
                                     step_hours=config.features.step)
         importance[name] = attr.global_importance()
         tops.append(attr.top_features(spec.top_k).assign(model=name))
-    np.random.set_state(numpy_state)
     table = pd.DataFrame(importance)
     table.index.name = "feature"
     table = table.sort_values(table.columns[0], ascending=False)
