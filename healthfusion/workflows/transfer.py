@@ -71,6 +71,7 @@ from healthfusion.models.encoders.lstm import LSTMEncoderConfig
 from healthfusion.models.transfer import CATEGORICAL, CategoricalEmbedding, TransferModel, TransferModelConfig
 from healthfusion.training.adaptation import AdaptationConfig, fit_transfer, predict_proba
 from healthfusion.workflows.config import SourceSpec, read_yaml_config, resolve_paths
+from healthfusion.workflows.modeling import load_pretrained, use_pretrained_preprocessing
 from healthfusion.workflows.train import open_source
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,10 @@ class TransferModelSpec(_Strict):
     static_hidden: int = Field(16, ge=1)
     embedding_dim: int = Field(4, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
+    pretrained_ts: str | None = Field(None, description="a pretrained LSTM encoder (registry name or folder) that "
+                                      "starts the time-series encoder of every model; its architecture and saved "
+                                      "preprocessing replace hidden/lstm_layers/bidirectional/pooling and the ts features")
+    pretrained_root: Path | None = None
 
 
 class LoopSpec(_Strict):
@@ -213,6 +218,7 @@ def load_transfer_config(path: str | Path) -> TransferConfig:
     config = read_yaml_config(path, TransferConfig)
     for spec in config.data.sources:
         resolve_paths(Path(path).parent, spec, ("path", "cohort"))
+    resolve_paths(Path(path).parent, config.model, ("pretrained_root",))
     return config
 
 
@@ -267,6 +273,7 @@ def _featurize(config: TransferConfig, cohort: Cohort, split: DomainSplit):
         modalities.append("static")
     featurizer = CohortFeaturizer(modalities, label=config.data.label, transformers=transformers)
     featurizer.fit(cohort, split.source_ids)
+    use_pretrained_preprocessing(featurizer, _pretrained_ts(config))
     coder = CategoryCoder(feats.embed).fit(cohort, split.source_ids + split.target_ids) if feats.embed else None
     ids = split.source_ids + split.target_ids
     data = featurizer.transform(cohort, ids)
@@ -278,14 +285,38 @@ def _featurize(config: TransferConfig, cohort: Cohort, split: DomainSplit):
     return featurizer, coder, data
 
 
+def _pretrained_ts(config: TransferConfig) -> dict:
+    """``{"ts": (encoder, card, preprocessing)}`` of ``model.pretrained_ts`` (empty without one).
+
+    Raises
+    ------
+    ValueError
+        An unknown name or unreadable folder, or an encoder that is not an LSTM.
+    """
+    spec = config.model
+    if spec.pretrained_ts is None:
+        return {}
+    loaded = load_pretrained({"ts": spec.pretrained_ts}, spec.pretrained_root)
+    if not isinstance(loaded["ts"][0].config, LSTMEncoderConfig):
+        raise ValueError(f"model.pretrained_ts = {spec.pretrained_ts!r} is not an LSTM encoder; the transfer model's "
+                         "time-series encoder is an LSTM.")
+    return loaded
+
+
 def _model_config(config: TransferConfig, featurizer: CohortFeaturizer, coder: CategoryCoder | None):
     dims = featurizer.input_dims()
     spec = config.model
     categorical = () if coder is None else tuple(
         CategoricalEmbedding(name=c, n_levels=len(coder.levels_[c]), dim=spec.embedding_dim) for c in coder.columns)
+    pretrained = _pretrained_ts(config)
+    ts = pretrained["ts"][0].config if pretrained else LSTMEncoderConfig(
+        n_variables=dims["n_variables"], hidden_size=spec.hidden, num_layers=spec.lstm_layers,
+        bidirectional=spec.bidirectional, pooling=spec.pooling)
+    if ts.n_variables != dims["n_variables"]:
+        raise ValueError(f"The pretrained ts encoder expects {ts.n_variables} variables but the features give "
+                         f"{dims['n_variables']}.")
     return TransferModelConfig(
-        ts=LSTMEncoderConfig(n_variables=dims["n_variables"], hidden_size=spec.hidden, num_layers=spec.lstm_layers,
-                             bidirectional=spec.bidirectional, pooling=spec.pooling),
+        ts=ts,
         static_dim=dims.get("static_dim", 0), static_hidden=spec.static_hidden, categorical=categorical,
         hidden=spec.hidden, dropout=spec.dropout)
 
@@ -333,15 +364,20 @@ def _loop(spec: LoopSpec, seed: int, **extra) -> AdaptationConfig:
     return AdaptationConfig(**spec.model_dump(), seed=seed, **extra)
 
 
-def _new_model(model_config: TransferModelConfig, seed: int) -> TransferModel:
+def _new_model(model_config: TransferModelConfig, seed: int, ts_state: dict | None = None) -> TransferModel:
     torch.manual_seed(seed)
-    return TransferModel(model_config)
+    model = TransferModel(model_config)
+    if ts_state is not None:
+        model.ts_encoder.load_state_dict(ts_state, strict=True)
+    return model
 
 
 def run_strategy(strategy: str, config: TransferConfig, rows: _Rows, ids: dict[str, list[str]],
-                 model_config: TransferModelConfig, source_model: TransferModel | None, seed: int):
+                 model_config: TransferModelConfig, source_model: TransferModel | None, seed: int,
+                 ts_state: dict | None = None):
     """Train one strategy; returns (model, history). ``ids`` has source_train/source_val/target_train/target_val/
-    pool lists; the target test set is not among them."""
+    pool lists; the target test set is not among them. ``ts_state``: pretrained weights that start the
+    time-series encoder of every model trained from scratch here."""
     a = config.adaptation
     src_tr, src_va = rows(ids["source_train"]), rows(ids["source_val"])
     tgt_tr, tgt_va = rows(ids["target_train"]), rows(ids["target_val"])
@@ -349,13 +385,13 @@ def run_strategy(strategy: str, config: TransferConfig, rows: _Rows, ids: dict[s
     pooled_va = rows(ids["source_val"] + ids["target_val"])
     align = {"source": src_tr, "target": rows(ids["pool"])}
     if strategy == "source_only":
-        model = _new_model(model_config, seed)
+        model = _new_model(model_config, seed, ts_state)
         return model, fit_transfer(model, src_tr, src_va, _loop(config.training, seed))
     if strategy == "target_only":
-        model = _new_model(model_config, seed)
+        model = _new_model(model_config, seed, ts_state)
         return model, fit_transfer(model, tgt_tr, tgt_va, _loop(config.training, seed))
     if strategy in ("pooled", "dann", "mmd"):
-        model = _new_model(model_config, seed)
+        model = _new_model(model_config, seed, ts_state)
         extra = {"dann": {"dann_weight": a.dann_weight, "dann_gamma": a.dann_gamma},
                  "mmd": {"mmd_weight": a.mmd_weight, "mmd_schedule": a.mmd_schedule,
                          "dann_gamma": a.dann_gamma}}.get(strategy, {})
@@ -511,6 +547,8 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
     featurizer, coder, data = _featurize(config, cohort, split)
     rows = _Rows(data)
     model_config = _model_config(config, featurizer, coder)
+    pretrained = _pretrained_ts(config)
+    ts_state = pretrained["ts"][0].state_dict() if pretrained else None
     prep = {"featurizer": featurizer.get_state(), "categorical": None if coder is None else coder.get_state(),
             "domain": split.summary()}
     y_all = cohort.label(config.data.label)
@@ -539,7 +577,7 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
                 _describe(progress, task, f"seed {seed}: source pretraining")
                 t0 = time.perf_counter()
                 source_model, hist = run_strategy("source_only", config, rows, {**base, "target_train": [],
-                                                  "target_val": []}, model_config, None, seed)
+                                                  "target_val": []}, model_config, None, seed, ts_state)
                 source_seconds = time.perf_counter() - t0
                 source_prob = predict_proba(source_model, test)
                 source_scores = _score(y_test, source_prob, p.n_boot, seed)
@@ -567,7 +605,8 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
                     _describe(progress, task, f"seed {seed}, n={size}: {strategy}")
                     t0 = time.perf_counter()
                     try:
-                        model, h = run_strategy(strategy, config, rows, fold, model_config, source_model, seed)
+                        model, h = run_strategy(strategy, config, rows, fold, model_config, source_model, seed,
+                                                ts_state)
                     except ValueError as exc:
                         log.warning("%s (seed %d, n=%s) failed: %s", strategy, seed, size, exc)
                         results.append({**common, "strategy": strategy, "status": f"failed: {exc}"})
@@ -587,6 +626,10 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
                     if size == p.headline_size:
                         saved[(strategy, seed, size)] = model
                     _advance(progress, task)
+    if not predictions:
+        pools = sorted({row["pool"] for row in skipped})
+        raise ValueError(f"No target size of protocol.sizes {list(p.sizes)} could be trained: the target pool has "
+                         f"{', '.join(map(str, pools))} labelled stays (per seed); choose sizes up to that, or 'all'.")
     results_df = pd.DataFrame(results)
     results_df.to_csv(run_dir / "results.csv", index=False)
     pd.concat(predictions, ignore_index=True).to_csv(run_dir / "predictions.csv", index=False)

@@ -104,3 +104,41 @@ def test_multitask_model_starts_from_the_pretrained_encoder(pretrained, monkeypa
     encoder = load_encoder("syn-lstm")
     for name, value in encoder.state_dict().items():
         assert torch.equal(model.backbone.encoders["ts"].state_dict()[name], value), name
+
+
+def test_transfer_models_start_from_the_pretrained_encoder(pretrained, monkeypatch, tmp_path):
+    """model.pretrained_ts of a transfer config: every model trained from scratch starts its ts encoder from the
+    pretrained weights (architecture and preprocessing included)."""
+    import healthfusion.workflows.transfer as tw
+
+    root, _ = pretrained
+    monkeypatch.setenv("HEALTHFUSION_MODELS", str(root / "registry"))
+    encoder = load_encoder("syn-lstm")
+    starts = []
+    original = tw.fit_transfer
+
+    def spy(model, train, val, config=None, **kwargs):
+        starts.append({k: v.clone() for k, v in model.ts_encoder.state_dict().items()})
+        return original(model, train, val, config, **kwargs)
+
+    monkeypatch.setattr(tw, "fit_transfer", spy)
+    config = tw.TransferConfig.model_validate({
+        "name": "pre", "out": str(tmp_path / "run"), "strategies": ["source_only", "pooled"],
+        "data": {"sources": [{"cohort": str(root / "cohort")}], "label": "mortality"},
+        "domain": {"column": "site", "target": ["C"]}, "shift": False,
+        "protocol": {"sizes": [10], "seeds": [0], "headline_size": 10, "n_boot": 10},
+        "model": {"static_hidden": 3, "embedding_dim": 2, "pretrained_ts": "syn-lstm"},
+        "training": {"max_epochs": 1, "batch_size": 64}, "shap": {"enabled": False},
+    })
+    too_many = config.model_copy(update={"protocol": config.protocol.model_copy(update={"sizes": [500]})})
+    with pytest.raises(ValueError, match="No target size"):
+        tw.run_transfer(too_many)
+    starts.clear()
+    run_dir = tw.run_transfer(config)
+    assert len(starts) == 2
+    for start in starts:
+        for name, value in encoder.state_dict().items():
+            assert torch.equal(start[name], value), name
+    saved, prep = load_model(run_dir / "models" / "source_only" / "seed0")
+    assert saved.config.ts == encoder.config
+    assert prep["featurizer"]["transformers"]["ts"]["params"]["hours"] == 24
