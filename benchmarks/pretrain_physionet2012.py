@@ -39,10 +39,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from scipy import stats  # noqa: E402
 
 from healthfusion.data.sources import physionet2012  # noqa: E402
 from healthfusion.data.splits import split_patients  # noqa: E402
+from healthfusion.evaluation.bootstrap import seed_interval  # noqa: E402
 from healthfusion.evaluation.metrics import auroc  # noqa: E402
 from healthfusion.evaluation.robustness import domain_spread  # noqa: E402
 from healthfusion.features.compose import CohortFeaturizer, engineered_features  # noqa: E402
@@ -97,15 +97,6 @@ def stratified_order(ids: list[str], y: pd.Series, seed: int) -> list[str]:
         for rank, sid in enumerate(members):
             keys[sid] = (rank + rng.uniform()) / len(members)
     return sorted(keys, key=keys.get)
-
-
-def t_interval(values: np.ndarray) -> tuple[float, float, float]:
-    values = np.asarray(values, dtype=float)
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return mean, mean - half, mean + half
 
 
 def main() -> None:
@@ -191,12 +182,12 @@ def main() -> None:
     runs = pd.DataFrame(rows)
     summary = []
     for (arm, n), part in runs.groupby(["arm", "n_labelled"], sort=True):
-        mean, low, high = t_interval(part["auroc"].to_numpy())
+        mean, low, high = seed_interval(part["auroc"].to_numpy(), bounds=(0.0, 1.0))
         row = {"arm": arm, "n_labelled": n, "seeds": len(part), "auroc": mean, "ci_low": low, "ci_high": high}
         if arm != "scratch" and "scratch" in args.arms:
             base = runs[(runs["arm"] == "scratch") & (runs["n_labelled"] == n)].set_index("seed")["auroc"]
             diff = part.set_index("seed")["auroc"] - base.reindex(part["seed"]).to_numpy()
-            row["diff_vs_scratch"], row["diff_ci_low"], row["diff_ci_high"] = t_interval(diff.to_numpy())
+            row["diff_vs_scratch"], row["diff_ci_low"], row["diff_ci_high"] = seed_interval(diff.to_numpy(), bounds=(-1.0, 1.0))
         summary.append(row)
     summary = pd.DataFrame(summary)
     summary.to_csv(args.out / "summary.csv", index=False)

@@ -210,3 +210,23 @@ def metrics_with_ci(
         _log_skipped(name, n_skipped, n_boot)
         rows.append((name, point[name], low, high, point["n"], n_skipped))
     return pd.DataFrame(rows, columns=list(CI_COLUMNS))
+
+
+def seed_interval(values, alpha: float = 0.05, bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t ``1 - alpha`` interval over per-seed values (non-finite values ignored; NaN
+    interval for fewer than two). ``bounds`` clips the interval to a metric's range (e.g. ``(0, 1)`` for AUROC or
+    accuracy), where few seeds would otherwise give limits no value can reach."""
+    from scipy import stats
+
+    v = np.asarray([x for x in np.asarray(values, dtype=float).ravel() if np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(v.mean())
+    if len(v) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(1 - alpha / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return mean, low, high
+

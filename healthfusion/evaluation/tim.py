@@ -160,18 +160,6 @@ def relative_improvement(multi: float, single: float, higher: bool) -> float:
     return float(diff / abs(single))
 
 
-def seed_interval(values: Sequence[float], alpha: float = 0.05) -> tuple[float, float, float]:
-    """Mean and two-sided Student-t ``1 - alpha`` interval over per-seed values (NaN interval for one value)."""
-    v = np.asarray([x for x in values if np.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(v.mean())
-    if len(v) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(1 - alpha / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return mean, mean - half, mean + half
-
-
 def attention_tim(task_names: Sequence[str], attention: np.ndarray, self_weight: np.ndarray,
                   present: np.ndarray | None = None) -> pd.DataFrame:
     """The attention TIM (see the module docstring) as a ``T x T`` frame (rows: task i, columns: task j).

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from healthfusion.evaluation.bootstrap import seed_interval
 from healthfusion.evaluation.tim import (
     MAIN_METRIC,
     main_metric_ci,
     relative_improvement,
-    seed_interval,
     task_metrics,
 )
 from healthfusion.models.multitask import MultitaskModel

@@ -59,7 +59,7 @@ from healthfusion.data.domains import (
     target_partition,
 )
 from healthfusion.data.splits import split_patients
-from healthfusion.evaluation.bootstrap import metrics_with_ci
+from healthfusion.evaluation.bootstrap import metrics_with_ci, seed_interval
 from healthfusion.evaluation.compare import risk_groups
 from healthfusion.evaluation.shift import domain_classifier_auroc, stay_summaries, variable_shift
 from healthfusion.features import batch as B
@@ -426,19 +426,6 @@ def _score(y: np.ndarray, prob: np.ndarray, n_boot: int, seed: int) -> dict[str,
 
 
 # ------------------------------------------------------------------------------------------------ summaries
-def _t_interval(values: np.ndarray) -> tuple[float, float, float]:
-    from scipy.stats import t as student_t
-
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan"), float("nan")
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(student_t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values)))
-    return mean, mean - half, mean + half
-
-
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
     """Per strategy and size: number of seeds and, for each metric, mean, sd and a 95% t-interval over seeds."""
     rows = []
@@ -447,7 +434,7 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, Any] = {"strategy": strategy, "size": size, "n_seeds": len(group),
                                "n_labelled": float(group["n_labelled"].mean())}
         for m in METRICS:
-            mean, low, high = _t_interval(group[m].to_numpy(dtype=float))
+            mean, low, high = seed_interval(group[m].to_numpy(dtype=float), bounds=(0.0, 1.0))
             row.update({m: mean, f"{m}_sd": float(group[m].std(ddof=1)) if len(group) > 1 else float("nan"),
                         f"{m}_seed_ci_low": low, f"{m}_seed_ci_high": high})
         rows.append(row)
@@ -467,7 +454,7 @@ def gains(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
         bar = max(bars, key=lambda s: wide[s].mean())
         for strategy in [s for s in (*ADAPTATION_STRATEGIES, "target_only") if s in wide.columns]:
             diff = (wide[strategy] - wide[bar]).to_numpy(dtype=float)
-            mean, low, high = _t_interval(diff)
+            mean, low, high = seed_interval(diff, bounds=(-1.0, 1.0))
             rows.append({"size": size, "strategy": strategy, "bar": bar, f"{metric}_bar": float(wide[bar].mean()),
                          f"{metric}_strategy": float(wide[strategy].mean()), "gain": mean, "gain_ci_low": low,
                          "gain_ci_high": high, "n_seeds": int((~np.isnan(diff)).sum()),

@@ -6,6 +6,7 @@ import pytest
 from scipy import stats
 from sklearn.metrics import roc_auc_score, silhouette_score
 
+from healthfusion.evaluation.bootstrap import seed_interval
 from healthfusion.evaluation.tim import (
     ablation_tim,
     attention_tim,
@@ -13,7 +14,6 @@ from healthfusion.evaluation.tim import (
     main_metric_ci,
     plot_tim,
     relative_improvement,
-    seed_interval,
     task_metrics,
     tim_agreement,
     valid_rows,
@@ -84,6 +84,8 @@ def test_seed_interval_is_a_t_interval():
     ref = stats.t.interval(0.95, 2, loc=np.mean(values), scale=stats.sem(values))
     assert mean == pytest.approx(0.2) and (lo, hi) == pytest.approx(ref)
     assert np.isnan(seed_interval([0.5])[1])
+    assert seed_interval([0.2, 0.9, 0.95], bounds=(0.0, 1.0))[2] == 1.0  # clipped to the metric's range
+    assert seed_interval([0.2, 0.9, 0.95])[2] > 1.0
 
 
 def test_task_metrics_ignore_missing_labels():
