@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from healthfusion.data.domains import concat_cohorts  # noqa: E402
 from healthfusion.data.sources import physionet2012  # noqa: E402
 from healthfusion.data.splits import split_patients  # noqa: E402
 from healthfusion.evaluation.bootstrap import seed_interval  # noqa: E402
@@ -59,7 +60,7 @@ from healthfusion.workflows.modeling import (  # noqa: E402
     load_pretrained,
     use_pretrained_preprocessing,
 )
-from healthfusion.workflows.pretrain import EncoderSpec, PretrainRunConfig, pool_cohorts, run_pretraining  # noqa: E402
+from healthfusion.workflows.pretrain import EncoderSpec, PretrainRunConfig, run_pretraining  # noqa: E402
 
 LABEL = "in_hospital_death"
 DOMAINS = ["care_unit", "age_group", "sex"]
@@ -107,7 +108,7 @@ def main() -> None:
     t0 = time.perf_counter()
     sets = [args.data / "set-a.tar.gz", args.data / "set-b.tar.gz"]
     say("reading PhysioNet 2012 sets A and B")
-    cohort = pool_cohorts([physionet2012.build(s, task=LABEL) for s in sets])
+    cohort = concat_cohorts([physionet2012.build(s, task=LABEL) for s in sets])
     y_all = cohort.label(LABEL)
     labelled = y_all.dropna().index.tolist()
     stays = cohort.stays.set_index("stay_id").loc[labelled].reset_index()

@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Literal
 
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from healthfusion.data.cohort import Cohort
+from healthfusion.data.domains import concat_cohorts
 from healthfusion.data.splits import split_patients
 from healthfusion.features import batch as B
 from healthfusion.models.pretraining import PretrainingConfig, PretrainingModel
@@ -111,26 +111,6 @@ def load_pretrain_config(path: str | Path) -> PretrainRunConfig:
     return config
 
 
-def pool_cohorts(cohorts: list[Cohort]) -> Cohort:
-    """One in-memory cohort holding the stays of several of the same source (e.g. PhysioNet 2012 sets A and B).
-
-    Raises
-    ------
-    ValueError
-        If a stay id appears in more than one cohort.
-    """
-    if len(cohorts) == 1:
-        return cohorts[0]
-    ids = pd.concat([c.stays["stay_id"] for c in cohorts], ignore_index=True)
-    if ids.duplicated().any():
-        raise ValueError(f"Stay id {ids[ids.duplicated()].iloc[0]!r} appears in more than one of the data sources; "
-                         "pretrain on sources with distinct stays.")
-    tables = {name: pd.concat([getattr(c, name) for c in cohorts], ignore_index=True)
-              for name in ("static", "events", "codes", "notes", "labels")
-              if all(getattr(c, name) is not None for c in cohorts)}
-    return Cohort(pd.concat([c.stays for c in cohorts], ignore_index=True), meta=cohorts[0].meta, **tables)
-
-
 def _read_exclusions(path: Path | None) -> set[str]:
     if path is None:
         return set()
@@ -162,7 +142,7 @@ def run_pretraining(config: PretrainRunConfig, console=None, exclude: set[str] |
 
     say("[bold cyan]Data[/] (labels are not read)")
     if cohort is None:
-        cohort = pool_cohorts([open_source(spec, console) for spec in config.data])
+        cohort = concat_cohorts([open_source(spec, console) for spec in config.data])
     excluded = _read_exclusions(config.exclude_stays) | set(exclude or ())
     ids = [s for s in cohort.stay_ids.tolist() if s not in excluded]
     if len(ids) < 10:
