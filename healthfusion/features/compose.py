@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -249,36 +249,21 @@ class CohortFeaturizer:
 
 
 def engineered_features(cohort: Cohort, featurizer: CohortFeaturizer, stay_ids: Sequence[str],
-                        stats: Sequence[str] = SUMMARY_STATS,
-                        windows: Mapping[float, Sequence[str]] | None = None) -> pd.DataFrame:
+                        stats: Sequence[str] = SUMMARY_STATS) -> pd.DataFrame:
     """Engineered features for classical models: per-variable summary statistics of each observable series
     (plausible values only, over the featurizer's window) plus the encoded static features.
 
-    Args:
-        cohort, featurizer, stay_ids: the cohort, a fitted featurizer (its ``ts`` variables and window, its
-            ``static`` encoding) and the stays to describe.
-        stats: statistics over the whole window, any of :data:`~healthfusion.features.summary.ALL_STATS`
-            (default: last/mean/min/max/std/count), columns ``"<variable>__<stat>"``.
-        windows: optional extra blocks ``{hours: stats}``, each summarising only the last ``hours`` before the
-            prediction time, columns ``"<variable>__<stat>_<hours>h"`` (e.g. ``{24: ("min", "max", "slope")}``).
-    """
+    ``stats`` are any of :data:`~healthfusion.features.summary.ALL_STATS` (default: last/mean/min/max/std/count),
+    columns ``"<variable>__<stat>"``."""
     stay_ids = [str(s) for s in stay_ids]
     blocks = []
     tr = featurizer.transformers_.get("ts")
     if tr is not None:
         events = cohort.observable("events", stay_ids)
         pred = cohort.stays.set_index("stay_id")["prediction_time"]
-        before = events["stay_id"].map(pred).to_numpy() - events["time"].to_numpy()
-        events = events[before <= tr.hours]
-        keep = plausible_mask(events).to_numpy()
-        events, before = events[keep], before[before <= tr.hours][keep]
+        events = events[events["time"].to_numpy() >= events["stay_id"].map(pred).to_numpy() - tr.hours]
+        events = events[plausible_mask(events).to_numpy()]
         blocks.append(summary_features(events, stay_ids, tr.variables_, stats).reset_index(drop=True))
-        for hours, window_stats in (windows or {}).items():
-            if not 0 < hours <= tr.hours:
-                raise ValueError(f"Expected window hours in (0, {tr.hours:g}] (the featurizer's window), "
-                                 f"got {hours!r}.")
-            block = summary_features(events[before <= hours], stay_ids, tr.variables_, window_stats)
-            blocks.append(block.add_suffix(f"_{hours:g}h").reset_index(drop=True))
     st = featurizer.transformers_.get("static")
     if st is not None:
         blocks.append(pd.DataFrame(st.transform(cohort, stay_ids), columns=st.feature_names_))

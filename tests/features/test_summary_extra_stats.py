@@ -1,4 +1,4 @@
-"""The optional statistics of summary_features (first, sum, slope) and engineered_features' recent windows."""
+"""The optional statistics of summary_features (first, sum, slope) and of engineered_features."""
 
 import math
 
@@ -41,7 +41,7 @@ def test_default_statistics_are_unchanged():
     assert set(SUMMARY_STATS) < set(ALL_STATS)
 
 
-def test_engineered_features_recent_windows():
+def test_engineered_features_statistics():
     stays = pd.DataFrame({"stay_id": ["a", "b"], "patient_id": ["p", "q"], "prediction_time": [48.0, 48.0]})
     events = pd.DataFrame({"stay_id": ["a"] * 4 + ["b"] * 2, "time": [1.0, 20.0, 30.0, 46.0, 2.0, 10.0],
                            "variable": "HR", "value": [50.0, 60.0, 90.0, 110.0, 70.0, 80.0]})
@@ -50,9 +50,9 @@ def test_engineered_features_recent_windows():
     feat.fit(cohort, ["a", "b"])
     base = engineered_features(cohort, feat, ["a", "b"])
     assert list(base.columns) == [f"HR__{s}" for s in SUMMARY_STATS]
-    x = engineered_features(cohort, feat, ["a", "b"], stats=("first", "last"), windows={24: ("min", "count")})
-    assert list(x.columns) == ["HR__first", "HR__last", "HR__min_24h", "HR__count_24h"]
-    assert x.loc["a"].tolist() == [50.0, 110.0, 90.0, 2.0]
-    assert x.loc["b", "HR__count_24h"] == 0 and math.isnan(x.loc["b", "HR__min_24h"])
-    with pytest.raises(ValueError, match="window hours"):
-        engineered_features(cohort, feat, ["a"], windows={72: ("min",)})
+    x = engineered_features(cohort, feat, ["a", "b"], stats=("first", "last", "sum", "slope"))
+    assert list(x.columns) == ["HR__first", "HR__last", "HR__sum", "HR__slope"]
+    assert x.loc["a"].tolist()[:3] == [50.0, 110.0, 310.0]
+    assert x.loc["b", "HR__slope"] == pytest.approx(10.0 / 8.0)
+    with pytest.raises(ValueError, match="Unknown statistic"):
+        engineered_features(cohort, feat, ["a"], stats=("mode",))
