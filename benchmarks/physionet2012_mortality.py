@@ -9,14 +9,15 @@ Models (all on the same stays):
 
 * hybrid       LSTM over the 48 h grid in 2-hour steps (values + mask + time since last observation, attention pooling)
                fused with an MLP over the static features plus the piecewise-linear-encoded per-variable
-               summaries (``CohortFeaturizer(summary=True)``, a wide & deep design); the logits of ``--seeds``
-               independently seeded networks are averaged (an :class:`EnsembleWeights` with uniform weights)
+               summaries, the same statistics as boosting's (``CohortFeaturizer(summary=True)``, a wide & deep
+               design); the logits of ``--seeds`` independently seeded networks are averaged (an :class:`EnsembleWeights` with uniform weights)
 * ensemble     hybrid + boosting, convex weights on the logit scale chosen by log-loss on cross-fitted predictions
                of set A (``--folds``-fold over the training + validation stays; the hybrid with one seed and the
                early-stopping epoch count, boosting with its early-stopping tree count), so the weights rest on
                4,000 stays instead of a 600-stay validation split (``--ensemble-weights val`` uses that split)
-* boosting     :class:`~healthfusion.models.boosting.BoostingClassifier` (LightGBM, early stopping on the validation
-               split) on the engineered summary features (``engineered_features``)
+* boosting     :class:`~healthfusion.models.boosting.BoostingClassifier` (LightGBM, learning rate 0.01, L2 10, early
+               stopping after 300 rounds without gain on the validation split) on the engineered summary features
+               (``engineered_features``: per-variable last/mean/min/max/std/count/first/sum/slope + static)
 * logistic regression, svm, random forest: ``make_baseline`` on the same engineered features
 * SAPS-I       the challenge's SAPS-I score, mapped to a probability by a one-feature logistic fit on the training
                stays (a monotone map: its AUROC/AUPRC are those of the raw score)
@@ -70,6 +71,8 @@ BASELINES = {"logistic regression": "logistic_regression", "svm": "svm", "random
 ORDER = (HYBRID, ENSEMBLE, BOOSTING, *BASELINES, SAPS)
 STATS = (*SUMMARY_STATS, "first", "sum", "slope")
 """Per-variable statistics of the engineered features and of the hybrid's wide input (chosen by CV on set A)."""
+BOOSTING_PARAMS = {"learning_rate": 0.01, "n_estimators": 6000, "early_stopping_rounds": 300, "reg_lambda": 10.0}
+"""LightGBM settings that differ from :class:`BoostingClassifier`'s defaults (chosen by CV on set A)."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -159,8 +162,8 @@ def out_of_fold(cohort: Cohort, ids: list[str], args: argparse.Namespace, epochs
         feat = make_featurizer(args).fit(cohort, fit_ids)
         model, trainer, _ = train_hybrid(feat, feat.transform(cohort, fit_ids), None, seed, args, epochs=epochs)
         p[HYBRID][held] = trainer.predict(model, feat.transform(cohort, held_ids))
-        gbm = BoostingClassifier(n_estimators=n_trees, early_stopping_rounds=None, validation_fraction=None,
-                                 random_state=seed, n_jobs=args.threads)
+        gbm = BoostingClassifier(**{**BOOSTING_PARAMS, "n_estimators": n_trees, "early_stopping_rounds": None},
+                                 validation_fraction=None, random_state=seed, n_jobs=args.threads)
         gbm.fit(engineered(cohort, feat, fit_ids, args), y[~held])
         p[BOOSTING][held] = gbm.predict_proba(engineered(cohort, feat, held_ids, args))[:, 1]
     return y, p
@@ -200,7 +203,7 @@ def fit_and_score(cohort: Cohort, train_ids: list[str], val_ids: list[str], test
 
     # boosting with early stopping on the validation split
     t0 = time.perf_counter()
-    gbm = BoostingClassifier(random_state=seed0, n_jobs=args.threads)
+    gbm = BoostingClassifier(**BOOSTING_PARAMS, random_state=seed0, n_jobs=args.threads)
     gbm.fit(x["train"], y["train"], eval_set=(x["val"], y["val"]))
     val_p[BOOSTING], test_p[BOOSTING] = gbm.predict_proba(x["val"])[:, 1], gbm.predict_proba(x["test"])[:, 1]
     info["boosting_trees"] = gbm.n_trees_
