@@ -27,6 +27,7 @@ Writes ``comparison.csv`` (every metric with bootstrap 95% CIs), ``predictions.c
 
     python benchmarks/physionet2012_mortality.py                    # A -> B, about 10 min on 2 CPU cores
     python benchmarks/physionet2012_mortality.py --cv               # 5-fold CV on A + B, about 5x longer
+    python benchmarks/physionet2012_mortality.py --cv-a boosting    # model selection: 5-fold CV on set A only
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
+from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
 from healthfusion.data.cohort import Cohort  # noqa: E402
 from healthfusion.data.sources import physionet2012  # noqa: E402
@@ -101,6 +103,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ensemble-weights", choices=("oof", "val"), default="oof",
                    help="fit the ensemble's weights on cross-fitted (out-of-fold) predictions over the training and "
                         "validation stays (oof, default) or on the validation split alone (val)")
+    p.add_argument("--cv-a", choices=("boosting", "hybrid"), default=None,
+                   help="model selection only: stratified 5-fold CV on set A (set B is not read), pooled out-of-fold "
+                        "AUROC of boosting (--reps repetitions) or of the one-seed hybrid (first --seeds)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions (fold seeds 0, 1, ...) of --cv-a boosting")
+    p.add_argument("--boosting-params", type=json.loads, default=None,
+                   help="JSON object replacing BOOSTING_PARAMS, e.g. '{}' for BoostingClassifier's defaults")
     p.add_argument("--n-boot", type=int, default=1000)
     p.add_argument("--threads", type=int, default=2, help="torch and LightGBM threads")
     return p.parse_args()
@@ -162,11 +170,52 @@ def out_of_fold(cohort: Cohort, ids: list[str], args: argparse.Namespace, epochs
         feat = make_featurizer(args).fit(cohort, fit_ids)
         model, trainer, _ = train_hybrid(feat, feat.transform(cohort, fit_ids), None, seed, args, epochs=epochs)
         p[HYBRID][held] = trainer.predict(model, feat.transform(cohort, held_ids))
-        gbm = BoostingClassifier(**{**BOOSTING_PARAMS, "n_estimators": n_trees, "early_stopping_rounds": None},
-                                 validation_fraction=None, random_state=seed, n_jobs=args.threads)
+        gbm = boosting(args, n_estimators=n_trees, early_stopping_rounds=None, validation_fraction=None,
+                       random_state=seed, n_jobs=args.threads)
         gbm.fit(engineered(cohort, feat, fit_ids, args), y[~held])
         p[BOOSTING][held] = gbm.predict_proba(engineered(cohort, feat, held_ids, args))[:, 1]
     return y, p
+
+
+def boosting(args: argparse.Namespace, **params) -> BoostingClassifier:
+    return BoostingClassifier(**{**(BOOSTING_PARAMS if args.boosting_params is None else args.boosting_params),
+                                 **params})
+
+
+def run_cv_a(args: argparse.Namespace, out: Path) -> None:
+    """Model selection on set A alone: pooled out-of-fold AUROC over stratified 5-fold splits of its 4,000 stays."""
+    say("reading set A (set B is not read)")
+    a = physionet2012.build(args.data / "set-a.tar.gz", task=LABEL)
+    ids = labelled(a, a.stay_ids)
+    y = a.label(LABEL).reindex(ids).to_numpy().astype(int)
+    rows = []
+    if args.cv_a == "boosting":
+        x = engineered(a, make_featurizer(args).fit(a, ids), ids, args)  # unsupervised: variables, static coding
+        for rep in range(args.reps):
+            oof = np.zeros(len(y))
+            for fit, held in StratifiedKFold(5, shuffle=True, random_state=rep).split(x, y):
+                gbm = boosting(args, random_state=rep, n_jobs=args.threads).fit(x.iloc[fit], y[fit])
+                oof[held] = gbm.predict_proba(x.iloc[held])[:, 1]
+            rows.append({"rep": rep, "auroc": auroc(y, oof)})
+            say(f"repetition {rep}: out-of-fold AUROC {rows[-1]['auroc']:.4f}")
+    else:
+        oof = np.zeros(len(y))
+        for k, (fit, held) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(ids, y)):
+            rest = a.stays[a.stays["stay_id"].isin([ids[i] for i in fit])]
+            inner = split_patients(rest, {"train": 1 - args.val_fraction, "val": args.val_fraction}, seed=1 + k,
+                                   stratify=a.label(LABEL))
+            train_ids, val_ids = inner.index[inner == "train"].tolist(), inner.index[inner == "val"].tolist()
+            feat = make_featurizer(args).fit(a, train_ids)
+            model, trainer, best = train_hybrid(feat, feat.transform(a, train_ids), feat.transform(a, val_ids),
+                                                args.seeds[0], args)
+            oof[held] = trainer.predict(model, feat.transform(a, [ids[i] for i in held]))
+            rows.append({"fold": k, "auroc": auroc(y[held], oof[held]), "best_epoch": best})
+            say(f"fold {k}: AUROC {rows[-1]['auroc']:.4f}, best epoch {best}")
+        rows.append({"fold": "pooled", "auroc": auroc(y, oof)})
+    frame = pd.DataFrame(rows)
+    frame.to_csv(out / "cv_a.csv", index=False)
+    pooled = frame["auroc"].mean() if args.cv_a == "boosting" else frame["auroc"].iloc[-1]
+    print(f"\n{args.cv_a} on set A, pooled out-of-fold AUROC: {pooled:.4f}\nwritten to {out}")
 
 
 def fit_and_score(cohort: Cohort, train_ids: list[str], val_ids: list[str], test_cohort: Cohort,
@@ -203,7 +252,7 @@ def fit_and_score(cohort: Cohort, train_ids: list[str], val_ids: list[str], test
 
     # boosting with early stopping on the validation split
     t0 = time.perf_counter()
-    gbm = BoostingClassifier(**BOOSTING_PARAMS, random_state=seed0, n_jobs=args.threads)
+    gbm = boosting(args, random_state=seed0, n_jobs=args.threads)
     gbm.fit(x["train"], y["train"], eval_set=(x["val"], y["val"]))
     val_p[BOOSTING], test_p[BOOSTING] = gbm.predict_proba(x["val"])[:, 1], gbm.predict_proba(x["test"])[:, 1]
     info["boosting_trees"] = gbm.n_trees_
@@ -367,10 +416,11 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    out = args.out or Path("runs") / f"physionet2012-{'cv' if args.cv else 'a-to-b'}-{datetime.now():%Y%m%d-%H%M%S}"
+    mode = f"cv-a-{args.cv_a}" if args.cv_a else "cv" if args.cv else "a-to-b"
+    out = args.out or Path("runs") / f"physionet2012-{mode}-{datetime.now():%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    (run_cv if args.cv else run_a_to_b)(args, out)
+    (run_cv_a if args.cv_a else run_cv if args.cv else run_a_to_b)(args, out)
     say(f"total {time.perf_counter() - t0:.0f} s")
 
 
