@@ -25,7 +25,7 @@ Models (all on the same stays):
 Writes ``comparison.csv`` (every metric with bootstrap 95% CIs), ``predictions.csv``, ``ensemble.json``,
 ``roc.png``/``pr.png`` and ``summary.json`` (or ``cv_folds.csv``/``cv_summary.csv`` with ``--cv``) to ``--out``.
 
-    python benchmarks/physionet2012_mortality.py                    # A -> B, about 10 min on 2 CPU cores
+    python benchmarks/physionet2012_mortality.py                    # A -> B, about 6 min on 2 CPU cores
     python benchmarks/physionet2012_mortality.py --cv               # 5-fold CV on A + B, about 5x longer
     python benchmarks/physionet2012_mortality.py --cv-a boosting    # model selection: 5-fold CV on set A only
 """
