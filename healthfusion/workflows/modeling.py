@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 
+import torch
+
 from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.models.base import ModelConfig
 from healthfusion.models.encoders import (
@@ -148,6 +150,7 @@ def build_run_hybrid(featurizer: CohortFeaturizer, spec, training: TrainerConfig
     whose ``finetune.modules`` default to those encoders (so a linear probe never freezes an encoder trained from
     scratch)."""
     loaded = load_pretrained(spec.pretrained, spec.pretrained_root) if spec.pretrained else {}
+    torch.manual_seed(training.seed)  # initial weights by the run's seed, whatever drew from the generator before
     model = build_hybrid(featurizer, loaded, fusion=spec.fusion, hidden=spec.hidden, lstm_layers=spec.lstm_layers,
                          bidirectional=spec.bidirectional, dropout=spec.dropout, text_pooling=spec.text_pooling,
                          text_freeze=spec.text_freeze)

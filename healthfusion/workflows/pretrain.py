@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from healthfusion.data.cohort import Cohort
@@ -164,6 +165,7 @@ def run_pretraining(config: PretrainRunConfig, console=None, exclude: set[str] |
     enc = config.encoder
     encoder_config = getattr(hybrid_config(feat, hidden=enc.hidden, lstm_layers=enc.lstm_layers,
                                            bidirectional=enc.bidirectional, dropout=enc.dropout), m)
+    torch.manual_seed(config.training.seed)  # initial weights by the seed, whatever drew from the generator before
     model = PretrainingModel(PretrainingConfig(encoder=encoder_config, objective=config.objective,
                                                mask_rate=config.mask_rate, temperature=config.temperature))
     say(f"[bold cyan]Pretraining[/] {model.objective} on the {m} encoder ({encoder_config.encoder})")

@@ -116,3 +116,18 @@ def test_stays_without_any_model_modality_get_no_score(trained_run, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["models_without_score"]["hybrid"] == int(test["hybrid"].isna().sum())
     assert metrics["comparison"]["hybrid"]["n"] == int(test["hybrid"].notna().sum())
+
+
+def test_a_run_is_reproducible_whatever_used_the_generator_before(trained_run, tmp_path):
+    import torch
+
+    run, root = trained_run
+    torch.rand(1000)  # other work in the same process draws from torch's global generator
+    cfg = yaml.safe_load((root / "run.yaml").read_text())
+    cfg["out"], cfg["data"]["cohort"] = str(tmp_path / "again"), str(root / "cohort")
+    cfg["evaluation"]["audit"] = False
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    again = run_training(load_run_config(tmp_path / "run.yaml"))
+    first, second = pd.read_csv(run / "predictions.csv"), pd.read_csv(again / "predictions.csv")
+    pd.testing.assert_series_equal(first["hybrid"], second["hybrid"])
+
