@@ -154,7 +154,13 @@ def run_training(config: RunConfig, console=None) -> Path:
 
     say("[bold cyan]Data[/]")
     main = open_source(config.data, console)
-    main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
+    spec_label = main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
+    if spec_label.kind != "binary":
+        raise ValueError(
+            f"`healthfusion train` predicts a binary risk; label {config.data.label!r} is {spec_label.kind}. "
+            f"Train it with `healthfusion multitask` (binary, multiclass, multilabel, regression and clustering "
+            f"tasks), or pick a binary label: "
+            f"{[lab.name for lab in main.meta.labels if lab.kind == 'binary']}.")
     split_cfg = config.data.split
     if config.data.test is not None:
         test_cohort = open_source(config.data.test, console)

@@ -131,3 +131,12 @@ def test_a_run_is_reproducible_whatever_used_the_generator_before(trained_run, t
     first, second = pd.read_csv(run / "predictions.csv"), pd.read_csv(again / "predictions.csv")
     pd.testing.assert_series_equal(first["hybrid"], second["hybrid"])
 
+
+@pytest.mark.parametrize("label, kind", [("phenotype", "multiclass"), ("los_days", "regression")])
+def test_a_non_binary_label_is_a_clear_error(trained_run, tmp_path, label, kind):
+    _, root = trained_run
+    cfg = {"out": str(tmp_path / "run"), "data": {"cohort": str(root / "cohort"), "label": label}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=f"{label!r} is {kind}.*healthfusion multitask.*mortality"):
+        run_training(load_run_config(tmp_path / "run.yaml"))
+
