@@ -175,3 +175,11 @@ def test_physionet_benchmark_config_keeps_icu_type_out_of_the_inputs():
     icu = [t for t in config.tasks if t.name == "icu_type"][0]
     assert icu.source.static == "ICUType" and icu.kind == "multiclass"
     assert len(config.tasks) == 6
+
+
+def test_report_of_a_multitask_run(full_run):
+    from healthfusion.workflows.report import build_report
+
+    html = build_report(full_run).read_text()
+    assert "multitask (M3H) report" in html and "tasks.csv" in html and "tim_attention" in html
+    assert "data:image/png;base64," in html

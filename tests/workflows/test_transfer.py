@@ -221,3 +221,12 @@ def test_cli_writes_table_plot_and_shap_and_rejects_a_bad_config(cohort_dir, tmp
     path.write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, ["transfer", "--config", str(path)])
     assert result.exit_code == 2 and "domain.colum" in result.output
+
+
+def test_report_of_a_transfer_run(recorded_run):
+    from healthfusion.workflows.report import build_report
+
+    _, run_dir, _ = recorded_run
+    html = build_report(run_dir).read_text()
+    assert "cross-domain transfer report" in html and "gains.csv" in html and "summary.csv" in html
+    assert "learning_curve.png" in html and "data:image/png;base64," in html
