@@ -113,7 +113,9 @@ def _data_section(run_dir: Path, info: dict) -> dict:
                      caption="Training stays are not listed here; they are counted in the accounting below.")]
     acc = _read_csv(run_dir / "accounting.csv")
     if acc is not None and len(acc):
-        wide = acc.pivot_table(index=["cohort", "table"], columns="outcome", values="rows", aggfunc="sum")
+        wide = acc.pivot_table(index=["cohort", "table"], columns="outcome", values="rows", aggfunc="sum",
+                               sort=False)
+        wide.columns.name = None
         blocks.append(_table(wide.reset_index(), heading="Row accounting of the input data",
                              caption="Every input row is read and then used or dropped with a reason.", digits=0))
     skipped = metrics.get("models_without_score") or {}

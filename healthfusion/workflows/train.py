@@ -183,8 +183,11 @@ def run_training(config: RunConfig, console=None) -> Path:
         ids[s] = lab.index[lab.notna()].tolist()
     say("      stays: " + ", ".join(f"{s} {len(v)}" for s, v in ids.items())
         + (f" (without label, excluded: {unlabeled})" if any(unlabeled.values()) else ""))
-    accounting = pd.concat([cohorts[s].accounting.to_frame().assign(cohort=s) for s in ("train", "test")])
-    accounting.drop_duplicates().to_csv(run_dir / "accounting.csv", index=False)
+    sources = {"main (train, val" + (")" if config.data.test is not None else ", test)"): main}
+    if config.data.test is not None:
+        sources["external test"] = cohorts["test"]
+    accounting = pd.concat([c.accounting.to_frame().assign(cohort=name) for name, c in sources.items()])
+    accounting.to_csv(run_dir / "accounting.csv", index=False)
 
     spec, tuning_table = config.model, None
     if config.tuning is not None and config.tuning.grid:

@@ -42,6 +42,9 @@ def test_train_writes_a_complete_run_folder(trained_run):
     assert set(metrics["comparison"]) == {"hybrid", "logistic_regression"}
     assert metrics["n"] == int((preds["split"] == "test").sum())
     assert "summary" in (run / "model" / "preprocessing.json").read_text()  # predict re-applies the wide input
+    acc = pd.read_csv(run / "accounting.csv")  # one cohort, each input table counted once
+    assert list(acc["cohort"].unique()) == ["main (train, val, test)"]
+    assert not acc.duplicated(["table", "outcome"]).any()
 
 
 def test_evaluate_recomputes_the_same_table(trained_run):
