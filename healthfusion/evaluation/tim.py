@@ -230,14 +230,14 @@ def tim_agreement(att: pd.DataFrame, abl: pd.DataFrame) -> dict:
 def plot_tim(matrix: pd.DataFrame, path: str | Path, title: str = "Task interdependence (TIM)",
              dpi: int = 120) -> Path:
     """Heatmap of a TIM (rows: the task that is helped, columns: the contributing task), values annotated."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from healthfusion.evaluation.plots import _save
 
     values = matrix.to_numpy(dtype=float)
     t = len(matrix)
-    fig, ax = plt.subplots(figsize=(1.1 * t + 2.5, 1.0 * t + 1.5))
+    fig = Figure(figsize=(1.1 * t + 2.5, 1.0 * t + 1.5))
+    ax = fig.add_subplot()
     finite = values[np.isfinite(values)]
     vmax = float(np.max(np.abs(finite))) if finite.size else 1.0
     signed = finite.size and finite.min() < 0
@@ -255,9 +255,4 @@ def plot_tim(matrix: pd.DataFrame, path: str | Path, title: str = "Task interdep
                         color="white" if strong else "black")
     fig.colorbar(image, ax=ax, shrink=0.8)
     ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi)

@@ -126,3 +126,19 @@ def test_plot_tim_writes_a_png(tmp_path):
     tim = pd.DataFrame([[0.5, -0.2], [0.1, np.nan]], index=["x", "y"], columns=["x", "y"])
     path = plot_tim(tim, tmp_path / "tim.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_plot_tim_leaves_the_backend_and_pyplot_alone(tmp_path):
+    import sys
+
+    import matplotlib
+
+    backend = matplotlib.get_backend()
+    matplotlib.use("svg")
+    try:
+        plot_tim(pd.DataFrame([[1.0, 0.2], [0.3, 1.0]], index=["x", "y"], columns=["x", "y"]), tmp_path / "t.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(backend)
+    if "matplotlib.pyplot" in sys.modules:
+        assert sys.modules["matplotlib.pyplot"].get_fignums() == []
