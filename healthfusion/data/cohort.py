@@ -92,8 +92,13 @@ def per_stay(stay_ids: pd.Series, values: pd.Series) -> np.ndarray:
     if isinstance(stay_ids.dtype, pd.CategoricalDtype):
         codes = stay_ids.array.codes
         return np.append(values.reindex(stay_ids.array.categories.astype(str)).to_numpy(dtype=float), np.nan)[codes]
+    return _lookup(pa.array(stay_ids, type=pa.string()), values)
+
+
+def _lookup(stay_ids: pa.Array | pa.ChunkedArray, values: pd.Series) -> np.ndarray:
+    """:func:`per_stay` for a pyarrow string column."""
     table = pa.array(values.index.astype(str), type=pa.string())
-    pos = pc.fill_null(pc.index_in(pa.array(stay_ids, type=pa.string()), value_set=table), -1)
+    pos = pc.fill_null(pc.index_in(stay_ids, value_set=table), -1)
     return np.append(values.to_numpy(dtype=float), np.nan)[pos.to_numpy(zero_copy_only=False)]
 
 
@@ -107,9 +112,6 @@ def _read_filtered(path: Path, columns: Sequence[str] | None, stay_ids: pa.Array
     timed = lo is not None or hi is not None or cutoff is not None
     needed = None if wanted is None else list(dict.fromkeys(
         [*wanted, *(["stay_id"] if stay_ids is not None or cutoff is not None else []), *(["time"] if timed else [])]))
-    if cutoff is not None:
-        cut_ids = pa.array(cutoff.index.astype(str), type=pa.string())
-        cut_times = np.append(cutoff.to_numpy(dtype=float), np.nan)  # position -1 (unknown stay): NaN, never kept
     parts = []
     for group in range(file.num_row_groups):
         table = file.read_row_group(group, columns=needed, use_threads=False)
@@ -120,10 +122,8 @@ def _read_filtered(path: Path, columns: Sequence[str] | None, stay_ids: pa.Array
             keep = pc.and_(keep, pc.greater_equal(table["time"], float(lo)))
         if hi is not None:
             keep = pc.and_(keep, pc.less_equal(table["time"], float(hi)))
-        if cutoff is not None:
-            pos = pc.fill_null(pc.index_in(table["stay_id"], value_set=cut_ids), -1).to_numpy(zero_copy_only=False)
-            time = table["time"].to_numpy()
-            keep = pc.and_(keep, pa.array(time <= cut_times[pos]))
+        if cutoff is not None:  # an unknown stay's cutoff is NaN: never kept
+            keep = pc.and_(keep, pa.array(table["time"].to_numpy() <= _lookup(table["stay_id"], cutoff)))
         table = table.filter(keep)
         parts.append(table if wanted is None else table.select(wanted))
     if not parts:
@@ -326,17 +326,7 @@ class Cohort:
         if name not in self._present:
             return None
         lo, hi = time_range if time_range is not None else (None, None)
-        if self._tables.get(name) is None and self._root is not None and (
-                stay_ids is not None or lo is not None or hi is not None):
-            ids = None if stay_ids is None else pa.array([str(s) for s in stay_ids], type=pa.string())
-            return _read_filtered(self._table_path(name), columns, ids, lo, hi)
-        df = self._get(name)
-        if stay_ids is not None:
-            df = df[df["stay_id"].isin(pd.Index([str(s) for s in stay_ids]))]
-        if lo is not None or hi is not None:
-            time = df["time"].to_numpy()
-            df = df[(time >= (-np.inf if lo is None else lo)) & (time <= (np.inf if hi is None else hi))]
-        return df if columns is None else df[list(columns)]
+        return self._rows(name, stay_ids, columns, lo, hi)
 
     def observable(self, table: str, stay_ids: Iterable[str] | None = None, start: float | None = None) -> pd.DataFrame:
         """Rows of a timed table that a model may see: ``time <= prediction_time`` of their stay.
@@ -352,17 +342,34 @@ class Cohort:
         """
         if table not in TIMED_TABLES:
             raise CohortError(f"observable() takes a timed table ({', '.join(TIMED_TABLES)}), not {table!r}.")
-        cutoff = self.stays.set_index("stay_id")["prediction_time"]
         if table not in self._present:
             return pd.DataFrame(columns=list(TABLE_COLUMNS[table]))
-        if self._tables.get(table) is None and self._root is not None:  # filtered while read: nothing else loads
+        cutoff = self.stays.set_index("stay_id")["prediction_time"]
+        return self._rows(table, stay_ids, None, start, None, cutoff).reset_index(drop=True)
+
+    def _rows(self, name: str, stay_ids: Iterable[str] | None, columns: Sequence[str] | None, lo: float | None,
+              hi: float | None, cutoff: pd.Series | None = None) -> pd.DataFrame:
+        """Rows with ``stay_id`` in ``stay_ids``, ``lo <= time <= hi`` and ``time <= cutoff[stay_id]`` (None = no
+        condition): a table not loaded yet is filtered while read (:func:`_read_filtered`), one in memory here."""
+        if all(x is None for x in (stay_ids, lo, hi, cutoff)):
+            df = self._get(name)
+        elif self._tables.get(name) is None and self._root is not None:
             ids = None if stay_ids is None else pa.array([str(s) for s in stay_ids], type=pa.string())
-            return _read_filtered(self._table_path(table), None, ids, start, None, cutoff)
-        df = self.read_table(table, stay_ids)
-        keep = df["time"].to_numpy() <= per_stay(df["stay_id"], cutoff)
-        if start is not None:
-            keep &= df["time"].to_numpy() >= start
-        return df[keep].reset_index(drop=True)
+            return _read_filtered(self._table_path(name), columns, ids, lo, hi, cutoff)
+        else:
+            df = self._get(name)
+            keep = np.ones(len(df), dtype=bool)
+            if stay_ids is not None:
+                keep &= df["stay_id"].isin(pd.Index([str(s) for s in stay_ids])).to_numpy()
+            time = df["time"].to_numpy() if lo is not None or hi is not None or cutoff is not None else None
+            if lo is not None:
+                keep &= time >= lo
+            if hi is not None:
+                keep &= time <= hi
+            if cutoff is not None:
+                keep &= time <= per_stay(df["stay_id"], cutoff)
+            df = df[keep]
+        return df if columns is None else df[list(columns)]
 
     # ------------------------------------------------------------------------------------------ images
     def image_array(self, rows: pd.DataFrame) -> np.ndarray:

@@ -50,6 +50,19 @@ def test_observable_of_a_lazy_folder_equals_the_in_memory_one(tiny_cohort, tmp_p
         pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False)
 
 
+@pytest.mark.parametrize("stay_ids, time_range", [(["s1", "nope"], None), (None, (0.0, 5.0)), (["s2"], (None, 3.0))])
+def test_read_table_of_a_lazy_folder_equals_the_in_memory_one(tiny_cohort, tmp_path, stay_ids, time_range):
+    """Stays and an inclusive time window give the same rows whether filtered in memory or while reading."""
+    tiny_cohort.save(tmp_path / "c")
+    loaded = Cohort.load(tmp_path / "c")
+    want = tiny_cohort.read_table("events", stay_ids, time_range=time_range)
+    got = loaded.read_table("events", stay_ids, time_range=time_range)
+    assert loaded._tables["events"] is None and 0 < len(want) < len(tiny_cohort.events)
+    lo, hi = time_range or (None, None)
+    assert ((want["time"] >= (lo if lo is not None else -np.inf)) & (want["time"] <= (hi if hi is not None else np.inf))).all()
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False)
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
