@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -39,6 +38,7 @@ from torch import nn
 
 from healthfusion.features import batch as B
 from healthfusion.features.dataset import ArrayDataset
+from healthfusion.training.callbacks import BestWeights
 from healthfusion.training.monitoring import head_metric
 from healthfusion.training.objectives import Objective, class_weights_from_labels
 from healthfusion.training.sampling import shuffled_order
@@ -282,8 +282,8 @@ def fit_transfer(
     steps_per_epoch = -(-len(train) // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.max_epochs
     history = AdaptationHistory()
-    best, best_state, waited, step = None, None, 0, 0
-    sign = -1.0 if cfg.monitor == "val_auroc" else 1.0
+    best = BestWeights("max" if cfg.monitor == "val_auroc" else "min", cfg.patience)
+    step = 0
     for epoch in range(cfg.max_epochs):
         start = time.perf_counter()
         model.train()
@@ -322,20 +322,19 @@ def fit_transfer(
         history.dann_strength.append(strength)
         history.epoch_seconds.append(time.perf_counter() - start)
         value = val_loss if cfg.monitor == "val_loss" else val_auroc
+        log.info("transfer epoch %d/%d train_loss=%.4f val_loss=%.4f val_auroc=%.4f (%.2f s)", epoch + 1,
+                 cfg.max_epochs, history.train_loss[-1], val_loss, val_auroc, history.epoch_seconds[-1])
         if on_epoch is not None:
             on_epoch(epoch, {"train_loss": history.train_loss[-1], "val_loss": val_loss, "val_auroc": val_auroc,
                              "domain_accuracy": history.domain_accuracy[-1], "mmd": history.mmd[-1]})
         if not cfg.early_stopping:
             history.best_epoch = epoch
-        elif not math.isnan(value) and (best is None or sign * value < sign * best):
-            best, waited, history.best_epoch = value, 0, epoch
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            waited += 1
-            if waited >= cfg.patience:
-                history.stopped_early = True
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        elif best.update(value, epoch, model):
+            history.best_epoch = epoch
+        elif best.exhausted:
+            history.stopped_early = True
+            break
+    if cfg.early_stopping:
+        best.restore(model)
     model.eval()
     return history

@@ -59,6 +59,79 @@ class Callback:
         """Restore what :meth:`state_dict` returned."""
 
 
+def improves(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether ``value`` beats ``best`` (None: nothing yet) by more than ``min_delta`` in ``mode`` ("max"/"min").
+
+    A NaN value never improves.
+    """
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    if mode == "max":
+        return value > best + min_delta
+    return value < best - min_delta
+
+
+class BestWeights:
+    """Best-epoch bookkeeping for training loops that do not run through the :class:`Trainer`: the best value of a
+    monitored quantity, its epoch, a copy of the model's weights at it, and the epochs waited since (the rule of
+    :class:`EarlyStopping`).
+
+    Parameters
+    ----------
+    mode : {"min", "max"}, default "min"
+    patience : int or None, default None
+        ``exhausted`` turns True after this many epochs without improvement (None: never).
+    min_delta : float, default 0.0
+        An improvement must beat the best value by more than this; a NaN value never improves.
+
+    Example::
+
+        best = BestWeights("min", patience=5)
+        for epoch in range(max_epochs):
+            ...
+            if not best.update(val_loss, epoch, model) and best.exhausted:
+                break
+        best.restore(model)      # the best epoch's weights (nothing happens if no epoch improved)
+
+    Raises
+    ------
+    ValueError
+        If ``mode`` is not "min"/"max" or ``patience`` is below 1.
+    """
+
+    def __init__(self, mode: str = "min", patience: int | None = None, min_delta: float = 0.0):
+        if mode not in ("max", "min"):
+            raise ValueError(f"BestWeights mode must be 'max' or 'min'; got {mode!r}.")
+        if patience is not None and patience < 1:
+            raise ValueError(f"BestWeights patience must be >= 1 or None; got {patience!r}.")
+        self.mode, self.patience, self.min_delta = mode, patience, min_delta
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self._weights: dict[str, torch.Tensor] | None = None
+
+    def update(self, value: float, epoch: int, model: torch.nn.Module) -> bool:
+        """Record ``value`` of ``epoch``; on an improvement copy ``model``'s weights and return True."""
+        if improves(float(value), self.best_score, self.mode, self.min_delta):
+            self.best_score, self.best_epoch, self.wait = float(value), epoch, 0
+            self._weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return True
+        self.wait += 1
+        return False
+
+    @property
+    def exhausted(self) -> bool:
+        """True once ``patience`` epochs in a row brought no improvement."""
+        return self.patience is not None and self.wait >= self.patience
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """Load the best epoch's weights into ``model`` (no-op when no epoch improved)."""
+        if self._weights is not None:
+            model.load_state_dict(self._weights)
+
+
 class EarlyStopping(Callback):
     """Stop when the monitored metric has not improved for ``patience`` epochs; restore the best weights at the end.
 
@@ -126,13 +199,7 @@ class EarlyStopping(Callback):
         self._reset()
 
     def _improved(self, value: float) -> bool:
-        if math.isnan(value):
-            return False
-        if self.best_score is None:
-            return True
-        if self.mode == "max":
-            return value > self.best_score + self.min_delta
-        return value < self.best_score - self.min_delta
+        return improves(value, self.best_score, self.mode, self.min_delta)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
         value = float(trainer.metrics[self.monitor])

@@ -30,7 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +43,7 @@ from torch import nn
 
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.models.multitask import MultitaskModel, TaskSpec
+from healthfusion.training.callbacks import BestWeights
 from healthfusion.training.objectives import masked_loss_terms, mean_from_terms
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ def _fit(model, train, val, config, weights, on_epoch) -> dict[str, Any]:
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     has_clustering = any(t.kind == "clustering" for t in model.config.tasks)
     supervised = any(t.kind != "clustering" for t in model.config.tasks)
-    best, best_state, best_epoch, bad = float("inf"), None, -1, 0
+    best = BestWeights("min", config.patience, min_delta=1e-6)
     reference: dict[str, float] | None = None
     epochs: list[dict[str, Any]] = []
     stopped = False
@@ -318,8 +318,6 @@ def _fit(model, train, val, config, weights, on_epoch) -> dict[str, Any]:
         use_clustering = has_clustering and epoch >= config.cluster_warmup_epochs
         if has_clustering and epoch == config.cluster_warmup_epochs:
             _init_centroids(model, train, config.seed)
-            if not supervised:  # the criterion changes meaning once clustering starts
-                best, best_state, bad = float("inf"), None, 0
         model.train()
         total, n = 0.0, 0
         for batch in _batches(train, config.batch_size, rng.permutation(len(train))):
@@ -343,22 +341,20 @@ def _fit(model, train, val, config, weights, on_epoch) -> dict[str, Any]:
         else:
             criterion = val_losses["total"]
         record["criterion"] = criterion
-        ready = supervised or use_clustering or not has_clustering
-        if ready and criterion < best - 1e-6:
-            best, best_epoch, bad = criterion, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
+        # without a supervised task the criterion means something only once clustering has started
+        if (supervised or use_clustering or not has_clustering) and best.update(criterion, epoch, model):
             record["best"] = True
-        elif ready:
-            bad += 1
+        log.info("multitask epoch %d/%d train_loss=%.4f val_criterion=%.4f", epoch + 1, config.max_epochs,
+                 record["train_loss"], criterion)
         if on_epoch is not None:
             on_epoch(epoch, record)
         # never stop before the clustering objective has had its own patience window
-        if bad >= config.patience and (not has_clustering or epoch >= config.cluster_warmup_epochs + config.patience):
+        if best.exhausted and (not has_clustering or epoch >= config.cluster_warmup_epochs + config.patience):
             stopped = True
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    best.restore(model)
     model.eval()
+    best_epoch = -1 if best.best_epoch is None else best.best_epoch
     best_weights = epochs[best_epoch]["task_weights"] if best_epoch >= 0 else loss_fn.task_weights()
     return {"epochs": epochs, "best_epoch": best_epoch, "stopped_early": stopped, "task_weights": best_weights}
 

@@ -13,7 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from healthfusion.features import batch as B
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.models.pretraining import PretrainingModel
+from healthfusion.training.callbacks import BestWeights
 from healthfusion.training.config import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def pretrain(
         generator = torch.Generator().manual_seed(cfg.seed)
         model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        best, best_state, waited = math.inf, None, 0
+        best = BestWeights("min", cfg.patience)
         if cfg.progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -185,16 +185,12 @@ def pretrain(
                 progress.update(task, completed=epoch + 1, info=info)
             if val_loss is None:
                 continue
-            if val_loss < best:
-                best, waited, history.best_epoch = val_loss, 0, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                waited += 1
-                if cfg.patience is not None and waited >= cfg.patience:
-                    history.stopped_early = True
-                    break
-        if best_state is not None:
-            model.load_state_dict(best_state)
+            if best.update(val_loss, epoch, model):
+                history.best_epoch = epoch
+            elif best.exhausted:
+                history.stopped_early = True
+                break
+        best.restore(model)
         model.eval()
     finally:
         if progress is not None:
