@@ -1,8 +1,8 @@
 """Hourly means of an event stream too large for memory: the state kept is one entry per (stay, hour,
 variable) that has an observation, never one per raw row.
 
-:func:`stream_hourly` reads an itemid-coded event table (MIMIC-IV ``chartevents``: 330 million rows) block by
-block and returns one event per stay, hour and variable: the mean of that hour's values, dated at the mean
+:func:`iter_hourly` reads an itemid-coded event table (MIMIC-IV ``chartevents``: 330 million rows) block by
+block and yields one event per stay, hour and variable: the mean of that hour's values, dated at the mean
 time of its observations. Hours are counted from the prediction time (``[p - 1, p)``, ``[p, p + 1)``, ...
 for prediction time ``p``), so no hour straddles it and a mean never mixes values from before and after it:
 the leakage guard :meth:`~healthfusion.data.cohort.Cohort.observable` hides exactly the hours after ``p``
@@ -15,7 +15,7 @@ a quarter of its size, so merging needs extra memory for one shard only and the 
 linear. Once the state held in memory passes ``memory_rows`` bins, every shard's state is appended to its own
 spill file on disk and memory starts again from empty: the memory used stays flat however large the table.
 :meth:`HourlyBins.chunks` then finishes the shards one at a time (spill file + what is still in memory), so
-results are produced, and can be written out, shard by shard; :func:`iter_hourly` yields them as events.
+results are produced, and can be written out, shard by shard, as :func:`iter_hourly` yields them.
 
 Example::
 
@@ -166,31 +166,27 @@ class HourlyBins:
         memory and spill file are released as it is yielded, and the spill folder when the last one is."""
         try:
             for shard in range(len(self._state)):
-                key, vsum, osum, count = self._finish(shard)
-                if len(key) == 0:
-                    continue
-                rest, variable = np.divmod(key, self.n_variables)
-                stay, hour = np.divmod(rest, self.n_hours)
-                yield {"stay": stay.astype(np.int32), "hour": (hour + self.first_hour).astype(np.int32),
-                       "variable": variable.astype(np.int32), "value": vsum / count,
-                       "offset": np.minimum(osum / count, _LAST_OFFSET).astype(np.float32),
-                       "count": count.astype(np.uint32)}
+                sums = self._finish(shard)
+                if len(sums[0]):
+                    yield self._means(*sums)
         finally:
             if self._spill_dir is not None:
                 shutil.rmtree(self._spill_dir, ignore_errors=True)
                 self._spill_dir = None
 
+    def _means(self, key, vsum, osum, count) -> dict[str, np.ndarray]:
+        rest, variable = np.divmod(key, self.n_variables)
+        stay, hour = np.divmod(rest, self.n_hours)
+        return {"stay": stay.astype(np.int32), "hour": (hour + self.first_hour).astype(np.int32),
+                "variable": variable.astype(np.int32), "value": vsum / count,
+                "offset": np.minimum(osum / count, _LAST_OFFSET).astype(np.float32), "count": count.astype(np.uint32)}
+
     def result(self) -> dict[str, np.ndarray]:
         """The hourly means, sorted by stay, hour, variable: arrays ``stay``, ``hour``, ``variable`` (int32),
         ``value`` (mean, float64), ``offset`` (mean time within the hour, float32 in [0, 1)) and ``count``
         (uint32), all in memory at once (:meth:`chunks` gives them shard by shard)."""
-        parts = list(self.chunks())
-        names = ("stay", "hour", "variable", "value", "offset", "count")
-        if not parts:
-            return {"stay": np.empty(0, np.int32), "hour": np.empty(0, np.int32), "variable": np.empty(0, np.int32),
-                    "value": np.empty(0, np.float64), "offset": np.empty(0, np.float32),
-                    "count": np.empty(0, np.uint32)}
-        return {name: np.concatenate([p[name] for p in parts]) for name in names}
+        parts = list(self.chunks()) or [self._means(*_empty())]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def _empty() -> tuple[np.ndarray, ...]:
@@ -204,20 +200,6 @@ def _reduce(key, vsum, osum, count) -> tuple[np.ndarray, ...]:
     starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
     return (key[starts], np.add.reduceat(vsum[order], starts), np.add.reduceat(osum[order], starts),
             np.add.reduceat(count[order], starts))
-
-
-def stream_hourly(
-    path: Path, table: str, columns: tuple[str, str, str, str], items: pd.DataFrame, windows: pd.DataFrame,
-    prediction_hours: float, acc: RowAccounting, derived: dict[str, tuple[str, ...]] | None = None,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """All of :func:`iter_hourly`'s events in one DataFrame (for tables whose hourly means fit in memory)."""
-    parts = list(iter_hourly(path, table, columns, items, windows, prediction_hours, acc, derived, progress))
-    if not parts:
-        stay_ids = pd.Index(windows["stay_id"])
-        return pd.DataFrame({"stay_id": pd.Categorical([], categories=stay_ids), "time": np.empty(0),
-                             "variable": pd.Categorical([]), "value": np.empty(0)})
-    return pd.concat(parts, ignore_index=True)
 
 
 def iter_hourly(
@@ -316,7 +298,7 @@ def iter_hourly(
 
 def _events(means: dict[str, np.ndarray], variables: pd.Index, stay_ids: pd.Index, pred: float,
             derived: dict[str, tuple[str, ...]]) -> pd.DataFrame:
-    """Events (stay_id and variable categorical) from :meth:`HourlyBins.result`, plus the derived variables;
+    """Events (stay_id and variable categorical) from a chunk of :meth:`HourlyBins.chunks`, plus the derived variables;
     the arrays of ``means`` are released as the columns are built."""
     extra = {k: [] for k in ("stay", "hour", "variable", "value", "offset")}
     for name, components in derived.items():

@@ -137,3 +137,10 @@ def test_reader_equals_the_vectorized_pandas_build(benchmark, tmp_path, monkeypa
     assert result["equal"], result
     assert result["cells"] > 1000 and result["tensor_cells"] > 500
     assert "GCS" in set(means["variable"])
+
+
+def test_hourly_bins_with_nothing_added_give_typed_empty_means():
+    got = HourlyBins(n_stays=3, n_variables=2, first_hour=-2, last_hour=5).result()
+    assert {k: (len(v), v.dtype) for k, v in got.items()} == {
+        "stay": (0, np.int32), "hour": (0, np.int32), "variable": (0, np.int32), "value": (0, np.float64),
+        "offset": (0, np.float32), "count": (0, np.uint32)}
