@@ -253,7 +253,7 @@ def save_encoder(
         raise ValueError(f"{directory} already holds a model; pass overwrite=True (--overwrite) or choose another name.")
     card = card.model_copy(update={"created": card.created or datetime.now(timezone.utc).isoformat(timespec="seconds")})
     wrapped.save_pretrained(directory, preprocessing_state=preprocessing_state)
-    fingerprint = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))["model_fingerprint"]
+    fingerprint = _read_json(directory / CONFIG_FILE)["model_fingerprint"]
     body = {**card.model_dump(mode="json"), "model_fingerprint": fingerprint}
     _write_text(directory / CARD_FILE, json.dumps(body, indent=2, sort_keys=True, allow_nan=False))
     return directory
@@ -291,10 +291,12 @@ def read_card(directory: str | os.PathLike) -> ModelCard:
         Missing or invalid ``model_card.json``.
     """
     path = Path(directory) / CARD_FILE
-    raw = _read_json(path)
-    raw = {k: v for k, v in raw.items() if k != "model_fingerprint"}
+    return _card_from_json(_read_json(path), path)
+
+
+def _card_from_json(raw: dict[str, Any], path: Path) -> ModelCard:
     try:
-        return ModelCard.model_validate(raw)
+        return ModelCard.model_validate({k: v for k, v in raw.items() if k != "model_fingerprint"})
     except ValidationError as err:
         raise ModelLoadError(f"{path} is not a valid model card: {err}") from None
 
@@ -321,13 +323,16 @@ def load_pretrained_encoder(
         raise ModelLoadError(
             f"{directory} holds a {model.model_type!r} model, not a pretrained encoder; save encoders with save_encoder."
         )
-    card_raw = _read_json(directory / CARD_FILE)
-    if card_raw.get("model_fingerprint") != model.fingerprint():
+    card_path = directory / CARD_FILE
+    card_raw = _read_json(card_path)
+    # load_model has checked the recorded fingerprint against the weights; no need to hash them again
+    fingerprint = _read_json(directory / CONFIG_FILE)["model_fingerprint"]
+    if card_raw.get("model_fingerprint") != fingerprint:
         raise ModelLoadError(
-            f"{directory / CARD_FILE} belongs to other weights (fingerprint {str(card_raw.get('model_fingerprint'))[:12]}, "
-            f"the model is {model.fingerprint()[:12]}); re-save the encoder with save_encoder."
+            f"{card_path} belongs to other weights (fingerprint {str(card_raw.get('model_fingerprint'))[:12]}, "
+            f"the model is {fingerprint[:12]}); re-save the encoder with save_encoder."
         )
-    return model, read_card(directory), prep
+    return model, _card_from_json(card_raw, card_path), prep
 
 
 def load_encoder(name_or_path: str | os.PathLike, root: str | os.PathLike | None = None) -> nn.Module:
