@@ -17,13 +17,17 @@ from pathlib import Path
 import pandas as pd
 
 from healthfusion.evaluation.compare import format_ci, format_comparison
-from healthfusion.report.html import image_data_uri, table_html, write_report
+from healthfusion.report.html import write_report
 from healthfusion.workflows.audit import HYBRID, write_audit
 from healthfusion.workflows.report_sections import (
+    KNOWN_FILES,
     explanation_section,
-    known_paths,
+    figure_block,
     limitations,
+    section,
     subgroup_section,
+    table_block,
+    text_block,
 )
 
 _LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "slope": "calibration slope",
@@ -32,26 +36,6 @@ _LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "
 
 def _read_csv(path: Path, **kw) -> pd.DataFrame | None:
     return pd.read_csv(path, **kw) if path.is_file() else None
-
-
-def _figure(path: Path, caption: str, heading: str | None = None) -> dict | None:
-    if not path.is_file():
-        return None
-    return {"kind": "figure", "src": image_data_uri(path), "caption": caption, "heading": heading}
-
-
-def _text(text: str, heading: str | None = None, warn: bool = False) -> dict:
-    return {"kind": "text", "text": text, "heading": heading, "warn": warn}
-
-
-def _table(frame: pd.DataFrame, caption: str | None = None, heading: str | None = None, index: bool = False,
-           digits: int = 3) -> dict:
-    return {"kind": "table", "html": table_html(frame, digits=digits, index=index), "caption": caption,
-            "heading": heading}
-
-
-def _section(sid: str, title: str, blocks: list) -> dict:
-    return {"id": sid, "title": title, "blocks": [b for b in blocks if b is not None]}
 
 
 def _load(run_dir: Path) -> dict:
@@ -109,78 +93,77 @@ def _data_section(run_dir: Path, info: dict) -> dict:
     counts = pred.groupby("split").agg(stays=("y_true", "size"), events=("y_true", "sum"))
     counts["events"] = counts["events"].astype(int)
     counts["prevalence"] = counts["events"] / counts["stays"]
-    blocks = [_table(counts.reset_index(), heading="Evaluated stays per split",
-                     caption="Training stays are not listed here; they are counted in the accounting below.")]
+    blocks = [table_block(counts.reset_index(), heading="Evaluated stays per split",
+                          caption="Training stays are not listed here; they are counted in the accounting below.")]
     acc = _read_csv(run_dir / "accounting.csv")
     if acc is not None and len(acc):
         wide = acc.pivot_table(index=["cohort", "table"], columns="outcome", values="rows", aggfunc="sum",
                                sort=False)
         wide.columns.name = None
-        blocks.append(_table(wide.reset_index(), heading="Row accounting of the input data",
-                             caption="Every input row is read and then used or dropped with a reason.", digits=0))
+        blocks.append(table_block(wide.reset_index(), heading="Row accounting of the input data",
+                                  caption="Every input row is read and then used or dropped with a reason.", digits=0))
     skipped = metrics.get("models_without_score") or {}
     if skipped:
-        blocks.append(_text("Stays without a score (left out of that model's metrics, never defaulted): "
-                            + ", ".join(f"{k}: {v}" for k, v in skipped.items()), warn=True))
-    return _section("data", "Data and cohort", blocks)
+        blocks.append(text_block("Stays without a score (left out of that model's metrics, never defaulted): "
+                                 + ", ".join(f"{k}: {v}" for k, v in skipped.items()), warn=True))
+    return section("data", "Data and cohort", blocks)
 
 
 def _metrics_sections(run_dir: Path, info: dict) -> list[dict]:
     blocks, base = [], []
     table = _read_csv(run_dir / "comparison.csv", index_col=0)
     if table is not None:
-        blocks.append(_table(format_comparison(table).reset_index(names="model"), heading="At threshold 0.5"))
+        blocks.append(table_block(format_comparison(table).reset_index(names="model"), heading="At threshold 0.5"))
     op = _read_csv(run_dir / "comparison_operating_point.csv", index_col=0)
     if op is not None:
         points = info["metrics"].get("operating_points", {})
-        blocks.append(_table(format_comparison(op).reset_index(names="model"),
-                             heading="At each model's operating point (chosen on validation)",
-                             caption="Thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in points.items())))
-    blocks.append(_text("Values are point estimates with percentile-bootstrap 95% intervals on the test stays."))
-    curves = [_figure(run_dir / "roc.png", "ROC curves on the test stays"),
-              _figure(run_dir / "pr.png", "Precision-recall curves on the test stays"),
-              _figure(run_dir / "audit" / "reliability.png", "Calibration: observed vs predicted risk")]
+        blocks.append(table_block(format_comparison(op).reset_index(names="model"),
+                                  heading="At each model's operating point (chosen on validation)",
+                                  caption="Thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in points.items())))
+    blocks.append(text_block("Values are point estimates with percentile-bootstrap 95% intervals on the test stays."))
+    curves = [figure_block(run_dir / "roc.png", "ROC curves on the test stays"),
+              figure_block(run_dir / "pr.png", "Precision-recall curves on the test stays"),
+              figure_block(run_dir / "audit" / "reliability.png", "Calibration: observed vs predicted risk")]
     figs = {"kind": "figures", "figures": [c for c in curves if c]}
     if table is not None and HYBRID in table.index and len(table) > 1:
         rows = []
         for name in table.index.drop(HYBRID):
             rows.append({"model": name, **{f"{m} difference (hybrid - model)": table.loc[HYBRID, m] - table.loc[name, m]
                                            for m in ("auroc", "auprc", "brier")}})
-        base.append(_table(pd.DataFrame(rows), caption="Positive AUROC/AUPRC and negative Brier differences favour "
-                                                       "the hybrid; see the metric table for each model's CI."))
+        base.append(table_block(pd.DataFrame(rows), caption="Positive AUROC/AUPRC and negative Brier differences favour "
+                                                            "the hybrid; see the metric table for each model's CI."))
     tuning = _read_csv(run_dir / "tuning.csv")
     if tuning is not None:
-        base.append(_table(tuning, heading="Hyperparameter search (CV on the training stays)"))
+        base.append(table_block(tuning, heading="Hyperparameter search (CV on the training stays)"))
     history = run_dir / "history.json"
     if history.is_file():
         h = json.loads(history.read_text())
-        base.append(_text(f"Hybrid training: {len(h.get('train_loss', []))} epochs, best epoch "
-                          f"{h.get('best_epoch')}, {sum(h.get('epoch_seconds', [])):.0f} s."))
-    return [_section("metrics", "Metrics with confidence intervals", blocks),
-            _section("curves", "ROC, precision-recall and calibration curves", [figs]),
-            _section("baselines", "Baseline comparison", base or [_text("No baselines in this run.")])]
+        base.append(text_block(f"Hybrid training: {len(h.get('train_loss', []))} epochs, best epoch "
+                               f"{h.get('best_epoch')}, {sum(h.get('epoch_seconds', [])):.0f} s."))
+    return [section("metrics", "Metrics with confidence intervals", blocks),
+            section("curves", "ROC, precision-recall and calibration curves", [figs]),
+            section("baselines", "Baseline comparison", base or [text_block("No baselines in this run.")])]
 
 
-def _calibration_section(run_dir: Path, audit: dict) -> dict:
-    table = _read_csv(run_dir / "audit" / "calibration.csv")
+def _calibration_section(run_dir: Path, table: pd.DataFrame | None, audit: dict) -> dict:
     blocks = []
     if table is not None:
-        table["estimate (95% CI)"] = [format_ci(v, lo, hi) for v, lo, hi in table[["value", "ci_low", "ci_high"]]
-                                      .to_numpy()]
+        table = table.assign(**{"estimate (95% CI)": [format_ci(v, lo, hi) for v, lo, hi in
+                                                      table[["value", "ci_low", "ci_high"]].to_numpy()]})
         wide = table.pivot(index="model", columns="metric", values="estimate (95% CI)")
         wide = wide[[c for c in ("ece", "brier", "slope", "intercept") if c in wide]].rename(columns=_LABELS)
         wide.columns.name = None
-        blocks.append(_table(wide.reset_index(), caption="Recalibration (temperature scaling, isotonic regression) "
-                                                         "was fitted on the validation stays only and applied to "
-                                                         "test" + (f"; fitted temperature {audit['temperature']:.3f}." if "temperature" in audit
-                                                                   else f". {audit.get('recalibration_note', '')}")))
-    blocks.append(_figure(run_dir / "audit" / "reliability.png", "Reliability diagram (test stays)"))
-    return _section("calibration", "Calibration", blocks)
+        blocks.append(table_block(wide.reset_index(), caption="Recalibration (temperature scaling, isotonic regression) "
+                                                              "was fitted on the validation stays only and applied to "
+                                                              "test" + (f"; fitted temperature {audit['temperature']:.3f}." if "temperature" in audit
+                                                                        else f". {audit.get('recalibration_note', '')}")))
+    blocks.append(figure_block(run_dir / "audit" / "reliability.png", "Reliability diagram (test stays)"))
+    return section("calibration", "Calibration", blocks)
 
 
 def _impact_section(run_dir: Path) -> dict:
-    blocks = [_figure(run_dir / "audit" / "decision_curve.png", "Net benefit across threshold probabilities "
-                      "(the model vs treating everyone or no one).")]
+    blocks = [figure_block(run_dir / "audit" / "decision_curve.png", "Net benefit across threshold probabilities "
+                            "(the model vs treating everyone or no one).")]
     path = run_dir / "audit" / "what_if.json"
     if path.is_file():
         w = json.loads(path.read_text())
@@ -192,28 +175,27 @@ def _impact_section(run_dir: Path) -> dict:
                 ("per 1,000 stays: flagged", w["per_1000"]["flagged"]),
                 ("per 1,000 stays: events avoided", w["per_1000"]["events_avoided"]),
                 ("per 1,000 stays: net cost", w["per_1000"]["net_cost"])]
-        blocks.append(_table(pd.DataFrame(rows, columns=["what-if", "value"]), heading="What-if at the operating point",
-                             digits=2))
+        blocks.append(table_block(pd.DataFrame(rows, columns=["what-if", "value"]), heading="What-if at the operating point",
+                                  digits=2))
         blocks.append({"kind": "list", "items": w["assumptions"], "heading": "Assumptions"})
-    return _section("impact", "Impact analysis", blocks)
+    return section("impact", "Impact analysis", blocks)
 
 
 def _extra_sections(run_dir: Path, out: Path) -> list[dict]:
-    known = known_paths(run_dir)
     groups: dict[str, list[dict]] = {"transfer": [], "multitask": [], "other": []}
     for path in sorted(p for p in run_dir.rglob("*") if p.suffix in (".csv", ".png") and p.is_file()):
         rel = path.relative_to(run_dir)
-        if rel.as_posix() in known or rel.parts[0] in ("model", "cohort") or path == out:
+        if rel.as_posix() in KNOWN_FILES or rel.parts[0] in ("model", "cohort") or path == out:
             continue
         lower = rel.as_posix().lower()
         key = "transfer" if "transfer" in lower else "multitask" if ("multitask" in lower or "multi_task" in lower) else "other"
         if path.suffix == ".png":
-            groups[key].append(_figure(path, rel.as_posix()))
+            groups[key].append(figure_block(path, rel.as_posix()))
         else:
             frame = pd.read_csv(path)
-            groups[key].append(_table(frame, heading=rel.as_posix()))
+            groups[key].append(table_block(frame, heading=rel.as_posix()))
     titles = {"transfer": "Transfer", "multitask": "Multi-task", "other": "Other outputs"}
-    return [_section(k, titles[k], blocks) for k, blocks in groups.items() if blocks]
+    return [section(k, titles[k], blocks) for k, blocks in groups.items() if blocks]
 
 
 #: files that mark a study run folder, and the order its tables are shown in
@@ -264,18 +246,18 @@ def _study_report(run_dir: Path, out: Path, kind: str) -> Path:
         frame = pd.read_csv(path)
         rel = path.relative_to(run_dir).as_posix()
         if len(frame) > 200:
-            blocks.append(_text(f"{rel}: {len(frame):,} rows, the first 200 shown; the file has them all.", heading=rel))
+            blocks.append(text_block(f"{rel}: {len(frame):,} rows, the first 200 shown; the file has them all.", heading=rel))
             frame = frame.head(200)
-        blocks.append(_table(frame, heading=rel))
-    figures = [_figure(p, p.relative_to(run_dir).as_posix()) for p in sorted(run_dir.rglob("*.png"))
+        blocks.append(table_block(frame, heading=rel))
+    figures = [figure_block(p, p.relative_to(run_dir).as_posix()) for p in sorted(run_dir.rglob("*.png"))
                if "models" not in p.parts]
-    sections = [_section("results", "Results", blocks)]
+    sections = [section("results", "Results", blocks)]
     if figures:
-        sections.append(_section("figures", "Figures", [{"kind": "figures", "figures": figures}]))
+        sections.append(section("figures", "Figures", [{"kind": "figures", "figures": figures}]))
     notes = [f"Numbers are from the run folder {run_dir} as written by `healthfusion {kind}`; intervals over seeds "
              "are Student-t intervals, per-run intervals are bootstrap intervals on that run's test stays.",
              "Model selection used training and validation stays only; the test stays were scored once."]
-    sections.append(_section("limitations", "Limitations", [{"kind": "list", "items": notes}]))
+    sections.append(section("limitations", "Limitations", [{"kind": "list", "items": notes}]))
     context = {"title": f"{cfg.get('name', run_dir.name)}: {_STUDY_TITLES[kind]} report",
                "subtitle": f"run folder {run_dir}",
                "generated": f"Generated by healthfusion on {datetime.now():%Y-%m-%d %H:%M} from {run_dir}",
@@ -308,16 +290,18 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
         return _study_report(run_dir, out, study)
     info = _load(run_dir)
     if recompute_audit or not (run_dir / "audit" / "audit.json").is_file():
-        write_audit(run_dir, n_boot=300)
+        audit = write_audit(run_dir, n_boot=300)
+    else:
+        audit = json.loads((run_dir / "audit" / "audit.json").read_text())
     if explain and not (run_dir / "explanations" / "summary.json").is_file():
         from healthfusion.workflows.explain import explain_run
 
         explain_run(run_dir, console=console)
-    audit = json.loads((run_dir / "audit" / "audit.json").read_text())
+    calibration = _read_csv(run_dir / "audit" / "calibration.csv")
     sections = [_data_section(run_dir, info), *_metrics_sections(run_dir, info),
-                _calibration_section(run_dir, audit), subgroup_section(run_dir, audit),
+                _calibration_section(run_dir, calibration, audit), subgroup_section(run_dir, audit),
                 explanation_section(run_dir), _impact_section(run_dir), *_extra_sections(run_dir, out),
-                _section("limitations", "Limitations", [{"kind": "list", "items": limitations(run_dir, info, audit)}])]
+                section("limitations", "Limitations", [{"kind": "list", "items": limitations(info, audit, calibration)}])]
     cfg = info["config"]
     context = {"title": f"{cfg.get('name', run_dir.name)}: risk model report",
                "subtitle": f"Outcome {cfg.get('data', {}).get('label', '?')} · run folder {run_dir}",

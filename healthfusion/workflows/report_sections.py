@@ -10,6 +10,7 @@ import pandas as pd
 from healthfusion.evaluation.compare import format_ci
 from healthfusion.report.html import image_data_uri, table_html
 
+#: run-folder files (relative POSIX paths) that have their own place in the report
 KNOWN_FILES = (
     "predictions.csv", "comparison.csv", "comparison_operating_point.csv", "accounting.csv", "domains.csv",
     "tuning.csv", "roc.png", "pr.png",
@@ -21,19 +22,28 @@ KNOWN_FILES = (
 )
 
 
-def known_paths(run_dir: Path) -> set[str]:
-    """Run-folder files (relative POSIX paths) that have their own place in the report."""
-    return set(KNOWN_FILES)
+def table_block(frame: pd.DataFrame, caption: str | None = None, heading: str | None = None, index: bool = False,
+                digits: int = 3) -> dict:
+    """A report block showing ``frame`` as an HTML table."""
+    return {"kind": "table", "html": table_html(frame, digits=digits, index=index), "caption": caption,
+            "heading": heading}
 
 
-def _block_table(frame: pd.DataFrame, heading=None, caption=None, digits=3) -> dict:
-    return {"kind": "table", "html": table_html(frame, digits=digits), "heading": heading, "caption": caption}
-
-
-def _block_figure(path: Path, caption: str, heading=None) -> dict | None:
+def figure_block(path: Path, caption: str, heading: str | None = None) -> dict | None:
+    """A report block embedding the image at ``path``; None when the file does not exist."""
     if not path.is_file():
         return None
     return {"kind": "figure", "src": image_data_uri(path), "caption": caption, "heading": heading}
+
+
+def text_block(text: str, heading: str | None = None, warn: bool = False) -> dict:
+    """A report block of one paragraph (``warn`` highlights it)."""
+    return {"kind": "text", "text": text, "heading": heading, "warn": warn}
+
+
+def section(sid: str, title: str, blocks: list) -> dict:
+    """A report section; None blocks (missing figures) are dropped."""
+    return {"id": sid, "title": title, "blocks": [b for b in blocks if b is not None]}
 
 
 def subgroup_section(run_dir: Path, audit: dict) -> dict:
@@ -42,32 +52,32 @@ def subgroup_section(run_dir: Path, audit: dict) -> dict:
     table_path = run_dir / "audit" / "subgroups.csv"
     if not table_path.is_file():
         note = audit.get("subgroup_note", "No subgroup audit in this run folder.")
-        return {"id": "subgroups", "title": "Subgroups and fairness", "blocks": [{"kind": "text", "text": note}]}
+        return section("subgroups", "Subgroups and fairness", [text_block(note)])
     t = pd.read_csv(table_path, keep_default_na=False, na_values=[""])
     show = t[["attribute", "group", "n", "n_positive"]].copy()
     for m, label in (("auroc", "AUROC"), ("tpr", "TPR"), ("fpr", "FPR"), ("ppv", "PPV"),
                      ("calibration_gap", "observed - predicted")):
         show[label] = [format_ci(v, lo, hi) for v, lo, hi in t[[m, f"{m}_ci_low", f"{m}_ci_high"]].to_numpy(float)]
     show["flag"] = ["n < 10: interpret with care" if s else "" for s in t["small_group"].astype(str) == "True"]
-    blocks.append(_block_table(show, caption=f"Test stays at the operating point {audit.get('threshold', 0.5):.3f}; "
+    blocks.append(table_block(show, caption=f"Test stays at the operating point {audit.get('threshold', 0.5):.3f}; "
                                "95% bootstrap CIs. Groups under 10 stays are flagged, kept in the table and left out "
                                "of the gaps below."))
     gaps = run_dir / "audit" / "fairness_gaps.csv"
     if gaps.is_file():
-        blocks.append(_block_table(pd.read_csv(gaps, keep_default_na=False, na_values=[""]),
+        blocks.append(table_block(pd.read_csv(gaps, keep_default_na=False, na_values=[""]),
                                    heading="Gaps between groups (Fairlearn)",
                                    caption="Equalised-odds difference: the larger of the TPR and FPR ranges over "
                                            "groups; demographic-parity difference: the range of flag rates."))
     mitigation = run_dir / "audit" / "mitigation.csv"
     if mitigation.is_file():
-        blocks.append(_block_table(pd.read_csv(mitigation), heading="Mitigation: group-aware thresholds for "
+        blocks.append(table_block(pd.read_csv(mitigation), heading="Mitigation: group-aware thresholds for "
                                    f"{audit.get('mitigation_attribute', '?')}",
                                    caption="Fairlearn ThresholdOptimizer (equalised odds) fitted on the validation "
                                            "stays, applied to the test stays: before = one threshold for all."))
     elif audit.get("mitigation_note"):
-        blocks.append({"kind": "text", "text": audit["mitigation_note"]})
-    blocks.append(_block_figure(run_dir / "audit" / "subgroups.png", "AUROC by subgroup with 95% CI"))
-    return {"id": "subgroups", "title": "Subgroups and fairness", "blocks": [b for b in blocks if b]}
+        blocks.append(text_block(audit["mitigation_note"]))
+    blocks.append(figure_block(run_dir / "audit" / "subgroups.png", "AUROC by subgroup with 95% CI"))
+    return section("subgroups", "Subgroups and fairness", blocks)
 
 
 def explanation_section(run_dir: Path) -> dict:
@@ -75,39 +85,40 @@ def explanation_section(run_dir: Path) -> dict:
     ex = run_dir / "explanations"
     summary_path = ex / "summary.json"
     if not summary_path.is_file():
-        return {"id": "explanations", "title": "Explanations", "blocks": [{
-            "kind": "text", "warn": True, "text": "This run folder has no explanations; compute them with "
-                                                  f"`healthfusion explain {run_dir}` and rebuild the report."}]}
+        return section("explanations", "Explanations", [text_block(
+            f"This run folder has no explanations; compute them with `healthfusion explain {run_dir}` and rebuild "
+            "the report.", warn=True)])
     s = json.loads(summary_path.read_text())
-    blocks: list = [{"kind": "text", "text": f"GradientShap (expected gradients, {s.get('n_samples')} background "
-                     f"draws per stay) on {s.get('n_explained')} test stays against {s.get('n_background')} "
-                     "training stays; attributions are in logit units, summed over time for each variable."}]
-    blocks.append(_block_figure(ex / "importance.png", "Mean absolute attribution per variable", "Global importance"))
+    blocks: list = [text_block(f"GradientShap (expected gradients, {s.get('n_samples')} background draws per stay) "
+                               f"on {s.get('n_explained')} test stays against {s.get('n_background')} training "
+                               "stays; attributions are in logit units, summed over time for each variable.")]
+    blocks.append(figure_block(ex / "importance.png", "Mean absolute attribution per variable", "Global importance"))
     top = ex / "top_features.csv"
     if top.is_file():
         frame = pd.read_csv(top, dtype={"stay_id": str})
         first = frame["stay_id"].drop_duplicates().head(6)
-        blocks.append(_block_table(frame[frame["stay_id"].isin(first)], heading="Top contributors per stay",
+        blocks.append(table_block(frame[frame["stay_id"].isin(first)], heading="Top contributors per stay",
                                    caption="Five strongest signed contributions for six of the explained stays "
                                            "(all in explanations/top_features.csv)."))
     window = ex / "importance_by_window.csv"
     if window.is_file():
         frame = pd.read_csv(window, index_col=0)
         cols = frame.sum().sort_values(ascending=False).index[:8]
-        blocks.append(_block_table(frame[cols].reset_index(), heading="When it matters: importance per time window",
+        blocks.append(table_block(frame[cols].reset_index(), heading="When it matters: importance per time window",
                                    caption="Mean |attribution| summed within each window (hours from the start)."))
-    blocks.append(_block_figure(ex / "attention.png", "The LSTM's attention weights over time for the highest-risk "
+    blocks.append(figure_block(ex / "attention.png", "The LSTM's attention weights over time for the highest-risk "
                                 "explained stay, under its most important variables.", "Attention over time"))
-    blocks.append(_block_figure(ex / "modalities.png", "Each modality's Shapley contribution to the fused logit, "
+    blocks.append(figure_block(ex / "modalities.png", "Each modality's Shapley contribution to the fused logit, "
                                 "switching modalities off through the model's missing-modality path.",
                                 "Modality contributions"))
-    blocks.append(_block_figure(ex / "saliency.png", "Gradient saliency and Grad-CAM overlaid on test images.",
+    blocks.append(figure_block(ex / "saliency.png", "Gradient saliency and Grad-CAM overlaid on test images.",
                                 "Image saliency"))
-    return {"id": "explanations", "title": "Explanations", "blocks": [b for b in blocks if b]}
+    return section("explanations", "Explanations", blocks)
 
 
-def limitations(run_dir: Path, info: dict, audit: dict) -> list[str]:
-    """Limitations that follow from this run's own numbers, then the general ones."""
+def limitations(info: dict, audit: dict, calibration: pd.DataFrame | None) -> list[str]:
+    """Limitations that follow from this run's own numbers (``info`` and ``audit`` of the run folder and its
+    ``audit/calibration.csv``, None when absent), then the general ones."""
     items = []
     metrics, cfg = info["metrics"], info["config"]
     n = metrics.get("n", 0)
@@ -118,9 +129,8 @@ def limitations(run_dir: Path, info: dict, audit: dict) -> list[str]:
     if not cfg.get("data", {}).get("test"):
         items.append("Tested on a held-out split of the training cohort, not on another hospital or period: "
                      "performance elsewhere is unknown until validated locally.")
-    calib = run_dir / "audit" / "calibration.csv"
-    if calib.is_file():
-        c = pd.read_csv(calib)
+    if calibration is not None:
+        c = calibration
         slope = c[(c["model"] == audit.get("model", "hybrid")) & (c["metric"] == "slope")]["value"]
         if len(slope) and abs(float(slope.iloc[0]) - 1) > 0.2:
             items.append(f"Calibration slope {float(slope.iloc[0]):.2f} (ideal 1): predicted risks are "

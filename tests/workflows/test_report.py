@@ -120,3 +120,21 @@ def test_report_from_predictions_only(tmp_path):
     for section in ("model-card", "data", "calibration", "subgroups", "explanations", "impact", "limitations"):
         assert f'id="{section}"' in html
     assert "No domains.csv" in html and "healthfusion explain" in html and "one outcome only" in html
+
+
+def test_limitations_use_the_calibration_table_given():
+    from healthfusion.workflows.report_sections import limitations
+
+    info = {"metrics": {"n": 50, "prevalence": 0.2}, "config": {}}
+    calibration = pd.DataFrame({"model": ["hybrid", "hybrid"], "metric": ["slope", "ece"], "value": [1.5, 0.05]})
+    items = limitations(info, {"model": "hybrid"}, calibration)
+    assert any("slope 1.50" in i and "too moderate" in i for i in items)
+    assert any("50 stays and 10 events" in i for i in items)
+    assert not any("slope" in i for i in limitations(info, {"model": "hybrid"}, None))
+
+
+def test_section_drops_missing_figures(tmp_path):
+    from healthfusion.workflows.report_sections import figure_block, section, text_block
+
+    s = section("x", "X", [text_block("t"), figure_block(tmp_path / "missing.png", "c")])
+    assert [b["kind"] for b in s["blocks"]] == ["text"]
