@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.features.base import FeatureTransformer
@@ -42,6 +43,13 @@ def hash_ngrams(text: str, n_buckets: int, ngram_max: int = 2) -> list[int]:
             gram = " ".join(words[i : i + n])
             out.append(1 + zlib.crc32(gram.encode()) % (n_buckets - 1))
     return out
+
+
+def stay_notes(cohort: Cohort, stay_ids: Sequence[str], sep: str) -> pd.Series:
+    """Each stay's notes observable at its prediction time, joined with ``sep`` in time order; indexed by
+    stay_id, a stay without notes absent."""
+    notes = cohort.observable("notes", stay_ids).sort_values(["stay_id", "time"])
+    return notes.groupby("stay_id", sort=False)["text"].agg(lambda s: sep.join(map(str, s)))
 
 
 class TextTransformer(FeatureTransformer):
@@ -71,8 +79,7 @@ class TextTransformer(FeatureTransformer):
         """``[len(stay_ids), max_tokens]`` int64 ids (0 = padding; a stay without notes is all zeros)."""
         self._check_fitted()
         stay_ids = [str(s) for s in stay_ids]
-        notes = cohort.observable("notes", stay_ids).sort_values(["stay_id", "time"])
-        joined = notes.groupby("stay_id", sort=False)["text"].agg(" ".join)
+        joined = stay_notes(cohort, stay_ids, " ")
         out = np.zeros((len(stay_ids), self.max_tokens), dtype=np.int64)
         position = {s: i for i, s in enumerate(stay_ids)}
         for stay, text in joined.items():
@@ -192,7 +199,6 @@ class HFTokenTransformer(FeatureTransformer):
         a stay without notes is tokenized as the empty string."""
         self._check_fitted()
         stay_ids = [str(s) for s in stay_ids]
-        notes = cohort.observable("notes", stay_ids).sort_values(["stay_id", "time"])
-        joined = notes.groupby("stay_id", sort=False)["text"].agg(lambda s: "\n".join(map(str, s))).to_dict()
+        joined = stay_notes(cohort, stay_ids, "\n")
         texts = [joined.get(s, "") for s in stay_ids]
         return {**self.encode(texts), "present": np.array([bool(t.strip()) for t in texts])}
