@@ -41,11 +41,13 @@ from healthfusion.training.config import TrainerConfig
 M = TypeVar("M", bound=BaseModel)
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every config section: unknown keys are errors, so a misspelt setting never passes silently."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class SourceSpec(_Strict):
+class SourceSpec(StrictModel):
     """Where stays come from: a registered source reading raw files, or a saved cohort folder."""
 
     source: str | None = None
@@ -60,7 +62,7 @@ class SourceSpec(_Strict):
         return self
 
 
-class SplitSpec(_Strict):
+class SplitSpec(StrictModel):
     train: float = 0.7
     val: float = 0.15
     test: float = 0.15
@@ -73,7 +75,7 @@ class DataSpec(SourceSpec):
     test: SourceSpec | None = None
 
 
-class FeatureSpec(_Strict):
+class FeatureSpec(StrictModel):
     modalities: list[Literal["ts", "static", "codes", "text", "image"]] = Field(default_factory=lambda: ["ts", "static"])
     hours: float = 48.0
     step: float = 1.0
@@ -86,7 +88,7 @@ class FeatureSpec(_Strict):
     text_max_length: int = Field(128, ge=2)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     """The hybrid's architecture. ``pretrained`` maps modalities to pretrained encoders (registry name or folder,
     see :mod:`healthfusion.models.registry`); those encoders keep their own size and preprocessing, and
     ``training.finetune`` says how they are fine-tuned (its ``modules`` default to the pretrained encoders)."""
@@ -102,7 +104,7 @@ class ModelSpec(_Strict):
     text_freeze: bool = False  # with features.text_model: keep the language model's weights fixed
 
 
-class TuningSpec(_Strict):
+class TuningSpec(StrictModel):
     """Grid search over ``model`` fields by K-fold cross-validation on the training stays only."""
 
     folds: int = Field(3, ge=2)
@@ -116,7 +118,7 @@ class TuningSpec(_Strict):
         return self
 
 
-class EvaluationSpec(_Strict):
+class EvaluationSpec(StrictModel):
     n_boot: int = Field(1000, ge=1)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     operating_point: Literal["youden", "f1", "sensitivity"] = "youden"
@@ -124,7 +126,7 @@ class EvaluationSpec(_Strict):
     audit: bool = True  # explanations, calibration, subgroups and impact into explanations/ and audit/
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictModel):
     name: str = "run"
     out: Path | None = None
     data: DataSpec

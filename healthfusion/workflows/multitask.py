@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.tim import (
@@ -67,7 +67,14 @@ from healthfusion.training.multitask import (
     predict_multitask,
     target_key,
 )
-from healthfusion.workflows.config import FeatureSpec, SourceSpec, SplitSpec, read_yaml_config, resolve_paths
+from healthfusion.workflows.config import (
+    FeatureSpec,
+    SourceSpec,
+    SplitSpec,
+    StrictModel,
+    read_yaml_config,
+    resolve_paths,
+)
 from healthfusion.workflows.modeling import hybrid_config, load_pretrained, use_pretrained_preprocessing
 from healthfusion.workflows.multitask_labels import extract_labels
 from healthfusion.workflows.multitask_tables import (
@@ -81,11 +88,7 @@ from healthfusion.workflows.train import make_featurizer, open_source, usable_ro
 log = logging.getLogger(__name__)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LabelSource(_Strict):
+class LabelSource(StrictModel):
     """Where a task's labels come from (exactly one of ``label``, ``static``, ``stays``, ``codes``)."""
 
     label: str | None = None
@@ -104,7 +107,7 @@ class LabelSource(_Strict):
         return self
 
 
-class TaskConfig(_Strict):
+class TaskConfig(StrictModel):
     """One task: ``name``, ``kind``, label ``source`` (none for clustering), loss ``weight``, input ``modalities``
     (default: all), ``n_clusters`` (clustering only)."""
 
@@ -135,7 +138,7 @@ class MultitaskDataSpec(SourceSpec):
     max_stays: int | None = Field(None, ge=10)
 
 
-class MultitaskModelSpec(_Strict):
+class MultitaskModelSpec(StrictModel):
     fusion: Literal["concat", "gated", "attention"] = "concat"
     hidden: int = Field(32, ge=1)
     task_dim: int = Field(32, ge=1)
@@ -148,7 +151,7 @@ class MultitaskModelSpec(_Strict):
     pretrained_root: Path | None = None
 
 
-class TimSpec(_Strict):
+class TimSpec(StrictModel):
     """``ablation``: how the TIM is checked (see :mod:`healthfusion.evaluation.tim`); ``retrain_seeds``: the retraining
     ablation (one model per task left out) runs on the first this-many seeds only (default: all)."""
 
@@ -156,12 +159,12 @@ class TimSpec(_Strict):
     retrain_seeds: int | None = Field(None, ge=1)
 
 
-class ComparisonSpec(_Strict):
+class ComparisonSpec(StrictModel):
     single_task: bool = False
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
 
-class MultitaskConfig(_Strict):
+class MultitaskConfig(StrictModel):
     """The ``healthfusion multitask`` run configuration (unknown keys are errors at every level)."""
 
     name: str = "multitask"

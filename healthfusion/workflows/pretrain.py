@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.domains import concat_cohorts
@@ -40,6 +40,7 @@ from healthfusion.workflows.config import (
     ConfigError,
     FeatureSpec,
     SourceSpec,
+    StrictModel,
     read_yaml_config,
     resolve_paths,
 )
@@ -47,10 +48,8 @@ from healthfusion.workflows.modeling import hybrid_config
 from healthfusion.workflows.train import make_featurizer, open_source
 
 
-class EncoderSpec(BaseModel):
+class EncoderSpec(StrictModel):
     """Encoder size, with the meaning of the same ``model`` fields of a run config."""
-
-    model_config = ConfigDict(extra="forbid")
 
     hidden: int = Field(32, ge=1)
     lstm_layers: int = Field(1, ge=1)
@@ -58,10 +57,8 @@ class EncoderSpec(BaseModel):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
-class PretrainRunConfig(BaseModel):
+class PretrainRunConfig(StrictModel):
     """The ``pretrain`` job (validated; unknown keys are errors). Give ``name`` (registry) or ``out`` (a folder)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str | None = None
     out: Path | None = None

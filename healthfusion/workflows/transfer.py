@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.domains import (
@@ -70,7 +70,7 @@ from healthfusion.features.timeseries import TimeSeriesTransformer
 from healthfusion.models.encoders.lstm import LSTMEncoderConfig
 from healthfusion.models.transfer import CATEGORICAL, CategoricalEmbedding, TransferModel, TransferModelConfig
 from healthfusion.training.adaptation import AdaptationConfig, fit_transfer, predict_proba
-from healthfusion.workflows.config import SourceSpec, read_yaml_config, resolve_paths
+from healthfusion.workflows.config import SourceSpec, StrictModel, read_yaml_config, resolve_paths
 from healthfusion.workflows.modeling import load_pretrained, use_pretrained_preprocessing
 from healthfusion.workflows.train import open_source
 
@@ -86,18 +86,14 @@ Strategy = Literal["target_only", "source_only", "pooled", "finetune", "finetune
 
 
 # ------------------------------------------------------------------------------------------------ configuration
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TransferData(_Strict):
+class TransferData(StrictModel):
     """Cohort(s) to pool into one (e.g. PhysioNet 2012 sets A and B) and the binary label."""
 
     sources: list[SourceSpec] = Field(min_length=1)
     label: str
 
 
-class DomainSpec(_Strict):
+class DomainSpec(StrictModel):
     """Domain attribute and values: ``target`` values form the target, ``source`` (default: all others) the source."""
 
     column: str
@@ -106,7 +102,7 @@ class DomainSpec(_Strict):
     bins: list[float] | None = None
 
 
-class ProtocolSpec(_Strict):
+class ProtocolSpec(StrictModel):
     sizes: list[int | Literal["all"]] = Field(default_factory=lambda: [50, 100, 250, 500, 1000, "all"], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], min_length=1)
     headline_size: int | Literal["all"] = 100
@@ -124,7 +120,7 @@ class ProtocolSpec(_Strict):
         return sizes
 
 
-class TransferFeatures(_Strict):
+class TransferFeatures(StrictModel):
     hours: float = Field(48.0, gt=0)
     step: float = Field(2.0, gt=0)
     min_count: int = Field(10, ge=1)
@@ -132,7 +128,7 @@ class TransferFeatures(_Strict):
     exclude: list[str] = Field(default_factory=list, description="static columns never used")
 
 
-class TransferModelSpec(_Strict):
+class TransferModelSpec(StrictModel):
     hidden: int = Field(32, ge=1, description="LSTM hidden size per direction and width of the representation")
     lstm_layers: int = Field(1, ge=1)
     bidirectional: bool = True
@@ -146,7 +142,7 @@ class TransferModelSpec(_Strict):
     pretrained_root: Path | None = None
 
 
-class LoopSpec(_Strict):
+class LoopSpec(StrictModel):
     max_epochs: int = Field(15, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -161,7 +157,7 @@ def _finetune_default() -> LoopSpec:
     return LoopSpec(max_epochs=40, batch_size=32, lr=3e-4, patience=8)
 
 
-class AdaptationSpec(_Strict):
+class AdaptationSpec(StrictModel):
     dann_weight: float = Field(1.0, ge=0, description="maximum gradient-reversal strength")
     dann_gamma: float = Field(10.0, ge=0)
     mmd_weight: float = Field(1.0, ge=0)
@@ -170,7 +166,7 @@ class AdaptationSpec(_Strict):
         default_factory=lambda: ["ts_encoder"], description="parts fixed by finetune_frozen")
 
 
-class ShapSpec(_Strict):
+class ShapSpec(StrictModel):
     enabled: bool = True
     compare: Strategy = "finetune_dann_mmd"
     n_patients: int = Field(100, ge=1)
@@ -179,7 +175,7 @@ class ShapSpec(_Strict):
     top_k: int = Field(5, ge=1)
 
 
-class TransferConfig(_Strict):
+class TransferConfig(StrictModel):
     """The validated transfer config (see ``docs/transfer.md`` for an annotated example)."""
 
     name: str = "transfer"
