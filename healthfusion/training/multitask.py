@@ -203,10 +203,6 @@ def _mask_rows(target: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return torch.where(keep, target, torch.full_like(target, -1))
 
 
-def _batches(data: ArrayDataset, batch_size: int, order: np.ndarray | None = None):
-    return data.iter_batches(batch_size, order=order)
-
-
 def cluster_representations(model: MultitaskModel, data: ArrayDataset, task: str, batch_size: int = 256) -> np.ndarray:
     """``[n, task_dim]`` representations ``h`` of clustering task ``task`` for every row of ``data`` (eval mode)."""
     index = model.task_names.index(task)
@@ -214,7 +210,7 @@ def cluster_representations(model: MultitaskModel, data: ArrayDataset, task: str
     model.eval()
     chunks = []
     with torch.no_grad():
-        for batch in _batches(data, batch_size):
+        for batch in data.iter_batches(batch_size):
             chunks.append(model(batch)["representations"][:, index].float().numpy())
     model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, model.config.task_dim), np.float32)
@@ -241,7 +237,7 @@ def evaluate_loss(model: MultitaskModel, loss_fn: MultitaskLoss, data: ArrayData
     sums: dict[str, float] = {}
     n = 0
     with torch.no_grad():
-        for batch in _batches(data, batch_size):
+        for batch in data.iter_batches(batch_size):
             _, parts = loss_fn(model(batch), batch, use_clustering=use_clustering)
             size = len(batch["index"])
             for k, v in parts.items():
@@ -309,7 +305,7 @@ def _fit(model, train, val, config, weights, on_epoch) -> dict[str, Any]:
     params = list(model.parameters()) + list(loss_fn.parameters())
     optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     has_clustering = any(t.kind == "clustering" for t in model.config.tasks)
-    supervised = any(t.kind != "clustering" for t in model.config.tasks)
+    supervised = [t.name for t in model.config.tasks if t.kind != "clustering"]
     best = BestWeights("min", config.patience, min_delta=1e-6)
     reference: dict[str, float] | None = None
     epochs: list[dict[str, Any]] = []
@@ -320,7 +316,7 @@ def _fit(model, train, val, config, weights, on_epoch) -> dict[str, Any]:
             _init_centroids(model, train, config.seed)
         model.train()
         total, n = 0.0, 0
-        for batch in _batches(train, config.batch_size, rng.permutation(len(train))):
+        for batch in train.iter_batches(config.batch_size, rng.permutation(len(train))):
             optimizer.zero_grad()
             loss, _ = loss_fn(model(batch), batch, use_clustering=use_clustering)
             loss.backward()
@@ -334,10 +330,9 @@ def _fit(model, train, val, config, weights, on_epoch) -> dict[str, Any]:
         record = {"epoch": epoch, "train_loss": total / max(n, 1), "val": val_losses,
                   "task_weights": loss_fn.task_weights()}
         epochs.append(record)
-        supervised_names = [t.name for t in model.config.tasks if t.kind != "clustering"]
-        if config.monitor == "relative" and supervised_names:
-            reference = reference or {t: max(val_losses[t], 1e-12) for t in supervised_names}
-            criterion = float(np.mean([val_losses[t] / reference[t] for t in supervised_names]))
+        if config.monitor == "relative" and supervised:
+            reference = reference or {t: max(val_losses[t], 1e-12) for t in supervised}
+            criterion = float(np.mean([val_losses[t] / reference[t] for t in supervised]))
         else:
             criterion = val_losses["total"]
         record["criterion"] = criterion
@@ -388,7 +383,7 @@ def predict_multitask(model: MultitaskModel, data: ArrayDataset, batch_size: int
     acc: dict[str, list] = {k: [] for k in keys}
     preds: dict[str, list] = {n: [] for n in names}
     with torch.no_grad():
-        for batch in _batches(data, batch_size):
+        for batch in data.iter_batches(batch_size):
             out = model(batch, removed=mask)
             for k in keys:
                 acc[k].append(out[k].numpy())
