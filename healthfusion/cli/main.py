@@ -22,7 +22,6 @@ app = typer.Typer(
 )
 cohort_app = typer.Typer(help="Build and inspect cohorts.", no_args_is_help=True)
 app.add_typer(cohort_app, name="cohort", help="Build cohorts from raw sources and describe them.")
-_fail = fail
 
 
 @app.callback()
@@ -43,7 +42,7 @@ def demo(
     try:
         result = run_demo(out=out, n_stays=n_stays, seed=seed, max_epochs=max_epochs, console=console)
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     print_frame(console, result["table"], title="Test-set metrics (95% bootstrap CI)")
     console.print(f"Run folder: [bold]{result['run_dir']}[/]  ({result['seconds']:.0f} s)")
 
@@ -57,7 +56,7 @@ def train(config: Path = typer.Option(..., "--config", "-c", help="Run configura
     try:
         run_dir = run_training(load_run_config(config), console=console)
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     _print_run(run_dir)
 
 
@@ -73,7 +72,7 @@ def evaluate(
     try:
         evaluate_predictions(run_dir, split=split, n_boot=n_boot)
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     _print_run(run_dir)
 
 
@@ -92,7 +91,7 @@ def predict(
     try:
         frame = predict_source(model, source, path, split=split, threshold=threshold)
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     counts = frame["status"].value_counts().to_dict()
@@ -131,7 +130,7 @@ def cohort_build(
     try:
         cohort = build_cohort(source=source, path=path, out=out, task=task, console=console)
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     print_frame(console, cohort.accounting.to_frame(), title="Row accounting")
     console.print(f"Wrote {len(cohort)} stays to [bold]{out}[/]")
 
@@ -145,7 +144,7 @@ def cohort_describe(path: Path = typer.Argument(..., help="Cohort folder.")) -> 
     try:
         tables = describe_cohort(Cohort.load(path))
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     for name, frame in tables.items():
         print_frame(console, frame, title=name)
 
@@ -162,7 +161,7 @@ def cohort_convert(
         with console.status(f"Converting the CSV tables under {path} ..."):
             written = convert_to_parquet(path, out, progress=True)
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     console.print(f"Wrote {len(written)} Parquet tables to [bold]{out}[/]")
 
 

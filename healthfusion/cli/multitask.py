@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             fail(exc)
         table = pd.read_csv(run_dir / "tasks.csv")
-        print_frame(console, table[[c for c in _COLUMNS if c in table.columns]],
+        print_frame(console, table, columns=_COLUMNS,
                     title="Per-task test metrics (main metric; CIs: bootstrap for multitask, over seeds for the rest)")
         summary = json.loads((run_dir / "metrics.json").read_text())["improvement"]
         for label, s in summary.items():

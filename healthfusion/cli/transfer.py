@@ -32,11 +32,11 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             fail(exc)
         summary = pd.read_csv(run_dir / "summary.csv")
-        print_frame(console, summary[[c for c in _SUMMARY if c in summary.columns]],
+        print_frame(console, summary, columns=_SUMMARY,
                     title="Target test AUROC by strategy and labelled target size (mean, 95% CI over seeds)")
         gains = pd.read_csv(run_dir / "gains.csv")
         if len(gains):
-            print_frame(console, gains[[c for c in _GAINS if c in gains.columns]],
+            print_frame(console, gains, columns=_GAINS,
                         title="Gain over the better of source-only and pooled (AUROC, paired by seed)")
         shift = run_dir / "shift.json"
         if shift.is_file():
