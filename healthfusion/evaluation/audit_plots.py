@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from healthfusion.evaluation.calibration import expected_calibration_error, reliability_curve
+from healthfusion.evaluation.calibration import ece_from_curve, reliability_curve
 from healthfusion.evaluation.impact import decision_curve
 from healthfusion.evaluation.plots import _save
 
@@ -30,7 +30,7 @@ def plot_reliability(results: Mapping[str, tuple[ArrayLike, ArrayLike]], path: s
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
     for name, (y, p) in results.items():
         table = reliability_curve(y, p, n_bins=n_bins)
-        ece = expected_calibration_error(y, p, n_bins=n_bins)
+        ece = ece_from_curve(table)
         ax.plot(table["mean_predicted"], table["observed"], marker="o", linewidth=1.5,
                 label=f"{name} (ECE = {ece:.3f}, n = {len(np.asarray(p))})")
         hist.hist(np.asarray(p, dtype=float), bins=np.linspace(0, 1, n_bins * 2 + 1), alpha=0.5, label=name)

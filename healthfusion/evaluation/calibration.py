@@ -76,7 +76,11 @@ def reliability_curve(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10, st
 def expected_calibration_error(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10,
                                strategy: str = "uniform") -> float:
     """ECE over ``n_bins`` bins (weighted mean absolute gap between observed rate and mean prediction)."""
-    table = reliability_curve(y_true, y_prob, n_bins, strategy)
+    return ece_from_curve(reliability_curve(y_true, y_prob, n_bins, strategy))
+
+
+def ece_from_curve(table: pd.DataFrame) -> float:
+    """ECE of a :func:`reliability_curve` table (for callers that also draw the curve)."""
     return float((table["n"] * (table["observed"] - table["mean_predicted"]).abs()).sum() / table["n"].sum())
 
 
@@ -111,14 +115,21 @@ def calibration_slope_intercept(y_true: ArrayLike, y_prob: ArrayLike) -> dict[st
     ValueError
         Bad input (see :func:`~healthfusion.evaluation.metrics.check_binary_input`).
     """
+    return {"slope": _calibration_slope(y_true, y_prob), "intercept": _calibration_intercept(y_true, y_prob)}
+
+
+def _calibration_slope(y_true: ArrayLike, y_prob: ArrayLike) -> float:
     y, p = check_binary_input(y_true, y_prob)
     if y.min() == y.max():
-        return {"slope": float("nan"), "intercept": float("nan")}
-    lp = _logit(p)
-    ones = np.ones((y.size, 1))
-    slope = _newton_logistic(np.column_stack([ones, lp]), y, np.zeros(y.size))[1]
-    intercept = _newton_logistic(ones, y, lp)[0]
-    return {"slope": float(slope), "intercept": float(intercept)}
+        return float("nan")
+    return float(_newton_logistic(np.column_stack([np.ones(y.size), _logit(p)]), y, np.zeros(y.size))[1])
+
+
+def _calibration_intercept(y_true: ArrayLike, y_prob: ArrayLike) -> float:
+    y, p = check_binary_input(y_true, y_prob)
+    if y.min() == y.max():
+        return float("nan")
+    return float(_newton_logistic(np.ones((y.size, 1)), y, _logit(p))[0])
 
 
 def calibration_summary(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10, n_boot: int = 1000,
@@ -126,17 +137,12 @@ def calibration_summary(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10, 
     """ECE, Brier, slope and intercept with percentile-bootstrap 95% intervals: columns ``metric``, ``value``,
     ``ci_low``, ``ci_high``, ``n``."""
 
-    def slope(y, p):
-        return calibration_slope_intercept(y, p)["slope"]
-
-    def intercept(y, p):
-        return calibration_slope_intercept(y, p)["intercept"]
-
     def ece(y, p):
         return expected_calibration_error(y, p, n_bins)
 
     rows = []
-    for name, fn in (("ece", ece), ("brier", brier_score), ("slope", slope), ("intercept", intercept)):
+    for name, fn in (("ece", ece), ("brier", brier_score), ("slope", _calibration_slope),
+                     ("intercept", _calibration_intercept)):
         ci = bootstrap_ci(fn, y_true, y_prob, n_boot=n_boot, seed=seed)
         rows.append({"metric": name, "value": ci.value, "ci_low": ci.ci_low, "ci_high": ci.ci_high, "n": ci.n})
     return pd.DataFrame(rows)

@@ -12,6 +12,7 @@ from healthfusion.evaluation.calibration import (
     brier_score,
     calibration_slope_intercept,
     calibration_summary,
+    ece_from_curve,
     expected_calibration_error,
     reliability_curve,
 )
@@ -62,6 +63,11 @@ def test_summary_has_intervals(data):
     brier = table.set_index("metric").loc["brier"]
     assert brier["ci_low"] <= brier["value"] <= brier["ci_high"]
     assert (table["n"] == len(y)).all()
+    values = table.set_index("metric")["value"]
+    fitted = calibration_slope_intercept(y, p)
+    assert values["slope"] == pytest.approx(fitted["slope"]) and values["intercept"] == pytest.approx(fitted["intercept"])
+    assert values["ece"] == pytest.approx(expected_calibration_error(y, p))
+    assert ece_from_curve(reliability_curve(y, p, n_bins=7)) == pytest.approx(expected_calibration_error(y, p, n_bins=7))
 
 
 def test_temperature_scaling_improves_overconfident_model(data):
