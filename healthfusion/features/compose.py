@@ -19,14 +19,13 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.data.cohort import Cohort
-from healthfusion.data.plausibility import plausible_mask
 from healthfusion.data.schema import LabelSpec
 from healthfusion.features import batch as B
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.features.image import ImageTransformer
 from healthfusion.features.summary import SUMMARY_STATS, summary_features
-from healthfusion.features.summary_encoding import SummaryTransformer
+from healthfusion.features.summary_encoding import SummaryTransformer, window_events
 from healthfusion.features.tabular import StaticTransformer
 from healthfusion.features.text import HFTokenTransformer, TextTransformer
 from healthfusion.features.timeseries import TimeSeriesTransformer
@@ -259,10 +258,7 @@ def engineered_features(cohort: Cohort, featurizer: CohortFeaturizer, stay_ids: 
     blocks = []
     tr = featurizer.transformers_.get("ts")
     if tr is not None:
-        events = cohort.observable("events", stay_ids)
-        pred = cohort.stays.set_index("stay_id")["prediction_time"]
-        events = events[events["time"].to_numpy() >= events["stay_id"].map(pred).to_numpy() - tr.hours]
-        events = events[plausible_mask(events).to_numpy()]
+        events = window_events(cohort, stay_ids, tr.hours)
         blocks.append(summary_features(events, stay_ids, tr.variables_, stats).reset_index(drop=True))
     st = featurizer.transformers_.get("static")
     if st is not None:

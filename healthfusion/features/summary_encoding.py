@@ -27,10 +27,19 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from healthfusion.data.cohort import Cohort
+from healthfusion.data.cohort import Cohort, per_stay
 from healthfusion.data.plausibility import plausible_mask
 from healthfusion.features.base import FeatureTransformer
 from healthfusion.features.summary import SUMMARY_STATS, summary_features
+
+
+def window_events(cohort: Cohort, stay_ids: Sequence[str], hours: float) -> pd.DataFrame:
+    """The plausible observable events of ``stay_ids`` in the ``hours`` before each stay's prediction time: what
+    the summary statistics (here and in the classical baselines' engineered features) are computed from."""
+    events = cohort.observable("events", stay_ids)
+    pred = cohort.stays.set_index("stay_id")["prediction_time"]
+    events = events[events["time"].to_numpy() >= per_stay(events["stay_id"], pred) - hours]
+    return events[plausible_mask(events).to_numpy()]
 
 
 class SummaryTransformer(FeatureTransformer):
@@ -74,10 +83,7 @@ class SummaryTransformer(FeatureTransformer):
         self.min_count = min_count
 
     def _summaries(self, cohort: Cohort, stay_ids: list[str], variables: Sequence[str]) -> pd.DataFrame:
-        events = cohort.observable("events", stay_ids)
-        pred = cohort.stays.set_index("stay_id")["prediction_time"]
-        events = events[events["time"].to_numpy() >= events["stay_id"].map(pred).to_numpy() - self.hours]
-        events = events[plausible_mask(events).to_numpy()]
+        events = window_events(cohort, stay_ids, self.hours)
         table = summary_features(events, stay_ids, list(variables), stats=tuple(self.stats))
         counts = [c for c in table.columns if c.endswith("__count")]
         table[counts] = np.log1p(table[counts].astype(np.float64))
@@ -93,10 +99,7 @@ class SummaryTransformer(FeatureTransformer):
         if self.variables is not None:
             variables = [str(v) for v in self.variables]
         else:
-            events = cohort.observable("events", stay_ids)
-            pred = cohort.stays.set_index("stay_id")["prediction_time"]
-            events = events[events["time"].to_numpy() >= events["stay_id"].map(pred).to_numpy() - self.hours]
-            counts = events[plausible_mask(events).to_numpy()]["variable"].value_counts()
+            counts = window_events(cohort, stay_ids, self.hours)["variable"].value_counts()
             variables = sorted(str(v) for v in counts.index[counts >= self.min_count])
         if not variables:
             raise ValueError("No time-series variable has enough training observations to summarise; check the "
