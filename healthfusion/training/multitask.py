@@ -44,6 +44,7 @@ from torch import nn
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.models.multitask import MultitaskModel, TaskSpec
 from healthfusion.training.callbacks import BestWeights
+from healthfusion.training.config import torch_threads
 from healthfusion.training.objectives import masked_loss_terms, mean_from_terms
 
 log = logging.getLogger(__name__)
@@ -289,13 +290,8 @@ def fit_multitask(
     for task in model.config.tasks:
         if task.kind != "clustering" and target_key(task.name) not in train:
             raise ValueError(f"Training data has no {target_key(task.name)!r} array for task {task.name!r}.")
-    threads = torch.get_num_threads()
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
-    try:
+    with torch_threads(config.num_threads):
         return _fit(model, train, val, config, weights, on_epoch)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _fit(model, train, val, config, weights, on_epoch) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from healthfusion.features import batch as B
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.features.image import augment
 from healthfusion.training.callbacks import Callback, Checkpoint, EarlyStopping, ProgressCallback
-from healthfusion.training.config import TrainerConfig, TrainingHistory, resolve_device
+from healthfusion.training.config import TrainerConfig, TrainingHistory, resolve_device, torch_threads
 from healthfusion.training.finetune import FineTuner
 from healthfusion.training.monitoring import HEAD_METRIC, head_metric, monitor_mode, resolve_monitor
 from healthfusion.training.objectives import (
@@ -520,12 +520,5 @@ class Trainer:
             return torch.autocast(device_type="cuda", dtype=torch.float16)
         return contextlib.nullcontext()
 
-    @contextlib.contextmanager
     def _threads(self):
-        previous = torch.get_num_threads()
-        if self.config.num_threads is not None:
-            torch.set_num_threads(self.config.num_threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(previous)
+        return torch_threads(self.config.num_threads)

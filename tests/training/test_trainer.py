@@ -236,3 +236,17 @@ def test_cuda_mixed_precision_fit_and_predict(tiny_net, planted):
     assert next(model.parameters()).is_cuda and np.isfinite(history.train_loss).all()
     p = trainer.predict(model, data)
     assert p.shape == (200,) and p.dtype == np.float32
+
+
+def test_torch_threads_sets_and_restores_even_on_error():
+    from healthfusion.training.config import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), torch_threads(1):
+        raise RuntimeError("boom")
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
