@@ -96,8 +96,7 @@ def parse_times(values: pd.Series, lines, path: Path, column: str) -> pd.Series:
     (``lines`` gives the file line of each value)."""
     if pd.api.types.is_datetime64_any_dtype(values):
         return values
-    parsed = pd.to_datetime(values, errors="coerce", format="ISO8601")
-    bad = parsed.isna() & values.notna()
+    parsed, bad = _iso_times(values)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise _bad_time(path, column, int(np.asarray(lines)[i]), values.iloc[i])
@@ -184,11 +183,10 @@ def _cast(values: pa.ChunkedArray, kind: str, path: Path, name: str, row: int) -
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         if kind == "time" and (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
             text = values.to_pandas()
-            bad = text.notna() & pd.to_datetime(text, errors="coerce", format="ISO8601").isna()
+            bad = _iso_times(text)[1]
             if bad.any():
                 i = int(np.flatnonzero(bad.to_numpy())[0])
-                raise SourceError(f"File {path}, column {name!r}, row {row + i}: cannot parse time "
-                                  f"{text.iloc[i]!r}; expected e.g. 2150-01-01 12:00:00.") from exc
+                raise _bad_time(path, name, row + i, text.iloc[i], where="row") from exc
         raise SourceError(f"File {path}, column {name!r}: cannot read it as {kind} ({exc}).") from exc
 
 
@@ -196,9 +194,15 @@ def _unreadable(path: Path, exc: Exception) -> SourceError:
     return SourceError(f"File {path} could not be read ({exc}); is it a complete, uncorrupted file?")
 
 
-def _bad_time(path: Path, column: str, line: int, value) -> SourceError:
-    return SourceError(f"File {path}, column {column!r}, line {line}: cannot parse time {value!r}; "
+def _bad_time(path: Path, column: str, line: int, value, where: str = "line") -> SourceError:
+    return SourceError(f"File {path}, column {column!r}, {where} {line}: cannot parse time {value!r}; "
                        "expected e.g. 2150-01-01 12:00:00.")
+
+
+def _iso_times(text: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """ISO 8601 ``text`` parsed (NaT where empty or unparseable) and where a value could not be parsed."""
+    parsed = pd.to_datetime(text, errors="coerce", format="ISO8601")
+    return parsed, text.notna() & parsed.isna()
 
 
 def _csv_header(path: Path, expected: list[str]) -> list[str]:
@@ -236,7 +240,7 @@ def _locate_bad_value(path: Path, columns: dict[str, str], exc: Exception) -> So
                 for col in typed:
                     kind = columns[col]
                     if kind == "time":
-                        bad = df[col].notna() & pd.to_datetime(df[col], errors="coerce", format="ISO8601").isna()
+                        bad = _iso_times(df[col])[1]
                     else:
                         num = pd.to_numeric(df[col], errors="coerce")
                         bad = df[col].notna() & num.isna()
