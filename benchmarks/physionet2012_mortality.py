@@ -50,6 +50,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 from sklearn.model_selection import StratifiedKFold  # noqa: E402
 
 from healthfusion.data.cohort import Cohort  # noqa: E402
+from healthfusion.data.domains import concat_cohorts, labelled_ids  # noqa: E402
 from healthfusion.data.sources import physionet2012  # noqa: E402
 from healthfusion.data.splits import split_patients  # noqa: E402
 from healthfusion.evaluation.bootstrap import resample_indices  # noqa: E402
@@ -118,18 +119,6 @@ def say(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def concat_cohorts(cohorts: list[Cohort]) -> Cohort:
-    """One in-memory cohort holding several sets (their RecordIDs are distinct)."""
-    tables = {t: pd.concat([getattr(c, t) for c in cohorts], ignore_index=True)
-              for t in ("stays", "static", "events", "labels")}
-    return Cohort(tables.pop("stays"), meta=cohorts[0].meta, **tables)
-
-
-def labelled(cohort: Cohort, ids) -> list[str]:
-    y = cohort.label(LABEL).reindex([str(i) for i in ids])
-    return y.index[y.notna()].tolist()
-
-
 def make_featurizer(args: argparse.Namespace) -> CohortFeaturizer:
     stats = SUMMARY_STATS if args.basic_stats else STATS
     return CohortFeaturizer(("ts", "static"), label=LABEL, summary=not args.no_summary,
@@ -186,7 +175,7 @@ def run_cv_a(args: argparse.Namespace, out: Path) -> None:
     """Model selection on set A alone: pooled out-of-fold AUROC over stratified 5-fold splits of its 4,000 stays."""
     say("reading set A (set B is not read)")
     a = physionet2012.build(args.data / "set-a.tar.gz", task=LABEL)
-    ids = labelled(a, a.stay_ids)
+    ids = labelled_ids(a, a.stay_ids, LABEL)
     y = a.label(LABEL).reindex(ids).to_numpy().astype(int)
     rows = []
     if args.cv_a == "boosting":
@@ -324,19 +313,19 @@ def run_a_to_b(args: argparse.Namespace, out: Path) -> None:
     say("reading set A and set B")
     a = physionet2012.build(args.data / "set-a.tar.gz", task=LABEL)
     b = physionet2012.build(args.data / "set-b.tar.gz", task=LABEL)
-    a_ids = labelled(a, a.stay_ids)
+    a_ids = labelled_ids(a, a.stay_ids, LABEL)
     split = split_patients(a.stays[a.stays["stay_id"].isin(a_ids)],
                            {"train": 1 - args.val_fraction, "val": args.val_fraction}, seed=args.split_seed,
                            stratify=a.label(LABEL))
     train_ids, val_ids = split.index[split == "train"].tolist(), split.index[split == "val"].tolist()
-    scored = fit_and_score(a, train_ids, val_ids, b, labelled(b, b.stay_ids), args)
+    scored = fit_and_score(a, train_ids, val_ids, b, labelled_ids(b, b.stay_ids, LABEL), args)
 
     results = results_for(scored)
     table = comparison_table(results, threshold=0.5, n_boot=args.n_boot, seed=0)
     table.to_csv(out / "comparison.csv")
     plot_roc(results, out / "roc.png", title="PhysioNet 2012 set B: ROC (trained on set A)")
     plot_pr(results, out / "pr.png", title="PhysioNet 2012 set B: precision-recall (trained on set A)")
-    frame = pd.DataFrame({"stay_id": labelled(b, b.stay_ids), "y_true": scored["y_test"]})
+    frame = pd.DataFrame({"stay_id": labelled_ids(b, b.stay_ids, LABEL), "y_true": scored["y_test"]})
     for name in ORDER:
         frame[name] = scored["test"][name]
     frame.to_csv(out / "predictions.csv", index=False)
@@ -375,7 +364,7 @@ def run_a_to_b(args: argparse.Namespace, out: Path) -> None:
 def run_cv(args: argparse.Namespace, out: Path) -> None:
     say("reading set A and set B (pooled for cross-validation)")
     pooled = concat_cohorts([physionet2012.build(args.data / f"set-{s}.tar.gz", task=LABEL) for s in "ab"])
-    ids = labelled(pooled, pooled.stay_ids)
+    ids = labelled_ids(pooled, pooled.stay_ids, LABEL)
     stays = pooled.stays[pooled.stays["stay_id"].isin(ids)]
     folds = split_patients(stays, {f"fold{k}": 1.0 / args.folds for k in range(args.folds)}, seed=args.split_seed,
                            stratify=pooled.label(LABEL))
