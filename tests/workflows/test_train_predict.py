@@ -104,6 +104,14 @@ def test_config_errors_name_the_key(tmp_path):
         load_run_config(tmp_path / "missing.yaml")
 
 
+def test_invalid_yaml_is_one_line_with_its_position(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data: {cohort: x}\nmodel: b: c\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML: mapping values are not allowed here \(line 2, column 9\)") as info:
+        load_run_config(path)
+    assert "\n" not in str(info.value)
+
+
 def test_stays_without_any_model_modality_get_no_score(trained_run, tmp_path):
     _, root = trained_run
     cfg = {
