@@ -34,6 +34,7 @@ import pandas as pd
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import CohortError
+from healthfusion.data.schema import CohortMeta
 from healthfusion.data.splits import split_patients
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def concat_cohorts(cohorts: Sequence[Cohort]) -> Cohort:
         if any(p is None for p in parts):
             continue
         tables[name] = pd.concat(parts, ignore_index=True)
-    meta = cohorts[0].meta
+    meta = CohortMeta.from_dict(cohorts[0].meta.to_dict())  # a copy: the first cohort's meta stays as it was
     for c in cohorts[1:]:
         for col, kind in c.meta.feature_types.items():
             meta.feature_types.setdefault(col, kind)

@@ -107,10 +107,14 @@ def test_concat_cohorts_pools_sets_and_rejects_shared_stays():
     with pytest.raises(CohortError, match="more than one"):
         concat_cohorts([a, b])
     b2 = Cohort(b.stays.assign(stay_id=lambda d: "b" + d["stay_id"]),
-                static=b.static.assign(stay_id=lambda d: "b" + d["stay_id"]),
+                static=b.static.assign(stay_id=lambda d: "b" + d["stay_id"], only_in_b=1.0),
                 labels=b.labels.assign(stay_id=lambda d: "b" + d["stay_id"]), meta=b.meta)
+    assert b2.meta.feature_types["only_in_b"] == "numeric" and "only_in_b" not in a.meta.feature_types
+    before = dict(a.meta.feature_types)
     both = concat_cohorts([a, b2])
     assert len(both) == 60 and both.label("death").notna().sum() == 58
+    assert both.meta.feature_types["only_in_b"] == "numeric"
+    assert a.meta.feature_types == before  # pooling leaves the first cohort's meta as it was
 
 
 @pytest.mark.realdata
