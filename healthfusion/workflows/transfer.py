@@ -38,6 +38,7 @@ import copy
 import json
 import logging
 import time
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -544,7 +545,7 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
     total = len(p.seeds) * (int(need_source) + len(p.sizes) * len(sized))
     progress = _progress(console)
     task = progress.add_task("transfer", total=total) if progress else None
-    with progress if progress else _Null():
+    with progress if progress else nullcontext():
         for seed in p.seeds:
             ids = seed_splits(config, cohort, split, seed)
             test = rows(ids["test"])
@@ -637,10 +638,11 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=_json_default))
     compare, first = config.shap.compare, p.seeds[0]
     if config.shap.enabled and ("source_only", first, None) in saved and (compare, first, p.headline_size) in saved:
-        _describe(progress, task, "SHAP: source vs adapted model")
-        explain_models(config, run_dir, rows, seed_splits(config, cohort, split, first),
-                       {"source_only": saved[("source_only", first, None)],
-                        compare: saved[(compare, first, p.headline_size)]}, featurizer, first)
+        log.info("SHAP: source vs adapted model")  # the progress bar has closed: a spinner shows this last step
+        with console.status("SHAP: source vs adapted model ...") if console is not None else nullcontext():
+            explain_models(config, run_dir, rows, seed_splits(config, cohort, split, first),
+                           {"source_only": saved[("source_only", first, None)],
+                            compare: saved[(compare, first, p.headline_size)]}, featurizer, first)
     elif config.shap.enabled:
         log.warning("SHAP skipped: it needs the source model and %s at the headline size %s.", compare,
                     p.headline_size)
@@ -766,14 +768,6 @@ def _json_default(value):
     if isinstance(value, (np.floating,)):
         return float(value)
     return str(value)
-
-
-class _Null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _progress(console):
