@@ -15,7 +15,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def report(
-        run_dir: Path = typer.Argument(..., help="Run folder written by `healthfusion train` or `healthfusion demo`."),
+        run_dir: Path = typer.Argument(..., help="Run folder written by `healthfusion train`, `demo`, `transfer` or `multitask`."),
         out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write (default: RUN_DIR/report.html)."),
         recompute_audit: bool = typer.Option(False, help="Recompute calibration, subgroup and impact results."),
         explain: bool = typer.Option(False, help="Compute explanations first when the run folder has none "
