@@ -59,6 +59,9 @@ class SourceSpec(StrictModel):
     def _one(self) -> SourceSpec:
         if (self.cohort is None) == (self.source is None):
             raise ValueError("give either 'source' (+ 'path') or 'cohort' (a cohort folder), not both or neither")
+        if self.source is not None and self.path is None:
+            raise ValueError(f"source {self.source!r} needs 'path': the folder or file of its raw files (for "
+                             "synthetic, the folder to write the generated cohort to)")
         return self
 
 

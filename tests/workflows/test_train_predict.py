@@ -102,6 +102,9 @@ def test_config_errors_name_the_key(tmp_path):
         load_run_config(path)
     with pytest.raises(ConfigError, match="does not exist"):
         load_run_config(tmp_path / "missing.yaml")
+    path.write_text(yaml.safe_dump({"data": {"source": "physionet2012", "label": "in_hospital_death"}}))
+    with pytest.raises(ConfigError, match="source 'physionet2012' needs 'path'"):
+        load_run_config(path)
 
 
 def test_invalid_yaml_is_one_line_with_its_position(tmp_path):
@@ -151,3 +154,11 @@ def test_a_non_binary_label_is_a_clear_error(trained_run, tmp_path, label, kind)
     with pytest.raises(ValueError, match=f"{label!r} is {kind}.*healthfusion multitask.*mortality"):
         run_training(load_run_config(tmp_path / "run.yaml"))
 
+
+
+def test_an_unknown_label_names_the_labels_the_cohort_has(trained_run):
+    _, root = trained_run
+    path = root / "unknown-label.yaml"
+    path.write_text(yaml.safe_dump({"data": {"cohort": "cohort", "label": "mortalty"}, "out": str(root / "x")}))
+    with pytest.raises(ValueError, match="has no label 'mortalty'; it has: mortality"):
+        run_training(load_run_config(path))

@@ -230,3 +230,17 @@ def test_report_of_a_transfer_run(recorded_run):
     html = build_report(run_dir).read_text()
     assert "cross-domain transfer report" in html and "gains.csv" in html and "summary.csv" in html
     assert "learning_curve.png" in html and "data:image/png;base64," in html
+
+
+def test_an_unknown_label_is_one_clear_line(cohort_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from healthfusion.cli.main import app
+
+    raw = _raw(cohort_dir, tmp_path / "run")
+    raw["data"]["label"] = "mortalty"
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(app, ["transfer", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "has no label 'mortalty'" in result.output and "mortality" in result.output
