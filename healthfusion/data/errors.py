@@ -9,3 +9,12 @@ class CohortError(ValueError):
 
 class SourceError(ValueError):
     """A raw source file (CSV, Parquet, archive, image) cannot be read into a cohort."""
+
+
+class UnknownLabelError(CohortError, KeyError):
+    """A label the cohort does not have (a ``ValueError`` like every bad-input error; also a ``KeyError``, as a
+    name looked up in the cohort's labels)."""
+
+    def __str__(self) -> str:  # the plain message, not KeyError's quoted repr
+        return str(self.args[0]) if self.args else ""
+

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from healthfusion.data.errors import UnknownLabelError
+
 SCHEMA_VERSION = 1
 
 FEATURE_KINDS = ("numeric", "categorical")
@@ -85,7 +87,7 @@ class CohortMeta:
             if spec.name == name:
                 return spec
         known = ", ".join(s.name for s in self.labels) or "none"
-        raise KeyError(f"Cohort {self.name!r} has no label {name!r}; it has: {known}.")
+        raise UnknownLabelError(f"Cohort {self.name!r} has no label {name!r}; it has: {known}.")
 
     def to_dict(self) -> dict:
         return {

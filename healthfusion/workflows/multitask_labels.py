@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.data.cohort import Cohort
+from healthfusion.data.errors import UnknownLabelError
 from healthfusion.features.compose import encode_target
 
 # ICD-9 diagnosis groups of Strack et al. (2014), the paper that released the Diabetes 130 data: (name, ranges of
@@ -69,8 +70,8 @@ def extract_labels(cohort: Cohort, tasks: Sequence, stay_ids: Sequence[str]) -> 
         if src.label is not None:
             try:
                 spec = cohort.meta.label(src.label)
-            except KeyError as exc:
-                raise ValueError(f"Task {task.name!r}: {exc.args[0]}") from None
+            except UnknownLabelError as exc:
+                raise ValueError(f"Task {task.name!r}: {exc}") from None
             expected = "regression" if src.above is not None else task.kind
             if spec.kind != expected:
                 raise ValueError(f"Task {task.name!r} is {task.kind} but label {src.label!r} is {spec.kind}"

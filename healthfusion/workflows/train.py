@@ -23,7 +23,6 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 
 from healthfusion.data.cohort import Cohort
-from healthfusion.data.schema import LabelSpec
 from healthfusion.data.sources import get_source
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.metrics import auroc, choose_threshold
@@ -62,20 +61,6 @@ def open_source(spec: SourceSpec, console=None) -> Cohort:
         with console.status(f"Reading {spec.source} from {spec.path} ..."):
             return builder(spec.path, **spec.options)
     return builder(spec.path, **spec.options)
-
-
-def cohort_label(cohort: Cohort, name: str) -> LabelSpec:
-    """The spec of label ``name`` of ``cohort``.
-
-    Raises
-    ------
-    ValueError
-        The cohort has no such label (the message names the labels it has).
-    """
-    try:
-        return cohort.meta.label(name)
-    except KeyError as exc:
-        raise ValueError(exc.args[0]) from None
 
 
 def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
@@ -169,7 +154,7 @@ def run_training(config: RunConfig, console=None) -> Path:
 
     say("[bold cyan]Data[/]")
     main = open_source(config.data, console)
-    spec_label = cohort_label(main, config.data.label)  # fails early, naming the labels the cohort has
+    spec_label = main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
     if spec_label.kind != "binary":
         raise ValueError(
             f"`healthfusion train` predicts a binary risk; label {config.data.label!r} is {spec_label.kind}. "

@@ -73,7 +73,7 @@ from healthfusion.models.transfer import CATEGORICAL, CategoricalEmbedding, Tran
 from healthfusion.training.adaptation import AdaptationConfig, fit_transfer, predict_proba
 from healthfusion.workflows.config import SourceSpec, StrictModel, read_yaml_config, resolve_paths
 from healthfusion.workflows.modeling import load_pretrained, use_pretrained_preprocessing
-from healthfusion.workflows.train import cohort_label, open_source
+from healthfusion.workflows.train import open_source
 
 log = logging.getLogger(__name__)
 
@@ -525,7 +525,7 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     cohort = load_cohort(config, console)
-    cohort_label(cohort, config.data.label)  # fails early, naming the labels the cohort has
+    cohort.meta.label(config.data.label)  # fails early, naming the labels the cohort has
     d = config.domain
     split = split_domains(cohort, d.column, d.target, d.source, d.bins)
     featurizer, coder, data = _featurize(config, cohort, split)

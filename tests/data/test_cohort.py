@@ -145,3 +145,11 @@ def test_accounting_must_sum():
     acc.drop("t", "duplicate", 1)
     with pytest.raises(AccountingError, match="does not sum"):
         acc.check()
+
+
+def test_an_unknown_label_is_a_value_error_with_a_plain_message(tiny_cohort):
+    from healthfusion.data.errors import UnknownLabelError
+
+    with pytest.raises(ValueError, match="has no label 'nope'; it has: ") as info:
+        tiny_cohort.meta.label("nope")
+    assert isinstance(info.value, (UnknownLabelError, KeyError)) and not str(info.value).startswith("'")
