@@ -162,3 +162,40 @@ def test_text_shapes(hidden):
     out = enc(torch.randint(0, 64, (5, 9)))
     expected = hidden[-1] if hidden else 12
     assert out.shape == (5, expected) and enc.out_dim == expected
+
+
+# --- LSTM: input decay --------------------------------------------------------------------------------------------
+def test_lstm_input_decay_matches_formula():
+    enc = LSTMEncoder(LSTMEncoderConfig(n_variables=2, hidden_size=4, input_decay=True))
+    with torch.no_grad():
+        enc.decay_weight.copy_(torch.tensor([2.0, -1.0]))
+        enc.decay_bias.copy_(torch.tensor([0.5, 0.25]))
+    values = torch.tensor([[[1.0, -2.0], [2.0, -2.0], [3.0, 4.0]]])
+    mask = torch.tensor([[[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]]])
+    delta = torch.tensor([[[0.0, 0.0], [0.5, 0.5], [0.0, 1.0]]])
+    # variable 0: w * delta + b = 1.5 -> gamma exp(-1.5); variable 1: -0.25 at delta 0.5 and -0.75 at 1 -> gamma 1
+    expected = torch.tensor([[[1.0, -2.0], [2.0 * torch.exp(torch.tensor(-1.5)).item(), -2.0], [3.0, 4.0]]])
+    torch.testing.assert_close(enc.decayed_values(values, mask, delta), expected)
+
+
+def test_lstm_input_decay_is_identity_when_everything_is_observed():
+    values, _, delta, lengths = _ts()
+    mask = torch.ones_like(values)
+    plain = LSTMEncoder(LSTMEncoderConfig(n_variables=3, hidden_size=5)).eval()
+    decay = LSTMEncoder(LSTMEncoderConfig(n_variables=3, hidden_size=5, input_decay=True)).eval()
+    decay.load_state_dict({**plain.state_dict(), "decay_weight": torch.full((3,), 3.0),
+                           "decay_bias": torch.ones(3)})
+    for a, b in zip(plain(values, mask, delta, lengths), decay(values, mask, delta, lengths), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_lstm_input_decay_parameters_learn_and_default_keys_unchanged():
+    plain = LSTMEncoder(LSTMEncoderConfig(n_variables=3, hidden_size=5))
+    assert not any("decay" in k for k in plain.state_dict())
+    enc = LSTMEncoder(LSTMEncoderConfig(n_variables=3, hidden_size=5, input_decay=True))
+    assert set(enc.state_dict()) == set(plain.state_dict()) | {"decay_weight", "decay_bias"}
+    features, _ = enc(*_ts())
+    features.sum().backward()
+    assert enc.decay_weight.grad.abs().sum() > 0 and enc.decay_bias.grad.abs().sum() > 0
+    with pytest.raises(ValidationError, match="use_delta=True"):
+        LSTMEncoderConfig(n_variables=3, input_decay=True, use_delta=False)

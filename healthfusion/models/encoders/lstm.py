@@ -4,6 +4,11 @@ The input at each step is ``concat(ts_values, ts_mask[, ts_delta])`` (``[B, T, 2
 Sequences are padded at the end; ``ts_lengths`` gives the real lengths and the LSTM runs on a packed sequence,
 so padded steps never influence the output (also for the backward direction) and get zero pooling weight.
 
+With ``input_decay`` the carried-forward values first decay toward the training mean, as in GRU-D's input decay
+(Che et al. 2018, Sci. Rep. 8:6085): ``x_hat = m * x + (1 - m) * gamma * x`` with a learned per-variable
+``gamma = exp(-relu(w * delta + b))``. The featurizer standardises values, so the training mean is 0 and decaying
+toward it is a multiplication by ``gamma``; observed values (``m = 1``) pass unchanged.
+
 Example::
 
     enc = LSTMEncoder(LSTMEncoderConfig(n_variables=5, hidden_size=16))
@@ -15,7 +20,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -42,6 +47,17 @@ class LSTMEncoderConfig(ModelConfig):
         hidden state of the last layer (each direction's own last real step); ``mean``: mean over real steps.
     attention_dim : int, default 32
         Width of the additive attention's hidden layer.
+    input_decay : bool, default False
+        Decay the carried-forward values (mask 0) toward the training mean (0 after standardisation) by a learned
+        per-variable ``gamma = exp(-relu(w * delta + b))`` before the LSTM (GRU-D's input decay; the hidden state
+        does not decay). Adds the parameters ``decay_weight`` and ``decay_bias`` ``[V]``, initialised to 1 and 0,
+        so at the start a value carried over a whole window (``delta = 1``) keeps ``exp(-1)`` of itself.
+        Requires ``use_delta``.
+
+    Raises
+    ------
+    pydantic.ValidationError (a ValueError)
+        ``input_decay`` without ``use_delta``.
     """
 
     encoder: Literal["lstm"] = "lstm"
@@ -53,6 +69,13 @@ class LSTMEncoderConfig(ModelConfig):
     use_delta: bool = True
     pooling: Literal["attention", "last", "mean"] = "attention"
     attention_dim: int = Field(default=32, ge=1)
+    input_decay: bool = False
+
+    @model_validator(mode="after")
+    def _decay_needs_delta(self) -> LSTMEncoderConfig:
+        if self.input_decay and not self.use_delta:
+            raise ValueError("input_decay=True needs the time since last observation; set use_delta=True.")
+        return self
 
 
 class LSTMEncoder(nn.Module):
@@ -87,6 +110,9 @@ class LSTMEncoder(nn.Module):
         )
         self.directions = 2 if config.bidirectional else 1
         self.out_dim = config.hidden_size * self.directions
+        if config.input_decay:
+            self.decay_weight = nn.Parameter(torch.ones(config.n_variables))
+            self.decay_bias = nn.Parameter(torch.zeros(config.n_variables))
         if config.pooling == "attention":
             self.attn_proj = nn.Linear(self.out_dim, config.attention_dim)
             self.attn_score = nn.Linear(config.attention_dim, 1, bias=False)
@@ -106,6 +132,8 @@ class LSTMEncoder(nn.Module):
         for name, part in named.items():
             if part.shape != values.shape:
                 raise ValueError(f"{name} has shape {tuple(part.shape)}, expected {tuple(values.shape)} like ts_values.")
+        if self.config.input_decay:
+            named["ts_values"] = self.decayed_values(values, mask, delta)
         batch, steps = values.shape[:2]
         if lengths is None:
             lengths = torch.full((batch,), steps, dtype=torch.int64, device=values.device)
@@ -119,6 +147,11 @@ class LSTMEncoder(nn.Module):
                 f"{lengths[bad].tolist()[:10]}. Mark empty series with ts_present=False."
             )
         return torch.cat(list(named.values()), dim=-1), lengths
+
+    def decayed_values(self, values: torch.Tensor, mask: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``m * x + (1 - m) * gamma * x`` with ``gamma = exp(-relu(w * delta + b))`` per variable, ``[B, T, V]``."""
+        gamma = torch.exp(-torch.relu(self.decay_weight * delta + self.decay_bias))
+        return mask * values + (1 - mask) * gamma * values
 
     def forward(
         self,
