@@ -41,13 +41,15 @@ def hybrid_config(
     pretrained: dict[str, ModelConfig] | None = None,
     text_pooling: str = "mean",
     text_freeze: bool = False,
+    input_decay: bool = False,
 ) -> HybridConfig:
     """A :class:`HybridConfig` whose encoders match the fitted ``featurizer``'s modalities and input sizes.
 
     ``pretrained`` maps modalities to the encoder configs of pretrained encoders; those are used as they are
     (their architecture, not ``hidden``), after checking their input sizes against the featurizer. Notes
     tokenized for a local Hugging Face model (``HFTokenTransformer``) get that model as text encoder, pooled by
-    ``text_pooling`` and frozen when ``text_freeze``.
+    ``text_pooling`` and frozen when ``text_freeze``. ``input_decay`` gives the time-series encoder GRU-D's
+    learned decay of carried-forward values toward the training mean (:class:`LSTMEncoderConfig`).
 
     Raises
     ------
@@ -58,7 +60,8 @@ def hybrid_config(
     enc = {}
     if "ts" in featurizer.transformers_:
         enc["ts"] = LSTMEncoderConfig(n_variables=dims["n_variables"], hidden_size=hidden, num_layers=lstm_layers,
-                                      bidirectional=bidirectional, dropout=dropout if lstm_layers > 1 else 0.0)
+                                      bidirectional=bidirectional, dropout=dropout if lstm_layers > 1 else 0.0,
+                                      input_decay=input_decay)
     if "static" in featurizer.transformers_:
         enc["static"] = MLPEncoderConfig(in_dim=max(dims["static_dim"], 1), hidden_sizes=(hidden,), dropout=dropout)
     if "codes" in featurizer.transformers_:
