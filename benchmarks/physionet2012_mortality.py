@@ -97,6 +97,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--step", type=float, default=2.0, help="grid step of the time series, hours")
     p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--input-decay", action="store_true",
+                   help="GRU-D-style learned decay of the carried-forward values toward the training mean")
     p.add_argument("--no-summary", action="store_true", help="hybrid without the summary (wide) input")
     p.add_argument("--basic-stats", action="store_true",
                    help="only last/mean/min/max/std/count per variable (without first/sum/slope) in the engineered "
@@ -135,7 +137,7 @@ def train_hybrid(feat: CohortFeaturizer, train, val, seed: int, args: argparse.N
     """One hybrid network: early stopping on ``val``, or (``val=None``) exactly ``epochs`` epochs."""
     torch.manual_seed(seed)
     model = HybridModel(hybrid_config(feat, fusion="concat", hidden=args.hidden, bidirectional=args.bidirectional,
-                                      dropout=args.dropout))
+                                      dropout=args.dropout, input_decay=args.input_decay))
     trainer = Trainer(TrainerConfig(max_epochs=epochs or args.max_epochs, batch_size=64, lr=args.lr,
                                     weight_decay=args.weight_decay, patience=args.patience, monitor="val_loss",
                                     seed=seed, num_threads=args.threads))
