@@ -164,6 +164,35 @@ def test_text_shapes(hidden):
     assert out.shape == (5, expected) and enc.out_dim == expected
 
 
+# --- CNN: convs_per_block -----------------------------------------------------------------------------------------
+def test_cnn_default_state_dict_keys_unchanged():
+    enc = CNNEncoder(CNNEncoderConfig(in_channels=1, image_size=28, channels=(4, 8), out_dim=6))
+    bn = ["weight", "bias", "running_mean", "running_var", "num_batches_tracked"]
+    expected = (
+        ["blocks.0.weight"] + [f"blocks.1.{k}" for k in bn]
+        + ["blocks.4.weight"] + [f"blocks.5.{k}" for k in bn] + ["fc.weight", "fc.bias"]
+    )
+    assert list(enc.state_dict()) == expected
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_cnn_convs_per_block_layers_shape_and_saliency(batchnorm):
+    cfg = CNNEncoderConfig(in_channels=1, image_size=16, channels=(4, 8), convs_per_block=3, batchnorm=batchnorm,
+                           out_dim=6)
+    enc = CNNEncoder(cfg).eval()
+    convs = [m for m in enc.blocks if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 4), (4, 4), (4, 4), (4, 8), (8, 8), (8, 8)]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in enc.blocks) == (6 if batchnorm else 0)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in enc.blocks) == 2
+    image = torch.randn(2, 1, 16, 16, requires_grad=True)
+    out = enc(image)
+    assert out.shape == (2, 6) and enc.blocks(image).shape == (2, 8, 4, 4)
+    out.sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+    with pytest.raises(ValidationError):
+        CNNEncoderConfig(in_channels=1, image_size=16, convs_per_block=0)
+
+
 # --- LSTM: input decay --------------------------------------------------------------------------------------------
 def test_lstm_input_decay_matches_formula():
     enc = LSTMEncoder(LSTMEncoderConfig(n_variables=2, hidden_size=4, input_decay=True))

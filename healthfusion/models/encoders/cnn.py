@@ -28,7 +28,11 @@ class CNNEncoderConfig(ModelConfig):
         Side H = W of the (square) input images, 8 to 1024 (28-224 are the intended range). Required; it only
         bounds the number of blocks, since pooling is adaptive.
     channels : tuple of int, default (16, 32, 64)
-        Output channels of each block; one block = conv 3x3 (padding 1) + [BatchNorm2d] + ReLU + max-pool 2.
+        Output channels of each block; one block = ``convs_per_block`` x (conv 3x3 (padding 1) + [BatchNorm2d] +
+        ReLU), then max-pool 2.
+    convs_per_block : int, default 1
+        Convolutions per block (2 gives VGG-style blocks). With the default, the layers and their state-dict keys
+        are the same as before the option existed.
     batchnorm : bool, default True
     pooling : "avg" | "max", default "avg"
         Global pooling after the last block.
@@ -46,6 +50,7 @@ class CNNEncoderConfig(ModelConfig):
     in_channels: int = Field(ge=1)
     image_size: int = Field(ge=8, le=1024)
     channels: tuple[PositiveInt, ...] = Field(default=(16, 32, 64), min_length=1)
+    convs_per_block: int = Field(default=1, ge=1, le=8)
     batchnorm: bool = True
     pooling: Literal["avg", "max"] = "avg"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -86,12 +91,13 @@ class CNNEncoder(nn.Module):
         layers: list[nn.Module] = []
         in_ch = config.in_channels
         for out_ch in config.channels:
-            layers.append(nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=not config.batchnorm))
-            if config.batchnorm:
-                layers.append(nn.BatchNorm2d(out_ch))
-            layers.append(nn.ReLU())
+            for _ in range(config.convs_per_block):
+                layers.append(nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=not config.batchnorm))
+                if config.batchnorm:
+                    layers.append(nn.BatchNorm2d(out_ch))
+                layers.append(nn.ReLU())
+                in_ch = out_ch
             layers.append(nn.MaxPool2d(2))
-            in_ch = out_ch
         self.blocks = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1) if config.pooling == "avg" else nn.AdaptiveMaxPool2d(1)
         self.dropout = nn.Dropout(config.dropout)
