@@ -132,7 +132,10 @@ class SummaryTransformer(FeatureTransformer):
         stay_ids = [str(s) for s in stay_ids]
         table = self._summaries(cohort, stay_ids, self.variables_)
         blocks = []
-        for column, cut in self.edges_.items():
+        # the column order is the fitted feature order, never the dict's: a JSON round trip with sorted keys
+        # (how saved models store this state) reorders edges_
+        for column in dict.fromkeys(name.rsplit("#", 1)[0] for name in self.feature_names_ if "#" in name):
+            cut = self.edges_[column]
             x = table[column].to_numpy()[:, None]
             lo, hi = np.asarray(cut[:-1])[None, :], np.asarray(cut[1:])[None, :]
             with np.errstate(invalid="ignore"):

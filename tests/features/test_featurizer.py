@@ -14,8 +14,9 @@ from healthfusion.features.timeseries import TimeSeriesTransformer
 ALL = ("ts", "static", "codes", "text", "image")
 
 
-def _featurizer(label="death"):
-    return CohortFeaturizer(modalities=ALL, label=label, transformers={"codes": CodeTransformer(min_count=1)})
+def _featurizer(label="death", summary=False):
+    return CohortFeaturizer(modalities=ALL, label=label, transformers={"codes": CodeTransformer(min_count=1)},
+                            summary=summary)
 
 
 def test_featurizer_shapes_and_state_round_trip(tiny_cohort):
@@ -30,6 +31,17 @@ def test_featurizer_shapes_and_state_round_trip(tiny_cohort):
     again = restored.transform(tiny_cohort, ids)
     for key in ds:
         np.testing.assert_array_equal(ds[key], again[key])
+
+
+def test_state_with_sorted_keys_transforms_identically(tiny_cohort):
+    """Saved models write the state with sorted keys; no transformer may depend on its dicts' order."""
+    ids = list(tiny_cohort.stay_ids)
+    feat = _featurizer(summary=True).fit(tiny_cohort, ids[:8])
+    ds = feat.transform(tiny_cohort, ids)
+    again = CohortFeaturizer.from_state(json.loads(json.dumps(feat.get_state(), sort_keys=True))).transform(
+        tiny_cohort, ids)
+    for key in ds:
+        np.testing.assert_array_equal(ds[key], again[key], err_msg=key)
 
 
 def test_gridding_locf_mask_and_delta():

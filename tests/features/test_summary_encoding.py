@@ -59,7 +59,9 @@ def test_future_events_never_reach_the_summaries():
 def test_state_round_trip():
     cohort = _cohort()
     tr = SummaryTransformer(hours=10, min_count=1).fit(cohort, list("abcd"))
-    again = SummaryTransformer.from_state(json.loads(json.dumps(tr.get_state())))
+    # sorted keys, as saved models write the state: the encoded column order must not follow the dict order
+    again = SummaryTransformer.from_state(json.loads(json.dumps(tr.get_state(), sort_keys=True)))
+    assert list(again.edges_) != list(tr.edges_)
     np.testing.assert_array_equal(again.transform(cohort, list("abcd")), tr.transform(cohort, list("abcd")))
 
 
