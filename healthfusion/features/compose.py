@@ -100,6 +100,8 @@ class CohortFeaturizer:
         ``static`` array, so a model's static branch sees them next to the encoded static features while its
         sequence encoder sees the raw series. Needs the ``"static"`` modality; by default the summaries use the
         ``"ts"`` transformer's window and variables.
+    summary_stats : sequence of str, default :data:`~healthfusion.features.summary.SUMMARY_STATS`
+        The per-variable statistics of the wide input (any of :data:`~healthfusion.features.summary.ALL_STATS`).
 
     Attributes
     ----------
@@ -108,11 +110,13 @@ class CohortFeaturizer:
     """
 
     def __init__(self, modalities: Sequence[str] = ("ts", "static"), label: str | None = None,
-                 transformers: dict | None = None, summary: bool = False):
+                 transformers: dict | None = None, summary: bool = False,
+                 summary_stats: Sequence[str] = SUMMARY_STATS):
         self.modalities = tuple(modalities)
         self.label = label
         self.transformers = transformers or {}
         self.summary = summary
+        self.summary_stats = tuple(summary_stats)
 
     def fit(self, cohort: Cohort, stay_ids: Sequence[str]) -> CohortFeaturizer:
         """Learn every modality's preprocessing from ``stay_ids`` (the training stays) only.
@@ -142,7 +146,8 @@ class CohortFeaturizer:
         if self.summary:
             ts = self.transformers_.get("ts")
             tr = self.transformers.get("summary") or (
-                SummaryTransformer(variables=ts.variables_, hours=ts.hours) if ts is not None else SummaryTransformer()
+                SummaryTransformer(variables=ts.variables_, hours=ts.hours, stats=self.summary_stats) if ts is not None
+                else SummaryTransformer(stats=self.summary_stats)
             )
             self.transformers_["summary"] = tr.fit(cohort, stay_ids)
         self.label_spec_ = cohort.meta.label(self.label) if self.label else None

@@ -92,6 +92,14 @@ class ArrayDataset(Mapping[str, np.ndarray]):
         keys = {"ts": B.TS_VALUES, "static": B.STATIC, "codes": B.CODES, "text": B.TEXT, "image": B.IMAGE}
         return tuple(m for m in B.MODALITIES if keys[m] in self._arrays)
 
+    def usable_rows(self) -> np.ndarray:
+        """``[n]`` bool: rows with at least one of the dataset's modalities present (a row with none cannot be
+        scored by a model over these modalities)."""
+        out = np.zeros(len(self), dtype=bool)
+        for m in self.modalities:
+            out |= self._arrays[B.present_key(m)]
+        return out
+
     def batch(self, idx=None, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
         """Rows ``idx`` (default: all) as a dict of torch tensors on ``device``."""
         part = self._arrays if idx is None else {k: v[idx] for k, v in self._arrays.items()}

@@ -35,7 +35,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from healthfusion.models.classical import BASELINES
+from healthfusion.features.summary import ALL_STATS, SUMMARY_STATS
+from healthfusion.models.classical import BASELINES, make_baseline
 from healthfusion.training.config import TrainerConfig
 
 M = TypeVar("M", bound=BaseModel)
@@ -89,6 +90,17 @@ class FeatureSpec(StrictModel):
     summary: bool = False  # wide & deep: per-variable window summaries of the series appended to the static input
     text_model: Path | None = None  # a local Hugging Face model folder: notes are tokenized for it (not hashed)
     text_max_length: int = Field(128, ge=2)
+    # per-variable statistics of the wide input (summary: true) and of the baselines' engineered features
+    summary_stats: list[str] = Field(default_factory=lambda: list(SUMMARY_STATS), min_length=1)
+
+    @model_validator(mode="after")
+    def _stats(self) -> FeatureSpec:
+        unknown = [s for s in self.summary_stats if s not in ALL_STATS]
+        if unknown:
+            raise ValueError(f"unknown summary_stats {unknown}; choose from {list(ALL_STATS)}")
+        if len(set(self.summary_stats)) != len(self.summary_stats):
+            raise ValueError(f"summary_stats lists a statistic twice: {self.summary_stats}")
+        return self
 
 
 class ModelSpec(StrictModel):
@@ -121,6 +133,34 @@ class TuningSpec(StrictModel):
         return self
 
 
+class EnsembleSpec(StrictModel):
+    """The run's model as an ensemble (see :mod:`healthfusion.workflows.ensemble`): ``seeds`` hybrid networks
+    (trained with seeds ``training.seed``, ``training.seed + 1``, ...; their logits averaged) plus, with
+    ``gradient_boosting`` among ``members``, the boosting baseline on the engineered features; members are
+    combined with convex weights chosen by validation log-loss.
+
+    ``weights``: ``validation`` fits them on the validation stays (cheap; the hybrid also early-stops on those
+    stays, which flatters it a little), ``cross_fit`` on out-of-fold predictions over the training + validation
+    stays (``folds`` extra hybrid and boosting fits, with the epoch and tree counts of the final members),
+    ``uniform`` takes equal weights."""
+
+    seeds: int = Field(1, ge=1)
+    members: list[Literal["hybrid", "gradient_boosting"]] = Field(
+        default_factory=lambda: ["hybrid", "gradient_boosting"])
+    weights: Literal["validation", "cross_fit", "uniform"] = "validation"
+    folds: int = Field(5, ge=2)
+    combine: Literal["logit", "probability"] = "logit"
+
+    @model_validator(mode="after")
+    def _hybrid(self) -> EnsembleSpec:
+        if "hybrid" not in self.members:
+            raise ValueError(f"ensemble.members must include 'hybrid' (the ensemble is built around it), got "
+                             f"{self.members}")
+        if len(set(self.members)) != len(self.members):
+            raise ValueError(f"ensemble.members lists a member twice: {self.members}")
+        return self
+
+
 class EvaluationSpec(StrictModel):
     n_boot: int = Field(1000, ge=1)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
@@ -138,6 +178,9 @@ class RunConfig(StrictModel):
     training: TrainerConfig = Field(default_factory=TrainerConfig)
     tuning: TuningSpec | None = None
     baselines: list[str] = Field(default_factory=lambda: ["logistic_regression"])
+    # parameters of a baseline's model step, e.g. {gradient_boosting: {learning_rate: 0.01, reg_lambda: 10}}
+    baseline_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    ensemble: EnsembleSpec | None = None
     reference_scores: list[str] = Field(default_factory=list)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
 
@@ -146,6 +189,13 @@ class RunConfig(StrictModel):
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")
+        for name, params in self.baseline_params.items():
+            if name not in BASELINES:
+                raise ValueError(f"baseline_params names an unknown baseline {name!r}; choose from {list(BASELINES)}")
+            known = {k.removeprefix("model__") for k in make_baseline(name).get_params() if k.startswith("model__")}
+            bad = sorted(set(params) - known)
+            if bad:
+                raise ValueError(f"baseline_params.{name}: unknown parameter(s) {bad}; {name} takes {sorted(known)}")
         return self
 
 

@@ -10,10 +10,10 @@ import pandas as pd
 import yaml
 
 from healthfusion.features.compose import CohortFeaturizer
-from healthfusion.models.base import load_model
 from healthfusion.workflows.audit import domain_table, write_explanations
 from healthfusion.workflows.config import RunConfig
-from healthfusion.workflows.train import open_source, usable_rows
+from healthfusion.workflows.ensemble import first_network
+from healthfusion.workflows.train import open_source
 
 
 def explain_run(run_dir: str | Path, n_explain: int = 48, seed: int = 0, console=None) -> dict:
@@ -29,7 +29,7 @@ def explain_run(run_dir: str | Path, n_explain: int = 48, seed: int = 0, console
         if not (run_dir / name).exists():
             raise ValueError(f"{run_dir} has no {name}; explanations need a run folder written by `healthfusion train`.")
     config = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
-    model, state = load_model(run_dir / "model")
+    model, state = first_network(run_dir / "model")  # an ensemble's first hybrid network
     if state is None:
         raise ValueError(f"{run_dir / 'model'} has no preprocessing.json; re-train to save the feature pipeline.")
     feat = CohortFeaturizer.from_state(state)
@@ -41,6 +41,6 @@ def explain_run(run_dir: str | Path, n_explain: int = 48, seed: int = 0, console
     if not (run_dir / "domains.csv").is_file():
         domain_table({s: cohorts[s].stays for s in ids}, ids).to_csv(run_dir / "domains.csv", index=False)
     data = {s: feat.transform(cohorts[s], ids[s], with_target=False) for s in ids}
-    rows = {s: np.flatnonzero(usable_rows(data[s])) for s in ids}
+    rows = {s: np.flatnonzero(data[s].usable_rows()) for s in ids}
     return write_explanations(run_dir, model, feat, data["val"][rows["val"]], data["test"][rows["test"]],
                               [ids["test"][i] for i in rows["test"]], n_explain=n_explain, seed=seed)

@@ -83,7 +83,7 @@ from healthfusion.workflows.multitask_tables import (
     mean_frame,
     task_table,
 )
-from healthfusion.workflows.train import make_featurizer, open_source, usable_rows
+from healthfusion.workflows.train import make_featurizer, open_source
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def prepare(config: MultitaskConfig, console=None) -> dict:
     data = feat.transform(cohort, ids, with_target=False)
     data = data.with_arrays(**{target_key(name): arr for name, arr in labels.items()})
     split_arr = assignment.to_numpy()
-    usable = usable_rows(data)
+    usable = data.usable_rows()
     parts = {s: data[(split_arr == s) & usable] for s in ("train", "val", "test")}
     for s, part in parts.items():
         if len(part) == 0:

@@ -18,10 +18,10 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import get_source
 from healthfusion.evaluation.compare import risk_groups
-from healthfusion.features import batch as B
 from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.models import load_model
 from healthfusion.training import Trainer
+from healthfusion.workflows.ensemble import RunEnsemble, is_ensemble_folder
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def _check_compatible(feat: CohortFeaturizer, cohort: Cohort, source: str) -> No
 
 def predict_source(model_dir: str | Path, source: str, path: str | Path, split: str | None = None,
                    threshold: float = 0.5, **options) -> pd.DataFrame:
-    """Score the stays of ``source`` files at ``path`` with the model saved in ``model_dir``.
+    """Score the stays of ``source`` files at ``path`` with the model saved in ``model_dir`` (a single model, or
+    an ensemble folder a run with an ``ensemble`` section writes).
 
     ``split`` selects a named split of sources that have them (e.g. MedMNIST ``train``/``val``/``test``).
 
@@ -67,10 +68,15 @@ def predict_source(model_dir: str | Path, source: str, path: str | Path, split: 
     SourceError, PredictionError
         Unreadable input, empty input, or variables that do not match the model's.
     """
-    model, state = load_model(model_dir)
-    if state is None:
-        raise PredictionError(f"{model_dir} has no preprocessing.json; save models with their preprocessing state.")
-    feat = CohortFeaturizer.from_state(state)
+    ensemble = RunEnsemble.load(model_dir) if is_ensemble_folder(model_dir) else None
+    if ensemble is not None:
+        feat = ensemble.featurizer
+    else:
+        model, state = load_model(model_dir)
+        if state is None:
+            raise PredictionError(f"{model_dir} has no preprocessing.json; save models with their preprocessing "
+                                  "state.")
+        feat = CohortFeaturizer.from_state(state)
     if split is not None:
         options["split"] = split
     cohort = get_source(source)(path, **options)
@@ -79,13 +85,17 @@ def predict_source(model_dir: str | Path, source: str, path: str | Path, split: 
     _check_compatible(feat, cohort, source)
     ids = cohort.stay_ids.tolist()
     data = feat.transform(cohort, ids, with_target=False)
-    present = np.zeros(len(ids), dtype=bool)
-    for m in feat.modalities:  # the wide input (summary) is part of static, not a modality of its own
-        present |= data[B.present_key(m)]
     out = pd.DataFrame({"stay_id": ids, "probability": np.nan, "risk_group": "", "status": "no usable data"})
+    if ensemble is not None:
+        prob = ensemble.predict_proba(cohort, ids, data)  # NaN where the hybrid has none of its modalities
+        present = ~np.isnan(prob)
+        prob = prob[present]
+    else:
+        present = data.usable_rows()  # the wide input (summary) is part of static, not a modality of its own
+        if present.any():
+            kind = feat.label_spec_.kind if feat.label_spec_ else "binary"
+            prob = Trainer().predict(model, data[present], head_kind=kind)
     if present.any():
-        kind = feat.label_spec_.kind if feat.label_spec_ else "binary"
-        prob = Trainer().predict(model, data[present], head_kind=kind)
         out.loc[present, "probability"] = prob
         out.loc[present, "risk_group"] = risk_groups(prob, threshold)
         out.loc[present, "status"] = "scored"

@@ -19,6 +19,7 @@ import pandas as pd
 from healthfusion.evaluation.compare import format_ci, format_comparison
 from healthfusion.report.html import write_report
 from healthfusion.workflows.audit import HYBRID, write_audit
+from healthfusion.workflows.ensemble import ENSEMBLE_FILE, is_ensemble_folder, network_folder
 from healthfusion.workflows.report_sections import (
     KNOWN_FILES,
     explanation_section,
@@ -47,8 +48,12 @@ def _load(run_dir: Path) -> dict:
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     model_cfg = {}
-    if (run_dir / "model" / "config.json").is_file():
-        model_cfg = json.loads((run_dir / "model" / "config.json").read_text())
+    model_dir = run_dir / "model"
+    if is_ensemble_folder(model_dir):  # an ensemble: its first hybrid network describes the architecture
+        seeds = json.loads((model_dir / ENSEMBLE_FILE).read_text()).get("seeds") or [0]
+        model_dir = model_dir / network_folder(int(seeds[0]))
+    if (model_dir / "config.json").is_file():
+        model_cfg = json.loads((model_dir / "config.json").read_text())
     predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"stay_id": str})
     return {"config": config or {}, "metrics": metrics, "model": model_cfg, "predictions": predictions}
 
@@ -64,10 +69,18 @@ def _card(run_dir: Path, info: dict, audit: dict) -> list[tuple[str, str]]:
     test = data.get("test")
     test_text = (f"external test set: {test.get('cohort') or test.get('source')} ({test.get('path')})" if test
                  else "held-out test split of the same cohort (patient-level)")
-    comparison = metrics.get("comparison", {}).get(HYBRID, {})
+    ensemble = metrics.get("ensemble")
+    headline = audit.get("model", HYBRID)
+    comparison = metrics.get("comparison", {}).get(headline, {})
+    described = (f"{model.get('model_type', 'hybrid')} fusion model ({model.get('fusion', '?')} fusion) over "
+                 + (", ".join(names[m] for m in mods) or "?"))
+    if ensemble:
+        weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(ensemble["members"], ensemble["weights"], strict=True))
+        described = (f"ensemble of the {described} (logits of {len(ensemble['seeds'])} seeds averaged)"
+                     + (f" and gradient boosting on engineered features; weights {weights} (chosen on "
+                        f"{ensemble['weights_from']} predictions)" if len(ensemble["members"]) > 1 else ""))
     card = [
-        ("Model", f"{model.get('model_type', 'hybrid')} fusion model ({model.get('fusion', '?')} fusion) over "
-                  + (", ".join(names[m] for m in mods) or "?")),
+        ("Model", described),
         ("Predicts", f"probability of {label!r} from data recorded up to each stay's prediction time"),
         ("Intended use", "decision support for clinicians and quality teams: flag stays at high risk of "
                          f"{label!r} for review, in populations like the training cohort; a second opinion, "
@@ -79,7 +92,8 @@ def _card(run_dir: Path, info: dict, audit: dict) -> list[tuple[str, str]]:
         ("Evaluation", f"{test_text}; n = {metrics.get('n', '?')}, prevalence "
                        f"{metrics.get('prevalence', float('nan')):.3f}"),
         ("Headline result", format_ci(comparison.get("auroc", float("nan")), comparison.get("auroc_ci_low", float("nan")),
-                                      comparison.get("auroc_ci_high", float("nan"))) + " AUROC (95% bootstrap CI)"),
+                                      comparison.get("auroc_ci_high", float("nan")))
+                            + f" AUROC (95% bootstrap CI), {headline}"),
         ("Operating point", f"{audit.get('threshold', float('nan')):.3f} (chosen on the validation stays)"),
         ("Run", f"{cfg.get('name', run_dir.name)} — {run_dir}"),
     ]
@@ -290,7 +304,8 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
         return _study_report(run_dir, out, study)
     info = _load(run_dir)
     if recompute_audit or not (run_dir / "audit" / "audit.json").is_file():
-        audit = write_audit(run_dir, n_boot=300)
+        audited = "ensemble" if "ensemble" in info["predictions"].columns else HYBRID
+        audit = write_audit(run_dir, model=audited, n_boot=300)
     else:
         audit = json.loads((run_dir / "audit" / "audit.json").read_text())
     if explain and not (run_dir / "explanations" / "summary.json").is_file():

@@ -26,30 +26,29 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.sources import get_source
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.metrics import auroc, choose_threshold
-from healthfusion.features import batch as B
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.compose import CohortFeaturizer, engineered_features
 from healthfusion.features.image import ImageTransformer
 from healthfusion.features.text import HFTokenTransformer, TextTransformer
 from healthfusion.features.timeseries import TimeSeriesTransformer
 from healthfusion.models.classical import make_baseline
-from healthfusion.training import Trainer
+from healthfusion.models.ensemble import EnsembleWeights, fit_weights
+from healthfusion.training import Trainer, TrainerConfig
 from healthfusion.training.callbacks import ProgressCallback
 from healthfusion.workflows.audit import domain_table, write_audit, write_explanations
 from healthfusion.workflows.config import FeatureSpec, ModelSpec, RunConfig, SourceSpec
+from healthfusion.workflows.ensemble import (
+    BOOSTING,
+    RunEnsemble,
+    bag_probability,
+    combine_members,
+    cross_fitted,
+)
 from healthfusion.workflows.evaluate import evaluate_predictions
 from healthfusion.workflows.modeling import build_run_hybrid, pretrained_featurizer
 
 log = logging.getLogger(__name__)
-HYBRID = "hybrid"
-
-
-def usable_rows(data) -> np.ndarray:
-    """``[n]`` bool: rows with at least one of the dataset's modalities present."""
-    out = np.zeros(len(data), dtype=bool)
-    for m in data.modalities:
-        out |= data[B.present_key(m)]
-    return out
+HYBRID, ENSEMBLE = "hybrid", "ensemble"
 
 
 def open_source(spec: SourceSpec, console=None) -> Cohort:
@@ -73,11 +72,12 @@ def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
                  else HFTokenTransformer(str(spec.text_model), max_length=spec.text_max_length)),
     }
     return CohortFeaturizer(modalities=spec.modalities, label=label, summary=spec.summary,
+                            summary_stats=spec.summary_stats,
                             transformers={m: t for m, t in transformers.items() if m in spec.modalities})
 
 
-def _fit_hybrid(feat, spec: ModelSpec, train, val, config: RunConfig, console=None):
-    model, training = build_run_hybrid(feat, spec, config.training)
+def _fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, console=None):
+    model, training = build_run_hybrid(feat, spec, training)
     callbacks = [ProgressCallback(console=console)] if console is not None else []
     trainer = Trainer(training, callbacks=callbacks)
     history = trainer.fit(model, train, val, head_kind="binary")
@@ -104,8 +104,8 @@ def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console
             held_ids = folds.index[folds == f"fold{k}"].tolist()
             feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(cohort, fit_ids), spec)
             fit, held = feat.transform(cohort, fit_ids), feat.transform(cohort, held_ids)
-            fit, held = fit[usable_rows(fit)], held[usable_rows(held)]
-            model, trainer, _ = _fit_hybrid(feat, spec, fit, held, config)
+            fit, held = fit[fit.usable_rows()], held[held.usable_rows()]
+            model, trainer, _ = _fit_hybrid(feat, spec, fit, held, config.training)
             scores.append(auroc(held["target"], trainer.predict(model, held)))
         rows.append({**dict(zip(keys, values, strict=True)), "cv_auroc": float(np.mean(scores)),
                      "cv_auroc_sd": float(np.std(scores))})
@@ -133,6 +133,36 @@ def _reference_scores(config: RunConfig, cohorts: dict[str, Cohort], ids: dict[s
             p[~np.isnan(x)] = calib.predict_proba(x[~np.isnan(x), None])[:, 1]
             out[name][split] = p
     return out
+
+
+def _ensemble_weights(config: RunConfig, spec: ModelSpec, cohort: Cohort, ids: dict, histories: dict, gbm,
+                      val_p: dict, y_val: np.ndarray, say) -> EnsembleWeights:
+    """The members' weights as ``config.ensemble.weights`` says (see :class:`EnsembleSpec`)."""
+    ens = config.ensemble
+    members = tuple(val_p)
+    if len(members) == 1 or ens.weights == "uniform":
+        return EnsembleWeights.uniform(members, ens.combine)
+    if ens.weights == "validation":
+        table = pd.DataFrame({"y_true": y_val, **val_p}).dropna()
+        return fit_weights({m: table[m].to_numpy() for m in members}, table["y_true"].to_numpy(),
+                           combine=ens.combine)
+    epochs = int(np.median([h.best_epoch + 1 for h in histories.values()]))
+    fixed = config.training.model_copy(update={"max_epochs": epochs})
+    say(f"      cross-fitting the members over {ens.folds} folds of the training + validation stays "
+        f"(hybrid {epochs} epochs, boosting {gbm.n_trees_} trees)")
+
+    def fit_featurizer(fit_ids):
+        return pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(cohort, fit_ids), spec)
+
+    def fit_network(feat, train):
+        return _fit_hybrid(feat, spec, train, None, fixed)[0]
+
+    y, oof = cross_fitted(cohort, ids["train"] + ids["val"], config.data.label, fit_featurizer=fit_featurizer,
+                          fit_network=fit_network, boosting=gbm, stats=config.features.summary_stats,
+                          folds=ens.folds, seed=config.data.split.seed + 100,
+                          on_fold=lambda k: say(f"      fold {k + 1} of {ens.folds} done"))
+    table = pd.DataFrame({"y_true": y, **oof}).dropna()
+    return fit_weights({m: table[m].to_numpy() for m in members}, table["y_true"].to_numpy(), combine=ens.combine)
 
 
 def run_training(config: RunConfig, console=None) -> Path:
@@ -201,30 +231,61 @@ def run_training(config: RunConfig, console=None) -> Path:
     data = {s: feat.transform(cohorts[s], ids[s]) for s in ids}
     # a stay with none of the model's modalities cannot be scored by the hybrid: it is left out of training and
     # gets no hybrid score (evaluation counts it under models_without_score), never a default probability
-    usable = {s: usable_rows(data[s]) for s in ids}
+    usable = {s: data[s].usable_rows() for s in ids}
     no_input = {s: int((~u).sum()) for s, u in usable.items() if (~u).any()}
     if no_input:
         say(f"      stays with none of the modalities {list(feat.transformers_)}: {no_input}")
 
-    say("[bold cyan]Hybrid model[/]")
-    model, trainer, history = _fit_hybrid(feat, spec, data["train"][usable["train"]], data["val"][usable["val"]],
-                                          config, console)
-    model.save_pretrained(run_dir / "model", preprocessing_state=feat.get_state())
+    seeds = [config.training.seed + i for i in range(config.ensemble.seeds if config.ensemble else 1)]
+    say("[bold cyan]Hybrid model[/]" + (f" {len(seeds)} networks, seeds {seeds}" if len(seeds) > 1 else ""))
+    networks, histories = {}, {}
+    for seed in seeds:
+        model, trainer, histories[seed] = _fit_hybrid(
+            feat, spec, data["train"][usable["train"]], data["val"][usable["val"]],
+            config.training.model_copy(update={"seed": seed}), console)
+        networks[seed] = model
+    history = histories[seeds[0]]
     probs = {HYBRID: {}}
     for s in ("val", "test"):
         p = np.full(len(ids[s]), np.nan)
-        p[usable[s]] = trainer.predict(model, data[s][usable[s]])
+        if usable[s].any():
+            p[usable[s]] = bag_probability(list(networks.values()), data[s][usable[s]], trainer)
         probs[HYBRID][s] = p
     (run_dir / "history.json").write_text(json.dumps({
         "train_loss": list(map(float, history.train_loss)), "val_metric": list(map(float, history.val_metric)),
-        "best_epoch": history.best_epoch, "epoch_seconds": list(map(float, history.epoch_seconds))}, indent=2))
+        "best_epoch": history.best_epoch, "epoch_seconds": list(map(float, history.epoch_seconds)),
+        "best_epoch_by_seed": {str(k): h.best_epoch for k, h in histories.items()}}, indent=2))
 
-    if config.baselines:
-        say("[bold cyan]Baselines[/] on engineered features of the same split: " + ", ".join(config.baselines))
-        x = {s: engineered_features(cohorts[s], feat, ids[s]) for s in ids}
-        for name in config.baselines:
-            est = make_baseline(name, seed=config.training.seed).fit(x["train"], data["train"]["target"])
-            probs[name] = {s: est.predict_proba(x[s])[:, 1] for s in ("val", "test")}
+    members = config.ensemble.members if config.ensemble else [HYBRID]
+    fitted = {}
+    if config.baselines or BOOSTING in members:
+        stats = config.features.summary_stats
+        x = {s: engineered_features(cohorts[s], feat, ids[s], stats=stats) for s in ids}
+        names = list(dict.fromkeys([*config.baselines, *([BOOSTING] if BOOSTING in members else [])]))
+        say("[bold cyan]Baselines[/] on engineered features of the same split: " + ", ".join(names))
+        for name in names:
+            est = make_baseline(name, seed=config.training.seed)
+            est.set_params(**{f"model__{k}": v for k, v in config.baseline_params.get(name, {}).items()})
+            fitted[name] = est.fit(x["train"], data["train"]["target"])
+            if name in config.baselines:
+                probs[name] = {s: est.predict_proba(x[s])[:, 1] for s in ("val", "test")}
+    ensemble_info = None
+    if config.ensemble is None:
+        model.save_pretrained(run_dir / "model", preprocessing_state=feat.get_state())
+    else:
+        gbm = fitted[BOOSTING].named_steps["model"] if BOOSTING in members else None
+        member_p = {s: {HYBRID: probs[HYBRID][s],
+                        **({BOOSTING: gbm.predict_proba(x[s])[:, 1]} if gbm is not None else {})} for s in ("val", "test")}
+        weights = _ensemble_weights(config, spec, main, ids, histories, gbm, member_p["val"],
+                                    data["val"]["target"], say)
+        ensemble = RunEnsemble(feat, networks, weights, gbm, tuple(config.features.summary_stats))
+        ensemble.save(run_dir / "model")
+        ensemble_info = {"members": list(weights.members), "weights": list(weights.weights), "seeds": seeds,
+                         "weights_from": config.ensemble.weights, "fit_info": weights.fit_info}
+        say("      ensemble weights: " + ", ".join(f"{m} {w:.2f}" for m, w in zip(weights.members, weights.weights,
+                                                                                 strict=True)))
+        if len(members) > 1:
+            probs[ENSEMBLE] = {s: combine_members(member_p[s], weights) for s in ("val", "test")}
     for name, p in _reference_scores(config, cohorts, ids).items():
         probs[f"{name} (reference score)"] = p
 
@@ -253,6 +314,8 @@ def run_training(config: RunConfig, console=None) -> Path:
     summary["seconds"] = time.perf_counter() - t0
     summary["best_epoch"] = history.best_epoch
     summary["model_spec"] = spec.model_dump()
+    if ensemble_info is not None:
+        summary["ensemble"] = ensemble_info
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
 
     if not ev.audit:
@@ -261,7 +324,8 @@ def run_training(config: RunConfig, console=None) -> Path:
         return run_dir
     say("[bold cyan]Audit[/] explanations, calibration, subgroups, impact")
     test_rows = np.flatnonzero(usable["test"])
-    write_explanations(run_dir, model, feat, data["train"][usable["train"]], data["test"][test_rows],
+    write_explanations(run_dir, networks[seeds[0]], feat, data["train"][usable["train"]], data["test"][test_rows],
                        [ids["test"][i] for i in test_rows], seed=config.training.seed)
-    write_audit(run_dir, model=HYBRID, n_boot=min(ev.n_boot, 500), seed=config.training.seed)
+    write_audit(run_dir, model=ENSEMBLE if ENSEMBLE in probs else HYBRID, n_boot=min(ev.n_boot, 500),
+                seed=config.training.seed)
     return run_dir

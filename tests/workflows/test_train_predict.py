@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -162,3 +163,13 @@ def test_an_unknown_label_names_the_labels_the_cohort_has(trained_run):
     path.write_text(yaml.safe_dump({"data": {"cohort": "cohort", "label": "mortalty"}, "out": str(root / "x")}))
     with pytest.raises(ValueError, match="has no label 'mortalty'; it has: mortality"):
         run_training(load_run_config(path))
+
+
+def test_predict_reproduces_the_runs_test_scores(trained_run, tmp_path):
+    run, _ = trained_run
+    # the synthetic source regenerates the training cohort from its seed; the saved model (wide input included,
+    # its state stored with sorted keys) must score it as the run did
+    frame = predict_source(run / "model", "synthetic", tmp_path / "again", n_stays=300, seed=2).set_index("stay_id")
+    preds = pd.read_csv(run / "predictions.csv", dtype={"stay_id": str})
+    test = preds[preds["split"] == "test"].set_index("stay_id")
+    np.testing.assert_allclose(frame.loc[test.index, "probability"], test["hybrid"], atol=1e-6)

@@ -1,0 +1,290 @@
+"""The ensemble a run can train as its model: hybrid networks over several seeds plus gradient boosting, saved as
+one folder that ``healthfusion predict`` scores like a single model.
+
+Members and how they combine:
+
+* ``hybrid``: the mean of the logits of the hybrid networks trained with different seeds (a uniform
+  :class:`~healthfusion.models.ensemble.EnsembleWeights` over the networks);
+* ``gradient_boosting`` (optional): :class:`~healthfusion.models.boosting.BoostingClassifier` on the engineered
+  per-variable summary features (:func:`~healthfusion.features.compose.engineered_features`) of the same stays;
+* the ensemble: convex weights over the members (:class:`~healthfusion.models.ensemble.EnsembleWeights`, logit
+  scale by default), chosen on predictions for stays the scoring models were not fitted on.
+
+A stay none of the hybrid's modalities covers gets no ensemble score (NaN), never boosting's score in disguise.
+
+Folder layout (no pickle; every part loads without the training data)::
+
+    ensemble.json              format, members, seeds, engineered statistics, the member weights
+    preprocessing.json         the fitted featurizer's state (shared by all members)
+    hybrid-seed<k>/            one saved HybridModel per seed (config.json, model.safetensors, preprocessing.json)
+    gradient_boosting/         BoostingClassifier.save (model.txt, config.json)
+
+Example::
+
+    ens = RunEnsemble(featurizer, {0: net0, 1: net1}, EnsembleWeights(("hybrid", "gradient_boosting"), (.3, .7)),
+                      boosting=gbm, stats=("last", "mean"))
+    ens.save("runs/x/model")
+    p = RunEnsemble.load("runs/x/model").predict_proba(cohort, stay_ids)   # [n], NaN where unscorable
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+
+from healthfusion.data.cohort import Cohort
+from healthfusion.data.splits import split_patients
+from healthfusion.features.compose import CohortFeaturizer, engineered_features
+from healthfusion.features.dataset import ArrayDataset
+from healthfusion.features.summary import SUMMARY_STATS
+from healthfusion.models.base import PREPROCESSING_FILE, ModelLoadError, PretrainedModel, load_model
+from healthfusion.models.boosting import BoostingClassifier
+from healthfusion.models.ensemble import EnsembleWeights, combine
+from healthfusion.training import Trainer
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE_FILE = "ensemble.json"
+ENSEMBLE_MODEL_FORMAT = "healthfusion.ensemble-model"
+ENSEMBLE_MODEL_VERSION = 1
+HYBRID, BOOSTING = "hybrid", "gradient_boosting"
+
+
+def is_ensemble_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :meth:`RunEnsemble.save`."""
+    return (Path(path) / ENSEMBLE_FILE).is_file()
+
+
+def network_folder(seed: int) -> str:
+    return f"hybrid-seed{seed}"
+
+
+def bag_probability(networks: Sequence[PretrainedModel], data: ArrayDataset, trainer: Trainer | None = None) -> np.ndarray:
+    """``[n]`` probability of a bag of binary networks: sigmoid of the mean of their logits."""
+    trainer = trainer or Trainer()
+    probs = {str(i): trainer.predict(net, data, head_kind="binary") for i, net in enumerate(networks)}
+    return combine(probs, EnsembleWeights.uniform(list(probs)))
+
+
+def combine_members(member_probs: Mapping[str, np.ndarray], weights: EnsembleWeights) -> np.ndarray:
+    """The ensemble probability ``[n]``; NaN where any member has no score."""
+    stack = {m: np.asarray(member_probs[m], dtype=np.float64) for m in weights.members}
+    n = len(next(iter(stack.values())))
+    ok = np.ones(n, dtype=bool)
+    for p in stack.values():
+        ok &= ~np.isnan(p)
+    out = np.full(n, np.nan)
+    if ok.any():
+        out[ok] = combine({m: p[ok] for m, p in stack.items()}, weights)
+    return out
+
+
+@dataclass
+class RunEnsemble:
+    """A fitted ensemble of hybrid networks (one per seed) and optionally gradient boosting.
+
+    Attributes
+    ----------
+    featurizer : CohortFeaturizer
+        Fitted; gives the networks' inputs and (with ``stats``) boosting's engineered features.
+    networks : dict of int to PretrainedModel
+        Seed -> binary hybrid network; at least one.
+    weights : EnsembleWeights
+        Over ``"hybrid"`` and, if ``boosting`` is given, ``"gradient_boosting"``.
+    boosting : BoostingClassifier, optional
+    stats : tuple of str
+        Per-variable statistics of the engineered features boosting was fitted on.
+
+    Raises
+    ------
+    ValueError
+        On construction: no networks, or weights whose members do not match the given models.
+    """
+
+    featurizer: CohortFeaturizer
+    networks: dict[int, PretrainedModel]
+    weights: EnsembleWeights
+    boosting: BoostingClassifier | None = None
+    stats: tuple[str, ...] = SUMMARY_STATS
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.networks:
+            raise ValueError("A RunEnsemble needs at least one hybrid network.")
+        expected = {HYBRID} | ({BOOSTING} if self.boosting is not None else set())
+        if set(self.weights.members) != expected:
+            raise ValueError(f"Ensemble weights are over {list(self.weights.members)} but the models given are "
+                             f"{sorted(expected)}.")
+        self.stats = tuple(self.stats)
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        return self.weights.members
+
+    def member_probabilities(self, cohort: Cohort, stay_ids: Sequence[str], data: ArrayDataset | None = None,
+                             trainer: Trainer | None = None) -> dict[str, np.ndarray]:
+        """``{member: p [n]}`` for ``stay_ids``; the hybrid's is NaN for stays with none of its modalities.
+
+        ``data`` (the featurizer's output for these stays) is computed when not given.
+        """
+        ids = [str(s) for s in stay_ids]
+        data = data if data is not None else self.featurizer.transform(cohort, ids, with_target=False)
+        usable = data.usable_rows()
+        hybrid = np.full(len(ids), np.nan)
+        if usable.any():
+            hybrid[usable] = bag_probability(list(self.networks.values()), data[usable], trainer)
+        out = {HYBRID: hybrid}
+        if self.boosting is not None:
+            x = engineered_features(cohort, self.featurizer, ids, stats=self.stats)
+            out[BOOSTING] = self.boosting.predict_proba(x)[:, 1]
+        return out
+
+    def predict_proba(self, cohort: Cohort, stay_ids: Sequence[str], data: ArrayDataset | None = None,
+                      trainer: Trainer | None = None) -> np.ndarray:
+        """``[n]`` ensemble probabilities; NaN for stays the hybrid cannot score."""
+        return combine_members(self.member_probabilities(cohort, stay_ids, data, trainer), self.weights)
+
+    # ----------------------------------------------------------------------------------------------- save/load
+    def save(self, directory: str | Path) -> Path:
+        """Write the folder described in the module docstring (created if needed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = self.featurizer.get_state()
+        for seed, net in self.networks.items():
+            net.save_pretrained(directory / network_folder(seed), preprocessing_state=state)
+        if self.boosting is not None:
+            self.boosting.save(directory / BOOSTING)
+        (directory / PREPROCESSING_FILE).write_text(json.dumps(state, indent=2, sort_keys=True, allow_nan=False))
+        spec = {
+            "format": ENSEMBLE_MODEL_FORMAT,
+            "format_version": ENSEMBLE_MODEL_VERSION,
+            "seeds": [int(s) for s in self.networks],
+            "boosting": self.boosting is not None,
+            "stats": list(self.stats),
+            "weights": self.weights.to_dict(),
+            "info": self.info,
+        }
+        (directory / ENSEMBLE_FILE).write_text(json.dumps(spec, indent=2, default=str))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RunEnsemble:
+        """Rebuild an ensemble saved by :meth:`save`.
+
+        Raises
+        ------
+        ModelLoadError
+            A missing or unreadable ``ensemble.json``, another format or version, a missing or corrupted member
+            folder (named), or members whose preprocessing differs from the ensemble's.
+        """
+        directory = Path(directory)
+        path = directory / ENSEMBLE_FILE
+        if not path.is_file():
+            raise ModelLoadError(f"{path} does not exist; expected an ensemble folder written by healthfusion train.")
+        try:
+            spec = json.loads(path.read_text())
+            shared = json.loads((directory / PREPROCESSING_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ModelLoadError(f"Cannot read the ensemble in {directory}: {err}") from err
+        if spec.get("format") != ENSEMBLE_MODEL_FORMAT or spec.get("format_version") != ENSEMBLE_MODEL_VERSION:
+            raise ModelLoadError(f"{path} has format {spec.get('format')!r} version {spec.get('format_version')!r}; "
+                                 f"expected {ENSEMBLE_MODEL_FORMAT!r} version {ENSEMBLE_MODEL_VERSION}.")
+        try:
+            weights = EnsembleWeights.from_dict(spec["weights"])
+            seeds = [int(s) for s in spec["seeds"]]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelLoadError(f"{path} is not a valid ensemble spec: {err}") from err
+        networks = {}
+        for seed in seeds:
+            net, state = load_model(directory / network_folder(seed))
+            if state != shared:
+                raise ModelLoadError(f"{directory / network_folder(seed)} was saved with other preprocessing than "
+                                     f"the ensemble ({directory / PREPROCESSING_FILE}); the folder was edited.")
+            networks[seed] = net
+        boosting = BoostingClassifier.load(directory / BOOSTING) if spec.get("boosting") else None
+        try:
+            return cls(CohortFeaturizer.from_state(shared), networks, weights, boosting,
+                       tuple(spec.get("stats", SUMMARY_STATS)), dict(spec.get("info", {})))
+        except ValueError as err:
+            raise ModelLoadError(f"{path}: {err}") from err
+
+
+def first_network(model_dir: str | Path) -> tuple[PretrainedModel, dict | None]:
+    """The hybrid network a run folder's ``model/`` holds (a single model, or an ensemble's first seed) and its
+    preprocessing state, for explanations and the report's model card."""
+    model_dir = Path(model_dir)
+    if is_ensemble_folder(model_dir):
+        seeds = json.loads((model_dir / ENSEMBLE_FILE).read_text()).get("seeds") or [0]
+        return load_model(model_dir / network_folder(int(seeds[0])))
+    return load_model(model_dir)
+
+
+def refit_boosting(fitted: BoostingClassifier) -> BoostingClassifier:
+    """An unfitted copy of ``fitted`` that grows exactly its tree count (no early-stopping split)."""
+    return clone(fitted).set_params(n_estimators=int(fitted.n_trees_), early_stopping_rounds=None,
+                                    validation_fraction=None)
+
+
+def cross_fitted(
+    cohort: Cohort,
+    stay_ids: Sequence[str],
+    label: str,
+    *,
+    fit_featurizer: Callable[[list[str]], CohortFeaturizer],
+    fit_network: Callable[[CohortFeaturizer, ArrayDataset], PretrainedModel],
+    boosting: BoostingClassifier | None,
+    stats: Sequence[str],
+    folds: int = 5,
+    seed: int = 0,
+    on_fold: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Out-of-fold predictions of each member for ``stay_ids``: each stay is scored by members fitted on the other
+    folds (patient-level, stratified by ``label``), to choose ensemble weights on stays no member saw.
+
+    ``fit_featurizer(ids)`` returns a featurizer fitted on ``ids``; ``fit_network(featurizer, data)`` trains one
+    hybrid network without validation (a fixed epoch count); ``boosting`` is refitted with its tree count.
+
+    Returns
+    -------
+    (y [n], {member: p [n]})
+        In the order of ``stay_ids``; a member's NaN marks stays it cannot score.
+    """
+    ids = [str(s) for s in stay_ids]
+    stays = cohort.stays[cohort.stays["stay_id"].astype(str).isin(ids)]
+    fold_of = split_patients(stays, {f"fold{k}": 1.0 / folds for k in range(folds)}, seed=seed,
+                             stratify=cohort.label(label)).reindex(ids)
+    y = cohort.label(label).reindex(ids).to_numpy(dtype=np.float64)
+    out = {HYBRID: np.full(len(ids), np.nan)}
+    if boosting is not None:
+        out[BOOSTING] = np.full(len(ids), np.nan)
+    for k in range(folds):
+        held = (fold_of == f"fold{k}").to_numpy()
+        fit_ids, held_ids = [ids[i] for i in np.flatnonzero(~held)], [ids[i] for i in np.flatnonzero(held)]
+        feat = fit_featurizer(fit_ids)
+        train, test = feat.transform(cohort, fit_ids), feat.transform(cohort, held_ids, with_target=False)
+        net = fit_network(feat, train[train.usable_rows()])
+        usable = test.usable_rows()
+        p = np.full(len(held_ids), np.nan)
+        if usable.any():
+            p[usable] = bag_probability([net], test[usable])
+        out[HYBRID][held] = p
+        if boosting is not None:
+            gbm = refit_boosting(boosting).fit(engineered_features(cohort, feat, fit_ids, stats=stats),
+                                               y[~held].astype(int))
+            out[BOOSTING][held] = gbm.predict_proba(engineered_features(cohort, feat, held_ids, stats=stats))[:, 1]
+        if on_fold is not None:
+            on_fold(k)
+    return y, out
+
+
+def member_table(member_probs: Mapping[str, np.ndarray], y: np.ndarray) -> pd.DataFrame:
+    """Rows with every member scored and a label, as a frame ``y_true`` + one column per member."""
+    frame = pd.DataFrame({"y_true": y, **member_probs})
+    return frame.dropna()
