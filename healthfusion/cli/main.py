@@ -49,7 +49,8 @@ def demo(
 
 @app.command()
 def train(config: Path = typer.Option(..., "--config", "-c", help="Run configuration (YAML); unknown keys are errors.")) -> None:
-    """Train the hybrid model and the baselines on one split; write the run folder with metrics and plots."""
+    """Train the hybrid model (or, with an `ensemble` section, the hybrid + boosting ensemble) and the baselines on
+    one split; write the run folder with the model, metrics and plots."""
     from healthfusion.workflows.config import load_run_config
     from healthfusion.workflows.train import run_training
 

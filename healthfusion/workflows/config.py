@@ -23,6 +23,8 @@ Example ``RUN.yaml``::
       imbalance: class_weight
       # finetune: {strategy: linear_probe}   # or full, gradual_unfreeze, discriminative
     baselines: [logistic_regression, svm, random_forest, gradient_boosting]
+    baseline_params: {gradient_boosting: {learning_rate: 0.01}}
+    ensemble: {seeds: 5, members: [hybrid, gradient_boosting], weights: cross_fit}   # optional
     reference_scores: [saps_i]
 """
 
