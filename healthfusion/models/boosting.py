@@ -95,7 +95,8 @@ class BoostingClassifier(ClassifierMixin, BaseEstimator):
         ``"balanced"`` reweights classes inversely to their frequency (shifts probabilities away from the true
         risk); None keeps the probabilities calibrated-ish.
     early_stopping_rounds : int or None, default 100
-        Stop when validation log-loss has not improved for this many trees. None: always grow ``n_estimators``.
+        Stop when validation log-loss (class-weighted like the objective under ``class_weight="balanced"``) has
+        not improved for this many trees. None: always grow ``n_estimators``.
     validation_fraction : float or None, default 0.15
         Without an ``eval_set``: share of the training rows held out (stratified, seeded) for early stopping, after
         which the model is refitted on all rows with the chosen number of trees. None: no inner split (then, without
@@ -297,6 +298,10 @@ class BoostingClassifier(ClassifierMixin, BaseEstimator):
     def _train(self, lgb, params, frame, target, val):
         train_set = self._dataset(lgb, frame, target)
         val_set = self._dataset(lgb, val[0], val[1], reference=train_set)
+        if "scale_pos_weight" in params:
+            # the stopping metric must weigh classes as the objective does: unweighted validation log-loss worsens
+            # as soon as the weighted fit lifts the predicted risk above the prevalence, and stops after a few trees
+            val_set.set_weight(np.where(np.asarray(val[1]) == 1, params["scale_pos_weight"], 1.0))
         booster = lgb.train(
             params, train_set, num_boost_round=self.n_estimators, valid_sets=[val_set], valid_names=["val"],
             callbacks=[lgb.early_stopping(self.early_stopping_rounds, first_metric_only=True, verbose=False)],

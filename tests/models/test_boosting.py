@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import log_loss, roc_auc_score
 
 from healthfusion.models.base import ModelLoadError
 from healthfusion.models.boosting import BoostingClassifier
@@ -126,6 +126,18 @@ def test_class_weight_balanced_raises_predicted_risk(data):
     plain = BoostingClassifier(**base).fit(X, y).predict_proba(X_te)[:, 1].mean()
     balanced = BoostingClassifier(class_weight="balanced", **base).fit(X, y).predict_proba(X_te)[:, 1].mean()
     assert balanced > plain
+
+
+def test_balanced_early_stopping_scores_validation_with_the_class_weights(data):
+    X, y, X_te, y_te = data
+    clf = BoostingClassifier(class_weight="balanced", n_estimators=400, learning_rate=0.05, min_child_samples=10,
+                             early_stopping_rounds=400).fit(X, y, eval_set=(X_te, y_te))
+    # with patience = n_estimators every tree is grown, and the recorded validation curve can be checked
+    pos_weight = (len(y) - y.sum()) / y.sum()
+    weights = np.where(y_te == 1, pos_weight, 1.0)
+    p = clf.booster_.predict(X_te.to_numpy(), num_iteration=clf.best_iteration_)
+    assert clf.booster_.best_score["val"]["binary_logloss"] == pytest.approx(
+        log_loss(y_te, p, sample_weight=weights), rel=1e-5)
 
 
 def test_load_rejects_other_folders(fitted, tmp_path):
