@@ -21,7 +21,7 @@ def test_train_on_set_a_then_predict_a_set_b_directory(shared_dataset, tmp_path)
         "out": str(tmp_path / "run"),
         "data": {"source": "physionet2012", "path": str(folder / "set-a.tar.gz"), "label": "in_hospital_death",
                  "split": {"train": 0.8, "val": 0.2, "test": 0.0}},
-        "features": {"modalities": ["ts", "static"]},
+        "features": {"modalities": ["ts", "static"], "summary": True},  # the wide input must be re-applied as fitted
         "model": {"hidden": 16},
         "training": {"max_epochs": 3, "patience": None, "batch_size": 128},
         "baselines": [],
