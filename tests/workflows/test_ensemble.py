@@ -152,3 +152,16 @@ def test_cross_fitting_scores_every_stay_by_models_that_never_saw_it(tmp_path):
 def test_bad_ensemble_settings_are_config_errors(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
         load_run_config(_config(tmp_path, **change))
+
+
+def test_a_seed_bag_alone_is_saved_and_scored_as_the_hybrid(tmp_path):
+    synthetic.write(tmp_path / "cohort", n_stays=200, seed=3)
+    run = run_training(load_run_config(_config(tmp_path, baselines=[], baseline_params={},
+                                               ensemble={"seeds": 2, "members": ["hybrid"]})))
+    preds = pd.read_csv(run / "predictions.csv", dtype={"stay_id": str})
+    assert "ensemble" not in preds.columns and BOOSTING not in preds.columns
+    ens = RunEnsemble.load(run / "model")
+    assert ens.boosting is None and ens.members == (HYBRID,) and sorted(ens.networks) == [0, 1]
+    frame = predict_source(run / "model", "synthetic", tmp_path / "again", n_stays=200, seed=3).set_index("stay_id")
+    test = preds[preds["split"] == "test"].set_index("stay_id")
+    np.testing.assert_allclose(frame.loc[test.index, "probability"], test[HYBRID], atol=1e-6)
