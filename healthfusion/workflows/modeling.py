@@ -148,15 +148,16 @@ def pretrained_featurizer(featurizer: CohortFeaturizer, spec) -> CohortFeaturize
     return use_pretrained_preprocessing(featurizer, load_pretrained(spec.pretrained, spec.pretrained_root))
 
 
-def build_run_hybrid(featurizer: CohortFeaturizer, spec, training: TrainerConfig) -> tuple[HybridModel, TrainerConfig]:
+def build_run_hybrid(featurizer: CohortFeaturizer, spec, training: TrainerConfig, head: str = "binary",
+                     n_outputs: int = 1) -> tuple[HybridModel, TrainerConfig]:
     """The hybrid a run's ``ModelSpec`` describes, with its pretrained encoders loaded, and the trainer config
     whose ``finetune.modules`` default to those encoders (so a linear probe never freezes an encoder trained from
-    scratch)."""
+    scratch). ``head``/``n_outputs`` as in :func:`hybrid_config` (default: one binary output)."""
     loaded = load_pretrained(spec.pretrained, spec.pretrained_root) if spec.pretrained else {}
     torch.manual_seed(training.seed)  # initial weights by the run's seed, whatever drew from the generator before
     model = build_hybrid(featurizer, loaded, fusion=spec.fusion, hidden=spec.hidden, lstm_layers=spec.lstm_layers,
                          bidirectional=spec.bidirectional, dropout=spec.dropout, text_pooling=spec.text_pooling,
-                         text_freeze=spec.text_freeze)
+                         text_freeze=spec.text_freeze, head=head, n_outputs=n_outputs)
     ft = training.finetune
     if loaded and ft is not None and "modules" not in ft.model_fields_set:
         modules = tuple(f"encoders.{m}" for m in loaded)
