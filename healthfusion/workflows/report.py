@@ -77,8 +77,11 @@ def _card(run_dir: Path, info: dict, audit: dict) -> list[tuple[str, str]]:
     if ensemble:
         weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(ensemble["members"], ensemble["weights"], strict=True))
         described = (f"ensemble of the {described} (logits of {len(ensemble['seeds'])} seeds averaged)"
-                     + (f" and gradient boosting on engineered features; weights {weights} (chosen on "
-                        f"{ensemble['weights_from']} predictions)" if len(ensemble["members"]) > 1 else ""))
+                     + (f" and gradient boosting on engineered features; weights {weights} ("
+                        + {"validation": "chosen by log-loss on the validation stays",
+                           "cross_fit": "chosen by log-loss on cross-fitted predictions",
+                           "uniform": "equal"}.get(ensemble["weights_from"], ensemble["weights_from"]) + ")"
+                        if len(ensemble["members"]) > 1 else ""))
     card = [
         ("Model", described),
         ("Predicts", f"probability of {label!r} from data recorded up to each stay's prediction time"),
