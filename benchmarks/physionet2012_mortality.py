@@ -66,6 +66,7 @@ from healthfusion.models.classical import make_baseline  # noqa: E402
 from healthfusion.models.ensemble import EnsembleWeights, combine, fit_weights  # noqa: E402
 from healthfusion.models.hybrid import HybridModel  # noqa: E402
 from healthfusion.training import Trainer, TrainerConfig  # noqa: E402
+from healthfusion.workflows.ensemble import cross_fitted  # noqa: E402
 from healthfusion.workflows.modeling import hybrid_config  # noqa: E402
 
 LABEL = "in_hospital_death"
@@ -145,27 +146,16 @@ def train_hybrid(feat: CohortFeaturizer, train, val, seed: int, args: argparse.N
     return model, trainer, (history.best_epoch + 1) if val is not None else len(history)
 
 
-def out_of_fold(cohort: Cohort, ids: list[str], args: argparse.Namespace, epochs: int, n_trees: int,
+def out_of_fold(cohort: Cohort, ids: list[str], args: argparse.Namespace, epochs: int, gbm: BoostingClassifier,
                 seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Cross-fitted predictions of the hybrid (one seed, ``epochs`` epochs) and of boosting (``n_trees`` trees)
-    for every stay in ``ids``: each stay is scored by models fitted on the other ``args.folds - 1`` folds."""
-    stays = cohort.stays[cohort.stays["stay_id"].isin(ids)]
-    folds = split_patients(stays, {f"fold{k}": 1.0 / args.folds for k in range(args.folds)}, seed=seed + 100,
-                           stratify=cohort.label(LABEL))
-    order = folds.index.tolist()
-    y = cohort.label(LABEL).reindex(order).to_numpy().astype(int)
-    p = {HYBRID: np.zeros(len(order)), BOOSTING: np.zeros(len(order))}
-    for k in range(args.folds):
-        held = (folds == f"fold{k}").to_numpy()
-        fit_ids, held_ids = folds.index[~held].tolist(), folds.index[held].tolist()
-        feat = make_featurizer(args).fit(cohort, fit_ids)
-        model, trainer, _ = train_hybrid(feat, feat.transform(cohort, fit_ids), None, seed, args, epochs=epochs)
-        p[HYBRID][held] = trainer.predict(model, feat.transform(cohort, held_ids))
-        gbm = boosting(args, n_estimators=n_trees, early_stopping_rounds=None, validation_fraction=None,
-                       random_state=seed, n_jobs=args.threads)
-        gbm.fit(engineered(cohort, feat, fit_ids, args), y[~held])
-        p[BOOSTING][held] = gbm.predict_proba(engineered(cohort, feat, held_ids, args))[:, 1]
-    return y, p
+    """Cross-fitted predictions of the hybrid (one seed, ``epochs`` epochs) and of boosting (``gbm``'s tree count)
+    for every stay in ``ids``: each stay is scored by models fitted on the other ``args.folds - 1`` folds
+    (:func:`healthfusion.workflows.ensemble.cross_fitted`, as a run config's ``ensemble.weights: cross_fit``)."""
+    y, p = cross_fitted(cohort, ids, LABEL, fit_featurizer=lambda fit_ids: make_featurizer(args).fit(cohort, fit_ids),
+                        fit_network=lambda feat, train: train_hybrid(feat, train, None, seed, args, epochs=epochs)[0],
+                        boosting=gbm, stats=SUMMARY_STATS if args.basic_stats else STATS, folds=args.folds,
+                        seed=seed + 100)
+    return y.astype(int), {HYBRID: p["hybrid"], BOOSTING: p["gradient_boosting"]}
 
 
 def boosting(args: argparse.Namespace, **params) -> BoostingClassifier:
@@ -254,8 +244,8 @@ def fit_and_score(cohort: Cohort, train_ids: list[str], val_ids: list[str], test
     # over the training + validation stays (default), or the validation split alone
     if args.ensemble_weights == "oof":
         t0 = time.perf_counter()
-        y_oof, p_oof = out_of_fold(cohort, train_ids + val_ids, args, epochs=int(np.median(epochs)),
-                                   n_trees=gbm.n_trees_, seed=seed0)
+        y_oof, p_oof = out_of_fold(cohort, train_ids + val_ids, args, epochs=int(np.median(epochs)), gbm=gbm,
+                                   seed=seed0)
         spec = fit_weights(p_oof, y_oof, criterion="log_loss")
         info["oof_auroc"] = {name: auroc(y_oof, p) for name, p in p_oof.items()}
         say(f"out-of-fold predictions on {len(y_oof)} stays: " + ", ".join(
