@@ -32,11 +32,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.base import clone
 
 from healthfusion.data.cohort import Cohort
@@ -63,7 +62,25 @@ def is_ensemble_folder(path: str | Path) -> bool:
 
 
 def network_folder(seed: int) -> str:
+    """Name of the sub-folder holding the hybrid network trained with ``seed``."""
     return f"hybrid-seed{seed}"
+
+
+def _read_spec(directory: Path) -> dict:
+    """``ensemble.json`` of ``directory``, checked for format and version. Raises ModelLoadError."""
+    path = directory / ENSEMBLE_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{path} does not exist; expected an ensemble folder written by healthfusion train.")
+    try:
+        spec = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"Cannot read {path}: {err}") from err
+    if not isinstance(spec, dict) or spec.get("format") != ENSEMBLE_MODEL_FORMAT \
+            or spec.get("format_version") != ENSEMBLE_MODEL_VERSION:
+        got = (spec.get("format"), spec.get("format_version")) if isinstance(spec, dict) else (None, None)
+        raise ModelLoadError(f"{path} has format {got[0]!r} version {got[1]!r}; expected {ENSEMBLE_MODEL_FORMAT!r} "
+                             f"version {ENSEMBLE_MODEL_VERSION}.")
+    return spec
 
 
 def bag_probability(networks: Sequence[PretrainedModel], data: ArrayDataset, trainer: Trainer | None = None) -> np.ndarray:
@@ -113,7 +130,6 @@ class RunEnsemble:
     weights: EnsembleWeights
     boosting: BoostingClassifier | None = None
     stats: tuple[str, ...] = SUMMARY_STATS
-    info: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.networks:
@@ -169,7 +185,6 @@ class RunEnsemble:
             "boosting": self.boosting is not None,
             "stats": list(self.stats),
             "weights": self.weights.to_dict(),
-            "info": self.info,
         }
         (directory / ENSEMBLE_FILE).write_text(json.dumps(spec, indent=2, default=str))
         return directory
@@ -185,17 +200,11 @@ class RunEnsemble:
             folder (named), or members whose preprocessing differs from the ensemble's.
         """
         directory = Path(directory)
-        path = directory / ENSEMBLE_FILE
-        if not path.is_file():
-            raise ModelLoadError(f"{path} does not exist; expected an ensemble folder written by healthfusion train.")
+        spec, path = _read_spec(directory), directory / ENSEMBLE_FILE
         try:
-            spec = json.loads(path.read_text())
             shared = json.loads((directory / PREPROCESSING_FILE).read_text())
         except (OSError, json.JSONDecodeError) as err:
-            raise ModelLoadError(f"Cannot read the ensemble in {directory}: {err}") from err
-        if spec.get("format") != ENSEMBLE_MODEL_FORMAT or spec.get("format_version") != ENSEMBLE_MODEL_VERSION:
-            raise ModelLoadError(f"{path} has format {spec.get('format')!r} version {spec.get('format_version')!r}; "
-                                 f"expected {ENSEMBLE_MODEL_FORMAT!r} version {ENSEMBLE_MODEL_VERSION}.")
+            raise ModelLoadError(f"Cannot read the ensemble's preprocessing in {directory}: {err}") from err
         try:
             weights = EnsembleWeights.from_dict(spec["weights"])
             seeds = [int(s) for s in spec["seeds"]]
@@ -211,19 +220,30 @@ class RunEnsemble:
         boosting = BoostingClassifier.load(directory / BOOSTING) if spec.get("boosting") else None
         try:
             return cls(CohortFeaturizer.from_state(shared), networks, weights, boosting,
-                       tuple(spec.get("stats", SUMMARY_STATS)), dict(spec.get("info", {})))
+                       tuple(spec.get("stats", SUMMARY_STATS)))
         except ValueError as err:
             raise ModelLoadError(f"{path}: {err}") from err
 
 
-def first_network(model_dir: str | Path) -> tuple[PretrainedModel, dict | None]:
-    """The hybrid network a run folder's ``model/`` holds (a single model, or an ensemble's first seed) and its
-    preprocessing state, for explanations and the report's model card."""
+def primary_network_dir(model_dir: str | Path) -> Path:
+    """The folder of the hybrid network a run's ``model/`` stands for: ``model_dir`` itself for a single model, an
+    ensemble's first-seed network otherwise (for explanations and the report's model card).
+
+    Raises
+    ------
+    ModelLoadError
+        An unreadable ``ensemble.json``.
+    """
     model_dir = Path(model_dir)
-    if is_ensemble_folder(model_dir):
-        seeds = json.loads((model_dir / ENSEMBLE_FILE).read_text()).get("seeds") or [0]
-        return load_model(model_dir / network_folder(int(seeds[0])))
-    return load_model(model_dir)
+    if not is_ensemble_folder(model_dir):
+        return model_dir
+    seeds = _read_spec(model_dir).get("seeds") or [0]
+    return model_dir / network_folder(int(seeds[0]))
+
+
+def first_network(model_dir: str | Path) -> tuple[PretrainedModel, dict | None]:
+    """:func:`~healthfusion.models.base.load_model` of :func:`primary_network_dir`."""
+    return load_model(primary_network_dir(model_dir))
 
 
 def refit_boosting(fitted: BoostingClassifier) -> BoostingClassifier:
@@ -282,9 +302,3 @@ def cross_fitted(
         if on_fold is not None:
             on_fold(k)
     return y, out
-
-
-def member_table(member_probs: Mapping[str, np.ndarray], y: np.ndarray) -> pd.DataFrame:
-    """Rows with every member scored and a label, as a frame ``y_true`` + one column per member."""
-    frame = pd.DataFrame({"y_true": y, **member_probs})
-    return frame.dropna()

@@ -19,7 +19,8 @@ import pandas as pd
 from healthfusion.evaluation.compare import format_ci, format_comparison
 from healthfusion.report.html import write_report
 from healthfusion.workflows.audit import HYBRID, write_audit
-from healthfusion.workflows.ensemble import ENSEMBLE_FILE, is_ensemble_folder, network_folder
+from healthfusion.workflows.ensemble import primary_network_dir
+from healthfusion.workflows.evaluate import display_comparison, run_label
 from healthfusion.workflows.report_sections import (
     KNOWN_FILES,
     explanation_section,
@@ -48,10 +49,7 @@ def _load(run_dir: Path) -> dict:
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     model_cfg = {}
-    model_dir = run_dir / "model"
-    if is_ensemble_folder(model_dir):  # an ensemble: its first hybrid network describes the architecture
-        seeds = json.loads((model_dir / ENSEMBLE_FILE).read_text()).get("seeds") or [0]
-        model_dir = model_dir / network_folder(int(seeds[0]))
+    model_dir = primary_network_dir(run_dir / "model")  # an ensemble's first network describes the architecture
     if (model_dir / "config.json").is_file():
         model_cfg = json.loads((model_dir / "config.json").read_text())
     predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"stay_id": str})
@@ -282,6 +280,58 @@ def _study_report(run_dir: Path, out: Path, kind: str) -> Path:
     return write_report(context, out)
 
 
+def _kind_report(run_dir: Path, out: Path, label: dict) -> Path:
+    """The report of a multiclass or regression run of `healthfusion train`: the data, the metric table with
+    bootstrap CIs and the training history (the calibration/subgroup/impact audit and explanations are for binary
+    labels)."""
+    info = _load(run_dir)
+    cfg, metrics, pred = info["config"], info["metrics"], info["predictions"]
+    kind = label["kind"]
+    counts = pred.groupby("split").agg(stays=("y_true", "size"))
+    if kind == "multiclass":
+        counts = counts.join(pd.crosstab(pred["split"], pred["y_true"].astype(str)))
+    else:
+        counts = counts.join(pred.groupby("split")["y_true"].agg(["mean", "std", "min", "max"]))
+    data = [table_block(counts.reset_index(), heading="Evaluated stays per split" + (" and class" if kind ==
+                                                                                      "multiclass" else ""))]
+    acc = _read_csv(run_dir / "accounting.csv")
+    if acc is not None and len(acc):
+        wide = acc.pivot_table(index=["cohort", "table"], columns="outcome", values="rows", aggfunc="sum", sort=False)
+        wide.columns.name = None
+        data.append(table_block(wide.reset_index(), heading="Row accounting of the input data", digits=0))
+    blocks = []
+    table = _read_csv(run_dir / "comparison.csv", index_col=0)
+    if table is not None:
+        shown, title = display_comparison(table)
+        blocks.append(table_block(shown, heading=title))
+    skipped = metrics.get("models_without_score") or {}
+    if skipped:
+        blocks.append(text_block("Stays without a score (left out of that model's metrics, never defaulted): "
+                                 + ", ".join(f"{k}: {v}" for k, v in skipped.items()), warn=True))
+    if (run_dir / "history.json").is_file():
+        h = json.loads((run_dir / "history.json").read_text())
+        blocks.append(text_block(f"Hybrid training: {len(h.get('train_loss', []))} epochs, best epoch "
+                                 f"{h.get('best_epoch')}, {sum(h.get('epoch_seconds', [])):.0f} s."))
+    notes = [f"Label {label['name']!r} is {kind}: calibration, subgroup, impact and explanation analyses are "
+             "computed for binary labels only and are not part of this report.",
+             "Values are point estimates with percentile-bootstrap 95% intervals on the test stays"
+             + (" (resampled within each class)." if kind == "multiclass" else "."),
+             "Model selection used training and validation stays only; the test stays were scored once."]
+    card = [("Predicts", f"{label['name']!r} ({kind}" + (f": {', '.join(label.get('classes') or [])})"
+                                                          if kind == "multiclass" else ")")),
+            ("Training data", str(cfg.get("data", {}).get("cohort") or cfg.get("data", {}).get("source"))),
+            ("Evaluation", f"n = {metrics.get('n', '?')} test stays"),
+            ("Run", f"{cfg.get('name', run_dir.name)} - {run_dir}")]
+    sections = [section("data", "Data and cohort", data), section("metrics", "Metrics with confidence intervals",
+                                                                  blocks),
+                section("limitations", "Limitations", [{"kind": "list", "items": notes}])]
+    context = {"title": f"{cfg.get('name', run_dir.name)}: {kind} model report",
+               "subtitle": f"Outcome {label['name']} · run folder {run_dir}",
+               "generated": f"Generated by healthfusion on {datetime.now():%Y-%m-%d %H:%M} from {run_dir}",
+               "card": card, "sections": sections}
+    return write_report(context, out)
+
+
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, recompute_audit: bool = False,
                  explain: bool = False, console=None) -> Path:
     """Write ``out`` (default ``RUN_DIR/report.html``) for the run folder ``run_dir``; return its path.
@@ -305,6 +355,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
     study = study_kind(run_dir)
     if study is not None:
         return _study_report(run_dir, out, study)
+    label = run_label(run_dir)
+    if label is not None and label.get("kind", "binary") != "binary":
+        return _kind_report(run_dir, out, label)
     info = _load(run_dir)
     if recompute_audit or not (run_dir / "audit" / "audit.json").is_file():
         audited = "ensemble" if "ensemble" in info["predictions"].columns else HYBRID
