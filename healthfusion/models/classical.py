@@ -37,9 +37,9 @@ import logging
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.calibration import CalibratedClassifierCV
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
@@ -51,6 +51,9 @@ logger = logging.getLogger(__name__)
 
 BASELINES: tuple[str, ...] = ("logistic_regression", "svm", "random_forest", "gradient_boosting")
 """Names accepted by :func:`make_baseline`."""
+
+REGRESSION_BASELINES: tuple[str, ...] = ("ridge_regression", "random_forest")
+"""Names accepted by :func:`make_regression_baseline`."""
 
 CLASS_WEIGHTS: tuple[str | None, ...] = ("balanced", None)
 
@@ -168,3 +171,30 @@ def make_baseline(name: str, seed: int = 0, class_weight: str | None = "balanced
         return Pipeline([("impute", _imputer()), ("model", model)])
     # gradient_boosting: the tuned defaults of BoostingClassifier (LightGBM is imported only when it is fitted)
     return Pipeline([("model", BoostingClassifier(class_weight=class_weight, random_state=seed, n_jobs=2))])
+
+
+def make_regression_baseline(name: str, seed: int = 0) -> Pipeline:
+    """Build an unfitted classical baseline for a continuous outcome.
+
+    ``ridge_regression``: median imputation + missing indicators -> standard scaling -> Ridge (alpha 1);
+    ``random_forest``: median imputation + missing indicators -> RandomForestRegressor (300 trees, a third of the
+    features per split).
+
+    Args:
+        name: one of :data:`REGRESSION_BASELINES`.
+        seed: random seed of the forest.
+
+    Returns:
+        An unfitted :class:`~sklearn.pipeline.Pipeline` with ``fit``/``predict``, accepting NaN in ``X``; its last
+        step is named ``"model"``.
+
+    Raises:
+        ValueError: unknown ``name`` (with the valid names).
+    """
+    if name == "ridge_regression":
+        return Pipeline([("impute", _imputer()), ("scale", StandardScaler()), ("model", Ridge(alpha=1.0))])
+    if name == "random_forest":
+        model = RandomForestRegressor(n_estimators=300, min_samples_leaf=3, max_features=1 / 3, n_jobs=2,
+                                      random_state=seed)
+        return Pipeline([("impute", _imputer()), ("model", model)])
+    raise ValueError(f"Unknown regression baseline {name!r}; expected one of {', '.join(REGRESSION_BASELINES)}.")

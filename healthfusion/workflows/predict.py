@@ -4,6 +4,9 @@ The saved preprocessing is applied unchanged (no refitting). Output: one row per
 probability, the risk group at the threshold (``high`` if probability >= threshold) and a status; a stay with no
 usable data for any of the model's modalities gets status ``no usable data`` and an empty probability, never a
 default value. When the source carries the model's label, it is added as ``y_true`` for external validation.
+
+A model of a multiclass label gives ``predicted_class`` and one ``p_<class>`` probability column per class instead
+of ``probability``/``risk_group``; a model of a regression label gives ``prediction``.
 """
 
 from __future__ import annotations
@@ -85,6 +88,9 @@ def predict_source(model_dir: str | Path, source: str, path: str | Path, split: 
     _check_compatible(feat, cohort, source)
     ids = cohort.stay_ids.tolist()
     data = feat.transform(cohort, ids, with_target=False)
+    kind = feat.label_spec_.kind if feat.label_spec_ else "binary"
+    if ensemble is None and kind != "binary":
+        return _with_label(_predict_other_kind(model, feat, data, ids), feat, cohort, ids)
     out = pd.DataFrame({"stay_id": ids, "probability": np.nan, "risk_group": "", "status": "no usable data"})
     if ensemble is not None:
         prob = ensemble.predict_proba(cohort, ids, data)  # NaN where the hybrid has none of its modalities
@@ -93,12 +99,42 @@ def predict_source(model_dir: str | Path, source: str, path: str | Path, split: 
     else:
         present = data.usable_rows()  # the wide input (summary) is part of static, not a modality of its own
         if present.any():
-            kind = feat.label_spec_.kind if feat.label_spec_ else "binary"
             prob = Trainer().predict(model, data[present], head_kind=kind)
     if present.any():
         out.loc[present, "probability"] = prob
         out.loc[present, "risk_group"] = risk_groups(prob, threshold)
         out.loc[present, "status"] = "scored"
+    return _with_label(out, feat, cohort, ids)
+
+
+def _predict_other_kind(model, feat: CohortFeaturizer, data, ids: list[str]) -> pd.DataFrame:
+    """Rows of a multiclass (``predicted_class``, ``p_<class>``) or regression (``prediction``) model's output."""
+    spec = feat.label_spec_
+    present = data.usable_rows()
+    out = pd.DataFrame({"stay_id": ids})
+    pred = Trainer().predict(model, data[present], head_kind=spec.kind) if present.any() else None
+    if spec.kind == "multiclass":
+        classes = list(spec.classes)
+        chosen = pd.Series(None, index=out.index, dtype=object)
+        probs = np.full((len(ids), len(classes)), np.nan)
+        if pred is not None:
+            chosen[present] = np.asarray(classes, dtype=object)[pred.argmax(axis=1)]
+            probs[present] = pred
+        out["predicted_class"] = chosen
+        for k, c in enumerate(classes):
+            out[f"p_{c}"] = probs[:, k]
+    elif spec.kind == "regression":
+        out["prediction"] = np.nan
+        if pred is not None:
+            out.loc[present, "prediction"] = pred
+    else:
+        raise PredictionError(f"Scoring a model of a {spec.kind} label ({spec.name!r}) is not supported here.")
+    out["status"] = np.where(present, "scored", "no usable data")
+    return out
+
+
+def _with_label(out: pd.DataFrame, feat: CohortFeaturizer, cohort: Cohort, ids: list[str]) -> pd.DataFrame:
+    """``out`` with the model's label as ``y_true`` when the source carries it (external validation)."""
     label = feat.label_spec_.name if feat.label_spec_ else None
     if label and cohort.labels is not None and label in cohort.labels.columns:
         out["y_true"] = cohort.label(label).reindex(ids).to_numpy()

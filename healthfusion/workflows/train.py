@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from itertools import product
 from pathlib import Path
@@ -23,6 +25,7 @@ import yaml
 from sklearn.linear_model import LogisticRegression
 
 from healthfusion.data.cohort import Cohort
+from healthfusion.data.schema import LabelSpec
 from healthfusion.data.sources import get_source
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.metrics import auroc, choose_threshold
@@ -49,6 +52,7 @@ from healthfusion.workflows.modeling import build_run_hybrid, pretrained_featuri
 
 log = logging.getLogger(__name__)
 HYBRID, ENSEMBLE = "hybrid", "ensemble"
+TRAINABLE_KINDS = ("binary", "multiclass", "regression")
 
 
 def open_source(spec: SourceSpec, console=None) -> Cohort:
@@ -76,11 +80,15 @@ def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
                             transformers={m: t for m, t in transformers.items() if m in spec.modalities})
 
 
-def _fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, console=None):
-    model, training = build_run_hybrid(feat, spec, training)
+def _fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, console=None, head: str = "binary",
+                n_outputs: int = 1, init=None):
+    """Build and fit the run's hybrid; ``init(model)``, when given, sets initial weights after the seeded build."""
+    model, training = build_run_hybrid(feat, spec, training, head=head, n_outputs=n_outputs)
+    if init is not None:
+        init(model)
     callbacks = [ProgressCallback(console=console)] if console is not None else []
     trainer = Trainer(training, callbacks=callbacks)
-    history = trainer.fit(model, train, val, head_kind="binary")
+    history = trainer.fit(model, train, val, head_kind=head)
     return model, trainer, history
 
 
@@ -165,13 +173,61 @@ def _ensemble_weights(config: RunConfig, spec: ModelSpec, cohort: Cohort, ids: d
     return fit_weights({m: table[m].to_numpy() for m in members}, table["y_true"].to_numpy(), combine=ens.combine)
 
 
-def run_training(config: RunConfig, console=None) -> Path:
-    """Run the whole training job described by ``config`` and return the run folder.
+@dataclass
+class RunData:
+    """What every kind of run needs before fitting: the run folder, the cohorts and stay ids of each split (stays
+    without the label already left out and counted) and the label's spec."""
 
-    Raises
-    ------
-    ValueError (SourceError, CohortError, ConfigError)
-        On unreadable data, a label the cohort lacks, or an impossible split; the message says which.
+    run_dir: Path
+    main: Cohort
+    cohorts: dict[str, Cohort]
+    ids: dict[str, list[str]]
+    label: LabelSpec
+    started: float
+    say: Callable[[str], None]
+
+
+def _check_label_kind(config: RunConfig, spec_label: LabelSpec, main: Cohort) -> None:
+    """Stop, naming the setting, when the label's kind cannot be trained by ``healthfusion train`` as configured."""
+    kind, name = spec_label.kind, config.data.label
+    if kind == "binary":
+        return
+    if kind not in TRAINABLE_KINDS:
+        raise ValueError(
+            f"`healthfusion train` predicts binary, multiclass and regression labels; label {name!r} is {kind}. "
+            f"Train it with `healthfusion multitask` (binary, multiclass, multilabel, regression and clustering "
+            f"tasks), or pick another label: "
+            f"{[lab.name for lab in main.meta.labels if lab.kind in TRAINABLE_KINDS]}.")
+    unsupported = {"ensemble": config.ensemble is not None, "reference_scores": bool(config.reference_scores),
+                   "tuning": config.tuning is not None and bool(config.tuning.grid)}
+    for key, used in unsupported.items():
+        if used:
+            raise ValueError(f"The run config's {key!r} section works with binary labels only; label {name!r} is "
+                             f"{kind}. Remove {key!r} from the config, or pick a binary label.")
+    if kind == "regression" and config.training.imbalance != "none":
+        raise ValueError(f"training.imbalance: {config.training.imbalance!r} needs class labels; label {name!r} is "
+                         "a regression label. Use imbalance: none.")
+
+
+def _strata(cohort: Cohort, spec_label: LabelSpec) -> pd.Series:
+    """The label as split strata: the 0/1 label itself (binary), the class index (multiclass) or the quintile
+    of the value (regression); missing labels stay missing (their own stratum)."""
+    label = cohort.label(spec_label.name)
+    if spec_label.kind == "binary":
+        return label
+    if spec_label.kind == "multiclass":
+        codes = pd.Index(spec_label.classes).get_indexer(label.astype("string").astype(object))
+        return pd.Series(np.where(codes >= 0, codes, np.nan), index=label.index)
+    values = pd.to_numeric(label, errors="coerce")
+    ranks = values.rank(method="first", pct=True)
+    return np.ceil(ranks * 5).clip(1, 5)
+
+
+def prepare_run(config: RunConfig, console=None) -> RunData:
+    """Create the run folder, read the data, split the patients and count the input rows' fate.
+
+    Writes ``config.yaml`` and ``accounting.csv``. Raises ValueError (SourceError, CohortError) on unreadable data,
+    a label the cohort lacks, a label kind or setting ``healthfusion train`` cannot use, or an impossible split.
     """
     t0 = time.perf_counter()
     run_dir = Path(config.out) if config.out else Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -185,24 +241,19 @@ def run_training(config: RunConfig, console=None) -> Path:
     say("[bold cyan]Data[/]")
     main = open_source(config.data, console)
     spec_label = main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
-    if spec_label.kind != "binary":
-        raise ValueError(
-            f"`healthfusion train` predicts a binary risk; label {config.data.label!r} is {spec_label.kind}. "
-            f"Train it with `healthfusion multitask` (binary, multiclass, multilabel, regression and clustering "
-            f"tasks), or pick a binary label: "
-            f"{[lab.name for lab in main.meta.labels if lab.kind == 'binary']}.")
+    _check_label_kind(config, spec_label, main)
     split_cfg = config.data.split
     if config.data.test is not None:
         test_cohort = open_source(config.data.test, console)
         frac = {"train": split_cfg.train / (split_cfg.train + split_cfg.val),
                 "val": split_cfg.val / (split_cfg.train + split_cfg.val)}
-        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=main.label(config.data.label))
+        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
         ids = {"train": split.index[split == "train"].tolist(), "val": split.index[split == "val"].tolist(),
                "test": test_cohort.stay_ids.tolist()}
         cohorts = {"train": main, "val": main, "test": test_cohort}
     else:
         frac = {"train": split_cfg.train, "val": split_cfg.val, "test": split_cfg.test}
-        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=main.label(config.data.label))
+        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
         ids = {s: split.index[split == s].tolist() for s in ("train", "val", "test")}
         cohorts = {"train": main, "val": main, "test": main}
     # stays without the label cannot be trained or scored against it; count them instead of dropping silently
@@ -218,6 +269,28 @@ def run_training(config: RunConfig, console=None) -> Path:
         sources["external test"] = cohorts["test"]
     accounting = pd.concat([c.accounting.to_frame().assign(cohort=name) for name, c in sources.items()])
     accounting.to_csv(run_dir / "accounting.csv", index=False)
+    return RunData(run_dir, main, cohorts, ids, spec_label, t0, say)
+
+
+def run_training(config: RunConfig, console=None) -> Path:
+    """Run the whole training job described by ``config`` and return the run folder.
+
+    A binary label trains as this module describes; a multiclass or regression label trains the hybrid with that
+    head and the matching baselines (:mod:`healthfusion.workflows.train_kinds`).
+
+    Raises
+    ------
+    ValueError (SourceError, CohortError, ConfigError)
+        On unreadable data, a label the cohort lacks (or of a kind train cannot use: multilabel), a setting that
+        needs a binary label (ensemble, reference_scores, tuning), or an impossible split; the message says which.
+    """
+    prepared = prepare_run(config, console)
+    if prepared.label.kind != "binary":
+        from healthfusion.workflows.train_kinds import train_other_kind
+
+        return train_other_kind(config, prepared, console)
+    run_dir, main, cohorts, ids, t0, say = (prepared.run_dir, prepared.main, prepared.cohorts, prepared.ids,
+                                            prepared.started, prepared.say)
 
     spec, tuning_table = config.model, None
     if config.tuning is not None and config.tuning.grid:

@@ -147,7 +147,7 @@ def test_a_run_is_reproducible_whatever_used_the_generator_before(trained_run, t
     pd.testing.assert_series_equal(first["hybrid"], second["hybrid"])
 
 
-@pytest.mark.parametrize("label, kind", [("phenotype", "multiclass"), ("los_days", "regression")])
+@pytest.mark.parametrize("label, kind", [("diagnoses", "multilabel")])
 def test_a_non_binary_label_is_a_clear_error(trained_run, tmp_path, label, kind):
     _, root = trained_run
     cfg = {"out": str(tmp_path / "run"), "data": {"cohort": str(root / "cohort"), "label": label}}
