@@ -97,7 +97,7 @@ def predict(
     frame.to_csv(out, index=False)
     counts = frame["status"].value_counts().to_dict()
     console.print(f"Wrote {len(frame)} rows to [bold]{out}[/] ({counts})")
-    if "y_true" in frame.columns:
+    if "y_true" in frame.columns and "probability" in frame.columns:  # a binary model's probabilities
         from healthfusion.evaluation.bootstrap import metrics_with_ci
 
         scored = frame[(frame["status"] == "scored") & frame["y_true"].notna()]
@@ -110,11 +110,10 @@ def predict(
 def _print_run(run_dir: Path) -> None:
     import pandas as pd
 
-    from healthfusion.evaluation.compare import format_comparison
+    from healthfusion.workflows.evaluate import display_comparison
 
-    table = pd.read_csv(run_dir / "comparison.csv", index_col=0)
-    print_frame(console, format_comparison(table).T.rename_axis("metric").reset_index(),
-                title="Test-set metrics at threshold 0.5 (95% bootstrap CI)")
+    shown, title = display_comparison(pd.read_csv(run_dir / "comparison.csv", index_col=0))
+    print_frame(console, shown, title=title)
     console.print(f"Run folder: [bold]{run_dir}[/]")
 
 
