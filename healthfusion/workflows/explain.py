@@ -22,7 +22,8 @@ def explain_run(run_dir: str | Path, n_explain: int = 48, seed: int = 0, console
     Raises
     ------
     ValueError
-        If the folder lacks ``config.yaml``, ``predictions.csv`` or ``model/``, or the data cannot be read.
+        If the folder lacks ``config.yaml``, ``predictions.csv`` or ``model/``, its model is not a binary risk model,
+        or the data cannot be read.
     """
     run_dir = Path(run_dir)
     for name in ("config.yaml", "predictions.csv", "model"):
@@ -33,6 +34,9 @@ def explain_run(run_dir: str | Path, n_explain: int = 48, seed: int = 0, console
     if state is None:
         raise ValueError(f"{run_dir / 'model'} has no preprocessing.json; re-train to save the feature pipeline.")
     feat = CohortFeaturizer.from_state(state)
+    if feat.label_spec_ is not None and feat.label_spec_.kind != "binary":
+        raise ValueError(f"Explanations are computed for binary risk models; {run_dir} predicts the "
+                         f"{feat.label_spec_.kind} label {feat.label_spec_.name!r}.")
     predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"stay_id": str})
     main = open_source(config.data, console)
     test = open_source(config.data.test, console) if config.data.test is not None else main

@@ -139,3 +139,10 @@ def test_regression_baselines_fit_and_reject_unknown_names():
     assert make_regression_baseline("random_forest").fit(x, y).predict(x).shape == (60,)
     with pytest.raises(ValueError, match="expected one of ridge_regression, random_forest"):
         make_regression_baseline("svm")
+
+
+def test_explain_says_it_needs_a_binary_risk_model(runs):
+    from healthfusion.workflows.explain import explain_run
+
+    with pytest.raises(ValueError, match="binary risk models.*multiclass label 'phenotype'"):
+        explain_run(runs[0]["multiclass"])
