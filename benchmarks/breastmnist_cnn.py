@@ -15,14 +15,18 @@ strength chosen by inner CV on each training part), and the MedMNIST v2 paper's 
 (Yang et al., "MedMNIST v2", Scientific Data 2023), a cited figure on the official test split, not a same-split
 comparison. It ends with the AUROC ratios against both and the wall time.
 
-Hyperparameters. ``--setting`` picks one of the named settings in ``SETTINGS``. The default ("plain") was chosen
-during development by comparing pooled out-of-fold AUROC of the settings on these same folds (docs/benchmarks.md
-lists them), so its figure carries some selection optimism. ``--nested`` removes it: inside every outer fold the
-settings named by ``--candidates`` are compared by inner stratified CV (one model each) on that fold's training
-part only, and the winner is retrained on the whole training part and scored on the held-out fold.
+Hyperparameters. ``--setting`` picks one of the named settings in ``SETTINGS``. The default ("double": channels
+16-32-64, two 3x3 convolutions per block) was chosen during development by comparing pooled out-of-fold AUROC of the
+settings on these same folds (docs/benchmarks.md lists them), so its figure carries some selection optimism.
+``--nested`` removes it: inside every outer fold the settings named by ``--candidates`` are compared by inner
+stratified CV (one model each) on that fold's training part only, and the winner is retrained on the whole training
+part and scored on the held-out fold. ``--compare A/oof.csv B/oof.csv`` trains nothing: it reads the out-of-fold
+predictions two earlier runs wrote with ``--out`` (same data, folds and seed) and prints the paired bootstrap 95% CI
+of the pooled AUROC difference B - A.
 
     python benchmarks/breastmnist_cnn.py --folds 5 --seed 0 --ensemble 3
-    python benchmarks/breastmnist_cnn.py --nested --candidates plain flip-shift
+    python benchmarks/breastmnist_cnn.py --nested --candidates plain double
+    python benchmarks/breastmnist_cnn.py --compare runs/plain/oof.csv runs/double/oof.csv
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 from healthfusion.data.sources import medmnist  # noqa: E402
-from healthfusion.evaluation.bootstrap import bootstrap_ci  # noqa: E402
+from healthfusion.evaluation.bootstrap import bootstrap_ci, resample_indices  # noqa: E402
 from healthfusion.evaluation.compare import comparison_table, format_comparison  # noqa: E402
 from healthfusion.evaluation.metrics import auroc  # noqa: E402
 from healthfusion.features.compose import CohortFeaturizer  # noqa: E402
@@ -67,6 +71,7 @@ class Setting:
     """One candidate: CNN encoder, training schedule and augmentation (None: no augmentation)."""
 
     channels: tuple[int, ...] = (16, 32, 64)
+    convs_per_block: int = 1
     batchnorm: bool = True
     dropout: float = 0.2
     lr: float = 2e-3
@@ -77,8 +82,8 @@ class Setting:
 
     def model(self, channels_in: int, size: int) -> HybridModel:
         encoder = CNNEncoderConfig(
-            in_channels=channels_in, image_size=size, channels=self.channels, batchnorm=self.batchnorm,
-            dropout=self.dropout, out_dim=64,
+            in_channels=channels_in, image_size=size, channels=self.channels,
+            convs_per_block=self.convs_per_block, batchnorm=self.batchnorm, dropout=self.dropout, out_dim=64,
         )
         return HybridModel(HybridConfig(image=encoder, fc_hidden=(32,), dropout=self.dropout))
 
@@ -94,6 +99,8 @@ SETTINGS: dict[str, Setting] = {
     "plain": Setting(),
     "flip-shift": Setting(augmentation={"hflip": True, "max_shift": 2}),
     "wide": Setting(channels=(32, 64, 128)),
+    "double": Setting(convs_per_block=2),
+    "double-deep": Setting(channels=(16, 32, 64, 128), convs_per_block=2),
     "wide-flip-shift-rotate": Setting(
         channels=(32, 64, 128), augmentation={"hflip": True, "max_shift": 2, "max_rotation": 10}
     ),
@@ -165,27 +172,58 @@ def select_setting(train: ArrayDataset, candidates: list[str], args) -> tuple[st
     return best, scores
 
 
+def compare_runs(path_a: Path, path_b: Path, n_boot: int, seed: int) -> None:
+    """Print the pooled CNN AUROC of two runs' ``oof.csv`` and a paired, stratified bootstrap 95% CI of B - A."""
+    frames = []
+    for path in (path_a, path_b):
+        try:
+            frames.append(pd.read_csv(path, dtype={"stay_id": str}))
+        except (OSError, pd.errors.ParserError) as exc:
+            raise SystemExit(
+                f"cannot read {path} as CSV ({exc}); pass an oof.csv written by this script's --out."
+            ) from exc
+    a, b = frames
+    for path, frame in ((path_a, a), (path_b, b)):
+        missing = {"stay_id", "y", "cnn"} - set(frame.columns)
+        if missing:
+            raise SystemExit(f"{path} lacks column(s) {sorted(missing)}; pass an oof.csv written by this script's --out.")
+    if not (a["stay_id"].equals(b["stay_id"]) and a["y"].equals(b["y"])):
+        raise SystemExit(f"{path_a} and {path_b} hold other images or labels; compare runs on the same data.")
+    y, p_a, p_b = a["y"].to_numpy(), a["cnn"].to_numpy(), b["cnn"].to_numpy()
+    diffs = np.array([auroc(y[idx], p_b[idx]) - auroc(y[idx], p_a[idx])
+                      for chunk in resample_indices(y, n_boot=n_boot, seed=seed) for idx in chunk])
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    print(f"A {path_a}: AUROC {auroc(y, p_a):.4f}\nB {path_b}: AUROC {auroc(y, p_b):.4f}")
+    print(f"B - A {auroc(y, p_b) - auroc(y, p_a):+.4f} (paired bootstrap 95% CI {low:+.4f} to {high:+.4f}, "
+          f"{n_boot} resamples; share of resamples with B <= A: {np.mean(diffs <= 0):.3f}), n={len(y)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="breastmnist.npz (train + val only)")
     parser.add_argument("--folds", type=int, default=5, help="outer stratified CV folds")
     parser.add_argument("--seed", type=int, default=0, help="seeds the folds, the models and the bootstrap")
     parser.add_argument("--epochs", type=int, default=None, help="override the setting's number of epochs")
-    parser.add_argument("--setting", choices=sorted(SETTINGS), default="plain")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="double")
     parser.add_argument("--ensemble", type=int, default=3, help="models (seeds seed..seed+N-1) averaged per fold")
     parser.add_argument("--tta", action="store_true", help="also average over left-right mirrored test images")
     parser.add_argument("--size", type=int, default=28, help="image side after resizing")
     parser.add_argument("--nested", action="store_true", help="choose the setting per fold by inner CV")
-    parser.add_argument("--candidates", nargs="+", choices=sorted(SETTINGS), default=["plain", "flip-shift"])
+    parser.add_argument("--candidates", nargs="+", choices=sorted(SETTINGS), default=["plain", "double"])
     parser.add_argument("--inner-folds", type=int, default=3)
     parser.add_argument("--n-boot", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, default=None, help="folder for oof.csv and summary.json")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("A_OOF", "B_OOF"), default=None,
+                        help="only compare two earlier runs' oof.csv files (paired bootstrap of the AUROC difference)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     log.setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
+    if args.compare is not None:
+        compare_runs(*args.compare, n_boot=args.n_boot, seed=args.seed)
+        return
 
     start = time.perf_counter()
     cohort, ids, y = load(args.data)
