@@ -97,14 +97,11 @@ def predict(
     frame.to_csv(out, index=False)
     counts = frame["status"].value_counts().to_dict()
     console.print(f"Wrote {len(frame)} rows to [bold]{out}[/] ({counts})")
-    if "y_true" in frame.columns and "probability" in frame.columns:  # a binary model's probabilities
-        from healthfusion.evaluation.bootstrap import metrics_with_ci
+    from healthfusion.workflows.predict import external_validation
 
-        scored = frame[(frame["status"] == "scored") & frame["y_true"].notna()]
-        if scored["y_true"].nunique() == 2:
-            table = metrics_with_ci(scored["y_true"].to_numpy(), scored["probability"].to_numpy(), threshold,
-                                    n_boot=500)
-            print_frame(console, table, title="External validation (labels found in the input)")
+    validated = external_validation(frame, threshold=threshold)
+    if validated is not None:
+        print_frame(console, validated[0], title=validated[1])
 
 
 def _print_run(run_dir: Path) -> None:

@@ -20,11 +20,13 @@ import pandas as pd
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import get_source
+from healthfusion.evaluation.bootstrap import metrics_with_ci
 from healthfusion.evaluation.compare import risk_groups
 from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.models import load_model
 from healthfusion.training import Trainer
 from healthfusion.workflows.ensemble import RunEnsemble, is_ensemble_folder
+from healthfusion.workflows.evaluate import display_comparison, kind_comparison_table
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +141,36 @@ def _with_label(out: pd.DataFrame, feat: CohortFeaturizer, cohort: Cohort, ids: 
     if label and cohort.labels is not None and label in cohort.labels.columns:
         out["y_true"] = cohort.label(label).reindex(ids).to_numpy()
     return out
+
+
+def external_validation(frame: pd.DataFrame, threshold: float = 0.5, n_boot: int = 500,
+                        seed: int = 0) -> tuple[pd.DataFrame, str] | None:
+    """Metrics with bootstrap 95% CIs of a :func:`predict_source` output that carries ``y_true`` (the input had the
+    model's label), on its scored, labelled rows, as a table to print and its title; None without labels (or with
+    a single class, where the binary and multiclass metrics are undefined).
+
+    Binary: the threshold metrics, AUROC, AUPRC and Brier; multiclass (``p_<class>`` columns): accuracy, macro-F1
+    and macro AUROC; regression (``prediction``): MAE, RMSE and R².
+    """
+    if "y_true" not in frame.columns:
+        return None
+    rows = frame[(frame["status"] == "scored") & frame["y_true"].notna()]
+    title = f"External validation (labels found in the input; n = {len(rows)})"
+    if "probability" in rows.columns:
+        if rows["y_true"].nunique() != 2:
+            return None
+        table = metrics_with_ci(rows["y_true"].to_numpy(dtype=float), rows["probability"].to_numpy(), threshold,
+                                n_boot=n_boot, seed=seed)
+        return table, title
+    if "prediction" in rows.columns:
+        results = {"model": (rows["y_true"].to_numpy(dtype=float), rows["prediction"].to_numpy(dtype=float))}
+        kind = "regression"
+    else:
+        classes = [c.removeprefix("p_") for c in rows.columns if c.startswith("p_")]
+        y = pd.Index(classes).get_indexer(rows["y_true"].astype(str))
+        if (y < 0).any() or len(np.unique(y)) < 2:
+            return None
+        results = {"model": (y, rows[[f"p_{c}" for c in classes]].to_numpy(dtype=float))}
+        kind = "multiclass"
+    shown, _ = display_comparison(kind_comparison_table(kind, results, n_boot=n_boot, seed=seed))
+    return shown, title

@@ -12,7 +12,7 @@ from healthfusion.evaluation.metrics import multiclass_metrics, regression_metri
 from healthfusion.models.classical import make_regression_baseline
 from healthfusion.workflows.config import load_run_config
 from healthfusion.workflows.evaluate import KIND_METRICS, display_comparison, evaluate_predictions
-from healthfusion.workflows.predict import predict_source
+from healthfusion.workflows.predict import external_validation, predict_source
 from healthfusion.workflows.report import build_report
 from healthfusion.workflows.train import run_training
 
@@ -112,6 +112,17 @@ def test_predict_reproduces_the_runs_test_predictions(runs, classes, kind, tmp_p
     else:
         np.testing.assert_allclose(got["prediction"], test["hybrid"], atol=1e-5)
         np.testing.assert_allclose(got["y_true"].astype(float), test["y_true"], rtol=1e-6)
+    # the input carries the label: predict's external-validation table holds the kind's metrics of all scored rows
+    table, title = external_validation(frame.reset_index(), n_boot=20)
+    assert "n = 300" in title
+    if kind == "multiclass":
+        reference = multiclass_metrics(pd.Index(classes).get_indexer(frame["y_true"]),
+                                       frame[[f"p_{c}" for c in classes]].to_numpy())
+    else:
+        reference = regression_metrics(frame["y_true"].to_numpy(dtype=float), frame["prediction"].to_numpy())
+    shown = table.set_index("metric")["model"]
+    for metric in KIND_METRICS[kind]:
+        assert shown[metric].startswith(f"{reference[metric]:.3f}"), metric
 
 
 @pytest.mark.parametrize("label, extra, match", [

@@ -173,3 +173,20 @@ def test_predict_reproduces_the_runs_test_scores(trained_run, tmp_path):
     preds = pd.read_csv(run / "predictions.csv", dtype={"stay_id": str})
     test = preds[preds["split"] == "test"].set_index("stay_id")
     np.testing.assert_allclose(frame.loc[test.index, "probability"], test["hybrid"], atol=1e-6)
+
+
+def test_external_validation_uses_scored_labelled_rows_only():
+    from healthfusion.evaluation.metrics import auroc
+    from healthfusion.workflows.predict import external_validation
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200).astype(float)
+    frame = pd.DataFrame({"stay_id": [f"s{i}" for i in range(200)], "probability": 0.3 * y + 0.7 * rng.random(200),
+                          "status": "scored", "y_true": y})
+    frame.loc[:9, ["probability", "status"]] = [np.nan, "no usable data"]
+    frame.loc[10:14, "y_true"] = np.nan
+    table, title = external_validation(frame, n_boot=20)
+    assert "n = 185" in title
+    kept = frame.iloc[15:]
+    assert table.set_index("metric").loc["auroc", "value"] == pytest.approx(auroc(kept["y_true"], kept["probability"]))
+    assert external_validation(frame.drop(columns="y_true")) is None
