@@ -144,6 +144,22 @@ def _reference_scores(config: RunConfig, cohorts: dict[str, Cohort], ids: dict[s
     return out
 
 
+def featurize_run(config: RunConfig, spec: ModelSpec, main: Cohort, cohorts: dict, ids: dict, say):
+    """The featurizer fitted on the training stays, each split's arrays and each split's usable rows.
+
+    A stay with none of the model's modalities cannot be scored by the hybrid: it is left out of training and gets
+    no hybrid score (evaluation counts it under models_without_score), never a default probability.
+    """
+    say("[bold cyan]Features[/] fitted on the training stays")
+    feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(main, ids["train"]), spec)
+    data = {s: feat.transform(cohorts[s], ids[s]) for s in ids}
+    usable = {s: data[s].usable_rows() for s in ids}
+    no_input = {s: int((~u).sum()) for s, u in usable.items() if (~u).any()}
+    if no_input:
+        say(f"      stays with none of the modalities {list(feat.transformers_)}: {no_input}")
+    return feat, data, usable
+
+
 def _ensemble_weights(config: RunConfig, spec: ModelSpec, cohort: Cohort, ids: dict, histories: dict, gbm,
                       val_p: dict, y_val: np.ndarray, say) -> EnsembleWeights:
     """The members' weights as ``config.ensemble.weights`` says (see :class:`EnsembleSpec`)."""
@@ -300,15 +316,7 @@ def run_training(config: RunConfig, console=None) -> Path:
         tuning_table.to_csv(run_dir / "tuning.csv", index=False)
         say(f"      chosen: {spec.model_dump()}")
 
-    say("[bold cyan]Features[/] fitted on the training stays")
-    feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(main, ids["train"]), spec)
-    data = {s: feat.transform(cohorts[s], ids[s]) for s in ids}
-    # a stay with none of the model's modalities cannot be scored by the hybrid: it is left out of training and
-    # gets no hybrid score (evaluation counts it under models_without_score), never a default probability
-    usable = {s: data[s].usable_rows() for s in ids}
-    no_input = {s: int((~u).sum()) for s, u in usable.items() if (~u).any()}
-    if no_input:
-        say(f"      stays with none of the modalities {list(feat.transformers_)}: {no_input}")
+    feat, data, usable = featurize_run(config, spec, main, cohorts, ids, say)
 
     seeds = [config.training.seed + i for i in range(config.ensemble.seeds if config.ensemble else 1)]
     say("[bold cyan]Hybrid model[/]" + (f" {len(seeds)} networks, seeds {seeds}" if len(seeds) > 1 else ""))

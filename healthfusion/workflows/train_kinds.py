@@ -37,8 +37,7 @@ from healthfusion.models.classical import make_baseline, make_regression_baselin
 from healthfusion.workflows.audit import domain_table
 from healthfusion.workflows.config import RunConfig
 from healthfusion.workflows.evaluate import PROBA_SEP, evaluate_kind_predictions
-from healthfusion.workflows.modeling import pretrained_featurizer
-from healthfusion.workflows.train import HYBRID, RunData, _fit_hybrid, make_featurizer
+from healthfusion.workflows.train import HYBRID, RunData, _fit_hybrid, featurize_run
 
 #: baselines per label kind: run-config name -> (column name, builder)
 KIND_BASELINES = {
@@ -94,13 +93,7 @@ def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path
     classes = list(spec_label.classes or [])
     spec = config.model
 
-    say("[bold cyan]Features[/] fitted on the training stays")
-    feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(main, ids["train"]), spec)
-    data = {s: feat.transform(cohorts[s], ids[s]) for s in ids}
-    usable = {s: data[s].usable_rows() for s in ids}
-    no_input = {s: int((~u).sum()) for s, u in usable.items() if (~u).any()}
-    if no_input:
-        say(f"      stays with none of the modalities {list(feat.transformers_)}: {no_input}")
+    feat, data, usable = featurize_run(config, spec, main, cohorts, ids, say)
 
     say(f"[bold cyan]Hybrid model[/] {kind} head" + (f" over {len(classes)} classes" if classes else ""))
     train = data["train"][usable["train"]]
