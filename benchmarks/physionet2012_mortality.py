@@ -7,8 +7,8 @@ training part, and reports the mean +- sd over folds.
 
 Models (all on the same stays):
 
-* hybrid       LSTM over the 48 h grid in 2-hour steps (values + mask + time since last observation, attention pooling)
-               fused with an MLP over the static features plus the piecewise-linear-encoded per-variable
+* hybrid       bidirectional LSTM over the 48 h grid in 2-hour steps (values + mask + time since last observation,
+               attention pooling) fused with an MLP over the static features plus the piecewise-linear-encoded per-variable
                summaries, the same statistics as boosting's (``CohortFeaturizer(summary=True)``, a wide & deep
                design); the logits of ``--seeds`` independently seeded networks are averaged (an :class:`EnsembleWeights` with uniform weights)
 * ensemble     hybrid + boosting, convex weights on the logit scale chosen by log-loss on cross-fitted predictions
@@ -97,7 +97,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-2)
     p.add_argument("--step", type=float, default=2.0, help="grid step of the time series, hours")
-    p.add_argument("--bidirectional", action="store_true")
+    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True,
+                   help="bidirectional LSTM (default; chosen by CV on set A)")
     p.add_argument("--input-decay", action="store_true",
                    help="GRU-D-style learned decay of the carried-forward values toward the training mean")
     p.add_argument("--no-summary", action="store_true", help="hybrid without the summary (wide) input")
