@@ -47,6 +47,24 @@ def run_label(run_dir: str | Path) -> dict | None:
     return None
 
 
+def _split_rows(run_dir: Path, split: str, y_type: type | None = None) -> pd.DataFrame:
+    """The rows of ``split`` in ``run_dir/predictions.csv`` (all rows of a CSV without a split column).
+
+    Raises
+    ------
+    ValueError
+        No predictions.csv, or no rows of ``split`` (the splits present are named).
+    """
+    path = run_dir / "predictions.csv"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} has no predictions.csv; is it a run folder written by `healthfusion train`?")
+    frame = pd.read_csv(path, dtype={"stay_id": str, **({"y_true": y_type} if y_type is not None else {})})
+    rows = frame[frame["split"] == split] if "split" in frame.columns else frame
+    if rows.empty:
+        raise ValueError(f"{path} has no rows of split {split!r}; splits present: {sorted(frame['split'].unique())}.")
+    return rows
+
+
 def evaluate_predictions(
     run_dir: str | Path,
     split: str = "test",
@@ -65,16 +83,10 @@ def evaluate_predictions(
         If the folder has no predictions, or no rows of ``split``.
     """
     run_dir = Path(run_dir)
-    path = run_dir / "predictions.csv"
-    if not path.is_file():
-        raise ValueError(f"{run_dir} has no predictions.csv; is it a run folder written by `healthfusion train`?")
     label = run_label(run_dir)
     if label is not None and label.get("kind", "binary") != "binary":
         return evaluate_kind_predictions(run_dir, label, split=split, n_boot=n_boot, seed=seed)
-    frame = pd.read_csv(path, dtype={"stay_id": str})
-    rows = frame[frame["split"] == split] if "split" in frame.columns else frame
-    if rows.empty:
-        raise ValueError(f"{path} has no rows of split {split!r}; splits present: {sorted(frame['split'].unique())}.")
+    rows = _split_rows(run_dir, split)
     if operating_points is None and (run_dir / "metrics.json").is_file():
         operating_points = json.loads((run_dir / "metrics.json").read_text()).get("operating_points")
     models = [c for c in rows.columns if c not in NON_MODEL]
@@ -185,13 +197,7 @@ def evaluate_kind_predictions(run_dir: str | Path, label: dict, split: str = "te
         No predictions, no rows of ``split``, or columns that do not match the label.
     """
     run_dir = Path(run_dir)
-    path = run_dir / "predictions.csv"
-    if not path.is_file():
-        raise ValueError(f"{run_dir} has no predictions.csv; is it a run folder written by `healthfusion train`?")
-    frame = pd.read_csv(path, dtype={"stay_id": str, "y_true": str if label["kind"] == "multiclass" else float})
-    rows = frame[frame["split"] == split] if "split" in frame.columns else frame
-    if rows.empty:
-        raise ValueError(f"{path} has no rows of split {split!r}; splits present: {sorted(frame['split'].unique())}.")
+    rows = _split_rows(run_dir, split, y_type=str if label["kind"] == "multiclass" else float)
     results, skipped = kind_results(rows, label)
     table = kind_comparison_table(label["kind"], results, n_boot=n_boot, seed=seed)
     table.to_csv(run_dir / "comparison.csv")

@@ -339,7 +339,7 @@ def run_training(config: RunConfig, console=None) -> Path:
         "best_epoch_by_seed": {str(k): h.best_epoch for k, h in histories.items()}}, indent=2))
 
     members = config.ensemble.members if config.ensemble else [HYBRID]
-    fitted = {}
+    fitted, scored = {}, {}
     if config.baselines or BOOSTING in members:
         stats = config.features.summary_stats
         x = {s: engineered_features(cohorts[s], feat, ids[s], stats=stats) for s in ids}
@@ -349,15 +349,16 @@ def run_training(config: RunConfig, console=None) -> Path:
             est = make_baseline(name, seed=config.training.seed)
             est.set_params(**{f"model__{k}": v for k, v in config.baseline_params.get(name, {}).items()})
             fitted[name] = est.fit(x["train"], data["train"]["target"])
+            scored[name] = {s: est.predict_proba(x[s])[:, 1] for s in ("val", "test")}
             if name in config.baselines:
-                probs[name] = {s: est.predict_proba(x[s])[:, 1] for s in ("val", "test")}
+                probs[name] = scored[name]
     ensemble_info = None
     if config.ensemble is None:
         model.save_pretrained(run_dir / "model", preprocessing_state=feat.get_state())
     else:
         gbm = fitted[BOOSTING].named_steps["model"] if BOOSTING in members else None
-        member_p = {s: {HYBRID: probs[HYBRID][s],
-                        **({BOOSTING: gbm.predict_proba(x[s])[:, 1]} if gbm is not None else {})} for s in ("val", "test")}
+        member_p = {s: {HYBRID: probs[HYBRID][s], **({BOOSTING: scored[BOOSTING][s]} if gbm is not None else {})}
+                    for s in ("val", "test")}
         weights = _ensemble_weights(config, spec, main, ids, histories, gbm, member_p["val"],
                                     data["val"]["target"], say)
         ensemble = RunEnsemble(feat, networks, weights, gbm, tuple(config.features.summary_stats))
