@@ -110,7 +110,8 @@ def parse_args() -> argparse.Namespace:
                         "validation stays (oof, default) or on the validation split alone (val)")
     p.add_argument("--cv-a", choices=("boosting", "hybrid"), default=None,
                    help="model selection only: stratified 5-fold CV on set A (set B is not read), pooled out-of-fold "
-                        "AUROC of boosting (--reps repetitions) or of the one-seed hybrid (first --seeds)")
+                        "AUROC of boosting (--reps repetitions) or of the hybrid (logits averaged over --seeds), with boosting and "
+                        "their ensemble on the same folds")
     p.add_argument("--reps", type=int, default=3, help="repetitions (fold seeds 0, 1, ...) of --cv-a boosting")
     p.add_argument("--boosting-params", type=json.loads, default=None,
                    help="JSON object replacing BOOSTING_PARAMS, e.g. '{}' for BoostingClassifier's defaults")
@@ -169,7 +170,10 @@ def run_cv_a(args: argparse.Namespace, out: Path) -> None:
     say("reading set A (set B is not read)")
     a = physionet2012.build(args.data / "set-a.tar.gz", task=LABEL)
     ids = labelled_ids(a, a.stay_ids, LABEL)
-    y = a.label(LABEL).reindex(ids).to_numpy().astype(int)
+    def labels_of(stays: list[str]) -> np.ndarray:
+        return a.label(LABEL).reindex(stays).to_numpy().astype(int)
+
+    y = labels_of(ids)
     rows = []
     if args.cv_a == "boosting":
         x = engineered(a, make_featurizer(args).fit(a, ids), ids, args)  # unsupervised: variables, static coding
@@ -181,19 +185,50 @@ def run_cv_a(args: argparse.Namespace, out: Path) -> None:
             rows.append({"rep": rep, "auroc": auroc(y, oof)})
             say(f"repetition {rep}: out-of-fold AUROC {rows[-1]['auroc']:.4f}")
     else:
-        oof = np.zeros(len(y))
+        oof = {HYBRID: np.zeros(len(y)), BOOSTING: np.zeros(len(y))}
+        fold_of = np.zeros(len(y), dtype=int)
         for k, (fit, held) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(ids, y)):
             rest = a.stays[a.stays["stay_id"].isin([ids[i] for i in fit])]
             inner = split_patients(rest, {"train": 1 - args.val_fraction, "val": args.val_fraction}, seed=1 + k,
                                    stratify=a.label(LABEL))
             train_ids, val_ids = inner.index[inner == "train"].tolist(), inner.index[inner == "val"].tolist()
+            held_ids = [ids[i] for i in held]
             feat = make_featurizer(args).fit(a, train_ids)
-            model, trainer, best = train_hybrid(feat, feat.transform(a, train_ids), feat.transform(a, val_ids),
-                                                args.seeds[0], args)
-            oof[held] = trainer.predict(model, feat.transform(a, [ids[i] for i in held]))
-            rows.append({"fold": k, "auroc": auroc(y[held], oof[held]), "best_epoch": best})
-            say(f"fold {k}: AUROC {rows[-1]['auroc']:.4f}, best epoch {best}")
-        rows.append({"fold": "pooled", "auroc": auroc(y, oof)})
+            train, val, test = (feat.transform(a, s) for s in (train_ids, val_ids, held_ids))
+            nets, bests = {}, []
+            for seed in args.seeds:  # one network per seed, logits averaged (as the A -> B run's hybrid)
+                model, trainer, best = train_hybrid(feat, train, val, seed, args)
+                nets[f"seed{seed}"], bests = trainer.predict(model, test), [*bests, best]
+            oof[HYBRID][held] = combine(nets, EnsembleWeights.uniform(list(nets)))
+            best = ",".join(map(str, bests))
+            # boosting on the same inner split (early stopping on its validation part), as in the A -> B run
+            gbm = boosting(args, random_state=args.seeds[0], n_jobs=args.threads).fit(
+                engineered(a, feat, train_ids, args), labels_of(train_ids),
+                eval_set=(engineered(a, feat, val_ids, args), labels_of(val_ids)))
+            oof[BOOSTING][held] = gbm.predict_proba(engineered(a, feat, held_ids, args))[:, 1]
+            fold_of[held] = k
+            rows.append({"fold": k, "auroc": auroc(y[held], oof[HYBRID][held]), "best_epoch": best,
+                         "boosting_auroc": auroc(y[held], oof[BOOSTING][held]), "boosting_trees": gbm.n_trees_})
+            say(f"fold {k}: hybrid AUROC {rows[-1]['auroc']:.4f} (best epoch {best}), boosting "
+                f"{rows[-1]['boosting_auroc']:.4f} ({gbm.n_trees_} trees)")
+        # the ensemble a run would build, scored out of fold: each fold's weights are fitted (log-loss) on the
+        # out-of-fold predictions of the other four folds
+        oof[ENSEMBLE] = np.zeros(len(y))
+        weights = []
+        for k in range(5):
+            other, here = fold_of != k, fold_of == k
+            spec = fit_weights({m: oof[m][other] for m in (HYBRID, BOOSTING)}, y[other], criterion="log_loss")
+            oof[ENSEMBLE][here] = combine({m: oof[m][here] for m in (HYBRID, BOOSTING)}, spec)
+            weights.append(spec.weight(HYBRID))
+        gain = paired_auroc_difference(y, oof[ENSEMBLE], oof[BOOSTING], args.n_boot)
+        rows.append({"fold": "pooled", "auroc": auroc(y, oof[HYBRID]), "boosting_auroc": auroc(y, oof[BOOSTING]),
+                     "ensemble_auroc": auroc(y, oof[ENSEMBLE]), "ensemble_minus_boosting": gain["difference"],
+                     "ci_low": gain["ci_low"], "ci_high": gain["ci_high"],
+                     "hybrid_weight": float(np.mean(weights))})
+        pd.DataFrame({"stay_id": ids, "y": y, "fold": fold_of, **oof}).to_csv(out / "oof.csv", index=False)
+        say(f"pooled: hybrid {rows[-1]['auroc']:.4f}, boosting {rows[-1]['boosting_auroc']:.4f}, ensemble "
+            f"{rows[-1]['ensemble_auroc']:.4f} (hybrid weight {np.mean(weights):.2f}); ensemble - boosting "
+            f"{gain['difference']:+.4f} ({gain['ci_low']:+.4f} to {gain['ci_high']:+.4f})")
     frame = pd.DataFrame(rows)
     frame.to_csv(out / "cv_a.csv", index=False)
     pooled = frame["auroc"].mean() if args.cv_a == "boosting" else frame["auroc"].iloc[-1]
