@@ -27,6 +27,54 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from healthfusion.models.base import ModelConfig
 
 
+def series_inputs(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    delta: torch.Tensor | None,
+    lengths: torch.Tensor | None,
+    *,
+    n_variables: int,
+    use_delta: bool,
+    owner: str,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Check a time-series encoder's inputs; returns ``({"ts_values", "ts_mask"[, "ts_delta"]}: [B, T, V], lengths)``.
+
+    ``lengths`` comes back as ``[B]`` int64 (all ``T`` when None). ``owner`` names the encoder in the messages.
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes, ``delta`` missing while ``use_delta`` is set, or a length outside ``1..T``.
+    """
+    v = n_variables
+    if values.dim() != 3 or values.shape[2] != v:
+        raise ValueError(
+            f"{owner} expects ts_values [B, T, {v}], got {tuple(values.shape)}; "
+            "the model's n_variables must match the feature pipeline's variables."
+        )
+    named = {"ts_values": values, "ts_mask": mask}
+    if use_delta:
+        if delta is None:
+            raise ValueError(f"{owner} was configured with use_delta=True but got no ts_delta.")
+        named["ts_delta"] = delta
+    for name, part in named.items():
+        if part.shape != values.shape:
+            raise ValueError(f"{name} has shape {tuple(part.shape)}, expected {tuple(values.shape)} like ts_values.")
+    batch, steps = values.shape[:2]
+    if lengths is None:
+        lengths = torch.full((batch,), steps, dtype=torch.int64, device=values.device)
+    if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.dtype == torch.bool:
+        raise ValueError(f"ts_lengths must be [{batch}] integer, got {tuple(lengths.shape)} {lengths.dtype}.")
+    lengths = lengths.to(torch.int64)
+    bad = ((lengths < 1) | (lengths > steps)).nonzero().flatten()
+    if bad.numel():
+        raise ValueError(
+            f"ts_lengths must be in 1..{steps} where ts is present; rows {bad.tolist()[:10]} have "
+            f"{lengths[bad].tolist()[:10]}. Mark empty series with ts_present=False."
+        )
+    return named, lengths
+
+
 class LSTMEncoderConfig(ModelConfig):
     """Config of :class:`LSTMEncoder`.
 
@@ -118,34 +166,10 @@ class LSTMEncoder(nn.Module):
             self.attn_score = nn.Linear(config.attention_dim, 1, bias=False)
 
     def _inputs(self, values, mask, delta, lengths) -> tuple[torch.Tensor, torch.Tensor]:
-        v = self.config.n_variables
-        if values.dim() != 3 or values.shape[2] != v:
-            raise ValueError(
-                f"LSTMEncoder expects ts_values [B, T, {v}], got {tuple(values.shape)}; "
-                "the model's n_variables must match the feature pipeline's variables."
-            )
-        named = {"ts_values": values, "ts_mask": mask}
-        if self.config.use_delta:
-            if delta is None:
-                raise ValueError("LSTMEncoder was configured with use_delta=True but got no ts_delta.")
-            named["ts_delta"] = delta
-        for name, part in named.items():
-            if part.shape != values.shape:
-                raise ValueError(f"{name} has shape {tuple(part.shape)}, expected {tuple(values.shape)} like ts_values.")
+        named, lengths = series_inputs(values, mask, delta, lengths, n_variables=self.config.n_variables,
+                                       use_delta=self.config.use_delta, owner="LSTMEncoder")
         if self.config.input_decay:
             named["ts_values"] = self.decayed_values(values, mask, delta)
-        batch, steps = values.shape[:2]
-        if lengths is None:
-            lengths = torch.full((batch,), steps, dtype=torch.int64, device=values.device)
-        if lengths.shape != (batch,) or lengths.is_floating_point() or lengths.dtype == torch.bool:
-            raise ValueError(f"ts_lengths must be [{batch}] integer, got {tuple(lengths.shape)} {lengths.dtype}.")
-        lengths = lengths.to(torch.int64)
-        bad = ((lengths < 1) | (lengths > steps)).nonzero().flatten()
-        if bad.numel():
-            raise ValueError(
-                f"ts_lengths must be in 1..{steps} where ts is present; rows {bad.tolist()[:10]} have "
-                f"{lengths[bad].tolist()[:10]}. Mark empty series with ts_present=False."
-            )
         return torch.cat(list(named.values()), dim=-1), lengths
 
     def decayed_values(self, values: torch.Tensor, mask: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
