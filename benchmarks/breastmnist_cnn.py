@@ -18,6 +18,8 @@ comparison. It ends with the AUROC ratios against both and the wall time.
 Hyperparameters. ``--setting`` picks one of the named settings in ``SETTINGS``. The default ("plain": channels
 16-32-64, one 3x3 convolution per block) was chosen during development by comparing pooled out-of-fold AUROC of the
 settings on these same folds (docs/benchmarks.md lists them), so its figure carries some selection optimism.
+``double`` has two convolutions per block (VGG-style); ``residual`` makes those two a ResNet basic block (identity
+or 1x1-projection shortcut, ReLU after the addition) before the same max-pool.
 ``--nested`` removes it: inside every outer fold the settings named by ``--candidates`` are compared by inner
 stratified CV (one model each) on that fold's training part only, and the winner is retrained on the whole training
 part and scored on the held-out fold. ``--compare A/oof.csv B/oof.csv`` trains nothing: it reads the out-of-fold
@@ -26,6 +28,7 @@ of the pooled AUROC difference B - A.
 
     python benchmarks/breastmnist_cnn.py --folds 5 --seed 0 --ensemble 3
     python benchmarks/breastmnist_cnn.py --nested --candidates plain double
+    python benchmarks/breastmnist_cnn.py --setting residual --out runs/residual
     python benchmarks/breastmnist_cnn.py --compare runs/plain/oof.csv runs/nested/oof.csv
 """
 
@@ -72,6 +75,7 @@ class Setting:
 
     channels: tuple[int, ...] = (16, 32, 64)
     convs_per_block: int = 1
+    residual: bool = False
     batchnorm: bool = True
     dropout: float = 0.2
     lr: float = 2e-3
@@ -82,8 +86,8 @@ class Setting:
 
     def model(self, channels_in: int, size: int) -> HybridModel:
         encoder = CNNEncoderConfig(
-            in_channels=channels_in, image_size=size, channels=self.channels,
-            convs_per_block=self.convs_per_block, batchnorm=self.batchnorm, dropout=self.dropout, out_dim=64,
+            in_channels=channels_in, image_size=size, channels=self.channels, convs_per_block=self.convs_per_block,
+            residual=self.residual, batchnorm=self.batchnorm, dropout=self.dropout, out_dim=64,
         )
         return HybridModel(HybridConfig(image=encoder, fc_hidden=(32,), dropout=self.dropout))
 
@@ -100,6 +104,7 @@ SETTINGS: dict[str, Setting] = {
     "flip-shift": Setting(augmentation={"hflip": True, "max_shift": 2}),
     "wide": Setting(channels=(32, 64, 128)),
     "double": Setting(convs_per_block=2),
+    "residual": Setting(convs_per_block=2, residual=True),
     "double-deep": Setting(channels=(16, 32, 64, 128), convs_per_block=2),
     "wide-flip-shift-rotate": Setting(
         channels=(32, 64, 128), augmentation={"hflip": True, "max_shift": 2, "max_rotation": 10}

@@ -1,9 +1,13 @@
 """Small convolutional image encoder (no torchvision): conv blocks, global pooling, a linear layer.
 
+Blocks are plain (``convs_per_block`` x conv + BN + ReLU, then max-pool) or, with ``residual=True``, ResNet
+basic-block style (:class:`ResidualBlock`).
+
 Example::
 
     enc = CNNEncoder(CNNEncoderConfig(in_channels=1, image_size=28, channels=(8, 16), out_dim=32))
     enc(torch.zeros(4, 1, 28, 28)).shape  # torch.Size([4, 32])
+    res = CNNEncoder(CNNEncoderConfig(in_channels=1, image_size=28, residual=True, convs_per_block=2))
 """
 
 from __future__ import annotations
@@ -32,7 +36,13 @@ class CNNEncoderConfig(ModelConfig):
         ReLU), then max-pool 2.
     convs_per_block : int, default 1
         Convolutions per block (2 gives VGG-style blocks). With the default, the layers and their state-dict keys
-        are the same as before the option existed.
+        are the same as before the option existed. With ``residual=True`` it is the number of convolutions on the
+        residual branch and must be at least 2 (2 is the ResNet basic block).
+    residual : bool, default False
+        Make every block a :class:`ResidualBlock`: ``convs_per_block`` x (conv 3x3 + [BatchNorm2d]) with ReLU
+        between them, added to the block's input (identity, or a 1x1 conv + [BatchNorm2d] projection where the
+        channel count changes), ReLU after the addition, then max-pool 2. False keeps the plain blocks, their
+        layers and their state-dict keys unchanged, so models saved without the option load as before.
     batchnorm : bool, default True
     pooling : "avg" | "max", default "avg"
         Global pooling after the last block.
@@ -43,7 +53,8 @@ class CNNEncoderConfig(ModelConfig):
     Raises
     ------
     pydantic.ValidationError
-        If ``image_size`` is smaller than ``2 ** len(channels)`` (each block halves the side).
+        If ``image_size`` is smaller than ``2 ** len(channels)`` (each block halves the side), or if
+        ``residual=True`` with ``convs_per_block`` below 2.
     """
 
     encoder: Literal["cnn"] = "cnn"
@@ -55,6 +66,7 @@ class CNNEncoderConfig(ModelConfig):
     pooling: Literal["avg", "max"] = "avg"
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     out_dim: int = Field(default=64, ge=1)
+    residual: bool = False
 
     @model_validator(mode="after")
     def _check_depth(self) -> CNNEncoderConfig:
@@ -63,7 +75,58 @@ class CNNEncoderConfig(ModelConfig):
                 f"image_size {self.image_size} is too small for {len(self.channels)} pooling blocks "
                 f"(needs >= {2 ** len(self.channels)}); use fewer channels entries."
             )
+        if self.residual and self.convs_per_block < 2:
+            raise ValueError(
+                f"residual=True needs convs_per_block >= 2 (the convolutions on each block's residual branch; "
+                f"a ResNet basic block has 2), got convs_per_block={self.convs_per_block}; set convs_per_block=2."
+            )
         return self
+
+
+class ResidualBlock(nn.Module):
+    """ResNet basic-block style: ``relu(branch(x) + shortcut(x))``, then max-pool 2.
+
+    ``branch`` is ``n_convs`` x (conv 3x3 (padding 1) + [BatchNorm2d]) with ReLU between them (none after the
+    last); ``shortcut`` is the identity when ``in_ch == out_ch``, otherwise a 1x1 conv + [BatchNorm2d] projection.
+    Convolutions have a bias only without batch norm. No in-place operations.
+
+    Parameters
+    ----------
+    in_ch, out_ch : int
+        Input and output channels.
+    n_convs : int
+        Convolutions on the residual branch (>= 1; the encoder uses >= 2).
+    batchnorm : bool
+
+    Shapes
+    ------
+    forward(x [B, in_ch, H, W]) -> [B, out_ch, H // 2, W // 2]
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, n_convs: int, batchnorm: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        ch = in_ch
+        for i in range(n_convs):
+            if i > 0:
+                layers.append(nn.ReLU())
+            layers.append(nn.Conv2d(ch, out_ch, kernel_size=3, padding=1, bias=not batchnorm))
+            if batchnorm:
+                layers.append(nn.BatchNorm2d(out_ch))
+            ch = out_ch
+        self.branch = nn.Sequential(*layers)
+        if in_ch == out_ch:
+            self.shortcut: nn.Module = nn.Identity()
+        else:
+            proj: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=not batchnorm)]
+            if batchnorm:
+                proj.append(nn.BatchNorm2d(out_ch))
+            self.shortcut = nn.Sequential(*proj)
+        self.act = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.act(self.branch(x) + self.shortcut(x)))
 
 
 class CNNEncoder(nn.Module):
@@ -91,6 +154,10 @@ class CNNEncoder(nn.Module):
         layers: list[nn.Module] = []
         in_ch = config.in_channels
         for out_ch in config.channels:
+            if config.residual:
+                layers.append(ResidualBlock(in_ch, out_ch, config.convs_per_block, config.batchnorm))
+                in_ch = out_ch
+                continue
             for _ in range(config.convs_per_block):
                 layers.append(nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=not config.batchnorm))
                 if config.batchnorm:
