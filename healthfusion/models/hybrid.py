@@ -29,7 +29,6 @@ from healthfusion.models.encoders import (
     CodesEncoder,
     CodesEncoderConfig,
     LSTMEncoder,
-    LSTMEncoderConfig,
     MLPEncoder,
     MLPEncoderConfig,
     TextEncoder,
@@ -37,6 +36,11 @@ from healthfusion.models.encoders import (
 )
 from healthfusion.models.encoders.mlp import mlp_layers
 from healthfusion.models.encoders.text_hf import HFTextEncoder, HFTextEncoderConfig
+from healthfusion.models.encoders.transformer import (
+    TimeSeriesEncoderConfig,
+    TransformerEncoder,
+    TransformerEncoderConfig,
+)
 from healthfusion.models.fusion import FusionKind, build_fusion
 from healthfusion.models.heads import Head, HeadKind, check_head
 
@@ -52,6 +56,8 @@ _ENCODERS: dict[str, type[nn.Module]] = {
 def _build_encoder(modality: str, config: ModelConfig) -> nn.Module:
     if isinstance(config, HFTextEncoderConfig):
         return HFTextEncoder(config)
+    if isinstance(config, TransformerEncoderConfig):
+        return TransformerEncoder(config)
     return _ENCODERS[modality](config)
 
 
@@ -63,8 +69,8 @@ class HybridConfig(ModelConfig):
 
     Attributes
     ----------
-    ts : LSTMEncoderConfig, optional
-        Time series (``n_variables`` = V).
+    ts : LSTMEncoderConfig or TransformerEncoderConfig, optional
+        Time series (``n_variables`` = V): an LSTM (``encoder: lstm``) or a Transformer (``encoder: transformer``).
     static : MLPEncoderConfig, optional
         Static features (``in_dim`` = F).
     codes : CodesEncoderConfig, optional
@@ -91,7 +97,7 @@ class HybridConfig(ModelConfig):
         No modality configured, unknown key, or a head/``n_outputs`` mismatch.
     """
 
-    ts: LSTMEncoderConfig | None = None
+    ts: TimeSeriesEncoderConfig | None = None
     static: MLPEncoderConfig | None = None
     codes: CodesEncoderConfig | None = None
     text: TextEncoderConfig | HFTextEncoderConfig | None = None
