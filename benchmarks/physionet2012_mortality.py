@@ -101,6 +101,8 @@ def parse_args() -> argparse.Namespace:
                    help="bidirectional LSTM (default; chosen by CV on set A)")
     p.add_argument("--input-decay", action="store_true",
                    help="GRU-D-style learned decay of the carried-forward values toward the training mean")
+    p.add_argument("--ts-encoder", choices=("lstm", "transformer"), default="lstm",
+                   help="time-series encoder of the hybrid (transformer: d_model = --hidden, 2 layers, 4 heads)")
     p.add_argument("--no-summary", action="store_true", help="hybrid without the summary (wide) input")
     p.add_argument("--basic-stats", action="store_true",
                    help="only last/mean/min/max/std/count per variable (without first/sum/slope) in the engineered "
@@ -140,7 +142,8 @@ def train_hybrid(feat: CohortFeaturizer, train, val, seed: int, args: argparse.N
     """One hybrid network: early stopping on ``val``, or (``val=None``) exactly ``epochs`` epochs."""
     torch.manual_seed(seed)
     model = HybridModel(hybrid_config(feat, fusion="concat", hidden=args.hidden, bidirectional=args.bidirectional,
-                                      dropout=args.dropout, input_decay=args.input_decay))
+                                      dropout=args.dropout, input_decay=args.input_decay,
+                                      ts_encoder=args.ts_encoder))
     trainer = Trainer(TrainerConfig(max_epochs=epochs or args.max_epochs, batch_size=64, lr=args.lr,
                                     weight_decay=args.weight_decay, patience=args.patience, monitor="val_loss",
                                     seed=seed, num_threads=args.threads))

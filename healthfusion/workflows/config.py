@@ -114,6 +114,9 @@ class ModelSpec(StrictModel):
     hidden: int = Field(32, ge=1)
     lstm_layers: int = Field(1, ge=1)
     bidirectional: bool = False
+    # time-series encoder; transformer: d_model = hidden (a multiple of 4), 2 layers, 4 heads (lstm_layers and
+    # bidirectional are LSTM-only), see healthfusion.workflows.modeling.hybrid_config
+    ts_encoder: Literal["lstm", "transformer"] = "lstm"
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pretrained: dict[Literal["ts", "static", "codes", "text", "image"], str] = Field(default_factory=dict)
     pretrained_root: Path | None = None

@@ -18,6 +18,7 @@ from healthfusion.models.encoders import (
     TextEncoderConfig,
 )
 from healthfusion.models.encoders.text_hf import HFTextEncoderConfig
+from healthfusion.models.encoders.transformer import TransformerEncoderConfig
 from healthfusion.models.hybrid import HybridConfig, HybridModel
 from healthfusion.models.registry import ModelCard, load_pretrained_encoder
 from healthfusion.training.config import TrainerConfig
@@ -42,6 +43,7 @@ def hybrid_config(
     text_pooling: str = "mean",
     text_freeze: bool = False,
     input_decay: bool = False,
+    ts_encoder: str = "lstm",
 ) -> HybridConfig:
     """A :class:`HybridConfig` whose encoders match the fitted ``featurizer``'s modalities and input sizes.
 
@@ -51,14 +53,31 @@ def hybrid_config(
     ``text_pooling`` and frozen when ``text_freeze``. ``input_decay`` gives the time-series encoder GRU-D's
     learned decay of carried-forward values toward the training mean (:class:`LSTMEncoderConfig`).
 
+    ``ts_encoder`` picks the time-series encoder: ``"lstm"`` (``hidden`` per direction, ``lstm_layers``,
+    ``bidirectional``, ``input_decay``) or ``"transformer"`` (:class:`TransformerEncoderConfig` with
+    ``d_model=hidden`` and its own defaults otherwise: 2 pre-norm layers, 4 heads, so ``hidden`` must be a multiple
+    of 4, feed-forward width ``2 * hidden``, internal dropout 0.1; ``lstm_layers``, ``bidirectional`` and
+    ``input_decay`` do not apply to it, and ``dropout`` stays with the other encoders and the FC layers, as the
+    one-layer LSTM has no internal dropout either).
+
     Raises
     ------
     ValueError
-        A pretrained modality the featurizer lacks, or input sizes that differ (both named).
+        A pretrained modality the featurizer lacks, or input sizes that differ (both named); an unknown
+        ``ts_encoder``, or ``input_decay`` with the transformer.
     """
+    if ts_encoder not in ("lstm", "transformer"):
+        raise ValueError(f"ts_encoder must be 'lstm' or 'transformer', got {ts_encoder!r}.")
+    if ts_encoder == "transformer" and input_decay:
+        raise ValueError("input_decay is an option of the LSTM time-series encoder; use ts_encoder='lstm' with it.")
+    if ts_encoder == "transformer" and hidden % 4:
+        raise ValueError(f"The transformer time-series encoder has 4 attention heads, so hidden (its d_model) must be "
+                         f"a multiple of 4; got hidden={hidden} (e.g. use {4 * max(1, round(hidden / 4))}).")
     dims = featurizer.input_dims()
     enc = {}
-    if "ts" in featurizer.transformers_:
+    if "ts" in featurizer.transformers_ and ts_encoder == "transformer":
+        enc["ts"] = TransformerEncoderConfig(n_variables=dims["n_variables"], d_model=hidden)
+    elif "ts" in featurizer.transformers_:
         enc["ts"] = LSTMEncoderConfig(n_variables=dims["n_variables"], hidden_size=hidden, num_layers=lstm_layers,
                                       bidirectional=bidirectional, dropout=dropout if lstm_layers > 1 else 0.0,
                                       input_decay=input_decay)
@@ -157,7 +176,7 @@ def build_run_hybrid(featurizer: CohortFeaturizer, spec, training: TrainerConfig
     torch.manual_seed(training.seed)  # initial weights by the run's seed, whatever drew from the generator before
     model = build_hybrid(featurizer, loaded, fusion=spec.fusion, hidden=spec.hidden, lstm_layers=spec.lstm_layers,
                          bidirectional=spec.bidirectional, dropout=spec.dropout, text_pooling=spec.text_pooling,
-                         text_freeze=spec.text_freeze, head=head, n_outputs=n_outputs)
+                         text_freeze=spec.text_freeze, head=head, n_outputs=n_outputs, ts_encoder=spec.ts_encoder)
     ft = training.finetune
     if loaded and ft is not None and "modules" not in ft.model_fields_set:
         modules = tuple(f"encoders.{m}" for m in loaded)
