@@ -8,10 +8,12 @@ import yaml
 
 from healthfusion.data import synthetic
 from healthfusion.models.base import load_model
-from healthfusion.models.encoders.transformer import TransformerEncoder
+from healthfusion.models.encoders.lstm import LSTMEncoderConfig
+from healthfusion.models.encoders.transformer import TransformerEncoder, TransformerEncoderConfig
 from healthfusion.workflows.config import ConfigError, load_run_config
+from healthfusion.workflows.modeling import hybrid_config
 from healthfusion.workflows.predict import predict_source
-from healthfusion.workflows.train import run_training
+from healthfusion.workflows.train import make_featurizer, run_training
 
 
 def write_config(root, **model):
@@ -43,3 +45,18 @@ def test_train_with_transformer_ts_encoder_saves_and_predicts(tmp_path):
 def test_run_config_rejects_unknown_ts_encoder(tmp_path):
     with pytest.raises(ConfigError, match="ts_encoder"):
         load_run_config(write_config(tmp_path, ts_encoder="gru"))
+
+
+def test_hybrid_config_sizes_the_transformer_and_names_bad_settings(tmp_path):
+    cohort = synthetic.build(tmp_path / "c", n_stays=40, seed=1)
+    config = load_run_config(write_config(tmp_path))
+    feat = make_featurizer(config.features, "mortality").fit(cohort, cohort.stay_ids.tolist())
+    ts = hybrid_config(feat, hidden=12, ts_encoder="transformer").ts
+    assert isinstance(ts, TransformerEncoderConfig) and ts.d_model == 12 and ts.n_variables == feat.input_dims()["n_variables"]
+    assert isinstance(hybrid_config(feat, hidden=12).ts, LSTMEncoderConfig)
+    with pytest.raises(ValueError, match="multiple of 4; got hidden=10"):
+        hybrid_config(feat, hidden=10, ts_encoder="transformer")
+    with pytest.raises(ValueError, match="input_decay is an option of the LSTM"):
+        hybrid_config(feat, ts_encoder="transformer", input_decay=True)
+    with pytest.raises(ValueError, match="'lstm' or 'transformer', got 'gru'"):
+        hybrid_config(feat, ts_encoder="gru")
