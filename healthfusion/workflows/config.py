@@ -123,6 +123,13 @@ class ModelSpec(StrictModel):
     text_pooling: Literal["mean", "cls"] = "mean"  # with features.text_model: how token states become one vector
     text_freeze: bool = False  # with features.text_model: keep the language model's weights fixed
 
+    @model_validator(mode="after")
+    def _transformer_width(self) -> ModelSpec:
+        if self.ts_encoder == "transformer" and self.hidden % 4:
+            raise ValueError(f"model.ts_encoder: transformer uses hidden as its width over 4 attention heads, so "
+                             f"model.hidden must be a multiple of 4; got {self.hidden}")
+        return self
+
 
 class TuningSpec(StrictModel):
     """Grid search over ``model`` fields by K-fold cross-validation on the training stays only."""

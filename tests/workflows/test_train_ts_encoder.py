@@ -47,6 +47,12 @@ def test_run_config_rejects_unknown_ts_encoder(tmp_path):
         load_run_config(write_config(tmp_path, ts_encoder="gru"))
 
 
+def test_run_config_rejects_a_transformer_width_the_heads_do_not_divide(tmp_path):
+    with pytest.raises(ConfigError, match="model.hidden must be a multiple of 4; got 10"):
+        load_run_config(write_config(tmp_path, hidden=10, ts_encoder="transformer"))
+    assert load_run_config(write_config(tmp_path, hidden=10)).model.hidden == 10  # the LSTM takes any width
+
+
 def test_hybrid_config_sizes_the_transformer_and_names_bad_settings(tmp_path):
     cohort = synthetic.build(tmp_path / "c", n_stays=40, seed=1)
     config = load_run_config(write_config(tmp_path))
