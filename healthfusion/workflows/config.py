@@ -117,6 +117,8 @@ class ModelSpec(StrictModel):
     # time-series encoder; transformer: d_model = hidden (a multiple of 4), 2 layers, 4 heads (lstm_layers and
     # bidirectional are LSTM-only), see healthfusion.workflows.modeling.hybrid_config
     ts_encoder: Literal["lstm", "transformer"] = "lstm"
+    # CNN blocks: plain (one conv per block), double (two, VGG-style), residual (two as a ResNet basic block)
+    image_block: Literal["plain", "double", "residual"] = "plain"
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pretrained: dict[Literal["ts", "static", "codes", "text", "image"], str] = Field(default_factory=dict)
     pretrained_root: Path | None = None

@@ -29,6 +29,11 @@ _INPUT_DIMS = {"ts": {"n_variables": "n_variables"}, "static": {"in_dim": "stati
                "image": {"in_channels": "image_channels", "image_size": "image_size"}}
 
 
+IMAGE_BLOCKS: dict[str, dict] = {"plain": {}, "double": {"convs_per_block": 2},
+                                 "residual": {"convs_per_block": 2, "residual": True}}
+"""``image_block`` names of :func:`hybrid_config` -> the :class:`CNNEncoderConfig` fields they set."""
+
+
 def hybrid_config(
     featurizer: CohortFeaturizer,
     *,
@@ -44,6 +49,7 @@ def hybrid_config(
     text_freeze: bool = False,
     input_decay: bool = False,
     ts_encoder: str = "lstm",
+    image_block: str = "plain",
 ) -> HybridConfig:
     """A :class:`HybridConfig` whose encoders match the fitted ``featurizer``'s modalities and input sizes.
 
@@ -60,12 +66,18 @@ def hybrid_config(
     ``input_decay`` do not apply to it, and ``dropout`` stays with the other encoders and the FC layers, as the
     one-layer LSTM has no internal dropout either).
 
+    ``image_block`` shapes the CNN's blocks (channels 16-32-64 either way): ``"plain"`` one conv 3x3 + BN + ReLU
+    per block, ``"double"`` two (VGG-style), ``"residual"`` two as a ResNet basic block with a projection shortcut
+    (:class:`CNNEncoderConfig`; docs/benchmarks.md compares them on BreastMNIST).
+
     Raises
     ------
     ValueError
         A pretrained modality the featurizer lacks, or input sizes that differ (both named); an unknown
-        ``ts_encoder``, or ``input_decay`` with the transformer.
+        ``ts_encoder`` or ``image_block``, or ``input_decay`` with the transformer.
     """
+    if image_block not in IMAGE_BLOCKS:
+        raise ValueError(f"image_block must be one of {', '.join(map(repr, IMAGE_BLOCKS))}, got {image_block!r}.")
     if ts_encoder not in ("lstm", "transformer"):
         raise ValueError(f"ts_encoder must be 'lstm' or 'transformer', got {ts_encoder!r}.")
     if ts_encoder == "transformer" and input_decay:
@@ -93,7 +105,7 @@ def hybrid_config(
                                         dropout=dropout)
     if "image" in featurizer.transformers_:
         enc["image"] = CNNEncoderConfig(in_channels=dims["image_channels"], image_size=dims["image_size"],
-                                        out_dim=hidden, dropout=dropout)
+                                        out_dim=hidden, dropout=dropout, **IMAGE_BLOCKS[image_block])
     for m, enc_config in (pretrained or {}).items():
         if m not in enc:
             raise ValueError(f"A pretrained encoder is given for modality {m!r}, which the features do not have "
@@ -176,7 +188,8 @@ def build_run_hybrid(featurizer: CohortFeaturizer, spec, training: TrainerConfig
     torch.manual_seed(training.seed)  # initial weights by the run's seed, whatever drew from the generator before
     model = build_hybrid(featurizer, loaded, fusion=spec.fusion, hidden=spec.hidden, lstm_layers=spec.lstm_layers,
                          bidirectional=spec.bidirectional, dropout=spec.dropout, text_pooling=spec.text_pooling,
-                         text_freeze=spec.text_freeze, head=head, n_outputs=n_outputs, ts_encoder=spec.ts_encoder)
+                         text_freeze=spec.text_freeze, head=head, n_outputs=n_outputs, ts_encoder=spec.ts_encoder,
+                         image_block=spec.image_block)
     ft = training.finetune
     if loaded and ft is not None and "modules" not in ft.model_fields_set:
         modules = tuple(f"encoders.{m}" for m in loaded)
