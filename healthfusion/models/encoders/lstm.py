@@ -75,6 +75,20 @@ def series_inputs(
     return named, lengths
 
 
+def step_weights(out: torch.Tensor, valid: torch.Tensor, lengths: torch.Tensor, pooling: str,
+                 attn_proj: nn.Module | None = None, attn_score: nn.Module | None = None) -> torch.Tensor:
+    """Pooling weights ``[B, T]`` over the encoded steps ``out`` ``[B, T, D]`` of a time-series encoder: they sum
+    to 1 over the real steps (``valid`` ``[B, T]``, ``lengths`` ``[B]``) and are 0 on padding. ``"attention"``:
+    additive attention ``attn_score(tanh(attn_proj(h_t)))`` softmaxed over the real steps; ``"mean"``: uniform;
+    ``"last"``: one-hot on the last real step."""
+    if pooling == "attention":
+        scores = attn_score(torch.tanh(attn_proj(out))).squeeze(-1)
+        return torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=1)
+    if pooling == "mean":
+        return valid.to(out.dtype) / lengths[:, None].to(out.dtype)
+    return nn.functional.one_hot(lengths - 1, valid.shape[1]).to(out.dtype)
+
+
 class LSTMEncoderConfig(ModelConfig):
     """Config of :class:`LSTMEncoder`.
 
@@ -190,15 +204,10 @@ class LSTMEncoder(nn.Module):
         out, (h_n, _) = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=steps)  # [B, T, out_dim], 0 on padding
         valid = torch.arange(steps, device=x.device)[None, :] < lengths[:, None]  # [B, T]
-        pooling = self.config.pooling
-        if pooling == "attention":
-            scores = self.attn_score(torch.tanh(self.attn_proj(out))).squeeze(-1)
-            weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=1)
-            features = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
-        elif pooling == "mean":
-            weights = valid.to(out.dtype) / lengths[:, None].to(out.dtype)
-            features = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
-        else:  # last: final state of the last layer, both directions
+        weights = step_weights(out, valid, lengths, self.config.pooling, getattr(self, "attn_proj", None),
+                               getattr(self, "attn_score", None))
+        if self.config.pooling == "last":  # the final state of the last layer, both directions
             features = h_n[-self.directions :].transpose(0, 1).reshape(x.shape[0], self.out_dim)
-            weights = nn.functional.one_hot(lengths - 1, steps).to(out.dtype)
+        else:
+            features = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
         return features, weights

@@ -26,7 +26,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 from torch import nn
 
 from healthfusion.models.base import ModelConfig
-from healthfusion.models.encoders.lstm import LSTMEncoderConfig, series_inputs
+from healthfusion.models.encoders.lstm import LSTMEncoderConfig, series_inputs, step_weights
 
 
 class TransformerEncoderConfig(ModelConfig):
@@ -150,14 +150,8 @@ class TransformerEncoder(nn.Module):
         h = self.input_proj(x) + sinusoidal_encoding(steps, self.out_dim, dtype=x.dtype, device=x.device)
         out = self.layers(h, src_key_padding_mask=~valid)  # True = padding, ignored as a key
         out = out.masked_fill(~valid[:, :, None], 0.0)  # [B, T, d_model], 0 on padding
-        pooling = self.config.pooling
-        if pooling == "attention":
-            scores = self.attn_score(torch.tanh(self.attn_proj(out))).squeeze(-1)
-            weights = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=1)
-        elif pooling == "mean":
-            weights = valid.to(out.dtype) / lengths[:, None].to(out.dtype)
-        else:  # last real step
-            weights = nn.functional.one_hot(lengths - 1, steps).to(out.dtype)
+        weights = step_weights(out, valid, lengths, self.config.pooling, getattr(self, "attn_proj", None),
+                               getattr(self, "attn_score", None))
         features = torch.bmm(weights.unsqueeze(1), out).squeeze(1)
         return features, weights
 
