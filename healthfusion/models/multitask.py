@@ -45,10 +45,10 @@ from healthfusion.models.base import ModelConfig, PretrainedModel, register_mode
 from healthfusion.models.encoders import (
     CNNEncoderConfig,
     CodesEncoderConfig,
-    LSTMEncoderConfig,
     MLPEncoderConfig,
     TextEncoderConfig,
 )
+from healthfusion.models.encoders.transformer import TimeSeriesEncoderConfig
 from healthfusion.models.fusion import FusionKind, build_fusion
 from healthfusion.models.heads import Head, check_head
 from healthfusion.models.hybrid import HybridConfig, HybridModel
@@ -122,7 +122,7 @@ class MultitaskModelConfig(ModelConfig):
         No modality, no task, duplicate task names, a task naming an unconfigured modality, unknown keys.
     """
 
-    ts: LSTMEncoderConfig | None = None
+    ts: TimeSeriesEncoderConfig | None = None
     static: MLPEncoderConfig | None = None
     codes: CodesEncoderConfig | None = None
     text: TextEncoderConfig | None = None

@@ -105,6 +105,13 @@ class FeatureSpec(StrictModel):
         return self
 
 
+def check_transformer_width(ts_encoder: str, hidden: int) -> None:
+    """A run config's ``model.ts_encoder: transformer`` uses ``model.hidden`` as its width over 4 attention heads."""
+    if ts_encoder == "transformer" and hidden % 4:
+        raise ValueError(f"model.ts_encoder: transformer uses hidden as its width over 4 attention heads, so "
+                         f"model.hidden must be a multiple of 4; got {hidden}")
+
+
 class ModelSpec(StrictModel):
     """The hybrid's architecture. ``pretrained`` maps modalities to pretrained encoders (registry name or folder,
     see :mod:`healthfusion.models.registry`); those encoders keep their own size and preprocessing, and
@@ -127,9 +134,7 @@ class ModelSpec(StrictModel):
 
     @model_validator(mode="after")
     def _transformer_width(self) -> ModelSpec:
-        if self.ts_encoder == "transformer" and self.hidden % 4:
-            raise ValueError(f"model.ts_encoder: transformer uses hidden as its width over 4 attention heads, so "
-                             f"model.hidden must be a multiple of 4; got {self.hidden}")
+        check_transformer_width(self.ts_encoder, self.hidden)
         return self
 
 

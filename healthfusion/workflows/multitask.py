@@ -72,6 +72,7 @@ from healthfusion.workflows.config import (
     SourceSpec,
     SplitSpec,
     StrictModel,
+    check_transformer_width,
     read_yaml_config,
     resolve_paths,
 )
@@ -143,12 +144,18 @@ class MultitaskModelSpec(StrictModel):
     hidden: int = Field(32, ge=1)
     task_dim: int = Field(32, ge=1)
     lstm_layers: int = Field(1, ge=1)
+    ts_encoder: Literal["lstm", "transformer"] = "lstm"  # as a run config's model.ts_encoder
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     task_attention: bool = True
     gate_init: float = 0.0
     cluster_gradient: bool = True
     pretrained: dict[Literal["ts", "static", "codes", "text", "image"], str] = Field(default_factory=dict)
     pretrained_root: Path | None = None
+
+    @model_validator(mode="after")
+    def _transformer_width(self) -> MultitaskModelSpec:
+        check_transformer_width(self.ts_encoder, self.hidden)
+        return self
 
 
 class TimSpec(StrictModel):
@@ -239,7 +246,7 @@ def build_model(config: MultitaskConfig, feat: CohortFeaturizer, tasks: tuple[Ta
     spec = config.model
     loaded = loaded or {}
     enc = hybrid_config(feat, hidden=spec.hidden, lstm_layers=spec.lstm_layers, dropout=spec.dropout,
-                        pretrained={m: e.config for m, (e, _, _) in loaded.items()})
+                        ts_encoder=spec.ts_encoder, pretrained={m: e.config for m, (e, _, _) in loaded.items()})
     encoders = {m: getattr(enc, m) for m in enc.modalities}
     attention = spec.task_attention if task_attention is None else task_attention
     model = MultitaskModel(MultitaskModelConfig(**encoders, tasks=tasks, fusion=spec.fusion, fusion_dim=spec.hidden,

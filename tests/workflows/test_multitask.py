@@ -183,3 +183,15 @@ def test_report_of_a_multitask_run(full_run):
     html = build_report(full_run).read_text()
     assert "multitask (M3H) report" in html and "tasks.csv" in html and "tim_attention" in html
     assert "data:image/png;base64," in html
+
+
+def test_transformer_time_series_encoder_in_a_multitask_run(synth, tmp_path):
+    config = MultitaskConfig.model_validate(config_dict(synth, tmp_path / "tf", tasks=TASKS[:3],
+                                                        model={"hidden": 8, "task_dim": 4, "ts_encoder": "transformer"}))
+    run = run_multitask(config)
+    saved = json.loads((run / "model" / "config.json").read_text())
+    assert saved["ts"]["encoder"] == "transformer" and saved["ts"]["d_model"] == 8
+    model, _ = load_model(run / "model")
+    assert type(model.backbone.encoders["ts"]).__name__ == "TransformerEncoder"
+    with pytest.raises(ValueError, match="model.hidden must be a multiple of 4; got 6"):
+        MultitaskConfig.model_validate(config_dict(synth, tmp_path, model={"hidden": 6, "ts_encoder": "transformer"}))
