@@ -16,6 +16,7 @@ from healthfusion.workflows.ensemble import BOOSTING, HYBRID, RunEnsemble, cross
 from healthfusion.workflows.predict import predict_source
 from healthfusion.workflows.report import build_report
 from healthfusion.workflows.train import make_featurizer, run_training
+from tests.workflows.conftest import rescore_test_stays
 
 STATS = ["last", "mean", "count", "first", "slope"]
 
@@ -80,10 +81,7 @@ def test_loaded_ensemble_reproduces_the_run_and_its_parts(ensemble_run):
 
 def test_predict_scores_raw_files_with_the_ensemble(ensemble_run, tmp_path):
     run, _ = ensemble_run
-    # the synthetic source regenerates the training cohort from its seed: same stays, same ensemble scores
-    frame = predict_source(run / "model", "synthetic", tmp_path / "again", n_stays=300, seed=2).set_index("stay_id")
-    preds = pd.read_csv(run / "predictions.csv", dtype={"stay_id": str})
-    test = preds[preds["split"] == "test"].set_index("stay_id")
+    frame, test = rescore_test_stays(run, tmp_path)  # same stays, same ensemble scores
     np.testing.assert_allclose(frame.loc[test.index, "probability"], test["ensemble"], atol=1e-6)
     assert set(frame["status"]) == {"scored"}
     assert set(frame["risk_group"]) <= {"high", "low"}

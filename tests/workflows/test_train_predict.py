@@ -11,6 +11,7 @@ from healthfusion.workflows.config import ConfigError, load_run_config
 from healthfusion.workflows.evaluate import evaluate_predictions
 from healthfusion.workflows.predict import PredictionError, predict_source
 from healthfusion.workflows.train import run_training
+from tests.workflows.conftest import rescore_test_stays
 
 
 @pytest.fixture(scope="module")
@@ -167,11 +168,8 @@ def test_an_unknown_label_names_the_labels_the_cohort_has(trained_run):
 
 def test_predict_reproduces_the_runs_test_scores(trained_run, tmp_path):
     run, _ = trained_run
-    # the synthetic source regenerates the training cohort from its seed; the saved model (wide input included,
-    # its state stored with sorted keys) must score it as the run did
-    frame = predict_source(run / "model", "synthetic", tmp_path / "again", n_stays=300, seed=2).set_index("stay_id")
-    preds = pd.read_csv(run / "predictions.csv", dtype={"stay_id": str})
-    test = preds[preds["split"] == "test"].set_index("stay_id")
+    # the saved model (wide input included, its state stored with sorted keys) must score the stays as the run did
+    frame, test = rescore_test_stays(run, tmp_path)
     np.testing.assert_allclose(frame.loc[test.index, "probability"], test["hybrid"], atol=1e-6)
 
 
