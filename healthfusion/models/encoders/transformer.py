@@ -144,7 +144,7 @@ class TransformerEncoder(nn.Module):
         named, lengths = series_inputs(values, mask, delta, lengths, n_variables=self.config.n_variables,
                                        use_delta=self.config.use_delta, owner="TransformerEncoder")
         x = torch.cat(list(named.values()), dim=-1)
-        batch, steps = x.shape[:2]
+        steps = x.shape[1]
         valid = torch.arange(steps, device=x.device)[None, :] < lengths[:, None]  # [B, T]
         x = x.masked_fill(~valid[:, :, None], 0.0)  # padded values never reach the network, whatever they hold
         h = self.input_proj(x) + sinusoidal_encoding(steps, self.out_dim, dtype=x.dtype, device=x.device)
