@@ -2,29 +2,38 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PIP     = $(VENV)/bin/pip
-STAMP   = $(VENV)/.installed
+CORE    = $(VENV)/.installed-core
+STAMP   = $(VENV)/.installed-test
+NO_CUDA = if $(PIP) list 2>/dev/null | grep -Ei '^(nvidia-|triton )'; then \
+	  echo "error: a CUDA package was installed next to the CPU build of torch; check constraints.txt" >&2; exit 1; fi
 
 .PHONY: demo test env lint clean chromium
 
-$(STAMP): pyproject.toml constraints.txt
+# the demo needs only the core
+$(CORE): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip -c constraints.txt
 	$(PIP) install --quiet torch==2.13.0 -c constraints.txt
+	$(PIP) install --quiet -e . -c constraints.txt
+	@$(NO_CUDA)
+	touch $(CORE)
+
+# the tests need every extra (serve, onnx, federated, dp, scale, track, tune, meds, fhir, text, dicom)
+$(STAMP): $(CORE)
 	$(PIP) install --quiet -e ".[test]" -c constraints.txt
-	@if $(PIP) list 2>/dev/null | grep -Ei '^(nvidia-|triton )'; then \
-	  echo "error: a CUDA package was installed next to the CPU build of torch; check constraints.txt" >&2; exit 1; fi
+	@$(NO_CUDA)
 	touch $(STAMP)
 
 env: $(STAMP)
 
-demo: $(STAMP)
+demo: $(CORE)
 	$(VENV)/bin/healthfusion demo
 
 # the report's browser test needs Debian's chromium; install it when missing (sudo only when not root)
 chromium:
 	@if [ ! -x /usr/bin/chromium ]; then \
 	  if [ "$$(id -u)" = "0" ]; then SUDO=""; else SUDO="sudo"; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-upgrade chromium \
 	  || echo "warning: could not install chromium; the browser test will skip (and fail under CI=true)" >&2; \
 	fi
 
