@@ -8,11 +8,14 @@ copy (it is preferred when both exist), typically an order of magnitude faster.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import logging
 import re
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,88 @@ PARQUET_ROW_GROUP_ROWS = 250_000  # rows per row group that convert_to_parquet w
 # Column kinds of stream_table; "time" is an ISO 8601 timestamp ("2150-01-01 12:00:00").
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "time": pa.timestamp("us")}
 _CSV_SUFFIXES = (".csv.gz", ".csv")
+_SCAN_BYTES = 1 << 20  # bytes decoded at a time when looking for the line of a non-UTF-8 byte
+
+
+# ------------------------------------------------------------------------------------------ read errors
+READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)  # what reading a raw file can raise
+
+
+@contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Run the code that opens or parses raw file ``path``; any failure to read it becomes one
+    :class:`SourceError` naming the file (and the line, for bytes that are not UTF-8 text).
+
+    Every reader reads its raw files inside this context, so a truncated or corrupt compressed file
+    (``EOFError``, ``zlib.error``, ``gzip.BadGzipFile``), a file it may not read (``PermissionError``), any other
+    ``OSError`` and non-UTF-8 bytes (``UnicodeDecodeError``) all end in the same kind of message.
+    :class:`SourceError` raised inside passes unchanged.
+
+    Example::
+
+        with reading(path):
+            df = pd.read_csv(path, dtype=str)
+    """
+    path = Path(path)
+    try:
+        yield
+    except READ_ERRORS as exc:
+        raise read_error(path, exc) from exc
+
+
+def read_error(path: Path, exc: BaseException) -> SourceError:
+    """The one-line :class:`SourceError` for failing to read ``path`` with ``exc`` (one of :data:`READ_ERRORS`)."""
+    if isinstance(exc, UnicodeDecodeError):
+        return not_utf8(path)
+    if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)) or "runcated" in str(exc):
+        return SourceError(f"File {path} is truncated or corrupt ({exc or type(exc).__name__}); copy or "
+                           "download it again.")
+    if isinstance(exc, PermissionError):
+        return SourceError(f"File {path} cannot be read: permission denied; give the user running healthfusion "
+                           "read access to it (e.g. chmod a+r), or copy it somewhere readable.")
+    return _unreadable(path, exc)
+
+
+def not_utf8(path: Path, data: bytes | None = None, line_offset: int = 0) -> SourceError:
+    """The error for a file (or, with ``data``, a part of one starting after line ``line_offset``) that holds
+    bytes that are not UTF-8 text, naming the first such line when it can be found."""
+    path = Path(path)
+    found = first_non_utf8([data]) if data is not None else _scan_file(path)
+    where = f"File {path}" if found is None else f"File {path}, line {found[0] + line_offset}"
+    byte = "" if found is None else f" (byte 0x{found[1]:02x})"
+    return SourceError(f"{where}: not UTF-8 text{byte}; save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 "
+                       "FILE > FILE.utf8) and read that copy.")
+
+
+def _is_utf8_error(exc: Exception) -> bool:
+    """Whether a pyarrow CSV error is about text that is not valid UTF-8."""
+    return "UTF8" in str(exc) or "UTF-8" in str(exc)
+
+
+def _scan_file(path: Path) -> tuple[int, int] | None:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            return first_non_utf8(iter(lambda: fh.read(_SCAN_BYTES), b""))
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
+def first_non_utf8(chunks: Iterable[bytes]) -> tuple[int, int] | None:
+    """(1-based line, byte value) of the first byte of ``chunks`` (one byte stream) that is not UTF-8, or None."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 0
+    for chunk in chunks:
+        pending = decoder.getstate()[0] + chunk  # bytes of a character split across chunks come first
+        try:
+            lines += decoder.decode(chunk).count("\n")
+        except UnicodeDecodeError as exc:
+            return lines + pending[: exc.start].count(b"\n") + 1, pending[exc.start]
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        return lines + 1, exc.object[exc.start]
+    return None
 
 
 def find_table(folder: Path, name: str) -> Path:
@@ -74,17 +159,18 @@ def read_table(
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"File {path} does not exist.")
-    try:
-        if path.suffix == ".parquet":
-            df = pd.read_parquet(path, columns=list(columns) if columns else None)
-        else:
-            df = pd.read_csv(path, usecols=list(columns) if columns else None, dtype=dtypes, low_memory=False)
-    except pd.errors.EmptyDataError as exc:
-        raise SourceError(f"File {path} is empty; expected a table with columns {list(required)}.") from exc
-    except ValueError as exc:
-        raise SourceError(f"File {path} could not be read as a table: {exc}.") from exc
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
+    with reading(path):
+        try:
+            if path.suffix == ".parquet":
+                df = pd.read_parquet(path, columns=list(columns) if columns else None)
+            else:
+                df = pd.read_csv(path, usecols=list(columns) if columns else None, dtype=dtypes, low_memory=False)
+        except pd.errors.EmptyDataError as exc:
+            raise SourceError(f"File {path} is empty; expected a table with columns {list(required)}.") from exc
+        except UnicodeDecodeError:
+            raise
+        except ValueError as exc:
+            raise SourceError(f"File {path} could not be read as a table: {exc}.") from exc
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise SourceError(f"File {path} lacks column(s) {missing}; it has {list(df.columns)[:20]}.")
@@ -154,19 +240,20 @@ def stream_table(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
             if waiting:
                 yield joined()
     except pa.ArrowInvalid as exc:
-        raise _locate_bad_value(path, columns, exc) from exc
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
+        raise (not_utf8(path) if _is_utf8_error(exc) else _locate_bad_value(path, columns, exc)) from exc
+    except READ_ERRORS as exc:
+        raise read_error(path, exc) from exc
 
 
 def _stream_parquet(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
     try:
-        pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering doubled memory and time here
-    except (pa.ArrowInvalid, OSError) as exc:
+        with reading(path):
+            pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering doubled memory and time here
+    except pa.ArrowInvalid as exc:
         raise SourceError(f"File {path} is not readable Parquet ({exc}).") from exc
     _check_columns(path, pf.schema_arrow.names, columns)
     row = 0
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=list(columns)):
+    for batch in _parquet_batches(path, pf, list(columns)):
         t = pa.Table.from_batches([batch]).replace_schema_metadata(None)  # pandas metadata would undo casts
         for name, kind in columns.items():
             if kind == "str" and pa.types.is_timestamp(t[name].type):
@@ -175,6 +262,14 @@ def _stream_parquet(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
                 t = t.set_column(t.schema.get_field_index(name), name, _cast(t[name], kind, path, name, row))
         yield t.append_column("_row", pa.array(np.arange(row, row + t.num_rows)))
         row += t.num_rows
+
+
+def _parquet_batches(path: Path, pf: pq.ParquetFile, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    with reading(path):
+        try:
+            yield from pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns)
+        except pa.ArrowInvalid as exc:
+            raise SourceError(f"File {path} is truncated or corrupt Parquet ({exc}); convert it again.") from exc
 
 
 def _cast(values: pa.ChunkedArray, kind: str, path: Path, name: str, row: int) -> pa.ChunkedArray:
@@ -210,8 +305,8 @@ def _csv_header(path: Path, expected: list[str]) -> list[str]:
     try:
         with opener(path, "rt", newline="") as fh:
             header = next(csv.reader(fh), None)
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise _unreadable(path, exc) from exc
+    except READ_ERRORS as exc:
+        raise read_error(path, exc) from exc
     if not header:
         wanted = f"columns {expected}" if expected else "a header line"
         raise SourceError(f"File {path} is empty; expected a table with {wanted}.")
@@ -314,6 +409,9 @@ def _csv_to_parquet(path: Path, target: Path) -> int:
             rows = _write_parquet(path, partial, types)
         except pa.ArrowInvalid as exc:
             column = _failed_column(exc, list(types))
+            if _is_utf8_error(exc):
+                partial.unlink(missing_ok=True)
+                raise not_utf8(path) from exc
             if column is None or types[column] == pa.string():
                 partial.unlink(missing_ok=True)
                 raise SourceError(f"File {path} could not be converted to Parquet: {exc}.") from exc
@@ -321,9 +419,9 @@ def _csv_to_parquet(path: Path, target: Path) -> int:
             log.info("%s: column %r does not fit %s; retrying as %s", path, column, types[column], wider)
             types[column] = wider
             continue
-        except OSError as exc:
+        except READ_ERRORS as exc:
             partial.unlink(missing_ok=True)
-            raise _unreadable(path, exc) from exc
+            raise read_error(path, exc) from exc
         partial.replace(target)
         return rows
     raise AssertionError("unreachable: each retry widens a column")  # pragma: no cover
@@ -337,9 +435,11 @@ def _inferred_types(path: Path) -> dict[str, pa.DataType]:
                             convert_options=pacsv.ConvertOptions(strings_can_be_null=True)) as reader:
             schema = reader.schema
     except pa.ArrowInvalid as exc:
+        if _is_utf8_error(exc):
+            raise not_utf8(path) from exc
         raise SourceError(f"File {path} could not be parsed as CSV: {exc}.") from exc
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
+    except READ_ERRORS as exc:
+        raise read_error(path, exc) from exc
     types = {}
     for name in header:
         kind = schema.field(name).type
