@@ -10,7 +10,7 @@ What the cohort holds
 ``stays``   one row per record: ``stay_id`` = ``patient_id`` = RecordID (the challenge gives no patient identifier),
             ``prediction_time`` = ``hours`` (default 48), ``care_unit`` (ICUType: CCU, CSRU, MICU, SICU),
             ``age_group`` (<40, 40-59, 60-79, 80+) and ``sex`` (F, M); unknown domain values are ``"Unknown"``.
-``static``  the general descriptors at time 00:00: ``Age``, ``Gender`` (F/M, categorical), ``Height`` (cm),
+``static``  the general descriptors (recorded at 00:00; only rows at or before the prediction time are used): ``Age``, ``Gender`` (F/M, categorical), ``Height`` (cm),
             ``ICUType`` (categorical) and ``Weight`` (kg, the admission weight). ``-1`` (the challenge's code for
             missing) and values outside :data:`~healthfusion.data.plausibility.PLAUSIBLE_RANGES` become empty.
 ``events``  the 37 time-series parameters (PhysioNet names, e.g. ``HR``, ``MechVent``, ``Weight``), time in hours;
@@ -27,7 +27,8 @@ Table ``"<set>/*.txt"`` counts every data line of every record file (the header 
 used (a descriptor moved to ``static`` or a time-series value kept as an event) or dropped as ``missing value``
 (empty or ``-1``), ``implausible value``, ``duplicate row`` (the same record, time, parameter and value twice),
 ``duplicate descriptor`` (a second descriptor row of the same kind in one record; the first is kept),
-``unknown parameter`` or ``blank line``. Two different values of one variable at the same minute are both kept
+``descriptor after prediction time`` (a descriptor row later than ``hours``: not known at prediction time, so never
+a static feature), ``empty parameter``, ``unknown parameter`` or ``blank line``. Two different values of one variable at the same minute are both kept
 (e.g. two urine outputs). Events after the prediction time are **not** dropped here: they stay in the table and
 :meth:`~healthfusion.data.cohort.Cohort.observable` hides them from every feature builder. Table
 ``"Outcomes-<x>.txt"`` counts outcome rows used, or dropped as ``no record file`` when their record is not in the
@@ -147,14 +148,26 @@ def build(
     weight = lines["param"].eq("Weight")
     first_weight = weight & ~lines["rec"].where(weight).duplicated()
     is_desc |= first_weight & lines["time"].eq(0.0)
-    static = _static(lines[is_desc], files, acc, table)
+    # a descriptor recorded after the prediction time is not known then: it must not become a static feature
+    late = is_desc & lines["time"].gt(hours)
+    if late.any():
+        log.warning("%s: dropped %d descriptor row(s) recorded after the prediction time (%g h)", table,
+                    int(late.sum()), hours)
+    acc.drop(table, "descriptor after prediction time", int(late.sum()))
+    static = _static(lines[is_desc & ~late], files, acc, table)
 
     series = lines[~is_desc]
+    empty = series["param"].isna()
+    if empty.any():
+        log.warning("%s: dropped %d row(s) with an empty Parameter field (first at %s)", table, int(empty.sum()),
+                    files.where(series.index[np.flatnonzero(empty.to_numpy())[0]]))
+    acc.drop(table, "empty parameter", int(empty.sum()))
+    series = series[~empty]
     known = series["param"].isin(TIME_SERIES)
     if not known.all():
-        unknown = series.loc[~known, "param"].value_counts()
+        unknown = series.loc[~known, "param"].astype(str).value_counts()
         log.warning("%s: dropped %d row(s) with unknown parameters %s", table, int((~known).sum()),
-                    dict(unknown.head(10)))
+                    {name: int(n) for name, n in unknown.head(10).items()})
     acc.drop(table, "unknown parameter", int((~known).sum()))
     series = series[known]
     dup = _duplicated(series)
@@ -280,7 +293,9 @@ def _outcomes_path(path: Path, set_name: str, outcomes) -> Path | None:
     candidate = path.parent / f"Outcomes-{suffix}.txt" if suffix else None
     if candidate is not None and candidate.is_file():
         return candidate
-    log.info("%s: no outcomes file found beside it; building a cohort without labels.", path)
+    looked = f" (looked for {candidate})" if candidate is not None else ""
+    log.warning("%s: no outcomes file beside it%s: the cohort has no labels. Pass outcomes=PATH (--option "
+                "outcomes=PATH) to label it, or outcomes=False when none is wanted.", path, looked)
     return None
 
 
