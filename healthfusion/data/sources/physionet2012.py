@@ -197,6 +197,7 @@ def build(
         source="physionet2012",
         feature_types={"Age": "numeric", "Gender": "categorical", "Height": "numeric", "ICUType": "categorical",
                        "Weight": "numeric"},
+        derived={"care_unit": ["ICUType"], "age_group": ["Age"], "sex": ["Gender"]},
         description=f"PhysioNet/CinC Challenge 2012 {set_name}: ICU stays, prediction at {hours:g} h.",
     )
     labels = None

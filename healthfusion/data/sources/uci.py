@@ -188,6 +188,7 @@ def build_diabetes130(
         source="diabetes130",
         feature_types={**{c: "categorical" for c in categorical}, **{c: "numeric" for c in numeric_cols}},
         labels=specs,
+        derived={"age_group": ["age"], "sex": ["gender"], "ethnicity": ["race"]},
         description="UCI Diabetes 130-US hospitals 1999-2008: inpatient encounters of diabetic patients, predicted "
                     + ("at admission." if at_admission else "at discharge."),
     )
@@ -373,6 +374,7 @@ def build_heart_disease(
     })
     meta = CohortMeta(
         name="heart_disease",
+        derived={"age_group": ["age"], "sex": ["sex"]},
         source="heart_disease",
         feature_types={c: ("categorical" if c in HEART_CATEGORICAL else "numeric") for c in HEART_COLUMNS[:-1]},
         labels=list(HEART_LABELS),
