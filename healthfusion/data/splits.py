@@ -68,3 +68,20 @@ def split_patients(
         raise CohortError(f"Split(s) {empty} got no patients ({patients['patient_id'].nunique()} patients in all); "
                           "use fewer splits or a larger cohort.")
     return result
+
+
+def shared_patients(development: pd.DataFrame, external: pd.DataFrame) -> pd.Index:
+    """Patients of ``external`` stays (an external test cohort) who also have stays in ``development`` (the stays a
+    model was trained and tuned on). Both are stays tables with ``patient_id``; ids compare as text.
+
+    A non-empty result means the external test is not independent of training: its metrics are optimistic for
+    those patients. Patient ids are only comparable when both cohorts come from one source numbering them.
+
+    Returns
+    -------
+    pandas.Index
+        The shared patient ids, sorted.
+    """
+    dev = pd.Index(development["patient_id"].astype(str).unique())
+    ext = pd.Index(external["patient_id"].astype(str).unique())
+    return ext.intersection(dev).sort_values()
