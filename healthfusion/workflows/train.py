@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.schema import LabelSpec
 from healthfusion.data.sources import get_source
-from healthfusion.data.splits import shared_patients, split_patients
+from healthfusion.data.splits import shared_patients, split_patients, write_development_patients
 from healthfusion.evaluation.metrics import auroc, choose_threshold
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.compose import CohortFeaturizer, engineered_features
@@ -281,6 +281,8 @@ def prepare_run(config: RunConfig, console=None) -> RunData:
         lab = cohorts[s].label(config.data.label).reindex(ids[s])
         unlabeled[s] = int(lab.isna().sum())
         ids[s] = lab.index[lab.notna()].tolist()
+    development = main.stays[main.stays["stay_id"].isin(ids["train"] + ids["val"])]["patient_id"]
+    write_development_patients(run_dir, development)  # lets predict count patients shared with training
     say("      stays: " + ", ".join(f"{s} {len(v)}" for s, v in ids.items())
         + (f" (without label, excluded: {unlabeled})" if any(unlabeled.values()) else ""))
     sources = {"main (train, val" + (")" if config.data.test is not None else ", test)"): main}

@@ -40,3 +40,37 @@ def test_shared_patients_of_an_external_test_cohort_are_counted(tmp_path, caplog
     with caplog.at_level(logging.WARNING):
         prepare_run(_config(tmp_path, tmp_path / "main", tmp_path / "fresh"))
     assert "external test cohort" not in caplog.text
+
+
+def test_development_patients_are_recorded_as_digests_and_counted(tmp_path):
+    from healthfusion.data.splits import (
+        DEVELOPMENT_PATIENTS_FILE,
+        count_development_patients,
+        write_development_patients,
+    )
+
+    path = write_development_patients(tmp_path, ["p1", "p2", "p2", 1003])
+    assert path.name == DEVELOPMENT_PATIENTS_FILE and "p1" not in path.read_text()  # no identifier in clear
+    assert count_development_patients(tmp_path, ["p2", "p2", "1003", "x"]) == 2
+    assert count_development_patients(tmp_path, ["x", "y"]) == 0
+    assert count_development_patients(tmp_path / "elsewhere", ["p1"]) is None
+
+
+def test_predict_warns_about_patients_the_model_was_trained_on(tmp_path, caplog):
+    from healthfusion.data.splits import count_development_patients
+    from healthfusion.workflows.predict import predict_source
+    from healthfusion.workflows.train import run_training
+
+    generate(80, seed=3).save(tmp_path / "main")
+    config = RunConfig.model_validate({
+        "out": str(tmp_path / "run"), "data": {"cohort": str(tmp_path / "main"), "label": "mortality"},
+        "features": {"modalities": ["static"]}, "model": {"hidden": 4},
+        "training": {"max_epochs": 1, "batch_size": 32}, "baselines": [], "evaluation": {"n_boot": 5, "audit": False},
+    })
+    run = run_training(config)
+    main = Cohort.load(tmp_path / "main")
+    shared = count_development_patients(run, main.stays["patient_id"])
+    assert 0 < shared < main.stays["patient_id"].nunique()  # train + val patients, not the test ones
+    with caplog.at_level(logging.WARNING):
+        predict_source(run / "model", "synthetic", tmp_path / "again", n_stays=80, seed=3)
+    assert f"{shared} patient(s) of the synthetic input also had stays the model was trained or tuned on" in caplog.text
