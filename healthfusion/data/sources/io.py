@@ -8,14 +8,11 @@ copy (it is preferred when both exist), typically an order of magnitude faster.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import gzip
 import logging
 import re
-import zlib
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,7 @@ import pyarrow.parquet as pq
 
 from healthfusion.data.accounting import RowAccounting
 from healthfusion.data.errors import SourceError
+from healthfusion.data.sources.read_errors import READ_ERRORS, is_utf8_error, not_utf8, read_error, reading
 
 log = logging.getLogger(__name__)
 
@@ -38,88 +36,6 @@ PARQUET_ROW_GROUP_ROWS = 250_000  # rows per row group that convert_to_parquet w
 # Column kinds of stream_table; "time" is an ISO 8601 timestamp ("2150-01-01 12:00:00").
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "time": pa.timestamp("us")}
 _CSV_SUFFIXES = (".csv.gz", ".csv")
-_SCAN_BYTES = 1 << 20  # bytes decoded at a time when looking for the line of a non-UTF-8 byte
-
-
-# ------------------------------------------------------------------------------------------ read errors
-READ_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)  # what reading a raw file can raise
-
-
-@contextmanager
-def reading(path: Path) -> Iterator[None]:
-    """Run the code that opens or parses raw file ``path``; any failure to read it becomes one
-    :class:`SourceError` naming the file (and the line, for bytes that are not UTF-8 text).
-
-    Every reader reads its raw files inside this context, so a truncated or corrupt compressed file
-    (``EOFError``, ``zlib.error``, ``gzip.BadGzipFile``), a file it may not read (``PermissionError``), any other
-    ``OSError`` and non-UTF-8 bytes (``UnicodeDecodeError``) all end in the same kind of message.
-    :class:`SourceError` raised inside passes unchanged.
-
-    Example::
-
-        with reading(path):
-            df = pd.read_csv(path, dtype=str)
-    """
-    path = Path(path)
-    try:
-        yield
-    except READ_ERRORS as exc:
-        raise read_error(path, exc) from exc
-
-
-def read_error(path: Path, exc: BaseException) -> SourceError:
-    """The one-line :class:`SourceError` for failing to read ``path`` with ``exc`` (one of :data:`READ_ERRORS`)."""
-    if isinstance(exc, UnicodeDecodeError):
-        return not_utf8(path)
-    if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)) or "runcated" in str(exc):
-        return SourceError(f"File {path} is truncated or corrupt ({exc or type(exc).__name__}); copy or "
-                           "download it again.")
-    if isinstance(exc, PermissionError):
-        return SourceError(f"File {path} cannot be read: permission denied; give the user running healthfusion "
-                           "read access to it (e.g. chmod a+r), or copy it somewhere readable.")
-    return _unreadable(path, exc)
-
-
-def not_utf8(path: Path, data: bytes | None = None, line_offset: int = 0) -> SourceError:
-    """The error for a file (or, with ``data``, a part of one starting after line ``line_offset``) that holds
-    bytes that are not UTF-8 text, naming the first such line when it can be found."""
-    path = Path(path)
-    found = first_non_utf8([data]) if data is not None else _scan_file(path)
-    where = f"File {path}" if found is None else f"File {path}, line {found[0] + line_offset}"
-    byte = "" if found is None else f" (byte 0x{found[1]:02x})"
-    return SourceError(f"{where}: not UTF-8 text{byte}; save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 "
-                       "FILE > FILE.utf8) and read that copy.")
-
-
-def _is_utf8_error(exc: Exception) -> bool:
-    """Whether a pyarrow CSV error is about text that is not valid UTF-8."""
-    return "UTF8" in str(exc) or "UTF-8" in str(exc)
-
-
-def _scan_file(path: Path) -> tuple[int, int] | None:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as fh:
-            return first_non_utf8(iter(lambda: fh.read(_SCAN_BYTES), b""))
-    except (OSError, EOFError, zlib.error):
-        return None
-
-
-def first_non_utf8(chunks: Iterable[bytes]) -> tuple[int, int] | None:
-    """(1-based line, byte value) of the first byte of ``chunks`` (one byte stream) that is not UTF-8, or None."""
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    lines = 0
-    for chunk in chunks:
-        pending = decoder.getstate()[0] + chunk  # bytes of a character split across chunks come first
-        try:
-            lines += decoder.decode(chunk).count("\n")
-        except UnicodeDecodeError as exc:
-            return lines + pending[: exc.start].count(b"\n") + 1, pending[exc.start]
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError as exc:
-        return lines + 1, exc.object[exc.start]
-    return None
 
 
 def find_table(folder: Path, name: str) -> Path:
@@ -159,18 +75,18 @@ def read_table(
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"File {path} does not exist.")
-    with reading(path):
-        try:
+    try:
+        with reading(path):  # truncated, unreadable, not UTF-8: one error naming the file (and line)
             if path.suffix == ".parquet":
                 df = pd.read_parquet(path, columns=list(columns) if columns else None)
             else:
                 df = pd.read_csv(path, usecols=list(columns) if columns else None, dtype=dtypes, low_memory=False)
-        except pd.errors.EmptyDataError as exc:
-            raise SourceError(f"File {path} is empty; expected a table with columns {list(required)}.") from exc
-        except UnicodeDecodeError:
-            raise
-        except ValueError as exc:
-            raise SourceError(f"File {path} could not be read as a table: {exc}.") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise SourceError(f"File {path} is empty; expected a table with columns {list(required)}.") from exc
+    except SourceError:
+        raise
+    except ValueError as exc:
+        raise SourceError(f"File {path} could not be read as a table: {exc}.") from exc
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise SourceError(f"File {path} lacks column(s) {missing}; it has {list(df.columns)[:20]}.")
@@ -240,7 +156,7 @@ def stream_table(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
             if waiting:
                 yield joined()
     except pa.ArrowInvalid as exc:
-        raise (not_utf8(path) if _is_utf8_error(exc) else _locate_bad_value(path, columns, exc)) from exc
+        raise (not_utf8(path) if is_utf8_error(exc) else _locate_bad_value(path, columns, exc)) from exc
     except READ_ERRORS as exc:
         raise read_error(path, exc) from exc
 
@@ -409,9 +325,6 @@ def _csv_to_parquet(path: Path, target: Path) -> int:
             rows = _write_parquet(path, partial, types)
         except pa.ArrowInvalid as exc:
             column = _failed_column(exc, list(types))
-            if _is_utf8_error(exc):
-                partial.unlink(missing_ok=True)
-                raise not_utf8(path) from exc
             if column is None or types[column] == pa.string():
                 partial.unlink(missing_ok=True)
                 raise SourceError(f"File {path} could not be converted to Parquet: {exc}.") from exc
@@ -419,9 +332,9 @@ def _csv_to_parquet(path: Path, target: Path) -> int:
             log.info("%s: column %r does not fit %s; retrying as %s", path, column, types[column], wider)
             types[column] = wider
             continue
-        except READ_ERRORS as exc:
+        except OSError as exc:
             partial.unlink(missing_ok=True)
-            raise read_error(path, exc) from exc
+            raise _unreadable(path, exc) from exc
         partial.replace(target)
         return rows
     raise AssertionError("unreachable: each retry widens a column")  # pragma: no cover
@@ -435,11 +348,9 @@ def _inferred_types(path: Path) -> dict[str, pa.DataType]:
                             convert_options=pacsv.ConvertOptions(strings_can_be_null=True)) as reader:
             schema = reader.schema
     except pa.ArrowInvalid as exc:
-        if _is_utf8_error(exc):
-            raise not_utf8(path) from exc
         raise SourceError(f"File {path} could not be parsed as CSV: {exc}.") from exc
-    except READ_ERRORS as exc:
-        raise read_error(path, exc) from exc
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
     types = {}
     for name in header:
         kind = schema.field(name).type

@@ -55,9 +55,9 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.plausibility import PLAUSIBLE_RANGES, drop_implausible
 from healthfusion.data.schema import CohortMeta, LabelSpec
-from healthfusion.data.sources.io import reading
 from healthfusion.data.sources.itemmap import UNKNOWN, age_group
 from healthfusion.data.sources.physionet2012_records import RecordFiles, iter_record_files, record_set_name
+from healthfusion.data.sources.read_errors import reading
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.data.errors import SourceError
-from healthfusion.data.sources.io import READ_ERRORS, first_non_utf8, read_error, reading
+from healthfusion.data.sources.read_errors import READ_ERRORS, first_non_utf8, read_error, reading
 
 log = logging.getLogger(__name__)
 

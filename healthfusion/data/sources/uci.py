@@ -52,8 +52,8 @@ from healthfusion.data.accounting import RowAccounting
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.schema import CohortMeta, LabelSpec
-from healthfusion.data.sources.io import reading
 from healthfusion.data.sources.itemmap import UNKNOWN, age_group, sex_group
+from healthfusion.data.sources.read_errors import reading
 
 log = logging.getLogger(__name__)
 

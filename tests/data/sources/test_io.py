@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from healthfusion.data.errors import SourceError
-from healthfusion.data.sources import io
+from healthfusion.data.sources import io, read_errors
 from healthfusion.data.sources.io import convert_to_parquet, find_table, stream_table
 
 CSV = (
@@ -142,9 +142,9 @@ def test_first_non_utf8_finds_the_line_across_chunks():
     data = ("a\n" * 5 + "é\n").encode() + b"x\xff\n"
     # a two-byte character split between chunks is not an error; the bad byte is on line 7
     chunks = [data[: data.index("é".encode()) + 1], data[data.index("é".encode()) + 1:]]
-    assert io.first_non_utf8(chunks) == (7, 0xFF)
-    assert io.first_non_utf8([data[:-3]]) is None
-    assert io.first_non_utf8([b"ok\n\xc3"]) == (2, 0xC3)  # a character cut off at the end
+    assert read_errors.first_non_utf8(chunks) == (7, 0xFF)
+    assert read_errors.first_non_utf8([data[:-3]]) is None
+    assert read_errors.first_non_utf8([b"ok\n\xc3"]) == (2, 0xC3)  # a character cut off at the end
 
 
 @pytest.mark.parametrize("exc, message", [
@@ -154,5 +154,5 @@ def test_first_non_utf8_finds_the_line_across_chunks():
 ])
 def test_reading_turns_read_failures_into_one_source_error(tmp_path, exc, message):
     with pytest.raises(SourceError, match=message):
-        with io.reading(tmp_path / "t.csv"):
+        with read_errors.reading(tmp_path / "t.csv"):
             raise exc
