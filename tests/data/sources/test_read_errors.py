@@ -14,6 +14,7 @@ from healthfusion.data.sources.io import stream_table
 def _blocks(path, columns):
     return pa.concat_tables([t for t in stream_table(path, columns)]).to_pandas()
 
+
 def _truncated_gz(path: Path, text: str) -> Path:
     full = gzip.compress(text.encode())
     path.write_bytes(full[: len(full) // 2])
