@@ -37,6 +37,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -117,7 +118,7 @@ def build(
             "note (often its discharge summary) must not be an input. On the command line: --option "
             "prediction_time=24; in a run config: data.options.prediction_time."
         )
-    if prediction_time is not None and not (isinstance(prediction_time, (int, float))
+    if prediction_time is not None and not (isinstance(prediction_time, numbers.Real)
                                             and not isinstance(prediction_time, bool) and prediction_time >= 0):
         raise SourceError(f"prediction_time must be a number of hours >= 0; got {prediction_time!r}.")
     required = [id_column, time_column, text_column] + [
