@@ -35,11 +35,11 @@ def fail(exc: Exception | str) -> None:
 
 
 class ReadErrorsGroup(typer.core.TyperGroup):
-    """The root command group: a file that cannot be read (``OSError``: permission denied, no such file;
+    """The root command group: a file that cannot be read or written (``OSError``: permission denied, no such file;
     ``EOFError`` or ``zlib.error`` from a truncated compressed file; ``UnicodeDecodeError``) that no library
     layer turned into a clear error still ends in one line and exit status 2, not a traceback (or click's
     "Aborted." and status 1, which is what it does with an ``EOFError``). Readers name the file and line themselves
-    (:func:`healthfusion.data.sources.io.reading`); this is the net below them."""
+    (:func:`healthfusion.data.sources.read_errors.reading`); this is the net below them."""
 
     def invoke(self, ctx):
         try:
@@ -52,7 +52,7 @@ def _describe(exc: BaseException) -> str:
     """One line for a read error, naming the file when the exception carries it."""
     name = getattr(exc, "filename", None)
     if isinstance(exc, OSError) and name:
-        return f"{name}: {exc.strerror or exc}; check the path and that it may be read."
+        return f"{name}: {exc.strerror or exc}; check the path and its permissions."
     if isinstance(exc, UnicodeDecodeError):
         return f"an input is not UTF-8 text ({exc}); save it as UTF-8."
     if isinstance(exc, (EOFError, zlib.error)):

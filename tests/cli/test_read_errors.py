@@ -80,16 +80,21 @@ def test_a_file_that_may_not_be_read_is_one_line(tmp_path, monkeypatch):
     assert "notes.csv cannot be read: permission denied" in result.output and "Traceback" not in result.output
 
 
-def test_a_read_error_no_reader_caught_still_exits_2_not_aborted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("exc, message", [
+    (EOFError("Compressed file ended before the end-of-stream marker was reached"), "truncated or corrupt"),
+    (PermissionError(13, "Permission denied", "/data/x.csv"), "/data/x.csv: Permission denied"),
+    (UnicodeDecodeError("utf-8", b"\xe9", 0, 1, "invalid continuation byte"), "not UTF-8 text"),
+])
+def test_a_read_error_no_reader_caught_still_exits_2_not_aborted(tmp_path, monkeypatch, exc, message):
     import healthfusion.workflows.cohorts as cohorts
 
-    def truncated(**kwargs):
-        raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+    def failing(**kwargs):
+        raise exc
 
-    monkeypatch.setattr(cohorts, "build_cohort", truncated)
+    monkeypatch.setattr(cohorts, "build_cohort", failing)
     result = runner.invoke(app, ["cohort", "build", "--source", "synthetic", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
-    assert "truncated or corrupt" in result.output and "Aborted" not in result.output
+    assert message in result.output and "Aborted" not in result.output and "Traceback" not in result.output
 
 
 def test_version():
