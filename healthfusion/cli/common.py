@@ -30,6 +30,8 @@ def parse_options(pairs: list[str] | None) -> dict:
 
 def fail(exc: Exception | str) -> None:
     """Print one clear error line and exit with status 2 (bad input, not a crash)."""
+    if isinstance(exc, UnicodeDecodeError):  # a ValueError that commands catch, but its text names no input
+        exc = _describe(exc)
     console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
