@@ -27,7 +27,7 @@ from sklearn.linear_model import LogisticRegression
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.schema import LabelSpec
-from healthfusion.data.sources import get_source
+from healthfusion.data.sources import check_options, get_source
 from healthfusion.data.splits import shared_patients, split_patients, write_development_patients
 from healthfusion.evaluation.metrics import auroc, choose_threshold
 from healthfusion.features.codes import CodeTransformer
@@ -61,6 +61,7 @@ def open_source(spec: SourceSpec, console=None) -> Cohort:
     if spec.cohort is not None:
         return Cohort.load(spec.cohort)
     builder = get_source(spec.source)
+    check_options(spec.source, spec.options)  # a misspelt option names itself, not a TypeError
     if console is not None:
         with console.status(f"Reading {spec.source} from {spec.path} ..."):
             return builder(spec.path, **spec.options)

@@ -102,3 +102,23 @@ def test_version():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"healthfusion {__version__}"
+
+
+def test_a_misspelt_source_option_is_one_line_with_a_suggestion(tmp_path):
+    import yaml
+
+    notes = tmp_path / "n.csv"
+    notes.write_text("id,time,text,y\na,1,x,0\nb,1,z,1\n")
+    built = runner.invoke(app, ["cohort", "build", "--source", "notes", "--path", str(notes),
+                                "--out", str(tmp_path / "c"), "--option", "prediction_tme=3"])
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"out": str(tmp_path / "run"), "data": {
+        "source": "notes", "path": str(notes), "label": "y", "options": {"prediction_tme": 3}}}))
+    trained = runner.invoke(app, ["train", "--config", str(config)])
+    bad_pair = runner.invoke(app, ["cohort", "build", "--source", "notes", "--path", str(notes),
+                                   "--out", str(tmp_path / "c"), "--option", "prediction_time"])
+    for result in (built, trained):
+        assert result.exit_code == 2, result.output
+        assert "Source 'notes' has no option 'prediction_tme'" in result.output
+        assert "Did you mean 'prediction_time'?" in result.output
+    assert bad_pair.exit_code == 2 and "--option expects KEY=VALUE" in bad_pair.output
