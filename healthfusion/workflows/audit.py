@@ -37,13 +37,14 @@ from healthfusion.evaluation.audit_plots import (
     plot_subgroups,
 )
 from healthfusion.evaluation.calibration import Recalibrator, calibration_summary
+from healthfusion.evaluation.disclosure import comparable, is_small, suppress_groups
 from healthfusion.evaluation.explain import attribute_timeseries, model_forward
 from healthfusion.evaluation.explain_multimodal import (
     attention_over_time,
     image_saliency,
     modality_contributions,
 )
-from healthfusion.evaluation.fairness import MIN_GROUP_SIZE, fairness_gaps, group_metrics, group_thresholds
+from healthfusion.evaluation.fairness import fairness_gaps, group_metrics, group_thresholds
 from healthfusion.evaluation.impact import what_if
 from healthfusion.features import batch as B
 
@@ -200,8 +201,9 @@ def write_audit(run_dir: str | Path, *, model: str = HYBRID, n_boot: int = 500, 
                         max_threshold=float(min(0.9, max(0.3, 3 * y.mean()))))
     assumptions = {**DEFAULT_WHAT_IF, **(what_if_assumptions or {})}
     scenario = what_if(y, p, threshold=threshold, **assumptions)
-    (out / "what_if.json").write_text(json.dumps({**scenario.to_dict(), "inputs": assumptions}, indent=2))
-    summary["what_if"] = scenario.to_dict()
+    shared_what_if = _shareable_what_if(scenario.to_dict())
+    (out / "what_if.json").write_text(json.dumps({**shared_what_if, "inputs": assumptions}, indent=2))
+    summary["what_if"] = shared_what_if
 
     # subgroups
     domains_path = run_dir / "domains.csv"
@@ -212,12 +214,13 @@ def write_audit(run_dir: str | Path, *, model: str = HYBRID, n_boot: int = 500, 
         if cols:
             groups = merged[cols]
             table = group_metrics(y, p, groups, threshold=threshold, n_boot=n_boot, seed=seed)
-            table.to_csv(out / "subgroups.csv", index=False)
+            shared = suppress_groups(table, keep=("attribute", "group", "small_group"))
+            shared.to_csv(out / "subgroups.csv", index=False)
             plot_subgroups(table, out / "subgroups.png")
             gaps = fairness_gaps(y, p, groups, threshold=threshold)
             gaps.to_csv(out / "fairness_gaps.csv", index=False)
             summary["subgroup_attributes"] = cols
-            summary["small_groups"] = table.loc[table["small_group"], ["attribute", "group", "n"]].to_dict("records")
+            summary["small_groups"] = table.loc[table["small_group"], ["attribute", "group"]].to_dict("records")
             summary.update(_mitigate(predictions, domains, gaps, model, threshold, seed, out))
         else:
             summary["subgroup_note"] = "The stays carry no domain column with more than one value."
@@ -227,18 +230,39 @@ def write_audit(run_dir: str | Path, *, model: str = HYBRID, n_boot: int = 500, 
     return summary
 
 
+def _shareable_what_if(w: dict) -> dict:
+    """The what-if summary as shared: the counts of the evaluated, flagged and event stays as
+    :func:`~healthfusion.evaluation.disclosure.count_cell` shows them, and every value computed from the events among
+    the flagged stays suppressed when that group is small."""
+    from healthfusion.evaluation.disclosure import SUPPRESSED, count_cell
+
+    out = {**w, "per_1000": dict(w["per_1000"])}
+    for key in ("n", "events", "flagged", "events_flagged"):
+        out[key] = count_cell(w[key])
+    if is_small(int(w["flagged"]), int(w["events_flagged"])):
+        for key in ("events_flagged", "events_avoided", "savings", "net_cost", "number_needed_to_treat"):
+            out[key] = SUPPRESSED
+        out["per_1000"].update(events_avoided=SUPPRESSED, net_cost=SUPPRESSED)
+    if out["flagged"] == SUPPRESSED:  # the cost and the rate would give the count back
+        out["intervention_cost"] = SUPPRESSED
+        out["per_1000"]["flagged"] = SUPPRESSED
+    return out
+
+
 def _mitigate(predictions, domains, gaps, model, threshold, seed, out) -> dict:
     """Group-aware thresholds for the attribute with the largest equalised-odds gap; before/after on test."""
     usable = gaps.dropna(subset=["equalized_odds_difference"])
     if usable.empty:
-        return {"mitigation_note": "No attribute has two groups of at least 10 stays; nothing to mitigate."}
+        return {"mitigation_note": "No attribute has two groups of at least 10 stays, 10 events and 10 non-events; "
+                                   "nothing to mitigate."}
     attribute = str(usable.sort_values("equalized_odds_difference").iloc[-1]["attribute"])
     frames = {}
     for split in ("val", "test"):
         rows = predictions[(predictions["split"] == split) & predictions[model].notna()]
         merged = rows.merge(domains[["stay_id", "split", attribute]], on=["stay_id", "split"], how="left")
-        sizes = merged[attribute].fillna("Unknown").value_counts()
-        frames[split] = merged[merged[attribute].fillna("Unknown").isin(sizes.index[sizes >= MIN_GROUP_SIZE])]
+        group = merged[attribute].fillna("Unknown")
+        sizes, events = group.value_counts(), merged["y_true"].groupby(group).sum()
+        frames[split] = merged[group.isin([g for g in sizes.index if comparable(int(sizes[g]), int(events[g]))])]
     try:
         _, effect = group_thresholds(frames["val"]["y_true"], frames["val"][model], frames["val"][attribute],
                                      frames["test"]["y_true"], frames["test"][model], frames["test"][attribute],

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from healthfusion.evaluation.compare import format_ci
+from healthfusion.evaluation.disclosure import RULE, SUPPRESSED, count_cell
 from healthfusion.report.html import image_data_uri, table_html
 
 #: run-folder files (relative POSIX paths) that have their own place in the report
@@ -53,15 +54,16 @@ def subgroup_section(run_dir: Path, audit: dict) -> dict:
     if not table_path.is_file():
         note = audit.get("subgroup_note", "No subgroup audit in this run folder.")
         return section("subgroups", "Subgroups and fairness", [text_block(note)])
-    t = pd.read_csv(table_path, keep_default_na=False, na_values=[""])
+    t = pd.read_csv(table_path, keep_default_na=False, na_values=[""], dtype=str)
+    small = (t["small_group"] == "True").to_numpy()
     show = t[["attribute", "group", "n", "n_positive"]].copy()
     for m, label in (("auroc", "AUROC"), ("tpr", "TPR"), ("fpr", "FPR"), ("ppv", "PPV"),
                      ("calibration_gap", "observed - predicted")):
-        show[label] = [format_ci(v, lo, hi) for v, lo, hi in t[[m, f"{m}_ci_low", f"{m}_ci_high"]].to_numpy(float)]
-    show["flag"] = ["n < 10: interpret with care" if s else "" for s in t["small_group"].astype(str) == "True"]
+        show[label] = [SUPPRESSED if hidden else format_ci(*map(float, values))
+                       for hidden, values in zip(small, t[[m, f"{m}_ci_low", f"{m}_ci_high"]].to_numpy(), strict=True)]
     blocks.append(table_block(show, caption=f"Test stays at the operating point {audit.get('threshold', 0.5):.3f}; "
-                               "95% bootstrap CIs. Groups under 10 stays are flagged, kept in the table and left out "
-                               "of the gaps below."))
+                               f"95% bootstrap CIs. Small-cell suppression: {RULE}; small groups are left out of "
+                               "the gaps below and of the figure."))
     gaps = run_dir / "audit" / "fairness_gaps.csv"
     if gaps.is_file():
         blocks.append(table_block(pd.read_csv(gaps, keep_default_na=False, na_values=[""]),
@@ -124,7 +126,8 @@ def limitations(info: dict, audit: dict, calibration: pd.DataFrame | None) -> li
     n = metrics.get("n", 0)
     events = int(round(n * metrics.get("prevalence", 0))) if n else 0
     if n and events < 100:
-        items.append(f"The test set has {n} stays and {events} events: intervals are wide and small differences "
+        items.append(f"The test set has {count_cell(n)} stays and {count_cell(events)} events: intervals are wide "
+                     "and small differences "
                      "between models are not established.")
     if not cfg.get("data", {}).get("test"):
         items.append("Tested on a held-out split of the training cohort, not on another hospital or period: "
@@ -138,8 +141,8 @@ def limitations(info: dict, audit: dict, calibration: pd.DataFrame | None) -> li
                          + "; use the recalibrated probabilities or recalibrate locally before acting on them.")
     small = audit.get("small_groups") or []
     if small:
-        items.append("Subgroups too small to judge (n < 10): "
-                     + ", ".join(f"{g['attribute']}={g['group']} (n={g['n']})" for g in small) + ".")
+        items.append(f"Subgroups too small to judge ({RULE}; left out of the fairness gaps): "
+                     + ", ".join(f"{g['attribute']}={g['group']}" for g in small) + ".")
     if "subgroup_note" in audit:
         items.append("No subgroup audit: " + audit["subgroup_note"])
     items += [

@@ -138,3 +138,20 @@ def test_section_drops_missing_figures(tmp_path):
 
     s = section("x", "X", [text_block("t"), figure_block(tmp_path / "missing.png", "c")])
     assert [b["kind"] for b in s["blocks"]] == ["text"]
+
+
+def test_shared_outputs_hide_small_cells(demo_run):
+    """Subgroup CSV, what-if JSON and the report show "<10" for counts under 10 and for every statistic of a group
+    with fewer than 10 stays or events."""
+    run, html = demo_run["run_dir"], demo_run["report"].read_text()
+    table = pd.read_csv(run / "audit" / "subgroups.csv", dtype=str, keep_default_na=False)
+    small = table[table["small_group"] == "True"]
+    assert len(small) and (small["auroc"] == "<10").all() and (small["n_positive"] == "<10").all()
+    assert (small["observed_rate"] == "<10").all() and (small["calibration_gap_ci_high"] == "<10").all()
+    for col in ("n", "n_positive"):
+        shown = pd.to_numeric(table[col], errors="coerce").dropna()
+        assert (shown >= 10).all(), col
+    what_if = json.loads((run / "audit" / "what_if.json").read_text())
+    for key in ("n", "events", "flagged", "events_flagged"):
+        assert what_if[key] == "<10" or what_if[key] >= 10, key
+    assert not re.search(r"\(n=[0-9]\)", html) and "&lt;10" in html
