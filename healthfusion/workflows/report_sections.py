@@ -82,13 +82,16 @@ def subgroup_section(run_dir: Path, audit: dict) -> dict:
     return section("subgroups", "Subgroups and fairness", blocks)
 
 
-def explanation_section(run_dir: Path) -> dict:
-    """Global importance, per-patient contributors, attention, modality contributions and saliency."""
+def explanation_section(run_dir: Path, identifiers: bool = False) -> dict:
+    """Global importance, per-patient contributors, attention, modality contributions and saliency.
+
+    The per-stay table numbers the stays it shows (``stay`` 1, 2, ...) unless ``identifiers`` is True, when it
+    shows their stay ids (internal use only)."""
     ex = run_dir / "explanations"
     summary_path = ex / "summary.json"
     if not summary_path.is_file():
         return section("explanations", "Explanations", [text_block(
-            f"This run folder has no explanations; compute them with `healthfusion explain {run_dir}` and rebuild "
+            "This run folder has no explanations; compute them with `healthfusion explain RUN_DIR` and rebuild "
             "the report.", warn=True)])
     s = json.loads(summary_path.read_text())
     blocks: list = [text_block(f"GradientShap (expected gradients, {s.get('n_samples')} background draws per stay) "
@@ -99,9 +102,17 @@ def explanation_section(run_dir: Path) -> dict:
     if top.is_file():
         frame = pd.read_csv(top, dtype={"stay_id": str})
         first = frame["stay_id"].drop_duplicates().head(6)
-        blocks.append(table_block(frame[frame["stay_id"].isin(first)], heading="Top contributors per stay",
-                                   caption="Five strongest signed contributions for six of the explained stays "
-                                           "(all in explanations/top_features.csv)."))
+        shown = frame[frame["stay_id"].isin(first)]
+        if identifiers:
+            caption = "Stay ids are shown for internal use: do not share this report outside the care team."
+        else:
+            number = {s: str(k + 1) for k, s in enumerate(first)}
+            shown = shown.assign(stay_id=shown["stay_id"].map(number)).rename(columns={"stay_id": "stay"})
+            caption = ("Stays are numbered in this report only; their ids are in explanations/top_features.csv "
+                       "(`healthfusion report --identifiers` shows them, for internal use).")
+        blocks.append(table_block(shown, heading="Top contributors per stay",
+                                   caption="Five strongest signed contributions for six of the explained stays. "
+                                           + caption))
     window = ex / "importance_by_window.csv"
     if window.is_file():
         frame = pd.read_csv(window, index_col=0)

@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from healthfusion.cli.main import app
+from healthfusion.report.html import image_data_uri
 from healthfusion.workflows.demo import run_demo
 from healthfusion.workflows.report import build_report
 
@@ -155,3 +157,30 @@ def test_shared_outputs_hide_small_cells(demo_run):
     for key in ("n", "events", "flagged", "events_flagged"):
         assert what_if[key] == "<10" or what_if[key] >= 10, key
     assert not re.search(r"\(n=[0-9]\)", html) and "&lt;10" in html
+
+
+def test_report_shows_no_stay_ids_or_absolute_paths_by_default(demo_run, tmp_path):
+    run, html = demo_run["run_dir"], demo_run["report"].read_text()
+    explained = pd.read_csv(run / "explanations" / "top_features.csv", dtype={"stay_id": str})["stay_id"].unique()
+    assert len(explained) and not any(s in html for s in explained)
+    assert "Top contributors per stay" in html and "numbered in this report" in html
+    for text in (html, (run / "config.yaml").read_text()):
+        assert str(run.resolve()) not in text and str(run.parent.resolve()) not in text
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["cohort"] == "cohort"
+    internal = build_report(run, tmp_path / "internal.html", identifiers=True).read_text()
+    assert sum(s in internal for s in explained[:6]) == min(6, len(explained))
+    assert "internal use" in internal
+
+
+def test_model_card_lists_the_tripod_ai_items_and_says_the_demo_is_synthetic(demo_run):
+    html = demo_run["report"].read_text()
+    card = html[html.index('id="model-card"'):html.index("</section>", html.index('id="model-card"'))]
+    assert "TRIPOD+AI" in card and "SYNTHETIC" in card and "(synthetic data)" in html
+    for item in ("Source of data", "Participants", "Outcome: definition and timing", "Predictors: definition and timing",
+                 "Sample size", "Missing data", "Analysis", "Performance with confidence intervals", "Calibration",
+                 "Fairness", "Limitations", "Intended use"):
+        row = re.search(rf"<td>{re.escape(item)}[^<]*</td>\s*<td>([^<]+)</td>", card)
+        assert row is not None and row.group(1) in ("present", "not applicable"), item
+    assert card.count("<td>not applicable</td>") >= 1  # model updating, at least
+    reliability = image_data_uri(demo_run["run_dir"] / "audit" / "reliability.png")
+    assert html.count(reliability) == 1  # once, in the calibration section
