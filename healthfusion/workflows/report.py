@@ -29,6 +29,7 @@ from healthfusion.workflows.report_sections import (
     explanation_section,
     figure_block,
     limitations,
+    pseudonymise,
     section,
     subgroup_section,
     table_block,
@@ -160,7 +161,7 @@ def _impact_section(run_dir: Path) -> dict:
     return section("impact", "Impact analysis", blocks)
 
 
-def _extra_sections(run_dir: Path, out: Path) -> list[dict]:
+def _extra_sections(run_dir: Path, out: Path, identifiers: bool = False) -> list[dict]:
     groups: dict[str, list[dict]] = {"transfer": [], "multitask": [], "other": []}
     for path in sorted(p for p in run_dir.rglob("*") if p.suffix in (".csv", ".png") and p.is_file()):
         rel = path.relative_to(run_dir)
@@ -171,7 +172,7 @@ def _extra_sections(run_dir: Path, out: Path) -> list[dict]:
         if path.suffix == ".png":
             groups[key].append(figure_block(path, rel.as_posix()))
         else:
-            frame = pd.read_csv(path)
+            frame = pseudonymise(pd.read_csv(path), identifiers)
             groups[key].append(table_block(frame, heading=rel.as_posix()))
     titles = {"transfer": "Transfer", "multitask": "Multi-task", "other": "Other outputs"}
     return [section(k, titles[k], blocks) for k, blocks in groups.items() if blocks]
@@ -195,7 +196,7 @@ def study_kind(run_dir: Path) -> str | None:
     return None
 
 
-def _study_report(run_dir: Path, out: Path, kind: str) -> Path:
+def _study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False) -> Path:
     """The report of a transfer or multitask run folder: its settings, every table (in a useful order) and
     figure it wrote."""
     import yaml
@@ -222,7 +223,7 @@ def _study_report(run_dir: Path, out: Path, kind: str) -> Path:
                      and p.parts[len(run_dir.parts)] not in ("model", "cohort"))
     blocks = []
     for path in tables:
-        frame = pd.read_csv(path)
+        frame = pseudonymise(pd.read_csv(path), identifiers)
         rel = path.relative_to(run_dir).as_posix()
         if len(frame) > 200:
             blocks.append(text_block(f"{rel}: {len(frame):,} rows, the first 200 shown; the file has them all.", heading=rel))
@@ -328,7 +329,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
     out = Path(out) if out else run_dir / "report.html"
     study = study_kind(run_dir)
     if study is not None:
-        return _study_report(run_dir, out, study)
+        return _study_report(run_dir, out, study, identifiers=bool(identifiers))
     label = run_label(run_dir)
     if label is not None and label.get("kind", "binary") != "binary":
         return _kind_report(run_dir, out, label)
@@ -352,7 +353,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
     sections = [_data_section(run_dir, info), *_metrics_sections(run_dir, info),
                 _calibration_section(run_dir, calibration, audit), subgroup_section(run_dir, audit),
                 explanation_section(run_dir, identifiers=_identifiers(info, identifiers)), _impact_section(run_dir),
-                *_extra_sections(run_dir, out),
+                *_extra_sections(run_dir, out, identifiers=_identifiers(info, identifiers)),
                 section("limitations", "Limitations", [{"kind": "list", "items": limitations(info, audit, calibration)}])]
     cfg = info["config"]
     synthetic = is_synthetic(info)

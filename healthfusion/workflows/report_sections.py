@@ -23,6 +23,23 @@ KNOWN_FILES = (
 )
 
 
+#: columns that identify a patient or a stay; the report replaces them with a per-report number
+ID_COLUMNS = ("stay_id", "patient_id", "subject_id", "hadm_id", "icustay_id", "patientunitstayid", "RecordID")
+
+
+def pseudonymise(frame: pd.DataFrame, identifiers: bool = False) -> pd.DataFrame:
+    """``frame`` with each identifier column (:data:`ID_COLUMNS`) replaced by a number per distinct value, in
+    order of first appearance (``stay_id`` -> ``stay`` 1, 2, ...); unchanged when ``identifiers`` is True."""
+    if identifiers:
+        return frame
+    out = frame.copy()
+    for col in [c for c in ID_COLUMNS if c in out.columns]:
+        codes = {v: str(k + 1) for k, v in enumerate(pd.unique(out[col]))}
+        out[col] = out[col].map(codes)
+        out = out.rename(columns={col: col.removesuffix("_id") if col.endswith("_id") else f"{col} (number)"})
+    return out
+
+
 def table_block(frame: pd.DataFrame, caption: str | None = None, heading: str | None = None, index: bool = False,
                 digits: int = 3) -> dict:
     """A report block showing ``frame`` as an HTML table."""
@@ -102,14 +119,10 @@ def explanation_section(run_dir: Path, identifiers: bool = False) -> dict:
     if top.is_file():
         frame = pd.read_csv(top, dtype={"stay_id": str})
         first = frame["stay_id"].drop_duplicates().head(6)
-        shown = frame[frame["stay_id"].isin(first)]
-        if identifiers:
-            caption = "Stay ids are shown for internal use: do not share this report outside the care team."
-        else:
-            number = {s: str(k + 1) for k, s in enumerate(first)}
-            shown = shown.assign(stay_id=shown["stay_id"].map(number)).rename(columns={"stay_id": "stay"})
-            caption = ("Stays are numbered in this report only; their ids are in explanations/top_features.csv "
-                       "(`healthfusion report --identifiers` shows them, for internal use).")
+        shown = pseudonymise(frame[frame["stay_id"].isin(first)], identifiers)
+        caption = ("Stay ids are shown for internal use: do not share this report outside the care team."
+                   if identifiers else "Stays are numbered in this report only; their ids are in "
+                   "explanations/top_features.csv (`healthfusion report --identifiers` shows them, for internal use).")
         blocks.append(table_block(shown, heading="Top contributors per stay",
                                    caption="Five strongest signed contributions for six of the explained stays. "
                                            + caption))

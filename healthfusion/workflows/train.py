@@ -6,8 +6,9 @@ config, paths relative to the run folder), ``model/`` (the hybrid, loadable with
 ``comparison.csv`` (every model with bootstrap 95% CIs, at threshold 0.5 and at an operating point chosen on the
 validation stays), ``roc.png``/``pr.png``, ``history.json``, ``accounting.csv`` (the input rows' fate), ``domains.csv`` (each
 evaluated stay's site, care unit, age group, sex, ethnicity), ``explanations/`` and ``audit/`` (see
-:mod:`healthfusion.workflows.audit`) and ``artefacts.json`` (which model each artefact belongs to). That is a run of a binary label; multiclass and regression labels train
-through :mod:`healthfusion.workflows.train_kinds` after the same data preparation (:func:`prepare_run`).
+:mod:`healthfusion.workflows.audit`) and ``artefacts.json`` (which model each artefact belongs to). That is a run
+of a binary label; multiclass and regression labels train through :mod:`healthfusion.workflows.train_kinds` after
+the same data preparation (:func:`prepare_run`).
 """
 
 from __future__ import annotations

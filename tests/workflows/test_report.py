@@ -17,6 +17,7 @@ from healthfusion.cli.main import app
 from healthfusion.report.html import image_data_uri
 from healthfusion.workflows.demo import run_demo
 from healthfusion.workflows.report import build_report
+from healthfusion.workflows.report_sections import pseudonymise
 
 SECTIONS = ("model-card", "data", "metrics", "curves", "baselines", "calibration", "subgroups", "explanations",
             "impact", "limitations")
@@ -50,9 +51,10 @@ def test_unknown_outputs_get_their_own_sections(demo_run, tmp_path):
     (run / "transfer").mkdir(exist_ok=True)
     pd.DataFrame({"target_site": ["B"], "auroc": [0.7]}).to_csv(run / "transfer" / "transfer_metrics.csv", index=False)
     pd.DataFrame({"task": ["mortality"], "auroc": [0.8]}).to_csv(run / "multitask_tasks.csv", index=False)
-    pd.DataFrame({"k": [1]}).to_csv(run / "something_else.csv", index=False)
+    pd.DataFrame({"k": [1], "stay_id": ["S98765432"]}).to_csv(run / "something_else.csv", index=False)
     out = build_report(run, tmp_path / "r.html")
     html = out.read_text()
+    assert "S98765432" not in html  # identifiers in any table are numbered
     for sid, text in (("transfer", "transfer/transfer_metrics.csv"), ("multitask", "multitask_tasks.csv"),
                       ("other", "something_else.csv")):
         assert f'id="{sid}"' in html and text in html
@@ -184,3 +186,11 @@ def test_model_card_lists_the_tripod_ai_items_and_says_the_demo_is_synthetic(dem
     assert card.count("<td>not applicable</td>") >= 1  # model updating, at least
     reliability = image_data_uri(demo_run["run_dir"] / "audit" / "reliability.png")
     assert html.count(reliability) == 1  # once, in the calibration section
+
+
+def test_identifier_columns_are_numbered_per_report():
+    frame = pd.DataFrame({"stay_id": ["S9", "S9", "S3"], "patient_id": ["P1", "P1", "P2"], "x": [1, 2, 3]})
+    out = pseudonymise(frame)
+    assert out["stay"].tolist() == ["1", "1", "2"] and out["patient"].tolist() == ["1", "1", "2"]
+    assert "S9" not in out.to_csv() and "P1" not in out.to_csv() and out["x"].tolist() == [1, 2, 3]
+    assert pseudonymise(frame, identifiers=True) is frame
