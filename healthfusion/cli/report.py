@@ -25,8 +25,9 @@ def register(app: typer.Typer) -> None:
                                                      "only (default: the run config's evaluation.report_identifiers, "
                                                      "false: stays are numbered)."),
     ) -> None:
-        """Write one self-contained HTML report (model card, metrics with CIs, calibration, subgroups,
-        explanations, impact, limitations) that opens offline and prints cleanly."""
+        """Write one self-contained HTML report (model card with the TRIPOD+AI items, metrics with CIs,
+        calibration, subgroups, explanations, impact, limitations) that opens offline and prints cleanly. It shows
+        no stay id (unless --identifiers), no absolute path and no count or group statistic under 10."""
         from healthfusion.workflows.report import build_report
 
         try:

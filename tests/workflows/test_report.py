@@ -194,3 +194,10 @@ def test_identifier_columns_are_numbered_per_report():
     assert out["stay"].tolist() == ["1", "1", "2"] and out["patient"].tolist() == ["1", "1", "2"]
     assert "S9" not in out.to_csv() and "P1" not in out.to_csv() and out["x"].tolist() == [1, 2, 3]
     assert pseudonymise(frame, identifiers=True) is frame
+
+
+def test_counts_in_the_what_if_table_are_integers(demo_run):
+    html = demo_run["report"].read_text()
+    for label in ("stays evaluated", "events", "stays flagged"):
+        cell = re.search(rf"<td>{label}</td>\s*<td>([^<]+)</td>", html)
+        assert cell is not None and re.fullmatch(r"\d+|&lt;10", cell.group(1)), (label, cell and cell.group(1))
