@@ -88,3 +88,27 @@ def test_cohort_build_refuses_a_folder_that_is_not_a_cohort(demo, tmp_path):
     for _ in range(2):  # a cohort folder may be rebuilt in place
         result = runner.invoke(app, ["cohort", "build", "--source", "synthetic", "--out", str(cohort)])
         assert result.exit_code == 0, result.output
+
+
+def test_config_paths_are_written_relative_to_the_run_folder(tmp_path):
+    from healthfusion.workflows.runfolder import inputs_inside, write_run_config
+
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    dump = {"out": str(run), "data": {"cohort": str(tmp_path / "data" / "cohort"), "label": "mortality",
+                                      "test": {"path": str(run / "cohort"), "cohort": None}},
+            "tasks": [{"name": "a", "path": str(tmp_path / "x.csv")}], "name": "r1"}
+    written = yaml.safe_load(write_run_config(dump, run).read_text())
+    assert written["out"] == "." and written["data"]["cohort"] == "../../data/cohort"
+    assert written["data"]["test"]["path"] == "cohort" and written["tasks"][0]["path"] == "../../x.csv"
+    assert written["data"]["label"] == "mortality" and str(tmp_path) not in (run / "config.yaml").read_text()
+    assert inputs_inside(run, [run / "cohort" / "x.parquet", tmp_path / "data", None, run]) == ["cohort"]
+
+
+def test_artefacts_are_not_checked_without_a_record(tmp_path):
+    from healthfusion.workflows.runfolder import check_artefacts, model_digest, record_artefacts
+
+    (tmp_path / "predictions.csv").write_text("stay_id\n1\n")
+    check_artefacts(tmp_path)  # no artefacts.json: a hand-made folder
+    record_artefacts(tmp_path)  # no model/: nothing to tie the files to
+    assert not (tmp_path / "artefacts.json").exists() and model_digest(tmp_path / "model") is None
