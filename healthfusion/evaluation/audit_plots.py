@@ -86,6 +86,8 @@ def plot_subgroups(table: pd.DataFrame, path: str | Path, metric: str = "auroc",
     if left_out:
         title += f"\n{left_out} small group(s) not shown ({SUPPRESSED} stays or events)"
     ax.set(xlabel=metric.upper(), title=title)
+    if metric in ("auroc", "tpr", "fpr", "ppv"):
+        ax.set_xlim(0, 1)
     return _save(fig, path, dpi)
 
 

@@ -54,12 +54,13 @@ def is_synthetic(info: dict) -> bool:
 
 
 def shown_path(value: object) -> str:
-    """A data path as the card shows it: relative paths as recorded (relative to the run folder), absolute ones
-    (runs written before paths were made relative) by their last component only."""
+    """A data path as the card shows it: a path inside the run folder as recorded (relative to it); any other
+    (one that climbs out of the run folder, or an absolute path of a run written before paths were made relative)
+    by its last component only, so the report tells nothing about the machine's folders."""
     if value in (None, ""):
         return "?"
     path = Path(str(value))
-    return path.name if path.is_absolute() else path.as_posix()
+    return path.name if path.is_absolute() or ".." in path.parts else path.as_posix()
 
 
 def _source_text(spec: dict | None) -> str:

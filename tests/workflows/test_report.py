@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from healthfusion.cli.main import app
 from healthfusion.report.html import image_data_uri
 from healthfusion.workflows.demo import run_demo
+from healthfusion.workflows.model_card import shown_path
 from healthfusion.workflows.report import build_report
 from healthfusion.workflows.report_sections import pseudonymise
 
@@ -201,3 +202,8 @@ def test_counts_in_the_what_if_table_are_integers(demo_run):
     for label in ("stays evaluated", "events", "stays flagged"):
         cell = re.search(rf"<td>{label}</td>\s*<td>([^<]+)</td>", html)
         assert cell is not None and re.fullmatch(r"\d+|&lt;10", cell.group(1)), (label, cell and cell.group(1))
+
+
+def test_card_paths_name_no_folder_of_the_machine():
+    assert shown_path("cohort") == "cohort" and shown_path("../../../data/physionet/set-a.tar.gz") == "set-a.tar.gz"
+    assert shown_path("/home/someone/data/cohort") == "cohort" and shown_path(None) == "?"
