@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import zlib
 
 import typer
 import typer.core
 from rich.console import Console
 
-console = Console()
+#: width of the console when the output is not a terminal (a file, a pipe, a CI log): wide enough that tables are
+#: never cut; ``COLUMNS`` still wins when set
+PIPE_WIDTH = 400
+
+
+def make_console() -> Console:
+    """The CLI's console: the terminal's width on a terminal; else ``COLUMNS`` or :data:`PIPE_WIDTH`, so tables
+    written to a file or pipe are not cut at 80 columns."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=PIPE_WIDTH)
+
+
+console = make_console()
 
 
 def parse_options(pairs: list[str] | None) -> dict:

@@ -52,12 +52,14 @@ def demo(
     n_stays: int = typer.Option(2000, help="Synthetic stays to generate."),
     seed: int = typer.Option(0, help="Random seed for data, split and training."),
     max_epochs: int = typer.Option(30, help="Maximum training epochs (early stopping usually ends sooner)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty run folder first (default: refuse it)."),
 ) -> None:
     """Run the whole pipeline on the embedded synthetic cohort: data, features, fused model, baseline, metrics."""
     from healthfusion.workflows.demo import run_demo
 
     try:
-        result = run_demo(out=out, n_stays=n_stays, seed=seed, max_epochs=max_epochs, console=console)
+        result = run_demo(out=out, n_stays=n_stays, seed=seed, max_epochs=max_epochs, console=console,
+                          overwrite=overwrite)
     except ValueError as exc:
         fail(exc)
     print_frame(console, result["table"], title="Test-set metrics (95% bootstrap CI)")
@@ -65,14 +67,18 @@ def demo(
 
 
 @app.command()
-def train(config: Path = typer.Option(..., "--config", "-c", help="Run configuration (YAML); unknown keys are errors.")) -> None:
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="Run configuration (YAML); unknown keys are errors."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Clear the config's non-empty `out` folder first, once "
+                                                              "the data has been read (default: refuse it)."),
+) -> None:
     """Train the hybrid model (or, with an `ensemble` section, the hybrid + boosting ensemble) and the baselines on
-    one split; write the run folder with the model, metrics and plots."""
+    one split; write the run folder (new or empty) with the model, metrics and plots."""
     from healthfusion.workflows.config import load_run_config
     from healthfusion.workflows.train import run_training
 
     try:
-        run_dir = run_training(load_run_config(config), console=console)
+        run_dir = run_training(load_run_config(config), console=console, overwrite=overwrite)
     except ValueError as exc:
         fail(exc)
     _print_run(run_dir)

@@ -51,7 +51,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from pydantic import Field, model_validator
 
 from healthfusion.data.splits import split_patients
@@ -88,6 +87,7 @@ from healthfusion.workflows.multitask_tables import (
     mean_frame,
     task_table,
 )
+from healthfusion.workflows.runfolder import write_run_config
 from healthfusion.workflows.train import make_featurizer, open_source
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ def run_multitask(config: MultitaskConfig, console=None) -> Path:
     run_dir = config.out or Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_run_config(config.model_dump(mode="json"), run_dir)  # paths relative to the run folder
     prep = prepare(config, console)
     train, val, test = (prep["data"][s] for s in ("train", "val", "test"))
     kinds = {t.name: t.kind for t in config.tasks}

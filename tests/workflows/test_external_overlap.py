@@ -38,7 +38,7 @@ def test_shared_patients_of_an_external_test_cohort_are_counted(tmp_path, caplog
     assert "5 patient(s) of the external test cohort (5 test stay(s)) also have stays in the training" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        prepare_run(_config(tmp_path, tmp_path / "main", tmp_path / "fresh"))
+        prepare_run(_config(tmp_path, tmp_path / "main", tmp_path / "fresh"), overwrite=True)
     assert "external test cohort" not in caplog.text
 
 
