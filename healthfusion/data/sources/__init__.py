@@ -23,6 +23,7 @@ SOURCES: dict[str, str] = {
     "mimic4": "healthfusion.data.sources.mimic4:build",
     "eicu": "healthfusion.data.sources.eicu:build",
     "meds": "healthfusion.data.sources.meds:build",
+    "fhir": "healthfusion.data.sources.fhir:build",
 }
 
 
