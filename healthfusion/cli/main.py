@@ -188,7 +188,7 @@ def cohort_convert(
 
 
 # Commands with their own module register themselves here: each module defines ``register(app)``.
-_COMMAND_MODULES: tuple[str, ...] = ("multitask", "report", "pretrain", "transfer", "config")
+_COMMAND_MODULES: tuple[str, ...] = ("multitask", "report", "pretrain", "transfer", "config", "track")
 
 
 def _register_commands() -> None:

@@ -188,6 +188,14 @@ class EvaluationSpec(StrictModel):
     audit: bool = True  # explanations, calibration, subgroups and impact into explanations/ and audit/
 
 
+class TrackingSpec(StrictModel):
+    """Record the finished run in MLflow (see :mod:`healthfusion.tracking`; needs ``healthfusion[track]``)."""
+
+    uri: str | None = None
+    experiment: str | None = None
+    log_model: bool = True
+
+
 class RunConfig(StrictModel):
     name: str = "run"
     out: Path | None = None
@@ -202,6 +210,7 @@ class RunConfig(StrictModel):
     ensemble: EnsembleSpec | None = None
     reference_scores: list[str] = Field(default_factory=list)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    tracking: TrackingSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

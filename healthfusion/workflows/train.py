@@ -293,14 +293,27 @@ def run_training(config: RunConfig, console=None) -> Path:
     """Run the whole training job described by ``config`` and return the run folder.
 
     A binary label trains as this module describes; a multiclass or regression label trains the hybrid with that
-    head and the matching baselines (:mod:`healthfusion.workflows.train_kinds`).
+    head and the matching baselines (:mod:`healthfusion.workflows.train_kinds`). With a ``tracking`` section the
+    finished run folder is recorded in MLflow (:func:`healthfusion.tracking.track_run`).
 
     Raises
     ------
-    ValueError (SourceError, CohortError, ConfigError)
+    ValueError (SourceError, CohortError, ConfigError, TrackingError)
         On unreadable data, a label the cohort lacks (or of a kind train cannot use: multilabel), a setting that
         needs a binary label (ensemble, reference_scores, tuning), or an impossible split; the message says which.
     """
+    run_dir = _train(config, console)
+    if config.tracking is not None:
+        from healthfusion.tracking import track_run
+
+        t = config.tracking
+        run_id = track_run(run_dir, uri=t.uri, experiment=t.experiment, log_model=t.log_model)
+        if console is not None:
+            console.print(f"MLflow run {run_id}")
+    return run_dir
+
+
+def _train(config: RunConfig, console=None) -> Path:
     prepared = prepare_run(config, console)
     if prepared.label.kind != "binary":
         from healthfusion.workflows.train_kinds import train_other_kind
