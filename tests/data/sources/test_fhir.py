@@ -49,7 +49,7 @@ def test_carebundle_cohort_counts_every_resource_once(carebundle_folder):
         assert acc.tables[rtype].read == n == acc.tables[rtype].used, rtype
     assert acc.tables["other resources"].read == len(raw) - sum(by_type.values())
     assert acc.tables["other resources"].dropped == {"resource type not read": len(raw) - sum(by_type.values())}
-    assert len(cohort) == by_type["Encounter"] == 23
+    assert len(raw) == 938 and len(cohort) == by_type["Encounter"] == 23
     assert cohort.stays["patient_id"].nunique() == by_type["Patient"] == 21
     assert set(cohort.stays["care_unit"]) == {"AMB"} and set(cohort.stays["sex"]) == {"F", "M"}
 
