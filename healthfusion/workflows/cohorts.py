@@ -22,11 +22,15 @@ def build_cohort(source: str, path: Path | None, out: Path, task: str | None = N
         On unreadable input (the message names the file, column or row), or rows that do not add up.
     """
     builder = get_source(source)
+    takes = inspect.signature(builder).parameters
+    unknown = sorted(k for k in options if k not in takes)
+    if unknown:
+        raise SourceError(f"Source {source!r} takes no option {', '.join(unknown)} (e.g. --labels is for meds).")
     generated = source == "synthetic"
     if path is None and not generated:
         raise SourceError(f"Source {source!r} reads raw files: pass --path to the folder or file that holds them.")
     target = out if generated else path
-    streams = generated or "out" in inspect.signature(builder).parameters
+    streams = generated or "out" in takes
     if streams and not generated:
         options["out"] = out
     if console is not None:

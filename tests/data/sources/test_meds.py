@@ -180,6 +180,9 @@ def test_cli_export_then_build_from_meds(tmp_path):
     built = runner.invoke(app, ["cohort", "build", "--source", "meds", "--path", str(tmp_path / "m"),
                                 "--task", "death", "--out", str(tmp_path / "back")])
     assert built.exit_code == 0, built.output
+    wrong = runner.invoke(app, ["cohort", "build", "--source", "physionet2012", "--path", str(tmp_path),
+                                "--labels", str(tmp_path / "x.parquet"), "--out", str(tmp_path / "w")])
+    assert wrong.exit_code == 2 and "takes no option labels" in wrong.output
     back = Cohort.load(tmp_path / "back")
     assert len(back) == 12 and [s.name for s in back.meta.labels] == ["death"]
     assert back.label("death").tolist() == make_tiny_cohort().labels.set_index("stay_id")["death"].reindex(
