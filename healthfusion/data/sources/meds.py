@@ -27,7 +27,8 @@ How a MEDS dataset becomes a cohort
 ``codes``   other timed rows: ``system`` = the code before its first ``//`` and ``code`` the rest
             (``ICD9//4019`` -> ``ICD9``, ``4019``); a code without ``//`` has system ``meds``.
 ``labels``  one column per task: ``boolean_value`` -> binary, ``float_value`` -> regression, ``integer_value`` and
-            ``categorical_value`` -> multiclass.
+            ``categorical_value`` -> multiclass. A shard with no value column gives stays and prediction times
+            only (a cohort to predict on).
 
 A timed row belongs to the stay of the latest anchor at or before it (or to its ``stay_id`` when the data has that
 column), up to the subject's next anchor; rows of one anchor feed every label row (stay) of it.
@@ -227,19 +228,21 @@ def _label_sources(root: Path, task: str | None, labels: str | Path | None) -> d
 
 
 def _read_labels(root, task, labels, anchors, acc):
-    """Stays (stay_id, patient row data, anchor row, prediction_time) and the labels frame, from the label shards."""
-    stays_by_task, specs = [], []
+    """Stays (stay_id, subject_id, anchor row and time, prediction_time), the labels frame (None when no shard
+    has a value column) and the label specs, from the label shards."""
+    frames, specs = [], []
     for name, files in _label_sources(root, task, labels).items():
         table_name = f"labels/{name}"
         frame = pd.concat([validate_table("label", _without_empty_values(pq.read_table(f)), f).to_pandas()
                            for f in files], ignore_index=True)
         acc.read(table_name, len(frame))
         present = [c for c in VALUE_COLUMNS if c in frame and frame[c].notna().any()]
-        if len(present) != 1:
-            raise SourceError(f"Label shard {files[0]} must fill exactly one of {list(VALUE_COLUMNS)}; it fills {present}.")
-        value_col = present[0]
-        frame = frame.rename(columns={value_col: name})[["subject_id", "prediction_time", name]]
-        frame = _attach_anchor(frame, anchors)
+        if len(present) > 1:
+            raise SourceError(f"Label shard {files[0]} fills {present}; a label shard holds one value column (or "
+                              "none: prediction times only).")
+        value_col = present[0] if present else None
+        frame = frame.rename(columns={value_col: name}) if value_col else frame.assign(**{name: np.nan})
+        frame = _attach_anchor(frame[["subject_id", "prediction_time", name]], anchors)
         no_anchor = frame["anchor_row"].isna()
         acc.drop(table_name, "no anchor event at or before the prediction time", int(no_anchor.sum()))
         frame = frame[~no_anchor]
@@ -252,26 +255,23 @@ def _read_labels(root, task, labels, anchors, acc):
         acc.drop(table_name, "repeats a stay", int(dup.sum()))
         frame = frame[~dup]
         acc.use(table_name, len(frame))
-        kind = VALUE_COLUMNS[value_col]
-        if value_col == "boolean_value":
-            frame[name] = frame[name].astype(float)
-        elif kind == "multiclass":
-            frame[name] = frame[name].astype(str)
-        else:
-            frame[name] = frame[name].astype(float)
-        classes = tuple(sorted(frame[name].unique())) if kind == "multiclass" else None
-        specs.append(LabelSpec(name, kind, classes=classes, description=f"MEDS label shard {name}"))
-        stays_by_task.append(frame)
-    stays = pd.concat([f.drop(columns=[s.name]) for f, s in zip(stays_by_task, specs, strict=True)])
+        if value_col is not None:  # a shard without values defines stays to predict on, no label
+            kind = VALUE_COLUMNS[value_col]
+            frame[name] = frame[name].astype(str if kind == "multiclass" else float)
+            classes = tuple(sorted(frame[name].unique())) if kind == "multiclass" else None
+            specs.append(LabelSpec(name, kind, classes=classes, description=f"MEDS label shard {name}"))
+        frames.append((frame, name, value_col is not None))
+    stays = pd.concat([f.drop(columns=[name]) for f, name, _ in frames])
     times = stays.groupby("stay_id")["prediction_time"].nunique()
     if (times > 1).any():
         bad = times.index[times > 1][0]
         raise SourceError(f"Stay {bad!r} has different prediction times in different label shards; read one task "
                           "at a time with --task.")
     stays = stays.drop_duplicates("stay_id").reset_index(drop=True)
-    label_frame = stays[["stay_id"]]
-    for frame, spec in zip(stays_by_task, specs, strict=True):
-        label_frame = label_frame.merge(frame[["stay_id", spec.name]], on="stay_id", how="left")
+    label_frame = stays[["stay_id"]] if specs else None
+    for frame, name, valued in frames:
+        if valued:
+            label_frame = label_frame.merge(frame[["stay_id", name]], on="stay_id", how="left")
     return stays, label_frame, specs
 
 

@@ -8,6 +8,7 @@ Layout written under ``out``::
     metadata/dataset.json             dataset name, ETL name/version, MEDS version, extension columns
     metadata/healthfusion.json        the cohort's label specs and feature types (for an exact read-back)
     task_labels/<label>/0.parquet     subject_id, prediction_time, one value column per label
+                                      (a cohort without labels: task_labels/prediction_times/, no value column)
 
 MEDS times are absolute; a cohort's are hours since admission. Stay ``k`` of a patient (stays sorted by
 ``stay_id``) is placed at ``2000-01-01 + k * window``, where the window (whole days) is longer than any stay's
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 EPOCH = pd.Timestamp("2000-01-01")
 SPLIT_NAMES = {"train": "train", "val": "tuning", "test": "held_out"}
 STAY_CORE = ("stay_id", "patient_id", "prediction_time")
+PREDICTION_TIMES = "prediction_times"  # the label shard of a cohort without labels: stays and prediction times
 DATA_SCHEMA = pa.schema([("subject_id", pa.int64()), ("time", pa.timestamp("us")), ("code", pa.string()),
                          ("numeric_value", pa.float32()), ("text_value", pa.large_string()), ("stay_id", pa.string()),
                          ("patient_id", pa.string())])
@@ -262,11 +264,20 @@ def _describe(code: str) -> str:
 
 
 def _write_labels(out: Path, cohort: Cohort, stays: pd.DataFrame, left_out: dict) -> dict[str, int]:
+    """One label shard per label; a cohort without labels gets one shard of prediction times only
+    (``task_labels/prediction_times/``), so that it reads back as stays to predict on."""
     labels = cohort.labels
-    written: dict[str, int] = {}
-    if labels is None:
-        return written
     s = stays.set_index("stay_id")
+    if labels is None or not cohort.meta.labels:
+        pred = pd.DatetimeIndex(s["admission"]) + pd.to_timedelta(s["prediction_time"].to_numpy(), unit="h")
+        frame = pd.DataFrame({"subject_id": s["subject_id"].to_numpy(), "prediction_time": pred})
+        schema = pa.schema([("subject_id", pa.int64()), ("prediction_time", pa.timestamp("us"))])
+        path = out / meds_source.LABELS_DIR / PREDICTION_TIMES / "0.parquet"
+        table = meds_source.validate_table("label", pa.Table.from_pandas(frame, schema=schema, preserve_index=False), path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, path)
+        return {PREDICTION_TIMES: table.num_rows}
+    written: dict[str, int] = {}
     for spec in cohort.meta.labels:
         if spec.kind == "multilabel":
             left_out[f"multilabel label {spec.name!r}"] = len(labels)

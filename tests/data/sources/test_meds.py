@@ -204,3 +204,15 @@ def test_physionet2012_round_trip(shared_dataset, tmp_path):
     assert back.accounting.tables["data/*.parquet"].used == summary["data_rows"]
     assert_same_cohort(cohort, back)
     assert back.label("in_hospital_death").sum() == cohort.label("in_hospital_death").sum()
+
+
+def test_a_cohort_without_labels_round_trips_as_stays_to_predict_on(tmp_path):
+    cohort = make_tiny_cohort()
+    unlabelled = Cohort(cohort.stays, static=cohort.static, events=cohort.events)
+    summary = export_meds(unlabelled, tmp_path / "m")
+    assert summary["labels"] == {"prediction_times": 12}
+    meds.LabelSchema.validate(pq.read_table(tmp_path / "m" / "task_labels" / "prediction_times" / "0.parquet"))
+    back = build(tmp_path / "m")
+    assert back.labels is None and back.meta.labels == [] and len(back) == 12
+    assert back.stays.set_index("stay_id")["prediction_time"].eq(24.0).all()
+    assert len(back.events) == len(cohort.events)
