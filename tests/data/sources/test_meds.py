@@ -216,3 +216,35 @@ def test_a_cohort_without_labels_round_trips_as_stays_to_predict_on(tmp_path):
     assert back.labels is None and back.meta.labels == [] and len(back) == 12
     assert back.stays.set_index("stay_id")["prediction_time"].eq(24.0).all()
     assert len(back.events) == len(cohort.events)
+
+
+def test_generic_dataset_two_admissions_of_one_subject(tmp_path):
+    """No stay_id column: each label row's stay starts at the latest ADMISSION before it and ends at the next."""
+    t = pd.Timestamp
+    rows = [(7, None, "HEIGHT", 170.0), (7, t("2020-01-01 00:00"), "LAB", 1.0),  # before any admission
+            (7, t("2020-01-02 00:00"), "ADMISSION//ICU", None), (7, t("2020-01-02 02:00"), "HR", 80.0),
+            (7, t("2020-02-01 00:00"), "ADMISSION//ICU", None), (7, t("2020-02-01 03:00"), "HR", 90.0),
+            (7, t("2020-02-01 05:00"), "ICD10//I10", None), (8, t("2020-01-01 00:00"), "ADMISSION", None)]
+    data = pa.table({"subject_id": pa.array([r[0] for r in rows], pa.int64()),
+                     "time": pa.array([r[1] for r in rows], pa.timestamp("us")),
+                     "code": [r[2] for r in rows], "numeric_value": pa.array([r[3] for r in rows], pa.float32())})
+    (tmp_path / "data").mkdir()
+    pq.write_table(data, tmp_path / "data" / "0.parquet")
+    labels = pa.table({"subject_id": pa.array([7, 7], pa.int64()),
+                       "prediction_time": pa.array([t("2020-01-02 12:00"), t("2020-02-01 12:00")], pa.timestamp("us")),
+                       "float_value": pa.array([1.5, 2.5], pa.float32())})
+    pq.write_table(labels, tmp_path / "los.parquet")
+    cohort = build(tmp_path, labels=tmp_path / "los.parquet")
+    first, second = "7@2020-01-02T12:00:00", "7@2020-02-01T12:00:00"
+    assert sorted(cohort.stay_ids) == [first, second]
+    ev = cohort.events.set_index("stay_id")
+    assert ev.loc[first, "value"] == 80.0 and ev.loc[first, "time"] == 2.0
+    assert ev.loc[second, "value"] == 90.0 and ev.loc[second, "time"] == 3.0
+    codes = sorted(tuple(r) for r in cohort.codes[["stay_id", "time", "system", "code"]].itertuples(index=False))
+    assert codes == [(first, 0.0, "ADMISSION", "ICU"), (second, 0.0, "ADMISSION", "ICU"),
+                     (second, 5.0, "ICD10", "I10")]
+    assert cohort.static.set_index("stay_id")["HEIGHT"].tolist() == [170.0, 170.0]
+    assert cohort.stays.set_index("stay_id")["prediction_time"].tolist() == [12.0, 12.0]
+    assert cohort.meta.label("los").kind == "regression"
+    acc = cohort.accounting.tables["data/*.parquet"]
+    assert acc.dropped == {"before the subject's first anchor": 1, "subject has no label row": 1} and acc.used == 6
