@@ -8,7 +8,7 @@ _SOURCE = {
     "source": "Registered source reader of raw files (e.g. physionet2012, mimic4, meds, fhir); or give 'cohort'.",
     "path": "The source's raw files: its folder or file (relative to the config file).",
     "cohort": "A saved cohort folder (from `healthfusion cohort build`) instead of 'source' + 'path'.",
-    "options": "Extra keyword options of the source reader, e.g. {hours: 24} or {labels: labels.parquet}.",
+    "options": "Extra keyword options of the source reader, e.g. {hours: 24} or {task: in_hospital_death}.",
 }
 _SPLIT = {
     "train": "Fraction of patients in the training split.",
