@@ -4,8 +4,10 @@ This is the only module that imports ``mlflow`` (lazily: ``pip install "healthfu
 every run folder holds, so it works for ``train``, ``transfer``, ``multitask`` and ``pretrain`` folders alike:
 
 * params: ``config.yaml`` flattened to dotted keys (``training.lr``, ``model.hidden`` ...);
-* metrics: each row of ``comparison.csv`` as ``<model>.<column>`` (``hybrid.auroc``, ``hybrid.auroc_ci_low``,
-  ``hybrid.auroc_ci_high``, ``hybrid.n`` ...) and the top-level numbers of ``metrics.json``;
+* metrics: every number of the result tables: ``comparison.csv`` as ``<model>.<column>`` (``hybrid.auroc``,
+  ``hybrid.auroc_ci_low``, ``hybrid.auroc_ci_high``, ``hybrid.n`` ...), transfer's ``summary.csv`` as
+  ``summary.<strategy>.<size>.<column>``, multitask's ``tasks.csv`` as ``tasks.<...>.<column>``, and the
+  top-level numbers of ``metrics.json`` as ``run.<key>``;
 * artefacts: the whole folder under ``run/`` (plots, report, predictions, the saved ``model/`` folder), plus
   ``environment/requirements.txt``: healthfusion's declared dependencies, torch as a range (``torch>=2.3``), never
   the local build (``2.13.0+cpu``) that MLflow's own inference would write.
@@ -78,22 +80,38 @@ def flatten(config: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+# result tables of the run kinds: file -> metric-name prefix ("" for the train comparison table)
+METRIC_TABLES = {"comparison.csv": "", "summary.csv": "summary.", "tasks.csv": "tasks."}
+KEY_COLUMNS = ("seed", "size")  # numeric columns that identify a row rather than measure it
+
+
 def run_metrics(run_dir: Path) -> dict[str, float]:
-    """``<model>.<column>`` for every number of ``comparison.csv`` and the top-level numbers of ``metrics.json``."""
+    """Every number of the run's result tables (:data:`METRIC_TABLES`) as ``<prefix><row key>.<column>``, the row
+    key joining the row's text columns and ``seed``/``size`` (train: ``hybrid.auroc``, ``hybrid.auroc_ci_low``;
+    transfer: ``summary.finetune.100.auroc``), and the top-level numbers of ``metrics.json`` as ``run.<key>``."""
     metrics: dict[str, float] = {}
-    table = run_dir / "comparison.csv"
-    if table.is_file():
-        frame = pd.read_csv(table, index_col=0)
-        for model, row in frame.iterrows():
-            for column, value in row.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    metrics[_key(f"{model}.{column}")] = float(value)
+    for name, prefix in METRIC_TABLES.items():
+        if (run_dir / name).is_file():
+            metrics.update(_table_metrics(pd.read_csv(run_dir / name), prefix))
     summary = run_dir / "metrics.json"
     if summary.is_file():
         for key, value in json.loads(summary.read_text()).items():
             if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
                 metrics[_key(f"run.{key}")] = float(value)
     return metrics
+
+
+def _table_metrics(frame: pd.DataFrame, prefix: str) -> dict[str, float]:
+    keys = [c for c in frame.columns if c in KEY_COLUMNS or not pd.api.types.is_numeric_dtype(frame[c])]
+    values = [c for c in frame.columns if c not in keys]
+    out = {}
+    for _, row in frame.iterrows():
+        row_key = ".".join(str(row[k]) for k in keys)
+        for column in values:
+            value = row[column]
+            if isinstance(value, int | float) and math.isfinite(value):
+                out[_key(f"{prefix}{row_key}.{column}")] = float(value)
+    return out
 
 
 def _key(name: str) -> str:

@@ -1,6 +1,7 @@
 """MLflow tracking: a trained run appears in a local SQLite store with params, metrics with CIs and the model."""
 
 import mlflow
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -74,3 +75,16 @@ def test_cli_track_logs_an_existing_folder(tracked_run, tmp_path):
 def test_flatten_keeps_every_setting():
     assert flatten({"a": {"b": 1, "c": [1, 2], "d": None}, "e": "x"}) == {
         "a.b": "1", "a.c": "[1, 2]", "a.d": "null", "e": "x"}
+
+
+def test_result_tables_of_every_run_kind_become_metrics(tmp_path):
+    from healthfusion.tracking import run_metrics
+
+    pd.DataFrame({"model": ["hybrid"], "auroc": [0.8], "auroc_ci_low": [0.7], "n": [100]}).to_csv(
+        tmp_path / "comparison.csv", index=False)
+    pd.DataFrame({"strategy": ["finetune", "finetune"], "size": [100, "all"], "auroc": [0.75, 0.8]}).to_csv(
+        tmp_path / "summary.csv", index=False)
+    (tmp_path / "metrics.json").write_text('{"seconds": 12.5, "label": "death", "ok": true}')
+    assert run_metrics(tmp_path) == {"hybrid.auroc": 0.8, "hybrid.auroc_ci_low": 0.7, "hybrid.n": 100.0,
+                                     "summary.finetune.100.auroc": 0.75, "summary.finetune.all.auroc": 0.8,
+                                     "run.seconds": 12.5}
