@@ -88,3 +88,22 @@ def test_result_tables_of_every_run_kind_become_metrics(tmp_path):
     assert run_metrics(tmp_path) == {"hybrid.auroc": 0.8, "hybrid.auroc_ci_low": 0.7, "hybrid.n": 100.0,
                                      "summary.finetune.100.auroc": 0.75, "summary.finetune.all.auroc": 0.8,
                                      "run.seconds": 12.5}
+
+
+def test_multitask_track_option_records_its_tables(tmp_path):
+    from healthfusion.data.synthetic import generate
+
+    generate(120, seed=1).save(tmp_path / "cohort")
+    cfg = {"name": "mt", "out": str(tmp_path / "runs" / "mt"), "data": {"cohort": str(tmp_path / "cohort")},
+           "features": {"modalities": ["ts", "static"], "hours": 48, "step": 8},
+           "tasks": [{"name": "death", "kind": "binary", "source": {"label": "mortality"}},
+                     {"name": "los", "kind": "regression", "source": {"label": "los_days"}}],
+           "model": {"hidden": 4, "task_dim": 4}, "training": {"max_epochs": 1, "batch_size": 32},
+           "tim": {"ablation": "none"}, "n_boot": 10}
+    (tmp_path / "mt.yaml").write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["multitask", "--config", str(tmp_path / "mt.yaml"), "--track"])
+    assert result.exit_code == 0, result.output
+    assert "MLflow run" in result.output
+    client = _client(tmp_path / "runs" / "mt")
+    run = client.search_runs([client.get_experiment_by_name("mt").experiment_id])[0]
+    assert any(k.startswith("tasks.death") for k in run.data.metrics) and run.data.params["tasks"]

@@ -9,6 +9,22 @@ import typer
 from healthfusion.cli.common import console, fail
 
 
+TRACK_HELP = ("Record the finished run in MLflow (local SQLite store beside the run folder; "
+              "`healthfusion track` for other stores). Needs healthfusion[track].")
+
+
+def track_finished(run_dir: Path) -> None:
+    """The ``--track`` option of run commands: record ``run_dir`` in the default MLflow store and say where."""
+    from healthfusion.tracking import default_uri, track_run
+
+    try:
+        with console.status("Logging the run to MLflow ..."):
+            run_id = track_run(run_dir)
+    except ValueError as exc:
+        fail(exc)
+    console.print(f"MLflow run [bold]{run_id}[/] in {default_uri(run_dir)}")
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``track`` command to ``app``."""
 
