@@ -8,7 +8,6 @@ import typer
 
 from healthfusion.cli.common import console, fail
 
-
 TRACK_HELP = ("Record the finished run in MLflow (local SQLite store beside the run folder; "
               "`healthfusion track` for other stores). Needs healthfusion[track].")
 
