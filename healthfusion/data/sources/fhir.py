@@ -20,6 +20,8 @@ How resources become the cohort
 ``labels``  with ``task="condition:<prefix>"``: binary ``condition_<prefix>`` = 1 when the patient has a Condition
             whose code starts with ``<prefix>`` (e.g. ``condition:E11`` for type 2 diabetes), else 0. Those
             Conditions make the label only; they are not written to ``codes`` (no label leaks into the inputs).
+            With ``task="in_hospital_death"``: binary, 1 when ``Patient.deceasedDateTime`` falls in the
+            encounter's period, 0 otherwise, missing for ``deceasedBoolean: true`` without a date.
 
 A resource belongs to the stay of the Encounter it references; an Observation without one goes to the patient's
 encounter whose period holds its time, and a Condition without one to every stay of its patient.
@@ -59,6 +61,7 @@ LOINC = "http://loinc.org"
 SYSTEMS = {"http://hl7.org/fhir/sid/icd-10-cm": "icd10", "http://hl7.org/fhir/sid/icd-10": "icd10",
            "http://hl7.org/fhir/sid/icd-9-cm": "icd9", "http://snomed.info/sct": "snomed"}
 BAD_STATUS = {"entered-in-error", "cancelled", "refuted"}
+DEATH = "in_hospital_death"
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,8 @@ def build(path: str | Path, *, task: str | None = None, progress: bool = False, 
     path : str or Path
         A ``.json`` bundle, an ``.ndjson`` file, or a folder searched recursively for both.
     task : str, optional
-        ``"condition:<code prefix>"`` adds the binary label ``condition_<prefix>``; None reads no label.
+        ``"condition:<code prefix>"`` adds the binary label ``condition_<prefix>``, ``"in_hospital_death"`` the
+        binary label of that name; None reads no label.
     progress : bool, default False
         Log a line per file.
     hours : float, optional
@@ -164,7 +168,10 @@ def build(path: str | Path, *, task: str | None = None, progress: bool = False, 
     static = pd.DataFrame({"stay_id": [s["stay_id"] for s in stays], "age": [s["age"] for s in stays],
                            "gender": [s["gender"] for s in stays]})
     labels, specs = None, []
-    if label_prefix is not None:
+    if task == DEATH:
+        labels = pd.DataFrame({"stay_id": stay_frame["stay_id"], DEATH: _death_label(stays)})
+        specs = [LabelSpec(DEATH, "binary", description="Patient.deceasedDateTime within the encounter's period.")]
+    elif label_prefix is not None:
         name = f"condition_{label_prefix}"
         labels = pd.DataFrame({"stay_id": stay_frame["stay_id"],
                                name: stay_frame["patient_id"].isin(labelled).astype(float)})
@@ -177,12 +184,27 @@ def build(path: str | Path, *, task: str | None = None, progress: bool = False, 
 
 
 def _label_prefix(task: str | None) -> str | None:
-    if task is None:
+    """The Condition code prefix of ``condition:<prefix>``; None for no task or ``in_hospital_death``."""
+    if task is None or task == DEATH:
         return None
     kind, _, prefix = task.partition(":")
     if kind != "condition" or not prefix:
-        raise SourceError(f"FHIR task {task!r} is not understood; use condition:<code prefix>, e.g. condition:E11.")
+        raise SourceError(f"FHIR task {task!r} is not understood; use condition:<code prefix> (e.g. condition:E11) "
+                          f"or {DEATH}.")
     return prefix
+
+
+def _death_label(stays: list[dict]) -> list[float]:
+    """1 when the patient's deceasedDateTime falls in the encounter (start to end, or open), 0 when not deceased or
+    deceased at another time, missing when deceasedBoolean is true without a date."""
+    out = []
+    for s in stays:
+        died, flag = s["deceased_at"], s["deceased_flag"]
+        if died is None:
+            out.append(np.nan if flag else 0.0)
+        else:
+            out.append(float(s["start"] <= died and (s["end"] is None or died <= s["end"])))
+    return out
 
 
 def _files(path: Path) -> list[Path]:
@@ -274,7 +296,8 @@ def _patients(items: list[dict], acc: RowAccounting) -> dict[str, dict]:
     patients = {}
     for item in items:
         res = item["res"]
-        rec = {"patient_id": item["id"], "gender": res.get("gender"), "birth": _ts(res.get("birthDate"))}
+        rec = {"patient_id": item["id"], "gender": res.get("gender"), "birth": _ts(res.get("birthDate")),
+               "deceased_at": _ts(res.get("deceasedDateTime")), "deceased_flag": bool(res.get("deceasedBoolean"))}
         for k in item["keys"]:
             patients[k] = rec
     return patients
@@ -306,7 +329,8 @@ def _encounters(items, patients, acc, hours) -> list[dict]:
                       "care_unit": ((res.get("class") or {}).get("code") or UNKNOWN),
                       "sex": sex_group(pd.Series([patient["gender"] or ""]))[0],
                       "age_group": age_group(pd.Series([age]))[0], "age": age,
-                      "gender": patient["gender"] or None})
+                      "gender": patient["gender"] or None, "deceased_at": patient["deceased_at"],
+                      "deceased_flag": patient["deceased_flag"]})
     return stays
 
 

@@ -4,6 +4,7 @@ import copy
 import json
 
 import carebundle
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -174,3 +175,16 @@ def test_cli_builds_a_fhir_cohort(carebundle_folder, tmp_path):
     bad = runner.invoke(app, ["cohort", "build", "--source", "fhir", "--path", str(tmp_path / "nope"),
                               "--out", str(tmp_path / "d")])
     assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+def test_in_hospital_death_from_patient_deceased(tmp_path):
+    died = dict(copy.deepcopy(PATIENT), deceasedDateTime="2020-01-02T10:00:00Z")
+    later = {"_uuid": "p2", "resourceType": "Patient", "gender": "female", "deceasedDateTime": "2021-05-01"}
+    unknown = {"_uuid": "p3", "resourceType": "Patient", "deceasedBoolean": True}
+    encounters = [dict(copy.deepcopy(ENCOUNTER), _uuid=f"e{i}", subject={"reference": f"urn:uuid:p{i}"})
+                  for i in (1, 2, 3)]
+    _write(tmp_path, _bundle(died, later, unknown, *encounters))
+    cohort = build(tmp_path, task="in_hospital_death")
+    label = cohort.labels.set_index("stay_id")["in_hospital_death"]
+    assert label["e1"] == 1.0 and label["e2"] == 0.0 and np.isnan(label["e3"])
+    assert cohort.meta.label("in_hospital_death").kind == "binary"
