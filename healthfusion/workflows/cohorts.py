@@ -7,7 +7,7 @@ from pathlib import Path
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
-from healthfusion.data.sources import get_exporter, get_source
+from healthfusion.data.sources import check_options, get_exporter, get_source
 
 
 def build_cohort(source: str, path: Path | None, out: Path, task: str | None = None, console=None,
@@ -22,15 +22,12 @@ def build_cohort(source: str, path: Path | None, out: Path, task: str | None = N
         On unreadable input (the message names the file, column or row), or rows that do not add up.
     """
     builder = get_source(source)
-    takes = inspect.signature(builder).parameters
-    unknown = sorted(k for k in options if k not in takes)
-    if unknown:
-        raise SourceError(f"Source {source!r} takes no option {', '.join(unknown)} (e.g. --labels is for meds).")
+    check_options(source, options)
     generated = source == "synthetic"
     if path is None and not generated:
         raise SourceError(f"Source {source!r} reads raw files: pass --path to the folder or file that holds them.")
     target = out if generated else path
-    streams = generated or "out" in takes
+    streams = generated or "out" in inspect.signature(builder).parameters
     if streams and not generated:
         options["out"] = out
     if console is not None:

@@ -155,7 +155,8 @@ def build(path: str | Path, *, task: str | None = None, progress: bool = False, 
     extra = _hf_meta(root)
     tables = _assign(data, anchors, stays, acc)
     meta = CohortMeta(name=extra.get("name", root.name), source="meds", description=extra.get("description", ""),
-                      labels=[_spec(s, extra) for s in specs])
+                      labels=[_spec(s, extra) for s in specs],
+                      derived={k: list(v) for k, v in extra.get("derived", {}).items()})
     order = [d.get("name") for d in extra.get("labels", [])]
     meta.labels.sort(key=lambda s: order.index(s.name) if s.name in order else len(order))
     static = tables["static"]
@@ -222,7 +223,7 @@ def _label_sources(root: Path, task: str | None, labels: str | Path | None) -> d
     tasks = {d.name: sorted(d.rglob("*.parquet")) for d in sorted(base.iterdir()) if d.is_dir()} if base.is_dir() else {}
     tasks = {k: v for k, v in tasks.items() if v}
     if not tasks:
-        raise SourceError(f"{root} has no label shards under {LABELS_DIR}/<task>/: pass a label shard with --labels "
+        raise SourceError(f"{root} has no label shards under {LABELS_DIR}/<task>/: pass a label shard with --option labels=PATH "
                           "(subject_id, prediction_time and one value column); each label row becomes a stay.")
     return tasks
 

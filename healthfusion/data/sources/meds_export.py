@@ -6,7 +6,7 @@ Layout written under ``out``::
     metadata/codes.parquet            every code once, with a description
     metadata/subject_splits.parquet   subject_id, split (train / tuning / held_out, patient-level)
     metadata/dataset.json             dataset name, ETL name/version, MEDS version, extension columns
-    metadata/healthfusion.json        the cohort's label specs and feature types (for an exact read-back)
+    metadata/healthfusion.json        the cohort's label specs, feature types and derived columns (exact read-back)
     task_labels/<label>/0.parquet     subject_id, prediction_time, one value column per label
                                       (a cohort without labels: task_labels/prediction_times/, no value column)
 
@@ -247,7 +247,8 @@ def _write_metadata(out: Path, cohort: Cohort, data: pd.DataFrame, subject_split
     path = meta_dir / "dataset.json"
     path.write_text(json.dumps(meds_source.validate_dataset_metadata(dataset, path), indent=2))
     hf = {"name": cohort.meta.name, "description": cohort.meta.description,
-          "feature_types": dict(cohort.meta.feature_types), "labels": [s.to_dict() for s in cohort.meta.labels]}
+          "feature_types": dict(cohort.meta.feature_types), "labels": [s.to_dict() for s in cohort.meta.labels],
+          "derived": {k: list(v) for k, v in cohort.meta.derived.items()}}
     (meta_dir / "healthfusion.json").write_text(json.dumps(hf, indent=2))
 
 

@@ -49,6 +49,7 @@ def assert_same_cohort(a: Cohort, b: Cohort) -> None:
         pd.testing.assert_frame_equal(_sorted(ta[keys], keys), _sorted(getattr(b, table)[keys], keys),
                                       check_dtype=False, atol=1e-6)
     assert [s.to_dict() for s in a.meta.labels] == [s.to_dict() for s in b.meta.labels]
+    assert a.meta.derived == b.meta.derived
     for spec in a.meta.labels:
         la, lb = (c.labels.set_index("stay_id")[spec.name].sort_index() for c in (a, b))
         if spec.kind in ("binary", "regression"):
@@ -162,7 +163,7 @@ def test_bad_inputs_name_the_file(sample_meds, tmp_path):
     (tmp_path / "m" / "data").mkdir(parents=True)
     pq.write_table(pa.table({"subject_id": pa.array([1], pa.int64()), "time": pa.array([None], pa.timestamp("us")),
                              "code": ["X"]}), tmp_path / "m" / "data" / "0.parquet")
-    with pytest.raises(SourceError, match="--labels"):
+    with pytest.raises(SourceError, match="labels=PATH"):
         build(tmp_path / "m")
     with pytest.raises(SourceError, match="Did you mean 'meds'"):
         get_exporter("med")
@@ -180,9 +181,11 @@ def test_cli_export_then_build_from_meds(tmp_path):
     built = runner.invoke(app, ["cohort", "build", "--source", "meds", "--path", str(tmp_path / "m"),
                                 "--task", "death", "--out", str(tmp_path / "back")])
     assert built.exit_code == 0, built.output
-    wrong = runner.invoke(app, ["cohort", "build", "--source", "physionet2012", "--path", str(tmp_path),
-                                "--labels", str(tmp_path / "x.parquet"), "--out", str(tmp_path / "w")])
-    assert wrong.exit_code == 2 and "takes no option labels" in wrong.output
+    labelled = runner.invoke(app, ["cohort", "build", "--source", "meds", "--path", str(tmp_path / "m"),
+                                   "--option", f"labels={tmp_path / 'm' / 'task_labels' / 'los'}",
+                                   "--out", str(tmp_path / "los")])
+    assert labelled.exit_code == 0, labelled.output
+    assert [s.name for s in Cohort.load(tmp_path / "los").meta.labels] == ["los"]
     back = Cohort.load(tmp_path / "back")
     assert len(back) == 12 and [s.name for s in back.meta.labels] == ["death"]
     assert back.label("death").tolist() == make_tiny_cohort().labels.set_index("stay_id")["death"].reindex(
