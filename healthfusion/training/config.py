@@ -27,6 +27,8 @@ class TrainerConfig(BaseModel):
     Attributes
     ----------
     max_epochs : int, default 50
+    max_steps : int or None, default None
+        Stop after this many optimiser steps in all (e.g. a federated client's local round). None: no cap.
     batch_size : int, default 64
         Training batch size; validation and prediction use twice this (no gradients are kept).
     lr : float, default 1e-3
@@ -40,8 +42,9 @@ class TrainerConfig(BaseModel):
         Early-stopping patience in epochs, used when ``fit`` gets validation data and no
         :class:`EarlyStopping` callback is passed. None: no automatic early stopping.
     monitor : str or None, default None
-        ``"val_loss"`` or the head's metric (``"val_auroc"``, ``"val_accuracy"``, ``"val_macro_auroc"``,
-        ``"val_neg_mse"``). None: the head's metric.
+        A validation value the fit logs: ``"val_loss"`` or the head's metric (``"val_auroc"``,
+        ``"val_accuracy"``, ``"val_macro_auroc"``, ``"val_neg_mse"``) with the supervised loss, or a value another
+        loss term reports. None: the loss terms' default (the head's metric; ``val_loss`` for the other modes).
     imbalance : {"none", "class_weight", "oversample"}, default "none"
         ``class_weight``: balanced loss weights from the training labels (binary, multiclass, multilabel).
         ``oversample``: each epoch draws minority classes with replacement up to the largest class
@@ -74,12 +77,13 @@ class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_epochs: int = Field(50, ge=1)
+    max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(1e-4, ge=0)
     patience: int | None = Field(8, ge=1)
-    monitor: Literal["val_loss", "val_auroc", "val_accuracy", "val_macro_auroc", "val_neg_mse"] | None = None
+    monitor: str | None = None
     imbalance: Literal["none", "class_weight", "oversample"] = "none"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -102,6 +106,9 @@ class TrainingHistory:
     train_loss, val_loss, val_metric, epoch_seconds : list of float
         ``val_loss``/``val_metric`` hold None without validation data; ``val_metric`` is the head's metric
         (see :mod:`healthfusion.training.monitoring`), NaN when it cannot be computed.
+    metrics : dict of str -> list
+        Further per-epoch values the loss terms report (e.g. ``mmd``, ``domain_accuracy``, per-task validation
+        losses), None where an epoch lacks one.
     best_epoch : int or None
         Epoch with the best monitored value (the one early stopping restored), None without validation data.
     stopped_early : bool
@@ -112,6 +119,7 @@ class TrainingHistory:
     val_loss: list[float | None] = field(default_factory=list)
     val_metric: list[float | None] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
+    metrics: dict[str, list] = field(default_factory=dict)
     best_epoch: int | None = None
     stopped_early: bool = False
 
@@ -125,6 +133,8 @@ class TrainingHistory:
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> TrainingHistory:
         """Inverse of :meth:`to_dict`."""
+        state = dict(state)
+        state["metrics"] = {k: list(v) for k, v in state.get("metrics", {}).items()}
         return cls(**{k: list(v) if isinstance(v, list) else v for k, v in state.items()})
 
 
