@@ -159,7 +159,7 @@ class Trainer:
                 "Use 'class_weight' (multilabel) or 'none'."
             )
         self.loss: Losses = self._loss or Losses([SupervisedLoss(kind, cfg.imbalance == "class_weight")])
-        sources = dict(sources or {})
+        sources = {k: v for k, v in (sources or {}).items() if v is not None}
         missing = [s for s in self.loss.sources if s not in sources]
         if missing:
             raise ValueError(f"The loss terms read the auxiliary source(s) {missing}; pass them to fit as "

@@ -115,13 +115,13 @@ def test_transfer_models_start_from_the_pretrained_encoder(pretrained, monkeypat
     monkeypatch.setenv("HEALTHFUSION_MODELS", str(root / "registry"))
     encoder = load_encoder("syn-lstm")
     starts = []
-    original = tw.fit_transfer
+    original = tw.protocol.train_model
 
-    def spy(model, train, val, config=None, **kwargs):
+    def spy(model, *args, **kwargs):
         starts.append({k: v.clone() for k, v in model.ts_encoder.state_dict().items()})
-        return original(model, train, val, config, **kwargs)
+        return original(model, *args, **kwargs)
 
-    monkeypatch.setattr(tw, "fit_transfer", spy)
+    monkeypatch.setattr(tw.protocol, "train_model", spy)
     config = tw.TransferConfig.model_validate({
         "name": "pre", "out": str(tmp_path / "run"), "strategies": ["source_only", "pooled"],
         "data": {"sources": [{"cohort": str(root / "cohort")}], "label": "mortality"},

@@ -50,18 +50,20 @@ def cohort_dir(tmp_path_factory):
 def recorded_run(cohort_dir, tmp_path_factory):
     """One run of every strategy, recording the stays of every dataset handed to the training loop."""
     calls = []
-    original = tw.fit_transfer
+    original = tw.protocol.train_model
 
-    def spy(model, train, val, config=None, *, source=None, target=None, on_epoch=None):
+    def spy(model, train, val, config, losses, sources=None):
         def stays(data):
             return None if data is None else {data.meta["stay_ids"][i] for i in data[B.INDEX]}
 
-        calls.append({"train": stays(train), "val": stays(val), "source": stays(source), "target": stays(target),
-                      "seed": config.seed})
-        return original(model, train, val, config, source=source, target=target, on_epoch=on_epoch)
+        sources = sources or {}
+        calls.append({"train": stays(train), "val": stays(val), "source": stays(sources.get("source")),
+                      "target": stays(sources.get("target")), "seed": config.seed,
+                      "terms": [t.name for t in losses]})
+        return original(model, train, val, config, losses, sources)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(tw, "fit_transfer", spy)
+    mp.setattr(tw.protocol, "train_model", spy)
     try:
         config = TransferConfig.model_validate(_raw(cohort_dir, tmp_path_factory.mktemp("run") / "out"))
         run_dir = run_transfer(config)
@@ -129,6 +131,23 @@ def test_no_target_test_stay_reaches_training_or_model_selection(recorded_run):
             assert not (call[part] or set()) & test, f"a target test stay reached {part}"
         if call["target"] is not None:  # the unlabelled target pool is target-domain training stays
             assert call["target"].isdisjoint(call["source"])
+    assert {tuple(c["terms"]) for c in calls} == {("supervised",), ("supervised", "dann"), ("supervised", "mmd"),
+                                                  ("supervised", "mmd", "dann")}
+
+
+def test_training_sections_are_trainer_configs_and_read_earlier_keys(cohort_dir, tmp_path):
+    from healthfusion.workflows.transfer import FINETUNE_PRESET
+
+    raw = _raw(cohort_dir, tmp_path / "o")
+    raw["training"] = {"max_epochs": 3, "class_weight": False, "early_stopping": False, "device": "cpu"}
+    del raw["finetune"]
+    config = TransferConfig.model_validate(raw)
+    assert config.training.imbalance == "none" and config.training.patience is None
+    assert config.training.monitor == "val_loss" and config.training.device == "cpu"
+    assert config.finetune.lr == FINETUNE_PRESET["lr"] and config.finetune.max_epochs == 40
+    raw["training"] = {"class_weight": True, "imbalance": "none"}
+    with pytest.raises(ValueError, match="imbalance only"):
+        TransferConfig.model_validate(raw)
 
 
 def test_seed_splits_are_disjoint_and_nested(cohort_dir, tmp_path):
