@@ -258,6 +258,8 @@ class Checkpoint(Callback):
     directory : str or Path
         Created if missing.
     every_n_epochs : int, default 1
+    keep_last : int or None, default None
+        Delete older checkpoints of this directory so that only the newest ``keep_last`` remain (None: keep all).
 
     Attributes
     ----------
@@ -270,14 +272,17 @@ class Checkpoint(Callback):
         At fit start, if ``every_n_epochs < 1``.
     """
 
-    def __init__(self, directory: str | os.PathLike, every_n_epochs: int = 1):
+    def __init__(self, directory: str | os.PathLike, every_n_epochs: int = 1, keep_last: int | None = None):
         self.directory = directory
         self.every_n_epochs = every_n_epochs
+        self.keep_last = keep_last
         self.last_path: str | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if not isinstance(self.every_n_epochs, int) or self.every_n_epochs < 1:
             raise ValueError(f"Checkpoint every_n_epochs must be an int >= 1; got {self.every_n_epochs!r}.")
+        if self.keep_last is not None and (not isinstance(self.keep_last, int) or self.keep_last < 1):
+            raise ValueError(f"Checkpoint keep_last must be an int >= 1 or None; got {self.keep_last!r}.")
         Path(self.directory).mkdir(parents=True, exist_ok=True)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
@@ -288,6 +293,9 @@ class Checkpoint(Callback):
         self.last_path = str(path)
         trainer.save_checkpoint(path)
         logger.info("Saved checkpoint %s.", path)
+        if self.keep_last is not None:
+            for old in sorted(Path(self.directory).glob("epoch_*.pt"))[: -self.keep_last]:
+                old.unlink()
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_path": self.last_path}

@@ -58,6 +58,27 @@ def save(trainer: Trainer, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+def latest(directory: str | os.PathLike) -> Path | None:
+    """The newest ``epoch_XXXX.pt`` checkpoint in ``directory`` (None if there is none or no such folder)."""
+    found = sorted(Path(directory).glob("epoch_*.pt")) if Path(directory).is_dir() else []
+    return found[-1] if found else None
+
+
+def resumable(trainer: Trainer, directory: str | os.PathLike, resume: bool) -> Trainer:
+    """Give ``trainer`` a :class:`Checkpoint` callback writing into ``directory`` (newest kept) and, with
+    ``resume``, make its next fit continue from the newest checkpoint there (a fit that had finished restores
+    its final state and returns at once). The one resume mechanism of the ``transfer``, ``multitask`` and
+    ``pretrain`` commands. Returns ``trainer``."""
+    from healthfusion.training.callbacks import Checkpoint
+
+    trainer.callbacks.append(Checkpoint(directory, keep_last=1))
+    found = latest(directory) if resume else None
+    if found is not None:
+        logger.info("Resuming from %s.", found)
+        trainer.resume_from(found)
+    return trainer
+
+
 def load(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save`.
 

@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -19,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from healthfusion.features.image import ImageAugmentation
 from healthfusion.training.finetune import FinetuneConfig
+
+logger = logging.getLogger(__name__)
 
 
 class TrainerConfig(BaseModel):
@@ -93,6 +96,38 @@ class TrainerConfig(BaseModel):
     progress: bool = False
     image_augmentation: ImageAugmentation | None = None
     finetune: FinetuneConfig | None = None
+
+
+def training_section(value: Any, preset: dict[str, Any], section: str) -> Any:
+    """A workflow's ``training:`` section as a dict over the workflow's ``preset`` (its defaults for keys the
+    section leaves out), with keys of the earlier per-mode training configs translated: ``class_weight: bool``
+    (now ``imbalance``) and ``early_stopping: false`` (now ``patience: null``), each with a warning. A
+    TrainerConfig (or anything not a dict) passes through unchanged; use it as a pydantic ``mode="before"``
+    validator.
+
+    Raises
+    ------
+    ValueError
+        If an earlier key is given together with its new key.
+    """
+    if isinstance(value, TrainerConfig) or not isinstance(value, dict):
+        return value
+    value = dict(value)
+    if "class_weight" in value:
+        if "imbalance" in value:
+            raise ValueError(f"{section}: give imbalance only (class_weight is its earlier name)")
+        flag = value.pop("class_weight")
+        if not isinstance(flag, bool):
+            raise ValueError(f"{section}.class_weight must be true or false (better: imbalance: class_weight|none)")
+        value["imbalance"] = "class_weight" if flag else "none"
+        logger.warning("%s.class_weight is read as imbalance: %s; write that instead.", section, value["imbalance"])
+    if "early_stopping" in value:
+        if value.pop("early_stopping") is False:
+            if value.get("patience") is not None and "patience" in value:
+                raise ValueError(f"{section}: early_stopping: false and patience conflict; write patience: null")
+            value["patience"] = None
+        logger.warning("%s.early_stopping is read as patience (null: no early stopping); write that instead.", section)
+    return {**preset, **value}
 
 
 @dataclass

@@ -308,6 +308,10 @@ class Trainer:
             self.state.new_step(self.step, self._sampler.draw(self.device) if self._sampler is not None else {})
             with self._autocast():
                 loss, parts, metrics = self.loss.compute(model, batch, self.state)
+            parts_log.append(parts)
+            self.step += 1
+            if metrics.pop("skip", False):
+                continue
             for p in params:
                 p.grad = None
             if scaler is not None:
@@ -322,10 +326,8 @@ class Trainer:
                 if clip is not None:
                     nn.utils.clip_grad_norm_(params, clip)
                 optimizer.step()
-            parts_log.append(parts)
             for k, v in metrics.items():
                 logged.setdefault(k, []).append(v.detach() if isinstance(v, torch.Tensor) else v)
-            self.step += 1
             for cb in self._active:
                 cb.on_batch_end(self, i)
         return {"train_loss": _epoch_loss(parts_log), **{k: float(np.mean([float(x) for x in v]))

@@ -20,7 +20,8 @@ The interface (every method but :meth:`LossTerm.compute` has a no-op default)::
 ``compute`` returns the term's *contribution* to the objective under ``"loss"`` (already weighted), an optional
 ``"weight"`` with which the epoch's ``train_loss`` averages it over batches (default 1 per batch; the supervised
 term uses its number of valid targets, so ``train_loss`` is the exact per-target mean), and any other named values,
-which the trainer averages over the epoch's batches and records in ``history.metrics``. A term with parameters
+which the trainer averages over the epoch's batches and records in ``history.metrics``; ``"skip": True`` makes the
+trainer skip this step's backward pass and optimiser step (a batch with nothing to learn from). A term with parameters
 (e.g. learned task weights) registers them as an ``nn.Module``; the trainer optimises and checkpoints them with
 the model. Validation values named ``"val_loss"`` are summed over terms; other names must be unique.
 
@@ -169,8 +170,9 @@ class Losses(nn.Module):
 
     def compute(self, model, batch, state) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]],
                                                      dict[str, Any]]:
-        """``(total loss, [(loss, weight) per term], merged metrics)`` of one step."""
-        total, parts, metrics = None, [], {}
+        """``(total loss, [(loss, weight) per term], merged metrics)`` of one step; ``metrics["skip"]`` is True
+        when a term asks to skip the optimiser step (nothing to learn from this batch)."""
+        total, parts, metrics, skip = None, [], {}, False
         for term in self.terms:
             out = term.compute(model, batch, state)
             if "loss" not in out:
@@ -179,7 +181,10 @@ class Losses(nn.Module):
             weight = out.get("weight")
             parts.append((loss.detach().float(), None if weight is None else torch.as_tensor(weight).detach()))
             total = loss if total is None else total + loss
-            metrics.update({k: v for k, v in out.items() if k not in ("loss", "weight")})
+            skip = skip or bool(out.get("skip", False))
+            metrics.update({k: v for k, v in out.items() if k not in ("loss", "weight", "skip")})
+        if skip:
+            metrics["skip"] = True
         return total, parts, metrics
 
     def validate(self, model, data, state) -> dict[str, float]:
@@ -194,9 +199,10 @@ class Losses(nn.Module):
 def _registry() -> dict[str, Callable[..., LossTerm]]:
     from healthfusion.training.losses.dann import DANNLoss
     from healthfusion.training.losses.mmd import MMDLoss
+    from healthfusion.training.losses.pretraining import PretrainingLoss
     from healthfusion.training.losses.supervised import SupervisedLoss
 
-    return {"supervised": SupervisedLoss, "dann": DANNLoss, "mmd": MMDLoss}
+    return {"supervised": SupervisedLoss, "dann": DANNLoss, "mmd": MMDLoss, "pretraining": PretrainingLoss}
 
 
 def get_loss_term(name: str, **params: Any) -> LossTerm:

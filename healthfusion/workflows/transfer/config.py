@@ -10,16 +10,13 @@ class_weight|none``) and ``early_stopping: false`` (now ``patience: null``).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from healthfusion.training.config import TrainerConfig
+from healthfusion.training.config import TrainerConfig, training_section
 from healthfusion.workflows.config import SourceSpec, StrictModel, read_yaml_config, resolve_paths
-
-log = logging.getLogger(__name__)
 
 STRATEGIES: tuple[str, ...] = ("target_only", "source_only", "pooled", "finetune", "finetune_frozen", "dann", "mmd",
                                "finetune_dann_mmd")
@@ -34,35 +31,6 @@ TRAINING_PRESET: dict[str, Any] = {"max_epochs": 15, "batch_size": 64, "lr": 1e-
                                    "patience": 4, "monitor": "val_loss", "imbalance": "class_weight"}
 #: The ``finetune:`` section of a config that has none.
 FINETUNE_PRESET: dict[str, Any] = {**TRAINING_PRESET, "max_epochs": 40, "batch_size": 32, "lr": 3e-4, "patience": 8}
-
-
-def training_section(value: Any, preset: dict[str, Any], section: str) -> Any:
-    """A ``training``-like section as a dict over ``preset``, with the earlier keys ``class_weight`` and
-    ``early_stopping`` translated (a TrainerConfig passes through unchanged).
-
-    Raises
-    ------
-    ValueError
-        If an earlier key is given together with its new key.
-    """
-    if isinstance(value, TrainerConfig) or not isinstance(value, dict):
-        return value
-    value = dict(value)
-    if "class_weight" in value:
-        if "imbalance" in value:
-            raise ValueError(f"{section}: give imbalance only (class_weight is its earlier name)")
-        flag = value.pop("class_weight")
-        if not isinstance(flag, bool):
-            raise ValueError(f"{section}.class_weight must be true or false (better: imbalance: class_weight|none)")
-        value["imbalance"] = "class_weight" if flag else "none"
-        log.warning("%s.class_weight is read as imbalance: %s; write that instead.", section, value["imbalance"])
-    if "early_stopping" in value:
-        if value.pop("early_stopping") is False:
-            if value.get("patience") is not None and "patience" in value:
-                raise ValueError(f"{section}: early_stopping: false and patience conflict; write patience: null")
-            value["patience"] = None
-        log.warning("%s.early_stopping is read as patience (null: no early stopping); write that instead.", section)
-    return {**preset, **value}
 
 
 class TransferData(StrictModel):
