@@ -42,7 +42,7 @@ from healthfusion.training.config import TrainerConfig, TrainingHistory, resolve
 from healthfusion.training.finetune import FineTuner
 from healthfusion.training.losses import Losses, LossTerm, StepState, as_losses
 from healthfusion.training.losses.supervised import SupervisedLoss, infer
-from healthfusion.training.monitoring import monitor_mode
+from healthfusion.training.monitoring import MONITOR_NAMES, monitor_mode
 from healthfusion.training.objectives import check_head_kind
 from healthfusion.training.plugins import TrainingParts, TrainingPlugin
 from healthfusion.training.sampling import EpochLoader, SourceSampler
@@ -183,7 +183,7 @@ class Trainer:
             self.loss.to(self.device)
             if val is not None:
                 self._check_val(val, kind)
-            self.metric_names = ("train_loss",) + (self.loss.names if val is not None else ())
+            self.metric_names = ("train_loss",) + (self.loss.validation_names() if val is not None else ())
             self.monitor = self._resolve_monitor(kind) if val is not None else None
             self.history = TrainingHistory(monitor=self.monitor)
             self._finetuner = FineTuner(self.model, cfg.finetune) if cfg.finetune is not None else None
@@ -337,7 +337,7 @@ class Trainer:
         h, m = self.history, self.metrics
         h.train_loss.append(m["train_loss"])
         h.val_loss.append(m.get("val_loss"))
-        head = [n for n in self.metric_names if n not in ("train_loss", "val_loss")]
+        head = [n for n in self.metric_names if n in MONITOR_NAMES and n != "val_loss"]
         h.val_metric.append(m.get(head[0]) if head else None)
         h.epoch_seconds.append(seconds)
         for k, v in m.items():

@@ -138,7 +138,7 @@ class Losses(nn.Module):
     TypeError
         If a member is not a :class:`LossTerm`.
     ValueError
-        If there is no term, or two terms report the same validation name other than ``val_loss``.
+        If there is no term.
     """
 
     def __init__(self, terms: Sequence[LossTerm]):
@@ -149,13 +149,22 @@ class Losses(nn.Module):
         if bad:
             raise TypeError(f"Loss terms must subclass healthfusion.training.losses.LossTerm; got {bad}.")
         self.terms = nn.ModuleList(terms)
+
+    def validation_names(self) -> tuple[str, ...]:
+        """Every validation value the terms report (call after their ``setup``).
+
+        Raises
+        ------
+        ValueError
+            If two terms report the same name other than ``val_loss``.
+        """
         names: list[str] = []
-        for term in terms:
+        for term in self.terms:
             for n in term.validation_names():
                 if n in names and n != "val_loss":
                     raise ValueError(f"Two loss terms report the validation value {n!r}; rename one.")
                 names.append(n)
-        self.names = tuple(dict.fromkeys(names))
+        return tuple(dict.fromkeys(names))
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -199,10 +208,12 @@ class Losses(nn.Module):
 def _registry() -> dict[str, Callable[..., LossTerm]]:
     from healthfusion.training.losses.dann import DANNLoss
     from healthfusion.training.losses.mmd import MMDLoss
+    from healthfusion.training.losses.multitask import MultitaskObjective
     from healthfusion.training.losses.pretraining import PretrainingLoss
     from healthfusion.training.losses.supervised import SupervisedLoss
 
-    return {"supervised": SupervisedLoss, "dann": DANNLoss, "mmd": MMDLoss, "pretraining": PretrainingLoss}
+    return {"supervised": SupervisedLoss, "dann": DANNLoss, "mmd": MMDLoss, "multitask": MultitaskObjective,
+            "pretraining": PretrainingLoss}
 
 
 def get_loss_term(name: str, **params: Any) -> LossTerm:
