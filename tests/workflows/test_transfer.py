@@ -52,7 +52,7 @@ def recorded_run(cohort_dir, tmp_path_factory):
     calls = []
     original = tw.protocol.train_model
 
-    def spy(model, train, val, config, losses, sources=None):
+    def spy(model, train, val, config, losses, sources=None, **kwargs):
         def stays(data):
             return None if data is None else {data.meta["stay_ids"][i] for i in data[B.INDEX]}
 
@@ -60,7 +60,7 @@ def recorded_run(cohort_dir, tmp_path_factory):
         calls.append({"train": stays(train), "val": stays(val), "source": stays(sources.get("source")),
                       "target": stays(sources.get("target")), "seed": config.seed,
                       "terms": [t.name for t in losses]})
-        return original(model, train, val, config, losses, sources)
+        return original(model, train, val, config, losses, sources, **kwargs)
 
     mp = pytest.MonkeyPatch()
     mp.setattr(tw.protocol, "train_model", spy)
@@ -178,6 +178,41 @@ def test_results_are_reproducible_by_seed(cohort_dir, tmp_path, recorded_run):
     assert len(merged) == len(again) == 6
     np.testing.assert_allclose(merged["auroc"], merged["auroc_first"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(merged["brier"], merged["brier_first"], rtol=0, atol=1e-12)
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_results(cohort_dir, tmp_path, monkeypatch):
+    raw = _raw(cohort_dir, tmp_path / "full", strategies=["source_only", "dann", "finetune"], shift=False)
+    raw["shap"]["enabled"] = False
+    raw["protocol"]["seeds"] = [0]
+    full = pd.read_csv(run_transfer(TransferConfig.model_validate(raw)) / "results.csv")
+    raw["out"] = str(tmp_path / "cut")
+    original, calls = tw.protocol.train_model, []
+
+    def crash_in_second_fit(model, train, val, config, *args, **kwargs):  # source_only, then finetune
+        calls.append(1)
+        if len(calls) < 2:
+            return original(model, train, val, config, *args, **kwargs)
+        original(model, train, val, config.model_copy(update={"max_epochs": 1}), *args, **kwargs)
+        raise KeyboardInterrupt  # after epoch 0 of the second fit was checkpointed
+
+    monkeypatch.setattr(tw.protocol, "train_model", crash_in_second_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(TransferConfig.model_validate(raw))
+    assert (tmp_path / "cut" / "checkpoints" / "finetune" / "seed0-n30" / "epoch_0000.pt").is_file()
+    monkeypatch.setattr(tw.protocol, "train_model", original)
+    from healthfusion.training.trainer import Trainer
+
+    epochs, train_epoch = [], Trainer._train_epoch
+    monkeypatch.setattr(Trainer, "_train_epoch", lambda self: epochs.append(1) or train_epoch(self))
+    resumed = run_transfer(TransferConfig.model_validate(raw), resume=True)
+    done = full.set_index("strategy")["epochs"]
+    assert len(epochs) == done["finetune"] - 1 + done["dann"]  # source_only restored, finetune from epoch 1
+    again = pd.read_csv(resumed / "results.csv")
+    np.testing.assert_allclose(again["auroc"], full["auroc"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(again["brier"], full["brier"], rtol=0, atol=1e-12)
+    assert not (resumed / "checkpoints").exists()
+    with pytest.raises(ValueError, match="out:"):
+        run_transfer(TransferConfig.model_validate({**raw, "out": None}), resume=True)
 
 
 def test_gains_pick_the_better_baseline_and_pair_by_seed():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.bootstrap import metrics_with_ci
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.models.transfer import TransferModel, TransferModelConfig
+from healthfusion.training import checkpoint
 from healthfusion.training.config import TrainerConfig, TrainingHistory
 from healthfusion.training.finetune import FinetuneConfig
 from healthfusion.training.losses import LossTerm
@@ -76,9 +78,14 @@ def seed_splits(config: TransferConfig, cohort: Cohort, split: DomainSplit, seed
 
 
 def train_model(model: TransferModel, train: ArrayDataset, val: ArrayDataset, config: TrainerConfig,
-                losses: list[LossTerm], sources: dict[str, ArrayDataset] | None = None) -> TrainingHistory:
-    """Fit ``model`` in place with the one trainer (early stopping on ``val``); returns its history."""
-    history = Trainer(config, loss=losses).fit(model, train, val, "binary", sources=sources)
+                losses: list[LossTerm], sources: dict[str, ArrayDataset] | None = None,
+                checkpoints: Path | None = None, resume: bool = False) -> TrainingHistory:
+    """Fit ``model`` in place with the one trainer (early stopping on ``val``); returns its history.
+    ``checkpoints``: folder for the fit's newest checkpoint, from which ``resume`` continues."""
+    trainer = Trainer(config, loss=losses)
+    if checkpoints is not None:
+        checkpoint.resumable(trainer, checkpoints, resume)
+    history = trainer.fit(model, train, val, "binary", sources=sources)
     model.eval()
     return history
 
@@ -105,10 +112,15 @@ def _new_model(model_config: TransferModelConfig, seed: int, ts_state: dict | No
 
 def run_strategy(strategy: str, config: TransferConfig, rows: Rows, ids: dict[str, list[str]],
                  model_config: TransferModelConfig, source_model: TransferModel | None, seed: int,
-                 ts_state: dict | None = None):
+                 ts_state: dict | None = None, checkpoints: Path | None = None, resume: bool = False):
     """Train one strategy; returns (model, history). ``ids`` has source_train/source_val/target_train/target_val/
     pool lists; the target test set is not among them. ``ts_state``: pretrained weights that start the
-    time-series encoder of every model trained from scratch here."""
+    time-series encoder of every model trained from scratch here. ``checkpoints``/``resume``: see
+    :func:`train_model`."""
+
+    def fit(*args) -> TrainingHistory:
+        return train_model(*args, checkpoints=checkpoints, resume=resume)
+
     a = config.adaptation
     src_tr, src_va = rows(ids["source_train"]), rows(ids["source_val"])
     tgt_tr, tgt_va = rows(ids["target_train"]), rows(ids["target_val"])
@@ -123,23 +135,23 @@ def run_strategy(strategy: str, config: TransferConfig, rows: Rows, ids: dict[st
     if strategy in ("source_only", "target_only"):
         model = _new_model(model_config, seed, ts_state)
         train, val = (src_tr, src_va) if strategy == "source_only" else (tgt_tr, tgt_va)
-        return model, train_model(model, train, val, training, [risk(training)])
+        return model, fit(model, train, val, training, [risk(training)])
     if strategy in ("pooled", "dann", "mmd"):
         model = _new_model(model_config, seed, ts_state)
         pooled_tr = rows(ids["source_train"] + ids["target_train"])
         pooled_va = rows(ids["source_val"] + ids["target_val"])
         extra = {"pooled": [], "dann": dann, "mmd": mmd}[strategy]
-        return model, train_model(model, pooled_tr, pooled_va, training, [risk(training), *extra],
+        return model, fit(model, pooled_tr, pooled_va, training, [risk(training), *extra],
                                   align if extra else None)
     if source_model is None:
         raise ValueError(f"Strategy {strategy!r} fine-tunes the source model; it needs source pretraining.")
     model = copy.deepcopy(source_model)
     if strategy == "finetune":
-        return model, train_model(model, tgt_tr, tgt_va, finetune, [risk(finetune)])
+        return model, fit(model, tgt_tr, tgt_va, finetune, [risk(finetune)])
     if strategy == "finetune_frozen":
         frozen = finetune.model_copy(update={"finetune": _frozen(model, a.freeze)})
-        return model, train_model(model, tgt_tr, tgt_va, frozen, [risk(finetune)])
-    return model, train_model(model, tgt_tr, tgt_va, finetune, [risk(finetune), *mmd, *dann],
+        return model, fit(model, tgt_tr, tgt_va, frozen, [risk(finetune)])
+    return model, fit(model, tgt_tr, tgt_va, finetune, [risk(finetune), *mmd, *dann],
                               align if mmd or dann else None)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from contextlib import nullcontext
 from datetime import datetime
@@ -32,14 +33,20 @@ def load_cohort(config: TransferConfig, console=None) -> Cohort:
     return concat_cohorts([open_source(spec, console) for spec in config.data.sources])
 
 
-def run_transfer(config: TransferConfig, console=None) -> Path:
-    """Run the whole sweep and write the run folder (see the module docstring). Returns the folder.
+def run_transfer(config: TransferConfig, console=None, resume: bool = False) -> Path:
+    """Run the whole sweep and write the run folder (see the package docstring). Returns the folder.
+
+    Every fit keeps its newest epoch in ``RUN_DIR/checkpoints/`` until the sweep ends; with ``resume`` an
+    interrupted sweep (same config, same ``out``) continues from there: finished fits restore their final state,
+    the interrupted one goes on from its last epoch, and the results equal an uninterrupted sweep.
 
     Raises
     ------
     ValueError
-        On bad data, domain values or label (the message names what to fix).
+        On bad data, domain values or label (the message names what to fix), or ``resume`` without ``out``.
     """
+    if resume and config.out is None:
+        raise ValueError("--resume continues the run folder of the config's out:; set out: to the interrupted run.")
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
     run_dir = Path(config.out or f"runs/transfer-{datetime.now():%Y%m%d-%H%M%S}")
@@ -82,7 +89,8 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
                 _describe(progress, task, f"seed {seed}: source pretraining")
                 t0 = time.perf_counter()
                 source_model, hist = run_strategy("source_only", config, rows, {**base, "target_train": [],
-                                                  "target_val": []}, config_of_model, None, seed, ts_state)
+                                                  "target_val": []}, config_of_model, None, seed, ts_state,
+                                                  run_dir / "checkpoints" / "source_only" / f"seed{seed}", resume)
                 source_seconds = time.perf_counter() - t0
                 source_prob = predict(source_model, test, config.training)
                 source_scores = score(y_test, source_prob, p.n_boot, seed)
@@ -111,7 +119,8 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
                     t0 = time.perf_counter()
                     try:
                         model, h = run_strategy(strategy, config, rows, fold, config_of_model, source_model, seed,
-                                                ts_state)
+                                                ts_state, run_dir / "checkpoints" / strategy / f"seed{seed}-n{size}",
+                                                resume)
                     except ValueError as exc:
                         log.warning("%s (seed %d, n=%s) failed: %s", strategy, seed, size, exc)
                         results.append({**common, "strategy": strategy, "status": f"failed: {exc}"})
@@ -158,6 +167,7 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
             "domain": split.summary(), "y_prevalence_target": float(y_all.reindex(split.target_ids).mean()),
             "skipped_sizes": skipped}
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the sweep is complete: nothing left to resume
     compare, first = config.shap.compare, p.seeds[0]
     if config.shap.enabled and ("source_only", first, None) in saved and (compare, first, p.headline_size) in saved:
         log.info("SHAP: source vs adapted model")  # the progress bar has closed: a spinner shows this last step
