@@ -28,21 +28,23 @@ def target_key(task: str) -> str:
 
 
 def cluster_representations(model: MultitaskModel, data: ArrayDataset, task: str, batch_size: int = 256) -> np.ndarray:
-    """``[n, task_dim]`` representations ``h`` of clustering task ``task`` for every row of ``data`` (eval mode)."""
+    """``[n, task_dim]`` representations ``h`` of clustering task ``task`` for every row of ``data`` (eval mode, on
+    the model's device)."""
     index = model.task_names.index(task)
+    device = _device(model)
     was_training = model.training
     model.eval()
     chunks = []
     with torch.no_grad():
-        for batch in data.iter_batches(batch_size):
-            chunks.append(model(batch)["representations"][:, index].float().numpy())
+        for batch in data.iter_batches(batch_size, device=device):
+            chunks.append(model(batch)["representations"][:, index].float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(chunks) if chunks else np.zeros((0, model.config.task_dim), np.float32)
 
 
 def predict_multitask(model: MultitaskModel, data: ArrayDataset, batch_size: int = 256,
                       removed: Sequence[str] = ()) -> dict[str, Any]:
-    """Predictions of every task for every row of ``data`` (eval mode, no gradients).
+    """Predictions of every task for every row of ``data`` (eval mode, no gradients, on the model's device).
 
     Parameters
     ----------
@@ -63,19 +65,24 @@ def predict_multitask(model: MultitaskModel, data: ArrayDataset, batch_size: int
     for r in removed:
         if r not in names:
             raise KeyError(f"Cannot remove unknown task {r!r}; tasks: {list(names)}.")
-    mask = torch.tensor([n in set(removed) for n in names], dtype=torch.bool) if removed else None
+    device = _device(model)
+    mask = torch.tensor([n in set(removed) for n in names], dtype=torch.bool, device=device) if removed else None
     model.eval()
     keys = ("representations", "task_attention", "self_weight", "task_present")
     acc: dict[str, list] = {k: [] for k in keys}
     preds: dict[str, list] = {n: [] for n in names}
     with torch.no_grad():
-        for batch in data.iter_batches(batch_size):
+        for batch in data.iter_batches(batch_size, device=device):
             out = model(batch, removed=mask)
             for k in keys:
-                acc[k].append(out[k].numpy())
+                acc[k].append(out[k].float().cpu().numpy() if out[k].is_floating_point() else out[k].cpu().numpy())
             for name, p in model.predictions(out["logits"]).items():
-                preds[name].append(p.numpy())
+                preds[name].append(p.cpu().numpy())
     result: dict[str, Any] = {k: np.concatenate(v) for k, v in acc.items()}
     result["predictions"] = {n: np.concatenate(v) for n, v in preds.items()}
     return result
 
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
