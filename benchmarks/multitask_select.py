@@ -28,10 +28,10 @@ from healthfusion.workflows.multitask import (  # noqa: E402
     _evaluate,
     _task_specs,
     build_model,
-    fit_model,
     load_multitask_config,
     prepare,
 )
+from healthfusion.workflows.multitask_fit import fit_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,22 @@ def callback_keys(callbacks: Sequence[Callback]) -> list[str]:
     return keys
 
 
+def trainer_state(trainer: Trainer) -> dict[str, Any]:
+    """The trainer's own resumable state (epoch, step, history, RNG states, config); plain values and tensors."""
+    return {
+        "epoch": trainer.epoch,
+        "step": trainer.step,
+        "should_stop": trainer.should_stop,
+        "head_kind": trainer.head_kind,
+        "history": trainer.history.to_dict(),
+        "numpy_rng": trainer._rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "augment_rng": trainer._augment_rng.get_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "config": trainer.config.model_dump(mode="json"),
+    }
+
+
 def save(trainer: Trainer, path: str | os.PathLike) -> None:
     """Write ``trainer``'s whole resumable state to ``path`` (atomic)."""
     state = {

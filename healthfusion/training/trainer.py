@@ -330,7 +330,7 @@ class Trainer:
                 logged.setdefault(k, []).append(v.detach() if isinstance(v, torch.Tensor) else v)
             for cb in self._active:
                 cb.on_batch_end(self, i)
-        return {"train_loss": _epoch_loss(parts_log), **{k: float(np.mean([float(x) for x in v]))
+        return {"train_loss": Losses.epoch_loss(parts_log), **{k: float(np.mean([float(x) for x in v]))
                                                          for k, v in logged.items()}}
 
     def _record(self, seconds: float) -> None:
@@ -427,18 +427,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """The trainer's own resumable state (epoch, step, history, RNG states, config); plain values and tensors."""
-        return {
-            "epoch": self.epoch,
-            "step": self.step,
-            "should_stop": self.should_stop,
-            "head_kind": self.head_kind,
-            "history": self.history.to_dict(),
-            "numpy_rng": self._rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "augment_rng": self._augment_rng.get_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
-            "config": self.config.model_dump(mode="json"),
-        }
+        return ckpt.trainer_state(self)
 
     def save_checkpoint(self, path: str | os.PathLike) -> None:
         """Write model, optimizer, scaler, loss-term, sampler, trainer and callback states to ``path`` (atomic;
@@ -495,20 +484,3 @@ class Trainer:
 
     def _threads(self):
         return torch_threads(self.config.num_threads)
-
-
-def _epoch_loss(parts_log: list[list]) -> float:
-    """The epoch's ``train_loss``: per term, the weighted mean of its batch losses; summed over terms."""
-    if not parts_log:
-        return float("nan")
-    total = 0.0
-    for j in range(len(parts_log[0])):
-        losses = torch.stack([p[j][0] for p in parts_log])
-        weights = [p[j][1] for p in parts_log]
-        if weights[0] is None:
-            total += losses.mean().item()
-            continue
-        w = torch.stack([x.float() for x in weights])
-        n = w.sum().item()
-        total += (losses * w).sum().item() / n if n > 0 else float("nan")
-    return total

@@ -63,12 +63,9 @@ from healthfusion.evaluation.tim import (
 from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.features.tabular import StaticTransformer
 from healthfusion.models.multitask import MultitaskModel, MultitaskModelConfig, TaskKind, TaskSpec
-from healthfusion.training import checkpoint
-from healthfusion.training.callbacks import Callback
-from healthfusion.training.config import TrainerConfig, TrainingHistory, training_section
-from healthfusion.training.losses.multitask import MultitaskObjective, MultitaskObjectiveConfig
+from healthfusion.training.config import TrainerConfig, training_section
+from healthfusion.training.losses.multitask import MultitaskObjectiveConfig
 from healthfusion.training.multitask import predict_multitask, target_key
-from healthfusion.training.trainer import Trainer
 from healthfusion.workflows.config import (
     FeatureSpec,
     SourceSpec,
@@ -79,6 +76,7 @@ from healthfusion.workflows.config import (
     resolve_paths,
 )
 from healthfusion.workflows.modeling import hybrid_config, load_pretrained, use_pretrained_preprocessing
+from healthfusion.workflows.multitask_fit import FitProgress
 from healthfusion.workflows.multitask_labels import extract_labels
 from healthfusion.workflows.multitask_tables import (
     cluster_report,
@@ -307,73 +305,6 @@ def _evaluate(model: MultitaskModel, data, seed: int, removed: Sequence[str] = (
     return metrics, pred
 
 
-class _Progress:
-    """Rich progress over every training of the run (one bar per training, advanced per epoch)."""
-
-    def __init__(self, console):
-        self.console = console
-        self.bar = None
-
-    def __enter__(self):
-        if self.console is not None:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=self.console)
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def fit(self, description: str, model, train, val, config: MultitaskConfig, seed: int, weights,
-            checkpoints: Path | None = None, resume: bool = False) -> dict:
-        """:func:`fit_model` with one bar of this display advanced per epoch."""
-        bars = []
-        if self.bar is not None:
-            bars.append(_EpochBar(self.bar, self.bar.add_task(description, total=config.training.max_epochs, info="")))
-        return fit_model(model, train, val, config, seed, weights, callbacks=bars, checkpoints=checkpoints,
-                         resume=resume)
-
-
-def fit_model(model: MultitaskModel, train, val, config: MultitaskConfig, seed: int, weights,
-              callbacks: Sequence[Callback] = (), checkpoints: Path | None = None, resume: bool = False) -> dict:
-    """Train ``model`` in place with the one trainer and the multitask objective of ``config`` (seed ``seed``);
-    returns the history as a dict, with ``task_weights`` at the best epoch. ``checkpoints``: folder for this fit's
-    newest checkpoint, from which ``resume`` continues."""
-    training = config.training.model_copy(update={"seed": seed})
-    term = MultitaskObjective(config.objective, weights)
-    stop = [term.early_stopping(training.patience, model.config.tasks)] if training.patience is not None else []
-    trainer = Trainer(training, [*stop, *callbacks], loss=term)
-    if checkpoints is not None:
-        checkpoint.resumable(trainer, checkpoints, resume)
-    history = trainer.fit(model, train, val)
-    model.eval()
-    return _history_record(history)
-
-
-class _EpochBar(Callback):
-    """Advances one bar of the run's progress display per epoch."""
-
-    def __init__(self, bar, task):
-        self.bar, self.task = bar, task
-
-    def on_epoch_end(self, trainer) -> None:
-        self.bar.update(self.task, completed=trainer.epoch + 1, info=f"val {trainer.metrics.get('val_loss', 0):.3f}")
-
-    def on_fit_end(self, trainer) -> None:
-        self.bar.update(self.task, completed=trainer.config.max_epochs)
-
-
-def _history_record(history: TrainingHistory) -> dict:
-    record = history.to_dict()
-    best = history.best_epoch
-    weights = {k.split(":", 1)[1]: v for k, v in history.metrics.items() if k.startswith("weight:")}
-    record["task_weights"] = {k: v[best if best is not None else -1] for k, v in weights.items()}
-    return record
-
-
 def _stratifier(config: MultitaskConfig, labels: dict, ids: list[str]) -> pd.Series | None:
     for t in config.tasks:
         if t.kind == "binary":
@@ -448,7 +379,7 @@ def run_multitask(config: MultitaskConfig, console=None, resume: bool = False) -
     specs = _task_specs(config, prep["labels"], prep["classes"], prep["train_rows"])
     rows, tims, abl, retrain, histories = [], [], [], [], {}
     main_model = main_pred = None
-    with _Progress(console) as progress:
+    with FitProgress(console) as progress:
         for seed in config.comparison.seeds:
             model = build_model(config, prep["featurizer"], specs, seed, loaded=prep["loaded"])
             histories[f"multitask/seed{seed}"] = progress.fit(f"seed {seed}: multitask", model, train, val, config,

@@ -215,6 +215,20 @@ def test_an_interrupted_sweep_resumes_to_the_same_results(cohort_dir, tmp_path, 
         run_transfer(TransferConfig.model_validate({**raw, "out": None}), resume=True)
 
 
+def test_categorical_levels_come_from_source_stays_only(cohort_dir, tmp_path):
+    config = TransferConfig.model_validate(_raw(cohort_dir, tmp_path / "o"))
+    cohort = tw.load_cohort(config)
+    split = tw.split_domains(cohort, "site", ["C"])
+    planted = split.target_ids[0]  # a target stay (test or pool) with a level no source stay has
+    static = cohort.static
+    static.loc[static["stay_id"] == planted, "admission_type"] = "PLANTED"
+    _, coder, data = tw.featurize(config, cohort, split)
+    assert "PLANTED" not in coder.levels_["admission_type"]
+    row = data.meta["stay_ids"].index(planted)
+    column = coder.columns.index("admission_type")
+    assert data["static_categorical"][row, column] == 0  # the fixed zero vector of unseen levels
+
+
 def test_gains_pick_the_better_baseline_and_pair_by_seed():
     rows = []
     for seed, (src, pooled, dann) in enumerate([(0.70, 0.72, 0.75), (0.71, 0.74, 0.76), (0.69, 0.73, 0.74)]):

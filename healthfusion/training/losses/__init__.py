@@ -196,6 +196,23 @@ class Losses(nn.Module):
             metrics["skip"] = True
         return total, parts, metrics
 
+    @staticmethod
+    def epoch_loss(parts_log: list[list]) -> float:
+        """The epoch's ``train_loss``: per term, the weighted mean of its batch losses; summed over terms."""
+        if not parts_log:
+            return float("nan")
+        total = 0.0
+        for j in range(len(parts_log[0])):
+            losses = torch.stack([p[j][0] for p in parts_log])
+            weights = [p[j][1] for p in parts_log]
+            if weights[0] is None:
+                total += losses.mean().item()
+                continue
+            w = torch.stack([x.float() for x in weights])
+            n = w.sum().item()
+            total += (losses * w).sum().item() / n if n > 0 else float("nan")
+        return total
+
     def validate(self, model, data, state) -> dict[str, float]:
         out: dict[str, float] = {}
         for term in self.terms:

@@ -57,7 +57,8 @@ class CategoryCoder:
 
 
 def featurize(config: TransferConfig, cohort: Cohort, split: DomainSplit):
-    """Fit the feature pipeline on the source stays (features only) and build arrays for every domain stay."""
+    """Fit the feature pipeline and the categorical levels on the source stays (features only) and build arrays for
+    every domain stay."""
     feats = config.features
     types = cohort.meta.feature_types
     static_cols = [c for c in types if c not in set(feats.embed) | set(feats.exclude)]
@@ -69,7 +70,9 @@ def featurize(config: TransferConfig, cohort: Cohort, split: DomainSplit):
     featurizer = CohortFeaturizer(modalities, label=config.data.label, transformers=transformers)
     featurizer.fit(cohort, split.source_ids)
     use_pretrained_preprocessing(featurizer, pretrained_ts(config))
-    coder = CategoryCoder(feats.embed).fit(cohort, split.source_ids + split.target_ids) if feats.embed else None
+    # levels from the source stays only, like the rest of the pipeline: no target stay (test stays included) adds a
+    # level; a target level the source lacks maps to id 0, the fixed zero vector
+    coder = CategoryCoder(feats.embed).fit(cohort, split.source_ids) if feats.embed else None
     ids = split.source_ids + split.target_ids
     data = featurizer.transform(cohort, ids)
     if coder is not None:
