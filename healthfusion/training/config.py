@@ -47,7 +47,8 @@ class TrainerConfig(BaseModel):
     monitor : str or None, default None
         A validation value the fit logs: ``"val_loss"`` or the head's metric (``"val_auroc"``,
         ``"val_accuracy"``, ``"val_macro_auroc"``, ``"val_neg_mse"``) with the supervised loss, or a value another
-        loss term reports. None: the loss terms' default (the head's metric; ``val_loss`` for the other modes).
+        loss term reports (validation values start with ``val_``). None: the loss terms' default (the head's metric;
+        ``val_loss`` for the other modes).
     imbalance : {"none", "class_weight", "oversample"}, default "none"
         ``class_weight``: balanced loss weights from the training labels (binary, multiclass, multilabel).
         ``oversample``: each epoch draws minority classes with replacement up to the largest class
@@ -86,7 +87,7 @@ class TrainerConfig(BaseModel):
     lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(1e-4, ge=0)
     patience: int | None = Field(8, ge=1)
-    monitor: str | None = None
+    monitor: str | None = Field(None, pattern=r"^val_")
     imbalance: Literal["none", "class_weight", "oversample"] = "none"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -149,7 +150,7 @@ class TrainingHistory:
     stopped_early : bool
     """
 
-    monitor: str | None = None
+    monitor: str | None = Field(None, pattern=r"^val_")
     train_loss: list[float] = field(default_factory=list)
     val_loss: list[float | None] = field(default_factory=list)
     val_metric: list[float | None] = field(default_factory=list)

@@ -41,7 +41,7 @@ from healthfusion.training.callbacks import Callback, Checkpoint, EarlyStopping,
 from healthfusion.training.config import TrainerConfig, TrainingHistory, resolve_device, torch_threads
 from healthfusion.training.finetune import FineTuner
 from healthfusion.training.losses import Losses, LossTerm, StepState, as_losses
-from healthfusion.training.losses.supervised import SupervisedLoss, infer
+from healthfusion.training.losses.supervised import SupervisedLoss, check_dataset, infer
 from healthfusion.training.monitoring import MONITOR_NAMES, monitor_mode
 from healthfusion.training.objectives import check_head_kind
 from healthfusion.training.plugins import TrainingParts, TrainingPlugin
@@ -464,8 +464,6 @@ class Trainer:
             raise ValueError("The val dataset is empty (0 samples).")
         for term in self.loss.terms:
             if isinstance(term, SupervisedLoss):
-                from healthfusion.training.losses.supervised import check_dataset
-
                 check_dataset(val, "val", term.head_kind)
 
     def _collect_callbacks(self, has_val: bool) -> list[Callback]:

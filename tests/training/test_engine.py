@@ -153,3 +153,10 @@ def test_resume_with_alignment_terms_equals_an_uninterrupted_run(tmp_path):
     assert len(history) == 4 and len(history.metrics["mmd"]) == 4
     for pa, pb in zip(full.parameters(), resumed.parameters(), strict=True):
         torch.testing.assert_close(pa, pb)
+
+
+def test_checkpoint_keeps_the_newest_and_a_monitor_must_be_a_validation_value(tiny_net, planted, tmp_path):
+    Trainer(TrainerConfig(max_epochs=3), [Checkpoint(tmp_path, keep_last=1)]).fit(tiny_net(5), planted(60))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_0002.pt"]
+    with pytest.raises(ValueError, match="val_"):
+        TrainerConfig(monitor="auroc")

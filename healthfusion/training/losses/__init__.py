@@ -23,7 +23,8 @@ term uses its number of valid targets, so ``train_loss`` is the exact per-target
 which the trainer averages over the epoch's batches and records in ``history.metrics``; ``"skip": True`` makes the
 trainer skip this step's backward pass and optimiser step (a batch with nothing to learn from). A term with parameters
 (e.g. learned task weights) registers them as an ``nn.Module``; the trainer optimises and checkpoints them with
-the model. Validation values named ``"val_loss"`` are summed over terms; other names must be unique.
+the model. Validation value names start with ``val_`` when early stopping may monitor them (``TrainerConfig.monitor``
+accepts only such names); ``"val_loss"`` is summed over terms, other names must be unique.
 
 Register a new term with one line in ``_registry`` so :func:`get_loss_term` can build it by name.
 """
