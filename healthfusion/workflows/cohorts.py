@@ -38,6 +38,11 @@ def build_cohort(source: str, path: Path | None, out: Path, task: str | None = N
     _check_out(Path(out))
     builder = get_source(source)
     check_options(source, options)
+    if "task" in options:
+        if task is not None and task != options["task"]:
+            raise SourceError(f"The task is given twice ({task!r} and the option task={options['task']!r}); "
+                              "give it once, with --task.")
+        task = options.pop("task")
     generated = source == "synthetic"
     if path is None and not generated:
         raise SourceError(f"Source {source!r} reads raw files: pass --path to the folder or file that holds them.")

@@ -107,7 +107,9 @@ def _fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, cons
 def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console=None) -> tuple[ModelSpec, pd.DataFrame]:
     """Grid search over ``config.tuning.grid`` by patient-level K-fold CV on the training stays only.
 
-    Each fold refits the features on its own training part; the score is the mean fold AUROC.
+    Each fold refits the features on its own training part and splits that part again by patient (stratified, the
+    run's val share of train + val) into an inner training set and an inner early-stopping set; the held-out fold
+    is scored once, after training, and never chooses an epoch. The score is the mean held-out-fold AUROC.
     """
     tuning = config.tuning
     keys = list(tuning.grid)
@@ -115,17 +117,26 @@ def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console
     label = cohort.label(config.data.label)
     fractions = {f"fold{k}": 1.0 / tuning.folds for k in range(tuning.folds)}
     folds = split_patients(stays, fractions=fractions, seed=config.data.split.seed, stratify=label)
+    split = config.data.split
+    inner_val = split.val / (split.train + split.val)
+    inner = {}
+    for k in range(tuning.folds):  # the same inner split for every candidate
+        fit_ids = folds.index[folds != f"fold{k}"].tolist()
+        parts = split_patients(stays.set_index("stay_id").loc[fit_ids].reset_index(),
+                               fractions={"train": 1.0 - inner_val, "val": inner_val}, seed=split.seed + 1 + k,
+                               stratify=label)
+        inner[k] = (fit_ids, parts.index[parts == "train"].tolist(), parts.index[parts == "val"].tolist(),
+                    folds.index[folds == f"fold{k}"].tolist())
     rows = []
     for values in product(*(tuning.grid[k] for k in keys)):
         spec = config.model.model_copy(update=dict(zip(keys, values, strict=True)))
         scores = []
         for k in range(tuning.folds):
-            fit_ids = folds.index[folds != f"fold{k}"].tolist()
-            held_ids = folds.index[folds == f"fold{k}"].tolist()
+            fit_ids, inner_train, inner_stop, held_ids = inner[k]
             feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(cohort, fit_ids), spec)
-            fit, held = feat.transform(cohort, fit_ids), feat.transform(cohort, held_ids)
-            fit, held = fit[fit.usable_rows()], held[held.usable_rows()]
-            model, trainer, _ = _fit_hybrid(feat, spec, fit, held, config.training)
+            fit, stop, held = (feat.transform(cohort, ids) for ids in (inner_train, inner_stop, held_ids))
+            fit, stop, held = fit[fit.usable_rows()], stop[stop.usable_rows()], held[held.usable_rows()]
+            model, trainer, _ = _fit_hybrid(feat, spec, fit, stop, config.training)
             scores.append(auroc(held["target"], trainer.predict(model, held)))
         rows.append({**dict(zip(keys, values, strict=True)), "cv_auroc": float(np.mean(scores)),
                      "cv_auroc_sd": float(np.std(scores))})
