@@ -111,10 +111,13 @@ def predict(
 def _print_run(run_dir: Path) -> None:
     import pandas as pd
 
-    from healthfusion.workflows.evaluate import display_comparison
+    from healthfusion.workflows.evaluate import display_comparison, display_differences
 
     shown, title = display_comparison(pd.read_csv(run_dir / "comparison.csv", index_col=0))
     print_frame(console, shown, title=title)
+    if (run_dir / "comparison_difference.csv").is_file():
+        shown, title = display_differences(pd.read_csv(run_dir / "comparison_difference.csv", index_col=0))
+        print_frame(console, shown, title=title)
     console.print(f"Run folder: [bold]{run_dir}[/]")
 
 
