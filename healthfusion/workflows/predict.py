@@ -22,6 +22,7 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import get_source
 from healthfusion.evaluation.bootstrap import metrics_with_ci
+from healthfusion.evaluation.calibration import calibration_with_ci
 from healthfusion.models.scoring import OK, PredictionError, ScoringModel, load_model
 from healthfusion.workflows.evaluate import display_comparison, kind_comparison_table
 
@@ -80,7 +81,8 @@ def external_validation(frame: pd.DataFrame, threshold: float = 0.5, n_boot: int
     model's label), on its scored, labelled rows, as a table to print and its title; None without labels (or with
     a single class, where the binary and multiclass metrics are undefined).
 
-    Binary: the threshold metrics, AUROC, AUPRC and Brier; multiclass (``p_<class>`` columns): accuracy, macro-F1
+    Binary: the threshold metrics, AUROC, AUPRC, Brier, ECE and the calibration slope and intercept; multiclass
+    (``p_<class>`` columns): accuracy, macro-F1
     and macro AUROC; regression (``prediction``): MAE, RMSE and R².
     """
     if "y_true" not in frame.columns:
@@ -90,8 +92,9 @@ def external_validation(frame: pd.DataFrame, threshold: float = 0.5, n_boot: int
     if "probability" in rows.columns:
         if rows["y_true"].nunique() != 2:
             return None
-        table = metrics_with_ci(rows["y_true"].to_numpy(dtype=float), rows["probability"].to_numpy(), threshold,
-                                n_boot=n_boot, seed=seed)
+        y, p = rows["y_true"].to_numpy(dtype=float), rows["probability"].to_numpy(dtype=float)
+        table = pd.concat([metrics_with_ci(y, p, threshold, n_boot=n_boot, seed=seed),
+                           calibration_with_ci(y, p, n_boot=n_boot, seed=seed)], ignore_index=True)
         return table, title
     if "prediction" in rows.columns:
         results = {"model": (rows["y_true"].to_numpy(dtype=float), rows["prediction"].to_numpy(dtype=float))}

@@ -149,3 +149,32 @@ def test_a_run_folder_is_pointed_to_its_model(run, tmp_path):
                                       "--path", str(tmp_path / "x"), "--out", str(tmp_path / "p.csv")])
     assert result.exit_code == 2
     assert f"use {run / 'model'}" in " ".join(result.output.split())
+
+
+def test_a_model_trained_with_another_positive_class_is_scored_with_it(tmp_path):
+    """MedMNIST positive_class=0 (BreastMNIST: malignant): predict must label and score class 0 as positive."""
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        labels = rng.integers(0, 2, n)
+        images = rng.integers(0, 80, (n, 28, 28)) + np.where(labels == 0, 120, 0)[:, None, None]
+        return images.astype(np.uint8), labels[:, None]
+
+    arrays = {}
+    for name, n in (("train", 160), ("val", 40), ("test", 60)):
+        arrays[f"{name}_images"], arrays[f"{name}_labels"] = split(n)
+    np.savez(tmp_path / "breastmnist.npz", **arrays)
+    cfg = {"name": "pos", "out": str(tmp_path / "run"),
+           "data": {"source": "medmnist", "path": str(tmp_path / "breastmnist.npz"), "label": "label",
+                    "options": {"positive_class": 0, "split": "train"}},
+           "features": {"modalities": ["image"]}, "model": {"hidden": 8},
+           "training": {"max_epochs": 3, "batch_size": 32}, "baselines": [],
+           "evaluation": {"n_boot": 20, "audit": False}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run_dir = run_training(load_run_config(tmp_path / "run.yaml"))
+    assert load_model(run_dir / "model").data_options == {"positive_class": 0}
+    frame = predict_source(run_dir / "model", "medmnist", tmp_path / "breastmnist.npz", split="test")
+    np.testing.assert_array_equal(frame["y_true"], (arrays["test_labels"][:, 0] == 0).astype(int))
+    from healthfusion.evaluation.metrics import auroc
+
+    assert auroc(frame["y_true"], frame["probability"]) > 0.8  # the bright class scored as the positive one

@@ -187,6 +187,7 @@ def test_external_validation_uses_scored_labelled_rows_only():
     assert "n = 185" in title
     kept = frame.iloc[15:]
     assert table.set_index("metric").loc["auroc", "value"] == pytest.approx(auroc(kept["y_true"], kept["probability"]))
+    assert {"ece", "cal_slope", "cal_intercept"} <= set(table["metric"])
     assert external_validation(frame.drop(columns="y_true")) is None
 
 
