@@ -4,6 +4,7 @@ summary). Every workflow may import this module; no workflow imports another wor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -210,10 +211,12 @@ def _ranges(values: pd.Series, stay: pd.Series) -> dict:
 def training_summary(cohort: Cohort, stay_ids: list[str], label: LabelSpec) -> dict:
     """What a drift check compares new stays against: n, the label's prevalence (binary) or class counts, the
     prediction times, and per time-series variable (values observable before the prediction time) and numeric
-    static column the number of stays, min, 1st percentile, median, 99th percentile and max."""
+    static column the number of stays, min, 1st percentile, median, 99th percentile and max; ``data_sha256``
+    fingerprints the training stays (sorted ids with their labels)."""
     ids = [str(s) for s in stay_ids]
     y = cohort.label(label.name).reindex(ids)
-    out: dict = {"n": len(ids)}
+    listing = "\n".join(f"{i},{v}" for i, v in sorted(zip(ids, y.astype(str), strict=True)))
+    out: dict = {"n": len(ids), "data_sha256": hashlib.sha256(listing.encode()).hexdigest()}
     if label.kind == "binary":
         pos = int((pd.to_numeric(y) == 1).sum())
         out.update(n_positive=pos, prevalence=pos / len(ids) if ids else None)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from healthfusion.cli.main import app
 from healthfusion.data.sources import get_source
 from healthfusion.models import load_model as exported_load_model
-from healthfusion.models.base import ModelLoadError, load_pretrained
+from healthfusion.models.base import ModelLoadError, load_network
 from healthfusion.models.scoring import NO_INPUT, OK, load_model
 from healthfusion.workflows.config import load_run_config
 from healthfusion.workflows.predict import PredictionError, predict_source
@@ -73,7 +73,7 @@ def test_load_model_contract(run, tmp_path):
     assert info["threshold"] == 0.5 and info["risk_groups"]["threshold"] == 0.5
     assert info["calibrator"]["method"] in ("none", "temperature", "platt", "isotonic")
     training = info["training"]
-    assert training["n"] > 0 and 0 < training["prevalence"] < 1
+    assert training["n"] > 0 and 0 < training["prevalence"] < 1 and len(training["data_sha256"]) == 64
     assert training["prediction_time"] == {"min": HOURS, "median": HOURS, "max": HOURS}
     assert {"min", "p01", "median", "p99", "max", "n_stays"} <= set(training["variables"]["HR"])
     assert "HR" in model.variables and "age" in model.variables
@@ -122,7 +122,7 @@ def test_every_file_is_checked(run, tmp_path):
     with pytest.raises(ModelLoadError, match=r"hybrid-seed0/preprocessing.json changed after the model was saved"):
         load_model(folder)
     with pytest.raises(ModelLoadError, match="preprocessing.json was edited after saving"):
-        load_pretrained(folder / "hybrid-seed0")  # the network's own loader checks its preprocessing values too
+        load_network(folder / "hybrid-seed0")  # the network's own loader checks its preprocessing values too
 
     folder = copy()
     (folder / "gradient_boosting" / "model.txt").write_text("tree\n")
@@ -178,3 +178,9 @@ def test_a_model_trained_with_another_positive_class_is_scored_with_it(tmp_path)
     from healthfusion.evaluation.metrics import auroc
 
     assert auroc(frame["y_true"], frame["probability"]) > 0.8  # the bright class scored as the positive one
+
+
+def test_a_network_of_another_workflow_gets_a_message_naming_its_loader(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "multitask"}))
+    with pytest.raises(ModelLoadError, match="holds a 'multitask' network without model.json.*load_network"):
+        load_model(tmp_path)
