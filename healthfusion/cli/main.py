@@ -100,6 +100,7 @@ def predict(
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     counts = frame["status"].value_counts().to_dict()
+    console.print(frame.attrs["model"], highlight=False, soft_wrap=True)
     console.print(f"Wrote {len(frame)} rows to [bold]{out}[/] ({counts})")
     from healthfusion.workflows.predict import external_validation
 

@@ -38,7 +38,8 @@ def predict_source(model_dir: str | Path, source: str, path: str | Path, split: 
 
     ``split`` selects a named split of sources that have them (e.g. MedMNIST ``train``/``val``/``test``);
     ``options`` are further reader options that select data (e.g. ``n_stays`` of the synthetic source). The frame's
-    ``attrs["threshold"]`` is the model's risk-group threshold.
+    ``attrs["threshold"]`` is the model's risk-group threshold, ``attrs["model"]`` a one-line description of what
+    was applied.
 
     Raises
     ------
@@ -64,6 +65,9 @@ def predict_source(model_dir: str | Path, source: str, path: str | Path, split: 
         raise SourceError(f"The {source} input at {path} holds no stays; nothing to score.")
     out = _with_label(model.predict(cohort), model, cohort)
     out.attrs["threshold"] = model.threshold
+    calibrator = model.calibrator.method if model.calibrator is not None else "none"
+    out.attrs["model"] = (f"{model.kind} model {model.card['fingerprint'][:12]}: reader options {read}, calibrator "
+                          f"{calibrator}, high risk at probability >= {model.threshold:g}")
     return out
 
 

@@ -84,6 +84,7 @@ def test_predict_reads_with_the_saved_window_and_refuses_contradictions(run, tmp
     test = _test_rows(run, "ensemble")
     np.testing.assert_allclose(frame.loc[test.index, "probability"], test, atol=1e-6)
     assert frame.attrs["threshold"] == 0.5
+    assert "ensemble model" in frame.attrs["model"] and "'hours': 36.0" in frame.attrs["model"]
     with pytest.raises(PredictionError, match="hours=48.0 but the model was trained with hours=36.0"):
         predict_source(run / "model", "synthetic", tmp_path / "p", **SOURCE_OPTIONS, hours=48.0)
     # a cohort read with the reader's default window is scored, and the difference said in one line
