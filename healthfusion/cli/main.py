@@ -107,26 +107,33 @@ def predict(
     path: Path = typer.Option(..., help="Raw files to score: the source's folder or file."),
     out: Path = typer.Option(..., help="CSV to write: id, probability, risk group, status."),
     split: str | None = typer.Option(None, help="Named split of the source, e.g. test for a MedMNIST .npz."),
-    threshold: float = typer.Option(0.5, help="Probability at or above which a patient is high risk."),
-    option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP + " Options the model was "
+                                            "trained with are applied from the model folder; one that contradicts "
+                                            "them is an error."),
 ) -> None:
-    """Score new patients from raw files with a saved model (the saved preprocessing is applied as is)."""
+    """Score new patients from raw files with a saved model folder.
+
+    Everything that defines how the model sees a patient comes from the folder (reader options such as the
+    prediction window, preprocessing, calibrator, risk-group threshold); every file is checked against its
+    model.json first.
+    """
     from healthfusion.data.sources import check_options
     from healthfusion.workflows.predict import predict_source
 
     options = parse_options(option)
     try:
         check_options(source, options)
-        frame = predict_source(model, source, path, split=split, threshold=threshold, **options)
+        frame = predict_source(model, source, path, split=split, **options)
     except ValueError as exc:
         fail(exc)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     counts = frame["status"].value_counts().to_dict()
+    console.print(frame.attrs["model"], highlight=False, soft_wrap=True)
     console.print(f"Wrote {len(frame)} rows to [bold]{out}[/] ({counts})")
     from healthfusion.workflows.predict import external_validation
 
-    validated = external_validation(frame, threshold=threshold)
+    validated = external_validation(frame, threshold=frame.attrs["threshold"])
     if validated is not None:
         print_frame(console, validated[0], title=validated[1])
 
@@ -134,10 +141,13 @@ def predict(
 def _print_run(run_dir: Path) -> None:
     import pandas as pd
 
-    from healthfusion.workflows.evaluate import display_comparison
+    from healthfusion.workflows.evaluate import display_comparison, display_differences
 
     shown, title = display_comparison(pd.read_csv(run_dir / "comparison.csv", index_col=0))
     print_frame(console, shown, title=title)
+    if (run_dir / "comparison_difference.csv").is_file():
+        shown, title = display_differences(pd.read_csv(run_dir / "comparison_difference.csv", index_col=0))
+        print_frame(console, shown, title=title)
     console.print(f"Run folder: [bold]{run_dir}[/]")
 
 

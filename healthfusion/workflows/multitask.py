@@ -69,6 +69,7 @@ from healthfusion.models.multitask import MultitaskModel, MultitaskModelConfig, 
 from healthfusion.training.config import TrainerConfig, training_section
 from healthfusion.training.losses.multitask import MultitaskObjectiveConfig
 from healthfusion.training.multitask import predict_multitask, target_key
+from healthfusion.workflows.common import make_featurizer, open_source
 from healthfusion.workflows.config import (
     FeatureSpec,
     SourceSpec,
@@ -88,7 +89,6 @@ from healthfusion.workflows.multitask_tables import (
     task_table,
 )
 from healthfusion.workflows.runfolder import write_run_config
-from healthfusion.workflows.train import make_featurizer, open_source
 
 log = logging.getLogger(__name__)
 

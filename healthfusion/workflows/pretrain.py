@@ -46,6 +46,7 @@ from healthfusion.training.callbacks import ProgressCallback
 from healthfusion.training.config import TrainerConfig, training_section
 from healthfusion.training.losses.pretraining import PretrainingLoss
 from healthfusion.training.trainer import Trainer
+from healthfusion.workflows.common import make_featurizer, open_source
 from healthfusion.workflows.config import (
     ConfigError,
     FeatureSpec,
@@ -55,7 +56,6 @@ from healthfusion.workflows.config import (
     resolve_paths,
 )
 from healthfusion.workflows.modeling import hybrid_config
-from healthfusion.workflows.train import make_featurizer, open_source
 
 
 class EncoderSpec(StrictModel):

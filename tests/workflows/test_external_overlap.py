@@ -5,8 +5,8 @@ import logging
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.splits import shared_patients
 from healthfusion.data.synthetic import generate
+from healthfusion.workflows.common import prepare_run
 from healthfusion.workflows.config import RunConfig
-from healthfusion.workflows.train import prepare_run
 
 
 def _config(tmp_path, main, test):

@@ -29,7 +29,7 @@ The run folder holds ``config.yaml``, ``results.csv`` (one row per seed x size x
 a t-interval over seeds), ``gains.csv`` (each adaptation strategy minus the better of source-only and pooled, paired
 by seed), ``learning_curve.png``, ``shift.json``/``shift.csv`` (domain-classifier AUROC and per-variable differences),
 ``predictions.csv``, ``histories.json``, ``models/`` (every model of the headline size, loadable with
-``load_model``) and ``shap/`` (source vs adapted model attributions).
+``load_network``) and ``shap/`` (source vs adapted model attributions).
 
 The package: :mod:`.config` (the YAML config), :mod:`.features` (feature pipeline, categorical levels, model
 config), :mod:`.protocol` (splits, one training run per strategy on the one trainer, scoring), :mod:`.summaries`

@@ -31,7 +31,7 @@ def explain_transfer_run(run_dir: str | Path, console=None) -> dict:
         If the run folder lacks its config or the two models (source and ``shap.compare`` at the headline size of
         the first seed).
     """
-    from healthfusion.models.base import load_model
+    from healthfusion.models.base import load_network
 
     run_dir = Path(run_dir)
     config = load_transfer_config(run_dir / "config.yaml")
@@ -50,7 +50,7 @@ def explain_transfer_run(run_dir: str | Path, console=None) -> dict:
     d = config.domain
     split = split_domains(cohort, d.column, d.target, d.source, d.bins)
     featurizer, _, data = featurize(config, cohort, split)
-    models = {name: load_model(folder)[0] for name, folder in folders.items()}
+    models = {name: load_network(folder)[0] for name, folder in folders.items()}
     return explain_models(config, run_dir, Rows(data), seed_splits(config, cohort, split, first), models,
                           featurizer, first)
 

@@ -18,8 +18,8 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.domains import concat_cohorts, split_domains
 from healthfusion.evaluation.compare import risk_groups
 from healthfusion.features import batch as B
+from healthfusion.workflows.common import open_source
 from healthfusion.workflows.runfolder import write_run_config
-from healthfusion.workflows.train import open_source
 from healthfusion.workflows.transfer.config import STRATEGIES, TransferConfig
 from healthfusion.workflows.transfer.explain import explain_models
 from healthfusion.workflows.transfer.features import featurize, model_config, pretrained_ts
