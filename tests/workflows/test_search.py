@@ -75,6 +75,17 @@ def test_a_stored_study_resumes_without_rerunning_finished_trials(tmp_path):
                           objective(lambda v, k: v["hidden"] / 64, calls), seed=0, study_name="st")
     assert len(calls) == 7 and calls[5] == lost  # the interrupted values run first, then the one missing trial
     assert (table["state"] == "complete").sum() == 6 and (table["state"] == "failed").sum() == 1
+    # a killed run (no Python cleanup) leaves its trial running in the storage: the next run runs its values again
+    import optuna
+
+    study = optuna.load_study(study_name="st", storage=f"sqlite:///{tmp_path / 's.sqlite'}")
+    killed = study.ask()
+    killed_values = {"lr": killed.suggest_float("lr", 1e-4, 1e-2, log=True),
+                     "hidden": killed.suggest_int("hidden", 2, 64)}
+    _, table = run_search(TuningSpec.model_validate({**space, "trials": 7}),
+                          objective(lambda v, k: v["hidden"] / 64, calls), seed=0, study_name="st")
+    assert len(calls) == 8 and calls[7] == killed_values
+    assert (table["state"] == "complete").sum() == 7 and (table["state"] == "failed").sum() == 2
     with pytest.raises(SearchError, match="tuning.study to a new name"):
         run_search(TuningSpec.model_validate({**space, "folds": 2}), objective(lambda v, k: 0.5, calls),
                    seed=0, study_name="st")
