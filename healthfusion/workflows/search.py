@@ -127,7 +127,7 @@ def run_search(tuning: TuningSpec, cross_validate: CrossValidate, *, seed: int, 
                           f"asks for {signature}. Set tuning.study to a new name, or restore the old settings.")
     # a resumed study draws on from a new seed: the run's seed again would repeat the first run's draws
     study.sampler = _sampler(optuna, tuning, seed + len(study.get_trials(deepcopy=False)))
-    _requeue_unfinished(study, name)
+    _requeue_unfinished(study, name, console)
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     todo = max(target - done, 0)
     if done and console is not None:
@@ -161,7 +161,7 @@ def run_search(tuning: TuningSpec, cross_validate: CrossValidate, *, seed: int, 
     return _choose(study, space, grid, tuning.folds)
 
 
-def _requeue_unfinished(study, name: str) -> None:
+def _requeue_unfinished(study, name: str, console=None) -> None:
     """Queue again the values of each trial an interrupted run left running (killed) or failed (Ctrl-C, an error)
     that no finished or queued trial covers, so that a resumed grid is complete and nothing is dropped silently."""
     from optuna.trial import TrialState
@@ -179,6 +179,8 @@ def _requeue_unfinished(study, name: str) -> None:
         if t.params and key(t.params) not in covered:
             log.warning("trial %d of study %r did not finish (interrupted or failed): its values %s run again",
                         t.number, name, t.params)
+            if console is not None:
+                console.print(f"      trial {t.number} did not finish (interrupted or failed): {t.params} run again")
             study.enqueue_trial(t.params, skip_if_exists=False)
             covered.add(key(t.params))
 
