@@ -84,13 +84,17 @@ def predict(
     path: Path = typer.Option(..., help="Raw files to score: the source's folder or file."),
     out: Path = typer.Option(..., help="CSV to write: id, probability, risk group, status."),
     split: str | None = typer.Option(None, help="Named split of the source, e.g. test for a MedMNIST .npz."),
-    threshold: float = typer.Option(0.5, help="Probability at or above which a patient is high risk."),
 ) -> None:
-    """Score new patients from raw files with a saved model (the saved preprocessing is applied as is)."""
+    """Score new patients from raw files with a saved model folder.
+
+    Everything that defines how the model sees a patient comes from the folder (reader options such as the
+    prediction window, preprocessing, calibrator, risk-group threshold); every file is checked against its
+    model.json first.
+    """
     from healthfusion.workflows.predict import predict_source
 
     try:
-        frame = predict_source(model, source, path, split=split, threshold=threshold)
+        frame = predict_source(model, source, path, split=split)
     except ValueError as exc:
         fail(exc)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,7 @@ def predict(
     console.print(f"Wrote {len(frame)} rows to [bold]{out}[/] ({counts})")
     from healthfusion.workflows.predict import external_validation
 
-    validated = external_validation(frame, threshold=threshold)
+    validated = external_validation(frame, threshold=frame.attrs["threshold"])
     if validated is not None:
         print_frame(console, validated[0], title=validated[1])
 

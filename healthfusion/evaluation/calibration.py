@@ -1,5 +1,6 @@
-"""Calibration of binary risk models: reliability curve, ECE, Brier, calibration slope and intercept, and post-hoc
-recalibration (temperature scaling or isotonic regression) fitted on validation predictions only.
+"""Calibration of binary risk models: reliability curve, ECE, Brier, calibration slope and intercept. (The post-hoc
+calibrators a model folder saves, fitted on validation predictions only, are in
+:mod:`healthfusion.models.calibration`.)
 
 Definitions
 -----------
@@ -15,20 +16,15 @@ Example
 >>> y, p = [0, 0, 1, 1, 0, 1], [0.1, 0.3, 0.8, 0.7, 0.2, 0.6]
 >>> round(expected_calibration_error(y, p, n_bins=5), 3)
 0.25
->>> cal = Recalibrator("isotonic").fit(y, p)   # on VALIDATION predictions
->>> cal.transform([0.15, 0.75]).round(2)
-array([0., 1.])
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize_scalar
 from scipy.special import expit
-from sklearn.isotonic import IsotonicRegression
 
 from healthfusion.evaluation.bootstrap import bootstrap_ci
 from healthfusion.evaluation.metrics import check_binary_input
@@ -146,68 +142,3 @@ def calibration_summary(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10, 
         ci = bootstrap_ci(fn, y_true, y_prob, n_boot=n_boot, seed=seed)
         rows.append({"metric": name, "value": ci.value, "ci_low": ci.ci_low, "ci_high": ci.ci_high, "n": ci.n})
     return pd.DataFrame(rows)
-
-
-class Recalibrator:
-    """Post-hoc recalibration of predicted probabilities; fit it on VALIDATION predictions, apply it to test.
-
-    Parameters
-    ----------
-    method : "temperature" | "isotonic", default "temperature"
-        ``temperature``: ``sigmoid(logit(p) / T)`` with ``T`` minimising the validation log loss (keeps the
-        ranking, so AUROC is unchanged). ``isotonic``: a monotone step function (scikit-learn's
-        :class:`~sklearn.isotonic.IsotonicRegression`, clipped outside the fitted range).
-
-    Attributes
-    ----------
-    temperature_ : float
-        For ``method="temperature"``.
-    isotonic_ : IsotonicRegression
-        For ``method="isotonic"``.
-    n_fit_ : int
-        Number of predictions it was fitted on.
-    """
-
-    def __init__(self, method: Literal["temperature", "isotonic"] = "temperature"):
-        self.method = method
-
-    def fit(self, y_true: ArrayLike, y_prob: ArrayLike) -> Recalibrator:
-        """Fit on validation labels and predicted probabilities.
-
-        Raises
-        ------
-        ValueError
-            Unknown method, bad input, or a single-class ``y_true``.
-        """
-        if self.method not in ("temperature", "isotonic"):
-            raise ValueError(f"Unknown recalibration method {self.method!r}; expected 'temperature' or 'isotonic'.")
-        y, p = check_binary_input(y_true, y_prob)
-        if y.min() == y.max():
-            raise ValueError("Recalibration needs both outcomes in the validation data; got a single class.")
-        if self.method == "temperature":
-            z = _logit(p)
-
-            def nll(log_t: float) -> float:
-                q = np.clip(expit(z / np.exp(log_t)), _EPS, 1 - _EPS)
-                return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
-
-            self.temperature_ = float(np.exp(minimize_scalar(nll, bounds=(-5, 5), method="bounded").x))
-        else:
-            self.isotonic_ = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p, y)
-        self.n_fit_ = int(y.size)
-        return self
-
-    def transform(self, y_prob: ArrayLike) -> np.ndarray:
-        """Recalibrated probabilities ``[n]``.
-
-        Raises
-        ------
-        ValueError
-            If called before :meth:`fit`.
-        """
-        if not hasattr(self, "n_fit_"):
-            raise ValueError("This Recalibrator is not fitted; call fit(y_val, p_val) on validation predictions first.")
-        p = np.asarray(y_prob, dtype=float)
-        if self.method == "temperature":
-            return expit(_logit(p) / self.temperature_)
-        return np.asarray(self.isotonic_.predict(p), dtype=float)

@@ -1,5 +1,7 @@
 """Pure torch models: encoders, fusion, heads, the hybrid model, and the save/load format (no data, no training);
-gradient boosting (:class:`BoostingClassifier`) and weighted ensembles of risk models (:mod:`.ensemble`).
+gradient boosting (:class:`BoostingClassifier`), weighted ensembles of risk models (:mod:`.ensemble`), a run's
+ensemble (:class:`RunEnsemble`), calibrators (:mod:`.calibration`) and the one scoring entry point
+:func:`load_model` (:mod:`.scoring`) of a run's model folder (:mod:`.folder`).
 
 Importing this package registers every built-in model type in :data:`MODEL_REGISTRY`.
 """
@@ -10,11 +12,12 @@ from healthfusion.models.base import (
     ModelConfig,
     ModelLoadError,
     PretrainedModel,
-    load_model,
+    load_pretrained,
     model_fingerprint,
     register_model,
 )
 from healthfusion.models.boosting import BoostingClassifier
+from healthfusion.models.calibration import Calibrator, choose_calibrator
 from healthfusion.models.encoders import (
     CNNEncoder,
     CNNEncoderConfig,
@@ -39,6 +42,8 @@ from healthfusion.models.fusion import (
 )
 from healthfusion.models.heads import HEAD_KINDS, Head, HeadKind, head_predictions
 from healthfusion.models.hybrid import HybridConfig, HybridModel
+from healthfusion.models.run_ensemble import RunEnsemble
+from healthfusion.models.scoring import PredictionError, ScoringModel, load_model
 
 __all__ = [
     "FORMAT_VERSION",
@@ -47,6 +52,7 @@ __all__ = [
     "MODEL_REGISTRY",
     "AttentionFusion",
     "BoostingClassifier",
+    "Calibrator",
     "CNNEncoder",
     "CNNEncoderConfig",
     "CodesEncoder",
@@ -66,14 +72,19 @@ __all__ = [
     "MLPEncoderConfig",
     "ModelConfig",
     "ModelLoadError",
+    "PredictionError",
     "PretrainedModel",
+    "RunEnsemble",
+    "ScoringModel",
     "TextEncoder",
     "TextEncoderConfig",
     "build_fusion",
+    "choose_calibrator",
     "combine",
     "fit_weights",
     "head_predictions",
     "load_model",
+    "load_pretrained",
     "model_fingerprint",
     "register_model",
 ]

@@ -2,18 +2,24 @@
 
 A saved model is a folder that rebuilds the model without any data::
 
-    config.json          {"model_type": "hybrid", "format_version": 1, "model_fingerprint": "<sha256>", ...config}
+    config.json          {"model_type": "hybrid", "format_version": 1, "model_fingerprint": "<sha256>",
+                          "preprocessing_sha256": "<sha256>" (with preprocessing.json), ...config}
     model.safetensors    the state dict (parameters and buffers), no pickle
     preprocessing.json   optional: {"format_version": 1, "model_fingerprint": "<sha256>", "state": {...}}
 
-The fingerprint is the SHA-256 of the canonical config JSON (without the fingerprint itself) followed by every
-tensor's name, dtype, shape and bytes. It is written into both JSON files, so a ``preprocessing.json`` copied from
-another model, a config edited after saving or weights swapped from another model are all detected on load.
+The fingerprint is the SHA-256 of the canonical config JSON (without the fingerprint itself, but with the SHA-256
+of the canonical preprocessing state) followed by every tensor's name, dtype, shape and bytes. It is written into
+both JSON files, so a ``preprocessing.json`` copied from another model or edited after saving, a config edited after
+saving or weights swapped from another model are all detected on load. (Folders saved before
+``preprocessing_sha256`` existed still load; their preprocessing values are not covered.)
+
+A run's model folder adds ``model.json`` (:mod:`healthfusion.models.scoring`): everything a scorer needs besides
+the network, and a checksum of every file in the folder.
 
 Example::
 
     model.save_pretrained("runs/m1", preprocessing_state=pipeline_state)
-    model, state = load_model("runs/m1")      # any registered model type
+    model, state = load_pretrained("runs/m1")      # any registered model type
     model = HybridModel.from_pretrained("runs/m1")
 """
 
@@ -38,7 +44,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PREPROCESSING_FILE = "preprocessing.json"
-_RESERVED_KEYS = ("model_type", "format_version", "model_fingerprint")
+_RESERVED_KEYS = ("model_type", "format_version", "model_fingerprint", "preprocessing_sha256")
 
 
 class ModelLoadError(ValueError):
@@ -123,15 +129,19 @@ class PretrainedModel(nn.Module):
                 f"{type(self).__name__} expects a {self.config_class.__name__}, got {type(config).__name__}."
             )
         self.config = config
+        self.preprocessing_sha256: str | None = None  # of the preprocessing state last saved or loaded with it
 
     def fingerprint(self) -> str:
-        """The fingerprint :meth:`save_pretrained` would write now (see :func:`model_fingerprint`)."""
-        return model_fingerprint(self._config_json(), self.state_dict())
+        """The fingerprint :meth:`save_pretrained` would write now with the preprocessing state last saved or
+        loaded with this model (see :func:`model_fingerprint`)."""
+        return model_fingerprint(self._config_json(self.preprocessing_sha256), self.state_dict())
 
-    def _config_json(self) -> dict[str, Any]:
+    def _config_json(self, preprocessing_sha256: str | None = None) -> dict[str, Any]:
         if not self.model_type:
             raise ValueError(f"{type(self).__name__} is not registered; decorate it with @register_model(name).")
-        return {"model_type": self.model_type, "format_version": FORMAT_VERSION, **self.config.model_dump(mode="json")}
+        extra = {"preprocessing_sha256": preprocessing_sha256} if preprocessing_sha256 is not None else {}
+        return {"model_type": self.model_type, "format_version": FORMAT_VERSION, **extra,
+                **self.config.model_dump(mode="json")}
 
     def save_pretrained(self, directory: str | os.PathLike, preprocessing_state: dict | None = None) -> Path:
         """Write ``config.json``, ``model.safetensors`` and (if given) ``preprocessing.json`` into ``directory``.
@@ -168,7 +178,8 @@ class PretrainedModel(nn.Module):
                 ) from err
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        config_json = self._config_json()
+        self.preprocessing_sha256 = state_checksum(json.loads(prep_text)) if prep_text is not None else None
+        config_json = self._config_json(self.preprocessing_sha256)
         fingerprint = model_fingerprint(config_json, state)
         config_json["model_fingerprint"] = fingerprint
 
@@ -190,8 +201,8 @@ class PretrainedModel(nn.Module):
         """Rebuild the model saved in ``directory`` from its ``config.json`` and load its weights strictly.
 
         Called on :class:`PretrainedModel` itself it loads any registered type; called on a subclass it also
-        checks the saved ``model_type``. ``preprocessing.json``, if present, is validated (use :func:`load_model`
-        to get its state). The model is returned on CPU in eval mode.
+        checks the saved ``model_type``. ``preprocessing.json``, if present, is validated (use
+        :func:`load_pretrained` to get its state). The model is returned on CPU in eval mode.
 
         Raises
         ------
@@ -204,8 +215,14 @@ class PretrainedModel(nn.Module):
         return model
 
 
-def load_model(directory: str | os.PathLike) -> tuple[PretrainedModel, dict | None]:
-    """Load any registered model saved with :meth:`PretrainedModel.save_pretrained`.
+def state_checksum(state: Any) -> str:
+    """SHA-256 hex digest of the canonical JSON of ``state`` (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(state, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def load_pretrained(directory: str | os.PathLike) -> tuple[PretrainedModel, dict | None]:
+    """Load any registered model saved with :meth:`PretrainedModel.save_pretrained` (the network and its
+    preprocessing state; :func:`healthfusion.models.scoring.load_model` loads a whole run's model folder).
 
     Returns
     -------
@@ -272,7 +289,8 @@ def _load(directory: Path, expected: type[PretrainedModel] | None) -> tuple[Pret
     cls = MODEL_REGISTRY[model_type]
     if expected is not None and not issubclass(cls, expected):
         raise ModelLoadError(
-            f"{directory} holds a {model_type!r} model ({cls.__name__}), not a {expected.__name__}; use load_model()."
+            f"{directory} holds a {model_type!r} model ({cls.__name__}), not a {expected.__name__}; "
+            "use load_pretrained()."
         )
     fields = {k: v for k, v in raw.items() if k not in _RESERVED_KEYS}
     try:
@@ -292,6 +310,7 @@ def _load(directory: Path, expected: type[PretrainedModel] | None) -> tuple[Pret
     _check_state(model, state, weights_path)
     model.load_state_dict(state, strict=True)
     model.eval()
+    model.preprocessing_sha256 = raw.get("preprocessing_sha256")
 
     actual = model_fingerprint(raw, model.state_dict())
     if raw.get("model_fingerprint") != actual:
@@ -312,6 +331,12 @@ def _load(directory: Path, expected: type[PretrainedModel] | None) -> tuple[Pret
     state_dict = prep.get("state")
     if not isinstance(state_dict, dict):
         raise ModelLoadError(f"{prep_path} has no 'state' object; it was not written by save_pretrained.")
+    recorded = raw.get("preprocessing_sha256")
+    if recorded is not None and state_checksum(state_dict) != recorded:
+        raise ModelLoadError(
+            f"{prep_path} was edited after saving (its values no longer match the checksum in {CONFIG_FILE}); "
+            "restore the original file or re-train the model."
+        )
     return model, state_dict
 
 

@@ -36,7 +36,7 @@ from healthfusion.evaluation.audit_plots import (
     plot_saliency,
     plot_subgroups,
 )
-from healthfusion.evaluation.calibration import Recalibrator, calibration_summary
+from healthfusion.evaluation.calibration import calibration_summary
 from healthfusion.evaluation.explain import attribute_timeseries, model_forward
 from healthfusion.evaluation.explain_multimodal import (
     attention_over_time,
@@ -46,6 +46,7 @@ from healthfusion.evaluation.explain_multimodal import (
 from healthfusion.evaluation.fairness import MIN_GROUP_SIZE, fairness_gaps, group_metrics, group_thresholds
 from healthfusion.evaluation.impact import what_if
 from healthfusion.features import batch as B
+from healthfusion.models.calibration import Calibrator
 
 log = logging.getLogger(__name__)
 HYBRID = "hybrid"
@@ -178,7 +179,7 @@ def write_audit(run_dir: str | Path, *, model: str = HYBRID, n_boot: int = 500, 
 
     # calibration, before and after recalibration fitted on the validation stays only
     both = 0 < y_val.sum() < y_val.size
-    recal = {m: Recalibrator(m).fit(y_val, p_val) for m in ("temperature", "isotonic")} if both else {}
+    recal = {m: Calibrator(m).fit(y_val, p_val) for m in ("temperature", "isotonic")} if both else {}
     if not both:
         summary["recalibration_note"] = "The validation stays have one outcome only; no recalibration fitted."
     variants = {model: p, **{f"{model} + {m}": r.transform(p) for m, r in recal.items()}}
@@ -192,7 +193,7 @@ def write_audit(run_dir: str | Path, *, model: str = HYBRID, n_boot: int = 500, 
         curves[name] = (yo, po)
     plot_reliability(curves, out / "reliability.png")
     if recal:
-        summary["temperature"] = recal["temperature"].temperature_
+        summary["temperature"] = recal["temperature"].params_["temperature"]
 
     # decision curve and what-if at the operating point
     probs = {name: q for name, (yq, q) in curves.items() if yq.size == y.size}

@@ -185,6 +185,9 @@ class EvaluationSpec(StrictModel):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     operating_point: Literal["youden", "f1", "sensitivity"] = "youden"
     target_sensitivity: float | None = None
+    # post-hoc calibrator of a binary model, fitted on the validation stays and saved in the model folder; auto picks
+    # the lowest held-out log loss among none, temperature, platt and isotonic (5-fold CV within validation)
+    calibration: Literal["auto", "none", "temperature", "platt", "isotonic"] = "auto"
     audit: bool = True  # explanations, calibration, subgroups and impact into explanations/ and audit/
 
 

@@ -10,10 +10,10 @@ import pandas as pd
 import yaml
 
 from healthfusion.features.compose import CohortFeaturizer
+from healthfusion.models.run_ensemble import first_network
 from healthfusion.workflows.audit import domain_table, write_explanations
+from healthfusion.workflows.common import open_source
 from healthfusion.workflows.config import RunConfig
-from healthfusion.workflows.ensemble import first_network
-from healthfusion.workflows.train import open_source
 
 
 def explain_run(run_dir: str | Path, n_explain: int = 48, seed: int = 0, console=None) -> dict:

@@ -67,6 +67,7 @@ from healthfusion.training.multitask import (
     predict_multitask,
     target_key,
 )
+from healthfusion.workflows.common import make_featurizer, open_source
 from healthfusion.workflows.config import (
     FeatureSpec,
     SourceSpec,
@@ -84,7 +85,6 @@ from healthfusion.workflows.multitask_tables import (
     mean_frame,
     task_table,
 )
-from healthfusion.workflows.train import make_featurizer, open_source
 
 log = logging.getLogger(__name__)
 

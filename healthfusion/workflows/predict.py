@@ -1,12 +1,13 @@
-"""``healthfusion predict``: score raw files of any supported source with a saved model.
+"""``healthfusion predict``: score raw files of any supported source with a saved model folder.
 
-The saved preprocessing is applied unchanged (no refitting). Output: one row per stay/image with its id, the
-probability, the risk group at the threshold (``high`` if probability >= threshold) and a status; a stay with no
-usable data for any of the model's modalities gets status ``no usable data`` and an empty probability, never a
-default value. When the source carries the model's label, it is added as ``y_true`` for external validation.
-
-A model of a multiclass label gives ``predicted_class`` and one ``p_<class>`` probability column per class instead
-of ``probability``/``risk_group``; a model of a regression label gives ``prediction``.
+The model is loaded through :func:`healthfusion.models.scoring.load_model` (every file checked against its
+``model.json``) and the files are read with the source options the model was trained with (prediction window,
+minimum stay, lab timing, positive class, ...): a 48-hour model is scored on 48 hours whatever the reader's default.
+An option given here that contradicts the saved one is an error. Output: one row per stay/image with its id, the
+calibrated probability, the risk group by the saved rule and a status (``ok`` or why the stay could not be scored,
+its probability then empty, never a default value); multiclass and regression models give their own columns (see
+:mod:`healthfusion.models.scoring`). When the source carries the model's label, it is added as ``y_true`` for
+external validation.
 """
 
 from __future__ import annotations
@@ -21,125 +22,55 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import get_source
 from healthfusion.evaluation.bootstrap import metrics_with_ci
-from healthfusion.evaluation.compare import risk_groups
-from healthfusion.features.compose import CohortFeaturizer
-from healthfusion.models import load_model
-from healthfusion.training import Trainer
-from healthfusion.workflows.ensemble import RunEnsemble, is_ensemble_folder
+from healthfusion.models.scoring import OK, PredictionError, ScoringModel, load_model
 from healthfusion.workflows.evaluate import display_comparison, kind_comparison_table
 
 log = logging.getLogger(__name__)
 
-
-class PredictionError(ValueError):
-    """The input cannot be scored by this model (mismatched variables, empty input)."""
-
-
-def _check_compatible(feat: CohortFeaturizer, cohort: Cohort, source: str) -> None:
-    tables = {"ts": "events", "static": "static", "codes": "codes", "text": "notes", "image": "images"}
-    usable = [m for m in feat.modalities if cohort.has(tables[m])]
-    if not usable:
-        raise PredictionError(f"The {source} input has none of the model's modalities {list(feat.modalities)}.")
-    ts = feat.transformers_.get("ts")
-    if ts is not None and cohort.has("events"):
-        seen = set(cohort.read_table("events", columns=["variable"])["variable"].unique())
-        overlap = [v for v in ts.variables_ if v in seen]
-        if not overlap:
-            raise PredictionError(
-                f"None of the model's {len(ts.variables_)} time-series variables (e.g. {ts.variables_[:5]}) occur "
-                f"in the {source} input (which has e.g. {sorted(seen)[:5]}); was the model trained on another source?"
-            )
-        missing = [v for v in ts.variables_ if v not in seen]
-        if missing:
-            log.warning("Variables %s of the model never occur in the input; they are treated as unobserved.", missing)
-    st = feat.transformers_.get("static")
-    if st is not None and cohort.has("static"):
-        absent = [c for c in st.numeric_ + st.categorical_ if c not in cohort.static.columns]
-        if absent:
-            raise PredictionError(f"The {source} input lacks the model's static feature column(s) {absent}.")
+__all__ = ["PredictionError", "external_validation", "predict_source"]
 
 
 def predict_source(model_dir: str | Path, source: str, path: str | Path, split: str | None = None,
-                   threshold: float = 0.5, **options) -> pd.DataFrame:
-    """Score the stays of ``source`` files at ``path`` with the model saved in ``model_dir`` (a single model, or
-    an ensemble folder a run with an ``ensemble`` section writes).
+                   **options) -> pd.DataFrame:
+    """Score the stays of ``source`` files at ``path`` with the model folder ``model_dir`` (a run's ``model/``, an
+    ensemble or one of its members).
 
-    ``split`` selects a named split of sources that have them (e.g. MedMNIST ``train``/``val``/``test``).
+    ``split`` selects a named split of sources that have them (e.g. MedMNIST ``train``/``val``/``test``);
+    ``options`` are further reader options that select data (e.g. ``n_stays`` of the synthetic source). The frame's
+    ``attrs["threshold"]`` is the model's risk-group threshold.
 
     Raises
     ------
     ModelLoadError
-        Missing or corrupted model folder (truncated weights, edited config, preprocessing from another model).
+        Not a model folder (a run folder names its ``model/``), a folder saved by an earlier healthfusion, any file
+        changed or corrupted since saving.
     SourceError, PredictionError
-        Unreadable input, empty input, or variables that do not match the model's.
+        Unreadable or empty input, an option that contradicts the model's, variables that do not match.
     """
-    ensemble = RunEnsemble.load(model_dir) if is_ensemble_folder(model_dir) else None
-    if ensemble is not None:
-        feat = ensemble.featurizer
-    else:
-        model, state = load_model(model_dir)
-        if state is None:
-            raise PredictionError(f"{model_dir} has no preprocessing.json; save models with their preprocessing "
-                                  "state.")
-        feat = CohortFeaturizer.from_state(state)
-    if split is not None:
-        options["split"] = split
-    cohort = get_source(source)(path, **options)
+    model = load_model(model_dir)
+    saved = model.data_options if source == model.data_source else {}
+    if source != model.data_source:
+        log.warning("Scoring %s files with a model trained on %s; its reader options %s are not applied.",
+                    source, model.data_source, model.data_options)
+    conflicts = {k: (v, saved[k]) for k, v in options.items() if k in saved and saved[k] != v}
+    if conflicts:
+        detail = "; ".join(f"{k}={given!r} but the model was trained with {k}={kept!r}"
+                           for k, (given, kept) in conflicts.items())
+        raise PredictionError(f"{detail}. The model's own options are applied when scoring; drop the option(s).")
+    read = {**saved, **options, **({"split": split} if split is not None else {})}
+    cohort = get_source(source)(path, **read)
     if len(cohort) == 0:
         raise SourceError(f"The {source} input at {path} holds no stays; nothing to score.")
-    _check_compatible(feat, cohort, source)
-    ids = cohort.stay_ids.tolist()
-    data = feat.transform(cohort, ids, with_target=False)
-    kind = feat.label_spec_.kind if feat.label_spec_ else "binary"
-    if ensemble is None and kind != "binary":
-        return _with_label(_predict_other_kind(model, feat, data, ids), feat, cohort, ids)
-    out = pd.DataFrame({"stay_id": ids, "probability": np.nan, "risk_group": "", "status": "no usable data"})
-    if ensemble is not None:
-        prob = ensemble.predict_proba(cohort, ids, data)  # NaN where the hybrid has none of its modalities
-        present = ~np.isnan(prob)
-        prob = prob[present]
-    else:
-        present = data.usable_rows()  # the wide input (summary) is part of static, not a modality of its own
-        if present.any():
-            prob = Trainer().predict(model, data[present], head_kind=kind)
-    if present.any():
-        out.loc[present, "probability"] = prob
-        out.loc[present, "risk_group"] = risk_groups(prob, threshold)
-        out.loc[present, "status"] = "scored"
-    return _with_label(out, feat, cohort, ids)
-
-
-def _predict_other_kind(model, feat: CohortFeaturizer, data, ids: list[str]) -> pd.DataFrame:
-    """Rows of a multiclass (``predicted_class``, ``p_<class>``) or regression (``prediction``) model's output."""
-    spec = feat.label_spec_
-    present = data.usable_rows()
-    out = pd.DataFrame({"stay_id": ids})
-    pred = Trainer().predict(model, data[present], head_kind=spec.kind) if present.any() else None
-    if spec.kind == "multiclass":
-        classes = list(spec.classes)
-        chosen = pd.Series(None, index=out.index, dtype=object)
-        probs = np.full((len(ids), len(classes)), np.nan)
-        if pred is not None:
-            chosen[present] = np.asarray(classes, dtype=object)[pred.argmax(axis=1)]
-            probs[present] = pred
-        out["predicted_class"] = chosen
-        for k, c in enumerate(classes):
-            out[f"p_{c}"] = probs[:, k]
-    elif spec.kind == "regression":
-        out["prediction"] = np.nan
-        if pred is not None:
-            out.loc[present, "prediction"] = pred
-    else:
-        raise PredictionError(f"Scoring a model of a {spec.kind} label ({spec.name!r}) is not supported here.")
-    out["status"] = np.where(present, "scored", "no usable data")
+    out = _with_label(model.predict(cohort), model, cohort)
+    out.attrs["threshold"] = model.threshold
     return out
 
 
-def _with_label(out: pd.DataFrame, feat: CohortFeaturizer, cohort: Cohort, ids: list[str]) -> pd.DataFrame:
+def _with_label(out: pd.DataFrame, model: ScoringModel, cohort: Cohort) -> pd.DataFrame:
     """``out`` with the model's label as ``y_true`` when the source carries it (external validation)."""
-    label = feat.label_spec_.name if feat.label_spec_ else None
-    if label and cohort.labels is not None and label in cohort.labels.columns:
-        out["y_true"] = cohort.label(label).reindex(ids).to_numpy()
+    label = model.label.name
+    if cohort.labels is not None and label in cohort.labels.columns:
+        out["y_true"] = cohort.label(label).reindex(out["stay_id"]).to_numpy()
     return out
 
 
@@ -154,7 +85,7 @@ def external_validation(frame: pd.DataFrame, threshold: float = 0.5, n_boot: int
     """
     if "y_true" not in frame.columns:
         return None
-    rows = frame[(frame["status"] == "scored") & frame["y_true"].notna()]
+    rows = frame[(frame["status"] == OK) & frame["y_true"].notna()]
     title = f"External validation (labels found in the input; n = {len(rows)})"
     if "probability" in rows.columns:
         if rows["y_true"].nunique() != 2:

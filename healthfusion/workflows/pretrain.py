@@ -36,6 +36,7 @@ from healthfusion.features import batch as B
 from healthfusion.models.pretraining import PretrainingConfig, PretrainingModel
 from healthfusion.models.registry import ModelCard, save_encoder
 from healthfusion.training.pretrain import PretrainConfig, pretrain
+from healthfusion.workflows.common import make_featurizer, open_source
 from healthfusion.workflows.config import (
     ConfigError,
     FeatureSpec,
@@ -45,7 +46,6 @@ from healthfusion.workflows.config import (
     resolve_paths,
 )
 from healthfusion.workflows.modeling import hybrid_config
-from healthfusion.workflows.train import make_featurizer, open_source
 
 
 class EncoderSpec(StrictModel):

@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 
 from healthfusion.evaluation.compare import format_ci, format_comparison
+from healthfusion.models.run_ensemble import primary_network_dir
 from healthfusion.report.html import write_report
 from healthfusion.workflows.audit import HYBRID, write_audit
-from healthfusion.workflows.ensemble import primary_network_dir
 from healthfusion.workflows.evaluate import display_comparison, run_label
 from healthfusion.workflows.report_sections import (
     KNOWN_FILES,

@@ -14,83 +14,46 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 from itertools import product
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from sklearn.linear_model import LogisticRegression
 
 from healthfusion.data.cohort import Cohort
-from healthfusion.data.schema import LabelSpec
-from healthfusion.data.sources import get_source
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.metrics import auroc, choose_threshold
-from healthfusion.features.codes import CodeTransformer
-from healthfusion.features.compose import CohortFeaturizer, engineered_features
-from healthfusion.features.image import ImageTransformer
-from healthfusion.features.text import HFTokenTransformer, TextTransformer
-from healthfusion.features.timeseries import TimeSeriesTransformer
+from healthfusion.features.compose import engineered_features
+from healthfusion.models.calibration import CALIBRATION_METHODS, Calibrator, choose_calibrator
 from healthfusion.models.classical import make_baseline
 from healthfusion.models.ensemble import EnsembleWeights, fit_weights
-from healthfusion.training import Trainer, TrainerConfig
-from healthfusion.training.callbacks import ProgressCallback
-from healthfusion.workflows.audit import domain_table, write_audit, write_explanations
-from healthfusion.workflows.config import FeatureSpec, ModelSpec, RunConfig, SourceSpec
-from healthfusion.workflows.ensemble import (
+from healthfusion.models.folder import write_card
+from healthfusion.models.inference import network_outputs
+from healthfusion.models.run_ensemble import (
     BOOSTING,
     RunEnsemble,
     bag_probability,
     combine_members,
-    cross_fitted,
+    network_folder,
 )
+from healthfusion.workflows.audit import domain_table, write_audit, write_explanations
+from healthfusion.workflows.common import (
+    RunData,
+    featurize_run,
+    fit_hybrid,
+    make_featurizer,
+    model_card,
+    prepare_run,
+)
+from healthfusion.workflows.config import ModelSpec, RunConfig
+from healthfusion.workflows.ensemble import cross_fitted
 from healthfusion.workflows.evaluate import evaluate_predictions
-from healthfusion.workflows.modeling import build_run_hybrid, pretrained_featurizer
+from healthfusion.workflows.modeling import pretrained_featurizer
+from healthfusion.workflows.train_kinds import train_other_kind
 
 log = logging.getLogger(__name__)
 HYBRID, ENSEMBLE = "hybrid", "ensemble"
-TRAINABLE_KINDS = ("binary", "multiclass", "regression")
-
-
-def open_source(spec: SourceSpec, console=None) -> Cohort:
-    """The cohort a :class:`SourceSpec` names: a saved folder, or built in memory from raw files."""
-    if spec.cohort is not None:
-        return Cohort.load(spec.cohort)
-    builder = get_source(spec.source)
-    if console is not None:
-        with console.status(f"Reading {spec.source} from {spec.path} ..."):
-            return builder(spec.path, **spec.options)
-    return builder(spec.path, **spec.options)
-
-
-def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
-    """A featurizer with the run's per-modality settings."""
-    transformers = {
-        "ts": TimeSeriesTransformer(hours=spec.hours, step=spec.step, min_count=spec.min_count),
-        "image": ImageTransformer(size=spec.image_size),
-        "codes": CodeTransformer(min_count=spec.code_min_count),
-        "text": (TextTransformer(n_buckets=spec.text_buckets) if spec.text_model is None
-                 else HFTokenTransformer(str(spec.text_model), max_length=spec.text_max_length)),
-    }
-    return CohortFeaturizer(modalities=spec.modalities, label=label, summary=spec.summary,
-                            summary_stats=spec.summary_stats,
-                            transformers={m: t for m, t in transformers.items() if m in spec.modalities})
-
-
-def _fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, console=None, head: str = "binary",
-                n_outputs: int = 1, init=None):
-    """Build and fit the run's hybrid; ``init(model)``, when given, sets initial weights after the seeded build."""
-    model, training = build_run_hybrid(feat, spec, training, head=head, n_outputs=n_outputs)
-    if init is not None:
-        init(model)
-    callbacks = [ProgressCallback(console=console)] if console is not None else []
-    trainer = Trainer(training, callbacks=callbacks)
-    history = trainer.fit(model, train, val, head_kind=head)
-    return model, trainer, history
 
 
 def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console=None) -> tuple[ModelSpec, pd.DataFrame]:
@@ -114,7 +77,7 @@ def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console
             feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(cohort, fit_ids), spec)
             fit, held = feat.transform(cohort, fit_ids), feat.transform(cohort, held_ids)
             fit, held = fit[fit.usable_rows()], held[held.usable_rows()]
-            model, trainer, _ = _fit_hybrid(feat, spec, fit, held, config.training)
+            model, trainer, _ = fit_hybrid(feat, spec, fit, held, config.training)
             scores.append(auroc(held["target"], trainer.predict(model, held)))
         rows.append({**dict(zip(keys, values, strict=True)), "cv_auroc": float(np.mean(scores)),
                      "cv_auroc_sd": float(np.std(scores))})
@@ -144,22 +107,6 @@ def _reference_scores(config: RunConfig, cohorts: dict[str, Cohort], ids: dict[s
     return out
 
 
-def featurize_run(config: RunConfig, spec: ModelSpec, main: Cohort, cohorts: dict, ids: dict, say):
-    """The featurizer fitted on the training stays, each split's arrays and each split's usable rows.
-
-    A stay with none of the model's modalities cannot be scored by the hybrid: it is left out of training and gets
-    no hybrid score (evaluation counts it under models_without_score), never a default probability.
-    """
-    say("[bold cyan]Features[/] fitted on the training stays")
-    feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(main, ids["train"]), spec)
-    data = {s: feat.transform(cohorts[s], ids[s]) for s in ids}
-    usable = {s: data[s].usable_rows() for s in ids}
-    no_input = {s: int((~u).sum()) for s, u in usable.items() if (~u).any()}
-    if no_input:
-        say(f"      stays with none of the modalities {list(feat.transformers_)}: {no_input}")
-    return feat, data, usable
-
-
 def _ensemble_weights(config: RunConfig, spec: ModelSpec, cohort: Cohort, ids: dict, histories: dict, gbm,
                       val_p: dict, y_val: np.ndarray, say) -> EnsembleWeights:
     """The members' weights as ``config.ensemble.weights`` says (see :class:`EnsembleSpec`)."""
@@ -180,7 +127,7 @@ def _ensemble_weights(config: RunConfig, spec: ModelSpec, cohort: Cohort, ids: d
         return pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(cohort, fit_ids), spec)
 
     def fit_network(feat, train):
-        return _fit_hybrid(feat, spec, train, None, fixed)[0]
+        return fit_hybrid(feat, spec, train, None, fixed)[0]
 
     y, oof = cross_fitted(cohort, ids["train"] + ids["val"], config.data.label, fit_featurizer=fit_featurizer,
                           fit_network=fit_network, boosting=gbm, stats=config.features.summary_stats,
@@ -190,103 +137,39 @@ def _ensemble_weights(config: RunConfig, spec: ModelSpec, cohort: Cohort, ids: d
     return fit_weights({m: table[m].to_numpy() for m in members}, table["y_true"].to_numpy(), combine=ens.combine)
 
 
-@dataclass
-class RunData:
-    """What every kind of run needs before fitting: the run folder, the cohorts and stay ids of each split (stays
-    without the label already left out and counted) and the label's spec."""
-
-    run_dir: Path
-    main: Cohort
-    cohorts: dict[str, Cohort]
-    ids: dict[str, list[str]]
-    label: LabelSpec
-    started: float
-    say: Callable[[str], None]
-
-
-def _check_label_kind(config: RunConfig, spec_label: LabelSpec, main: Cohort) -> None:
-    """Stop, naming the setting, when the label's kind cannot be trained by ``healthfusion train`` as configured."""
-    kind, name = spec_label.kind, config.data.label
-    if kind == "binary":
-        return
-    if kind not in TRAINABLE_KINDS:
-        raise ValueError(
-            f"`healthfusion train` predicts binary, multiclass and regression labels; label {name!r} is {kind}. "
-            f"Train it with `healthfusion multitask` (binary, multiclass, multilabel, regression and clustering "
-            f"tasks), or pick another label: "
-            f"{[lab.name for lab in main.meta.labels if lab.kind in TRAINABLE_KINDS]}.")
-    unsupported = {"ensemble": config.ensemble is not None, "reference_scores": bool(config.reference_scores),
-                   "tuning": config.tuning is not None and bool(config.tuning.grid)}
-    for key, used in unsupported.items():
-        if used:
-            raise ValueError(f"The run config's {key!r} section works with binary labels only; label {name!r} is "
-                             f"{kind}. Remove {key!r} from the config, or pick a binary label.")
-    if kind == "regression" and config.training.imbalance != "none":
-        raise ValueError(f"training.imbalance: {config.training.imbalance!r} needs class labels; label {name!r} is "
-                         "a regression label. Use imbalance: none.")
-
-
-def _strata(cohort: Cohort, spec_label: LabelSpec) -> pd.Series:
-    """The label as split strata: the 0/1 label itself (binary), the class index (multiclass) or the quintile
-    of the value (regression); missing labels stay missing (their own stratum)."""
-    label = cohort.label(spec_label.name)
-    if spec_label.kind == "binary":
-        return label
-    if spec_label.kind == "multiclass":
-        codes = pd.Index(spec_label.classes).get_indexer(label.astype("string").astype(object))
-        return pd.Series(np.where(codes >= 0, codes, np.nan), index=label.index)
-    values = pd.to_numeric(label, errors="coerce")
-    ranks = values.rank(method="first", pct=True)
-    return np.ceil(ranks * 5).clip(1, 5)
-
-
-def prepare_run(config: RunConfig, console=None) -> RunData:
-    """Create the run folder, read the data, split the patients and count the input rows' fate.
-
-    Writes ``config.yaml`` and ``accounting.csv``. Raises ValueError (SourceError, CohortError) on unreadable data,
-    a label the cohort lacks, a label kind or setting ``healthfusion train`` cannot use, or an impossible split.
-    """
-    t0 = time.perf_counter()
-    run_dir = Path(config.out) if config.out else Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
-
-    def say(text):
-        if console is not None:
-            console.print(text)
-
-    say("[bold cyan]Data[/]")
-    main = open_source(config.data, console)
-    spec_label = main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
-    _check_label_kind(config, spec_label, main)
-    split_cfg = config.data.split
-    if config.data.test is not None:
-        test_cohort = open_source(config.data.test, console)
-        frac = {"train": split_cfg.train / (split_cfg.train + split_cfg.val),
-                "val": split_cfg.val / (split_cfg.train + split_cfg.val)}
-        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
-        ids = {"train": split.index[split == "train"].tolist(), "val": split.index[split == "val"].tolist(),
-               "test": test_cohort.stay_ids.tolist()}
-        cohorts = {"train": main, "val": main, "test": test_cohort}
+def fit_calibrator(config: RunConfig, y_val: np.ndarray, p_val: np.ndarray, say, what: str) -> Calibrator:
+    """The calibrator ``config.evaluation.calibration`` asks for, fitted on the scored, labelled validation stays
+    (``none`` when they hold a single outcome: there is nothing to fit, and the run says so)."""
+    method = config.evaluation.calibration
+    ok = ~np.isnan(p_val) & ~np.isnan(y_val)
+    y, p = y_val[ok], p_val[ok]
+    if y.size == 0 or y.min() == y.max():
+        say(f"      calibration of {what}: none (the validation stays hold a single outcome)")
+        return Calibrator("none").fit([0, 1], [0.0, 1.0])
+    if method == "auto":
+        cal = choose_calibrator(y, p, CALIBRATION_METHODS, seed=config.training.seed)
     else:
-        frac = {"train": split_cfg.train, "val": split_cfg.val, "test": split_cfg.test}
-        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
-        ids = {s: split.index[split == s].tolist() for s in ("train", "val", "test")}
-        cohorts = {"train": main, "val": main, "test": main}
-    # stays without the label cannot be trained or scored against it; count them instead of dropping silently
-    unlabeled = {}
-    for s in ids:
-        lab = cohorts[s].label(config.data.label).reindex(ids[s])
-        unlabeled[s] = int(lab.isna().sum())
-        ids[s] = lab.index[lab.notna()].tolist()
-    say("      stays: " + ", ".join(f"{s} {len(v)}" for s, v in ids.items())
-        + (f" (without label, excluded: {unlabeled})" if any(unlabeled.values()) else ""))
-    sources = {"main (train, val" + (")" if config.data.test is not None else ", test)"): main}
-    if config.data.test is not None:
-        sources["external test"] = cohorts["test"]
-    accounting = pd.concat([c.accounting.to_frame().assign(cohort=name) for name, c in sources.items()])
-    accounting.to_csv(run_dir / "accounting.csv", index=False)
-    return RunData(run_dir, main, cohorts, ids, spec_label, t0, say)
+        cal = Calibrator(method).fit(y, p)
+    say(f"      calibration of {what}: {cal.method} (fitted on {y.size} validation stays)")
+    return cal
+
+
+def write_model_cards(model_dir: Path, config: RunConfig, prepared: RunData, feat, calibrators: dict,
+                      operating_point: dict | None, ensemble: bool, seeds: list[int]) -> None:
+    """``model.json`` of the run's model folder and, for an ensemble, of each member folder first (a member scores on
+    its own with its own calibrator). ``calibrators`` maps member folder names (``""``: the model) to calibrators."""
+    if not ensemble:
+        write_card(model_dir, model_card("hybrid", config, prepared, feat, calibrators[""], operating_point))
+        return
+    stats = {"stats": list(config.features.summary_stats)}
+    for seed in seeds:
+        write_card(model_dir / network_folder(seed),
+                   model_card("hybrid", config, prepared, feat, calibrators[network_folder(seed)]))
+    if BOOSTING in calibrators:
+        write_card(model_dir / BOOSTING, model_card("gradient_boosting", config, prepared, feat,
+                                                    calibrators[BOOSTING], scoring=stats))
+    write_card(model_dir, model_card("ensemble", config, prepared, feat, calibrators[""], operating_point,
+                                     scoring={**stats, "seeds": seeds}))
 
 
 def run_training(config: RunConfig, console=None) -> Path:
@@ -303,8 +186,6 @@ def run_training(config: RunConfig, console=None) -> Path:
     """
     prepared = prepare_run(config, console)
     if prepared.label.kind != "binary":
-        from healthfusion.workflows.train_kinds import train_other_kind
-
         return train_other_kind(config, prepared, console)
     run_dir, main, cohorts, ids, t0, say = (prepared.run_dir, prepared.main, prepared.cohorts, prepared.ids,
                                             prepared.started, prepared.say)
@@ -322,7 +203,7 @@ def run_training(config: RunConfig, console=None) -> Path:
     say("[bold cyan]Hybrid model[/]" + (f" {len(seeds)} networks, seeds {seeds}" if len(seeds) > 1 else ""))
     networks, histories = {}, {}
     for seed in seeds:
-        model, trainer, histories[seed] = _fit_hybrid(
+        model, trainer, histories[seed] = fit_hybrid(
             feat, spec, data["train"][usable["train"]], data["val"][usable["val"]],
             config.training.model_copy(update={"seed": seed}), console)
         networks[seed] = model
@@ -331,7 +212,7 @@ def run_training(config: RunConfig, console=None) -> Path:
     for s in ("val", "test"):
         p = np.full(len(ids[s]), np.nan)
         if usable[s].any():
-            p[usable[s]] = bag_probability(list(networks.values()), data[s][usable[s]], trainer)
+            p[usable[s]] = bag_probability(list(networks.values()), data[s][usable[s]])
         probs[HYBRID][s] = p
     (run_dir / "history.json").write_text(json.dumps({
         "train_loss": list(map(float, history.train_loss)), "val_metric": list(map(float, history.val_metric)),
@@ -353,22 +234,42 @@ def run_training(config: RunConfig, console=None) -> Path:
             if name in config.baselines:
                 probs[name] = scored[name]
     ensemble_info = None
+    y_val = data["val"]["target"]
+    model_dir = run_dir / "model"
     if config.ensemble is None:
-        model.save_pretrained(run_dir / "model", preprocessing_state=feat.get_state())
+        model.save_pretrained(model_dir, preprocessing_state=feat.get_state())
+        calibrators = {"": fit_calibrator(config, y_val, probs[HYBRID]["val"], say, "hybrid")}
+        probs[HYBRID] = {s: calibrators[""].transform(p) for s, p in probs[HYBRID].items()}
+        column_calibrators = {HYBRID: calibrators[""]}
     else:
         gbm = fitted[BOOSTING].named_steps["model"] if BOOSTING in members else None
         member_p = {s: {HYBRID: probs[HYBRID][s], **({BOOSTING: scored[BOOSTING][s]} if gbm is not None else {})}
                     for s in ("val", "test")}
-        weights = _ensemble_weights(config, spec, main, ids, histories, gbm, member_p["val"],
-                                    data["val"]["target"], say)
+        weights = _ensemble_weights(config, spec, main, ids, histories, gbm, member_p["val"], y_val, say)
         ensemble = RunEnsemble(feat, networks, weights, gbm, tuple(config.features.summary_stats))
-        ensemble.save(run_dir / "model")
+        ensemble.save(model_dir)
         ensemble_info = {"members": list(weights.members), "weights": list(weights.weights), "seeds": seeds,
                          "weights_from": config.ensemble.weights, "fit_info": weights.fit_info}
         say("      ensemble weights: " + ", ".join(f"{m} {w:.2f}" for m, w in zip(weights.members, weights.weights,
                                                                                  strict=True)))
+        val_rows = data["val"][usable["val"]]
+        calibrators = {network_folder(seed): fit_calibrator(config, y_val[usable["val"]],
+                                                            network_outputs(net, val_rows, "binary"), say,
+                                                            f"network seed {seed}")
+                       for seed, net in networks.items()}
+        if gbm is not None:
+            calibrators[BOOSTING] = fit_calibrator(config, y_val, scored[BOOSTING]["val"], say, BOOSTING)
+        ens_val = {s: combine_members(member_p[s], weights) for s in ("val", "test")}
+        calibrators[""] = fit_calibrator(config, y_val, ens_val["val"], say, "ensemble")
+        calibrated = {s: calibrators[""].transform(p) for s, p in ens_val.items()}
         if len(members) > 1:
-            probs[ENSEMBLE] = {s: combine_members(member_p[s], weights) for s in ("val", "test")}
+            probs[ENSEMBLE] = calibrated
+            bag = fit_calibrator(config, y_val, probs[HYBRID]["val"], say, "the hybrid networks")
+            probs[HYBRID] = {s: bag.transform(p) for s, p in probs[HYBRID].items()}
+            column_calibrators = {HYBRID: bag, ENSEMBLE: calibrators[""]}
+        else:  # a bag of hybrid networks is the run's hybrid
+            probs[HYBRID] = calibrated
+            column_calibrators = {HYBRID: calibrators[""]}
     for name, p in _reference_scores(config, cohorts, ids).items():
         probs[f"{name} (reference score)"] = p
 
@@ -392,11 +293,18 @@ def run_training(config: RunConfig, console=None) -> Path:
         if scored["y_true"].nunique() == 2:
             op[name] = choose_threshold(scored["y_true"].to_numpy(), scored[name].to_numpy(),
                                         rule=ev.operating_point, target=ev.target_sensitivity)
+    saved = ENSEMBLE if ENSEMBLE in probs else HYBRID
+    point = {"rule": ev.operating_point, "threshold": float(op[saved]), "chosen_on": "validation stays"} \
+        if saved in op else None
+    write_model_cards(model_dir, config, prepared, feat, calibrators, point,
+                      ensemble=config.ensemble is not None, seeds=seeds)
     summary = evaluate_predictions(run_dir, threshold=ev.threshold, operating_points=op, n_boot=ev.n_boot,
                                    seed=config.training.seed)
     summary["seconds"] = time.perf_counter() - t0
     summary["best_epoch"] = history.best_epoch
     summary["model_spec"] = spec.model_dump()
+    # how each calibrated column of predictions.csv was mapped (the model's own is also in model/model.json)
+    summary["calibrators"] = {name: cal.to_dict() for name, cal in column_calibrators.items()}
     if ensemble_info is not None:
         summary["ensemble"] = ensemble_info
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))

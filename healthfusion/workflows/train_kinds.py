@@ -1,6 +1,6 @@
 """``healthfusion train`` with a multiclass or regression label.
 
-The data, split and row accounting are those of a binary run (:func:`healthfusion.workflows.train.prepare_run`;
+The data, split and row accounting are those of a binary run (:func:`healthfusion.workflows.common.prepare_run`;
 the split is stratified by class, or by quintile of the value). Then:
 
 * the hybrid gets a softmax head over the label's classes (cross-entropy) or one linear output (mean squared
@@ -14,8 +14,8 @@ the split is stratified by class, or by quintile of the value). Then:
 * ``metrics.json`` / ``comparison.csv`` with bootstrap 95% CIs
   (:func:`healthfusion.workflows.evaluate.evaluate_kind_predictions`): multiclass accuracy, macro-F1, macro
   one-vs-rest AUROC; regression MAE, RMSE, R²;
-* ``history.json``, ``domains.csv`` and ``model/`` (the hybrid with its preprocessing; ``healthfusion predict``
-  scores raw files with it).
+* ``history.json``, ``domains.csv`` and ``model/`` (the hybrid with its preprocessing and ``model.json``;
+  :func:`healthfusion.models.scoring.load_model` and ``healthfusion predict`` score with it).
 
 The binary-only steps (thresholds and operating points, calibration/fairness audit, explanations, ensembles,
 reference scores, tuning) are not run: the audit and explanations are skipped with a printed note, the others
@@ -34,10 +34,13 @@ import torch
 
 from healthfusion.features.compose import engineered_features
 from healthfusion.models.classical import make_baseline, make_regression_baseline
+from healthfusion.models.folder import write_card
 from healthfusion.workflows.audit import domain_table
+from healthfusion.workflows.common import RunData, featurize_run, fit_hybrid, model_card
 from healthfusion.workflows.config import RunConfig
 from healthfusion.workflows.evaluate import PROBA_SEP, evaluate_kind_predictions
-from healthfusion.workflows.train import HYBRID, RunData, _fit_hybrid, featurize_run
+
+HYBRID = "hybrid"
 
 #: baselines per label kind: run-config name -> (column name, builder)
 KIND_BASELINES = {
@@ -78,7 +81,7 @@ def _set_regression_bias(mean: float):
 
 def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path:
     """Fit, predict and evaluate a run of a multiclass or regression label (see the module docs); return the run
-    folder. ``prepared`` comes from :func:`healthfusion.workflows.train.prepare_run`.
+    folder. ``prepared`` comes from :func:`healthfusion.workflows.common.prepare_run`.
 
     Raises
     ------
@@ -98,7 +101,7 @@ def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path
     say(f"[bold cyan]Hybrid model[/] {kind} head" + (f" over {len(classes)} classes" if classes else ""))
     train = data["train"][usable["train"]]
     init = _set_regression_bias(float(np.mean(train["target"]))) if kind == "regression" else None
-    model, trainer, history = _fit_hybrid(feat, spec, train, data["val"][usable["val"]], config.training, console,
+    model, trainer, history = fit_hybrid(feat, spec, train, data["val"][usable["val"]], config.training, console,
                                           head=kind, n_outputs=len(classes) if kind == "multiclass" else 1, init=init)
     preds = {HYBRID: {}}
     for s in ("val", "test"):
@@ -110,6 +113,7 @@ def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path
         "train_loss": list(map(float, history.train_loss)), "val_metric": list(map(float, history.val_metric)),
         "best_epoch": history.best_epoch, "epoch_seconds": list(map(float, history.epoch_seconds))}, indent=2))
     model.save_pretrained(run_dir / "model", preprocessing_state=feat.get_state())
+    write_card(run_dir / "model", model_card("hybrid", config, prepared, feat))  # no calibrator: not a risk
 
     available = [b for b in config.baselines if b in KIND_BASELINES[kind]]
     for name in config.baselines:

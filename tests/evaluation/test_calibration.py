@@ -8,7 +8,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import brier_score_loss, log_loss
 
 from healthfusion.evaluation.calibration import (
-    Recalibrator,
     brier_score,
     calibration_slope_intercept,
     calibration_summary,
@@ -16,6 +15,7 @@ from healthfusion.evaluation.calibration import (
     expected_calibration_error,
     reliability_curve,
 )
+from healthfusion.models.calibration import Calibrator, choose_calibrator
 
 
 @pytest.fixture
@@ -73,8 +73,8 @@ def test_summary_has_intervals(data):
 def test_temperature_scaling_improves_overconfident_model(data):
     y, p = data
     over = 1 / (1 + np.exp(-3 * np.log(p / (1 - p))))
-    cal = Recalibrator("temperature").fit(y[:200], over[:200])
-    assert cal.temperature_ == pytest.approx(3.0, rel=0.35)
+    cal = Calibrator("temperature").fit(y[:200], over[:200])
+    assert cal.params_["temperature"] == pytest.approx(3.0, rel=0.35)
     fixed = cal.transform(over[200:])
     assert log_loss(y[200:], fixed) < log_loss(y[200:], over[200:])
     assert np.array_equal(np.argsort(fixed), np.argsort(over[200:]))  # ranking kept
@@ -82,17 +82,41 @@ def test_temperature_scaling_improves_overconfident_model(data):
 
 def test_isotonic_matches_sklearn(data):
     y, p = data
-    cal = Recalibrator("isotonic").fit(y[:200], p[:200])
+    cal = Calibrator("isotonic").fit(y[:200], p[:200])
     ref = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(p[:200], y[:200])
     np.testing.assert_allclose(cal.transform(p[200:]), ref.predict(p[200:]))
 
 
 def test_errors():
     with pytest.raises(ValueError, match="not fitted"):
-        Recalibrator().transform([0.2])
-    with pytest.raises(ValueError, match="Unknown recalibration method"):
-        Recalibrator("platt").fit([0, 1], [0.2, 0.8])
+        Calibrator().transform([0.2])
+    with pytest.raises(ValueError, match="Unknown calibration method"):
+        Calibrator("beta").fit([0, 1], [0.2, 0.8])
     with pytest.raises(ValueError, match="both outcomes"):
-        Recalibrator().fit([0, 0], [0.2, 0.8])
+        Calibrator().fit([0, 0], [0.2, 0.8])
+    with pytest.raises(ValueError, match="params lacks"):
+        Calibrator.from_dict({"method": "platt", "params": {"slope": 1.0}})
     with pytest.raises(ValueError, match="strategy"):
         reliability_curve([0, 1], [0.2, 0.8], strategy="kmeans")
+
+
+def test_platt_fixes_inflated_risks_and_round_trips(data):
+    """Risks inflated as class weighting inflates them: Platt scaling brings the mean back to the event rate."""
+    y, p = data
+    inflated = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + 1.5)))
+    cal = choose_calibrator(y[:200], inflated[:200])
+    assert cal.method in ("platt", "isotonic") and cal.info_["log_loss"]["none"] > cal.info_["log_loss"][cal.method]
+    fixed = cal.transform(inflated[200:])
+    assert abs(fixed.mean() - y[200:].mean()) < abs(inflated[200:].mean() - y[200:].mean()) / 3
+    again = Calibrator.from_dict(cal.to_dict()).transform(inflated[200:])
+    np.testing.assert_array_equal(again, fixed)
+    ref = LogisticRegression(C=1e6).fit(np.log(inflated[:200] / (1 - inflated[:200]))[:, None], y[:200])
+    platt = Calibrator("platt").fit(y[:200], inflated[:200])
+    assert platt.params_["slope"] == pytest.approx(ref.coef_[0, 0], rel=1e-3)
+
+
+def test_choose_keeps_a_calibrated_model_close(data):
+    y, p = data
+    cal = choose_calibrator(y, p)
+    assert np.abs(cal.transform(p) - p).mean() < 0.05
+    assert np.isnan(cal.transform([np.nan]))[0]

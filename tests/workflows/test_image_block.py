@@ -6,9 +6,9 @@ import yaml
 from healthfusion.data import synthetic
 from healthfusion.models.encoders.cnn import ResidualBlock
 from healthfusion.models.hybrid import HybridModel
+from healthfusion.workflows.common import make_featurizer
 from healthfusion.workflows.config import ConfigError, load_run_config
 from healthfusion.workflows.modeling import build_run_hybrid, hybrid_config
-from healthfusion.workflows.train import make_featurizer
 
 
 def write_config(root, **model):

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from healthfusion.data.synthetic import generate
-from healthfusion.models.base import load_model
+from healthfusion.models.base import load_pretrained
 from healthfusion.workflows.config import ConfigError
 from healthfusion.workflows.multitask import (
     MultitaskConfig,
@@ -67,7 +67,7 @@ def test_all_five_kinds_train_together_from_one_config(full_run):
         assert list(tim.index) == list(tim.columns) == [t["name"] for t in TASKS]
         assert (full_run / f"{stem}.png").stat().st_size > 0
     np.testing.assert_allclose(pd.read_csv(full_run / "tim_attention.csv", index_col=0).sum(axis=1), 1.0, atol=1e-5)
-    model, state = load_model(full_run / "model")
+    model, state = load_pretrained(full_run / "model")
     assert [t.kind for t in model.config.tasks] == [t["kind"] for t in TASKS]
     assert set(state) == {"featurizer", "tasks", "classes"}
     clusters = json.loads((full_run / "clusters.json").read_text())["pheno"]
@@ -191,7 +191,7 @@ def test_transformer_time_series_encoder_in_a_multitask_run(synth, tmp_path):
     run = run_multitask(config)
     saved = json.loads((run / "model" / "config.json").read_text())
     assert saved["ts"]["encoder"] == "transformer" and saved["ts"]["d_model"] == 8
-    model, _ = load_model(run / "model")
+    model, _ = load_pretrained(run / "model")
     assert type(model.backbone.encoders["ts"]).__name__ == "TransformerEncoder"
     with pytest.raises(ValueError, match="model.hidden must be a multiple of 4; got 6"):
         MultitaskConfig.model_validate(config_dict(synth, tmp_path, model={"hidden": 6, "ts_encoder": "transformer"}))

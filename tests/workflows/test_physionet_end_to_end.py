@@ -8,6 +8,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
+from healthfusion.models.scoring import NO_INPUT
 from healthfusion.workflows.config import load_run_config
 from healthfusion.workflows.predict import predict_source
 from healthfusion.workflows.train import run_training
@@ -36,10 +37,10 @@ def test_train_on_set_a_then_predict_a_set_b_directory(shared_dataset, tmp_path)
         tar.extractall(tmp_path / "raw", filter="data")
     preds = predict_source(run / "model", "physionet2012", tmp_path / "raw" / "set-b")
     assert len(preds) == 4000 and "y_true" not in preds.columns
-    assert set(preds["status"]) <= {"scored", "no usable data"}
+    assert set(preds["status"]) <= {"ok", NO_INPUT}
 
     outcomes = pd.read_csv(folder / "Outcomes-b.txt", dtype={"RecordID": str}).set_index("RecordID")
-    scored = preds[preds["status"] == "scored"]
+    scored = preds[preds["status"] == "ok"]
     y = outcomes.loc[scored["stay_id"], "In-hospital_death"].to_numpy()
     auc = roc_auc_score(y, scored["probability"])
     assert auc > 0.75, f"a 3-epoch model on set A should rank set-B deaths well above chance; got {auc:.3f}"

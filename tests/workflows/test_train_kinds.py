@@ -100,7 +100,7 @@ def test_predict_reproduces_the_runs_test_predictions(runs, classes, kind, tmp_p
     run = runs[0][kind]
     frame = predict_source(run / "model", "synthetic", tmp_path / "again", n_stays=300, seed=2).set_index("stay_id")
     assert "risk_group" not in frame.columns and "probability" not in frame.columns
-    assert set(frame["status"]) == {"scored"}
+    assert set(frame["status"]) == {"ok"}
     preds = pd.read_csv(run / "predictions.csv", dtype={"stay_id": str})
     test = preds[preds["split"] == "test"].set_index("stay_id")
     got = frame.loc[test.index]

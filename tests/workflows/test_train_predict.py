@@ -7,6 +7,7 @@ import yaml
 
 from healthfusion.data import synthetic
 from healthfusion.models.base import ModelLoadError
+from healthfusion.models.scoring import NO_INPUT
 from healthfusion.workflows.config import ConfigError, load_run_config
 from healthfusion.workflows.evaluate import evaluate_predictions
 from healthfusion.workflows.predict import PredictionError, predict_source
@@ -60,11 +61,11 @@ def test_evaluate_recomputes_the_same_table(trained_run):
 def test_predict_scores_raw_source_and_marks_unusable_rows(trained_run, tmp_path):
     run, _ = trained_run
     frame = predict_source(run / "model", "synthetic", tmp_path / "new", n_stays=60, seed=9)
-    assert len(frame) == 60 and set(frame["status"]) <= {"scored", "no usable data"}
-    scored = frame[frame["status"] == "scored"]
+    assert len(frame) == 60 and set(frame["status"]) <= {"ok", NO_INPUT}
+    scored = frame[frame["status"] == "ok"]
     assert scored["probability"].between(0, 1).all()
     assert set(scored["risk_group"]) <= {"high", "low"}
-    assert frame.loc[frame["status"] != "scored", "probability"].isna().all()
+    assert frame.loc[frame["status"] != "ok", "probability"].isna().all()
 
 
 def test_predict_rejects_corrupted_model(trained_run, tmp_path):
@@ -82,16 +83,15 @@ def test_predict_rejects_corrupted_model(trained_run, tmp_path):
 def test_predict_rejects_mismatched_variables(trained_run):
     run, _ = trained_run
     from healthfusion.data.cohort import Cohort
-    from healthfusion.features.compose import CohortFeaturizer
-    from healthfusion.workflows.predict import _check_compatible
+    from healthfusion.models.scoring import load_model
 
-    feat = CohortFeaturizer.from_state(json.loads((run / "model" / "preprocessing.json").read_text())["state"])
+    model = load_model(run / "model")
     stays = pd.DataFrame({"stay_id": ["a"], "patient_id": ["p"], "prediction_time": [48.0]})
     events = pd.DataFrame({"stay_id": ["a"], "time": [1.0], "variable": ["Foo"], "value": [1.0]})
     with pytest.raises(PredictionError, match="None of the model's"):
-        _check_compatible(feat, Cohort(stays, events=events), "test")
+        model.predict(Cohort(stays, events=events))
     with pytest.raises(PredictionError, match="none of the model's modalities"):
-        _check_compatible(feat, Cohort(stays), "test")
+        model.predict(Cohort(stays))
 
 
 def test_config_errors_name_the_key(tmp_path):
@@ -180,8 +180,8 @@ def test_external_validation_uses_scored_labelled_rows_only():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200).astype(float)
     frame = pd.DataFrame({"stay_id": [f"s{i}" for i in range(200)], "probability": 0.3 * y + 0.7 * rng.random(200),
-                          "status": "scored", "y_true": y})
-    frame.loc[:9, ["probability", "status"]] = [np.nan, "no usable data"]
+                          "status": "ok", "y_true": y})
+    frame.loc[:9, ["probability", "status"]] = [np.nan, NO_INPUT]
     frame.loc[10:14, "y_true"] = np.nan
     table, title = external_validation(frame, n_boot=20)
     assert "n = 185" in title

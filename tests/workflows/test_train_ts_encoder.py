@@ -7,13 +7,14 @@ import torch
 import yaml
 
 from healthfusion.data import synthetic
-from healthfusion.models.base import load_model
+from healthfusion.models.base import load_pretrained
 from healthfusion.models.encoders.lstm import LSTMEncoderConfig
 from healthfusion.models.encoders.transformer import TransformerEncoder, TransformerEncoderConfig
+from healthfusion.workflows.common import make_featurizer
 from healthfusion.workflows.config import ConfigError, load_run_config
 from healthfusion.workflows.modeling import hybrid_config
 from healthfusion.workflows.predict import predict_source
-from healthfusion.workflows.train import make_featurizer, run_training
+from healthfusion.workflows.train import run_training
 
 
 def write_config(root, **model):
@@ -35,11 +36,11 @@ def test_train_with_transformer_ts_encoder_saves_and_predicts(tmp_path):
     run = run_training(load_run_config(write_config(tmp_path, hidden=8, ts_encoder="transformer")))
     saved = json.loads((run / "model" / "config.json").read_text())
     assert saved["ts"]["encoder"] == "transformer" and saved["ts"]["d_model"] == 8
-    model, state = load_model(run / "model")
+    model, state = load_pretrained(run / "model")
     assert isinstance(model.encoders["ts"], TransformerEncoder) and state is not None
     assert all(torch.isfinite(p).all() for p in model.parameters())
     frame = predict_source(run / "model", "synthetic", tmp_path / "new", n_stays=40, seed=9)
-    assert frame.loc[frame["status"] == "scored", "probability"].between(0, 1).all()
+    assert frame.loc[frame["status"] == "ok", "probability"].between(0, 1).all()
 
 
 def test_run_config_rejects_unknown_ts_encoder(tmp_path):

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from healthfusion.data.errors import SourceError
 
@@ -23,6 +25,36 @@ SOURCES: dict[str, str] = {
     "mimic4": "healthfusion.data.sources.mimic4:build",
     "eicu": "healthfusion.data.sources.eicu:build",
 }
+
+
+#: per source, the reader options that define how a model sees a patient (prediction time/window, minimum stay,
+#: lookback, lab and code timing, positive class, image size); a model folder saves them and every scorer reads the
+#: data with them. Options that only select data (paths, splits, sites, sizes of synthetic cohorts) are not listed.
+SCORING_OPTIONS: dict[str, tuple[str, ...]] = {
+    "synthetic": ("hours", "image_size"),
+    "physionet2012": ("hours",),
+    "medmnist": ("positive_class",),
+    "image_folder": ("size", "channels", "classes"),
+    "notes": ("prediction_time", "classes"),
+    "mtsamples": (),
+    "diabetes130": (),
+    "heart_disease": (),
+    "mimic4": ("prediction_hours", "min_stay_hours", "lookback_hours", "codes_at", "lab_time"),
+    "eicu": ("prediction_hours", "min_stay_hours", "lookback_hours", "apache_features"),
+}
+
+
+def scoring_options(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`SCORING_OPTIONS` of source ``name`` as a reader given ``options`` uses them: the given values,
+    else the reader's defaults (plus ``task`` when given). Unknown sources raise :class:`SourceError`."""
+    params = inspect.signature(get_source(name)).parameters
+    out = {"task": options["task"]} if options.get("task") is not None else {}
+    for key in SCORING_OPTIONS.get(name, ()):
+        if key in options:
+            out[key] = options[key]
+        elif key in params and params[key].default is not inspect.Parameter.empty:
+            out[key] = params[key].default
+    return out
 
 
 def get_source(name: str) -> Callable:

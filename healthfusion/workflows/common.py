@@ -1,0 +1,251 @@
+"""What every training workflow shares: opening a configured source, the run's featurizer and hybrid, the data
+preparation of a run (folder, split, row accounting) and the model folder's card (data options, label, training
+summary). Every workflow may import this module; no workflow imports another workflow's private function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from healthfusion import __version__
+from healthfusion.data.cohort import Cohort
+from healthfusion.data.schema import LabelSpec
+from healthfusion.data.sources import get_source, scoring_options
+from healthfusion.data.splits import split_patients
+from healthfusion.features.codes import CodeTransformer
+from healthfusion.features.compose import CohortFeaturizer
+from healthfusion.features.image import ImageTransformer
+from healthfusion.features.text import HFTokenTransformer, TextTransformer
+from healthfusion.features.timeseries import TimeSeriesTransformer
+from healthfusion.training import Trainer, TrainerConfig
+from healthfusion.training.callbacks import ProgressCallback
+from healthfusion.workflows.config import FeatureSpec, ModelSpec, RunConfig, SourceSpec
+from healthfusion.workflows.modeling import build_run_hybrid, pretrained_featurizer
+
+log = logging.getLogger(__name__)
+TRAINABLE_KINDS = ("binary", "multiclass", "regression")
+
+
+def open_source(spec: SourceSpec, console=None) -> Cohort:
+    """The cohort a :class:`SourceSpec` names: a saved folder, or built in memory from raw files."""
+    if spec.cohort is not None:
+        return Cohort.load(spec.cohort)
+    builder = get_source(spec.source)
+    if console is not None:
+        with console.status(f"Reading {spec.source} from {spec.path} ..."):
+            return builder(spec.path, **spec.options)
+    return builder(spec.path, **spec.options)
+
+
+def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
+    """A featurizer with the run's per-modality settings."""
+    transformers = {
+        "ts": TimeSeriesTransformer(hours=spec.hours, step=spec.step, min_count=spec.min_count),
+        "image": ImageTransformer(size=spec.image_size),
+        "codes": CodeTransformer(min_count=spec.code_min_count),
+        "text": (TextTransformer(n_buckets=spec.text_buckets) if spec.text_model is None
+                 else HFTokenTransformer(str(spec.text_model), max_length=spec.text_max_length)),
+    }
+    return CohortFeaturizer(modalities=spec.modalities, label=label, summary=spec.summary,
+                            summary_stats=spec.summary_stats,
+                            transformers={m: t for m, t in transformers.items() if m in spec.modalities})
+
+
+def fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, console=None, head: str = "binary",
+                n_outputs: int = 1, init=None):
+    """Build and fit the run's hybrid; ``init(model)``, when given, sets initial weights after the seeded build."""
+    model, training = build_run_hybrid(feat, spec, training, head=head, n_outputs=n_outputs)
+    if init is not None:
+        init(model)
+    callbacks = [ProgressCallback(console=console)] if console is not None else []
+    trainer = Trainer(training, callbacks=callbacks)
+    history = trainer.fit(model, train, val, head_kind=head)
+    return model, trainer, history
+
+
+def featurize_run(config: RunConfig, spec: ModelSpec, main: Cohort, cohorts: dict, ids: dict, say):
+    """The featurizer fitted on the training stays, each split's arrays and each split's usable rows.
+
+    A stay with none of the model's modalities cannot be scored by the hybrid: it is left out of training and gets
+    no hybrid score (evaluation counts it under models_without_score), never a default probability.
+    """
+    say("[bold cyan]Features[/] fitted on the training stays")
+    feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(main, ids["train"]), spec)
+    data = {s: feat.transform(cohorts[s], ids[s]) for s in ids}
+    usable = {s: data[s].usable_rows() for s in ids}
+    no_input = {s: int((~u).sum()) for s, u in usable.items() if (~u).any()}
+    if no_input:
+        say(f"      stays with none of the modalities {list(feat.transformers_)}: {no_input}")
+    return feat, data, usable
+
+
+@dataclass
+class RunData:
+    """What every kind of run needs before fitting: the run folder, the cohorts and stay ids of each split (stays
+    without the label already left out and counted) and the label's spec."""
+
+    run_dir: Path
+    main: Cohort
+    cohorts: dict[str, Cohort]
+    ids: dict[str, list[str]]
+    label: LabelSpec
+    started: float
+    say: Callable[[str], None]
+    summary: dict = field(default_factory=dict)  # of the training stays (training_summary), saved with the model
+
+
+def _check_label_kind(config: RunConfig, spec_label: LabelSpec, main: Cohort) -> None:
+    """Stop, naming the setting, when the label's kind cannot be trained by ``healthfusion train`` as configured."""
+    kind, name = spec_label.kind, config.data.label
+    if kind == "binary":
+        return
+    if kind not in TRAINABLE_KINDS:
+        raise ValueError(
+            f"`healthfusion train` predicts binary, multiclass and regression labels; label {name!r} is {kind}. "
+            f"Train it with `healthfusion multitask` (binary, multiclass, multilabel, regression and clustering "
+            f"tasks), or pick another label: "
+            f"{[lab.name for lab in main.meta.labels if lab.kind in TRAINABLE_KINDS]}.")
+    unsupported = {"ensemble": config.ensemble is not None, "reference_scores": bool(config.reference_scores),
+                   "tuning": config.tuning is not None and bool(config.tuning.grid)}
+    for key, used in unsupported.items():
+        if used:
+            raise ValueError(f"The run config's {key!r} section works with binary labels only; label {name!r} is "
+                             f"{kind}. Remove {key!r} from the config, or pick a binary label.")
+    if kind == "regression" and config.training.imbalance != "none":
+        raise ValueError(f"training.imbalance: {config.training.imbalance!r} needs class labels; label {name!r} is "
+                         "a regression label. Use imbalance: none.")
+
+
+def _strata(cohort: Cohort, spec_label: LabelSpec) -> pd.Series:
+    """The label as split strata: the 0/1 label itself (binary), the class index (multiclass) or the quintile
+    of the value (regression); missing labels stay missing (their own stratum)."""
+    label = cohort.label(spec_label.name)
+    if spec_label.kind == "binary":
+        return label
+    if spec_label.kind == "multiclass":
+        codes = pd.Index(spec_label.classes).get_indexer(label.astype("string").astype(object))
+        return pd.Series(np.where(codes >= 0, codes, np.nan), index=label.index)
+    values = pd.to_numeric(label, errors="coerce")
+    ranks = values.rank(method="first", pct=True)
+    return np.ceil(ranks * 5).clip(1, 5)
+
+
+def prepare_run(config: RunConfig, console=None) -> RunData:
+    """Create the run folder, read the data, split the patients and count the input rows' fate.
+
+    Writes ``config.yaml`` and ``accounting.csv``. Raises ValueError (SourceError, CohortError) on unreadable data,
+    a label the cohort lacks, a label kind or setting ``healthfusion train`` cannot use, or an impossible split.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(config.out) if config.out else Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+
+    def say(text):
+        if console is not None:
+            console.print(text)
+
+    say("[bold cyan]Data[/]")
+    main = open_source(config.data, console)
+    spec_label = main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
+    _check_label_kind(config, spec_label, main)
+    split_cfg = config.data.split
+    if config.data.test is not None:
+        test_cohort = open_source(config.data.test, console)
+        frac = {"train": split_cfg.train / (split_cfg.train + split_cfg.val),
+                "val": split_cfg.val / (split_cfg.train + split_cfg.val)}
+        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
+        ids = {"train": split.index[split == "train"].tolist(), "val": split.index[split == "val"].tolist(),
+               "test": test_cohort.stay_ids.tolist()}
+        cohorts = {"train": main, "val": main, "test": test_cohort}
+    else:
+        frac = {"train": split_cfg.train, "val": split_cfg.val, "test": split_cfg.test}
+        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
+        ids = {s: split.index[split == s].tolist() for s in ("train", "val", "test")}
+        cohorts = {"train": main, "val": main, "test": main}
+    # stays without the label cannot be trained or scored against it; count them instead of dropping silently
+    unlabeled = {}
+    for s in ids:
+        lab = cohorts[s].label(config.data.label).reindex(ids[s])
+        unlabeled[s] = int(lab.isna().sum())
+        ids[s] = lab.index[lab.notna()].tolist()
+    say("      stays: " + ", ".join(f"{s} {len(v)}" for s, v in ids.items())
+        + (f" (without label, excluded: {unlabeled})" if any(unlabeled.values()) else ""))
+    sources = {"main (train, val" + (")" if config.data.test is not None else ", test)"): main}
+    if config.data.test is not None:
+        sources["external test"] = cohorts["test"]
+    accounting = pd.concat([c.accounting.to_frame().assign(cohort=name) for name, c in sources.items()])
+    accounting.to_csv(run_dir / "accounting.csv", index=False)
+    return RunData(run_dir, main, cohorts, ids, spec_label, t0, say, training_summary(main, ids["train"], spec_label))
+
+
+# ------------------------------------------------------------------------------------------------ model folder card
+def data_card(spec: SourceSpec, cohort: Cohort) -> dict:
+    """How the stays of a model's training data were read: the source and its scoring options
+    (:func:`healthfusion.data.sources.scoring_options`); for a saved cohort folder, its source and no options."""
+    if spec.source is None:
+        return {"source": cohort.meta.source or None, "options": {}, "from": "cohort folder"}
+    return {"source": spec.source, "options": scoring_options(spec.source, spec.options), "from": "raw files"}
+
+
+def _ranges(values: pd.Series, stay: pd.Series) -> dict:
+    v = pd.to_numeric(values, errors="coerce")
+    ok = v.notna()
+    if not ok.any():
+        return {"n_stays": 0}
+    q = np.quantile(v[ok].to_numpy(dtype=float), [0.0, 0.01, 0.5, 0.99, 1.0])
+    return {"n_stays": int(stay[ok].nunique()), "min": float(q[0]), "p01": float(q[1]), "median": float(q[2]),
+            "p99": float(q[3]), "max": float(q[4])}
+
+
+def training_summary(cohort: Cohort, stay_ids: list[str], label: LabelSpec) -> dict:
+    """What a drift check compares new stays against: n, the label's prevalence (binary) or class counts, the
+    prediction times, and per time-series variable (values observable before the prediction time) and numeric
+    static column the number of stays, min, 1st percentile, median, 99th percentile and max."""
+    ids = [str(s) for s in stay_ids]
+    y = cohort.label(label.name).reindex(ids)
+    out: dict = {"n": len(ids)}
+    if label.kind == "binary":
+        pos = int((pd.to_numeric(y) == 1).sum())
+        out.update(n_positive=pos, prevalence=pos / len(ids) if ids else None)
+    elif label.kind == "multiclass":
+        out["class_counts"] = {str(k): int(v) for k, v in y.astype(str).value_counts().items()}
+    times = pd.to_numeric(cohort.stays.set_index("stay_id")["prediction_time"].reindex(ids))
+    out["prediction_time"] = {"min": float(times.min()), "median": float(times.median()), "max": float(times.max())}
+    if cohort.has("events"):
+        events = cohort.observable("events", ids)
+        out["variables"] = {str(var): _ranges(g["value"], g["stay_id"]) for var, g in events.groupby("variable")}
+    if cohort.has("static"):
+        static = cohort.static.set_index("stay_id").reindex(ids)
+        out["static"] = {str(c): _ranges(static[c], pd.Series(ids, index=static.index))
+                         for c in static.columns if pd.api.types.is_numeric_dtype(static[c])}
+    return out
+
+
+def model_card(kind: str, config: RunConfig, prepared: RunData, featurizer: CohortFeaturizer,
+               calibrator=None, operating_point: dict | None = None, scoring: dict | None = None) -> dict:
+    """The card :func:`healthfusion.models.folder.write_card` saves with a run's model (see that module)."""
+    threshold = float(config.evaluation.threshold)
+    label = featurizer.label_spec_ or prepared.label
+    return {
+        "kind": kind,
+        "healthfusion_version": __version__,
+        "label": label.to_dict(),
+        "data": data_card(config.data, prepared.main),
+        "threshold": threshold,
+        "risk_groups": {"rule": "high if the calibrated probability >= threshold, else low", "threshold": threshold,
+                        "groups": ["low", "high"]} if label.kind == "binary" else None,
+        "operating_point": operating_point,
+        "calibrator": calibrator.to_dict() if calibrator is not None else None,
+        "training": prepared.summary,
+        "scoring": scoring or {},
+    }
