@@ -1,0 +1,47 @@
+"""``healthfusion serve MODEL_DIR``: the HTTP scoring service (extra ``serve``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+from healthfusion.cli.common import console, fail
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``serve`` command to ``app``."""
+
+    @app.command()
+    def serve(
+        model_dir: Path = typer.Argument(..., help="Saved model folder (e.g. RUN_DIR/model)."),
+        host: str = typer.Option("127.0.0.1", help="Address to bind; the default accepts local connections only."),
+        port: int = typer.Option(8000, min=1, max=65535, help="TCP port."),
+        token_file: Path | None = typer.Option(
+            None, help="File whose first line is the bearer token; else the HEALTHFUSION_API_TOKEN variable."),
+        max_body_bytes: int = typer.Option(5_000_000, min=1_000, help="Largest request body accepted (413 above)."),
+        max_batch: int = typer.Option(1_000, min=1, help="Most patients in one /v1/predict request (413 above)."),
+        max_streams: int = typer.Option(10_000, min=1, help="Most live streams open at once (429 above)."),
+        tolerance: float = typer.Option(1.0, min=0.0, help="Hours a stream event may arrive late and still count."),
+        cooldown: float = typer.Option(4.0, min=0.0, help="Hours between two alerts of one stream."),
+    ) -> None:
+        """Serve a saved model over HTTP: POST /v1/predict, live streams under /v1/streams/{id}, GET /v1/model,
+        GET /v1/health, the OpenAPI schema at /openapi.json and its docs at /docs.
+
+        Every request but /v1/health needs 'Authorization: Bearer TOKEN'. The token is read from --token-file or
+        the HEALTHFUSION_API_TOKEN environment variable, never from the command line, and is never logged.
+        """
+        from healthfusion.models.base import ModelLoadError
+        from healthfusion.serve.app import read_token
+        from healthfusion.serve.app import serve as run_service
+        from healthfusion.serve.streams import AlertPolicy
+
+        try:
+            token = read_token(token_file, dict(os.environ))
+            console.print(f"Serving [bold]{model_dir}[/] on http://{host}:{port} (Ctrl-C stops)")
+            run_service(model_dir, token=token, host=host, port=port, max_body_bytes=max_body_bytes,
+                        max_batch=max_batch, max_streams=max_streams, tolerance=tolerance,
+                        policy=AlertPolicy(cooldown=cooldown))
+        except (ValueError, ModelLoadError) as exc:
+            fail(exc)
