@@ -45,3 +45,52 @@ def register(app: typer.Typer) -> None:
                         policy=AlertPolicy(cooldown=cooldown))
         except (ValueError, ModelLoadError) as exc:
             fail(exc)
+
+    @app.command()
+    def replay(
+        model_dir: Path = typer.Argument(..., help="Saved model folder (e.g. RUN_DIR/model)."),
+        path: Path = typer.Option(..., help="Raw files of the model's source (e.g. a PhysioNet 2012 folder)."),
+        n: int = typer.Option(20, min=1, help="Number of stays to replay (the first N of the source)."),
+        step: float = typer.Option(1.0, min=0.01, help="Hours of patient time per stream update."),
+        speed: float = typer.Option(0.0, min=0.0, help="Patient hours per wall-clock hour; 0 = as fast as possible."),
+        url: str | None = typer.Option(None, help="A running service (e.g. http://127.0.0.1:8000); default: "
+                                                  "replay in this process."),
+        token_file: Path | None = typer.Option(
+            None, help="With --url: file holding the bearer token; else the HEALTHFUSION_API_TOKEN variable."),
+        out: Path | None = typer.Option(None, help="CSV of the per-stay results (alerts, final risk)."),
+    ) -> None:
+        """Play the model's source records hour by hour into live streams and report the alerts they raise.
+
+        The stays are read with the model's own reader options (prediction window etc.); each stay's events are
+        sent in blocks of --step hours, and the stream rescored after each block.
+        """
+        from rich.progress import Progress
+
+        from healthfusion.data.sources import get_source
+        from healthfusion.models.base import ModelLoadError
+        from healthfusion.models.scoring import load_model
+        from healthfusion.serve.app import read_token
+        from healthfusion.serve.patients import Vocabulary, cohort_patients
+        from healthfusion.serve.replay import replay as run_replay
+
+        try:
+            model = load_model(model_dir)
+            if not model.data_source:
+                raise ValueError(f"{model_dir} does not record its data source; it cannot be replayed.")
+            token = read_token(token_file, dict(os.environ)) if url else None
+            cohort = get_source(model.data_source)(path, **model.data_options)
+            ids = [str(s) for s in cohort.stay_ids[:n]]
+            patients = cohort_patients(cohort, Vocabulary.of(model), ids)
+            with Progress(console=console, transient=True) as bar:
+                task = bar.add_task("Replaying stays", total=len(patients))
+                frame = run_replay(model, patients, step=step, speed=speed, url=url, token=token,
+                                   progress=lambda done, total: bar.update(task, completed=done))
+        except (ValueError, ModelLoadError) as exc:
+            fail(exc)
+        alerted = int((frame["n_alerts"] > 0).sum())
+        console.print(f"Replayed {len(frame)} stays ({int(frame['updates'].sum())} stream updates): "
+                      f"{int(frame['n_alerts'].sum())} alerts in {alerted} stays.")
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            frame.to_csv(out, index=False)
+            console.print(f"Wrote {out}")

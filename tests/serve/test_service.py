@@ -139,3 +139,34 @@ def test_read_token(tmp_path):
     path = tmp_path / "token"
     path.write_text(TOKEN + "\n")
     assert read_token(path, {}) == TOKEN
+
+
+@pytest.mark.parametrize("steps,expected", [
+    # (risk, time) sequence with on=0.5, off=0.4, cooldown=4 h -> alerting after each step, alerts raised
+    ([(0.6, 1), (0.45, 2), (0.55, 3), (0.3, 4), (0.7, 4.5), (0.2, 6), (0.9, 10)],
+     ([True, True, True, False, True, False, True], [1, 10])),
+    ([(0.5, 0), (0.39, 1), (0.5, 2)], ([True, False, True], [0])),
+])
+def test_alert_hysteresis(steps, expected):
+    from healthfusion.serve.streams import hysteresis
+
+    alerting, last, states, raised = False, None, [], []
+    for p, t in steps:
+        alerting, now = hysteresis(alerting, p, 0.5, 0.4, t, last, 4.0)
+        states.append(alerting)
+        if now:
+            raised.append(t)
+            last = t
+    assert (states, raised) == expected
+
+
+def test_replay_raises_alerts(model, patients):
+    from healthfusion.serve.replay import replay
+    from healthfusion.serve.streams import AlertPolicy
+
+    policy = AlertPolicy(on=0.05, off=0.04, cooldown=100.0)
+    frame = replay(model, patients[:3], step=6.0, policy=policy)
+    assert frame["updates"].tolist() == [6, 6, 6]  # 36 h in blocks of 6 h
+    assert (frame["n_alerts"] >= 0).all()
+    high = frame[frame["final_probability"] >= 0.05]
+    assert len(high) and (high["n_alerts"] == 1).all()  # one alert each: the cooldown holds the rest back
