@@ -1,0 +1,96 @@
+"""Early-warning metrics of an hourly score (pure functions): alerts per patient-day, PPV and sensitivity, lead time,
+thresholds at a fixed alert budget or a matched sensitivity.
+
+Input: ``scores`` with one row per stay and scoring time (``stay_id``, ``time`` in hours, ``score``) and
+``outcome``, a 0/1 Series indexed by stay id. An **alert** is a rising edge: a scoring time with ``score >=
+threshold`` whose previous scoring time of the same stay was below it (or that is the stay's first), so a stay that
+stays above the threshold alerts once, as a ward's alarm would. Definitions:
+
+- ``alerts_per_patient_day`` = alerts / (stays x monitored hours / 24), monitored hours = last - first scoring
+  time + the ``step`` of one scoring interval;
+- ``ppv`` = share of alerts that fall in stays with the outcome; ``sensitivity`` = share of stays with the
+  outcome that got at least one alert;
+- ``lead_time`` = ``end`` - the time of the first alert, over the alerted stays with the outcome (median and IQR;
+  the outcome is only known to happen after the window, so this is the warning before the window closes).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def _check(scores: pd.DataFrame, outcome: pd.Series) -> pd.DataFrame:
+    missing = [c for c in ("stay_id", "time", "score") if c not in scores.columns]
+    if missing:
+        raise ValueError(f"scores lacks column(s) {missing}; expected stay_id, time, score.")
+    absent = set(scores["stay_id"]) - set(outcome.index)
+    if absent:
+        raise ValueError(f"{len(absent)} scored stays have no outcome (e.g. {sorted(absent)[:3]}); pass the outcome "
+                         "of every scored stay.")
+    bad = outcome[~outcome.isin([0, 1])]
+    if len(bad):
+        raise ValueError(f"outcome must be 0/1; stay {bad.index[0]!r} has {bad.iloc[0]!r}.")
+    return scores.sort_values(["stay_id", "time"], kind="stable").reset_index(drop=True)
+
+
+def alert_times(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """The alerts (rising edges, see the module docs) as rows ``stay_id``, ``time``, ``score``."""
+    s = scores.sort_values(["stay_id", "time"], kind="stable").reset_index(drop=True)
+    above = s["score"].to_numpy() >= threshold
+    first = s["stay_id"].ne(s["stay_id"].shift()).to_numpy()
+    previous = np.concatenate([[False], above[:-1]])
+    return s[above & (first | ~previous)].reset_index(drop=True)
+
+
+def alert_metrics(scores: pd.DataFrame, outcome: pd.Series, threshold: float, *, end: float,
+                  step: float = 1.0) -> dict[str, float]:
+    """``n_alerts``, ``alerts_per_patient_day``, ``ppv``, ``sensitivity``, ``lead_time_median``, ``lead_time_q1``,
+    ``lead_time_q3``, ``n_stays``, ``n_positive`` at ``threshold`` (definitions in the module docs; NaN where
+    undefined, e.g. PPV without alerts).
+
+    Raises
+    ------
+    ValueError
+        Missing columns, a scored stay without outcome, or an outcome other than 0/1.
+    """
+    s = _check(scores, outcome)
+    alerts = alert_times(s, threshold)
+    y = outcome.reindex(s["stay_id"].unique())
+    span = s.groupby("stay_id")["time"].agg(lambda t: t.max() - t.min() + step)
+    days = float(span.sum()) / 24.0
+    positive_alerts = alerts["stay_id"].map(outcome).to_numpy()
+    alerted = set(alerts["stay_id"])
+    positives = y.index[y == 1]
+    first = alerts.groupby("stay_id")["time"].min()
+    leads = end - first.reindex([p for p in positives if p in alerted]).to_numpy(dtype=float)
+    q = np.quantile(leads, [0.25, 0.5, 0.75]) if len(leads) else [np.nan] * 3
+    return {
+        "threshold": float(threshold), "n_stays": int(len(y)), "n_positive": int(len(positives)),
+        "n_alerts": int(len(alerts)), "alerts_per_patient_day": len(alerts) / days if days > 0 else np.nan,
+        "ppv": float(positive_alerts.mean()) if len(alerts) else np.nan,
+        "sensitivity": float(np.mean([p in alerted for p in positives])) if len(positives) else np.nan,
+        "lead_time_q1": float(q[0]), "lead_time_median": float(q[1]), "lead_time_q3": float(q[2]),
+    }
+
+
+def threshold_for_budget(scores: pd.DataFrame, budget: float, *, step: float = 1.0) -> float:
+    """The lowest threshold among the scores whose alerts per patient-day do not exceed ``budget`` (inf if even the
+    highest score alerts more often)."""
+    outcome = pd.Series(0, index=pd.Index(scores["stay_id"].unique()))
+    for t in np.unique(scores["score"].to_numpy()):
+        if alert_metrics(scores, outcome, t, end=0.0, step=step)["alerts_per_patient_day"] <= budget:
+            return float(t)
+    return float("inf")
+
+
+def threshold_for_sensitivity(scores: pd.DataFrame, outcome: pd.Series, target: float) -> float:
+    """The highest threshold among the scores whose sensitivity (stays with the outcome alerted at least once) is at
+    least ``target`` (-inf if none reaches it). Used to compare PPV of two scores at matched sensitivity."""
+    best = scores.groupby("stay_id")["score"].max()  # a stay is alerted iff its maximum reaches the threshold
+    pos = best.reindex(outcome.index[outcome == 1]).dropna().to_numpy()
+    if not len(pos):
+        return float("-inf")
+    ordered = np.sort(pos)[::-1]
+    k = int(np.ceil(target * len(pos)))
+    return float(ordered[k - 1]) if 1 <= k <= len(ordered) else float("-inf")
