@@ -167,7 +167,7 @@ def cohort_convert(
 
 
 # Commands with their own module register themselves here: each module defines ``register(app)``.
-_COMMAND_MODULES: tuple[str, ...] = ("multitask", "report", "pretrain", "transfer", "serve")
+_COMMAND_MODULES: tuple[str, ...] = ("multitask", "report", "pretrain", "transfer", "serve", "alerts")
 
 
 def _register_commands() -> None:

@@ -74,11 +74,19 @@ def alert_metrics(scores: pd.DataFrame, outcome: pd.Series, threshold: float, *,
     }
 
 
+def candidate_thresholds(scores: pd.DataFrame, n: int = 200) -> np.ndarray:
+    """The distinct scores when there are at most ``n``, else ``n`` quantiles of them (ascending)."""
+    values = np.unique(scores["score"].to_numpy(dtype=float))
+    values = values[np.isfinite(values)]
+    return values if len(values) <= n else np.unique(np.quantile(values, np.linspace(0, 1, n)))
+
+
 def threshold_for_budget(scores: pd.DataFrame, budget: float, *, step: float = 1.0) -> float:
-    """The lowest threshold among the scores whose alerts per patient-day do not exceed ``budget`` (inf if even the
-    highest score alerts more often)."""
+    """The lowest threshold among :func:`candidate_thresholds` whose alerts per patient-day do not exceed ``budget``
+    (inf if even the highest score alerts more often). Alert counts are rising edges, not monotone in the threshold,
+    so every candidate is checked."""
     outcome = pd.Series(0, index=pd.Index(scores["stay_id"].unique()))
-    for t in np.unique(scores["score"].to_numpy()):
+    for t in candidate_thresholds(scores):
         if alert_metrics(scores, outcome, t, end=0.0, step=step)["alerts_per_patient_day"] <= budget:
             return float(t)
     return float("inf")
