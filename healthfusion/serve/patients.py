@@ -19,7 +19,7 @@ import pandas as pd
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.schema import CohortMeta
-from healthfusion.models.scoring import OK, ScoringModel
+from healthfusion.models.scoring import OK, PredictionError, ScoringModel
 from healthfusion.serve.schemas import Event, Patient, PatientResult
 
 
@@ -139,7 +139,12 @@ def score_patients(model: ScoringModel, patients: Sequence[Patient], vocabulary:
     PatientError
         As :func:`patients_cohort`.
     """
-    frame = model.predict(patients_cohort(patients, vocabulary, where))
+    cohort = patients_cohort(patients, vocabulary, where)
+    try:
+        frame = model.predict(cohort)
+    except PredictionError as err:  # nothing the model reads in any of them: each gets the reason
+        return [PatientResult(id=p.id, probability=None, risk_group=None, status=f"not scored: {err}")
+                for p in patients]
     results = []
     for p, row in zip(patients, frame.itertuples(index=False), strict=True):
         ok = row.status == OK and "probability" in frame.columns and np.isfinite(row.probability)

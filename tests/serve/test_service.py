@@ -170,3 +170,14 @@ def test_replay_raises_alerts(model, patients):
     assert (frame["n_alerts"] >= 0).all()
     high = frame[frame["final_probability"] >= 0.05]
     assert len(high) and (high["n_alerts"] == 1).all()  # one alert each: the cooldown holds the rest back
+
+
+def test_a_patient_with_nothing_the_model_reads_gets_a_reason_not_an_error(client, model):
+    from healthfusion.serve.streams import StreamRegistry
+
+    response = client.post("/v1/predict", json={"patients": [{"id": "empty"}]}, headers=AUTH)
+    assert response.status_code == 200
+    result = response.json()["results"][0]
+    assert result["probability"] is None and result["status"] != "ok" and result["risk_group"] is None
+    state = StreamRegistry(model).update("s", [], static={"age": 70.0})
+    assert state.probability is None and state.status != "ok" and not state.alerting
