@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         step: float = typer.Option(1.0, min=0.1, help="Hours between scorings."),
         n: int | None = typer.Option(None, min=1, help="Only the first N stays of the source."),
         budget: float = typer.Option(1.0, min=0.0, help="Alert budget: alerts per patient-day at the operating point."),
+        lockout: float = typer.Option(4.0, min=0.0, help="Hours after an alert during which the stay cannot re-alert."),
     ) -> None:
         """Score every stay every STEP hours from START to END with the model and with NEWS2 (from the vitals),
         and compare them as early-warning systems: alerts per patient-day, PPV, sensitivity and lead time at the
@@ -39,7 +40,7 @@ def register(app: typer.Typer) -> None:
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("Scoring hours", total=None)
                 table = evaluate_alerts(model_dir, path, out, start=start, end=end, step=step, n_stays=n,
-                                        budget=budget,
+                                        budget=budget, lockout=lockout,
                                         progress=lambda done, total: bar.update(task, completed=done, total=total))
         except (ValueError, ModelLoadError) as exc:
             fail(exc)

@@ -2,9 +2,10 @@
 thresholds at a fixed alert budget or a matched sensitivity.
 
 Input: ``scores`` with one row per stay and scoring time (``stay_id``, ``time`` in hours, ``score``) and
-``outcome``, a 0/1 Series indexed by stay id. An **alert** is a rising edge: a scoring time with ``score >=
-threshold`` whose previous scoring time of the same stay was below it (or that is the stay's first), so a stay that
-stays above the threshold alerts once, as a ward's alarm would. Definitions:
+``outcome``, a 0/1 Series indexed by stay id. An **alert** fires at a scoring time with ``score >= threshold``
+unless the same stay alerted less than ``lockout`` hours before (default 4 h, the stream cooldown of
+:mod:`healthfusion.serve.streams`): a stay above the threshold all day alerts every ``lockout`` hours, as a ward's
+alarm with a suppression window would. Definitions:
 
 - ``alerts_per_patient_day`` = alerts / (stays x monitored hours / 24), monitored hours = last - first scoring
   time + the ``step`` of one scoring interval;
@@ -34,17 +35,33 @@ def _check(scores: pd.DataFrame, outcome: pd.Series) -> pd.DataFrame:
     return scores.sort_values(["stay_id", "time"], kind="stable").reset_index(drop=True)
 
 
-def alert_times(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """The alerts (rising edges, see the module docs) as rows ``stay_id``, ``time``, ``score``."""
-    s = scores.sort_values(["stay_id", "time"], kind="stable").reset_index(drop=True)
-    above = s["score"].to_numpy() >= threshold
-    first = s["stay_id"].ne(s["stay_id"].shift()).to_numpy()
-    previous = np.concatenate([[False], above[:-1]])
-    return s[above & (first | ~previous)].reset_index(drop=True)
+def _grid(scores: pd.DataFrame) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+    """(stay ids, scoring times [H], scores [S, H] with NaN where a stay has no score at a time)."""
+    table = scores.pivot_table(index="stay_id", columns="time", values="score", aggfunc="last")
+    return table.index, table.columns.to_numpy(dtype=float), table.to_numpy(dtype=float)
+
+
+def _fire(times: np.ndarray, values: np.ndarray, threshold: float, lockout: float) -> np.ndarray:
+    """[S, H] bool: where an alert fires (above the threshold, no alert of the stay in the last ``lockout`` h)."""
+    fired = np.zeros(values.shape, dtype=bool)
+    last = np.full(values.shape[0], -np.inf)
+    with np.errstate(invalid="ignore"):
+        above = values >= threshold
+    for h, t in enumerate(times):
+        fired[:, h] = above[:, h] & (t - last >= lockout)
+        last = np.where(fired[:, h], t, last)
+    return fired
+
+
+def alert_times(scores: pd.DataFrame, threshold: float, lockout: float = 4.0) -> pd.DataFrame:
+    """The alerts (see the module docs) as rows ``stay_id``, ``time``, sorted by stay and time."""
+    ids, times, values = _grid(scores)
+    rows, cols = np.nonzero(_fire(times, values, threshold, lockout))
+    return pd.DataFrame({"stay_id": ids[rows], "time": times[cols]})
 
 
 def alert_metrics(scores: pd.DataFrame, outcome: pd.Series, threshold: float, *, end: float,
-                  step: float = 1.0) -> dict[str, float]:
+                  step: float = 1.0, lockout: float = 4.0) -> dict[str, float]:
     """``n_alerts``, ``alerts_per_patient_day``, ``ppv``, ``sensitivity``, ``lead_time_median``, ``lead_time_q1``,
     ``lead_time_q3``, ``n_stays``, ``n_positive`` at ``threshold`` (definitions in the module docs; NaN where
     undefined, e.g. PPV without alerts).
@@ -55,7 +72,7 @@ def alert_metrics(scores: pd.DataFrame, outcome: pd.Series, threshold: float, *,
         Missing columns, a scored stay without outcome, or an outcome other than 0/1.
     """
     s = _check(scores, outcome)
-    alerts = alert_times(s, threshold)
+    alerts = alert_times(s, threshold, lockout)
     y = outcome.reindex(s["stay_id"].unique())
     span = s.groupby("stay_id")["time"].agg(lambda t: t.max() - t.min() + step)
     days = float(span.sum()) / 24.0
@@ -81,13 +98,14 @@ def candidate_thresholds(scores: pd.DataFrame, n: int = 200) -> np.ndarray:
     return values if len(values) <= n else np.unique(np.quantile(values, np.linspace(0, 1, n)))
 
 
-def threshold_for_budget(scores: pd.DataFrame, budget: float, *, step: float = 1.0) -> float:
+def threshold_for_budget(scores: pd.DataFrame, budget: float, *, step: float = 1.0, lockout: float = 4.0) -> float:
     """The lowest threshold among :func:`candidate_thresholds` whose alerts per patient-day do not exceed ``budget``
-    (inf if even the highest score alerts more often). Alert counts are rising edges, not monotone in the threshold,
-    so every candidate is checked."""
-    outcome = pd.Series(0, index=pd.Index(scores["stay_id"].unique()))
+    (inf if even the highest score alerts more often). With a lockout the alert count is not monotone in the
+    threshold, so every candidate is checked."""
+    ids, times, values = _grid(scores)
+    days = float(scores.groupby("stay_id")["time"].agg(lambda t: t.max() - t.min() + step).sum()) / 24.0
     for t in candidate_thresholds(scores):
-        if alert_metrics(scores, outcome, t, end=0.0, step=step)["alerts_per_patient_day"] <= budget:
+        if _fire(times, values, t, lockout).sum() / days <= budget:
             return float(t)
     return float("inf")
 

@@ -55,23 +55,23 @@ def hourly_scores(model, cohort: Cohort, hours: list[float],
 
 
 def compare_scores(scores: pd.DataFrame, outcome: pd.Series, *, budget: float, end: float,
-                   step: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   step: float = 1.0, lockout: float = 4.0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(operating points, curves): each score at its alert-budget threshold, and NEWS2 at the model's
     sensitivity there; curves = metrics over :func:`candidate_thresholds` of each score."""
     rows, curves = [], []
     per = {name: scores[["stay_id", "time", name]].rename(columns={name: "score"}).dropna() for name in
            ("model", "news2")}
     for name, s in per.items():
-        t = threshold_for_budget(s, budget, step=step)
+        t = threshold_for_budget(s, budget, step=step, lockout=lockout)
         rows.append({"score": name, "operating_point": f"<= {budget:g} alerts per patient-day",
-                     **alert_metrics(s, outcome, t, end=end, step=step)})
+                     **alert_metrics(s, outcome, t, end=end, step=step, lockout=lockout)})
         for c in candidate_thresholds(s, n=60):
-            curves.append({"score": name, **alert_metrics(s, outcome, c, end=end, step=step)})
+            curves.append({"score": name, **alert_metrics(s, outcome, c, end=end, step=step, lockout=lockout)})
     target = rows[0]["sensitivity"]
     if np.isfinite(target):
         t = threshold_for_sensitivity(per["news2"], outcome, target)
         rows.append({"score": "news2", "operating_point": f"sensitivity >= {target:.3f} (the model's)",
-                     **alert_metrics(per["news2"], outcome, t, end=end, step=step)})
+                     **alert_metrics(per["news2"], outcome, t, end=end, step=step, lockout=lockout)})
     return pd.DataFrame(rows), pd.DataFrame(curves)
 
 
@@ -92,7 +92,7 @@ def _figure(curves: pd.DataFrame, path: Path) -> None:
 
 
 def evaluate_alerts(model_dir: str | Path, path: str | Path, out: str | Path, *, start: float = 6, end: float = 48,
-                    step: float = 1.0, n_stays: int | None = None, budget: float = 1.0,
+                    step: float = 1.0, n_stays: int | None = None, budget: float = 1.0, lockout: float = 4.0,
                     progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Run the evaluation (module docs) and write its outputs to ``out``; returns the operating-point table.
 
@@ -120,7 +120,8 @@ def evaluate_alerts(model_dir: str | Path, path: str | Path, out: str | Path, *,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scores.to_csv(out / "hourly_scores.csv", index=False)
-    table, curves = compare_scores(scores, outcome.astype(int), budget=budget, end=end, step=step)
+    table, curves = compare_scores(scores, outcome.astype(int), budget=budget, end=end, step=step,
+                                   lockout=lockout)
     table.to_csv(out / "alerts.csv", index=False)
     curves.to_csv(out / "curves.csv", index=False)
     _figure(curves, out / "alerts.png")

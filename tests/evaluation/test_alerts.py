@@ -17,16 +17,18 @@ SCORES = pd.DataFrame({"stay_id": ["a"] * 4 + ["b"] * 4, "time": [6, 7, 8, 9] * 
 OUTCOME = pd.Series({"a": 1, "b": 0})
 
 
-def test_alerts_are_rising_edges():
-    alerts = alert_times(SCORES, 0.5)
-    assert list(zip(alerts["stay_id"], alerts["time"], strict=True)) == [("a", 7), ("b", 6), ("b", 8)]
+def test_alerts_respect_the_lockout():
+    alerts = alert_times(SCORES, 0.5)  # lockout 4 h: a alerts at 7 (not 8), b at 6 (not 8)
+    assert list(zip(alerts["stay_id"], alerts["time"], strict=True)) == [("a", 7), ("b", 6)]
+    alerts = alert_times(SCORES, 0.5, lockout=1.0)
+    assert list(zip(alerts["stay_id"], alerts["time"], strict=True)) == [("a", 7), ("a", 8), ("b", 6), ("b", 8)]
 
 
 def test_alert_metrics_by_hand():
     m = alert_metrics(SCORES, OUTCOME, 0.5, end=48)
-    # 3 alerts over 2 stays x 4 monitored hours = 1/3 patient-day; 1 of 3 alerts in the positive stay
-    assert m["n_alerts"] == 3 and m["alerts_per_patient_day"] == pytest.approx(9.0)
-    assert m["ppv"] == pytest.approx(1 / 3) and m["sensitivity"] == 1.0
+    # 2 alerts over 2 stays x 4 monitored hours = 1/3 patient-day; 1 of 2 alerts in the positive stay
+    assert m["n_alerts"] == 2 and m["alerts_per_patient_day"] == pytest.approx(6.0)
+    assert m["ppv"] == pytest.approx(1 / 2) and m["sensitivity"] == 1.0
     assert m["lead_time_median"] == 41.0  # 48 - 7
     none = alert_metrics(SCORES, OUTCOME, 0.9, end=48)
     assert none["n_alerts"] == 0 and np.isnan(none["ppv"]) and none["sensitivity"] == 0.0
@@ -34,6 +36,7 @@ def test_alert_metrics_by_hand():
 
 def test_thresholds_for_budget_and_sensitivity():
     assert threshold_for_budget(SCORES, 3.0) == 0.7  # at 0.6 two alerts (6/day), at 0.7 one (3/day)
+    assert threshold_for_budget(SCORES, 9.0, lockout=1.0) == 0.6  # at 0.55 four alerts (12/day), at 0.6 three
     assert threshold_for_sensitivity(SCORES, OUTCOME, 1.0) == 0.7
 
 
