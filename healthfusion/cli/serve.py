@@ -25,6 +25,9 @@ def register(app: typer.Typer) -> None:
         max_streams: int = typer.Option(10_000, min=1, help="Most live streams open at once (429 above)."),
         tolerance: float = typer.Option(1.0, min=0.0, help="Hours a stream event may arrive late and still count."),
         cooldown: float = typer.Option(4.0, min=0.0, help="Hours between two alerts of one stream."),
+        alert_at: float | None = typer.Option(None, min=0.0, max=1.0, help="Risk at which a stream alerts (default: "
+                                              "the model's threshold; e.g. the threshold `healthfusion alerts` "
+                                              "found for an alert budget). It re-arms 0.1 below."),
     ) -> None:
         """Serve a saved model over HTTP: POST /v1/predict, live streams under /v1/streams/{id}, GET /v1/model,
         GET /v1/health, the OpenAPI schema at /openapi.json and its docs at /docs.
@@ -42,7 +45,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"Serving [bold]{model_dir}[/] on http://{host}:{port} (Ctrl-C stops)")
             run_service(model_dir, token=token, host=host, port=port, max_body_bytes=max_body_bytes,
                         max_batch=max_batch, max_streams=max_streams, tolerance=tolerance,
-                        policy=AlertPolicy(cooldown=cooldown))
+                        policy=AlertPolicy(on=alert_at, cooldown=cooldown))
         except (ValueError, ModelLoadError) as exc:
             fail(exc)
 
@@ -58,6 +61,9 @@ def register(app: typer.Typer) -> None:
         token_file: Path | None = typer.Option(
             None, help="With --url: file holding the bearer token; else the HEALTHFUSION_API_TOKEN variable."),
         out: Path | None = typer.Option(None, help="CSV of the per-stay results (alerts, final risk)."),
+        alert_at: float | None = typer.Option(None, min=0.0, max=1.0, help="In-process replay: risk at which a "
+                                              "stream alerts (default: the model's threshold); re-arms 0.1 below."),
+        cooldown: float = typer.Option(4.0, min=0.0, help="In-process replay: hours between two alerts of a stay."),
     ) -> None:
         """Play the model's source records hour by hour into live streams and report the alerts they raise.
 
@@ -72,6 +78,7 @@ def register(app: typer.Typer) -> None:
         from healthfusion.serve.app import read_token
         from healthfusion.serve.patients import Vocabulary, cohort_patients
         from healthfusion.serve.replay import replay as run_replay
+        from healthfusion.serve.streams import AlertPolicy
 
         try:
             model = load_model(model_dir)
@@ -84,6 +91,8 @@ def register(app: typer.Typer) -> None:
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("Replaying stays", total=len(patients))
                 frame = run_replay(model, patients, step=step, speed=speed, url=url, token=token,
+                                   policy=AlertPolicy(on=alert_at, off=None if alert_at is None else max(0.0, alert_at - 0.1),
+                                                      cooldown=cooldown),
                                    progress=lambda done, total: bar.update(task, completed=done))
         except (ValueError, ModelLoadError) as exc:
             fail(exc)
