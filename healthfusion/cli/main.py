@@ -11,10 +11,11 @@ from pathlib import Path  # noqa: E402
 
 import typer  # noqa: E402
 
-from healthfusion.cli.common import console, fail  # noqa: E402
+from healthfusion.cli.common import ReadErrorsGroup, console, fail, parse_options  # noqa: E402
 from healthfusion.cli.render import print_frame  # noqa: E402
 
 app = typer.Typer(
+    cls=ReadErrorsGroup,
     help="healthfusion: validated, explainable, transferable multimodal clinical risk models.",
     no_args_is_help=True,
     add_completion=False,
@@ -24,9 +25,25 @@ cohort_app = typer.Typer(help="Build and inspect cohorts.", no_args_is_help=True
 app.add_typer(cohort_app, name="cohort", help="Build cohorts from raw sources and describe them.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from healthfusion import __version__
+
+        console.print(f"healthfusion {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library log messages.")) -> None:
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library log messages."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the healthfusion version and exit."),
+) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+_OPTION_HELP = ("A source option KEY=VALUE, repeatable (e.g. notes: prediction_time=24; physionet2012: hours=24, "
+                "outcomes=PATH); the same keys as a run config's data.options.")
 
 
 @app.command()
@@ -84,6 +101,9 @@ def predict(
     path: Path = typer.Option(..., help="Raw files to score: the source's folder or file."),
     out: Path = typer.Option(..., help="CSV to write: id, probability, risk group, status."),
     split: str | None = typer.Option(None, help="Named split of the source, e.g. test for a MedMNIST .npz."),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP + " Options the model was "
+                                            "trained with are applied from the model folder; one that contradicts "
+                                            "them is an error."),
 ) -> None:
     """Score new patients from raw files with a saved model folder.
 
@@ -91,15 +111,19 @@ def predict(
     prediction window, preprocessing, calibrator, risk-group threshold); every file is checked against its
     model.json first.
     """
+    from healthfusion.data.sources import check_options
     from healthfusion.workflows.predict import predict_source
 
+    options = parse_options(option)
     try:
-        frame = predict_source(model, source, path, split=split)
+        check_options(source, options)
+        frame = predict_source(model, source, path, split=split, **options)
     except ValueError as exc:
         fail(exc)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
     counts = frame["status"].value_counts().to_dict()
+    console.print(frame.attrs["model"], highlight=False, soft_wrap=True)
     console.print(f"Wrote {len(frame)} rows to [bold]{out}[/] ({counts})")
     from healthfusion.workflows.predict import external_validation
 
@@ -111,10 +135,13 @@ def predict(
 def _print_run(run_dir: Path) -> None:
     import pandas as pd
 
-    from healthfusion.workflows.evaluate import display_comparison
+    from healthfusion.workflows.evaluate import display_comparison, display_differences
 
     shown, title = display_comparison(pd.read_csv(run_dir / "comparison.csv", index_col=0))
     print_frame(console, shown, title=title)
+    if (run_dir / "comparison_difference.csv").is_file():
+        shown, title = display_differences(pd.read_csv(run_dir / "comparison_difference.csv", index_col=0))
+        print_frame(console, shown, title=title)
     console.print(f"Run folder: [bold]{run_dir}[/]")
 
 
@@ -124,12 +151,14 @@ def cohort_build(
     path: Path | None = typer.Option(None, help="Raw data: the source's folder or file (not used by synthetic)."),
     out: Path = typer.Option(..., help="Cohort folder to write."),
     task: str | None = typer.Option(None, help="Task of the source (its default when omitted)."),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
 ) -> None:
     """Read raw files of a source into a cohort folder and print its row accounting."""
     from healthfusion.workflows.cohorts import build_cohort
 
+    options = parse_options(option)
     try:
-        cohort = build_cohort(source=source, path=path, out=out, task=task, console=console)
+        cohort = build_cohort(source=source, path=path, out=out, task=task, console=console, **options)
     except ValueError as exc:
         fail(exc)
     print_frame(console, cohort.accounting.to_frame(), title="Row accounting")

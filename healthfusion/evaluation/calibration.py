@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 
-from healthfusion.evaluation.bootstrap import bootstrap_ci
+from healthfusion.evaluation.bootstrap import _percentile_interval, bootstrap_ci, resample_indices
 from healthfusion.evaluation.metrics import check_binary_input
 
 ArrayLike = Any
@@ -142,3 +142,68 @@ def calibration_summary(y_true: ArrayLike, y_prob: ArrayLike, n_bins: int = 10, 
         ci = bootstrap_ci(fn, y_true, y_prob, n_boot=n_boot, seed=seed)
         rows.append({"metric": name, "value": ci.value, "ci_low": ci.ci_low, "ci_high": ci.ci_high, "n": ci.n})
     return pd.DataFrame(rows)
+
+
+CALIBRATION_METRICS: tuple[str, ...] = ("ece", "cal_slope", "cal_intercept")
+
+
+def calibration_metrics_batch(y_true: np.ndarray, y_prob: np.ndarray, n_bins: int = 10, n_iter: int = 50,
+                              start: tuple[float, float, float] | None = None) -> dict[str, np.ndarray]:
+    """ECE (``n_bins`` equal-width bins), calibration slope and intercept of each row of ``[b, n]`` arrays at once
+    (bootstrap resamples): ``{"ece", "cal_slope", "cal_intercept"}`` -> ``[b]``; NaN for a single-class row or
+    a fit that does not converge. The same values as :func:`expected_calibration_error` and
+    :func:`calibration_slope_intercept` on each row. ``start`` (logistic intercept, slope, calibration-in-the-large
+    intercept) starts the Newton iterations near the answer, e.g. at the full data's values for its resamples."""
+    y, p = np.atleast_2d(np.asarray(y_true, dtype=float)), np.atleast_2d(np.asarray(y_prob, dtype=float))
+    b, n = p.shape
+    ids = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], p, side="right") + n_bins * np.arange(b)[:, None]
+    sum_p = np.bincount(ids.ravel(), weights=p.ravel(), minlength=b * n_bins).reshape(b, n_bins)
+    sum_y = np.bincount(ids.ravel(), weights=y.ravel(), minlength=b * n_bins).reshape(b, n_bins)
+    ece = np.abs(sum_y - sum_p).sum(axis=1) / n
+    z = _logit(p)
+    a0, b0, c0 = start if start is not None and np.isfinite(start).all() else (0.0, 0.0, 0.0)
+    slope, intercept = np.tile([a0, b0], (b, 1)), np.full(b, c0)
+    for _ in range(n_iter):
+        mu = expit(slope[:, :1] + slope[:, 1:] * z)
+        w, r = np.maximum(mu * (1 - mu), 1e-12), y - mu
+        g0, g1 = r.sum(axis=1), (r * z).sum(axis=1)
+        h00, h01, h11 = w.sum(axis=1), (w * z).sum(axis=1), (w * z * z).sum(axis=1)
+        det = h00 * h11 - h01**2 + 1e-10
+        step = np.column_stack([(h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det])
+        slope += step
+        mu1 = expit(intercept[:, None] + z)
+        step1 = (y - mu1).sum(axis=1) / np.maximum((mu1 * (1 - mu1)).sum(axis=1), 1e-12)
+        intercept += step1
+        if max(np.abs(step).max(), np.abs(step1).max()) < 1e-9:
+            break
+    one_class = (y.min(axis=1) == y.max(axis=1)) | ~np.isfinite(slope).all(axis=1)
+    return {"ece": ece, "cal_slope": np.where(one_class, np.nan, slope[:, 1]),
+            "cal_intercept": np.where(one_class | ~np.isfinite(intercept), np.nan, intercept),
+            "_start": np.column_stack([slope, intercept])}
+
+
+def calibration_with_ci(y_true: ArrayLike, y_prob: ArrayLike, n_boot: int = 1000, seed: int = 0,
+                        alpha: float = 0.05) -> pd.DataFrame:
+    """:data:`CALIBRATION_METRICS` with percentile-bootstrap intervals over the same stratified resamples as
+    :func:`~healthfusion.evaluation.bootstrap.metrics_with_ci` (same ``seed``): columns ``metric``, ``value``,
+    ``ci_low``, ``ci_high``, ``n``, ``n_skipped``.
+
+    Raises
+    ------
+    ValueError
+        Bad input (see :func:`~healthfusion.evaluation.metrics.check_binary_input`).
+    """
+    y, p = check_binary_input(y_true, y_prob)
+    point = calibration_metrics_batch(y, p)
+    start = tuple(float(v) for v in point.pop("_start")[0])
+    boot: dict[str, list[np.ndarray]] = {m: [] for m in CALIBRATION_METRICS}
+    for idx in resample_indices(y, n_boot, seed, stratified=True):
+        batch = calibration_metrics_batch(y[idx], p[idx], start=start)
+        for m in CALIBRATION_METRICS:
+            boot[m].append(batch[m])
+    rows = []
+    for m in CALIBRATION_METRICS:
+        low, high, n_skipped = _percentile_interval(np.concatenate(boot[m]), alpha)
+        rows.append((m, float(point[m][0]), low, high, int(y.size), n_skipped))
+    return pd.DataFrame(rows, columns=["metric", "value", "ci_low", "ci_high", "n", "n_skipped"])
+

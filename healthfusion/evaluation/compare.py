@@ -19,13 +19,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from healthfusion.evaluation.bootstrap import metrics_with_ci
+from healthfusion.evaluation.bootstrap import metrics_with_ci, paired_difference_ci
+from healthfusion.evaluation.calibration import CALIBRATION_METRICS, calibration_with_ci
 from healthfusion.evaluation.metrics import _check_prob, _check_threshold
 
 ArrayLike = Any
 
-COMPARISON_METRICS: tuple[str, ...] = ("auroc", "auprc", "accuracy", "precision", "recall", "f1", "brier")
-"""Metrics reported by :func:`comparison_table`, in column order."""
+COMPARISON_METRICS: tuple[str, ...] = ("auroc", "auprc", *CALIBRATION_METRICS, "accuracy", "precision", "recall",
+                                       "f1", "brier")
+"""Metrics reported by :func:`comparison_table`, in column order: calibration (ECE with 10 equal-width bins,
+calibration slope, 1 is ideal, and calibration-in-the-large intercept, 0 is ideal) beside AUROC and AUPRC."""
+DIFFERENCE_METRICS: tuple[str, ...] = ("auroc", "auprc")
+"""Metrics whose paired difference against the best baseline :func:`difference_table` reports."""
 
 
 def _check_results(results: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> None:
@@ -81,9 +86,10 @@ def comparison_table(
         t = _threshold_for(threshold, name)
         try:
             ci = metrics_with_ci(y_true, y_prob, threshold=t, n_boot=n_boot, seed=seed, alpha=alpha)
+            cal = calibration_with_ci(y_true, y_prob, n_boot=n_boot, seed=seed, alpha=alpha)
         except ValueError as err:
             raise ValueError(f"Model {name!r}: {err}") from err
-        ci = ci.set_index("metric")
+        ci = pd.concat([ci, cal], ignore_index=True).set_index("metric")
         row: dict[str, Any] = {
             "model": name,
             "n": int(ci.loc["auroc", "n"]),
@@ -96,6 +102,52 @@ def comparison_table(
             row[f"{metric}_ci_high"] = ci.loc[metric, "ci_high"]
         rows.append(row)
     return pd.DataFrame(rows).set_index("model")
+
+
+def difference_table(
+    frame: pd.DataFrame,
+    models: list[str],
+    reference: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Paired bootstrap intervals of each model's AUROC and AUPRC minus ``reference``'s, on the stays both scored.
+
+    Args:
+        frame: one row per stay with ``y_true`` and one probability column per model (NaN: not scored).
+        models: columns to compare (``reference`` itself is skipped).
+        reference: the comparator column (e.g. the best baseline by AUROC).
+
+    Returns:
+        DataFrame indexed by model (index name ``"model"``) with ``reference``, ``n`` and, per metric in
+        :data:`DIFFERENCE_METRICS`, ``<metric>_diff``, ``<metric>_diff_ci_low``, ``<metric>_diff_ci_high``.
+
+    Raises:
+        ValueError: a column missing from ``frame``, or bad input for a model (named).
+    """
+    missing = [c for c in [*models, reference, "y_true"] if c not in frame.columns]
+    if missing:
+        raise ValueError(f"difference_table: columns {missing} are not in the predictions (have {list(frame.columns)}).")
+    rows = []
+    for name in models:
+        if name == reference:
+            continue
+        both = frame[frame[name].notna() & frame[reference].notna()]
+        try:
+            ci = paired_difference_ci(both["y_true"].to_numpy(dtype=float), both[name].to_numpy(dtype=float),
+                                      both[reference].to_numpy(dtype=float), DIFFERENCE_METRICS, n_boot, seed, alpha)
+        except ValueError as err:
+            raise ValueError(f"Model {name!r} vs {reference!r}: {err}") from err
+        row: dict[str, Any] = {"model": name, "reference": reference, "n": int(len(both))}
+        for _, r in ci.iterrows():
+            row[f"{r['metric']}_diff"] = r["value"]
+            row[f"{r['metric']}_diff_ci_low"] = r["ci_low"]
+            row[f"{r['metric']}_diff_ci_high"] = r["ci_high"]
+        rows.append(row)
+    columns = ["model", "reference", "n", *[f"{m}_diff{s}" for m in DIFFERENCE_METRICS for s in ("", "_ci_low",
+                                                                                                   "_ci_high")]]
+    return pd.DataFrame(rows, columns=columns).set_index("model")
 
 
 def format_ci(value: float, ci_low: float, ci_high: float, digits: int = 3) -> str:

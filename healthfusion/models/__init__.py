@@ -12,7 +12,7 @@ from healthfusion.models.base import (
     ModelConfig,
     ModelLoadError,
     PretrainedModel,
-    load_pretrained,
+    load_network,
     model_fingerprint,
     register_model,
 )
@@ -84,7 +84,7 @@ __all__ = [
     "fit_weights",
     "head_predictions",
     "load_model",
-    "load_pretrained",
+    "load_network",
     "model_fingerprint",
     "register_model",
 ]

@@ -19,7 +19,7 @@ the network, and a checksum of every file in the folder.
 Example::
 
     model.save_pretrained("runs/m1", preprocessing_state=pipeline_state)
-    model, state = load_pretrained("runs/m1")      # any registered model type
+    model, state = load_network("runs/m1")      # any registered model type
     model = HybridModel.from_pretrained("runs/m1")
 """
 
@@ -202,7 +202,7 @@ class PretrainedModel(nn.Module):
 
         Called on :class:`PretrainedModel` itself it loads any registered type; called on a subclass it also
         checks the saved ``model_type``. ``preprocessing.json``, if present, is validated (use
-        :func:`load_pretrained` to get its state). The model is returned on CPU in eval mode.
+        :func:`load_network` to get its state). The model is returned on CPU in eval mode.
 
         Raises
         ------
@@ -220,7 +220,7 @@ def state_checksum(state: Any) -> str:
     return hashlib.sha256(json.dumps(state, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def load_pretrained(directory: str | os.PathLike) -> tuple[PretrainedModel, dict | None]:
+def load_network(directory: str | os.PathLike) -> tuple[PretrainedModel, dict | None]:
     """Load any registered model saved with :meth:`PretrainedModel.save_pretrained` (the network and its
     preprocessing state; :func:`healthfusion.models.scoring.load_model` loads a whole run's model folder).
 
@@ -290,7 +290,7 @@ def _load(directory: Path, expected: type[PretrainedModel] | None) -> tuple[Pret
     if expected is not None and not issubclass(cls, expected):
         raise ModelLoadError(
             f"{directory} holds a {model_type!r} model ({cls.__name__}), not a {expected.__name__}; "
-            "use load_pretrained()."
+            "use load_network()."
         )
     fields = {k: v for k, v in raw.items() if k not in _RESERVED_KEYS}
     try:

@@ -8,7 +8,7 @@ Every model folder a run saves (the hybrid, an ensemble and each of its members)
      "data": {"source": "physionet2012", "options": {"hours": 48.0}},     # how the reader built the stays
      "threshold": 0.5, "risk_groups": {"rule": "...", "threshold": 0.5}, "operating_point": {...} or null,
      "calibrator": {"method": "platt", "params": {...}, ...} or null,
-     "training": {"n": 2800, "n_positive": 390, "prevalence": 0.139, "prediction_time": {...},
+     "training": {"n": 2800, "n_positive": 390, "prevalence": 0.139, "data_sha256": ..., "prediction_time": {...},
                   "variables": {"HR": {"n_stays": ..., "min": ..., "p01": ..., "median": ..., "p99": ..., "max": ...}}},
      "scoring": {...kind-specific settings, e.g. the engineered statistics of gradient boosting...},
      "files": {"config.json": "<sha256>", "model.safetensors": "<sha256>", "preprocessing.json": "<sha256>", ...},
@@ -90,6 +90,14 @@ def has_card(directory: str | os.PathLike) -> bool:
     return (Path(directory) / CARD_FILE).is_file()
 
 
+def _saved_model_type(directory: Path) -> str | None:
+    try:
+        raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return raw.get("model_type") if isinstance(raw, dict) else None
+
+
 def read_card(directory: str | os.PathLike) -> dict[str, Any]:
     """The verified ``model.json`` of ``directory``.
 
@@ -109,6 +117,12 @@ def read_card(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         if (directory / "model" / CARD_FILE).is_file() or (directory / "model").is_dir():
             raise ModelLoadError(f"{directory} is a run folder, not a model folder; use {directory / 'model'}.")
+        model_type = _saved_model_type(directory)
+        if model_type not in (None, "hybrid"):
+            raise ModelLoadError(
+                f"{directory} holds a {model_type!r} network without {CARD_FILE}: load_model scores the model folders "
+                "`healthfusion train` saves (hybrid, ensemble and its members); load this one with "
+                "healthfusion.models.base.load_network and score it with its own workflow.")
         raise ModelLoadError(
             f"{path} not found: {directory} is not a model folder saved by this healthfusion (folders saved before "
             f"model.json existed lack the data options, label, calibrator and checksums scoring needs); {RESAVE_HINT}.")

@@ -42,7 +42,7 @@ from healthfusion.models.base import (
     PretrainedModel,
     _read_json,
     _write_text,
-    load_pretrained,
+    load_network,
     register_model,
 )
 from healthfusion.models.encoders import (
@@ -318,14 +318,14 @@ def load_pretrained_encoder(
         written for other weights.
     """
     directory = resolve_encoder_path(name_or_path, root)
-    model, prep = load_pretrained(directory)
+    model, prep = load_network(directory)
     if not isinstance(model, PretrainedEncoder):
         raise ModelLoadError(
             f"{directory} holds a {model.model_type!r} model, not a pretrained encoder; save encoders with save_encoder."
         )
     card_path = directory / CARD_FILE
     card_raw = _read_json(card_path)
-    # load_pretrained has checked the recorded fingerprint against the weights; no need to hash them again
+    # load_network has checked the recorded fingerprint against the weights; no need to hash them again
     fingerprint = _read_json(directory / CONFIG_FILE)["model_fingerprint"]
     if card_raw.get("model_fingerprint") != fingerprint:
         raise ModelLoadError(

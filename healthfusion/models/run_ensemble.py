@@ -43,7 +43,7 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.features.compose import CohortFeaturizer, engineered_features
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.features.summary import SUMMARY_STATS
-from healthfusion.models.base import PREPROCESSING_FILE, ModelLoadError, PretrainedModel, load_pretrained
+from healthfusion.models.base import PREPROCESSING_FILE, ModelLoadError, PretrainedModel, load_network
 from healthfusion.models.boosting import BoostingClassifier
 from healthfusion.models.ensemble import EnsembleWeights, combine
 from healthfusion.models.inference import network_outputs
@@ -212,7 +212,7 @@ class RunEnsemble:
             raise ModelLoadError(f"{path} is not a valid ensemble spec: {err}") from err
         networks = {}
         for seed in seeds:
-            net, state = load_pretrained(directory / network_folder(seed))
+            net, state = load_network(directory / network_folder(seed))
             if state != shared:
                 raise ModelLoadError(f"{directory / network_folder(seed)} was saved with other preprocessing than "
                                      f"the ensemble ({directory / PREPROCESSING_FILE}); the folder was edited.")
@@ -242,5 +242,5 @@ def primary_network_dir(model_dir: str | Path) -> Path:
 
 
 def first_network(model_dir: str | Path) -> tuple[PretrainedModel, dict | None]:
-    """:func:`~healthfusion.models.base.load_pretrained` of :func:`primary_network_dir`."""
-    return load_pretrained(primary_network_dir(model_dir))
+    """:func:`~healthfusion.models.base.load_network` of :func:`primary_network_dir`."""
+    return load_network(primary_network_dir(model_dir))

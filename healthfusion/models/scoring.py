@@ -35,7 +35,7 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.schema import LabelSpec
 from healthfusion.features.compose import CohortFeaturizer, engineered_features
 from healthfusion.features.dataset import ArrayDataset
-from healthfusion.models.base import PREPROCESSING_FILE, ModelLoadError, load_pretrained
+from healthfusion.models.base import PREPROCESSING_FILE, ModelLoadError, load_network
 from healthfusion.models.boosting import BoostingClassifier
 from healthfusion.models.calibration import Calibrator
 from healthfusion.models.folder import read_card
@@ -209,7 +209,7 @@ def _featurizer(state: dict, path: Path) -> CohortFeaturizer:
 
 
 def _hybrid(directory: Path, kind: str) -> tuple[CohortFeaturizer, Scorer]:
-    network, state = load_pretrained(directory)
+    network, state = load_network(directory)
     if state is None:
         raise ModelLoadError(f"{directory} has no {PREPROCESSING_FILE}; the folder is incomplete.")
     feat = _featurizer(state, directory / PREPROCESSING_FILE)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
-from healthfusion.data.sources import get_source
+from healthfusion.data.sources import check_options, get_source
 
 
 def build_cohort(source: str, path: Path | None, out: Path, task: str | None = None, console=None,
@@ -22,6 +22,7 @@ def build_cohort(source: str, path: Path | None, out: Path, task: str | None = N
         On unreadable input (the message names the file, column or row), or rows that do not add up.
     """
     builder = get_source(source)
+    check_options(source, options)
     generated = source == "synthetic"
     if path is None and not generated:
         raise SourceError(f"Source {source!r} reads raw files: pass --path to the folder or file that holds them.")

@@ -4,6 +4,7 @@ summary). Every workflow may import this module; no workflow imports another wor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -19,8 +20,8 @@ import yaml
 from healthfusion import __version__
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.schema import LabelSpec
-from healthfusion.data.sources import get_source, scoring_options
-from healthfusion.data.splits import split_patients
+from healthfusion.data.sources import check_options, get_source, scoring_options
+from healthfusion.data.splits import shared_patients, split_patients, write_development_patients
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.features.image import ImageTransformer
@@ -40,6 +41,7 @@ def open_source(spec: SourceSpec, console=None) -> Cohort:
     if spec.cohort is not None:
         return Cohort.load(spec.cohort)
     builder = get_source(spec.source)
+    check_options(spec.source, spec.options)  # a misspelt option names itself, not a TypeError
     if console is not None:
         with console.status(f"Reading {spec.source} from {spec.path} ..."):
             return builder(spec.path, **spec.options)
@@ -167,6 +169,8 @@ def prepare_run(config: RunConfig, console=None) -> RunData:
         ids = {"train": split.index[split == "train"].tolist(), "val": split.index[split == "val"].tolist(),
                "test": test_cohort.stay_ids.tolist()}
         cohorts = {"train": main, "val": main, "test": test_cohort}
+        _warn_shared_patients(main.stays[main.stays["stay_id"].isin(ids["train"] + ids["val"])],
+                              test_cohort.stays, say)
     else:
         frac = {"train": split_cfg.train, "val": split_cfg.val, "test": split_cfg.test}
         split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
@@ -178,6 +182,8 @@ def prepare_run(config: RunConfig, console=None) -> RunData:
         lab = cohorts[s].label(config.data.label).reindex(ids[s])
         unlabeled[s] = int(lab.isna().sum())
         ids[s] = lab.index[lab.notna()].tolist()
+    development = main.stays[main.stays["stay_id"].isin(ids["train"] + ids["val"])]["patient_id"]
+    write_development_patients(run_dir, development)  # lets predict count patients shared with training
     say("      stays: " + ", ".join(f"{s} {len(v)}" for s, v in ids.items())
         + (f" (without label, excluded: {unlabeled})" if any(unlabeled.values()) else ""))
     sources = {"main (train, val" + (")" if config.data.test is not None else ", test)"): main}
@@ -186,6 +192,18 @@ def prepare_run(config: RunConfig, console=None) -> RunData:
     accounting = pd.concat([c.accounting.to_frame().assign(cohort=name) for name, c in sources.items()])
     accounting.to_csv(run_dir / "accounting.csv", index=False)
     return RunData(run_dir, main, cohorts, ids, spec_label, t0, say, training_summary(main, ids["train"], spec_label))
+
+
+def _warn_shared_patients(development: pd.DataFrame, external: pd.DataFrame, say) -> None:
+    """Warn (log and console) when patients of the external test cohort also have training/validation stays."""
+    shared = shared_patients(development, external)
+    if len(shared):
+        n_stays = int(external["patient_id"].astype(str).isin(shared).sum())
+        text = (f"{len(shared)} patient(s) of the external test cohort ({n_stays} test stay(s)) also have stays "
+                "in the training/validation cohort: the external test is not independent of training, and its "
+                "metrics are optimistic for them. Remove them from one of the cohorts.")
+        log.warning(text)
+        say(f"[bold yellow]warning:[/] {text}")
 
 
 # ------------------------------------------------------------------------------------------------ model folder card
@@ -210,10 +228,12 @@ def _ranges(values: pd.Series, stay: pd.Series) -> dict:
 def training_summary(cohort: Cohort, stay_ids: list[str], label: LabelSpec) -> dict:
     """What a drift check compares new stays against: n, the label's prevalence (binary) or class counts, the
     prediction times, and per time-series variable (values observable before the prediction time) and numeric
-    static column the number of stays, min, 1st percentile, median, 99th percentile and max."""
+    static column the number of stays, min, 1st percentile, median, 99th percentile and max; ``data_sha256``
+    fingerprints the training stays (sorted ids with their labels)."""
     ids = [str(s) for s in stay_ids]
     y = cohort.label(label.name).reindex(ids)
-    out: dict = {"n": len(ids)}
+    listing = "\n".join(f"{i},{v}" for i, v in sorted(zip(ids, y.astype(str), strict=True)))
+    out: dict = {"n": len(ids), "data_sha256": hashlib.sha256(listing.encode()).hexdigest()}
     if label.kind == "binary":
         pos = int((pd.to_numeric(y) == 1).sum())
         out.update(n_positive=pos, prevalence=pos / len(ids) if ids else None)

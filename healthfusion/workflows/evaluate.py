@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.evaluation.bootstrap import bootstrap_ci
-from healthfusion.evaluation.compare import comparison_table, format_ci, format_comparison
+from healthfusion.evaluation.compare import comparison_table, difference_table, format_ci, format_comparison
 from healthfusion.evaluation.metrics import multiclass_metrics, regression_metrics
 from healthfusion.evaluation.plots import plot_pr, plot_roc
 
@@ -29,6 +29,7 @@ KIND_METRICS: dict[str, tuple[str, ...]] = {"multiclass": ("accuracy", "f1_macro
                                             "regression": ("mae", "rmse", "r2")}
 _METRIC_FN = {"multiclass": multiclass_metrics, "regression": regression_metrics}
 PROBA_SEP = ":p_"  # multiclass probability columns of predictions.csv are "<model>:p_<class>"
+RUN_MODELS = ("hybrid", "ensemble")  # the run's own models; every other column is a baseline or reference score
 
 
 def run_label(run_dir: str | Path) -> dict | None:
@@ -58,11 +59,44 @@ def _split_rows(run_dir: Path, split: str, y_type: type | None = None) -> pd.Dat
     path = run_dir / "predictions.csv"
     if not path.is_file():
         raise ValueError(f"{run_dir} has no predictions.csv; is it a run folder written by `healthfusion train`?")
-    frame = pd.read_csv(path, dtype={"stay_id": str, **({"y_true": y_type} if y_type is not None else {})})
+    frame = _read_predictions(path, y_type)
     rows = frame[frame["split"] == split] if "split" in frame.columns else frame
     if rows.empty:
         raise ValueError(f"{path} has no rows of split {split!r}; splits present: {sorted(frame['split'].unique())}.")
     return rows
+
+
+def _read_predictions(path: Path, y_type: type | None) -> pd.DataFrame:
+    """``predictions.csv`` checked for damage: raises ValueError naming the file (and line) when it is empty,
+    truncated (no final newline, a row with fewer fields), lacks ``y_true``, or has a label or binary probability
+    that is missing, not a number or out of range."""
+    hint = "the file is truncated or was edited; restore it or re-run `healthfusion train`"
+    try:
+        raw = path.read_bytes()
+        frame = pd.read_csv(path, dtype={"stay_id": str, **({"y_true": y_type} if y_type is not None else {})})
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as err:
+        raise ValueError(f"{path} cannot be read ({str(err).splitlines()[0]}); {hint}.") from None
+    if not raw.endswith(b"\n"):
+        line = raw.count(b"\n") + 1
+        raise ValueError(f"{path} ends in the middle of line {line}; {hint}.")
+    if "y_true" not in frame.columns:
+        raise ValueError(f"{path} has no y_true column (columns: {list(frame.columns)}); {hint}.")
+    short = frame.index[frame.isna().all(axis=1) | frame["y_true"].isna()]
+    if len(short):
+        raise ValueError(f"{path} line {int(short[0]) + 2} has no y_true; {hint}.")
+    if y_type is None:  # a binary run: labels 0/1, one probability column per model
+        y = pd.to_numeric(frame["y_true"], errors="coerce")
+        bad = frame.index[~y.isin([0, 1])]
+        if len(bad):
+            raise ValueError(f"{path} line {int(bad[0]) + 2}: y_true {frame['y_true'].iloc[bad[0]]!r} is not 0 or 1; "
+                             f"{hint}.")
+        for col in [c for c in frame.columns if c not in NON_MODEL]:
+            p = pd.to_numeric(frame[col], errors="coerce")
+            bad = frame.index[(p.isna() & frame[col].notna()) | (p < 0) | (p > 1)]
+            if len(bad):
+                raise ValueError(f"{path} line {int(bad[0]) + 2}: {col} {frame[col].iloc[bad[0]]!r} is not a "
+                                 f"probability; {hint}.")
+    return frame
 
 
 def evaluate_predictions(
@@ -98,6 +132,12 @@ def evaluate_predictions(
         results[name] = (rows["y_true"].to_numpy()[ok], rows[name].to_numpy()[ok])
     table = comparison_table(results, threshold=threshold, n_boot=n_boot, seed=seed)
     table.to_csv(run_dir / "comparison.csv")
+    differences = _differences(rows, table, n_boot, seed)
+    stale = run_dir / "comparison_difference.csv"
+    if differences is not None:
+        differences.to_csv(stale)
+    elif stale.is_file():
+        stale.unlink()
     summary = {
         "split": split,
         "n": int(len(rows)),
@@ -106,6 +146,8 @@ def evaluate_predictions(
         "models_without_score": skipped,
         "comparison": json.loads(table.to_json(orient="index")),
     }
+    if differences is not None:
+        summary["difference_vs_best_baseline"] = json.loads(differences.to_json(orient="index"))
     if operating_points:
         op_table = comparison_table(results, threshold={m: operating_points.get(m, threshold) for m in results},
                                     n_boot=n_boot, seed=seed)
@@ -115,6 +157,17 @@ def evaluate_predictions(
     plot_roc(results, run_dir / "roc.png")
     plot_pr(results, run_dir / "pr.png")
     return summary
+
+
+def _differences(rows: pd.DataFrame, table: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame | None:
+    """Paired bootstrap CIs of every other model's AUROC/AUPRC minus the best baseline's (highest test AUROC among
+    the columns that are not the run's own models); None without a baseline or another model."""
+    baselines = [m for m in table.index if m not in RUN_MODELS and not np.isnan(table.loc[m, "auroc"])]
+    if not baselines or len(table.index) < 2:
+        return None
+    best = max(baselines, key=lambda m: table.loc[m, "auroc"])
+    frame = rows.assign(y_true=pd.to_numeric(rows["y_true"]))
+    return difference_table(frame, [m for m in table.index if m != best], best, n_boot=n_boot, seed=seed)
 
 
 def kind_comparison_table(kind: str, results: Mapping[str, tuple[np.ndarray, np.ndarray]], n_boot: int = 1000,
@@ -220,3 +273,16 @@ def display_comparison(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     for m in KIND_METRICS[kind]:
         out[m] = [format_ci(v, lo, hi) for v, lo, hi in table[[m, f"{m}_ci_low", f"{m}_ci_high"]].to_numpy()]
     return out.T.rename_axis("metric").reset_index(), f"Test-set metrics, {kind} label (95% bootstrap CI)"
+
+
+def display_differences(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """A run's ``comparison_difference.csv`` as strings to print (one row per model, ``"value (low to high)"``)
+    and its title."""
+    reference = str(table["reference"].iloc[0]) if len(table) else ""
+    out = pd.DataFrame(index=table.index)
+    out["n"] = table["n"].astype(int)
+    for m in ("auroc", "auprc"):
+        out[f"{m} difference"] = [format_ci(v, lo, hi) for v, lo, hi in
+                                  table[[f"{m}_diff", f"{m}_diff_ci_low", f"{m}_diff_ci_high"]].to_numpy()]
+    return out.reset_index(), f"Difference from the best baseline ({reference}), paired bootstrap 95% CI"
+

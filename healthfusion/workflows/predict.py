@@ -21,7 +21,9 @@ import pandas as pd
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import get_source
+from healthfusion.data.splits import DEVELOPMENT_PATIENTS_FILE, count_development_patients
 from healthfusion.evaluation.bootstrap import metrics_with_ci
+from healthfusion.evaluation.calibration import calibration_with_ci
 from healthfusion.models.scoring import OK, PredictionError, ScoringModel, load_model
 from healthfusion.workflows.evaluate import display_comparison, kind_comparison_table
 
@@ -37,7 +39,8 @@ def predict_source(model_dir: str | Path, source: str, path: str | Path, split: 
 
     ``split`` selects a named split of sources that have them (e.g. MedMNIST ``train``/``val``/``test``);
     ``options`` are further reader options that select data (e.g. ``n_stays`` of the synthetic source). The frame's
-    ``attrs["threshold"]`` is the model's risk-group threshold.
+    ``attrs["threshold"]`` is the model's risk-group threshold, ``attrs["model"]`` a one-line description of what
+    was applied.
 
     Raises
     ------
@@ -61,8 +64,16 @@ def predict_source(model_dir: str | Path, source: str, path: str | Path, split: 
     cohort = get_source(source)(path, **read)
     if len(cohort) == 0:
         raise SourceError(f"The {source} input at {path} holds no stays; nothing to score.")
+    shared = count_development_patients(Path(model_dir).parent, cohort.stays["patient_id"])
+    if shared:
+        log.warning("%d patient(s) of the %s input also had stays the model was trained or tuned on (by the run "
+                    "folder's %s): metrics on them are optimistic, not an external validation.", shared, source,
+                    DEVELOPMENT_PATIENTS_FILE)
     out = _with_label(model.predict(cohort), model, cohort)
     out.attrs["threshold"] = model.threshold
+    calibrator = model.calibrator.method if model.calibrator is not None else "none"
+    out.attrs["model"] = (f"{model.kind} model {model.card['fingerprint'][:12]}: reader options {read}, calibrator "
+                          f"{calibrator}, high risk at probability >= {model.threshold:g}")
     return out
 
 
@@ -80,7 +91,8 @@ def external_validation(frame: pd.DataFrame, threshold: float = 0.5, n_boot: int
     model's label), on its scored, labelled rows, as a table to print and its title; None without labels (or with
     a single class, where the binary and multiclass metrics are undefined).
 
-    Binary: the threshold metrics, AUROC, AUPRC and Brier; multiclass (``p_<class>`` columns): accuracy, macro-F1
+    Binary: the threshold metrics, AUROC, AUPRC, Brier, ECE and the calibration slope and intercept; multiclass
+    (``p_<class>`` columns): accuracy, macro-F1
     and macro AUROC; regression (``prediction``): MAE, RMSE and R².
     """
     if "y_true" not in frame.columns:
@@ -90,8 +102,9 @@ def external_validation(frame: pd.DataFrame, threshold: float = 0.5, n_boot: int
     if "probability" in rows.columns:
         if rows["y_true"].nunique() != 2:
             return None
-        table = metrics_with_ci(rows["y_true"].to_numpy(dtype=float), rows["probability"].to_numpy(), threshold,
-                                n_boot=n_boot, seed=seed)
+        y, p = rows["y_true"].to_numpy(dtype=float), rows["probability"].to_numpy(dtype=float)
+        table = pd.concat([metrics_with_ci(y, p, threshold, n_boot=n_boot, seed=seed),
+                           calibration_with_ci(y, p, n_boot=n_boot, seed=seed)], ignore_index=True)
         return table, title
     if "prediction" in rows.columns:
         results = {"model": (rows["y_true"].to_numpy(dtype=float), rows["prediction"].to_numpy(dtype=float))}

@@ -20,7 +20,7 @@ from healthfusion.evaluation.compare import format_ci, format_comparison
 from healthfusion.models.run_ensemble import primary_network_dir
 from healthfusion.report.html import write_report
 from healthfusion.workflows.audit import HYBRID, write_audit
-from healthfusion.workflows.evaluate import display_comparison, run_label
+from healthfusion.workflows.evaluate import display_comparison, display_differences, run_label
 from healthfusion.workflows.report_sections import (
     KNOWN_FILES,
     explanation_section,
@@ -135,7 +135,13 @@ def _metrics_sections(run_dir: Path, info: dict) -> list[dict]:
         blocks.append(table_block(format_comparison(op).reset_index(names="model"),
                                   heading="At each model's operating point (chosen on validation)",
                                   caption="Thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in points.items())))
-    blocks.append(text_block("Values are point estimates with percentile-bootstrap 95% intervals on the test stays."))
+    diff = _read_csv(run_dir / "comparison_difference.csv", index_col=0)
+    if diff is not None and len(diff):
+        shown, title = display_differences(diff)
+        blocks.append(table_block(shown, heading=title))
+    blocks.append(text_block("Values are point estimates with percentile-bootstrap 95% intervals on the test stays; "
+                             "ECE, calibration slope (1 is ideal) and intercept (0 is ideal) are of the probabilities "
+                             "as scored (the run's own model calibrated on the validation stays)."))
     curves = [figure_block(run_dir / "roc.png", "ROC curves on the test stays"),
               figure_block(run_dir / "pr.png", "Precision-recall curves on the test stays"),
               figure_block(run_dir / "audit" / "reliability.png", "Calibration: observed vs predicted risk")]

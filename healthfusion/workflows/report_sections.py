@@ -12,7 +12,8 @@ from healthfusion.report.html import image_data_uri, table_html
 
 #: run-folder files (relative POSIX paths) that have their own place in the report
 KNOWN_FILES = (
-    "predictions.csv", "comparison.csv", "comparison_operating_point.csv", "accounting.csv", "domains.csv",
+    "predictions.csv", "comparison.csv", "comparison_operating_point.csv", "comparison_difference.csv",
+    "accounting.csv", "domains.csv",
     "tuning.csv", "roc.png", "pr.png",
     "audit/calibration.csv", "audit/reliability.png", "audit/subgroups.csv", "audit/fairness_gaps.csv",
     "audit/mitigation.csv", "audit/subgroups.png", "audit/decision_curve.png",

@@ -29,7 +29,7 @@ The run folder holds ``config.yaml``, ``results.csv`` (one row per seed x size x
 a t-interval over seeds), ``gains.csv`` (each adaptation strategy minus the better of source-only and pooled, paired
 by seed), ``learning_curve.png``, ``shift.json``/``shift.csv`` (domain-classifier AUROC and per-variable differences),
 ``predictions.csv``, ``histories.json``, ``models/`` (every model of the headline size, loadable with
-``load_pretrained``) and ``shap/`` (source vs adapted model attributions).
+``load_network``) and ``shap/`` (source vs adapted model attributions).
 """
 
 from __future__ import annotations
@@ -661,7 +661,7 @@ def explain_transfer_run(run_dir: str | Path, console=None) -> dict:
         If the run folder lacks its config or the two models (source and ``shap.compare`` at the headline size of
         the first seed).
     """
-    from healthfusion.models.base import load_pretrained
+    from healthfusion.models.base import load_network
 
     run_dir = Path(run_dir)
     config = load_transfer_config(run_dir / "config.yaml")
@@ -678,7 +678,7 @@ def explain_transfer_run(run_dir: str | Path, console=None) -> dict:
     d = config.domain
     split = split_domains(cohort, d.column, d.target, d.source, d.bins)
     featurizer, _, data = _featurize(config, cohort, split)
-    models = {name: load_pretrained(folder)[0] for name, folder in folders.items()}
+    models = {name: load_network(folder)[0] for name, folder in folders.items()}
     return explain_models(config, run_dir, _Rows(data), seed_splits(config, cohort, split, first), models,
                           featurizer, first)
 

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
-from healthfusion.evaluation.bootstrap import metrics_with_ci
+from healthfusion.evaluation.bootstrap import metrics_with_ci, paired_difference_ci, resample_indices
+from healthfusion.evaluation.calibration import (
+    calibration_metrics_batch,
+    calibration_slope_intercept,
+    calibration_with_ci,
+    expected_calibration_error,
+)
 from healthfusion.evaluation.compare import (
     COMPARISON_METRICS,
     comparison_table,
+    difference_table,
     format_ci,
     format_comparison,
     risk_groups,
@@ -34,7 +43,8 @@ def test_comparison_table_rows_columns_and_values(results):
     for m in COMPARISON_METRICS:
         expected += [m, f"{m}_ci_low", f"{m}_ci_high"]
     assert list(table.columns) == expected
-    ref = metrics_with_ci(*results["weak"], threshold=0.5, n_boot=200, seed=0).set_index("metric")
+    ref = pd.concat([metrics_with_ci(*results["weak"], threshold=0.5, n_boot=200, seed=0),
+                     calibration_with_ci(*results["weak"], n_boot=200, seed=0)]).set_index("metric")
     for m in COMPARISON_METRICS:
         assert table.loc["weak", m] == pytest.approx(ref.loc[m, "value"])
         assert table.loc["weak", f"{m}_ci_low"] == pytest.approx(ref.loc[m, "ci_low"])
@@ -98,3 +108,40 @@ def test_risk_groups():
         risk_groups([0.1, np.nan])
     with pytest.raises(ValueError, match="threshold"):
         risk_groups([0.1], threshold=-0.1)
+
+
+def test_calibration_columns_match_the_reference_functions(results):
+    y, p = results["weak"]
+    table = comparison_table(results, n_boot=50)
+    ref = calibration_slope_intercept(y, p)
+    assert table.loc["weak", "ece"] == pytest.approx(expected_calibration_error(y, p))
+    assert table.loc["weak", "cal_slope"] == pytest.approx(ref["slope"], rel=1e-6)
+    assert table.loc["weak", "cal_intercept"] == pytest.approx(ref["intercept"], rel=1e-6, abs=1e-9)
+    # the batched resample values equal the one-at-a-time functions
+    idx = next(resample_indices(y, 5, seed=1))
+    batch = calibration_metrics_batch(y[idx], p[idx])
+    for k in range(5):
+        one = calibration_slope_intercept(y[idx[k]], p[idx[k]])
+        assert batch["ece"][k] == pytest.approx(expected_calibration_error(y[idx[k]], p[idx[k]]))
+        assert batch["cal_slope"][k] == pytest.approx(one["slope"], rel=1e-6)
+    assert np.isnan(calibration_metrics_batch(np.zeros(5), np.full(5, 0.2))["cal_slope"][0])
+    assert "ece" in format_comparison(table).columns
+
+
+def test_paired_difference_is_paired_and_matches_the_point_difference(results):
+    y, good = results["good"]
+    _, weak = results["weak"]
+    diff = paired_difference_ci(y, good, weak, n_boot=300, seed=0).set_index("metric")
+    assert diff.loc["auroc", "value"] == pytest.approx(roc_auc_score(y, good) - roc_auc_score(y, weak))
+    assert diff.loc["auroc", "ci_low"] > 0  # the better model's advantage excludes 0
+    same = paired_difference_ci(y, good, good, n_boot=100).set_index("metric")
+    assert same.loc["auroc", ["value", "ci_low", "ci_high"]].tolist() == [0.0, 0.0, 0.0]  # paired: no noise
+
+    frame = pd.DataFrame({"y_true": y, "good": good, "weak": weak})
+    frame.loc[:9, "good"] = np.nan  # compared on the stays both scored
+    table = difference_table(frame, ["good", "weak"], "weak", n_boot=100)
+    assert list(table.index) == ["good"] and table.loc["good", "n"] == len(y) - 10
+    assert table.loc["good", "reference"] == "weak"
+    assert {"auroc_diff", "auroc_diff_ci_low", "auprc_diff_ci_high"} <= set(table.columns)
+    with pytest.raises(ValueError, match="not in the predictions"):
+        difference_table(frame, ["nope"], "weak")

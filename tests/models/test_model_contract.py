@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import healthfusion.models
-from healthfusion.models import FUSION_KINDS, MODEL_REGISTRY, load_pretrained
+from healthfusion.models import FUSION_KINDS, MODEL_REGISTRY, load_network
 
 for _module in pkgutil.walk_packages(healthfusion.models.__path__, "healthfusion.models."):
     importlib.import_module(_module.name)  # every @register_model runs, whatever was imported before
@@ -34,7 +34,7 @@ def test_every_registered_type_has_a_contract():
     here = Path(__file__).parent
     for model_type, module in OWN_CONTRACT.items():
         text = (here / module).read_text()
-        assert "save_pretrained" in text and ("from_pretrained" in text or "load_pretrained" in text or
+        assert "save_pretrained" in text and ("from_pretrained" in text or "load_network" in text or
                                               "load_encoder" in text), f"{module} lacks a round trip of {model_type}"
 
 
@@ -77,7 +77,7 @@ def test_contract(model_type, fusion, build, make_batch, tmp_path):
     # bit-exact round trip
     model.eval()
     model.save_pretrained(tmp_path, preprocessing_state={"n": 1})
-    loaded, state = load_pretrained(tmp_path)
+    loaded, state = load_network(tmp_path)
     assert state == {"n": 1} and type(loaded) is type(model)
     expected, got = model(batch), loaded(batch)
     assert all(torch.equal(expected[k], got[k]) for k in expected)

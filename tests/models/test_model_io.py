@@ -1,4 +1,4 @@
-"""save_pretrained / from_pretrained / load_pretrained: bit-exact round trips and a clear error for each broken folder."""
+"""save_pretrained / from_pretrained / load_network: bit-exact round trips and a clear error for each broken folder."""
 
 import json
 import pickle
@@ -12,7 +12,7 @@ from healthfusion.models import (
     HybridModel,
     ModelLoadError,
     PretrainedModel,
-    load_pretrained,
+    load_network,
     register_model,
 )
 
@@ -52,7 +52,7 @@ def test_round_trip_is_bit_exact(fusion, tmp_path, make_config, make_batch):
 
 def test_load_pretrained_returns_preprocessing_state(saved, make_batch):
     model, path = saved
-    loaded, state = load_pretrained(path)
+    loaded, state = load_network(path)
     assert state == PREP
     _assert_same(model, loaded, make_batch())
     assert loaded.fingerprint() == model.fingerprint()
@@ -66,19 +66,19 @@ def test_load_pretrained_returns_preprocessing_state(saved, make_batch):
 def test_resave_without_state_removes_stale_preprocessing(saved):
     model, path = saved
     model.save_pretrained(path)
-    assert load_pretrained(path)[1] is None
+    assert load_network(path)[1] is None
 
 
 def test_missing_folder_and_files(tmp_path, saved):
     _, path = saved
     with pytest.raises(ModelLoadError, match="does not exist"):
-        load_pretrained(tmp_path / "nope")
+        load_network(tmp_path / "nope")
     (path / "model.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="model.safetensors not found"):
-        load_pretrained(path)
+        load_network(path)
     (path / "config.json").unlink()
     with pytest.raises(ModelLoadError, match="config.json not found"):
-        load_pretrained(path)
+        load_network(path)
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.99, 0.0])
@@ -88,7 +88,7 @@ def test_truncated_weights(saved, keep):
     data = weights.read_bytes()
     weights.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(ModelLoadError, match="truncated or corrupted"):
-        load_pretrained(path)
+        load_network(path)
 
 
 def test_flipped_weight_bytes_are_detected(saved):
@@ -98,7 +98,7 @@ def test_flipped_weight_bytes_are_detected(saved):
     data[-3] ^= 0xFF
     weights.write_bytes(bytes(data))
     with pytest.raises(ModelLoadError, match="changed after saving"):
-        load_pretrained(path)
+        load_network(path)
 
 
 def test_edited_config_dims_name_the_tensor_and_shapes(saved):
@@ -107,7 +107,7 @@ def test_edited_config_dims_name_the_tensor_and_shapes(saved):
     config["static"]["in_dim"] = 9
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=r"'encoders\.static\.layers\.0\.weight': saved shape \(8, 5\) .* \(8, 9\)"):
-        load_pretrained(path)
+        load_network(path)
 
 
 def test_edited_config_without_shape_change_is_detected(saved):
@@ -116,7 +116,7 @@ def test_edited_config_without_shape_change_is_detected(saved):
     config["dropout"] = 0.5
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match="changed after saving"):
-        load_pretrained(path)
+        load_network(path)
 
 
 def test_preprocessing_from_another_model_is_detected(saved, tmp_path, make_config):
@@ -125,7 +125,7 @@ def test_preprocessing_from_another_model_is_detected(saved, tmp_path, make_conf
     other.save_pretrained(tmp_path / "other", preprocessing_state={"scaler": "other"})
     (path / "preprocessing.json").write_bytes((tmp_path / "other" / "preprocessing.json").read_bytes())
     with pytest.raises(ModelLoadError, match="belongs to another model"):
-        load_pretrained(path)
+        load_network(path)
 
 
 @pytest.mark.parametrize(
@@ -143,14 +143,14 @@ def test_bad_config_fields(saved, edit, message):
     config.update(edit)
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelLoadError, match=message):
-        load_pretrained(path)
+        load_network(path)
 
 
 def test_config_not_json(saved):
     _, path = saved
     (path / "config.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="not valid JSON"):
-        load_pretrained(path)
+        load_network(path)
 
 
 def test_from_pretrained_checks_the_model_type(saved, monkeypatch):
@@ -185,5 +185,5 @@ def test_no_pickle_on_save_or_load(saved, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", forbidden)
     monkeypatch.setattr(torch, "save", forbidden)
     model.save_pretrained(tmp_path / "again", preprocessing_state=PREP)
-    load_pretrained(tmp_path / "again")
+    load_network(tmp_path / "again")
     assert issubclass(ModelLoadError, ValueError)

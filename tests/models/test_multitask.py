@@ -4,7 +4,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from healthfusion.models.base import load_pretrained
+from healthfusion.models.base import load_network
 from healthfusion.models.encoders import LSTMEncoderConfig, MLPEncoderConfig
 from healthfusion.models.multitask import (
     ClusteringHead,
@@ -95,7 +95,7 @@ def test_task_with_absent_modalities_is_flagged(model):
 
 def test_save_and_load_round_trip(model, tmp_path):
     model.save_pretrained(tmp_path / "m")
-    loaded, _ = load_pretrained(tmp_path / "m")
+    loaded, _ = load_network(tmp_path / "m")
     assert isinstance(loaded, MultitaskModel)
     batch = tiny_batch()
     for name, z in model(batch)["logits"].items():

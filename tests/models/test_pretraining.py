@@ -130,11 +130,11 @@ def test_missing_input_is_named(make_batch):
 
 
 def test_save_load_round_trip(tmp_path, make_batch):
-    from healthfusion.models import load_pretrained
+    from healthfusion.models import load_network
 
     model = PretrainingModel(PretrainingConfig(encoder=CASES["masked_value"]))
     model.save_pretrained(tmp_path / "p")
-    loaded, _ = load_pretrained(tmp_path / "p")
+    loaded, _ = load_network(tmp_path / "p")
     a = model.eval()(make_batch(), torch.Generator().manual_seed(0))["loss"]
     b = loaded(make_batch(), torch.Generator().manual_seed(0))["loss"]
     assert torch.equal(a, b)

@@ -206,7 +206,7 @@ def test_train_config_uses_the_local_model_as_text_encoder(tiny_bert, tmp_path):
     in the saved hybrid, frozen when model.text_freeze."""
     import yaml
 
-    from healthfusion.models.base import load_pretrained
+    from healthfusion.models.base import load_network
     from healthfusion.workflows.config import load_run_config
     from healthfusion.workflows.train import run_training
 
@@ -217,7 +217,7 @@ def test_train_config_uses_the_local_model_as_text_encoder(tiny_bert, tmp_path):
            "training": {"max_epochs": 1, "batch_size": 16}, "baselines": [], "evaluation": {"n_boot": 20, "audit": False}}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     run = run_training(load_run_config(tmp_path / "run.yaml"))
-    model, state = load_pretrained(run / "model")
+    model, state = load_network(run / "model")
     text = model.config.text
     assert text.encoder == "hf" and text.freeze and text.pooling == "cls" and text.path == str(tiny_bert)
     assert "HFTokenTransformer" in json.dumps(state) or "model_path" in json.dumps(state)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from healthfusion.features import batch as B
-from healthfusion.models.base import load_pretrained
+from healthfusion.models.base import load_network
 from healthfusion.models.encoders.lstm import LSTMEncoderConfig
 from healthfusion.models.transfer import (
     CATEGORICAL,
@@ -112,7 +112,7 @@ def test_save_and_load_round_trip(tmp_path):
     torch.manual_seed(1)
     model = TransferModel(_config()).eval()
     model.save_pretrained(tmp_path / "m", preprocessing_state={"categorical": {"unit": ["a", "b", "c"]}})
-    loaded, state = load_pretrained(tmp_path / "m")
+    loaded, state = load_network(tmp_path / "m")
     assert isinstance(loaded, TransferModel) and state == {"categorical": {"unit": ["a", "b", "c"]}}
     batch = _batch()
     np.testing.assert_array_equal(model(batch)["logits"].detach().numpy(), loaded(batch)["logits"].detach().numpy())

@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 
 from healthfusion.evaluation.explain import attribute_timeseries, model_forward
-from healthfusion.models.base import load_pretrained
+from healthfusion.models.base import load_network
 from healthfusion.models.encoders import LSTMEncoderConfig, MLPEncoderConfig
 from healthfusion.models.encoders.transformer import (
     TransformerEncoder,
@@ -147,7 +147,7 @@ def test_hybrid_with_transformer_trains_saves_and_loads_bit_exact(tmp_path):
     model.save_pretrained(tmp_path / "m")
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["ts"]["encoder"] == "transformer" and saved["ts"]["d_model"] == 8
-    loaded, _ = load_pretrained(tmp_path / "m")
+    loaded, _ = load_network(tmp_path / "m")
     assert loaded.config == model.config and isinstance(loaded.encoders["ts"], TransformerEncoder)
     model.eval(), loaded.eval()
     out, again = model(batch(1)), loaded(batch(1))

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from healthfusion.models import load_pretrained
+from healthfusion.models import load_network
 from healthfusion.workflows.demo import run_demo
 
 
@@ -15,7 +15,7 @@ def test_demo_runs_end_to_end_on_a_tiny_cohort(tmp_path):
         assert 0.0 <= row["auroc"] <= 1.0 and row["n"] == metrics["n"]
     assert json.loads((run / "model" / "config.json").read_text())["image"] is not None
     assert (run / "roc.png").stat().st_size > 1000 and (run / "pr.png").stat().st_size > 1000
-    model, state = load_pretrained(run / "model")
+    model, state = load_network(run / "model")
     assert state is not None and state["label"]["name"] == "mortality"
     assert set(result["table"]["metric"]) >= {"auroc", "accuracy", "precision", "recall", "f1"}
 

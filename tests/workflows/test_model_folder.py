@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from healthfusion.cli.main import app
 from healthfusion.data.sources import get_source
 from healthfusion.models import load_model as exported_load_model
-from healthfusion.models.base import ModelLoadError, load_pretrained
+from healthfusion.models.base import ModelLoadError, load_network
 from healthfusion.models.scoring import NO_INPUT, OK, load_model
 from healthfusion.workflows.config import load_run_config
 from healthfusion.workflows.predict import PredictionError, predict_source
@@ -73,7 +73,7 @@ def test_load_model_contract(run, tmp_path):
     assert info["threshold"] == 0.5 and info["risk_groups"]["threshold"] == 0.5
     assert info["calibrator"]["method"] in ("none", "temperature", "platt", "isotonic")
     training = info["training"]
-    assert training["n"] > 0 and 0 < training["prevalence"] < 1
+    assert training["n"] > 0 and 0 < training["prevalence"] < 1 and len(training["data_sha256"]) == 64
     assert training["prediction_time"] == {"min": HOURS, "median": HOURS, "max": HOURS}
     assert {"min", "p01", "median", "p99", "max", "n_stays"} <= set(training["variables"]["HR"])
     assert "HR" in model.variables and "age" in model.variables
@@ -84,6 +84,7 @@ def test_predict_reads_with_the_saved_window_and_refuses_contradictions(run, tmp
     test = _test_rows(run, "ensemble")
     np.testing.assert_allclose(frame.loc[test.index, "probability"], test, atol=1e-6)
     assert frame.attrs["threshold"] == 0.5
+    assert "ensemble model" in frame.attrs["model"] and "'hours': 36.0" in frame.attrs["model"]
     with pytest.raises(PredictionError, match="hours=48.0 but the model was trained with hours=36.0"):
         predict_source(run / "model", "synthetic", tmp_path / "p", **SOURCE_OPTIONS, hours=48.0)
     # a cohort read with the reader's default window is scored, and the difference said in one line
@@ -122,7 +123,7 @@ def test_every_file_is_checked(run, tmp_path):
     with pytest.raises(ModelLoadError, match=r"hybrid-seed0/preprocessing.json changed after the model was saved"):
         load_model(folder)
     with pytest.raises(ModelLoadError, match="preprocessing.json was edited after saving"):
-        load_pretrained(folder / "hybrid-seed0")  # the network's own loader checks its preprocessing values too
+        load_network(folder / "hybrid-seed0")  # the network's own loader checks its preprocessing values too
 
     folder = copy()
     (folder / "gradient_boosting" / "model.txt").write_text("tree\n")
@@ -149,3 +150,38 @@ def test_a_run_folder_is_pointed_to_its_model(run, tmp_path):
                                       "--path", str(tmp_path / "x"), "--out", str(tmp_path / "p.csv")])
     assert result.exit_code == 2
     assert f"use {run / 'model'}" in " ".join(result.output.split())
+
+
+def test_a_model_trained_with_another_positive_class_is_scored_with_it(tmp_path):
+    """MedMNIST positive_class=0 (BreastMNIST: malignant): predict must label and score class 0 as positive."""
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        labels = rng.integers(0, 2, n)
+        images = rng.integers(0, 80, (n, 28, 28)) + np.where(labels == 0, 120, 0)[:, None, None]
+        return images.astype(np.uint8), labels[:, None]
+
+    arrays = {}
+    for name, n in (("train", 160), ("val", 40), ("test", 60)):
+        arrays[f"{name}_images"], arrays[f"{name}_labels"] = split(n)
+    np.savez(tmp_path / "breastmnist.npz", **arrays)
+    cfg = {"name": "pos", "out": str(tmp_path / "run"),
+           "data": {"source": "medmnist", "path": str(tmp_path / "breastmnist.npz"), "label": "label",
+                    "options": {"positive_class": 0, "split": "train"}},
+           "features": {"modalities": ["image"]}, "model": {"hidden": 8},
+           "training": {"max_epochs": 3, "batch_size": 32}, "baselines": [],
+           "evaluation": {"n_boot": 20, "audit": False}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run_dir = run_training(load_run_config(tmp_path / "run.yaml"))
+    assert load_model(run_dir / "model").data_options == {"positive_class": 0}
+    frame = predict_source(run_dir / "model", "medmnist", tmp_path / "breastmnist.npz", split="test")
+    np.testing.assert_array_equal(frame["y_true"], (arrays["test_labels"][:, 0] == 0).astype(int))
+    from healthfusion.evaluation.metrics import auroc
+
+    assert auroc(frame["y_true"], frame["probability"]) > 0.8  # the bright class scored as the positive one
+
+
+def test_a_network_of_another_workflow_gets_a_message_naming_its_loader(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "multitask"}))
+    with pytest.raises(ModelLoadError, match="holds a 'multitask' network without model.json.*load_network"):
+        load_model(tmp_path)

@@ -5,7 +5,7 @@ import torch
 import yaml
 
 from healthfusion.data import synthetic
-from healthfusion.models import load_pretrained
+from healthfusion.models import load_network
 from healthfusion.models.registry import list_encoders, load_encoder, load_pretrained_encoder
 from healthfusion.workflows.config import ConfigError, load_run_config
 from healthfusion.workflows.pretrain import load_pretrain_config, run_pretraining
@@ -54,7 +54,7 @@ def test_train_with_a_linear_probe_keeps_the_encoder(pretrained, monkeypatch):
            "baselines": [], "evaluation": {"n_boot": 20}}
     (root / "ft.yaml").write_text(yaml.safe_dump(cfg))
     run = run_training(load_run_config(root / "ft.yaml"))
-    model, prep = load_pretrained(run / "model")
+    model, prep = load_network(run / "model")
     encoder = load_encoder("syn-lstm")
     for name, value in encoder.state_dict().items():
         assert torch.equal(model.encoders["ts"].state_dict()[name], value), name
@@ -139,6 +139,6 @@ def test_transfer_models_start_from_the_pretrained_encoder(pretrained, monkeypat
     for start in starts:
         for name, value in encoder.state_dict().items():
             assert torch.equal(start[name], value), name
-    saved, prep = load_pretrained(run_dir / "models" / "source_only" / "seed0")
+    saved, prep = load_network(run_dir / "models" / "source_only" / "seed0")
     assert saved.config.ts == encoder.config
     assert prep["featurizer"]["transformers"]["ts"]["params"]["hours"] == 24

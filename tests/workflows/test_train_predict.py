@@ -187,4 +187,42 @@ def test_external_validation_uses_scored_labelled_rows_only():
     assert "n = 185" in title
     kept = frame.iloc[15:]
     assert table.set_index("metric").loc["auroc", "value"] == pytest.approx(auroc(kept["y_true"], kept["probability"]))
+    assert {"ece", "cal_slope", "cal_intercept"} <= set(table["metric"])
     assert external_validation(frame.drop(columns="y_true")) is None
+
+
+def test_run_tables_carry_calibration_and_the_difference_from_the_best_baseline(trained_run):
+    run, _ = trained_run
+    table = pd.read_csv(run / "comparison.csv", index_col=0)
+    assert {"ece", "cal_slope", "cal_intercept", "ece_ci_low"} <= set(table.columns)
+    diff = pd.read_csv(run / "comparison_difference.csv", index_col=0)
+    assert list(diff.index) == ["hybrid"] and diff.loc["hybrid", "reference"] == "logistic_regression"
+    assert diff.loc["hybrid", "auroc_diff"] == pytest.approx(table.loc["hybrid", "auroc"]
+                                                             - table.loc["logistic_regression", "auroc"])
+    assert diff.loc["hybrid", "auroc_diff_ci_low"] <= diff.loc["hybrid", "auroc_diff"] \
+        <= diff.loc["hybrid", "auroc_diff_ci_high"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "hybrid" in metrics["difference_vs_best_baseline"] and "hybrid" in metrics["calibrators"]
+
+
+def test_evaluate_on_a_truncated_predictions_file_is_one_line_naming_it(trained_run, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from healthfusion.cli.main import app
+
+    run, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    path = copy / "predictions.csv"
+    text = path.read_text()
+    path.write_text(text[: len(text) // 2])  # cut in the middle of a line, as an interrupted copy leaves it
+    result = CliRunner().invoke(app, ["evaluate", str(copy), "--n-boot", "10"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    flat = " ".join(result.output.split())
+    assert str(path) in flat and "truncated" in flat
+    lines = text.splitlines()
+    path.write_text("\n".join(lines[:5] + [lines[5].split(",")[0]]) + "\n")  # a row cut after its first field
+    with pytest.raises(ValueError, match=r"predictions.csv line 6 has no y_true"):
+        evaluate_predictions(copy, n_boot=10)

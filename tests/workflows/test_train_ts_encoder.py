@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from healthfusion.data import synthetic
-from healthfusion.models.base import load_pretrained
+from healthfusion.models.base import load_network
 from healthfusion.models.encoders.lstm import LSTMEncoderConfig
 from healthfusion.models.encoders.transformer import TransformerEncoder, TransformerEncoderConfig
 from healthfusion.workflows.common import make_featurizer
@@ -36,7 +36,7 @@ def test_train_with_transformer_ts_encoder_saves_and_predicts(tmp_path):
     run = run_training(load_run_config(write_config(tmp_path, hidden=8, ts_encoder="transformer")))
     saved = json.loads((run / "model" / "config.json").read_text())
     assert saved["ts"]["encoder"] == "transformer" and saved["ts"]["d_model"] == 8
-    model, state = load_pretrained(run / "model")
+    model, state = load_network(run / "model")
     assert isinstance(model.encoders["ts"], TransformerEncoder) and state is not None
     assert all(torch.isfinite(p).all() for p in model.parameters())
     frame = predict_source(run / "model", "synthetic", tmp_path / "new", n_stays=40, seed=9)

@@ -11,7 +11,7 @@ import yaml
 import healthfusion.workflows.transfer as tw
 from healthfusion.data.synthetic import generate
 from healthfusion.features import batch as B
-from healthfusion.models.base import load_pretrained
+from healthfusion.models.base import load_network
 from healthfusion.workflows.config import ConfigError
 from healthfusion.workflows.transfer import (
     STRATEGIES,
@@ -107,9 +107,9 @@ def test_run_writes_table_plot_models_shift_and_shap(recorded_run):
     shift = json.loads((run_dir / "shift.json").read_text())
     assert 0.0 <= shift["domain_auroc"] <= 1.0 and shift["target_values"] == ["C"]
     assert {"variable", "smd", "ks"} <= set(pd.read_csv(run_dir / "shift.csv").columns)
-    model, prep = load_pretrained(run_dir / "models" / "dann" / "seed1-n30")
+    model, prep = load_network(run_dir / "models" / "dann" / "seed1-n30")
     assert model.model_type == "transfer_bilstm" and prep["categorical"]["columns"] == ["sex", "admission_type"]
-    load_pretrained(run_dir / "models" / "source_only" / "seed0")
+    load_network(run_dir / "models" / "source_only" / "seed0")
     importance = pd.read_csv(run_dir / "shap" / "global_importance.csv", index_col=0)
     assert list(importance.columns) == ["source_only", "finetune_dann_mmd"]
     assert (run_dir / "shap" / "global_importance.png").is_file()
