@@ -36,14 +36,17 @@ def register(app: typer.Typer) -> None:
         the HEALTHFUSION_API_TOKEN environment variable, never from the command line, and is never logged.
         """
         from healthfusion.models.base import ModelLoadError
+        from healthfusion.models.scoring import load_model
         from healthfusion.serve.app import read_token
         from healthfusion.serve.app import serve as run_service
         from healthfusion.serve.streams import AlertPolicy
 
         try:
             token = read_token(token_file, dict(os.environ))
-            console.print(f"Serving [bold]{model_dir}[/] on http://{host}:{port} (Ctrl-C stops)")
-            run_service(model_dir, token=token, host=host, port=port, max_body_bytes=max_body_bytes,
+            model = load_model(model_dir)
+            console.print(f"Serving [bold]{model_dir}[/] ({model.kind}, {model.label.name}) on http://{host}:{port} "
+                          "(Ctrl-C stops)")
+            run_service(model, token=token, host=host, port=port, max_body_bytes=max_body_bytes,
                         max_batch=max_batch, max_streams=max_streams, tolerance=tolerance,
                         policy=AlertPolicy(on=alert_at, cooldown=cooldown))
         except (ValueError, ModelLoadError) as exc:

@@ -182,8 +182,9 @@ def create_app(model: ScoringModel | str | Path, *, token: str | None, max_body_
     return app
 
 
-def serve(model_dir: str | Path, *, token: str, host: str = "127.0.0.1", port: int = 8000, **limits) -> None:
-    """Load the model, build the app and run it with uvicorn until interrupted (access log off: paths hold ids).
+def serve(model_dir: ScoringModel | str | Path, *, token: str, host: str = "127.0.0.1", port: int = 8000,
+          **limits) -> None:
+    """Load the model (unless given loaded), build the app and run it with uvicorn until interrupted (access log off: paths hold ids).
 
     Raises
     ------
@@ -195,5 +196,5 @@ def serve(model_dir: str | Path, *, token: str, host: str = "127.0.0.1", port: i
     except ImportError as err:  # pragma: no cover - depends on the installed extras
         raise ImportError(_INSTALL_HINT) from err
     app = create_app(model_dir, token=token, **limits)
-    log.info("Serving %s on http://%s:%d", model_dir, host, port)
+    log.info("Serving on http://%s:%d", host, port)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")

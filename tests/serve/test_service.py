@@ -181,3 +181,33 @@ def test_a_patient_with_nothing_the_model_reads_gets_a_reason_not_an_error(clien
     assert result["probability"] is None and result["status"] != "ok" and result["risk_group"] is None
     state = StreamRegistry(model).update("s", [], static={"age": 70.0})
     assert state.probability is None and state.status != "ok" and not state.alerting
+
+
+def test_stream_endpoints_limits_and_unknown_ids(model):
+    client = TestClient(create_app(model, token=TOKEN, max_streams=1))
+    event = {"time": 2.0, "variable": "HR", "value": 90.0}
+    assert client.post("/v1/streams/a/events", json={"events": [event]}, headers=AUTH).status_code == 200
+    full = client.post("/v1/streams/b/events", json={"events": [event]}, headers=AUTH)
+    assert full.status_code == 429 and "--max-streams" in full.json()["detail"]
+    assert client.get("/v1/streams/a", headers=AUTH).json()["n_events"] == 1
+    assert client.get("/v1/streams/zzz", headers=AUTH).status_code == 404
+    assert client.post("/v1/streams/bad id!/events", json={"events": []}, headers=AUTH).status_code == 422
+    assert client.delete("/v1/streams/a", headers=AUTH).status_code == 204
+    assert client.get("/v1/streams/a", headers=AUTH).status_code == 404
+    assert client.post("/v1/streams/b/events", json={"events": [event]}, headers=AUTH).status_code == 200
+
+
+def test_cli_refuses_to_serve_without_a_token_or_a_model(model_dir, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from healthfusion.cli.main import app
+
+    monkeypatch.delenv("HEALTHFUSION_API_TOKEN", raising=False)
+    result = CliRunner().invoke(app, ["serve", str(model_dir)])
+    assert result.exit_code == 2 and "HEALTHFUSION_API_TOKEN" in result.output
+    monkeypatch.setenv("HEALTHFUSION_API_TOKEN", TOKEN)
+    result = CliRunner().invoke(app, ["serve", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "missing" in result.output
+    result = CliRunner().invoke(app, ["alerts", str(model_dir), "--path", str(tmp_path), "--out", str(tmp_path / "o"),
+                                      "--start", "10", "--end", "5"])
+    assert result.exit_code == 2 and "start < end" in result.output
