@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         """Serve a saved model over HTTP: POST /v1/predict, live streams under /v1/streams/{id}, GET /v1/model,
         GET /v1/health, the OpenAPI schema at /openapi.json and its docs at /docs.
 
-        Every request but /v1/health needs 'Authorization: Bearer TOKEN'. The token is read from --token-file or
+        Every /v1 request but /v1/health needs 'Authorization: Bearer TOKEN'. The token is read from --token-file or
         the HEALTHFUSION_API_TOKEN environment variable, never from the command line, and is never logged.
         """
         from healthfusion.models.base import ModelLoadError

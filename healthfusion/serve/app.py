@@ -1,6 +1,6 @@
 """The HTTP scoring service (FastAPI + uvicorn, extra ``serve``): the only module that imports them.
 
-Endpoints (all but ``/v1/health`` need ``Authorization: Bearer <token>`` unless the app is built with
+Endpoints (all ``/v1`` ones but ``/v1/health`` need ``Authorization: Bearer <token>`` unless the app is built with
 ``token=None``, which the CLI never does):
 
 - ``POST /v1/predict``: patients -> calibrated probability, risk group, status (see :mod:`.schemas`);
