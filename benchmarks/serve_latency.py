@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from healthfusion.data.sources import get_source  # noqa: E402
-from healthfusion.models.base import load_pretrained  # noqa: E402
+from healthfusion.models.base import load_network  # noqa: E402
 from healthfusion.models.export import OnnxScorer, export_onnx  # noqa: E402
 from healthfusion.models.scoring import load_model  # noqa: E402
 from healthfusion.serve.patients import Vocabulary, cohort_patients  # noqa: E402
@@ -97,7 +97,7 @@ def http_benchmarks(url: str, token: str, bodies: list[dict], args) -> dict:
 def forward_benchmark(model_dir: Path, cohort, ids: list[str], repeats: int) -> tuple[float, float, float]:
     """(torch ms, onnxruntime ms, max |difference|) of the network forward on one featurized batch."""
     scoring = load_model(model_dir)
-    network, _ = load_pretrained(model_dir)
+    network, _ = load_network(model_dir)
     network.eval()
     data = scoring.featurizer.transform(cohort, ids, with_target=False)
     batch = data[data.usable_rows()].batch()
