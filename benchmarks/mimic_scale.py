@@ -56,7 +56,7 @@ import pyarrow.csv as pacsv
 from healthfusion.data.plausibility import PLAUSIBLE_RANGES
 from healthfusion.data.sources.itemmap import GCS_COMPONENTS, mimic4_items
 
-DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mimic_iv_demo"
+DEMO = Path(os.environ.get("HEALTHFUSION_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "mimic_iv_demo"
 PREDICTION_HOURS = 24.0
 LOOKBACK_HOURS = 24.0
 WINDOW_HOURS = 48.0  # tensors cover the 48 h before the prediction time

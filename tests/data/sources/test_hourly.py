@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from healthfusion.data.sources import hourly
-from healthfusion.data.sources.hourly import HourlyBins
+from healthfusion.data.sources import hourly, hourly_bins
+from healthfusion.data.sources.hourly_bins import HourlyBins
 
 BENCHMARK = Path(__file__).resolve().parents[3] / "benchmarks" / "mimic_scale.py"
 
@@ -21,8 +21,8 @@ def _random_events(rng, n, n_stays=40, first=-30, last=200, n_vars=5):
 
 @pytest.mark.parametrize("shard_stays, min_pending", [(512, 1 << 16), (3, 7)])
 def test_hourly_bins_equal_a_pandas_group_mean(monkeypatch, shard_stays, min_pending):
-    monkeypatch.setattr(hourly, "SHARD_STAYS", shard_stays)  # many shards, merged often
-    monkeypatch.setattr(hourly, "MIN_PENDING", min_pending)
+    monkeypatch.setattr(hourly_bins, "SHARD_STAYS", shard_stays)  # many shards, merged often
+    monkeypatch.setattr(hourly_bins, "MIN_PENDING", min_pending)
     rng = np.random.default_rng(0)
     blocks = [_random_events(rng, n) for n in (500, 0, 3000, 1, 2500)]
     bins = HourlyBins(n_stays=40, n_variables=5, first_hour=-30, last_hour=200)
@@ -53,8 +53,8 @@ def test_hourly_bins_memory_is_bounded_by_cells_not_rows():
 def test_spilled_state_gives_the_same_means_shard_by_shard(monkeypatch, tmp_path):
     """With a tiny memory budget the state goes to disk many times; the means are those of the in-memory run,
     chunks come in stay order (one per shard) and the spill files are gone at the end."""
-    monkeypatch.setattr(hourly, "SHARD_STAYS", 8)
-    monkeypatch.setattr(hourly, "MIN_PENDING", 50)
+    monkeypatch.setattr(hourly_bins, "SHARD_STAYS", 8)
+    monkeypatch.setattr(hourly_bins, "MIN_PENDING", 50)
     rng = np.random.default_rng(4)
     blocks = [_random_events(rng, 2000) for _ in range(6)]
     kept = HourlyBins(n_stays=40, n_variables=5, first_hour=-30, last_hour=200)
@@ -123,7 +123,7 @@ def _template(root: Path) -> Path:
 def test_reader_equals_the_vectorized_pandas_build(benchmark, tmp_path, monkeypatch):
     """The benchmark's correctness check, small: every hourly mean and the window tensors are the same."""
     monkeypatch.setattr(benchmark, "CHUNK_ROWS", 7_000)
-    monkeypatch.setattr(hourly, "MIN_PENDING", 500)
+    monkeypatch.setattr(hourly, "CHUNK_BINS", 500)
     root = tmp_path / "db"
     made = benchmark.make_database(_template(tmp_path / "template"), root, n_rows=30_000, copies=3, seed=3)
     assert made["icu_stays"] == 12
