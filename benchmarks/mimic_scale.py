@@ -27,7 +27,7 @@ the parent, which a child's ``ru_maxrss`` starts from, stays small):
     (C parser, the 4 columns, typed), join the item map and icustays, convert units, drop implausible values,
     bin to hours since ICU admission, group mean, derive GCS, pivot to one row per stay-hour, cut the same
     tensors;
-(c) ``convert``: the one-time :func:`~healthfusion.data.sources.io.convert_to_parquet` of the database;
+(c) ``convert``: the one-time :func:`~healthfusion.data.sources.convert.convert_to_parquet` of the database;
 (d) ``project`` on the Parquet copy.
 
 It prints seconds (the build, imports excluded), rows per second, CPU seconds and peak RSS of each child, and
@@ -321,7 +321,7 @@ def _child(mode: str, root: Path, out: Path, save: Path | None, rows: int = 0, c
     if mode == "make":
         figures = make_database(DEMO, root, rows, copies)
     elif mode == "convert":
-        from healthfusion.data.sources.io import convert_to_parquet
+        from healthfusion.data.sources.convert import convert_to_parquet
 
         convert_to_parquet(root, save)
     elif mode == "check":

@@ -61,11 +61,11 @@ def connect(memory_limit: str | None = None, spill_dir: Path | None = None,
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     limit = memory_limit or os.environ.get(MEMORY_ENV) or MEMORY_LIMIT
     try:
-        con.execute(f"SET memory_limit = {_quote(limit)}")
+        con.execute(f"SET memory_limit = {quote(limit)}")
     except duckdb.Error as exc:
         raise ValueError(f"Memory limit {limit!r} (from ${MEMORY_ENV} or the caller) is not a size; "
                          "give one like 512MB or 2GB.") from exc
-    con.execute(f"SET temp_directory = {_quote(str(spill))}")
+    con.execute(f"SET temp_directory = {quote(str(spill))}")
     con.execute(f"SET threads = {int(threads or 1)}")
     con.execute("SET preserve_insertion_order = false")  # lets scans stream without holding rows in order
     return con
@@ -88,17 +88,23 @@ def scan(path: Path, columns: dict[str, str]) -> str:
     if path.suffix == ".parquet":
         names = _parquet_names(path)
         _check_columns(path, names, columns)
-        cols = ", ".join(f"CAST({_ident(c)} AS {SQL_TYPES[k]}) AS {_ident(c)}" for c, k in columns.items())
-        return f"(SELECT {cols} FROM read_parquet({_quote(str(path))}))"
+        cols = ", ".join(f"CAST({ident(c)} AS {SQL_TYPES[k]}) AS {ident(c)}" for c, k in columns.items())
+        return f"(SELECT {cols} FROM read_parquet({quote(str(path))}))"
     header = _csv_header(path, list(columns))
     _check_columns(path, header, columns)
     if len(set(header)) != len(header):
         raise SourceError(f"File {path} has a repeated column name in its header {header[:20]}; "
                           "give each column its own name.")
-    schema = ", ".join(f"{_quote(c)}: {_quote(SQL_TYPES[columns.get(c, 'str')])}" for c in header)
-    cols = ", ".join(_ident(c) for c in columns)
-    return (f"(SELECT {cols} FROM read_csv({_quote(str(path))}, header = true, auto_detect = false, "
-            f"delim = ',', quote = '\"', escape = '\"', columns = {{{schema}}}))")
+    cols = ", ".join(ident(c) for c in columns)
+    return f"(SELECT {cols} FROM {read_csv(path, {c: SQL_TYPES[columns.get(c, 'str')] for c in header})})"
+
+
+def read_csv(path: Path, types: dict[str, str]) -> str:
+    """DuckDB's reader of CSV ``path`` (comma-separated, ``"``-quoted, with a header line) with the given SQL
+    type of every column in file order: nothing is sniffed, empty fields are nulls."""
+    schema = ", ".join(f"{quote(c)}: {quote(t)}" for c, t in types.items())
+    return (f"read_csv({quote(str(path))}, header = true, auto_detect = false, delim = ',', quote = '\"', "
+            f"escape = '\"', columns = {{{schema}}})")
 
 
 def run(con: duckdb.DuckDBPyConnection, sql: str, path: Path, columns: dict[str, str],
@@ -174,11 +180,11 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _quote(text: str) -> str:
+def quote(text: str) -> str:
     """A SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
 
 
-def _ident(name: str) -> str:
+def ident(name: str) -> str:
     """A SQL identifier."""
     return '"' + name.replace('"', '""') + '"'

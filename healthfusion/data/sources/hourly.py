@@ -109,7 +109,7 @@ def iter_hourly(
     pred = float(prediction_hours)
     kinds = {key_col: "int", item_col: "int", time_col: "time", value_col: "float"}
     source = engine.scan(path, kinds)
-    k, it, tm, vl = (engine._ident(c) for c in columns)
+    k, it, tm, vl = (engine.ident(c) for c in columns)
     outcome = " ".join(f"WHEN {test} THEN {i + 1}" for i, test in enumerate((
         "var IS NULL", "stay IS NULL", "hours IS NULL", "value IS NULL OR isnan(value)",
         "NOT (value >= low AND value <= high)", "NOT (hours >= start AND hours <= stop)")))

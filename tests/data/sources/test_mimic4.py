@@ -9,7 +9,7 @@ import pytest
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import get_source, io
-from healthfusion.data.sources.io import convert_to_parquet
+from healthfusion.data.sources.convert import convert_to_parquet
 from healthfusion.data.sources.itemmap import MIMIC4_ITEMS
 from healthfusion.data.sources.mimic4 import build
 
