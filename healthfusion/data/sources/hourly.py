@@ -185,8 +185,8 @@ def _fetch(con, acc: RowAccounting, table: str) -> Iterator[dict[str, np.ndarray
 
 def _events(means: dict[str, np.ndarray], variables: pd.Index, stay_ids: pd.Index, pred: float,
             derived: dict[str, tuple[str, ...]]) -> pd.DataFrame:
-    """Events (stay_id and variable categorical) from a chunk of :meth:`HourlyBins.chunks`, plus the derived variables;
-    the arrays of ``means`` are released as the columns are built."""
+    """Events (stay_id and variable categorical) from a chunk of hourly means (see :func:`_fetch`), plus the
+    derived variables; the arrays of ``means`` are released as the columns are built."""
     extra = {k: [] for k in ("stay", "hour", "variable", "value", "offset")}
     for name, components in derived.items():
         comp = np.flatnonzero(np.isin(means["variable"], variables.get_indexer(list(components))))
