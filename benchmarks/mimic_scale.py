@@ -31,7 +31,8 @@ the parent, which a child's ``ru_maxrss`` starts from, stays small):
 (d) ``project`` on the Parquet copy.
 
 It prints seconds (the build, imports excluded), rows per second, CPU seconds and peak RSS of each child, and
-the speed-ups of (a), (c) and (d) over (b), in wall and in CPU time (the machine may be shared). On the first
+the speed-ups of (a), (c) and (d) over (b), in wall and in CPU time (the machine may be shared), and (a) as a
+multiple of decompressing the chartevents file alone (``gzip -dc > /dev/null``, wall and CPU). On the first
 size it checks that (a) and (b) give the same hourly means (every stay, hour and variable) and the same tensors.
 """
 
@@ -371,6 +372,17 @@ def _measure(mode: str, root: Path, work: Path, save: Path | None = None, extra:
             "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024, **figures}
 
 
+def _measure_zcat(path: Path) -> dict:
+    """Decompressing the file alone (``gzip -dc FILE > /dev/null``): the floor of any reader of the CSV."""
+    start = time.perf_counter()
+    with open(os.devnull, "wb") as sink:
+        proc = subprocess.Popen(["gzip", "-dc", str(path)], stdout=sink)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    return {"mode": "zcat", "exit": os.waitstatus_to_exitcode(status), "wall_seconds": wall, "seconds": wall,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
 def run(sizes: list[int], copies: int, work: Path, keep: bool) -> list[dict]:
     results = []
     for i, n in enumerate(sizes):
@@ -385,6 +397,8 @@ def run(sizes: list[int], copies: int, work: Path, keep: bool) -> list[dict]:
               f"written in {made['seconds']:.0f} s)", flush=True)
         check = i == 0
         row = {"rows": n, "icu_stays": made["icu_stays"]}
+        row["zcat"] = _measure_zcat(root / "icu" / "chartevents.csv.gz")
+        _report(row["zcat"], n)
         row["project_csv"] = _measure("project", root, work, work / "project-means.parquet" if check else None)
         _report(row["project_csv"], n)
         row["pandas_csv"] = _measure("pandas", root, work, work / "pandas-means.parquet" if check else None)
@@ -420,10 +434,10 @@ def table(results: list[dict]) -> str:
     """The results as a Markdown table: wall seconds of the build (in the child, imports excluded), rows per
     wall second, CPU seconds of the whole child, its peak RSS, and the speed-up over pandas on the CSV in wall
     and in CPU time."""
-    lines = ["| chartevents rows | build | seconds | M rows/s | CPU s | peak RSS (MB) | vs pandas CSV (wall / CPU) |",
+    lines = ["| chartevents rows | build | seconds | M rows/s | CPU s | peak RSS (MB) | vs pandas CSV (wall / CPU); CSV build as a multiple of zcat |",
              "|---:|---|---:|---:|---:|---:|---:|"]
-    names = {"project_csv": "project, CSV", "pandas_csv": "pandas, CSV", "convert": "CSV -> Parquet (once)",
-             "project_parquet": "project, Parquet"}
+    names = {"zcat": "zcat of chartevents (decompression alone)", "project_csv": "project, CSV",
+             "pandas_csv": "pandas, CSV", "convert": "CSV -> Parquet (once)", "project_parquet": "project, Parquet"}
     for row in results:
         base = row["pandas_csv"]
         for key, name in names.items():
@@ -433,7 +447,11 @@ def table(results: list[dict]) -> str:
                              f"{r['cpu_seconds']:.0f} | {r['peak_rss_mb']:.0f} | |")
                 continue
             ratio = ""
-            if "seconds" in base and key != "pandas_csv":
+            if key == "project_csv" and "seconds" in row["zcat"] and "seconds" in base:
+                z = row["zcat"]
+                ratio = (f"{base['seconds'] / r['seconds']:.1f}x / {base['cpu_seconds'] / r['cpu_seconds']:.1f}x; "
+                         f"{r['seconds'] / z['seconds']:.1f}x / {r['cpu_seconds'] / z['cpu_seconds']:.1f}x zcat")
+            elif "seconds" in base and key not in ("pandas_csv", "zcat"):
                 ratio = f"{base['seconds'] / r['seconds']:.1f}x / {base['cpu_seconds'] / r['cpu_seconds']:.1f}x"
             lines.append(f"| {row['rows']:,} | {name} | {r['seconds']:.1f} | {row['rows'] / r['seconds'] / 1e6:.2f} "
                          f"| {r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} |")

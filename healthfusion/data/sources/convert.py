@@ -67,7 +67,7 @@ def convert_to_parquet(source: str | Path, out: str | Path, progress: bool = Fal
             log.info("%s: %d rows -> %s", file, rows, target)
             written.append(target)
     finally:
-        con.close()
+        engine.close(con)
     return written
 
 

@@ -108,7 +108,6 @@ def iter_hourly(
     })
     pred = float(prediction_hours)
     kinds = {key_col: "int", item_col: "int", time_col: "time", value_col: "float"}
-    source = engine.scan(path, kinds)
     k, it, tm, vl = (engine.ident(c) for c in columns)
     outcome = " ".join(f"WHEN {test} THEN {i + 1}" for i, test in enumerate((
         "var IS NULL", "stay IS NULL", "hours IS NULL", "value IS NULL OR isnan(value)",
@@ -117,7 +116,7 @@ def iter_hourly(
         WITH rows AS (
             SELECT i.var, w.stay, s.{vl} * i.factor + i.shift AS value,
                    (epoch_us(s.{tm}) - w.intime) / 3600000000.0 AS hours, i.low, i.high, w.start, w.stop
-            FROM {source} AS s
+            FROM {{source}} AS s
             LEFT JOIN item_table AS i ON s.{it} = i.itemid
             LEFT JOIN stay_table AS w ON s.{k} = w.stay_key
         ), outcomes AS (
@@ -137,6 +136,9 @@ def iter_hourly(
     try:
         con.register("item_table", item_table)
         con.register("stay_table", stay_table)
+        # the small lookup tables are the hash joins' build sides, whatever DuckDB estimates for a stream
+        con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
+        sql = sql.replace("{source}", engine.scan(con, path, kinds))  # the file's rows, typed
         engine.run(con, sql, path, kinds, progress=table if progress else None)
         stay_ids = pd.Index(windows["stay_id"])
         carry = None
@@ -151,7 +153,7 @@ def iter_hourly(
         if carry is not None:
             yield _events(carry, variables, stay_ids, pred, derived)
     finally:
-        con.close()
+        engine.close(con)
     if progress:
         log.info("%s: %d rows read, %d used", table, acc.tables[table].read, acc.tables[table].used)
 
