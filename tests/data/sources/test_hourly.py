@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from healthfusion.data.accounting import RowAccounting
+from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import hourly
 
 BENCHMARK = Path(__file__).resolve().parents[3] / "benchmarks" / "mimic_scale.py"
@@ -190,3 +191,25 @@ def test_reader_equals_the_vectorized_pandas_build(benchmark, tmp_path, monkeypa
     assert result["equal"], result
     assert result["cells"] > 1000 and result["tensor_cells"] > 500
     assert "GCS" in set(means["variable"])
+
+
+def test_a_bad_value_in_parquet_names_the_file(tmp_path):
+    path = tmp_path / "chart.parquet"
+    pd.DataFrame({"stay_id": [100, 101], "itemid": 220045, "charttime": ["2150-01-01 01:00:00", "later"],
+                  "valuenum": 80.0}).to_parquet(path)
+    with pytest.raises(SourceError, match=r"chart\.parquet: a value cannot be read as its column's type"):
+        list(hourly.iter_hourly(path, "t", ("stay_id", "itemid", "charttime", "valuenum"), ITEMS, _windows(2),
+                                24.0, RowAccounting()))
+
+
+def test_the_engine_memory_limit_comes_from_the_environment(monkeypatch):
+    from healthfusion.data.sources import engine
+
+    monkeypatch.setenv(engine.MEMORY_ENV, "300MB")
+    con = engine.connect()
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    engine.close(con)
+    assert limit == "286.1 MiB"  # 300 MB
+    monkeypatch.setenv(engine.MEMORY_ENV, "lots")
+    with pytest.raises(ValueError, match=r"Memory limit 'lots' .* give one like 512MB"):
+        engine.connect()
