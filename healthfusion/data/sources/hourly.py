@@ -138,8 +138,11 @@ def iter_hourly(
         con.register("stay_table", stay_table)
         # the small lookup tables are the hash joins' build sides, whatever DuckDB estimates for a stream
         con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
-        sql = sql.replace("{source}", engine.scan(con, path, kinds))  # the file's rows, typed
-        engine.run(con, sql, path, kinds, progress=table if progress else None)
+        # the file's rows of mapped items, typed; the others are counted as they stream past
+        source = engine.scan(con, path, kinds, keep=(item_col, pa.array(item_table["itemid"])))
+        engine.run(con, sql.replace("{source}", source.sql), path, kinds, progress=table if progress else None)
+        acc.read(table, source.skipped)
+        acc.drop(table, "unmapped item", source.skipped)
         stay_ids = pd.Index(windows["stay_id"])
         carry = None
         for means in _fetch(con, acc, table):

@@ -193,11 +193,11 @@ def test_reader_equals_the_vectorized_pandas_build(benchmark, tmp_path, monkeypa
     assert "GCS" in set(means["variable"])
 
 
-def test_a_bad_value_in_parquet_names_the_file(tmp_path):
+def test_a_bad_value_in_parquet_names_the_file_column_and_row(tmp_path):
     path = tmp_path / "chart.parquet"
     pd.DataFrame({"stay_id": [100, 101], "itemid": 220045, "charttime": ["2150-01-01 01:00:00", "later"],
                   "valuenum": 80.0}).to_parquet(path)
-    with pytest.raises(SourceError, match=r"chart\.parquet: a value cannot be read as its column's type"):
+    with pytest.raises(SourceError, match=r"chart\.parquet, column 'charttime', row 1: cannot parse time 'later'"):
         list(hourly.iter_hourly(path, "t", ("stay_id", "itemid", "charttime", "valuenum"), ITEMS, _windows(2),
                                 24.0, RowAccounting()))
 
