@@ -383,15 +383,20 @@ def _measure_zcat(path: Path) -> dict:
             "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
-def run(sizes: list[int], copies: int, work: Path, keep: bool) -> list[dict]:
+def run(sizes: list[int], copies: int, work: Path, keep: bool, reuse: bool = False) -> list[dict]:
     results = []
     for i, n in enumerate(sizes):
         root, parquet = work / f"csv-{n}", work / f"parquet-{n}"
-        shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(parquet, ignore_errors=True)
-        made = _measure("make", root, work, extra=["--rows", str(n), "--copies", str(copies)])
-        if made["exit"] != 0:
-            raise SystemExit(f"writing the {n:,}-row database failed (exit {made['exit']})")
+        summary = root / "made.json"
+        if reuse and summary.is_file():
+            made = json.loads(summary.read_text())
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            made = _measure("make", root, work, extra=["--rows", str(n), "--copies", str(copies)])
+            if made["exit"] != 0:
+                raise SystemExit(f"writing the {n:,}-row database failed (exit {made['exit']})")
+            summary.write_text(json.dumps(made))
         print(f"\n== {n:,} chartevents rows, {made['icu_stays']:,} ICU stays "
               f"({(root / 'icu' / 'chartevents.csv.gz').stat().st_size / 1e6:.0f} MB gzipped; "
               f"written in {made['seconds']:.0f} s)", flush=True)
@@ -467,6 +472,8 @@ def main(argv: list[str] | None = None) -> None:
                              "charting density at 50M rows)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hf-bench"), help="scratch folder")
     parser.add_argument("--keep", action="store_true", help="keep the generated databases")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse a database kept by an earlier --keep run of the same size and copies")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--child", choices=["make", "project", "pandas", "convert", "check"], help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
@@ -480,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (DEMO / "icu" / "icustays.csv.gz").is_file():
         parser.error(f"the MIMIC-IV demo is not at {DEMO}")
     args.work.mkdir(parents=True, exist_ok=True)
-    results = run(sorted(args.sizes), args.copies, args.work, args.keep)
+    results = run(sorted(args.sizes), args.copies, args.work, args.keep, args.reuse)
     print("\n" + table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

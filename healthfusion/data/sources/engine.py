@@ -84,7 +84,7 @@ def connect(memory_limit: str | None = None, spill_dir: Path | None = None,
 
 
 def scan(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str],
-         keep: tuple[str, pa.Array] | None = None) -> Stream:
+         keep: tuple[str, pa.Array] | None = None, progress: str | None = None) -> Stream:
     """Table file ``path`` (CSV, CSV.gz or Parquet) restricted to ``columns`` (name -> ``"int"``, ``"float"``,
     ``"str"`` or ``"time"``), each of that kind, as a :class:`Stream` whose ``sql`` names it in queries on
     ``con``.
@@ -95,6 +95,7 @@ def scan(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str],
     ``values`` reach DuckDB; the others are counted in :attr:`Stream.skipped` (MIMIC-IV chartevents: 80 % of
     the rows are items no variable uses). Measured on 2M gzipped chartevents rows (docs/data-sources.md,
     "Choosing the table engine"): DuckDB's own CSV reader took more CPU than this for the same query.
+    With ``progress`` (a label), the rows decoded so far are logged every :data:`PROGRESS_SECONDS`.
 
     Raises
     ------
@@ -107,7 +108,7 @@ def scan(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str],
         _check_columns(path, _parquet_names(path), columns)
     else:
         _check_columns(path, _csv_header(path, list(columns)), columns)
-    stream = Stream(path, columns, keep)
+    stream = Stream(path, columns, keep, progress)
     stream.sql = f"stream_{len(_STREAMS.setdefault(id(con), []))}"
     _STREAMS[id(con)].append(stream)
     schema = pa.schema([(c, _ARROW[k]) for c, k in columns.items()])
@@ -120,15 +121,20 @@ class Stream:
     rows the ``keep`` filter removed; an error met while decoding is kept, so that :func:`run` raises it as it
     was (DuckDB would wrap it)."""
 
-    def __init__(self, path: Path, columns: dict[str, str], keep: tuple[str, pa.Array] | None = None):
-        self.path, self.columns, self.keep = path, columns, keep
+    def __init__(self, path: Path, columns: dict[str, str], keep: tuple[str, pa.Array] | None = None,
+                 progress: str | None = None):
+        self.path, self.columns, self.keep, self.progress = path, columns, keep, progress
         self.sql, self.read, self.skipped, self.error = "", 0, 0, None
 
     def batches(self):
+        last = time.perf_counter()
         try:
             for t in stream_table(self.path, self.columns):
                 n = t.num_rows
                 self.read += n
+                if self.progress and time.perf_counter() - last >= PROGRESS_SECONDS:
+                    log.info("%s: %d rows read", self.progress, self.read)
+                    last = time.perf_counter()
                 if self.keep is not None:
                     column, values = self.keep
                     t = t.filter(pc.fill_null(pc.is_in(t[column], value_set=values), False))

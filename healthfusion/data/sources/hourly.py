@@ -65,7 +65,7 @@ def iter_hourly(
         ``{"GCS": ("GCSEye", "GCSVerbal", "GCSMotor")}``: a variable that is the sum of the hourly means of its
         components, in every hour where all of them have a value; dated at the latest component time.
     progress : bool, default False
-        Log the query's progress while it reads the file.
+        Log the rows read while the file is streamed.
     memory_limit, spill_dir : optional
         Passed to :func:`~healthfusion.data.sources.engine.connect`: the engine's memory limit and where it
         spills.
@@ -139,8 +139,9 @@ def iter_hourly(
         # the small lookup tables are the hash joins' build sides, whatever DuckDB estimates for a stream
         con.execute("SET disabled_optimizers = 'join_order,build_side_probe_side'")
         # the file's rows of mapped items, typed; the others are counted as they stream past
-        source = engine.scan(con, path, kinds, keep=(item_col, pa.array(item_table["itemid"])))
-        engine.run(con, sql.replace("{source}", source.sql), path, kinds, progress=table if progress else None)
+        source = engine.scan(con, path, kinds, keep=(item_col, pa.array(item_table["itemid"])),
+                             progress=table if progress else None)
+        engine.run(con, sql.replace("{source}", source.sql), path, kinds)
         acc.read(table, source.skipped)
         acc.drop(table, "unmapped item", source.skipped)
         stay_ids = pd.Index(windows["stay_id"])
