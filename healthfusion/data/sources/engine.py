@@ -1,8 +1,8 @@
 """The table engine behind the large-table readers: DuckDB, the only module that imports it.
 
-DuckDB was chosen over polars by measurement (docs/data-sources.md, "Choosing the table engine"): on a
-2-million-row ``chartevents.csv.gz`` the same filter + hourly group-by took 4.0 s in DuckDB and 10.3 s in
-polars' streaming engine (9.3 s eager, which also decompresses the whole file into memory first). DuckDB
+DuckDB was chosen over polars by measurement (``benchmarks/table_engines.py``; docs/data-sources.md, "Choosing
+the table engine"): on a 2-million-row ``chartevents.csv.gz`` the same filter + hourly group-by took 2.6 CPU
+seconds in DuckDB fed by pyarrow (3.0 with DuckDB's own CSV reader) and 4.7 in polars, streaming or eager. DuckDB
 reads with explicit column types (nothing is guessed from the first rows) and keeps its memory under
 :data:`MEMORY_LIMIT` by spilling sorts and aggregations to a temporary folder. Table files (CSV, CSV.gz,
 Parquet) are decoded by pyarrow's streaming reader and handed to DuckDB as Arrow batches (see :func:`scan`).
@@ -93,8 +93,8 @@ def scan(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str],
     explicit types, nothing guessed, a value that does not parse named by column and line) and handed to DuckDB
     as a stream of Arrow batches. With ``keep=(column, values)`` only rows whose ``column`` is one of
     ``values`` reach DuckDB; the others are counted in :attr:`Stream.skipped` (MIMIC-IV chartevents: 80 % of
-    the rows are items no variable uses). Measured on 2M gzipped chartevents rows (docs/data-sources.md,
-    "Choosing the table engine"): DuckDB's own CSV reader took more CPU than this for the same query.
+    the rows are items no variable uses). On 2M gzipped chartevents rows DuckDB's own CSV reader took 3.0 CPU
+    seconds for a query this way took 2.6 (docs/data-sources.md, "Choosing the table engine").
     With ``progress`` (a label), the rows decoded so far are logged every :data:`PROGRESS_SECONDS`.
 
     Raises
