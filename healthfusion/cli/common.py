@@ -2,13 +2,76 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import zlib
+
 import typer
+import typer.core
 from rich.console import Console
 
-console = Console()
+#: width of the console when the output is not a terminal (a file, a pipe, a CI log): wide enough that tables are
+#: never cut; ``COLUMNS`` still wins when set
+PIPE_WIDTH = 400
+
+
+def make_console() -> Console:
+    """The CLI's console: the terminal's width on a terminal; else ``COLUMNS`` or :data:`PIPE_WIDTH`, so tables
+    written to a file or pipe are not cut at 80 columns."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=PIPE_WIDTH)
+
+
+console = make_console()
+
+
+def parse_options(pairs: list[str] | None) -> dict:
+    """``--option KEY=VALUE`` pairs -> a dict of source options; values are read as YAML scalars (``24`` is a
+    number, ``true`` a boolean, other text a string). A pair without ``=`` exits with status 2."""
+    import yaml
+
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            fail(f"--option expects KEY=VALUE (e.g. --option prediction_time=24); got {pair!r}.")
+        try:
+            options[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            options[key.strip()] = value
+    return options
 
 
 def fail(exc: Exception | str) -> None:
     """Print one clear error line and exit with status 2 (bad input, not a crash)."""
+    if isinstance(exc, UnicodeDecodeError):  # a ValueError that commands catch, but its text names no input
+        exc = _describe(exc)
     console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
+
+
+class ReadErrorsGroup(typer.core.TyperGroup):
+    """The root command group: a file that cannot be read or written (``OSError``: permission denied, no such file;
+    ``EOFError`` or ``zlib.error`` from a truncated compressed file; ``UnicodeDecodeError``) that no library
+    layer turned into a clear error still ends in one line and exit status 2, not a traceback (or click's
+    "Aborted." and status 1, which is what it does with an ``EOFError``). Readers name the file and line themselves
+    (:func:`healthfusion.data.sources.read_errors.reading`); this is the net below them."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+            fail(_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for a read error, naming the file when the exception carries it."""
+    name = getattr(exc, "filename", None)
+    if isinstance(exc, OSError) and name:
+        return f"{name}: {exc.strerror or exc}; check the path and its permissions."
+    if isinstance(exc, UnicodeDecodeError):
+        return f"an input is not UTF-8 text ({exc}); save it as UTF-8."
+    if isinstance(exc, (EOFError, zlib.error)):
+        return f"an input file is truncated or corrupt ({exc or type(exc).__name__}); copy or download it again."
+    return f"could not read an input ({exc})."

@@ -11,10 +11,11 @@ from pathlib import Path  # noqa: E402
 
 import typer  # noqa: E402
 
-from healthfusion.cli.common import console, fail  # noqa: E402
+from healthfusion.cli.common import ReadErrorsGroup, console, fail, parse_options  # noqa: E402
 from healthfusion.cli.render import print_frame  # noqa: E402
 
 app = typer.Typer(
+    cls=ReadErrorsGroup,
     help="healthfusion: validated, explainable, transferable multimodal clinical risk models.",
     no_args_is_help=True,
     add_completion=False,
@@ -24,9 +25,25 @@ cohort_app = typer.Typer(help="Build and inspect cohorts.", no_args_is_help=True
 app.add_typer(cohort_app, name="cohort", help="Build cohorts from raw sources and describe them.")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from healthfusion import __version__
+
+        console.print(f"healthfusion {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library log messages.")) -> None:
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show library log messages."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the healthfusion version and exit."),
+) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+_OPTION_HELP = ("A source option KEY=VALUE, repeatable (e.g. notes: prediction_time=24; physionet2012: hours=24, "
+                "outcomes=PATH); the same keys as a run config's data.options.")
 
 
 @app.command()
@@ -35,12 +52,14 @@ def demo(
     n_stays: int = typer.Option(2000, help="Synthetic stays to generate."),
     seed: int = typer.Option(0, help="Random seed for data, split and training."),
     max_epochs: int = typer.Option(30, help="Maximum training epochs (early stopping usually ends sooner)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Clear a non-empty run folder first (default: refuse it)."),
 ) -> None:
     """Run the whole pipeline on the embedded synthetic cohort: data, features, fused model, baseline, metrics."""
     from healthfusion.workflows.demo import run_demo
 
     try:
-        result = run_demo(out=out, n_stays=n_stays, seed=seed, max_epochs=max_epochs, console=console)
+        result = run_demo(out=out, n_stays=n_stays, seed=seed, max_epochs=max_epochs, console=console,
+                          overwrite=overwrite)
     except ValueError as exc:
         fail(exc)
     print_frame(console, result["table"], title="Test-set metrics (95% bootstrap CI)")
@@ -48,14 +67,18 @@ def demo(
 
 
 @app.command()
-def train(config: Path = typer.Option(..., "--config", "-c", help="Run configuration (YAML); unknown keys are errors.")) -> None:
+def train(
+    config: Path = typer.Option(..., "--config", "-c", help="Run configuration (YAML); unknown keys are errors."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Clear the config's non-empty `out` folder first, once "
+                                                              "the data has been read (default: refuse it)."),
+) -> None:
     """Train the hybrid model (or, with an `ensemble` section, the hybrid + boosting ensemble) and the baselines on
-    one split; write the run folder with the model, metrics and plots."""
+    one split; write the run folder (new or empty) with the model, metrics and plots."""
     from healthfusion.workflows.config import load_run_config
     from healthfusion.workflows.train import run_training
 
     try:
-        run_dir = run_training(load_run_config(config), console=console)
+        run_dir = run_training(load_run_config(config), console=console, overwrite=overwrite)
     except ValueError as exc:
         fail(exc)
     _print_run(run_dir)
@@ -85,12 +108,16 @@ def predict(
     out: Path = typer.Option(..., help="CSV to write: id, probability, risk group, status."),
     split: str | None = typer.Option(None, help="Named split of the source, e.g. test for a MedMNIST .npz."),
     threshold: float = typer.Option(0.5, help="Probability at or above which a patient is high risk."),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
 ) -> None:
     """Score new patients from raw files with a saved model (the saved preprocessing is applied as is)."""
+    from healthfusion.data.sources import check_options
     from healthfusion.workflows.predict import predict_source
 
+    options = parse_options(option)
     try:
-        frame = predict_source(model, source, path, split=split, threshold=threshold)
+        check_options(source, options)
+        frame = predict_source(model, source, path, split=split, threshold=threshold, **options)
     except ValueError as exc:
         fail(exc)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -120,12 +147,14 @@ def cohort_build(
     path: Path | None = typer.Option(None, help="Raw data: the source's folder or file (not used by synthetic)."),
     out: Path = typer.Option(..., help="Cohort folder to write."),
     task: str | None = typer.Option(None, help="Task of the source (its default when omitted)."),
+    option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
 ) -> None:
     """Read raw files of a source into a cohort folder and print its row accounting."""
     from healthfusion.workflows.cohorts import build_cohort
 
+    options = parse_options(option)
     try:
-        cohort = build_cohort(source=source, path=path, out=out, task=task, console=console)
+        cohort = build_cohort(source=source, path=path, out=out, task=task, console=console, **options)
     except ValueError as exc:
         fail(exc)
     print_frame(console, cohort.accounting.to_frame(), title="Row accounting")

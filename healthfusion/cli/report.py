@@ -20,14 +20,20 @@ def register(app: typer.Typer) -> None:
         recompute_audit: bool = typer.Option(False, help="Recompute calibration, subgroup and impact results."),
         explain: bool = typer.Option(False, help="Compute explanations first when the run folder has none "
                                                  "(reads the run's data)."),
+        identifiers: bool | None = typer.Option(None, "--identifiers/--no-identifiers",
+                                                help="Show stay ids in the per-stay explanations, for internal use "
+                                                     "only (default: the run config's evaluation.report_identifiers, "
+                                                     "false: stays are numbered)."),
     ) -> None:
-        """Write one self-contained HTML report (model card, metrics with CIs, calibration, subgroups,
-        explanations, impact, limitations) that opens offline and prints cleanly."""
+        """Write one self-contained HTML report (model card with the TRIPOD+AI items, metrics with CIs,
+        calibration, subgroups, explanations, impact, limitations) that opens offline and prints cleanly. It shows
+        no stay id (unless --identifiers), no absolute path and no count or group statistic under 10."""
         from healthfusion.workflows.report import build_report
 
         try:
             with console.status("Building the report ..."):
-                path = build_report(run_dir, out, recompute_audit=recompute_audit, explain=explain)
+                path = build_report(run_dir, out, recompute_audit=recompute_audit, explain=explain,
+                                    identifiers=identifiers)
         except ValueError as exc:
             fail(exc)
         console.print(f"Report: [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB, self-contained)")

@@ -81,6 +81,9 @@ class CohortMeta:
     labels: list[LabelSpec] = field(default_factory=list)
     description: str = ""
     source: str = ""
+    # a stays column or label -> the static columns it is computed from (care_unit <- ICUType): a task labelled
+    # from that column must not see them as inputs (``healthfusion multitask`` excludes them)
+    derived: dict[str, list[str]] = field(default_factory=dict)
 
     def label(self, name: str) -> LabelSpec:
         for spec in self.labels:
@@ -97,6 +100,7 @@ class CohortMeta:
             "source": self.source,
             "feature_types": dict(self.feature_types),
             "labels": [s.to_dict() for s in self.labels],
+            "derived": {k: list(v) for k, v in self.derived.items()},
         }
 
     @classmethod
@@ -107,4 +111,5 @@ class CohortMeta:
             labels=[LabelSpec.from_dict(x) for x in d.get("labels", [])],
             description=d.get("description", ""),
             source=d.get("source", ""),
+            derived={k: list(v) for k, v in d.get("derived", {}).items()},
         )

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
 from healthfusion.data.errors import CohortError
 
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
+DEVELOPMENT_PATIENTS_FILE = "development_patients.json"  # in a run folder: who the model was trained/tuned on
 
 
 def split_patients(
@@ -68,3 +75,49 @@ def split_patients(
         raise CohortError(f"Split(s) {empty} got no patients ({patients['patient_id'].nunique()} patients in all); "
                           "use fewer splits or a larger cohort.")
     return result
+
+
+def shared_patients(development: pd.DataFrame, external: pd.DataFrame) -> pd.Index:
+    """Patients of ``external`` stays (an external test cohort) who also have stays in ``development`` (the stays a
+    model was trained and tuned on). Both are stays tables with ``patient_id``; ids compare as text.
+
+    A non-empty result means the external test is not independent of training: its metrics are optimistic for
+    those patients. Patient ids are only comparable when both cohorts come from one source numbering them.
+
+    Returns
+    -------
+    pandas.Index
+        The shared patient ids, sorted.
+    """
+    dev = pd.Index(development["patient_id"].astype(str).unique())
+    ext = pd.Index(external["patient_id"].astype(str).unique())
+    return ext.intersection(dev).sort_values()
+
+
+def _digests(patient_ids: Iterable, salt: str) -> set[str]:
+    return {hashlib.sha256(f"{salt}:{p}".encode()).hexdigest()[:24] for p in map(str, patient_ids)}
+
+
+def write_development_patients(folder: str | Path, patient_ids: Iterable) -> Path:
+    """Write :data:`DEVELOPMENT_PATIENTS_FILE` into ``folder``: salted SHA-256 digests of the patients a model was
+    trained and tuned on, so that scoring other data later can count shared patients
+    (:func:`count_development_patients`) without the file listing identifiers in clear. The salt is stored beside
+    the digests, so short identifiers can still be recovered by trying every candidate: the file is
+    pseudonymous, not anonymous; keep it with the run folder."""
+    salt = secrets.token_hex(8)
+    path = Path(folder) / DEVELOPMENT_PATIENTS_FILE
+    path.write_text(json.dumps({"salt": salt, "digests": sorted(_digests(pd.unique(pd.Series(list(patient_ids))),
+                                                                         salt))}))
+    return path
+
+
+def count_development_patients(folder: str | Path, patient_ids: Iterable) -> int | None:
+    """How many distinct ``patient_ids`` are among the development patients recorded in ``folder`` (see
+    :func:`write_development_patients`); None when ``folder`` has no such record (or an unreadable one)."""
+    path = Path(folder) / DEVELOPMENT_PATIENTS_FILE
+    try:
+        record = json.loads(path.read_text())
+        salt, known = str(record["salt"]), set(record["digests"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return len(_digests(pd.unique(pd.Series(list(patient_ids), dtype=object).astype(str)), salt) & known)

@@ -553,6 +553,7 @@ def _check(n_stays, seed, image_size, hours, chunk_size) -> None:
 def _meta(n_stays: int, seed: int, hours: float) -> CohortMeta:
     return CohortMeta(
         name="synthetic", source="synthetic", feature_types=dict(FEATURE_TYPES), labels=list(LABELS),
+        derived={"age_group": ["age"], "sex": ["sex"]},
         description=(f"Synthetic multimodal ICU cohort: {n_stays} stays, seed {seed}, prediction at {hours:g} h. "
                      "Generative story and exact mortality logit: healthfusion.data.synthetic."),
     )

@@ -15,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from healthfusion.evaluation.calibration import ece_from_curve, reliability_curve
+from healthfusion.evaluation.disclosure import MIN_CELL, SUPPRESSED, small_groups
 from healthfusion.evaluation.impact import decision_curve
 from healthfusion.evaluation.plots import _save
 
@@ -23,17 +24,25 @@ ArrayLike = Any
 
 def plot_reliability(results: Mapping[str, tuple[ArrayLike, ArrayLike]], path: str | Path, n_bins: int = 10,
                      title: str = "Calibration (reliability)", dpi: int = 120) -> Path:
-    """Observed event rate against mean predicted risk per bin, one line per model (ECE in the legend), with a
-    histogram of predictions below."""
+    """Observed event rate against mean predicted risk per bin, one line per model (ECE over all bins in the legend),
+    with a histogram of predictions below. Bins with fewer than 10 stays or events
+    (:mod:`~healthfusion.evaluation.disclosure`) are not drawn as points; the histogram's bars under 10 stays
+    are not drawn either."""
     fig = Figure(figsize=(5.5, 6.0))
     ax, hist = fig.subplots(2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, label="perfect calibration")
     for name, (y, p) in results.items():
         table = reliability_curve(y, p, n_bins=n_bins)
         ece = ece_from_curve(table)
-        ax.plot(table["mean_predicted"], table["observed"], marker="o", linewidth=1.5,
-                label=f"{name} (ECE = {ece:.3f}, n = {len(np.asarray(p))})")
-        hist.hist(np.asarray(p, dtype=float), bins=np.linspace(0, 1, n_bins * 2 + 1), alpha=0.5, label=name)
+        shown = table.assign(events=(table["observed"] * table["n"]).round())
+        shown = shown[~small_groups(shown, "n", "events")]
+        hidden = len(table) - len(shown)
+        ax.plot(shown["mean_predicted"], shown["observed"], marker="o", linewidth=1.5,
+                label=f"{name} (ECE = {ece:.3f}, n = {len(np.asarray(p))}"
+                      + (f"; {hidden} small bin(s) not shown)" if hidden else ")"))
+        counts, edges = np.histogram(np.asarray(p, dtype=float), bins=np.linspace(0, 1, n_bins * 2 + 1))
+        counts = np.where(counts < MIN_CELL, 0, counts)
+        hist.bar(edges[:-1], counts, width=np.diff(edges), align="edge", alpha=0.5, label=name)
     ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="observed event rate", title=title)
     ax.legend(loc="upper left", fontsize="small")
     hist.set(xlabel="predicted risk", ylabel="stays")
@@ -61,22 +70,24 @@ def plot_decision_curve(y_true: ArrayLike, probs: Mapping[str, ArrayLike], path:
 
 
 def plot_subgroups(table: pd.DataFrame, path: str | Path, metric: str = "auroc", dpi: int = 120) -> Path:
-    """Forest plot of ``metric`` with its CI per (attribute, group) of a :func:`group_metrics` table; small groups
-    are drawn hollow."""
-    rows = table.reset_index(drop=True)
-    fig = Figure(figsize=(6.0, 0.3 * len(rows) + 1.2))
+    """Forest plot of ``metric`` with its CI per (attribute, group) of a :func:`group_metrics` table. Small groups
+    (``small_group``: fewer than 10 stays or events, see :mod:`~healthfusion.evaluation.disclosure`)
+    are not drawn; the title says how many were left out."""
+    rows = table[~table["small_group"].astype(bool)].reset_index(drop=True)
+    left_out = len(table) - len(rows)
+    fig = Figure(figsize=(6.0, 0.3 * max(len(rows), 1) + 1.2))
     ax = fig.add_subplot()
     y = np.arange(len(rows))[::-1]
     err = np.vstack([rows[metric] - rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"] - rows[metric]])
-    small = rows["small_group"].to_numpy(bool)
-    ax.errorbar(rows[metric], y, xerr=np.nan_to_num(err), fmt="none", ecolor="tab:blue", capsize=2)
-    ax.scatter(rows[metric][~small], y[~small], color="tab:blue", zorder=3)
-    ax.scatter(rows[metric][small], y[small], facecolors="white", edgecolors="tab:red", zorder=3, label="n < 10")
+    ax.errorbar(rows[metric], y, xerr=np.nan_to_num(err), fmt="o", color="tab:blue", ecolor="tab:blue", capsize=2)
     ax.set_yticks(y, [f"{a}: {g} (n={n})" for a, g, n in rows[["attribute", "group", "n"]].to_numpy()],
                   fontsize="small")
-    ax.set(xlabel=metric.upper(), title=f"{metric.upper()} by subgroup (95% CI)")
-    if small.any():
-        ax.legend(fontsize="small")
+    title = f"{metric.upper()} by subgroup (95% CI)"
+    if left_out:
+        title += f"\n{left_out} small group(s) not shown ({SUPPRESSED} stays or events)"
+    ax.set(xlabel=metric.upper(), title=title)
+    if metric in ("auroc", "tpr", "fpr", "ppv"):
+        ax.set_xlim(0, 1)
     return _save(fig, path, dpi)
 
 

@@ -2,8 +2,9 @@
 
 Per group of each attribute (age band, sex, ethnicity, care unit, site ...): n, events, AUROC, TPR (sensitivity),
 FPR, PPV, and calibration (observed event rate minus mean predicted risk), each with a percentile-bootstrap 95%
-interval. Groups smaller than ``min_group_size`` (default 10) stay in the table, flagged ``small_group``, and are
-left out of the gap computation, which lists them. Gaps are Fairlearn's equalised-odds and demographic-parity
+interval. Small groups (fewer than 10 stays or events: :mod:`healthfusion.evaluation.disclosure`) stay in the
+table, flagged ``small_group``; the gaps use only comparable groups (not small, and 10 non-events too) and list the
+others: a subgroup AUROC from one event must not drive a fairness gap. Gaps are Fairlearn's equalised-odds and demographic-parity
 differences at the model's threshold. The mitigation is group-aware thresholds (Fairlearn's ``ThresholdOptimizer``
 under an equalised-odds constraint), fitted on validation predictions and applied to test.
 
@@ -24,12 +25,12 @@ from fairlearn.metrics import demographic_parity_difference, equalized_odds_diff
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from healthfusion.evaluation.bootstrap import bootstrap_ci, metrics_with_ci
+from healthfusion.evaluation.disclosure import RULE, comparable, group_label, is_small
 from healthfusion.evaluation.metrics import auroc, check_binary_input
 
 logger = logging.getLogger(__name__)
 
 ArrayLike = Any
-MIN_GROUP_SIZE = 10
 GROUP_COLUMNS = ("attribute", "group", "n", "n_positive", "small_group")
 
 
@@ -47,8 +48,9 @@ def _calibration_gap(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def group_metrics(y_true: ArrayLike, y_prob: ArrayLike, groups: Any, threshold: float = 0.5, n_boot: int = 500,
-                  seed: int = 0, min_group_size: int = MIN_GROUP_SIZE) -> pd.DataFrame:
-    """One row per (attribute, group): n, n_positive, small_group and, each with ``_ci_low``/``_ci_high``,
+                  seed: int = 0) -> pd.DataFrame:
+    """One row per (attribute, group): n, n_positive, small_group (:func:`~healthfusion.evaluation.disclosure.is_small`)
+    and, each with ``_ci_low``/``_ci_high``,
     ``auroc``, ``tpr``, ``fpr``, ``ppv`` and ``calibration_gap`` (observed rate - mean predicted risk; > 0 means
     risk is underestimated in the group), plus ``observed_rate`` and ``mean_predicted``.
 
@@ -72,7 +74,7 @@ def group_metrics(y_true: ArrayLike, y_prob: ArrayLike, groups: Any, threshold: 
         for group, idx in frame.groupby(attribute, sort=True).indices.items():
             yg, pg = y[idx], p[idx]
             row: dict[str, Any] = {"attribute": attribute, "group": group, "n": int(idx.size),
-                                   "n_positive": int(yg.sum()), "small_group": bool(idx.size < min_group_size),
+                                   "n_positive": int(yg.sum()), "small_group": is_small(int(idx.size), int(yg.sum())),
                                    "observed_rate": float(yg.mean()), "mean_predicted": float(pg.mean())}
             table = metrics_with_ci(yg, pg, threshold=threshold, n_boot=n_boot, seed=seed).set_index("metric")
             for name, source in (("auroc", "auroc"), ("tpr", "recall"), ("ppv", "precision")):
@@ -87,16 +89,17 @@ def group_metrics(y_true: ArrayLike, y_prob: ArrayLike, groups: Any, threshold: 
     out = pd.DataFrame(rows)
     small = out[out["small_group"]]
     if len(small):
-        logger.warning("Groups with fewer than %d stays (flagged small_group): %s", min_group_size,
-                       ", ".join(f"{a}={g} (n={n})" for a, g, n in small[["attribute", "group", "n"]].to_numpy()))
+        logger.warning("Small groups (%s; flagged small_group): %s", RULE,
+                       ", ".join(f"{a}={g}" for a, g in small[["attribute", "group"]].to_numpy()))
     return out
 
 
 def fairness_gaps(y_true: ArrayLike, y_prob: ArrayLike, groups: Any, threshold: float = 0.5,
-                  min_group_size: int = MIN_GROUP_SIZE, y_pred: ArrayLike | None = None) -> pd.DataFrame:
+                  y_pred: ArrayLike | None = None) -> pd.DataFrame:
     """Per attribute: Fairlearn's ``equalized_odds_difference`` and ``demographic_parity_difference`` of the
     decisions ``y_prob >= threshold`` (or the given ``y_pred``), the AUROC range over groups, the number of groups
-    compared and the small groups left out (``excluded``); ``auroc_range`` covers groups with both outcomes.
+    compared and the groups left out (``excluded``: fewer than 10 stays, events or non-events, see
+    :func:`~healthfusion.evaluation.disclosure.comparable`); ``auroc_range`` covers the groups compared.
 
     Raises
     ------
@@ -109,8 +112,10 @@ def fairness_gaps(y_true: ArrayLike, y_prob: ArrayLike, groups: Any, threshold: 
     rows = []
     for attribute in frame.columns:
         sizes = frame[attribute].value_counts()
-        keep_groups = sizes.index[sizes >= min_group_size]
-        excluded = [f"{g} (n={sizes[g]})" for g in sizes.index if sizes[g] < min_group_size]
+        events = pd.Series(y).groupby(frame[attribute].to_numpy()).sum()
+        small = [g for g in sizes.index if not comparable(int(sizes[g]), int(events[g]))]
+        keep_groups = sizes.index[~sizes.index.isin(small)]
+        excluded = [group_label(g, int(sizes[g])) for g in small]
         keep = frame[attribute].isin(keep_groups).to_numpy()
         row = {"attribute": attribute, "n_groups": int(len(keep_groups)), "excluded": "; ".join(excluded),
                "equalized_odds_difference": float("nan"), "demographic_parity_difference": float("nan"),
@@ -121,8 +126,7 @@ def fairness_gaps(y_true: ArrayLike, y_prob: ArrayLike, groups: Any, threshold: 
                 y[keep].astype(int), decisions[keep], sensitive_features=sf))
             row["demographic_parity_difference"] = float(demographic_parity_difference(
                 y[keep].astype(int), decisions[keep], sensitive_features=sf))
-            aurocs = [auroc(y[keep][sf == g], p[keep][sf == g]) for g in keep_groups
-                      if 0 < y[keep][sf == g].sum() < (sf == g).sum()]
+            aurocs = [auroc(y[keep][sf == g], p[keep][sf == g]) for g in keep_groups]
             row["auroc_range"] = float(max(aurocs) - min(aurocs)) if len(aurocs) >= 2 else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)

@@ -119,7 +119,8 @@ def what_if(y_true: ArrayLike, y_prob: ArrayLike, *, threshold: float, effective
     savings = avoided * event_cost
     unit = f" {currency}" if currency else ""
     assumptions = (
-        f"Every stay with predicted risk >= {threshold:.3f} receives the intervention ({n_flagged} of {y.size}).",
+        f"Every stay with predicted risk >= {threshold:.3f} receives the intervention "
+        "(how many: the table above).",
         f"The intervention prevents {effectiveness:.0%} of the events it targets; it does nothing for stays "
         "without an event and the model's unflagged stays are not treated.",
         f"Intervention cost {intervention_cost:,.0f}{unit} per treated stay; each event costs {event_cost:,.0f}{unit}.",

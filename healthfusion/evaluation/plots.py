@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from healthfusion.evaluation.metrics import auprc, auroc, check_binary_input
+from healthfusion.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ def _prepare(results: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> dict[str, tu
 
 def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, format="png", dpi=dpi, bbox_inches="tight")
+    with atomic_path(out) as tmp:  # a reader never sees a half-written figure
+        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     logger.info("Saved figure to %s", out)
     return out
 

@@ -14,17 +14,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from healthfusion.evaluation.fairness import MIN_GROUP_SIZE, group_metrics
+from healthfusion.evaluation.disclosure import group_label
+from healthfusion.evaluation.fairness import group_metrics
 
 SPREAD_COLUMNS = ("attribute", "n_groups", "worst_group", "worst_auroc", "best_group", "best_auroc", "auroc_range",
                   "auroc_sd", "excluded")
 
 
-def domain_spread(y_true: Any, y_prob: Any, domains: Any, n_boot: int = 500, seed: int = 0,
-                  min_group_size: int = MIN_GROUP_SIZE) -> tuple[pd.DataFrame, pd.DataFrame]:
+def domain_spread(y_true: Any, y_prob: Any, domains: Any, n_boot: int = 500,
+                  seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group metrics (with n and bootstrap CIs) and, per attribute, the spread of AUROC over its groups.
 
-    Groups smaller than ``min_group_size`` or with a single outcome class (AUROC undefined) stay in the group
+    Small groups (fewer than 10 stays or events: :mod:`~healthfusion.evaluation.disclosure`) or with a single
+    outcome class (AUROC undefined) stay in the group
     table but are left out of the spread, which names them in ``excluded``.
 
     Returns
@@ -38,14 +40,14 @@ def domain_spread(y_true: Any, y_prob: Any, domains: Any, n_boot: int = 500, see
     ValueError
         As :func:`group_metrics` (bad predictions, a domains frame of the wrong length).
     """
-    groups = group_metrics(y_true, y_prob, domains, n_boot=n_boot, seed=seed, min_group_size=min_group_size)
+    groups = group_metrics(y_true, y_prob, domains, n_boot=n_boot, seed=seed)
     rows = []
     for attribute, table in groups.groupby("attribute", sort=False):
         ok = ~table["small_group"] & table["auroc"].notna() & (table["n_positive"] > 0) & (
             table["n_positive"] < table["n"])
         used, left = table[ok], table[~ok]
         row = {"attribute": attribute, "n_groups": int(len(used)),
-               "excluded": "; ".join(f"{g} (n={n})" for g, n in left[["group", "n"]].to_numpy())}
+               "excluded": "; ".join(group_label(g, int(n)) for g, n in left[["group", "n"]].to_numpy())}
         if len(used) >= 2:
             worst, best = used.loc[used["auroc"].idxmin()], used.loc[used["auroc"].idxmax()]
             row.update(worst_group=worst["group"], worst_auroc=float(worst["auroc"]), best_group=best["group"],

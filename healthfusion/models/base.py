@@ -32,6 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from healthfusion.files import apply_umask
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -174,6 +176,7 @@ class PretrainedModel(nn.Module):
 
         tmp = directory / (WEIGHTS_FILE + ".tmp")
         save_file(state, str(tmp), metadata={"format": "pt", "model_type": self.model_type})
+        apply_umask(tmp)  # safetensors creates its file readable by the owner only
         os.replace(tmp, directory / WEIGHTS_FILE)
         _write_text(directory / CONFIG_FILE, json.dumps(config_json, indent=2, sort_keys=True))
         prep_path = directory / PREPROCESSING_FILE

@@ -21,6 +21,8 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
+from healthfusion.files import write_text
+
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
 
 
@@ -70,7 +72,8 @@ def render_report(context: dict) -> str:
     """The HTML text of the report.
 
     ``context`` holds ``title`` (str), ``subtitle`` (str), ``generated`` (str), ``card`` (list of (label, value)
-    pairs for the model card) and ``sections``: a list of dicts with ``id``, ``title`` and ``blocks``; a block is
+    pairs for the model card), optionally ``notice`` (a warning shown first in the card, e.g. synthetic data) and
+    ``card_blocks`` (table blocks under the card, e.g. the TRIPOD+AI items), and ``sections``: a list of dicts with ``id``, ``title`` and ``blocks``; a block is
     ``{"kind": "text"|"list"|"table"|"figure"|"figures", ...}`` with ``text``, ``items``, ``html`` (from
     :func:`table_html`), ``src`` (from :func:`image_data_uri`) / ``figures`` (list of ``{src, caption}``) and an
     optional ``caption``.
@@ -79,8 +82,5 @@ def render_report(context: dict) -> str:
 
 
 def write_report(context: dict, path: str | Path) -> Path:
-    """Render ``context`` and write it to ``path`` (parent folders created); return the path."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_report(context), encoding="utf-8")
-    return out
+    """Render ``context`` and write it to ``path`` atomically (parent folders created); return the path."""
+    return write_text(path, render_report(context))

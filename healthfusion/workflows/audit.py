@@ -5,8 +5,10 @@ explain RUN_DIR`` recomputes it) writes ``explanations/``:
 
 * ``global_importance.csv`` / ``importance.png``: mean |GradientShap attribution| per variable and static feature
 * ``importance_by_window.csv``: the same per time window of the series
-* ``top_features.csv``: each explained test stay's five strongest contributors, signed
-* ``attention.png``: the highest-risk explained stay's series with the LSTM attention over time
+* ``top_features.csv``: each explained test stay's five strongest contributors, signed (with its stay id, for
+  internal use: the report shows a row number instead unless asked for identifiers)
+* ``attention.png``: the highest-risk explained stay's series with the LSTM attention over time (figures name
+  no stay)
 * ``modality_contributions.csv`` / ``modalities.png``: Shapley values over modalities (fused models)
 * ``saliency.png``: gradient and Grad-CAM maps over test images (image models)
 * ``summary.json``: method, sample sizes, variables
@@ -37,15 +39,17 @@ from healthfusion.evaluation.audit_plots import (
     plot_subgroups,
 )
 from healthfusion.evaluation.calibration import Recalibrator, calibration_summary
+from healthfusion.evaluation.disclosure import comparable, is_small, suppress_groups
 from healthfusion.evaluation.explain import attribute_timeseries, model_forward
 from healthfusion.evaluation.explain_multimodal import (
     attention_over_time,
     image_saliency,
     modality_contributions,
 )
-from healthfusion.evaluation.fairness import MIN_GROUP_SIZE, fairness_gaps, group_metrics, group_thresholds
+from healthfusion.evaluation.fairness import fairness_gaps, group_metrics, group_thresholds
 from healthfusion.evaluation.impact import what_if
 from healthfusion.features import batch as B
+from healthfusion.files import write_csv, write_text
 
 log = logging.getLogger(__name__)
 HYBRID = "hybrid"
@@ -99,10 +103,10 @@ def write_explanations(run_dir: str | Path, model, featurizer, background, data,
                                       static_names=_static_names(featurizer) if static else None, seed=seed,
                                       sample_ids=ids, step_hours=t["ts"].step)
         importance = result.global_importance()
-        importance.rename_axis("feature").to_csv(out / "global_importance.csv")
-        result.top_features(5).rename(columns={"sample": "stay_id"}).to_csv(out / "top_features.csv", index=False)
+        write_csv(importance.rename_axis("feature"), out / "global_importance.csv")
+        write_csv(result.top_features(5).rename(columns={"sample": "stay_id"}), out / "top_features.csv", index=False)
         window = max(t["ts"].step, t["ts"].hours / 6)
-        result.per_window(window).to_csv(out / "importance_by_window.csv")
+        write_csv(result.per_window(window), out / "importance_by_window.csv")
         plot_importance(importance, out / "importance.png",
                         title="What drives the predicted risk (GradientShap, mean |attribution|)")
         summary.update(variables=list(t["ts"].variables_), expected_logit=result.expected_value,
@@ -118,14 +122,14 @@ def write_explanations(run_dir: str | Path, model, featurizer, background, data,
             cols = [t["ts"].variables_.index(v) for v in top_vars]
             plot_attention(batch[B.TS_VALUES][i, :, cols].numpy(), attention[i], top_vars, out / "attention.png",
                            step_hours=t["ts"].step, mask=batch[B.TS_MASK][i, :, cols].numpy(),
-                           title=f"Stay {ids[i]} (predicted risk {risk[i]:.2f}): top variables and attention")
+                           title=f"Highest-risk explained stay (predicted risk {risk[i]:.2f}): top variables and attention")
             summary["attention_stay"] = ids[i]
             summary["files"].append("attention.png")
     mods = list(getattr(model, "modalities", ()))
     if len(mods) > 1:
         shapley = modality_contributions(model, batch, method="shapley")
         shapley.insert(0, "stay_id", ids)
-        shapley.to_csv(out / "modality_contributions.csv", index=False)
+        write_csv(shapley, out / "modality_contributions.csv", index=False)
         plot_importance(shapley[mods].abs().mean(), out / "modalities.png", title="Modality contributions "
                         "(Shapley over modalities, mean |logit share|)", xlabel="mean |contribution| (logit)")
         summary["modality_contributions"] = shapley[mods].abs().mean().round(5).to_dict()
@@ -138,9 +142,9 @@ def write_explanations(run_dir: str | Path, model, featurizer, background, data,
             maps = {"gradient": image_saliency(model, sub, "gradient"),
                     "Grad-CAM": image_saliency(model, sub, "grad_cam")}
             plot_saliency(sub[B.IMAGE].numpy(), maps, out / "saliency.png",
-                          titles=[f"{ids[r]} (risk {risk[r]:.2f})" for r in rows])
+                          titles=[f"test image {k + 1} (risk {risk[r]:.2f})" for k, r in enumerate(rows)])
             summary["files"].append("saliency.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    write_text(out / "summary.json", json.dumps(summary, indent=2, default=float))
     return summary
 
 
@@ -184,7 +188,7 @@ def write_audit(run_dir: str | Path, *, model: str = HYBRID, n_boot: int = 500, 
     variants = {model: p, **{f"{model} + {m}": r.transform(p) for m, r in recal.items()}}
     calib = pd.concat([calibration_summary(y, q, n_boot=n_boot, seed=seed).assign(model=name)
                        for name, q in variants.items()], ignore_index=True)
-    calib.to_csv(out / "calibration.csv", index=False)
+    write_csv(calib, out / "calibration.csv", index=False)
     others = [c for c in predictions.columns if c not in ("stay_id", "split", "y_true", model)]
     curves = {name: (y, q) for name, q in variants.items() if not name.endswith("isotonic")}
     for name in others[:2]:
@@ -200,8 +204,9 @@ def write_audit(run_dir: str | Path, *, model: str = HYBRID, n_boot: int = 500, 
                         max_threshold=float(min(0.9, max(0.3, 3 * y.mean()))))
     assumptions = {**DEFAULT_WHAT_IF, **(what_if_assumptions or {})}
     scenario = what_if(y, p, threshold=threshold, **assumptions)
-    (out / "what_if.json").write_text(json.dumps({**scenario.to_dict(), "inputs": assumptions}, indent=2))
-    summary["what_if"] = scenario.to_dict()
+    shared_what_if = _shareable_what_if(scenario.to_dict())
+    write_text(out / "what_if.json", json.dumps({**shared_what_if, "inputs": assumptions}, indent=2))
+    summary["what_if"] = shared_what_if
 
     # subgroups
     domains_path = run_dir / "domains.csv"
@@ -212,38 +217,60 @@ def write_audit(run_dir: str | Path, *, model: str = HYBRID, n_boot: int = 500, 
         if cols:
             groups = merged[cols]
             table = group_metrics(y, p, groups, threshold=threshold, n_boot=n_boot, seed=seed)
-            table.to_csv(out / "subgroups.csv", index=False)
+            shared = suppress_groups(table, keep=("attribute", "group", "small_group"))
+            write_csv(shared, out / "subgroups.csv", index=False)
             plot_subgroups(table, out / "subgroups.png")
             gaps = fairness_gaps(y, p, groups, threshold=threshold)
-            gaps.to_csv(out / "fairness_gaps.csv", index=False)
+            write_csv(gaps, out / "fairness_gaps.csv", index=False)
             summary["subgroup_attributes"] = cols
-            summary["small_groups"] = table.loc[table["small_group"], ["attribute", "group", "n"]].to_dict("records")
+            summary["small_groups"] = table.loc[table["small_group"], ["attribute", "group"]].to_dict("records")
             summary.update(_mitigate(predictions, domains, gaps, model, threshold, seed, out))
         else:
             summary["subgroup_note"] = "The stays carry no domain column with more than one value."
     else:
         summary["subgroup_note"] = "No domains.csv in the run folder (re-run `healthfusion train`)."
-    (out / "audit.json").write_text(json.dumps(summary, indent=2, default=float))
+    write_text(out / "audit.json", json.dumps(summary, indent=2, default=float))
     return summary
+
+
+def _shareable_what_if(w: dict) -> dict:
+    """The what-if summary as shared: the counts of the evaluated, flagged and event stays as
+    :func:`~healthfusion.evaluation.disclosure.count_cell` shows them, and every value computed from the events among
+    the flagged stays suppressed when that group is small."""
+    from healthfusion.evaluation.disclosure import SUPPRESSED, count_cell
+
+    out = {**w, "per_1000": dict(w["per_1000"])}
+    for key in ("n", "events", "flagged", "events_flagged"):
+        out[key] = count_cell(w[key])
+    if is_small(int(w["flagged"]), int(w["events_flagged"])):
+        for key in ("events_flagged", "events_avoided", "savings", "net_cost", "number_needed_to_treat"):
+            out[key] = SUPPRESSED
+        out["per_1000"].update(events_avoided=SUPPRESSED, net_cost=SUPPRESSED)
+    if out["flagged"] == SUPPRESSED:  # the cost and the rate would give the count back
+        out["intervention_cost"] = SUPPRESSED
+        out["per_1000"]["flagged"] = SUPPRESSED
+    return out
 
 
 def _mitigate(predictions, domains, gaps, model, threshold, seed, out) -> dict:
     """Group-aware thresholds for the attribute with the largest equalised-odds gap; before/after on test."""
     usable = gaps.dropna(subset=["equalized_odds_difference"])
     if usable.empty:
-        return {"mitigation_note": "No attribute has two groups of at least 10 stays; nothing to mitigate."}
+        return {"mitigation_note": "No attribute has two groups of at least 10 stays, 10 events and 10 non-events; "
+                                   "nothing to mitigate."}
     attribute = str(usable.sort_values("equalized_odds_difference").iloc[-1]["attribute"])
     frames = {}
     for split in ("val", "test"):
         rows = predictions[(predictions["split"] == split) & predictions[model].notna()]
         merged = rows.merge(domains[["stay_id", "split", attribute]], on=["stay_id", "split"], how="left")
-        sizes = merged[attribute].fillna("Unknown").value_counts()
-        frames[split] = merged[merged[attribute].fillna("Unknown").isin(sizes.index[sizes >= MIN_GROUP_SIZE])]
+        group = merged[attribute].fillna("Unknown")
+        sizes, events = group.value_counts(), merged["y_true"].groupby(group).sum()
+        frames[split] = merged[group.isin([g for g in sizes.index if comparable(int(sizes[g]), int(events[g]))])]
     try:
         _, effect = group_thresholds(frames["val"]["y_true"], frames["val"][model], frames["val"][attribute],
                                      frames["test"]["y_true"], frames["test"][model], frames["test"][attribute],
                                      threshold=threshold, seed=seed)
     except ValueError as exc:
         return {"mitigation_note": f"Group-aware thresholds for {attribute} could not be fitted: {exc}"}
-    effect.to_csv(out / "mitigation.csv")
+    write_csv(effect, out / "mitigation.csv")
     return {"mitigation_attribute": attribute, "mitigation": effect.round(4).to_dict()}

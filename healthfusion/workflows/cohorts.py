@@ -6,8 +6,18 @@ import inspect
 from pathlib import Path
 
 from healthfusion.data.cohort import Cohort
-from healthfusion.data.errors import SourceError
-from healthfusion.data.sources import get_source
+from healthfusion.data.errors import CohortError, SourceError
+from healthfusion.data.sources import check_options, get_source
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise CohortError(f"--out {out} is a file; pass a folder for the cohort.")
+    if out.is_dir() and any(out.iterdir()) and not (out / "cohort.json").is_file():
+        names = sorted(p.name for p in out.iterdir())
+        raise CohortError(f"--out {out} is not empty ({', '.join(names[:5])}{' ...' if len(names) > 5 else ''}) and "
+                          "is not a cohort folder (no cohort.json); `cohort build` writes into a new or empty folder "
+                          "or replaces an earlier cohort. Choose another --out.")
 
 
 def build_cohort(source: str, path: Path | None, out: Path, task: str | None = None, console=None,
@@ -16,12 +26,18 @@ def build_cohort(source: str, path: Path | None, out: Path, task: str | None = N
     ``out``). The ``synthetic`` source has no raw files: it streams its generated cohort straight into ``out``;
     a reader that takes an ``out`` folder itself (MIMIC-IV) writes its large tables there as it reads them.
 
+    ``out`` must be new, empty or an earlier cohort folder (it has ``cohort.json``): a run folder or any other
+    folder with files is refused, so a build never writes into it.
+
     Raises
     ------
     SourceError, CohortError
-        On unreadable input (the message names the file, column or row), or rows that do not add up.
+        On unreadable input (the message names the file, column or row), rows that do not add up, or an ``out``
+        folder that has files and is not a cohort.
     """
+    _check_out(Path(out))
     builder = get_source(source)
+    check_options(source, options)
     generated = source == "synthetic"
     if path is None and not generated:
         raise SourceError(f"Source {source!r} reads raw files: pass --path to the folder or file that holds them.")

@@ -186,6 +186,7 @@ class EvaluationSpec(StrictModel):
     operating_point: Literal["youden", "f1", "sensitivity"] = "youden"
     target_sensitivity: float | None = None
     audit: bool = True  # explanations, calibration, subgroups and impact into explanations/ and audit/
+    report_identifiers: bool = False  # stay ids in the report's per-stay explanations (internal use only)
 
 
 class RunConfig(StrictModel):

@@ -20,6 +20,7 @@ from healthfusion.data import synthetic
 from healthfusion.evaluation.compare import format_comparison
 from healthfusion.workflows.config import DataSpec, EvaluationSpec, FeatureSpec, ModelSpec, RunConfig
 from healthfusion.workflows.report import build_report
+from healthfusion.workflows.runfolder import claim_run_folder
 from healthfusion.workflows.train import run_training
 
 LABEL = "mortality"
@@ -41,20 +42,23 @@ def demo_config(run_dir: Path, seed: int = 0, max_epochs: int = 30) -> RunConfig
 
 
 def run_demo(out: Path | None = None, n_stays: int = 2000, seed: int = 0, max_epochs: int = 30,
-             console=None) -> dict:
+             console=None, overwrite: bool = False) -> dict:
     """Run the demo; return ``{"run_dir", "report" (the HTML file), "table" (metric x model strings), "metrics"
     (raw), "seconds"}``.
+
+    The run folder must be new or empty unless ``overwrite`` (which clears it first).
 
     Raises
     ------
     ValueError
-        If ``n_stays`` is too small to split (fewer than 50 stays).
+        If ``n_stays`` is too small to split (fewer than 50 stays); RunFolderError if ``out`` is not empty and
+        ``overwrite`` is False.
     """
     if n_stays < 50:
         raise ValueError(f"The demo needs at least 50 stays to split into train/validation/test; got {n_stays}.")
     t0 = time.perf_counter()
     run_dir = Path(out) if out else Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    claim_run_folder(run_dir, overwrite)
     if console is not None:
         console.print(f"[bold cyan]Synthetic cohort[/] {n_stays} stays, seed {seed} -> {run_dir / 'cohort'}")
         with console.status("Generating ..."):

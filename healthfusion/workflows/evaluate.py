@@ -22,6 +22,8 @@ from healthfusion.evaluation.bootstrap import bootstrap_ci
 from healthfusion.evaluation.compare import comparison_table, format_ci, format_comparison
 from healthfusion.evaluation.metrics import multiclass_metrics, regression_metrics
 from healthfusion.evaluation.plots import plot_pr, plot_roc
+from healthfusion.files import write_csv
+from healthfusion.workflows.runfolder import MANIFEST, check_artefacts, record_artefacts
 
 NON_MODEL = ("stay_id", "split", "y_true")
 #: metrics of the non-binary tables, in column order
@@ -77,12 +79,18 @@ def evaluate_predictions(
     ``comparison_operating_point.csv`` (when ``operating_points`` are given, or read from a previous
     ``metrics.json``), ``roc.png`` and ``pr.png``; return a JSON-able summary.
 
+    In a run folder with ``artefacts.json`` the predictions and metrics must be the run's own
+    (:func:`~healthfusion.workflows.runfolder.check_artefacts`); the files written are recorded as artefacts of its
+    model.
+
     Raises
     ------
     ValueError
-        If the folder has no predictions, or no rows of ``split``.
+        If the folder has no predictions, or no rows of ``split``; RunFolderError if its predictions or metrics
+        belong to another model or were changed after the run wrote them.
     """
     run_dir = Path(run_dir)
+    check_artefacts(run_dir, ("predictions.csv", "metrics.json"))
     label = run_label(run_dir)
     if label is not None and label.get("kind", "binary") != "binary":
         return evaluate_kind_predictions(run_dir, label, split=split, n_boot=n_boot, seed=seed)
@@ -97,7 +105,7 @@ def evaluate_predictions(
             skipped[name] = int((~ok).sum())
         results[name] = (rows["y_true"].to_numpy()[ok], rows[name].to_numpy()[ok])
     table = comparison_table(results, threshold=threshold, n_boot=n_boot, seed=seed)
-    table.to_csv(run_dir / "comparison.csv")
+    write_csv(table, run_dir / "comparison.csv")
     summary = {
         "split": split,
         "n": int(len(rows)),
@@ -109,12 +117,20 @@ def evaluate_predictions(
     if operating_points:
         op_table = comparison_table(results, threshold={m: operating_points.get(m, threshold) for m in results},
                                     n_boot=n_boot, seed=seed)
-        op_table.to_csv(run_dir / "comparison_operating_point.csv")
+        write_csv(op_table, run_dir / "comparison_operating_point.csv")
         summary["operating_points"] = operating_points
         summary["comparison_operating_point"] = json.loads(op_table.to_json(orient="index"))
     plot_roc(results, run_dir / "roc.png")
     plot_pr(results, run_dir / "pr.png")
+    _record_if_recorded(run_dir, ("comparison.csv", "comparison_operating_point.csv", "roc.png", "pr.png"))
     return summary
+
+
+def _record_if_recorded(run_dir: Path, names: tuple[str, ...]) -> None:
+    """Record ``names`` as artefacts of the folder's model when the folder keeps a record (a finished run);
+    during a run, the run records everything at its end."""
+    if (run_dir / MANIFEST).is_file():
+        record_artefacts(run_dir, names)
 
 
 def kind_comparison_table(kind: str, results: Mapping[str, tuple[np.ndarray, np.ndarray]], n_boot: int = 1000,
@@ -197,10 +213,12 @@ def evaluate_kind_predictions(run_dir: str | Path, label: dict, split: str = "te
         No predictions, no rows of ``split``, or columns that do not match the label.
     """
     run_dir = Path(run_dir)
+    check_artefacts(run_dir, ("predictions.csv", "metrics.json"))
     rows = _split_rows(run_dir, split, y_type=str if label["kind"] == "multiclass" else float)
     results, skipped = kind_results(rows, label)
     table = kind_comparison_table(label["kind"], results, n_boot=n_boot, seed=seed)
-    table.to_csv(run_dir / "comparison.csv")
+    write_csv(table, run_dir / "comparison.csv")
+    _record_if_recorded(run_dir, ("comparison.csv",))
     summary = {"label": label, "split": split, "n": int(len(rows)), "models_without_score": skipped,
                "comparison": json.loads(table.to_json(orient="index"))}
     if label["kind"] == "multiclass":

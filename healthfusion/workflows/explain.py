@@ -3,16 +3,18 @@ saved model and the data its ``config.yaml`` names, for runs trained before expl
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from healthfusion.features.compose import CohortFeaturizer
+from healthfusion.files import write_csv
 from healthfusion.workflows.audit import domain_table, write_explanations
-from healthfusion.workflows.config import RunConfig
+from healthfusion.workflows.config import load_run_config
 from healthfusion.workflows.ensemble import first_network
+from healthfusion.workflows.runfolder import MANIFEST, check_artefacts, record_artefacts
 from healthfusion.workflows.train import open_source
 
 
@@ -23,13 +25,14 @@ def explain_run(run_dir: str | Path, n_explain: int = 48, seed: int = 0, console
     ------
     ValueError
         If the folder lacks ``config.yaml``, ``predictions.csv`` or ``model/``, its model is not a binary risk model,
-        or the data cannot be read.
+        or the data cannot be read; RunFolderError if its config, predictions or domains belong to another model.
     """
     run_dir = Path(run_dir)
     for name in ("config.yaml", "predictions.csv", "model"):
         if not (run_dir / name).exists():
             raise ValueError(f"{run_dir} has no {name}; explanations need a run folder written by `healthfusion train`.")
-    config = RunConfig.model_validate(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    check_artefacts(run_dir, ("config.yaml", "predictions.csv", "domains.csv"))
+    config = load_run_config(run_dir / "config.yaml")  # its data paths are relative to the run folder
     model, state = first_network(run_dir / "model")  # an ensemble's first hybrid network
     if state is None:
         raise ValueError(f"{run_dir / 'model'} has no preprocessing.json; re-train to save the feature pipeline.")
@@ -43,8 +46,13 @@ def explain_run(run_dir: str | Path, n_explain: int = 48, seed: int = 0, console
     ids = {s: predictions.loc[predictions["split"] == s, "stay_id"].tolist() for s in ("val", "test")}
     cohorts = {"val": main, "test": test}
     if not (run_dir / "domains.csv").is_file():
-        domain_table({s: cohorts[s].stays for s in ids}, ids).to_csv(run_dir / "domains.csv", index=False)
+        write_csv(domain_table({s: cohorts[s].stays for s in ids}, ids), run_dir / "domains.csv", index=False)
     data = {s: feat.transform(cohorts[s], ids[s], with_target=False) for s in ids}
     rows = {s: np.flatnonzero(data[s].usable_rows()) for s in ids}
-    return write_explanations(run_dir, model, feat, data["val"][rows["val"]], data["test"][rows["test"]],
-                              [ids["test"][i] for i in rows["test"]], n_explain=n_explain, seed=seed)
+    shutil.rmtree(run_dir / "explanations", ignore_errors=True)  # no figure of an earlier explanation stays behind
+    summary = write_explanations(run_dir, model, feat, data["val"][rows["val"]], data["test"][rows["test"]],
+                                 [ids["test"][i] for i in rows["test"]], n_explain=n_explain, seed=seed)
+    if (run_dir / MANIFEST).is_file():
+        record_artefacts(run_dir, ["domains.csv", *(f"explanations/{name}" for name in summary["files"]),
+                                   "explanations/summary.json"])
+    return summary

@@ -28,6 +28,10 @@ Label sources (``source``), exactly one of:
 * ``codes: icd9_groups`` the stay's ICD-9 codes (any time: it is a label, not a feature) grouped into
   :data:`~healthfusion.workflows.multitask_labels.ICD9_GROUPS`, as a multilabel target; a stay without codes has a missing label.
 
+No input may carry a task's label: every static column a task's label source is, or is computed from (PhysioNet
+``care_unit`` <- ``ICUType``; see :func:`~healthfusion.workflows.multitask_labels.label_source_inputs`), leaves the
+static inputs of every task, and a ``codes:`` task with ``codes`` in ``features.modalities`` is a config error.
+
 The run folder holds ``config.yaml``, ``tasks.csv`` (the per-task table), ``tim_attention.csv``/``.png``,
 ``tim_ablation.csv``/``.png`` (and ``tim_retrain.csv``/``.png`` with retraining ablation), ``clusters.json``,
 ``comparison.csv`` (per task and seed), ``metrics.json``, ``history.json`` and ``model/`` (a saved
@@ -47,7 +51,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from pydantic import Field, model_validator
 
 from healthfusion.data.splits import split_patients
@@ -77,13 +80,14 @@ from healthfusion.workflows.config import (
     resolve_paths,
 )
 from healthfusion.workflows.modeling import hybrid_config, load_pretrained, use_pretrained_preprocessing
-from healthfusion.workflows.multitask_labels import extract_labels
+from healthfusion.workflows.multitask_labels import extract_labels, label_source_inputs
 from healthfusion.workflows.multitask_tables import (
     cluster_report,
     improvement_summary,
     mean_frame,
     task_table,
 )
+from healthfusion.workflows.runfolder import write_run_config
 from healthfusion.workflows.train import make_featurizer, open_source
 
 log = logging.getLogger(__name__)
@@ -197,6 +201,9 @@ class MultitaskConfig(StrictModel):
             if missing:
                 raise ValueError(f"task {t.name!r} reads {missing}, not in features.modalities "
                                  f"{self.features.modalities}")
+            if t.source is not None and t.source.codes is not None and "codes" in self.features.modalities:
+                raise ValueError(f"task {t.name!r} is labelled from the codes table (codes: {t.source.codes}), so "
+                                 "the codes input would carry its label: remove 'codes' from features.modalities")
         return self
 
 
@@ -332,8 +339,10 @@ def prepare(config: MultitaskConfig, console=None) -> dict:
     fractions = {"train": split.train, "val": split.val, "test": split.test}
     assignment = split_patients(cohort.stays, fractions, seed=split.seed,
                                 stratify=_stratifier(config, labels, ids)).reindex(ids)
-    excluded = list(dict.fromkeys([*config.exclude_static,
-                                   *(t.source.static for t in config.tasks if t.source and t.source.static)]))
+    # no input may carry a task's label: the static columns its label source is, or is computed from
+    excluded = list(dict.fromkeys([*config.exclude_static, *label_source_inputs(cohort, config.tasks)]))
+    if excluded:
+        log.info("Static inputs left out (label sources of tasks, or exclude_static): %s", excluded)
     feat = make_featurizer(config.features, None)
     if "static" in config.features.modalities:
         feat.transformers["static"] = StaticTransformer(exclude=excluded)
@@ -365,7 +374,7 @@ def run_multitask(config: MultitaskConfig, console=None) -> Path:
     run_dir = config.out or Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_run_config(config.model_dump(mode="json"), run_dir)  # paths relative to the run folder
     prep = prepare(config, console)
     train, val, test = (prep["data"][s] for s in ("train", "val", "test"))
     kinds = {t.name: t.kind for t in config.tasks}

@@ -106,3 +106,44 @@ def extract_labels(cohort: Cohort, tasks: Sequence, stay_ids: Sequence[str]) -> 
             labels[task.name], classes[task.name] = out, names
     return labels, classes
 
+
+
+def label_source_inputs(cohort: Cohort, tasks: Sequence) -> list[str]:
+    """Static columns that carry a task's label, so no task may read them as inputs.
+
+    For every task's label source: ``static: COLUMN`` the column itself; ``stays: COLUMN`` and ``label: NAME`` a
+    static column of the same name, the static columns the reader declares the column or label is computed from
+    (:attr:`~healthfusion.data.schema.CohortMeta.derived`, e.g. ``care_unit`` <- ``ICUType``) and, for a stays
+    column, any categorical static column that matches it one to one (a cohort saved without declarations).
+    ``codes:`` sources read no static column (their codes input is refused by the config check).
+
+    Returns
+    -------
+    list of str
+        Static column names, in task order, without repeats.
+    """
+    static = cohort.static
+    columns = [] if static is None else [c for c in static.columns if c != "stay_id"]
+    out: list[str] = []
+    for task in tasks:
+        src = task.source
+        if src is None or src.codes is not None:
+            continue
+        name = src.static or src.stays or src.label
+        out += [name] if name in columns else []
+        out += [c for c in cohort.meta.derived.get(name, []) if c in columns]
+        if src.stays is not None and name in cohort.stays.columns and static is not None:
+            out += _one_to_one(cohort, name, [c for c in columns if cohort.meta.feature_types.get(c) == "categorical"])
+    return list(dict.fromkeys(out))
+
+
+def _one_to_one(cohort: Cohort, stays_column: str, candidates: list[str]) -> list[str]:
+    """Categorical static columns whose known values map one to one onto ``stays_column``'s known values."""
+    target = cohort.stays.set_index("stay_id")[stays_column].astype("string").replace({"Unknown": pd.NA})
+    found = []
+    for col in candidates:
+        pairs = pd.DataFrame({"a": cohort.static.set_index("stay_id")[col].astype("string"), "b": target}).dropna()
+        if pairs["b"].nunique() >= 2 and (pairs.groupby("a")["b"].nunique() == 1).all() \
+                and (pairs.groupby("b")["a"].nunique() == 1).all():
+            found.append(col)
+    return found

@@ -20,6 +20,7 @@ import pandas as pd
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import get_source
+from healthfusion.data.splits import DEVELOPMENT_PATIENTS_FILE, count_development_patients
 from healthfusion.evaluation.bootstrap import metrics_with_ci
 from healthfusion.evaluation.compare import risk_groups
 from healthfusion.features.compose import CohortFeaturizer
@@ -87,6 +88,11 @@ def predict_source(model_dir: str | Path, source: str, path: str | Path, split: 
     cohort = get_source(source)(path, **options)
     if len(cohort) == 0:
         raise SourceError(f"The {source} input at {path} holds no stays; nothing to score.")
+    shared = count_development_patients(Path(model_dir).parent, cohort.stays["patient_id"])
+    if shared:
+        log.warning("%d patient(s) of the %s input also had stays the model was trained or tuned on (by the run "
+                    "folder's %s): metrics on them are optimistic, not an external validation.", shared, source,
+                    DEVELOPMENT_PATIENTS_FILE)
     _check_compatible(feat, cohort, source)
     ids = cohort.stay_ids.tolist()
     data = feat.transform(cohort, ids, with_target=False)

@@ -11,25 +11,36 @@ that, else under "Other outputs".
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 
 from healthfusion.evaluation.compare import format_ci, format_comparison
+from healthfusion.evaluation.disclosure import RULE, count_cell, suppress_groups
 from healthfusion.report.html import write_report
 from healthfusion.workflows.audit import HYBRID, write_audit
 from healthfusion.workflows.ensemble import primary_network_dir
 from healthfusion.workflows.evaluate import display_comparison, run_label
+from healthfusion.workflows.model_card import card_rows, is_synthetic, tripod_items
 from healthfusion.workflows.report_sections import (
     KNOWN_FILES,
     explanation_section,
     figure_block,
     limitations,
+    pseudonymise,
     section,
     subgroup_section,
     table_block,
     text_block,
+)
+from healthfusion.workflows.runfolder import (
+    ARTEFACT_FOLDERS,
+    MANIFEST,
+    artefact_files,
+    check_artefacts,
+    record_artefacts,
 )
 
 _LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "slope": "calibration slope",
@@ -56,60 +67,15 @@ def _load(run_dir: Path) -> dict:
     return {"config": config or {}, "metrics": metrics, "model": model_cfg, "predictions": predictions}
 
 
-def _card(run_dir: Path, info: dict, audit: dict) -> list[tuple[str, str]]:
-    cfg, model, metrics = info["config"], info["model"], info["metrics"]
-    data = cfg.get("data", {})
-    label = data.get("label", "the outcome")
-    mods = [m for m in ("ts", "static", "codes", "text", "image") if model.get(m)]
-    names = {"ts": "time series (LSTM)", "static": "static features (MLP)", "codes": "codes", "text": "notes",
-             "image": "images (CNN)"}
-    source = data.get("cohort") or f"{data.get('source')} ({data.get('path')})"
-    test = data.get("test")
-    test_text = (f"external test set: {test.get('cohort') or test.get('source')} ({test.get('path')})" if test
-                 else "held-out test split of the same cohort (patient-level)")
-    ensemble = metrics.get("ensemble")
-    headline = audit.get("model", HYBRID)
-    comparison = metrics.get("comparison", {}).get(headline, {})
-    described = (f"{model.get('model_type', 'hybrid')} fusion model ({model.get('fusion', '?')} fusion) over "
-                 + (", ".join(names[m] for m in mods) or "?"))
-    if ensemble:
-        weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(ensemble["members"], ensemble["weights"], strict=True))
-        described = (f"ensemble of the {described} (logits of {len(ensemble['seeds'])} seeds averaged)"
-                     + (f" and gradient boosting on engineered features; weights {weights} ("
-                        + {"validation": "chosen by log-loss on the validation stays",
-                           "cross_fit": "chosen by log-loss on cross-fitted predictions",
-                           "uniform": "equal"}.get(ensemble["weights_from"], ensemble["weights_from"]) + ")"
-                        if len(ensemble["members"]) > 1 else ""))
-    card = [
-        ("Model", described),
-        ("Predicts", f"probability of {label!r} from data recorded up to each stay's prediction time"),
-        ("Intended use", "decision support for clinicians and quality teams: flag stays at high risk of "
-                         f"{label!r} for review, in populations like the training cohort; a second opinion, "
-                         "never a replacement for clinical judgement."),
-        ("Not intended for", "automated decisions without review; patients or settings unlike the training cohort "
-                             "(other ages, units, sites or time periods) without local validation; causal claims "
-                             "about individual variables."),
-        ("Training data", f"{source}; label {label!r}"),
-        ("Evaluation", f"{test_text}; n = {metrics.get('n', '?')}, prevalence "
-                       f"{metrics.get('prevalence', float('nan')):.3f}"),
-        ("Headline result", format_ci(comparison.get("auroc", float("nan")), comparison.get("auroc_ci_low", float("nan")),
-                                      comparison.get("auroc_ci_high", float("nan")))
-                            + f" AUROC (95% bootstrap CI), {headline}"),
-        ("Operating point", f"{audit.get('threshold', float('nan')):.3f} (chosen on the validation stays)"),
-        ("Run", f"{cfg.get('name', run_dir.name)} — {run_dir}"),
-    ]
-    if model.get("model_fingerprint"):
-        card.append(("Model fingerprint", model["model_fingerprint"][:16]))
-    return card
-
-
 def _data_section(run_dir: Path, info: dict) -> dict:
     pred, metrics = info["predictions"], info["metrics"]
     counts = pred.groupby("split").agg(stays=("y_true", "size"), events=("y_true", "sum"))
     counts["events"] = counts["events"].astype(int)
     counts["prevalence"] = counts["events"] / counts["stays"]
-    blocks = [table_block(counts.reset_index(), heading="Evaluated stays per split",
-                          caption="Training stays are not listed here; they are counted in the accounting below.")]
+    counts = suppress_groups(counts.reset_index(), n="stays", events="events", keep=("split",))
+    blocks = [table_block(counts, heading="Evaluated stays per split",
+                          caption="Training stays are not listed here; they are counted in the accounting below "
+                                  f"and in the model card. Small-cell suppression: {RULE}.")]
     acc = _read_csv(run_dir / "accounting.csv")
     if acc is not None and len(acc):
         wide = acc.pivot_table(index=["cohort", "table"], columns="outcome", values="rows", aggfunc="sum",
@@ -137,8 +103,7 @@ def _metrics_sections(run_dir: Path, info: dict) -> list[dict]:
                                   caption="Thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in points.items())))
     blocks.append(text_block("Values are point estimates with percentile-bootstrap 95% intervals on the test stays."))
     curves = [figure_block(run_dir / "roc.png", "ROC curves on the test stays"),
-              figure_block(run_dir / "pr.png", "Precision-recall curves on the test stays"),
-              figure_block(run_dir / "audit" / "reliability.png", "Calibration: observed vs predicted risk")]
+              figure_block(run_dir / "pr.png", "Precision-recall curves on the test stays")]
     figs = {"kind": "figures", "figures": [c for c in curves if c]}
     if table is not None and HYBRID in table.index and len(table) > 1:
         rows = []
@@ -156,7 +121,7 @@ def _metrics_sections(run_dir: Path, info: dict) -> list[dict]:
         base.append(text_block(f"Hybrid training: {len(h.get('train_loss', []))} epochs, best epoch "
                                f"{h.get('best_epoch')}, {sum(h.get('epoch_seconds', [])):.0f} s."))
     return [section("metrics", "Metrics with confidence intervals", blocks),
-            section("curves", "ROC, precision-recall and calibration curves", [figs]),
+            section("curves", "ROC and precision-recall curves", [figs]),
             section("baselines", "Baseline comparison", base or [text_block("No baselines in this run.")])]
 
 
@@ -190,13 +155,13 @@ def _impact_section(run_dir: Path) -> dict:
                 ("per 1,000 stays: flagged", w["per_1000"]["flagged"]),
                 ("per 1,000 stays: events avoided", w["per_1000"]["events_avoided"]),
                 ("per 1,000 stays: net cost", w["per_1000"]["net_cost"])]
-        blocks.append(table_block(pd.DataFrame(rows, columns=["what-if", "value"]), heading="What-if at the operating point",
-                                  digits=2))
+        table = pd.DataFrame({"what-if": [r[0] for r in rows], "value": pd.Series([r[1] for r in rows], dtype=object)})
+        blocks.append(table_block(table, heading="What-if at the operating point", digits=2))  # counts stay integers
         blocks.append({"kind": "list", "items": w["assumptions"], "heading": "Assumptions"})
     return section("impact", "Impact analysis", blocks)
 
 
-def _extra_sections(run_dir: Path, out: Path) -> list[dict]:
+def _extra_sections(run_dir: Path, out: Path, identifiers: bool = False) -> list[dict]:
     groups: dict[str, list[dict]] = {"transfer": [], "multitask": [], "other": []}
     for path in sorted(p for p in run_dir.rglob("*") if p.suffix in (".csv", ".png") and p.is_file()):
         rel = path.relative_to(run_dir)
@@ -207,7 +172,7 @@ def _extra_sections(run_dir: Path, out: Path) -> list[dict]:
         if path.suffix == ".png":
             groups[key].append(figure_block(path, rel.as_posix()))
         else:
-            frame = pd.read_csv(path)
+            frame = pseudonymise(pd.read_csv(path), identifiers)
             groups[key].append(table_block(frame, heading=rel.as_posix()))
     titles = {"transfer": "Transfer", "multitask": "Multi-task", "other": "Other outputs"}
     return [section(k, titles[k], blocks) for k, blocks in groups.items() if blocks]
@@ -231,7 +196,7 @@ def study_kind(run_dir: Path) -> str | None:
     return None
 
 
-def _study_report(run_dir: Path, out: Path, kind: str) -> Path:
+def _study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False) -> Path:
     """The report of a transfer or multitask run folder: its settings, every table (in a useful order) and
     figure it wrote."""
     import yaml
@@ -239,7 +204,7 @@ def _study_report(run_dir: Path, out: Path, kind: str) -> Path:
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     cfg = cfg or {}
     data = cfg.get("data", {})
-    card = [("Study", _STUDY_TITLES[kind]), ("Run", f"{cfg.get('name', run_dir.name)} - {run_dir}")]
+    card = [("Study", _STUDY_TITLES[kind]), ("Run", str(cfg.get("name", run_dir.name)))]
     if data.get("label"):
         card.append(("Outcome", str(data["label"])))
     if kind == "transfer":
@@ -258,7 +223,7 @@ def _study_report(run_dir: Path, out: Path, kind: str) -> Path:
                      and p.parts[len(run_dir.parts)] not in ("model", "cohort"))
     blocks = []
     for path in tables:
-        frame = pd.read_csv(path)
+        frame = pseudonymise(pd.read_csv(path), identifiers)
         rel = path.relative_to(run_dir).as_posix()
         if len(frame) > 200:
             blocks.append(text_block(f"{rel}: {len(frame):,} rows, the first 200 shown; the file has them all.", heading=rel))
@@ -269,13 +234,13 @@ def _study_report(run_dir: Path, out: Path, kind: str) -> Path:
     sections = [section("results", "Results", blocks)]
     if figures:
         sections.append(section("figures", "Figures", [{"kind": "figures", "figures": figures}]))
-    notes = [f"Numbers are from the run folder {run_dir} as written by `healthfusion {kind}`; intervals over seeds "
+    notes = [f"Numbers are from the run folder {run_dir.name} as written by `healthfusion {kind}`; intervals over seeds "
              "are Student-t intervals, per-run intervals are bootstrap intervals on that run's test stays.",
              "Model selection used training and validation stays only; the test stays were scored once."]
     sections.append(section("limitations", "Limitations", [{"kind": "list", "items": notes}]))
     context = {"title": f"{cfg.get('name', run_dir.name)}: {_STUDY_TITLES[kind]} report",
-               "subtitle": f"run folder {run_dir}",
-               "generated": f"Generated by healthfusion on {datetime.now():%Y-%m-%d %H:%M} from {run_dir}",
+               "subtitle": f"run {cfg.get('name', run_dir.name)}",
+               "generated": f"Generated by healthfusion on {datetime.now():%Y-%m-%d %H:%M}",
                "card": card, "sections": sections}
     return write_report(context, out)
 
@@ -284,12 +249,13 @@ def _kind_report(run_dir: Path, out: Path, label: dict) -> Path:
     """The report of a multiclass or regression run of `healthfusion train`: the data, the metric table with
     bootstrap CIs and the training history (the calibration/subgroup/impact audit and explanations are for binary
     labels)."""
+    check_artefacts(run_dir)
     info = _load(run_dir)
     cfg, metrics, pred = info["config"], info["metrics"], info["predictions"]
     kind = label["kind"]
     counts = pred.groupby("split").agg(stays=("y_true", "size"))
     if kind == "multiclass":
-        counts = counts.join(pd.crosstab(pred["split"], pred["y_true"].astype(str)))
+        counts = counts.join(pd.crosstab(pred["split"], pred["y_true"].astype(str)).map(count_cell))
     else:
         counts = counts.join(pred.groupby("split")["y_true"].agg(["mean", "std", "min", "max"]))
     data = [table_block(counts.reset_index(), heading="Evaluated stays per split" + (" and class" if kind ==
@@ -321,32 +287,41 @@ def _kind_report(run_dir: Path, out: Path, label: dict) -> Path:
                                                           if kind == "multiclass" else ")")),
             ("Training data", str(cfg.get("data", {}).get("cohort") or cfg.get("data", {}).get("source"))),
             ("Evaluation", f"n = {metrics.get('n', '?')} test stays"),
-            ("Run", f"{cfg.get('name', run_dir.name)} - {run_dir}")]
+            ("Run", str(cfg.get("name", run_dir.name)))]
     sections = [section("data", "Data and cohort", data), section("metrics", "Metrics with confidence intervals",
                                                                   blocks),
                 section("limitations", "Limitations", [{"kind": "list", "items": notes}])]
     context = {"title": f"{cfg.get('name', run_dir.name)}: {kind} model report",
-               "subtitle": f"Outcome {label['name']} · run folder {run_dir}",
-               "generated": f"Generated by healthfusion on {datetime.now():%Y-%m-%d %H:%M} from {run_dir}",
+               "subtitle": f"Outcome {label['name']} · run {cfg.get('name', run_dir.name)}",
+               "generated": f"Generated by healthfusion on {datetime.now():%Y-%m-%d %H:%M}",
                "card": card, "sections": sections}
     return write_report(context, out)
 
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, recompute_audit: bool = False,
-                 explain: bool = False, console=None) -> Path:
+                 explain: bool = False, identifiers: bool | None = None, console=None) -> Path:
     """Write ``out`` (default ``RUN_DIR/report.html``) for the run folder ``run_dir``; return its path.
+
+    The report shows no patient identifier unless asked (stays are numbered per report) and no absolute path;
+    counts and group statistics follow :mod:`~healthfusion.evaluation.disclosure`.
 
     Parameters
     ----------
     recompute_audit : bool
-        Recompute ``audit/`` even if present.
+        Recompute ``audit/`` even if present (the folder is cleared first).
     explain : bool
         Compute ``explanations/`` when missing (needs the run's data, as named in ``config.yaml``).
+    identifiers : bool, optional
+        Show stay ids in the per-stay explanations (internal use only). Default: the run config's
+        ``evaluation.report_identifiers`` (false).
 
     Raises
     ------
     ValueError
         If ``run_dir`` is not a run folder (no ``predictions.csv``), or the data for explanations cannot be read.
+    RunFolderError
+        If an artefact belongs to another model, was changed after the run wrote it, or was not written by the run
+        (:func:`~healthfusion.workflows.runfolder.check_artefacts`).
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -354,14 +329,20 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
     out = Path(out) if out else run_dir / "report.html"
     study = study_kind(run_dir)
     if study is not None:
-        return _study_report(run_dir, out, study)
+        return _study_report(run_dir, out, study, identifiers=bool(identifiers))
     label = run_label(run_dir)
     if label is not None and label.get("kind", "binary") != "binary":
         return _kind_report(run_dir, out, label)
+    recompute = recompute_audit or not (run_dir / "audit" / "audit.json").is_file()
+    if recompute:
+        shutil.rmtree(run_dir / "audit", ignore_errors=True)  # derived from the predictions: rebuilt whole
+    check_artefacts(run_dir)
     info = _load(run_dir)
-    if recompute_audit or not (run_dir / "audit" / "audit.json").is_file():
+    if recompute:
         audited = "ensemble" if "ensemble" in info["predictions"].columns else HYBRID
         audit = write_audit(run_dir, model=audited, n_boot=300)
+        if (run_dir / MANIFEST).is_file():
+            record_artefacts(run_dir, [p for p in artefact_files(run_dir) if p.startswith(f"{ARTEFACT_FOLDERS[0]}/")])
     else:
         audit = json.loads((run_dir / "audit" / "audit.json").read_text())
     if explain and not (run_dir / "explanations" / "summary.json").is_file():
@@ -371,11 +352,29 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
     calibration = _read_csv(run_dir / "audit" / "calibration.csv")
     sections = [_data_section(run_dir, info), *_metrics_sections(run_dir, info),
                 _calibration_section(run_dir, calibration, audit), subgroup_section(run_dir, audit),
-                explanation_section(run_dir), _impact_section(run_dir), *_extra_sections(run_dir, out),
+                explanation_section(run_dir, identifiers=_identifiers(info, identifiers)), _impact_section(run_dir),
+                *_extra_sections(run_dir, out, identifiers=_identifiers(info, identifiers)),
                 section("limitations", "Limitations", [{"kind": "list", "items": limitations(info, audit, calibration)}])]
     cfg = info["config"]
-    context = {"title": f"{cfg.get('name', run_dir.name)}: risk model report",
-               "subtitle": f"Outcome {cfg.get('data', {}).get('label', '?')} · run folder {run_dir}",
-               "generated": f"Generated by healthfusion on {datetime.now():%Y-%m-%d %H:%M} from {run_dir}",
-               "card": _card(run_dir, info, audit), "sections": sections}
+    synthetic = is_synthetic(info)
+    tripod = tripod_items(info, audit, calibration, {s["id"] for s in sections})
+    context = {"title": f"{cfg.get('name', run_dir.name)}: risk model report" + (" (synthetic data)" if synthetic else ""),
+               "subtitle": f"Outcome {cfg.get('data', {}).get('label', '?')} · run {cfg.get('name', run_dir.name)}",
+               "generated": f"Generated by healthfusion on {datetime.now():%Y-%m-%d %H:%M}",
+               "notice": ("This report is about SYNTHETIC data generated by healthfusion to demonstrate the pipeline: "
+                          "no real patient is in it and its numbers say nothing about any clinical population."
+                          if synthetic else None),
+               "card": card_rows(run_dir, info, audit),
+               "card_blocks": [table_block(tripod, heading="TRIPOD+AI (2024) reporting items",
+                                           caption="The items of the TRIPOD+AI statement that apply to a "
+                                                   "development/validation study, each present in this report or "
+                                                   "not applicable to this run.")],
+               "sections": sections}
     return write_report(context, out)
+
+
+def _identifiers(info: dict, asked: bool | None) -> bool:
+    """Whether the report shows stay ids: as asked, else the run config's ``evaluation.report_identifiers``."""
+    if asked is not None:
+        return asked
+    return bool((info["config"].get("evaluation") or {}).get("report_identifiers", False))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from healthfusion.evaluation.compare import format_ci
+from healthfusion.evaluation.disclosure import RULE, SUPPRESSED, count_cell
 from healthfusion.report.html import image_data_uri, table_html
 
 #: run-folder files (relative POSIX paths) that have their own place in the report
@@ -20,6 +21,23 @@ KNOWN_FILES = (
     "explanations/importance.png", "explanations/attention.png", "explanations/modality_contributions.csv",
     "explanations/modalities.png", "explanations/saliency.png",
 )
+
+
+#: columns that identify a patient or a stay; the report replaces them with a per-report number
+ID_COLUMNS = ("stay_id", "patient_id", "subject_id", "hadm_id", "icustay_id", "patientunitstayid", "RecordID")
+
+
+def pseudonymise(frame: pd.DataFrame, identifiers: bool = False) -> pd.DataFrame:
+    """``frame`` with each identifier column (:data:`ID_COLUMNS`) replaced by a number per distinct value, in
+    order of first appearance (``stay_id`` -> ``stay`` 1, 2, ...); unchanged when ``identifiers`` is True."""
+    if identifiers:
+        return frame
+    out = frame.copy()
+    for col in [c for c in ID_COLUMNS if c in out.columns]:
+        codes = {v: str(k + 1) for k, v in enumerate(pd.unique(out[col]))}
+        out[col] = out[col].map(codes)
+        out = out.rename(columns={col: col.removesuffix("_id") if col.endswith("_id") else f"{col} (number)"})
+    return out
 
 
 def table_block(frame: pd.DataFrame, caption: str | None = None, heading: str | None = None, index: bool = False,
@@ -53,15 +71,16 @@ def subgroup_section(run_dir: Path, audit: dict) -> dict:
     if not table_path.is_file():
         note = audit.get("subgroup_note", "No subgroup audit in this run folder.")
         return section("subgroups", "Subgroups and fairness", [text_block(note)])
-    t = pd.read_csv(table_path, keep_default_na=False, na_values=[""])
+    t = pd.read_csv(table_path, keep_default_na=False, na_values=[""], dtype=str)
+    small = (t["small_group"] == "True").to_numpy()
     show = t[["attribute", "group", "n", "n_positive"]].copy()
     for m, label in (("auroc", "AUROC"), ("tpr", "TPR"), ("fpr", "FPR"), ("ppv", "PPV"),
                      ("calibration_gap", "observed - predicted")):
-        show[label] = [format_ci(v, lo, hi) for v, lo, hi in t[[m, f"{m}_ci_low", f"{m}_ci_high"]].to_numpy(float)]
-    show["flag"] = ["n < 10: interpret with care" if s else "" for s in t["small_group"].astype(str) == "True"]
+        show[label] = [SUPPRESSED if hidden else format_ci(*map(float, values))
+                       for hidden, values in zip(small, t[[m, f"{m}_ci_low", f"{m}_ci_high"]].to_numpy(), strict=True)]
     blocks.append(table_block(show, caption=f"Test stays at the operating point {audit.get('threshold', 0.5):.3f}; "
-                               "95% bootstrap CIs. Groups under 10 stays are flagged, kept in the table and left out "
-                               "of the gaps below."))
+                               f"95% bootstrap CIs. Small-cell suppression: {RULE}; small groups are left out of "
+                               "the gaps below and of the figure."))
     gaps = run_dir / "audit" / "fairness_gaps.csv"
     if gaps.is_file():
         blocks.append(table_block(pd.read_csv(gaps, keep_default_na=False, na_values=[""]),
@@ -80,13 +99,16 @@ def subgroup_section(run_dir: Path, audit: dict) -> dict:
     return section("subgroups", "Subgroups and fairness", blocks)
 
 
-def explanation_section(run_dir: Path) -> dict:
-    """Global importance, per-patient contributors, attention, modality contributions and saliency."""
+def explanation_section(run_dir: Path, identifiers: bool = False) -> dict:
+    """Global importance, per-patient contributors, attention, modality contributions and saliency.
+
+    The per-stay table numbers the stays it shows (``stay`` 1, 2, ...) unless ``identifiers`` is True, when it
+    shows their stay ids (internal use only)."""
     ex = run_dir / "explanations"
     summary_path = ex / "summary.json"
     if not summary_path.is_file():
         return section("explanations", "Explanations", [text_block(
-            f"This run folder has no explanations; compute them with `healthfusion explain {run_dir}` and rebuild "
+            "This run folder has no explanations; compute them with `healthfusion explain RUN_DIR` and rebuild "
             "the report.", warn=True)])
     s = json.loads(summary_path.read_text())
     blocks: list = [text_block(f"GradientShap (expected gradients, {s.get('n_samples')} background draws per stay) "
@@ -97,9 +119,13 @@ def explanation_section(run_dir: Path) -> dict:
     if top.is_file():
         frame = pd.read_csv(top, dtype={"stay_id": str})
         first = frame["stay_id"].drop_duplicates().head(6)
-        blocks.append(table_block(frame[frame["stay_id"].isin(first)], heading="Top contributors per stay",
-                                   caption="Five strongest signed contributions for six of the explained stays "
-                                           "(all in explanations/top_features.csv)."))
+        shown = pseudonymise(frame[frame["stay_id"].isin(first)], identifiers)
+        caption = ("Stay ids are shown for internal use: do not share this report outside the care team."
+                   if identifiers else "Stays are numbered in this report only; their ids are in "
+                   "explanations/top_features.csv (`healthfusion report --identifiers` shows them, for internal use).")
+        blocks.append(table_block(shown, heading="Top contributors per stay",
+                                   caption="Five strongest signed contributions for six of the explained stays. "
+                                           + caption))
     window = ex / "importance_by_window.csv"
     if window.is_file():
         frame = pd.read_csv(window, index_col=0)
@@ -124,7 +150,8 @@ def limitations(info: dict, audit: dict, calibration: pd.DataFrame | None) -> li
     n = metrics.get("n", 0)
     events = int(round(n * metrics.get("prevalence", 0))) if n else 0
     if n and events < 100:
-        items.append(f"The test set has {n} stays and {events} events: intervals are wide and small differences "
+        items.append(f"The test set has {count_cell(n)} stays and {count_cell(events)} events: intervals are wide "
+                     "and small differences "
                      "between models are not established.")
     if not cfg.get("data", {}).get("test"):
         items.append("Tested on a held-out split of the training cohort, not on another hospital or period: "
@@ -138,8 +165,8 @@ def limitations(info: dict, audit: dict, calibration: pd.DataFrame | None) -> li
                          + "; use the recalibrated probabilities or recalibrate locally before acting on them.")
     small = audit.get("small_groups") or []
     if small:
-        items.append("Subgroups too small to judge (n < 10): "
-                     + ", ".join(f"{g['attribute']}={g['group']} (n={g['n']})" for g in small) + ".")
+        items.append(f"Subgroups too small to judge ({RULE}; left out of the fairness gaps): "
+                     + ", ".join(f"{g['attribute']}={g['group']}" for g in small) + ".")
     if "subgroup_note" in audit:
         items.append("No subgroup audit: " + audit["subgroup_note"])
     items += [

@@ -1,12 +1,14 @@
 """``healthfusion train``: fit the hybrid model and the classical baselines on one split, evaluate them together.
 
-A run folder holds ``config.yaml`` (the validated config), ``model/`` (the hybrid, loadable without the data),
+A run folder (new or empty: see :mod:`healthfusion.workflows.runfolder`) holds ``config.yaml`` (the validated
+config, paths relative to the run folder), ``model/`` (the hybrid, loadable without the data),
 ``predictions.csv`` (one row per evaluated stay: split, label, each model's probability), ``metrics.json`` and
 ``comparison.csv`` (every model with bootstrap 95% CIs, at threshold 0.5 and at an operating point chosen on the
 validation stays), ``roc.png``/``pr.png``, ``history.json``, ``accounting.csv`` (the input rows' fate), ``domains.csv`` (each
 evaluated stay's site, care unit, age group, sex, ethnicity), ``explanations/`` and ``audit/`` (see
-:mod:`healthfusion.workflows.audit`). That is a run of a binary label; multiclass and regression labels train
-through :mod:`healthfusion.workflows.train_kinds` after the same data preparation (:func:`prepare_run`).
+:mod:`healthfusion.workflows.audit`) and ``artefacts.json`` (which model each artefact belongs to). That is a run
+of a binary label; multiclass and regression labels train through :mod:`healthfusion.workflows.train_kinds` after
+the same data preparation (:func:`prepare_run`).
 """
 
 from __future__ import annotations
@@ -22,19 +24,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 from sklearn.linear_model import LogisticRegression
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.schema import LabelSpec
-from healthfusion.data.sources import get_source
-from healthfusion.data.splits import split_patients
+from healthfusion.data.sources import check_options, get_source
+from healthfusion.data.splits import shared_patients, split_patients, write_development_patients
 from healthfusion.evaluation.metrics import auroc, choose_threshold
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.compose import CohortFeaturizer, engineered_features
 from healthfusion.features.image import ImageTransformer
 from healthfusion.features.text import HFTokenTransformer, TextTransformer
 from healthfusion.features.timeseries import TimeSeriesTransformer
+from healthfusion.files import write_csv, write_text
 from healthfusion.models.classical import make_baseline
 from healthfusion.models.ensemble import EnsembleWeights, fit_weights
 from healthfusion.training import Trainer, TrainerConfig
@@ -49,7 +51,15 @@ from healthfusion.workflows.ensemble import (
     cross_fitted,
 )
 from healthfusion.workflows.evaluate import evaluate_predictions
+from healthfusion.workflows.model_card import data_facts
 from healthfusion.workflows.modeling import build_run_hybrid, pretrained_featurizer
+from healthfusion.workflows.runfolder import (
+    check_run_folder,
+    claim_run_folder,
+    inputs_inside,
+    record_artefacts,
+    write_run_config,
+)
 
 log = logging.getLogger(__name__)
 HYBRID, ENSEMBLE = "hybrid", "ensemble"
@@ -61,6 +71,7 @@ def open_source(spec: SourceSpec, console=None) -> Cohort:
     if spec.cohort is not None:
         return Cohort.load(spec.cohort)
     builder = get_source(spec.source)
+    check_options(spec.source, spec.options)  # a misspelt option names itself, not a TypeError
     if console is not None:
         with console.status(f"Reading {spec.source} from {spec.path} ..."):
             return builder(spec.path, **spec.options)
@@ -240,16 +251,20 @@ def _strata(cohort: Cohort, spec_label: LabelSpec) -> pd.Series:
     return np.ceil(ranks * 5).clip(1, 5)
 
 
-def prepare_run(config: RunConfig, console=None) -> RunData:
-    """Create the run folder, read the data, split the patients and count the input rows' fate.
+def prepare_run(config: RunConfig, console=None, overwrite: bool = False) -> RunData:
+    """Read the data, claim the run folder, split the patients and count the input rows' fate.
 
-    Writes ``config.yaml`` and ``accounting.csv``. Raises ValueError (SourceError, CohortError) on unreadable data,
-    a label the cohort lacks, a label kind or setting ``healthfusion train`` cannot use, or an impossible split.
+    The run folder must be new or empty (input data inside it, such as the demo's ``cohort/``, is kept); with
+    ``overwrite`` it is cleared, but only once the data has been read, so a bad data path leaves it as it was.
+    Writes ``config.yaml`` and ``accounting.csv``. Raises ValueError (SourceError, CohortError, RunFolderError) on
+    a non-empty run folder without ``overwrite``, unreadable data, a label the cohort lacks, a label kind or
+    setting ``healthfusion train`` cannot use, or an impossible split.
     """
     t0 = time.perf_counter()
     run_dir = Path(config.out) if config.out else Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(json.loads(config.model_dump_json())))
+    sources = [config.data] + ([config.data.test] if config.data.test is not None else [])
+    inputs = inputs_inside(run_dir, [p for spec in sources for p in (spec.path, spec.cohort)])
+    check_run_folder(run_dir, overwrite, keep=inputs)
 
     def say(text):
         if console is not None:
@@ -259,15 +274,20 @@ def prepare_run(config: RunConfig, console=None) -> RunData:
     main = open_source(config.data, console)
     spec_label = main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
     _check_label_kind(config, spec_label, main)
-    split_cfg = config.data.split
     if config.data.test is not None:
         test_cohort = open_source(config.data.test, console)
+    claim_run_folder(run_dir, overwrite, keep=inputs)
+    write_run_config(json.loads(config.model_dump_json()), run_dir)
+    split_cfg = config.data.split
+    if config.data.test is not None:
         frac = {"train": split_cfg.train / (split_cfg.train + split_cfg.val),
                 "val": split_cfg.val / (split_cfg.train + split_cfg.val)}
         split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
         ids = {"train": split.index[split == "train"].tolist(), "val": split.index[split == "val"].tolist(),
                "test": test_cohort.stay_ids.tolist()}
         cohorts = {"train": main, "val": main, "test": test_cohort}
+        _warn_shared_patients(main.stays[main.stays["stay_id"].isin(ids["train"] + ids["val"])],
+                              test_cohort.stays, say)
     else:
         frac = {"train": split_cfg.train, "val": split_cfg.val, "test": split_cfg.test}
         split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
@@ -279,21 +299,36 @@ def prepare_run(config: RunConfig, console=None) -> RunData:
         lab = cohorts[s].label(config.data.label).reindex(ids[s])
         unlabeled[s] = int(lab.isna().sum())
         ids[s] = lab.index[lab.notna()].tolist()
+    development = main.stays[main.stays["stay_id"].isin(ids["train"] + ids["val"])]["patient_id"]
+    write_development_patients(run_dir, development)  # lets predict count patients shared with training
     say("      stays: " + ", ".join(f"{s} {len(v)}" for s, v in ids.items())
         + (f" (without label, excluded: {unlabeled})" if any(unlabeled.values()) else ""))
     sources = {"main (train, val" + (")" if config.data.test is not None else ", test)"): main}
     if config.data.test is not None:
         sources["external test"] = cohorts["test"]
     accounting = pd.concat([c.accounting.to_frame().assign(cohort=name) for name, c in sources.items()])
-    accounting.to_csv(run_dir / "accounting.csv", index=False)
+    write_csv(accounting, run_dir / "accounting.csv", index=False)
     return RunData(run_dir, main, cohorts, ids, spec_label, t0, say)
 
 
-def run_training(config: RunConfig, console=None) -> Path:
+def _warn_shared_patients(development: pd.DataFrame, external: pd.DataFrame, say) -> None:
+    """Warn (log and console) when patients of the external test cohort also have training/validation stays."""
+    shared = shared_patients(development, external)
+    if len(shared):
+        n_stays = int(external["patient_id"].astype(str).isin(shared).sum())
+        text = (f"{len(shared)} patient(s) of the external test cohort ({n_stays} test stay(s)) also have stays "
+                "in the training/validation cohort: the external test is not independent of training, and its "
+                "metrics are optimistic for them. Remove them from one of the cohorts.")
+        log.warning(text)
+        say(f"[bold yellow]warning:[/] {text}")
+
+
+def run_training(config: RunConfig, console=None, overwrite: bool = False) -> Path:
     """Run the whole training job described by ``config`` and return the run folder.
 
     A binary label trains as this module describes; a multiclass or regression label trains the hybrid with that
-    head and the matching baselines (:mod:`healthfusion.workflows.train_kinds`).
+    head and the matching baselines (:mod:`healthfusion.workflows.train_kinds`). The run folder must be new or
+    empty unless ``overwrite`` (see :func:`prepare_run`).
 
     Raises
     ------
@@ -301,7 +336,7 @@ def run_training(config: RunConfig, console=None) -> Path:
         On unreadable data, a label the cohort lacks (or of a kind train cannot use: multilabel), a setting that
         needs a binary label (ensemble, reference_scores, tuning), or an impossible split; the message says which.
     """
-    prepared = prepare_run(config, console)
+    prepared = prepare_run(config, console, overwrite)
     if prepared.label.kind != "binary":
         from healthfusion.workflows.train_kinds import train_other_kind
 
@@ -313,7 +348,7 @@ def run_training(config: RunConfig, console=None) -> Path:
     if config.tuning is not None and config.tuning.grid:
         say(f"[bold cyan]Tuning[/] {config.tuning.folds}-fold CV on the training stays")
         spec, tuning_table = tune_hybrid(config, main, ids["train"], console)
-        tuning_table.to_csv(run_dir / "tuning.csv", index=False)
+        write_csv(tuning_table, run_dir / "tuning.csv", index=False)
         say(f"      chosen: {spec.model_dump()}")
 
     feat, data, usable = featurize_run(config, spec, main, cohorts, ids, say)
@@ -333,7 +368,7 @@ def run_training(config: RunConfig, console=None) -> Path:
         if usable[s].any():
             p[usable[s]] = bag_probability(list(networks.values()), data[s][usable[s]], trainer)
         probs[HYBRID][s] = p
-    (run_dir / "history.json").write_text(json.dumps({
+    write_text(run_dir / "history.json", json.dumps({
         "train_loss": list(map(float, history.train_loss)), "val_metric": list(map(float, history.val_metric)),
         "best_epoch": history.best_epoch, "epoch_seconds": list(map(float, history.epoch_seconds)),
         "best_epoch_by_seed": {str(k): h.best_epoch for k, h in histories.items()}}, indent=2))
@@ -379,9 +414,9 @@ def run_training(config: RunConfig, console=None) -> Path:
             frame[name] = p[s]
         rows.append(frame)
     predictions = pd.concat(rows, ignore_index=True)
-    predictions.to_csv(run_dir / "predictions.csv", index=False)
-    domain_table({s: cohorts[s].stays for s in ("val", "test")},
-                 {s: ids[s] for s in ("val", "test")}).to_csv(run_dir / "domains.csv", index=False)
+    write_csv(predictions, run_dir / "predictions.csv", index=False)
+    write_csv(domain_table({s: cohorts[s].stays for s in ("val", "test")}, {s: ids[s] for s in ("val", "test")}),
+              run_dir / "domains.csv", index=False)
 
     say("[bold cyan]Evaluation[/] on the test stays")
     ev = config.evaluation
@@ -397,11 +432,13 @@ def run_training(config: RunConfig, console=None) -> Path:
     summary["seconds"] = time.perf_counter() - t0
     summary["best_epoch"] = history.best_epoch
     summary["model_spec"] = spec.model_dump()
+    summary["data"] = data_facts(main, cohorts, ids, config.data.label)
     if ensemble_info is not None:
         summary["ensemble"] = ensemble_info
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text(run_dir / "metrics.json", json.dumps(summary, indent=2, default=str))
 
     if not ev.audit:
+        record_artefacts(run_dir)
         say("[bold cyan]Audit[/] skipped (evaluation.audit: false); `healthfusion report --recompute-audit "
             "--explain` adds it later")
         return run_dir
@@ -411,4 +448,5 @@ def run_training(config: RunConfig, console=None) -> Path:
                        [ids["test"][i] for i in test_rows], seed=config.training.seed)
     write_audit(run_dir, model=ENSEMBLE if ENSEMBLE in probs else HYBRID, n_boot=min(ev.n_boot, 500),
                 seed=config.training.seed)
+    record_artefacts(run_dir)
     return run_dir

@@ -33,10 +33,12 @@ import pandas as pd
 import torch
 
 from healthfusion.features.compose import engineered_features
+from healthfusion.files import write_csv, write_text
 from healthfusion.models.classical import make_baseline, make_regression_baseline
 from healthfusion.workflows.audit import domain_table
 from healthfusion.workflows.config import RunConfig
 from healthfusion.workflows.evaluate import PROBA_SEP, evaluate_kind_predictions
+from healthfusion.workflows.runfolder import record_artefacts
 from healthfusion.workflows.train import HYBRID, RunData, _fit_hybrid, featurize_run
 
 #: baselines per label kind: run-config name -> (column name, builder)
@@ -106,7 +108,7 @@ def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path
         if usable[s].any():
             p[usable[s]] = trainer.predict(model, data[s][usable[s]], head_kind=kind)
         preds[HYBRID][s] = p
-    (run_dir / "history.json").write_text(json.dumps({
+    write_text(run_dir / "history.json", json.dumps({
         "train_loss": list(map(float, history.train_loss)), "val_metric": list(map(float, history.val_metric)),
         "best_epoch": history.best_epoch, "epoch_seconds": list(map(float, history.epoch_seconds))}, indent=2))
     model.save_pretrained(run_dir / "model", preprocessing_state=feat.get_state())
@@ -142,9 +144,9 @@ def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path
         for name, p in preds.items():
             frame = frame.assign(**_columns(kind, name, p[s], classes))
         rows.append(frame)
-    pd.concat(rows, ignore_index=True).to_csv(run_dir / "predictions.csv", index=False)
-    domain_table({s: cohorts[s].stays for s in ("val", "test")},
-                 {s: ids[s] for s in ("val", "test")}).to_csv(run_dir / "domains.csv", index=False)
+    write_csv(pd.concat(rows, ignore_index=True), run_dir / "predictions.csv", index=False)
+    write_csv(domain_table({s: cohorts[s].stays for s in ("val", "test")}, {s: ids[s] for s in ("val", "test")}),
+              run_dir / "domains.csv", index=False)
 
     say("[bold cyan]Evaluation[/] on the test stays")
     summary = evaluate_kind_predictions(run_dir, spec_label.to_dict(), n_boot=config.evaluation.n_boot,
@@ -152,7 +154,8 @@ def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path
     summary["seconds"] = time.perf_counter() - prepared.started
     summary["best_epoch"] = history.best_epoch
     summary["model_spec"] = spec.model_dump()
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text(run_dir / "metrics.json", json.dumps(summary, indent=2, default=str))
     say(f"[bold cyan]Audit[/] skipped: calibration, subgroups, impact and explanations are computed for binary "
         f"labels only ({spec_label.name!r} is {kind})")
+    record_artefacts(run_dir)
     return run_dir

@@ -46,7 +46,6 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from pydantic import Field, field_validator, model_validator
 
 from healthfusion.data.cohort import Cohort
@@ -73,6 +72,7 @@ from healthfusion.models.transfer import CATEGORICAL, CategoricalEmbedding, Tran
 from healthfusion.training.adaptation import AdaptationConfig, fit_transfer, predict_proba
 from healthfusion.workflows.config import SourceSpec, StrictModel, read_yaml_config, resolve_paths
 from healthfusion.workflows.modeling import load_pretrained, use_pretrained_preprocessing
+from healthfusion.workflows.runfolder import write_run_config
 from healthfusion.workflows.train import open_source
 
 log = logging.getLogger(__name__)
@@ -523,7 +523,7 @@ def run_transfer(config: TransferConfig, console=None) -> Path:
     torch.set_num_threads(config.threads)
     run_dir = Path(config.out or f"runs/transfer-{datetime.now():%Y%m%d-%H%M%S}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    write_run_config(config.model_dump(mode="json"), run_dir)  # paths relative to the run folder
     cohort = load_cohort(config, console)
     cohort.meta.label(config.data.label)  # fails early, naming the labels the cohort has
     d = config.domain

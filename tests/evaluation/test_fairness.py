@@ -44,7 +44,7 @@ def test_small_groups_flagged_and_left_out_of_gaps(biased):
     tiny = table[(table["attribute"] == "site") & (table["group"] == "tiny")]
     assert len(tiny) == 1 and bool(tiny["small_group"].iloc[0]) and int(tiny["n"].iloc[0]) == 6
     gaps = fairness_gaps(y, p, groups, threshold=0.4).set_index("attribute")
-    assert "tiny (n=6)" in gaps.loc["site", "excluded"]
+    assert "tiny (n<10)" in gaps.loc["site", "excluded"] and "n=6" not in gaps.loc["site", "excluded"]
     assert gaps.loc["site", "n_groups"] == 1 and np.isnan(gaps.loc["site", "equalized_odds_difference"])
     expected = equalized_odds_difference(y.astype(int), (p >= 0.4).astype(int), sensitive_features=groups["grp"])
     assert gaps.loc["grp", "equalized_odds_difference"] == pytest.approx(expected)
@@ -63,3 +63,24 @@ def test_group_thresholds_reduce_the_equalised_odds_gap(biased):
 def test_group_rows_must_match():
     with pytest.raises(ValueError, match="groups has 2 rows but y_true has 3"):
         group_metrics([0, 1, 0], [0.1, 0.8, 0.3], pd.DataFrame({"sex": ["F", "M"]}))
+
+
+def test_a_group_with_one_event_does_not_drive_the_gaps():
+    """A large group with a single event (its AUROC is meaningless) is flagged small and left out of the gaps and of
+    the AUROC range, however far its AUROC is from the others'."""
+    rng = np.random.default_rng(3)
+    n = 400
+    group = np.array(["old"] * 200 + ["young"] * 200)
+    y = (rng.uniform(size=n) < 0.3).astype(float)
+    y[200:] = 0.0
+    y[200] = 1.0  # one event among the young
+    p = np.clip(0.3 + 0.4 * (y - 0.3) + rng.normal(0, 0.1, n), 0.01, 0.99)
+    p[200] = 0.02  # that event gets the lowest risk: AUROC near 0 in the young
+    groups = pd.DataFrame({"age": group, "sex": rng.choice(["F", "M"], n)})
+    table = group_metrics(y, p, groups, n_boot=20).set_index(["attribute", "group"])
+    assert bool(table.loc[("age", "young"), "small_group"]) and table.loc[("age", "young"), "auroc"] < 0.1
+    assert not bool(table.loc[("age", "old"), "small_group"])
+    gaps = fairness_gaps(y, p, groups, threshold=0.4).set_index("attribute")
+    assert gaps.loc["age", "n_groups"] == 1 and np.isnan(gaps.loc["age", "auroc_range"])
+    assert gaps.loc["age", "excluded"] == "young (n=200)"
+    assert gaps.loc["sex", "n_groups"] == 2 and not np.isnan(gaps.loc["sex", "auroc_range"])

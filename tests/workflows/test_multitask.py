@@ -195,3 +195,60 @@ def test_transformer_time_series_encoder_in_a_multitask_run(synth, tmp_path):
     assert type(model.backbone.encoders["ts"]).__name__ == "TransformerEncoder"
     with pytest.raises(ValueError, match="model.hidden must be a multiple of 4; got 6"):
         MultitaskConfig.model_validate(config_dict(synth, tmp_path, model={"hidden": 6, "ts_encoder": "transformer"}))
+
+
+def _with_icu_type(synth, tmp_path, derived: dict):
+    """The synthetic cohort plus a static ``ICUType`` column that encodes ``care_unit`` (as PhysioNet's does)."""
+    from healthfusion.data.cohort import Cohort
+
+    cohort = Cohort.load(synth)
+    units = cohort.stays.set_index("stay_id")["care_unit"]
+    codes = {u: f"type{i}" for i, u in enumerate(sorted(units.unique()))}
+    static = cohort.static.assign(ICUType=cohort.static["stay_id"].map(units).map(codes))
+    meta = cohort.meta
+    meta.feature_types = {**meta.feature_types, "ICUType": "categorical"}
+    meta.derived = derived
+    tables = {t: cohort.read_table(t) for t in ("events", "labels") if cohort.has(t)}
+    out = tmp_path / "with-icu-type"
+    Cohort(cohort.stays, static=static, meta=meta, **tables).save(out)
+    return out
+
+
+@pytest.mark.parametrize("derived", [{"care_unit": ["ICUType"]}, {}])  # declared by the reader, or found in data
+def test_a_stays_target_takes_its_source_columns_out_of_every_input(synth, tmp_path, derived):
+    cohort_dir = _with_icu_type(synth, tmp_path, derived)
+    tasks = [TASKS[0], {"name": "unit", "kind": "multiclass", "source": {"stays": "care_unit"}}]
+    prep = prepare(MultitaskConfig.model_validate(config_dict(cohort_dir, tmp_path, tasks=tasks)))
+    names = prep["featurizer"].transformers_["static"].feature_names_
+    assert prep["excluded"] == ["ICUType"]
+    assert not any(n.startswith("ICUType") for n in names) and any(n.startswith("admission_type") for n in names)
+    # a task on another column leaves ICUType in
+    other = [TASKS[0], {"name": "adm", "kind": "multiclass", "source": {"static": "admission_type"}}]
+    prep = prepare(MultitaskConfig.model_validate(config_dict(cohort_dir, tmp_path, tasks=other)))
+    assert prep["excluded"] == ["admission_type"]
+    assert any(n.startswith("ICUType") for n in prep["featurizer"].transformers_["static"].feature_names_)
+
+
+def test_every_label_source_kind_excludes_its_inputs(synth):
+    from healthfusion.data.cohort import Cohort
+    from healthfusion.workflows.multitask_labels import label_source_inputs
+
+    cohort = Cohort.load(synth)
+    assert cohort.meta.derived == {"age_group": ["age"], "sex": ["sex"]}  # declared by the reader, saved
+    cases = [({"static": "weight"}, ["weight"]), ({"stays": "age_group"}, ["age"]), ({"stays": "sex"}, ["sex"]),
+             ({"stays": "site"}, []), ({"label": "mortality"}, []), ({"codes": "icd9_groups"}, [])]
+    for source, expected in cases:
+        kind = "multilabel" if "codes" in source else "multiclass"
+        task = TaskConfig(name="t", kind=kind, source=source)
+        assert label_source_inputs(cohort, [task]) == expected, source
+    cohort.meta.derived["mortality"] = ["comorbidity_count"]  # a label a reader computed from a static column
+    assert label_source_inputs(cohort, [TaskConfig(name="t", kind="binary", source={"label": "mortality"})]) == [
+        "comorbidity_count"]
+
+
+def test_a_codes_target_refuses_the_codes_input(synth, tmp_path):
+    raw = config_dict(synth, tmp_path, tasks=[{"name": "dx", "kind": "multilabel",
+                                               "source": {"codes": "icd9_groups"}}])
+    raw["features"]["modalities"] = ["ts", "static", "codes"]
+    with pytest.raises(ValueError, match="codes input would carry its label"):
+        MultitaskConfig.model_validate(raw)

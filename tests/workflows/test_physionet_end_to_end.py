@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from healthfusion.workflows.config import load_run_config
 from healthfusion.workflows.predict import predict_source
+from healthfusion.workflows.report import build_report
 from healthfusion.workflows.train import run_training
 
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
@@ -49,3 +50,13 @@ def test_train_on_set_a_then_predict_a_set_b_directory(shared_dataset, tmp_path)
     common = scored.set_index("stay_id").index.intersection(test.index)
     np.testing.assert_allclose(scored.set_index("stay_id").loc[common, "probability"],
                                test.loc[common, "hybrid"], rtol=1e-5, atol=1e-6)
+
+
+    # the report leaves no RecordID, no path of this machine and no subgroup cell under 10
+    html = build_report(run).read_text()
+    explained = pd.read_csv(run / "explanations" / "top_features.csv", dtype={"stay_id": str})["stay_id"].unique()
+    assert len(explained) and not any(f">{s}<" in html for s in explained)
+    assert str(tmp_path) not in html and str(folder) not in html and str(tmp_path) not in (run / "config.yaml").read_text()
+    groups = pd.read_csv(run / "audit" / "subgroups.csv", dtype=str, keep_default_na=False)
+    counts = pd.to_numeric(groups["n_positive"], errors="coerce")
+    assert ((counts >= 10) | (groups["n_positive"] == "<10")).all()

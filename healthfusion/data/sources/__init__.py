@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Callable
 
 from healthfusion.data.errors import SourceError
@@ -33,3 +34,17 @@ def get_source(name: str) -> Callable:
         raise SourceError(f"Unknown source {name!r}; known sources: {', '.join(sorted(SOURCES))}.{hint}")
     module, func = SOURCES[name].split(":")
     return getattr(importlib.import_module(module), func)
+
+
+def check_options(name: str, options: dict) -> None:
+    """Raise :class:`SourceError` naming any key of ``options`` that source ``name``'s build function does not
+    take (with a suggestion), instead of the ``TypeError`` the call would raise."""
+    params = inspect.signature(get_source(name)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    known = [p for p in params if p not in ("path", "task", "progress", "out")]
+    for key in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SourceError(f"Source {name!r} has no option {key!r}; its options: {', '.join(known) or 'none'}.{hint}")

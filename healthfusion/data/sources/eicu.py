@@ -204,6 +204,7 @@ def build(
          "ethnicity"]]
     meta = CohortMeta(
         name="eicu", source="eicu", labels=label_specs, feature_types=feature_types,
+        derived={"care_unit": ["care_unit"], "age_group": ["Age"], "sex": ["Gender"]},
         description=f"eICU unit stays of at least {min_stay:g} h, prediction at {prediction_hours:g} h after "
                     "unit admission.",
     )

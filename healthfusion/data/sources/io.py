@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from healthfusion.data.accounting import RowAccounting
 from healthfusion.data.errors import SourceError
+from healthfusion.data.sources.read_errors import READ_ERRORS, is_utf8_error, not_utf8, read_error, reading
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,17 @@ def read_table(
     if not path.is_file():
         raise SourceError(f"File {path} does not exist.")
     try:
-        if path.suffix == ".parquet":
-            df = pd.read_parquet(path, columns=list(columns) if columns else None)
-        else:
-            df = pd.read_csv(path, usecols=list(columns) if columns else None, dtype=dtypes, low_memory=False)
+        with reading(path):  # truncated, unreadable, not UTF-8: one error naming the file (and line)
+            if path.suffix == ".parquet":
+                df = pd.read_parquet(path, columns=list(columns) if columns else None)
+            else:
+                df = pd.read_csv(path, usecols=list(columns) if columns else None, dtype=dtypes, low_memory=False)
     except pd.errors.EmptyDataError as exc:
         raise SourceError(f"File {path} is empty; expected a table with columns {list(required)}.") from exc
+    except SourceError:
+        raise
     except ValueError as exc:
         raise SourceError(f"File {path} could not be read as a table: {exc}.") from exc
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise SourceError(f"File {path} lacks column(s) {missing}; it has {list(df.columns)[:20]}.")
@@ -151,19 +153,20 @@ def stream_table(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
             if waiting:
                 yield joined()
     except pa.ArrowInvalid as exc:
-        raise _locate_bad_value(path, columns, exc) from exc
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
+        raise (not_utf8(path) if is_utf8_error(exc) else _locate_bad_value(path, columns, exc)) from exc
+    except READ_ERRORS as exc:
+        raise read_error(path, exc) from exc
 
 
 def _stream_parquet(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
     try:
-        pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering doubled memory and time here
-    except (pa.ArrowInvalid, OSError) as exc:
+        with reading(path):
+            pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering doubled memory and time here
+    except pa.ArrowInvalid as exc:
         raise SourceError(f"File {path} is not readable Parquet ({exc}).") from exc
     _check_columns(path, pf.schema_arrow.names, columns)
     row = 0
-    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=list(columns)):
+    for batch in _parquet_batches(path, pf, list(columns)):
         t = pa.Table.from_batches([batch]).replace_schema_metadata(None)  # pandas metadata would undo casts
         for name, kind in columns.items():
             if kind == "str" and pa.types.is_timestamp(t[name].type):
@@ -172,6 +175,14 @@ def _stream_parquet(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
                 t = t.set_column(t.schema.get_field_index(name), name, _cast(t[name], kind, path, name, row))
         yield t.append_column("_row", pa.array(np.arange(row, row + t.num_rows)))
         row += t.num_rows
+
+
+def _parquet_batches(path: Path, pf: pq.ParquetFile, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    with reading(path):
+        try:
+            yield from pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns)
+        except pa.ArrowInvalid as exc:
+            raise SourceError(f"File {path} is truncated or corrupt Parquet ({exc}); convert it again.") from exc
 
 
 def _cast(values: pa.ChunkedArray, kind: str, path: Path, name: str, row: int) -> pa.ChunkedArray:
@@ -207,8 +218,8 @@ def _csv_header(path: Path, expected: list[str]) -> list[str]:
     try:
         with opener(path, "rt", newline="") as fh:
             header = next(csv.reader(fh), None)
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise _unreadable(path, exc) from exc
+    except READ_ERRORS as exc:
+        raise read_error(path, exc) from exc
     if not header:
         wanted = f"columns {expected}" if expected else "a header line"
         raise SourceError(f"File {path} is empty; expected a table with {wanted}.")

@@ -196,6 +196,7 @@ def build(
         ["stay_id", "Age", "Gender", "care_unit", "admission_type", "insurance"]]
     meta = CohortMeta(
         name="mimic4", source="mimic4", labels=list(LABELS),
+        derived={"care_unit": ["care_unit"], "age_group": ["Age"], "sex": ["Gender"]},
         feature_types={"Age": "numeric", "Gender": "categorical", "care_unit": "categorical",
                        "admission_type": "categorical", "insurance": "categorical"},
         description=(f"MIMIC-IV ICU stays of at least {min_stay:g} h, prediction at {prediction_hours:g} h "

@@ -5,6 +5,12 @@ Generic notes table
 A CSV or Parquet file with one row per note: the stay it belongs to (``id``), its ``time`` in hours since
 admission and its ``text``; optionally a ``patient_id`` and a per-stay label column. Each distinct id is a stay.
 
+The prediction time must be given: ``prediction_time=HOURS`` (every stay) or ``prediction_time_column=COLUMN`` (a
+per-stay column of the table). There is no default: a stay's last note is often its discharge summary, which states
+the outcome, so making every note visible would leak the label. Notes after a stay's prediction time stay in the
+cohort (counted as used) and are hidden from every feature builder by
+:meth:`~healthfusion.data.cohort.Cohort.observable`.
+
 MTSamples
 ---------
 The MTSamples crawl (``mtsamples_2018crawl.csv.gz``: ``sample_id``, ``medical_specialty``, ``transcription``, ...)
@@ -31,6 +37,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -67,6 +74,7 @@ def build(
     label_column: str | None = None,
     classes: Sequence[str] | None = None,
     prediction_time: float | None = None,
+    prediction_time_column: str | None = None,
 ) -> Cohort:
     """Read a notes table into a cohort with one stay per distinct id.
 
@@ -88,17 +96,33 @@ def build(
     classes : sequence of str, optional
         Allowed values of the label (a multiclass label); any other raises.
     prediction_time : float, optional
-        The prediction time of every stay; by default each stay's last note time (all its notes are visible).
+        The prediction time of every stay, in hours since admission.
+    prediction_time_column : str, optional
+        Column with each stay's prediction time in hours (the same on every note of a stay; empty on some notes
+        is allowed). Exactly one of ``prediction_time`` and ``prediction_time_column`` is required.
 
     Raises
     ------
     SourceError
-        If the file or a column is missing; a time is empty or not a number (naming the line); a stay has
-        conflicting labels or patient ids; a label is not in ``classes``; ``task`` is not the label.
+        If neither or both prediction-time options are given; the file or a column is missing; a time is empty or
+        not a number (naming the line); a stay has conflicting labels, patient ids or prediction times, or no
+        prediction time; a label is not in ``classes``; ``task`` is not the label.
     """
     del progress
     path = Path(path)
-    required = [id_column, time_column, text_column] + [c for c in (patient_column, label_column) if c]
+    if (prediction_time is None) == (prediction_time_column is None):
+        given = "both" if prediction_time is not None else "neither"
+        raise SourceError(
+            f"Notes file {path}: give the prediction time as exactly one of prediction_time=HOURS (every stay) or "
+            f"prediction_time_column=COLUMN (per stay); got {given}. There is no default, because a stay's last "
+            "note (often its discharge summary) must not be an input. On the command line: --option "
+            "prediction_time=24; in a run config: data.options.prediction_time."
+        )
+    if prediction_time is not None and not (isinstance(prediction_time, numbers.Real)
+                                            and not isinstance(prediction_time, bool) and prediction_time >= 0):
+        raise SourceError(f"prediction_time must be a number of hours >= 0; got {prediction_time!r}.")
+    required = [id_column, time_column, text_column] + [
+        c for c in (patient_column, label_column, prediction_time_column) if c]
     df = read_table(path, required=required, dtypes=str if path.suffix != ".parquet" else None)
     if task is not None and task != label_column:
         raise SourceError(f"Task {task!r} is not a label of this notes cohort; labels: "
@@ -138,16 +162,29 @@ def build(
         per_stay["patient_id"] = df[patient_column]
     if label_column:
         per_stay["label"] = df[label_column]
-    for col in [c for c in ("patient_id", "label") if c in per_stay]:
+    if prediction_time_column:
+        cut = pd.to_numeric(df[prediction_time_column], errors="coerce")
+        bad = cut.isna() & df[prediction_time_column].notna() & df[prediction_time_column].astype(str).str.strip().ne("")
+        if bad.any():
+            i = int(np.flatnonzero(bad.to_numpy())[0])
+            raise SourceError(f"{where(i)}: {prediction_time_column} {df[prediction_time_column].iloc[i]!r} is not a "
+                              "number; expected the stay's prediction time in hours since admission.")
+        per_stay["cutoff"] = cut
+    for col in [c for c in ("patient_id", "label", "cutoff") if c in per_stay]:
         n = per_stay.dropna(subset=[col]).groupby("stay_id")[col].nunique()
         if (n > 1).any():
-            raise SourceError(f"File {path}: stay {n[n > 1].index[0]!r} has more than one {col} value; "
-                              "a stay has one patient and one label.")
+            name = {"cutoff": prediction_time_column}.get(col, col)
+            raise SourceError(f"File {path}: stay {n[n > 1].index[0]!r} has more than one {name} value; "
+                              "a stay has one patient, one label and one prediction time.")
     first = per_stay.groupby("stay_id", sort=False).first().reindex(stay_ids)
     patients = first["patient_id"].fillna(pd.Series(stay_ids, index=stay_ids)) if patient_column else stay_ids
     notes = notes[keep].reset_index(drop=True)
-    if prediction_time is None:
-        cutoff = notes.groupby("stay_id")["time"].max().reindex(stay_ids).fillna(0.0).to_numpy()
+    if prediction_time_column:
+        cutoff = first["cutoff"]
+        if cutoff.isna().any():
+            raise SourceError(f"File {path}: stay {cutoff.index[cutoff.isna()][0]!r} has no {prediction_time_column} "
+                              "value on any of its notes; every stay needs its prediction time.")
+        cutoff = cutoff.to_numpy(dtype=float)
     else:
         cutoff = float(prediction_time)
     stays = pd.DataFrame({"stay_id": stay_ids, "patient_id": np.asarray(patients, dtype=object),

@@ -10,7 +10,7 @@ What the cohort holds
 ``stays``   one row per record: ``stay_id`` = ``patient_id`` = RecordID (the challenge gives no patient identifier),
             ``prediction_time`` = ``hours`` (default 48), ``care_unit`` (ICUType: CCU, CSRU, MICU, SICU),
             ``age_group`` (<40, 40-59, 60-79, 80+) and ``sex`` (F, M); unknown domain values are ``"Unknown"``.
-``static``  the general descriptors at time 00:00: ``Age``, ``Gender`` (F/M, categorical), ``Height`` (cm),
+``static``  the general descriptors (recorded at 00:00; only rows at or before the prediction time are used): ``Age``, ``Gender`` (F/M, categorical), ``Height`` (cm),
             ``ICUType`` (categorical) and ``Weight`` (kg, the admission weight). ``-1`` (the challenge's code for
             missing) and values outside :data:`~healthfusion.data.plausibility.PLAUSIBLE_RANGES` become empty.
 ``events``  the 37 time-series parameters (PhysioNet names, e.g. ``HR``, ``MechVent``, ``Weight``), time in hours;
@@ -27,7 +27,8 @@ Table ``"<set>/*.txt"`` counts every data line of every record file (the header 
 used (a descriptor moved to ``static`` or a time-series value kept as an event) or dropped as ``missing value``
 (empty or ``-1``), ``implausible value``, ``duplicate row`` (the same record, time, parameter and value twice),
 ``duplicate descriptor`` (a second descriptor row of the same kind in one record; the first is kept),
-``unknown parameter`` or ``blank line``. Two different values of one variable at the same minute are both kept
+``descriptor after prediction time`` (a descriptor row later than ``hours``: not known at prediction time, so never
+a static feature), ``empty parameter``, ``unknown parameter`` or ``blank line``. Two different values of one variable at the same minute are both kept
 (e.g. two urine outputs). Events after the prediction time are **not** dropped here: they stay in the table and
 :meth:`~healthfusion.data.cohort.Cohort.observable` hides them from every feature builder. Table
 ``"Outcomes-<x>.txt"`` counts outcome rows used, or dropped as ``no record file`` when their record is not in the
@@ -41,12 +42,8 @@ Example::
 
 from __future__ import annotations
 
-import io
 import logging
 import numbers
-import re
-import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +56,11 @@ from healthfusion.data.errors import SourceError
 from healthfusion.data.plausibility import PLAUSIBLE_RANGES, drop_implausible
 from healthfusion.data.schema import CohortMeta, LabelSpec
 from healthfusion.data.sources.itemmap import UNKNOWN, age_group
+from healthfusion.data.sources.physionet2012_records import RecordFiles, iter_record_files, record_set_name
+from healthfusion.data.sources.read_errors import reading
 
 log = logging.getLogger(__name__)
 
-HEADER = "Time,Parameter,Value"
 DESCRIPTORS = ("RecordID", "Age", "Gender", "Height", "ICUType", "Weight")
 TIME_SERIES = (
     "Albumin", "ALP", "ALT", "AST", "Bilirubin", "BUN", "Cholesterol", "Creatinine", "DiasABP", "FiO2", "GCS",
@@ -90,7 +88,6 @@ LABELS = (
     ),
     LabelSpec("sofa", "regression", description="SOFA score (challenge outcomes): a reference clinical baseline, not a feature."),
 )
-_TIME = re.compile(r"^\s*(\d+):(\d{2})\s*$")
 
 
 def build(
@@ -133,11 +130,11 @@ def build(
     path = Path(path)
     if isinstance(hours, bool) or not isinstance(hours, numbers.Real) or not hours > 0:
         raise SourceError(f"hours must be a positive number of hours since ICU admission; got {hours!r}.")
-    set_name = _set_name(path)
+    set_name = record_set_name(path)
     table = f"{set_name}/*.txt"
     acc = RowAccounting()
 
-    files = _RecordFiles(_iter_record_files(path, progress))
+    files = RecordFiles(iter_record_files(path, progress))
     lines = files.parse()
     acc.read(table, len(lines))
     blank = lines["time"].isna() & lines["param"].isna() & lines["value"].isna()
@@ -151,14 +148,26 @@ def build(
     weight = lines["param"].eq("Weight")
     first_weight = weight & ~lines["rec"].where(weight).duplicated()
     is_desc |= first_weight & lines["time"].eq(0.0)
-    static = _static(lines[is_desc], files, acc, table)
+    # a descriptor recorded after the prediction time is not known then: it must not become a static feature
+    late = is_desc & lines["time"].gt(hours)
+    if late.any():
+        log.warning("%s: dropped %d descriptor row(s) recorded after the prediction time (%g h)", table,
+                    int(late.sum()), hours)
+    acc.drop(table, "descriptor after prediction time", int(late.sum()))
+    static = _static(lines[is_desc & ~late], files, acc, table)
 
     series = lines[~is_desc]
+    empty = series["param"].isna()
+    if empty.any():
+        log.warning("%s: dropped %d row(s) with an empty Parameter field (first at %s)", table, int(empty.sum()),
+                    files.where(series.index[np.flatnonzero(empty.to_numpy())[0]]))
+    acc.drop(table, "empty parameter", int(empty.sum()))
+    series = series[~empty]
     known = series["param"].isin(TIME_SERIES)
     if not known.all():
-        unknown = series.loc[~known, "param"].value_counts()
+        unknown = series.loc[~known, "param"].astype(str).value_counts()
         log.warning("%s: dropped %d row(s) with unknown parameters %s", table, int((~known).sum()),
-                    dict(unknown.head(10)))
+                    {name: int(n) for name, n in unknown.head(10).items()})
     acc.drop(table, "unknown parameter", int((~known).sum()))
     series = series[known]
     dup = _duplicated(series)
@@ -188,6 +197,7 @@ def build(
         source="physionet2012",
         feature_types={"Age": "numeric", "Gender": "categorical", "Height": "numeric", "ICUType": "categorical",
                        "Weight": "numeric"},
+        derived={"care_unit": ["ICUType"], "age_group": ["Age"], "sex": ["Gender"]},
         description=f"PhysioNet/CinC Challenge 2012 {set_name}: ICU stays, prediction at {hours:g} h.",
     )
     labels = None
@@ -224,155 +234,7 @@ def _decode(codes: np.ndarray, categories) -> pd.Series:
     return pd.Series(pd.array(array.cast(pa.string()), dtype="str"))
 
 
-# ---------------------------------------------------------------------------------------------- record files
-def _set_name(path: Path) -> str:
-    name = path.name
-    for suffix in (".tar.gz", ".tgz", ".tar"):
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _iter_record_files(path: Path, progress: bool) -> Iterator[tuple[str, str, bytes]]:
-    """(display name, RecordID, bytes) of every ``<RecordID>.txt`` of a set folder or archive."""
-    if path.is_dir():
-        files = sorted(p for p in path.glob("*.txt") if p.stem.isdigit())
-        if not files:
-            found = sorted(p.name for p in path.iterdir())[:8]
-            raise SourceError(
-                f"Folder {path} holds no PhysioNet 2012 record files (<RecordID>.txt); it has {found}. "
-                "Pass a set folder such as set-a/ or its archive set-a.tar.gz."
-            )
-        for i, p in enumerate(files):
-            if progress and i % 1000 == 0:
-                log.info("%s: reading record %d of %d", path.name, i + 1, len(files))
-            yield str(p), p.stem, p.read_bytes()
-        return
-    if not path.is_file():
-        raise SourceError(
-            f"{path} does not exist; pass a PhysioNet 2012 set folder (set-a/) or archive (set-a.tar.gz)."
-        )
-    try:
-        archive = tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError) as exc:
-        raise SourceError(f"{path} is not a readable tar archive ({exc}); pass set-a/ or set-a.tar.gz.") from exc
-    n = 0
-    with archive:
-        try:
-            for member in archive:
-                stem = Path(member.name).stem
-                if not (member.isfile() and member.name.endswith(".txt") and stem.isdigit()):
-                    continue
-                handle = archive.extractfile(member)
-                if handle is None:
-                    continue
-                if progress and n % 1000 == 0:
-                    log.info("%s: reading record %d", path.name, n + 1)
-                n += 1
-                yield f"{path}:{member.name}", stem, handle.read()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise SourceError(f"{path} is truncated or corrupt ({exc}); download the archive again.") from exc
-    if n == 0:
-        raise SourceError(f"Archive {path} holds no <RecordID>.txt record files; is it a PhysioNet 2012 set?")
-
-
-class _RecordFiles:
-    """All record files of a set concatenated (headers removed) into one CSV buffer, parsed in a single pass."""
-
-    def __init__(self, files: Iterator[tuple[str, str, bytes]]):
-        bodies, names, ids, n_lines = [], [], [], []
-        seen: dict[str, str] = {}
-        for name, stem, raw in files:
-            if stem in seen:
-                raise SourceError(f"Record {stem} appears twice: {seen[stem]} and {name}. Keep one of them.")
-            seen[stem] = name
-            text = raw.replace(b"\r\n", b"\n").rstrip(b"\n")
-            if not text.strip():
-                raise SourceError(f"Record file {name} is empty; expected a '{HEADER}' header and descriptor rows.")
-            header, _, body = text.partition(b"\n")
-            if header.strip().decode("utf-8", "replace") != HEADER:
-                raise SourceError(
-                    f"Record file {name}, line 1: expected the header {HEADER!r}, got "
-                    f"{header[:60].decode('utf-8', 'replace')!r}."
-                )
-            if not body:
-                raise SourceError(f"Record file {name} has a header but no rows; expected at least the descriptors.")
-            bodies.append(body)
-            names.append(name)
-            ids.append(stem)
-            n_lines.append(body.count(b"\n") + 1)
-        self.names = names
-        self.ids = np.array(ids, dtype=object)
-        self._buffer = b"\n".join(bodies)
-        self._n_lines = np.asarray(n_lines, dtype="int64")
-        self._starts = np.concatenate([[0], np.cumsum(self._n_lines)])
-
-    def where(self, row: int) -> str:
-        """'file F, line L' of buffer row ``row`` (0-based)."""
-        rec = int(np.searchsorted(self._starts, row, side="right") - 1)
-        return f"record file {self.names[rec]}, line {row - self._starts[rec] + 2}"
-
-    def parse(self) -> pd.DataFrame:
-        """One row per data line: ``rec`` (file index), ``time``, ``param``, ``value`` (blank lines kept as NaN)."""
-        try:
-            df = pd.read_csv(
-                io.BytesIO(self._buffer), header=None, names=["time", "param", "value"],
-                dtype={"time": "category", "param": "category", "value": "category"},
-                skip_blank_lines=False, keep_default_na=False, na_values=[""],
-            )
-        except pd.errors.ParserError as exc:
-            found = re.search(r"line (\d+), saw (\d+)", str(exc))
-            if not found:
-                raise SourceError(f"Record files could not be parsed as '{HEADER}' CSV: {exc}.") from exc
-            raise SourceError(
-                f"{self.where(int(found.group(1)) - 1).capitalize()}: expected 3 comma-separated fields "
-                f"({HEADER}), got {found.group(2)}."
-            ) from exc
-        if len(df) != self._starts[-1]:  # cannot happen unless a quoted field spans lines
-            raise SourceError(f"Record files have {self._starts[-1]} lines but {len(df)} rows; is a value quoted?")
-        df.insert(0, "rec", np.repeat(np.arange(len(self.names), dtype="int64"), self._n_lines))
-        df.index = np.arange(len(df))  # the buffer row, for error messages
-        return df
-
-    def hours(self, lines: pd.DataFrame) -> pd.Series:
-        """``hh:mm`` -> hours, parsed once per distinct string; a bad one raises naming file and line."""
-        times = lines["time"]
-        cats = times.cat.categories
-        parsed = np.full(len(cats), np.nan)
-        for i, text in enumerate(cats):
-            m = _TIME.match(str(text))
-            if m and int(m.group(2)) < 60:
-                parsed[i] = int(m.group(1)) + int(m.group(2)) / 60.0
-        codes = times.cat.codes.to_numpy()
-        out = np.where(codes >= 0, parsed[codes], np.nan)
-        bad = np.isnan(out)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            got = "an empty time" if pd.isna(times.iloc[i]) else f"time {times.iloc[i]!r}"
-            raise SourceError(
-                f"{self.where(lines.index[i]).capitalize()}: cannot parse {got}; "
-                "expected hh:mm since ICU admission, e.g. 07:35."
-            )
-        return pd.Series(out, index=lines.index)
-
-    def values(self, lines: pd.DataFrame) -> pd.Series:
-        """Values as floats (empty -> NaN); a non-numeric value raises naming file and line."""
-        values = lines["value"]
-        cats = values.cat.categories
-        parsed = pd.to_numeric(pd.Series(np.asarray(cats, dtype=object)), errors="coerce").to_numpy(dtype=float)
-        codes = values.cat.codes.to_numpy()
-        out = np.where(codes >= 0, parsed[np.maximum(codes, 0)], np.nan)
-        bad = (codes >= 0) & np.isnan(out)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise SourceError(
-                f"{self.where(lines.index[i]).capitalize()}: value {values.iloc[i]!r} of {lines['param'].iloc[i]} "
-                "is not a number; fix or remove the line (use -1 or leave it empty for missing)."
-            )
-        return pd.Series(out, index=lines.index)
-
-
-def _static(desc: pd.DataFrame, files: _RecordFiles, acc: RowAccounting, table: str) -> pd.DataFrame:
+def _static(desc: pd.DataFrame, files: RecordFiles, acc: RowAccounting, table: str) -> pd.DataFrame:
     """Descriptor rows -> one static row per record (records without a descriptor get empty values)."""
     dup = desc.duplicated(["rec", "param"])
     acc.drop(table, "duplicate descriptor", int(dup.sum()))
@@ -432,17 +294,20 @@ def _outcomes_path(path: Path, set_name: str, outcomes) -> Path | None:
     candidate = path.parent / f"Outcomes-{suffix}.txt" if suffix else None
     if candidate is not None and candidate.is_file():
         return candidate
-    log.info("%s: no outcomes file found beside it; building a cohort without labels.", path)
+    looked = f" (looked for {candidate})" if candidate is not None else ""
+    log.warning("%s: no outcomes file beside it%s: the cohort has no labels. Pass outcomes=PATH (--option "
+                "outcomes=PATH) to label it, or outcomes=False when none is wanted.", path, looked)
     return None
 
 
 def _read_outcomes(path: Path, ids: np.ndarray, acc: RowAccounting) -> pd.DataFrame:
     table = path.name
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        with reading(path):
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError as exc:
         raise SourceError(f"Outcomes file {path} is empty; expected columns {list(OUTCOME_COLUMNS)}.") from exc
-    except (ValueError, OSError) as exc:
+    except pd.errors.ParserError as exc:
         raise SourceError(f"Outcomes file {path} could not be read as CSV: {exc}.") from exc
     raw.columns = [c.strip() for c in raw.columns]
     missing = [c for c in OUTCOME_COLUMNS if c not in raw.columns]

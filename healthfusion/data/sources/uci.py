@@ -53,6 +53,7 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.schema import CohortMeta, LabelSpec
 from healthfusion.data.sources.itemmap import UNKNOWN, age_group, sex_group
+from healthfusion.data.sources.read_errors import reading
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,9 @@ def build_diabetes130(
     file = _diabetes_file(Path(path))
     table = DIABETES_FILE
     try:
-        df = pd.read_csv(file, dtype=str, keep_default_na=False, na_values=["?"])
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, ValueError, OSError) as exc:
+        with reading(file):
+            df = pd.read_csv(file, dtype=str, keep_default_na=False, na_values=["?"])
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         raise SourceError(f"File {file} could not be read as a CSV table ({exc}).") from exc
     missing = [c for c in DIABETES_COLUMNS if c not in df.columns]
     if missing:
@@ -186,6 +188,7 @@ def build_diabetes130(
         source="diabetes130",
         feature_types={**{c: "categorical" for c in categorical}, **{c: "numeric" for c in numeric_cols}},
         labels=specs,
+        derived={"age_group": ["age"], "sex": ["gender"], "ethnicity": ["race"]},
         description="UCI Diabetes 130-US hospitals 1999-2008: inpatient encounters of diabetic patients, predicted "
                     + ("at admission." if at_admission else "at discharge."),
     )
@@ -239,8 +242,12 @@ def _decode_ids(df: pd.DataFrame, mapping_file: Path) -> dict[str, pd.Series]:
         return {}
     mappings: dict[str, dict[str, str]] = {}
     current = None
-    for line in pd.read_csv(mapping_file, header=None, dtype=str, keep_default_na=False,
-                            skip_blank_lines=False).itertuples(index=False):
+    try:
+        with reading(mapping_file):
+            rows = pd.read_csv(mapping_file, header=None, dtype=str, keep_default_na=False, skip_blank_lines=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
+        raise SourceError(f"File {mapping_file} could not be read as a CSV table ({exc}).") from exc
+    for line in rows.itertuples(index=False):
         key, value = (line[0] or "").strip(), (line[1] if len(line) > 1 else "").strip()
         if key in ID_COLUMNS:
             current = mappings.setdefault(key, {})
@@ -367,6 +374,7 @@ def build_heart_disease(
     })
     meta = CohortMeta(
         name="heart_disease",
+        derived={"age_group": ["age"], "sex": ["sex"]},
         source="heart_disease",
         feature_types={c: ("categorical" if c in HEART_CATEGORICAL else "numeric") for c in HEART_COLUMNS[:-1]},
         labels=list(HEART_LABELS),
@@ -382,7 +390,8 @@ _HEART_CODES = {"sex": {0, 1}, "cp": {1, 2, 3, 4}, "fbs": {0, 1}, "exang": {0, 1
 def _heart_site(file: Path, site: str, acc: RowAccounting) -> pd.DataFrame:
     if not file.is_file():
         raise SourceError(f"Site file {file} does not exist; leave {site!r} out of sites or add the file.")
-    lines = file.read_text().splitlines()
+    with reading(file):
+        lines = file.read_text(encoding="utf-8").splitlines()
     rows = [(i, line) for i, line in enumerate(lines, start=1) if line.strip()]
     acc.read(file.name, len(rows))
     if not rows:

@@ -1,5 +1,6 @@
 """Notes readers: a generic notes table and MTSamples (hand-made files, and the shared crawl when present)."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -13,10 +14,11 @@ NOTES = "id,time,text,patient,outcome\na,1,chest pain,p1,yes\na,2.5,better,p1,\n
 def test_generic_notes_table(tmp_path):
     path = tmp_path / "notes.csv"
     path.write_text(NOTES)
-    cohort = get_source("notes")(path, patient_column="patient", label_column="outcome", task="outcome")
+    cohort = get_source("notes")(path, patient_column="patient", label_column="outcome", task="outcome",
+                                 prediction_time=3.0)
     assert list(cohort.stay_ids) == ["a", "b"]
     assert cohort.stays["patient_id"].tolist() == ["p1", "p2"]
-    assert cohort.stays["prediction_time"].tolist() == [2.5, 1.0]  # last note time of each stay
+    assert cohort.stays["prediction_time"].tolist() == [3.0, 3.0]
     assert cohort.notes["text"].tolist() == ["chest pain", "better", "stable"]
     assert cohort.meta.label("outcome").classes == ("no", "yes")
     assert cohort.label("outcome").tolist() == ["yes", "no"]
@@ -31,6 +33,14 @@ def test_generic_notes_table(tmp_path):
 @pytest.mark.parametrize(
     "text, options, message",
     [
+        ("id,time,text\na,1,x\n", {"prediction_time": None}, "give the prediction time as exactly one of"),
+        ("id,time,text,t\na,1,x,1\n", {"prediction_time_column": "t"}, "got both"),
+        ("id,time,text,t\na,1,x,1\na,2,y,2\n", {"prediction_time": None, "prediction_time_column": "t"},
+         "stay 'a' has more than one t value"),
+        ("id,time,text,t\na,1,x,\n", {"prediction_time": None, "prediction_time_column": "t"},
+         "stay 'a' has no t value"),
+        ("id,time,text,t\na,1,x,soon\n", {"prediction_time": None, "prediction_time_column": "t"},
+         r"notes\.csv, line 2: t 'soon' is not a number"),
         ("id,time\na,1\n", {}, r"lacks column\(s\) \['text'\]"),
         ("id,time,text\na,1,x\nb,soon,y\n", {}, r"notes\.csv, line 3: time 'soon' is not a number"),
         ("id,time,text\na,1,x\n,2,y\n", {}, r"notes\.csv, line 3: 'id' is empty"),
@@ -45,7 +55,27 @@ def test_malformed_notes_raise(tmp_path, text, options, message):
     path = tmp_path / "notes.csv"
     path.write_text(text)
     with pytest.raises(SourceError, match=message):
-        build(path, **options)
+        build(path, **{"prediction_time": 24.0, **options})
+
+
+def test_a_planted_outcome_note_is_not_an_input(tmp_path):
+    """A discharge note stating the outcome, written after the prediction time, must not reach the features."""
+    from healthfusion.features.text import TextTransformer
+
+    rows = [("a", 1, "chest pain on arrival", "t"), ("b", 2, "stable overnight", "t")]
+    clean = tmp_path / "clean.csv"
+    planted = tmp_path / "planted.csv"
+    header = "id,time,text,cut\n"
+    clean.write_text(header + "".join(f"{i},{t},{x},6\n" for i, t, x, _ in rows))
+    planted.write_text(clean.read_text() + "a,30,DISCHARGE SUMMARY: patient expired,6\n")
+    with pytest.raises(SourceError, match="no default"):
+        build(planted)  # no silent last-note default any more
+    for options in ({"prediction_time": 6.0}, {"prediction_time_column": "cut"}):
+        before, after = build(clean, **options), build(planted, **options)
+        assert after.stays["prediction_time"].tolist() == [6.0, 6.0]
+        assert len(after.notes) == 3 and len(after.observable("notes")) == 2  # kept, counted, but not visible
+        text = TextTransformer(n_buckets=64).fit(after, ["a", "b"])
+        assert np.array_equal(text.transform(before, ["a", "b"]), text.transform(after, ["a", "b"]))
 
 
 MTSAMPLES = pd.DataFrame({

@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from healthfusion.data.cohort import Cohort
@@ -232,3 +233,66 @@ def test_set_a_counts_labels_and_domains(set_a_real):
     t = cohort.accounting.tables["set-a/*.txt"]
     assert t.read == 1_757_980 and t.used + sum(t.dropped.values()) == t.read
     assert seconds < 30, f"set-a took {seconds:.1f} s to build"
+
+
+# ---------------------------------------------------------------------------------------------- trustworthy inputs
+def test_descriptors_after_the_prediction_time_are_not_static_features(tmp_path):
+    """Planted: Height, Weight, ICUType and Gender first recorded at 50 h (after the 48 h prediction time)."""
+    late = ["50:00,Height,180", "50:00,ICUType,4", "51:00,Gender,0", "52:00,Age,99"]
+    clean = {**RECORDS, 1003: record(1003, [], age=-1, icu=-1)}
+    planted = {**clean, 1003: record(1003, late, age=-1, icu=-1)}
+    before = build(write_set(tmp_path / "clean", clean))
+    after = build(write_set(tmp_path / "planted", planted))
+    assert after.static.equals(before.static)
+    assert after.stays.equals(before.stays)  # care unit, age group and sex come from the descriptors
+    t = after.accounting.tables["set-a/*.txt"]
+    assert t.dropped["descriptor after prediction time"] == 4
+    after.accounting.check()
+    # a descriptor recorded before the prediction time is used; with a later prediction time, so is the late one
+    first = "\n".join([HEADER, "00:00,RecordID,1004", "10:00,Height,170", "50:00,ICUType,4", "50:00,HR,80"]) + "\n"
+    folder = write_set(tmp_path / "own", {1004: first}, outcomes=None)
+    static = build(folder).static.set_index("stay_id")
+    assert static.loc["1004", "Height"] == 170.0 and pd.isna(static.loc["1004", "ICUType"])
+    assert build(folder, hours=60).static.set_index("stay_id").loc["1004", "ICUType"] == "SICU"
+
+
+def test_empty_and_unknown_parameters_are_named_with_integer_counts(tmp_path, caplog):
+    records = {**RECORDS, 1002: record(1002, ["00:00,HR,80", "01:00,,5", "02:00,,6", "03:00,Foo,1"])}
+    with caplog.at_level("WARNING"):
+        cohort = build(write_set(tmp_path, records))
+    text = caplog.text
+    assert "2 row(s) with an empty Parameter field (first at record file" in text and "1002.txt, line 9" in text
+    assert "{'Foo': 2}" in text and "np.int64" not in text and "'HR'" not in text
+    t = cohort.accounting.tables["set-a/*.txt"]
+    assert t.dropped["empty parameter"] == 2 and t.dropped["unknown parameter"] == 2
+    cohort.accounting.check()
+
+
+def test_a_set_without_outcomes_says_so(tmp_path, caplog):
+    folder = write_set(tmp_path, outcomes=None)
+    with caplog.at_level("WARNING"):
+        assert build(folder).labels is None
+    assert "no outcomes file beside it" in caplog.text and "Outcomes-a.txt" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        build(folder, outcomes=False)  # asked for no labels: nothing to say
+    assert "no outcomes file" not in caplog.text
+
+
+@pytest.mark.parametrize("name", ["../../1004.txt", "/tmp/1004.txt", "set-a/../../1004.txt"])
+def test_an_archive_member_climbing_out_is_rejected_by_name(set_a, name):
+    path = write_archive(set_a)
+    extra = set_a.parent / "extra.txt"
+    extra.write_text(record(1004, []))
+    with tarfile.open(path, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+    import io as _io
+
+    with tarfile.open(path, "w:gz") as tar:
+        for member, data in members:
+            tar.addfile(member, _io.BytesIO(data) if data is not None else None)
+        info = tarfile.TarInfo(name)
+        info.size = extra.stat().st_size
+        tar.addfile(info, _io.BytesIO(extra.read_bytes()))
+    with pytest.raises(SourceError, match=rf"member '{name}' climbs out of the archive"):
+        build(path)

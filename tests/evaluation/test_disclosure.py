@@ -1,0 +1,50 @@
+"""Small-cell suppression: one limit, applied to counts, group rows and the rule's wording."""
+
+import pandas as pd
+import pytest
+
+from healthfusion.evaluation.disclosure import (
+    MIN_CELL,
+    RULE,
+    SUPPRESSED,
+    comparable,
+    count_cell,
+    group_label,
+    is_small,
+    small_groups,
+    suppress_groups,
+)
+
+
+@pytest.mark.parametrize(("n", "events", "small"), [
+    (9, None, True), (10, None, False), (200, 9, True), (200, 10, False), (200, 191, False), (10, 0, True),
+])
+def test_is_small_counts_stays_and_events(n, events, small):
+    assert is_small(n, events) is small
+
+
+def test_comparable_groups_need_both_outcomes():
+    assert comparable(200, 10) and comparable(200, 190)
+    assert not comparable(200, 191) and not comparable(200, 1) and not comparable(9, 0)
+
+
+def test_counts_and_labels_hide_values_under_the_limit():
+    assert MIN_CELL == 10 and SUPPRESSED == "<10" and "10" in RULE
+    assert [count_cell(v) for v in (0, 3, 9, 10, 11.0)] == ["<10", "<10", "<10", 10, 11]
+    assert group_label("18-44", 6) == "18-44 (n<10)" and group_label("80+", 42) == "80+ (n=42)"
+
+
+def test_suppress_groups_blanks_every_cell_of_a_small_group_but_its_name():
+    frame = pd.DataFrame({"attribute": ["age"] * 3, "group": ["18-44", "45-64", "65+"], "n": [6, 120, 80],
+                          "n_positive": [1, 30, 4], "auroc": [0.24, 0.81, 0.7]})
+    out = suppress_groups(frame, keep=("attribute", "group"))
+    assert small_groups(frame).tolist() == [True, False, True]
+    assert out.loc[0].tolist() == ["age", "18-44", SUPPRESSED, SUPPRESSED, SUPPRESSED]
+    assert out.loc[2].tolist() == ["age", "65+", 80, SUPPRESSED, SUPPRESSED]  # 80 stays: not a small count
+    assert out.loc[1].tolist() == ["age", "45-64", 120, 30, 0.81]
+    assert "0.24" not in out.to_csv()
+
+
+def test_suppress_groups_names_a_missing_column():
+    with pytest.raises(ValueError, match=r"\['n_positive'\] not in the table"):
+        suppress_groups(pd.DataFrame({"n": [3]}))
