@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -62,21 +63,26 @@ def connect(memory_limit: str | None = None, spill_dir: Path | None = None,
         DuckDB's memory limit (default: ``$HEALTHFUSION_ENGINE_MEMORY``, else :data:`MEMORY_LIMIT`); larger
         intermediate results spill to disk.
     spill_dir : Path, optional
-        Where spill files go (default: a ``healthfusion-duckdb`` folder in the system temporary folder).
+        Where this connection's spill folder is made (default: the system temporary folder); the folder is
+        removed by :func:`close`.
     threads : int, optional
         Worker threads (default: the CPUs this process may use).
     """
     con = duckdb.connect(":memory:")
-    spill = Path(spill_dir) if spill_dir is not None else Path(tempfile.gettempdir()) / "healthfusion-duckdb"
-    if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     limit = memory_limit or os.environ.get(MEMORY_ENV) or MEMORY_LIMIT
     try:
         con.execute(f"SET memory_limit = {quote(limit)}")
     except duckdb.Error as exc:
+        con.close()
         raise ValueError(f"Memory limit {limit!r} (from ${MEMORY_ENV} or the caller) is not a size; "
                          "give one like 512MB or 2GB.") from exc
-    con.execute(f"SET temp_directory = {quote(str(spill))}")
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if spill_dir is not None:
+        Path(spill_dir).mkdir(parents=True, exist_ok=True)
+    spill = tempfile.mkdtemp(prefix="healthfusion-duckdb-", dir=spill_dir)  # one per connection: no clashes
+    con.execute(f"SET temp_directory = {quote(spill)}")
+    _SPILL[id(con)] = spill
     con.execute(f"SET threads = {int(threads or 1)}")
     con.execute("SET enable_progress_bar = false")  # progress is logged by run(), not drawn on the terminal
     con.execute("SET preserve_insertion_order = false")  # lets scans stream without holding rows in order
@@ -146,6 +152,7 @@ class Stream:
 
 
 _STREAMS: dict[int, list[Stream]] = {}  # connection id -> its streams (errors are looked up there)
+_SPILL: dict[int, str] = {}  # connection id -> its spill folder
 
 
 def read_csv(path: Path, types: dict[str, str]) -> str:
@@ -223,9 +230,13 @@ def _translate(con, exc: Exception, path: Path, columns: dict[str, str]):
 
 
 def close(con: duckdb.DuckDBPyConnection) -> None:
-    """Close a connection of :func:`connect` and forget the CSV streams :func:`scan` registered on it."""
+    """Close a connection of :func:`connect`, forget the streams :func:`scan` registered on it and remove its
+    spill folder."""
     _STREAMS.pop(id(con), None)
     con.close()
+    spill = _SPILL.pop(id(con), None)
+    if spill is not None:
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def _parquet_names(path: Path) -> list[str]:

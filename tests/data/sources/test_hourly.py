@@ -202,14 +202,17 @@ def test_a_bad_value_in_parquet_names_the_file_column_and_row(tmp_path):
                                 24.0, RowAccounting()))
 
 
-def test_the_engine_memory_limit_comes_from_the_environment(monkeypatch):
+def test_the_engine_memory_limit_comes_from_the_environment(monkeypatch, tmp_path):
     from healthfusion.data.sources import engine
 
     monkeypatch.setenv(engine.MEMORY_ENV, "300MB")
-    con = engine.connect()
+    con = engine.connect(spill_dir=tmp_path / "spill")
     limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    (folder,) = (tmp_path / "spill").iterdir()  # this connection's own spill folder
+    assert con.execute("SELECT current_setting('temp_directory')").fetchone()[0] == str(folder)
     engine.close(con)
     assert limit == "286.1 MiB"  # 300 MB
+    assert list((tmp_path / "spill").iterdir()) == []  # removed on close
     monkeypatch.setenv(engine.MEMORY_ENV, "lots")
     with pytest.raises(ValueError, match=r"Memory limit 'lots' .* give one like 512MB"):
         engine.connect()
