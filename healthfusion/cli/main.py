@@ -146,7 +146,9 @@ def cohort_build(
     source: str = typer.Option(..., help="Source reader, e.g. synthetic, physionet2012, mimic4, eicu."),
     path: Path | None = typer.Option(None, help="Raw data: the source's folder or file (not used by synthetic)."),
     out: Path = typer.Option(..., help="Cohort folder to write."),
-    task: str | None = typer.Option(None, help="Task of the source (its default when omitted)."),
+    task: str | None = typer.Option(None, help="Task of the source (its default when omitted); for meds, the "
+                                    "task_labels/<task>/ folder to read (all tasks there when omitted); for fhir, "
+                                    "condition:<code prefix> or in_hospital_death."),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
 ) -> None:
     """Read raw files of a source into a cohort folder and print its row accounting."""
@@ -159,6 +161,27 @@ def cohort_build(
         fail(exc)
     print_frame(console, cohort.accounting.to_frame(), title="Row accounting")
     console.print(f"Wrote {len(cohort)} stays to [bold]{out}[/]")
+
+
+@cohort_app.command("export")
+def cohort_export(
+    cohort: Path = typer.Argument(..., help="Cohort folder (from `healthfusion cohort build`)."),
+    format: str = typer.Option(..., "--format", help="Standard format to write: meds."),
+    out: Path = typer.Option(..., help="Folder to create (must be empty or absent)."),
+    seed: int = typer.Option(0, help="Seed of the patient-level train/tuning/held_out split written with the data."),
+) -> None:
+    """Write a cohort in a standard format: MEDS data shards, metadata/ (codes, subject splits, dataset) and one
+    label shard per label under task_labels/ (see docs/formats.md)."""
+    from healthfusion.workflows.cohorts import export_cohort
+
+    try:
+        summary = export_cohort(cohort, out, format, seed=seed, console=console)
+    except ValueError as exc:
+        fail(exc)
+    console.print(f"Wrote {summary['stays']} stays of {summary['subjects']} subjects ({summary['data_rows']} data rows) "
+                  f"and label shards {summary['labels']} to [bold]{out}[/]")
+    for what, n in summary["left_out"].items():
+        console.print(f"[yellow]left out:[/] {n} {what} (not representable in {format})")
 
 
 @cohort_app.command("describe")
@@ -196,7 +219,7 @@ def cohort_convert(
 
 
 # Commands with their own module register themselves here: each module defines ``register(app)``.
-_COMMAND_MODULES: tuple[str, ...] = ("multitask", "report", "pretrain", "transfer")
+_COMMAND_MODULES: tuple[str, ...] = ("multitask", "report", "pretrain", "transfer", "config", "track")
 
 
 def _register_commands() -> None:

@@ -10,6 +10,7 @@ import typer
 
 from healthfusion.cli.common import console, fail
 from healthfusion.cli.render import print_frame
+from healthfusion.cli.track import TRACK_HELP, track_finished
 
 _COLUMNS = ("task", "kind", "metric", "multitask", "multitask_ci_low", "multitask_ci_high", "single_mean",
             "rel_improvement", "rel_ci_low", "rel_ci_high", "self_weight")
@@ -21,6 +22,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def multitask(
         config: Path = typer.Option(..., "--config", "-c", help="Multitask configuration (YAML); unknown keys are errors."),
+        track: bool = typer.Option(False, "--track", help=TRACK_HELP),
     ) -> None:
         """Train one model on many tasks (binary, multiclass, multilabel, regression, clustering); write the per-task
         table, the task-interdependence (TIM) heatmap and the saved model."""
@@ -30,6 +32,8 @@ def register(app: typer.Typer) -> None:
             run_dir = run_multitask(load_multitask_config(config), console=console)
         except ValueError as exc:
             fail(exc)
+        if track:
+            track_finished(run_dir)
         table = pd.read_csv(run_dir / "tasks.csv")
         print_frame(console, table, columns=_COLUMNS,
                     title="Per-task test metrics (main metric; CIs: bootstrap for multitask, over seeds for the rest)")

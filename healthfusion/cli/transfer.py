@@ -10,6 +10,7 @@ import typer
 
 from healthfusion.cli.common import console, fail
 from healthfusion.cli.render import print_frame
+from healthfusion.cli.track import TRACK_HELP, track_finished
 
 _SUMMARY = ("strategy", "size", "n_seeds", "auroc", "auroc_seed_ci_low", "auroc_seed_ci_high", "auprc", "f1")
 _GAINS = ("size", "strategy", "bar", "gain", "gain_ci_low", "gain_ci_high", "n_seeds", "wins")
@@ -21,6 +22,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def transfer(
         config: Path = typer.Option(..., "--config", "-c", help="Transfer configuration (YAML); unknown keys are errors."),
+        track: bool = typer.Option(False, "--track", help=TRACK_HELP),
     ) -> None:
         """Train a BiLSTM risk model on a source domain and adapt it to a low-resource target (target-only,
         source-only, pooled, fine-tuning, DANN, MMD and their combination) over target sizes and seeds; write the
@@ -31,6 +33,8 @@ def register(app: typer.Typer) -> None:
             run_dir = run_transfer(load_transfer_config(config), console=console)
         except ValueError as exc:
             fail(exc)
+        if track:
+            track_finished(run_dir)
         summary = pd.read_csv(run_dir / "summary.csv")
         print_frame(console, summary, columns=_SUMMARY,
                     title="Target test AUROC by strategy and labelled target size (mean, 95% CI over seeds)")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import CohortError, SourceError
-from healthfusion.data.sources import check_options, get_source
+from healthfusion.data.sources import check_options, get_exporter, get_source
 
 
 def _check_out(out: Path) -> None:
@@ -54,3 +54,20 @@ def build_cohort(source: str, path: Path | None, out: Path, task: str | None = N
     if not streams:
         cohort.save(out)
     return Cohort.load(out)
+
+
+def export_cohort(cohort_path: Path, out: Path, fmt: str, seed: int = 0, console=None) -> dict:
+    """Write the cohort folder ``cohort_path`` in the standard format ``fmt`` (see
+    :data:`healthfusion.data.sources.EXPORTERS`) under ``out``; returns the exporter's summary.
+
+    Raises
+    ------
+    SourceError, CohortError
+        On an unknown format, an unreadable cohort folder or a non-empty ``out``.
+    """
+    exporter = get_exporter(fmt)
+    cohort = Cohort.load(cohort_path)
+    if console is not None:
+        with console.status(f"Writing {len(cohort)} stays as {fmt} ..."):
+            return exporter(cohort, out, seed=seed, progress=True)
+    return exporter(cohort, out, seed=seed)

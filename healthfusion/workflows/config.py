@@ -186,7 +186,17 @@ class EvaluationSpec(StrictModel):
     operating_point: Literal["youden", "f1", "sensitivity"] = "youden"
     target_sensitivity: float | None = None
     audit: bool = True  # explanations, calibration, subgroups and impact into explanations/ and audit/
-    report_identifiers: bool = False  # stay ids in the report's per-stay explanations (internal use only)
+    report_identifiers: bool = Field(
+        False, description="Show stay ids in the report's per-stay explanations (internal use only); by default the "
+        "report numbers the stays.")
+
+
+class TrackingSpec(StrictModel):
+    """Record the finished run in MLflow (see :mod:`healthfusion.tracking`; needs ``healthfusion[track]``)."""
+
+    uri: str | None = None
+    experiment: str | None = None
+    log_model: bool = True
 
 
 class RunConfig(StrictModel):
@@ -203,6 +213,7 @@ class RunConfig(StrictModel):
     ensemble: EnsembleSpec | None = None
     reference_scores: list[str] = Field(default_factory=list)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    tracking: TrackingSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

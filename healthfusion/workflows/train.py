@@ -328,14 +328,27 @@ def run_training(config: RunConfig, console=None, overwrite: bool = False) -> Pa
 
     A binary label trains as this module describes; a multiclass or regression label trains the hybrid with that
     head and the matching baselines (:mod:`healthfusion.workflows.train_kinds`). The run folder must be new or
-    empty unless ``overwrite`` (see :func:`prepare_run`).
+    empty unless ``overwrite`` (see :func:`prepare_run`). With a ``tracking`` section the finished run folder
+    is recorded in MLflow (:func:`healthfusion.tracking.track_run`).
 
     Raises
     ------
-    ValueError (SourceError, CohortError, ConfigError)
+    ValueError (SourceError, CohortError, ConfigError, TrackingError)
         On unreadable data, a label the cohort lacks (or of a kind train cannot use: multilabel), a setting that
         needs a binary label (ensemble, reference_scores, tuning), or an impossible split; the message says which.
     """
+    run_dir = _train(config, console, overwrite)
+    if config.tracking is not None:
+        from healthfusion.tracking import track_run
+
+        t = config.tracking
+        run_id = track_run(run_dir, uri=t.uri, experiment=t.experiment, log_model=t.log_model)
+        if console is not None:
+            console.print(f"MLflow run {run_id}")
+    return run_dir
+
+
+def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
     prepared = prepare_run(config, console, overwrite)
     if prepared.label.kind != "binary":
         from healthfusion.workflows.train_kinds import train_other_kind

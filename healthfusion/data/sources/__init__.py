@@ -23,16 +23,34 @@ SOURCES: dict[str, str] = {
     "heart_disease": "healthfusion.data.sources.uci:build_heart_disease",
     "mimic4": "healthfusion.data.sources.mimic4:build",
     "eicu": "healthfusion.data.sources.eicu:build",
+    "meds": "healthfusion.data.sources.meds:build",
+    "fhir": "healthfusion.data.sources.fhir:build",
 }
+
+
+# cohort -> standard format writers: ``name -> "module:function"``; signature ``export(cohort, out, *, seed=0,
+# progress=False) -> dict`` (a summary with what could not be written under "left_out").
+EXPORTERS: dict[str, str] = {
+    "meds": "healthfusion.data.sources.meds_export:export_meds",
+}
+
+
+def get_exporter(name: str) -> Callable:
+    """The export function of format ``name``; unknown names raise :class:`SourceError` with a suggestion."""
+    return _lookup(name, EXPORTERS, "export format")
 
 
 def get_source(name: str) -> Callable:
     """The build function of source ``name``; unknown names raise :class:`SourceError` with a suggestion."""
-    if name not in SOURCES:
-        close = difflib.get_close_matches(name, SOURCES, n=1)
+    return _lookup(name, SOURCES, "source")
+
+
+def _lookup(name: str, registry: dict[str, str], what: str) -> Callable:
+    if name not in registry:
+        close = difflib.get_close_matches(name, registry, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise SourceError(f"Unknown source {name!r}; known sources: {', '.join(sorted(SOURCES))}.{hint}")
-    module, func = SOURCES[name].split(":")
+        raise SourceError(f"Unknown {what} {name!r}; known: {', '.join(sorted(registry))}.{hint}")
+    module, func = registry[name].split(":")
     return getattr(importlib.import_module(module), func)
 
 
