@@ -48,6 +48,8 @@ SCORING_OPTIONS: dict[str, tuple[str, ...]] = {
     "medmnist": ("positive_class",),
     "image_folder": ("size", "channels", "classes"),
     "notes": ("prediction_time", "prediction_time_column", "classes"),
+    "meds": ("anchor",),
+    "fhir": ("hours",),
     "mtsamples": (),
     "diabetes130": (),
     "heart_disease": (),
