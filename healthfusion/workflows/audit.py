@@ -225,7 +225,7 @@ def write_audit(run_dir: str | Path, *, model: str = HYBRID, n_boot: int = 500, 
             write_csv(gaps, out / "fairness_gaps.csv", index=False)
             summary["subgroup_attributes"] = cols
             summary["small_groups"] = table.loc[table["small_group"], ["attribute", "group"]].to_dict("records")
-            summary.update(_mitigate(predictions, domains, gaps, model, threshold, seed, out))
+            summary.update(_mitigate(predictions, domains, cols, model, threshold, seed, out))
         else:
             summary["subgroup_note"] = "The stays carry no domain column with more than one value."
     else:
@@ -253,12 +253,20 @@ def _shareable_what_if(w: dict) -> dict:
     return out
 
 
-def _mitigate(predictions, domains, gaps, model, threshold, seed, out) -> dict:
-    """Group-aware thresholds for the attribute with the largest equalised-odds gap; before/after on test."""
-    usable = gaps.dropna(subset=["equalized_odds_difference"])
+def _mitigate(predictions, domains, attributes, model, threshold, seed, out) -> dict:
+    """Group-aware thresholds for the attribute with the largest equalised-odds gap on the validation stays (the
+    test stays choose nothing); before/after on test."""
+    val = predictions[(predictions["split"] == "val") & predictions[model].notna()]
+    val = val.merge(domains[["stay_id", "split", *attributes]], on=["stay_id", "split"], how="left")
+    try:
+        val_gaps = fairness_gaps(val["y_true"].to_numpy(), val[model].to_numpy(),
+                                 val[attributes].fillna("Unknown"), threshold=threshold)
+    except ValueError as exc:
+        return {"mitigation_note": f"Fairness gaps on the validation stays could not be computed: {exc}"}
+    usable = val_gaps.dropna(subset=["equalized_odds_difference"])
     if usable.empty:
-        return {"mitigation_note": "No attribute has two groups of at least 10 stays, 10 events and 10 non-events; "
-                                   "nothing to mitigate."}
+        return {"mitigation_note": "No attribute has two groups of at least 10 validation stays, 10 events and 10 "
+                                   "non-events; nothing to mitigate."}
     attribute = str(usable.sort_values("equalized_odds_difference").iloc[-1]["attribute"])
     frames = {}
     for split in ("val", "test"):

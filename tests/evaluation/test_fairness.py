@@ -84,3 +84,26 @@ def test_a_group_with_one_event_does_not_drive_the_gaps():
     assert gaps.loc["age", "n_groups"] == 1 and np.isnan(gaps.loc["age", "auroc_range"])
     assert gaps.loc["age", "excluded"] == "young (n=200)"
     assert gaps.loc["sex", "n_groups"] == 2 and not np.isnan(gaps.loc["sex", "auroc_range"])
+
+
+def test_mitigation_picks_its_attribute_on_validation_stays_not_test(tmp_path):
+    """The attribute to mitigate is the one with the largest equalised-odds gap among the validation stays; here the
+    test stays show their largest gap on another attribute, which must not decide."""
+    from healthfusion.workflows.audit import _mitigate
+
+    rng = np.random.default_rng(0)
+    n = 400
+    i = np.arange(n)
+    sex, site = np.where(i % 2 == 0, "M", "F"), np.where((i // 2) % 2 == 0, "A", "B")
+    y = rng.integers(0, 2, n)
+
+    def scores(good):  # informative scores where ``good``, noise elsewhere
+        return np.where(good, np.clip(0.1 + 0.8 * y + rng.normal(0, 0.05, n), 0, 1), rng.uniform(0, 1, n))
+
+    frames, domains = [], []
+    for split, good in (("val", sex == "M"), ("test", site == "A")):
+        ids = [f"{split}{k}" for k in i]
+        frames.append(pd.DataFrame({"stay_id": ids, "split": split, "y_true": y, "hybrid": scores(good)}))
+        domains.append(pd.DataFrame({"stay_id": ids, "split": split, "sex": sex, "site": site}))
+    result = _mitigate(pd.concat(frames), pd.concat(domains), ["sex", "site"], "hybrid", 0.5, 0, tmp_path)
+    assert result.get("mitigation_attribute") == "sex", result
