@@ -39,7 +39,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "features": "Modalities and how each becomes model input.",
         "model": "The hybrid network's architecture.",
         "training": "Training loop settings (epochs, batch size, learning rate, early stopping, imbalance).",
-        "tuning": "Optional hyperparameter search (Optuna) over model fields by K-fold CV on the training stays.",
+        "tuning": "Optional hyperparameter search (Optuna) over model and training fields by K-fold CV on the training stays.",
         "baselines": "Classical baselines trained on the engineered features of the same split.",
         "baseline_params": "Parameters of a baseline's model step, e.g. {gradient_boosting: {learning_rate: 0.01}}.",
         "ensemble": "Optional: the run's model as an ensemble of hybrid seeds and boosting.",
@@ -91,8 +91,6 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "operating_point": "How the reported operating point is chosen: youden, f1 or sensitivity.",
         "target_sensitivity": "With operating_point sensitivity: the sensitivity to reach.",
         "audit": "Write explanations, calibration, subgroup and impact outputs.",
-        "calibration": "Calibrator of a binary model: auto (chosen on the validation stays), none, temperature, "
-                       "platt or isotonic.",
     },
     "TrackingSpec": {
         "uri": "MLflow tracking URI (default: sqlite:///mlruns.db beside the run folder's parent).",
