@@ -1,0 +1,178 @@
+"""A site of a federated run: the :class:`~healthfusion.training.Trainer` on its own data, from global weights.
+
+A :class:`Site` holds one institution's arrays (train, and optionally test) and never shares them: a round sends
+it the global weights, it trains ``local_epochs`` locally (optionally with FedProx's proximal term) and returns its
+new weights and sample count. Weights travel as a list of numpy arrays in ``state_dict`` order
+(:func:`get_weights` / :func:`set_weights`), which is what :mod:`healthfusion.federated.aggregation` and Flower
+exchange.
+
+Example::
+
+    site = Site("cleveland", train_ds, test_ds)
+    weights, n, info = site.fit(model, global_weights, TrainerConfig(max_epochs=1), round_=3)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from healthfusion.features import batch as B
+from healthfusion.features.dataset import ArrayDataset
+from healthfusion.training import Trainer, TrainerConfig
+from healthfusion.training.monitoring import head_metric
+
+log = logging.getLogger(__name__)
+
+
+def get_weights(model: nn.Module) -> list[np.ndarray]:
+    """The model's ``state_dict`` (parameters and buffers) as numpy arrays, in ``state_dict`` order."""
+    return [t.detach().cpu().numpy().copy() for t in model.state_dict().values()]
+
+
+def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
+    """Load ``weights`` (as from :func:`get_weights`) into ``model``; each array is cast to its tensor's dtype.
+
+    Raises
+    ------
+    ValueError
+        If the number of arrays or a shape differs from the model's state dict (naming the tensor).
+    """
+    state = model.state_dict()
+    if len(weights) != len(state):
+        raise ValueError(
+            f"Got {len(weights)} weight arrays for a model with {len(state)} state tensors; the weights come from "
+            "another model architecture (check that every site and the server build the same model)."
+        )
+    new = {}
+    for (name, tensor), array in zip(state.items(), weights, strict=True):
+        array = np.asarray(array)
+        if tuple(array.shape) != tuple(tensor.shape):
+            raise ValueError(
+                f"Weight {name!r} has shape {tuple(array.shape)} but the model's is {tuple(tensor.shape)}; the "
+                "weights come from another model architecture."
+            )
+        new[name] = torch.as_tensor(array).to(dtype=tensor.dtype)
+    model.load_state_dict(new)
+
+
+class ProximalTerm:
+    """FedProx's proximal term ``mu / 2 * ||w - w_global||^2`` on a model's parameters (Li et al., 2020).
+
+    While attached, each parameter's gradient gets ``mu * (w - w_global)`` added during ``backward``, which is the
+    gradient of the term; the loss value the trainer logs is the data loss alone.
+
+    Use as a context manager around :meth:`Trainer.fit`::
+
+        with ProximalTerm(model, mu=0.01):
+            trainer.fit(model, train)
+    """
+
+    def __init__(self, model: nn.Module, mu: float):
+        if mu < 0:
+            raise ValueError(f"The proximal coefficient mu must be >= 0; got {mu}.")
+        self.model, self.mu = model, mu
+        self._handles: list = []
+
+    def __enter__(self) -> ProximalTerm:
+        if self.mu == 0:
+            return self
+        for p in self.model.parameters():
+            if p.requires_grad:
+                anchor = p.detach().clone()
+                self._handles.append(p.register_hook(lambda g, p=p, a=anchor: g + self.mu * (p.detach() - a)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+@dataclass
+class Site:
+    """One institution's data in a federated run.
+
+    Attributes
+    ----------
+    name : str
+    train : ArrayDataset
+        Local training samples with a ``"target"`` array.
+    test : ArrayDataset, optional
+        Local held-out samples the site scores the global (or its personalised) model on.
+    """
+
+    name: str
+    train: ArrayDataset
+    test: ArrayDataset | None = None
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            data = getattr(self, split)
+            if data is None:
+                continue
+            if not isinstance(data, ArrayDataset):
+                raise TypeError(f"Site {self.name!r}: {split} must be an ArrayDataset; got {type(data).__name__}.")
+            if len(data) == 0:
+                raise ValueError(f"Site {self.name!r} has no {split} samples; drop the site or give it data.")
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+    def fit(
+        self,
+        model: nn.Module,
+        weights: Sequence[np.ndarray] | None,
+        config: TrainerConfig,
+        *,
+        round_: int = 0,
+        head_kind: str = "binary",
+        proximal_mu: float = 0.0,
+        callbacks: Sequence = (),
+    ) -> tuple[list[np.ndarray], int, dict[str, float]]:
+        """Train ``model`` locally for ``config.max_epochs`` epochs starting from ``weights``.
+
+        The trainer's seed is ``config.seed + round_`` so that successive rounds shuffle differently and a rerun
+        of a round is reproducible. No early stopping (there is no local validation split).
+
+        Returns
+        -------
+        (weights, num_train, info)
+            The site's new weights, its number of training samples (the FedAvg weight) and
+            ``{"train_loss": last epoch's loss}``.
+        """
+        if weights is not None:
+            set_weights(model, weights)
+        cfg = config.model_copy(update={"seed": config.seed + round_, "patience": None})
+        trainer = Trainer(cfg, callbacks=list(callbacks))
+        with ProximalTerm(model, proximal_mu):
+            history = trainer.fit(model, self.train, None, head_kind=head_kind)
+        return get_weights(model), self.num_train, {"train_loss": float(history.train_loss[-1])}
+
+    def predict(self, model: nn.Module, split: str = "test", head_kind: str = "binary") -> np.ndarray:
+        """The model's outputs (binary: probabilities [n]) on the site's ``split``."""
+        data = getattr(self, split)
+        if data is None:
+            raise ValueError(f"Site {self.name!r} has no {split} data to score.")
+        return Trainer(TrainerConfig(progress=False)).predict(model, data, head_kind=head_kind)
+
+    def evaluate(self, model: nn.Module, split: str = "test", head_kind: str = "binary") -> dict[str, float]:
+        """``{"n", "accuracy", "auroc"}`` (binary; accuracy at 0.5, AUROC NaN with one class) or ``{"n", "<head
+        metric>"}`` for other heads, of ``model`` on the site's ``split``."""
+        data = getattr(self, split)
+        out = self.predict(model, split, head_kind)
+        y = data[B.TARGET]
+        metrics: dict[str, float] = {"n": float(len(y))}
+        if head_kind == "binary":
+            keep = ~np.isnan(y.astype(np.float64))
+            metrics["accuracy"] = float(np.mean((out[keep] >= 0.5) == (y[keep] >= 0.5)))
+            metrics["auroc"] = float(head_metric("binary", y, out))
+        else:
+            metrics[head_kind] = float(head_metric(head_kind, y, out))
+        return metrics
