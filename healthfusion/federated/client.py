@@ -163,7 +163,7 @@ class Site:
         return Trainer(TrainerConfig(progress=False)).predict(model, data, head_kind=head_kind)
 
     def evaluate(self, model: nn.Module, split: str = "test", head_kind: str = "binary") -> dict[str, float]:
-        """``{"n", "accuracy", "auroc"}`` (binary; accuracy at 0.5, AUROC NaN with one class) or ``{"n", "<head
+        """``{"n", "accuracy", "loss", "auroc"}`` (binary; accuracy at 0.5, log loss, AUROC NaN with one class) or ``{"n", "<head
         metric>"}`` for other heads, of ``model`` on the site's ``split``."""
         data = getattr(self, split)
         out = self.predict(model, split, head_kind)
@@ -171,7 +171,9 @@ class Site:
         metrics: dict[str, float] = {"n": float(len(y))}
         if head_kind == "binary":
             keep = ~np.isnan(y.astype(np.float64))
-            metrics["accuracy"] = float(np.mean((out[keep] >= 0.5) == (y[keep] >= 0.5)))
+            p, t = np.clip(out[keep].astype(np.float64), 1e-7, 1 - 1e-7), y[keep] >= 0.5
+            metrics["accuracy"] = float(np.mean((p >= 0.5) == t))
+            metrics["loss"] = float(-np.mean(np.where(t, np.log(p), np.log1p(-p))))
             metrics["auroc"] = float(head_metric("binary", y, out))
         else:
             metrics[head_kind] = float(head_metric(head_kind, y, out))

@@ -68,6 +68,9 @@ class FederatedConfig(BaseModel):
         kept and the round is recorded as skipped.
     round_timeout : float or None, default None
         Seconds the Flower server waits for the sites of a round (deployment); late sites count as failed.
+    start_sites : int or None, default None
+        Deployment: the server waits for this many connected sites before round 1 (then each round samples every
+        connected site and needs ``min_sites``). None: ``min_sites``.
     seed : int, default 0
         Seeds each site's local training (``seed + round``).
     """
@@ -86,6 +89,7 @@ class FederatedConfig(BaseModel):
     personalize_epochs: int = Field(0, ge=0)
     min_sites: int = Field(1, ge=1)
     round_timeout: float | None = Field(None, gt=0)
+    start_sites: int | None = Field(None, ge=1)
     seed: int = 0
 
     @model_validator(mode="after")

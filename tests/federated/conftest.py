@@ -1,32 +1,9 @@
-"""Tiny federated fixtures: a logistic-regression module and sites drawn from one linear rule with shifted inputs."""
+"""Fixtures of the federated tests (see helpers.py)."""
 
-import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from healthfusion.features.dataset import ArrayDataset
-from healthfusion.federated.client import Site
-
-
-class TinyLogistic(nn.Module):
-    def __init__(self, d: int = 3):
-        super().__init__()
-        self.linear = nn.Linear(d, 1)
-
-    def forward(self, batch):
-        return {"logits": self.linear(batch["static"]).squeeze(-1)}
-
-
-def make_site(name: str, n: int, shift: float, seed: int) -> Site:
-    rng = np.random.default_rng(seed)
-
-    def draw(m):
-        x = rng.normal(shift, 1.0, (m, 3)).astype(np.float32)
-        y = (x @ np.array([1.5, -1.0, 0.5]) - 0.5 * shift + rng.normal(0, 0.3, m) > 0).astype(np.float32)
-        return ArrayDataset({"static": x, "target": y})
-
-    return Site(name, draw(n), draw(n // 2))
+from .helpers import TinyLogistic, make_site
 
 
 @pytest.fixture

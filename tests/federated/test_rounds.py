@@ -8,7 +8,7 @@ from healthfusion.federated.client import ProximalTerm, Site, get_weights, set_w
 from healthfusion.federated.server import FederatedConfig, run_rounds
 from healthfusion.training import Trainer, TrainerConfig
 
-from .conftest import TinyLogistic
+from .helpers import TinyLogistic
 
 LOCAL = TrainerConfig(max_epochs=1, batch_size=16, lr=0.05, progress=False)
 
