@@ -63,6 +63,8 @@ class FederatedConfig(BaseModel):
         FedProx coefficient of each site's proximal term; 0 is plain local training.
     personalize_epochs : int, default 0
         Local fine-tuning epochs after the last round (personalised FedAvg); 0: every site uses the global model.
+    personalize_lr : float or None, default None
+        Learning rate of that fine-tuning; None: the sites' local learning rate.
     min_sites : int, default 1
         A round aggregates only when at least this many sites returned an update; otherwise the global weights are
         kept and the round is recorded as skipped.
@@ -87,6 +89,7 @@ class FederatedConfig(BaseModel):
     tau: float = Field(1e-3, gt=0)
     proximal_mu: float = Field(0.0, ge=0)
     personalize_epochs: int = Field(0, ge=0)
+    personalize_lr: float | None = Field(None, gt=0)
     min_sites: int = Field(1, ge=1)
     round_timeout: float | None = Field(None, gt=0)
     start_sites: int | None = Field(None, ge=1)
@@ -307,7 +310,8 @@ def run_rounds(
     set_weights(model, server.weights)
     result = FederatedResult(weights=server.weights, rounds=server.rounds, site_metrics=metrics)
     if config.personalize_epochs:
-        tune = local.model_copy(update={"max_epochs": config.personalize_epochs})
+        tune = local.model_copy(update={"max_epochs": config.personalize_epochs,
+                                        "lr": config.personalize_lr or local.lr})
         for site in sites:
             own = copy.deepcopy(model)
             result.personalised[site.name], _, _ = site.fit(own, server.weights, tune, round_=config.rounds + 1,
