@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,6 +111,7 @@ class Site:
     name: str
     train: ArrayDataset
     test: ArrayDataset | None = None
+    accountant: Any = field(default=None, repr=False)  # the site's DP accountant across rounds (with privacy)
 
     def __post_init__(self) -> None:
         for split in ("train", "test"):
@@ -135,25 +137,51 @@ class Site:
         head_kind: str = "binary",
         proximal_mu: float = 0.0,
         callbacks: Sequence = (),
+        privacy=None,
+        budget_epochs: int | None = None,
     ) -> tuple[list[np.ndarray], int, dict[str, float]]:
         """Train ``model`` locally for ``config.max_epochs`` epochs starting from ``weights``.
 
         The trainer's seed is ``config.seed + round_`` so that successive rounds shuffle differently and a rerun
         of a round is reproducible. No early stopping (there is no local validation split).
 
+        With ``privacy`` (a :class:`~healthfusion.training.privacy.PrivacyConfig`) the local training is DP-SGD
+        and the site's accountant (kept on the site across rounds) is charged; ``budget_epochs`` (default
+        ``config.max_epochs``) is the number of epochs the site's ``target_epsilon`` must cover. Layers DP-SGD
+        cannot train (``nn.LSTM``) are swapped for a private copy during the fit
+        (:func:`~healthfusion.training.privacy.make_private_model`) and the weights copied back, so the weights
+        exchanged are always those of ``model``.
+
         Returns
         -------
         (weights, num_train, info)
             The site's new weights, its number of training samples (the FedAvg weight) and
-            ``{"train_loss": last epoch's loss}``.
+            ``{"train_loss": last epoch's loss}`` (+ ``"epsilon"`` spent so far, with privacy).
         """
         if weights is not None:
             set_weights(model, weights)
         cfg = config.model_copy(update={"seed": config.seed + round_, "patience": None})
-        trainer = Trainer(cfg, callbacks=list(callbacks))
-        with ProximalTerm(model, proximal_mu):
-            history = trainer.fit(model, self.train, None, head_kind=head_kind)
-        return get_weights(model), self.num_train, {"train_loss": float(history.train_loss[-1])}
+        callbacks = list(callbacks)
+        dp, trained = None, model
+        if privacy is not None:
+            from healthfusion.training.privacy import DPSGD, make_private_model
+
+            dp = DPSGD(privacy, self.num_train, cfg.batch_size, budget_epochs or cfg.max_epochs, self.accountant)
+            self.accountant = dp.accountant
+            callbacks.append(dp)
+            trained = make_private_model(model)
+        trainer = Trainer(cfg, callbacks=callbacks)
+        with ProximalTerm(trained, proximal_mu):
+            history = trainer.fit(trained, self.train, None, head_kind=head_kind)
+        if trained is not model:
+            from healthfusion.training.privacy import copy_to_plain
+
+            copy_to_plain(trained, model)
+        info = {"train_loss": float(history.train_loss[-1])}
+        if dp is not None:
+            info["epsilon"] = dp.report()["epsilon"]
+            info["delta"] = dp.delta
+        return get_weights(model), self.num_train, info
 
     def predict(self, model: nn.Module, split: str = "test", head_kind: str = "binary") -> np.ndarray:
         """The model's outputs (binary: probabilities [n]) on the site's ``split``."""

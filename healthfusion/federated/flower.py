@@ -59,7 +59,8 @@ def make_client(model: nn.Module, site: Site, local: TrainerConfig, config: Fede
         def fit(self, parameters, config):
             round_ = int(config.get("round", 0))
             weights, n, info = site.fit(model, parameters, local.model_copy(update={"seed": config_seed}),
-                                        round_=round_, head_kind=head_kind, proximal_mu=fed.proximal_mu)
+                                        round_=round_, head_kind=head_kind, proximal_mu=fed.proximal_mu,
+                                        privacy=fed.privacy, budget_epochs=fed.rounds * local.max_epochs)
             return weights, n, {"site": site.name, **info}
 
         def evaluate(self, parameters, config):

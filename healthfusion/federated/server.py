@@ -42,6 +42,7 @@ from torch import nn
 from healthfusion.federated.aggregation import ServerOptState, fedavg, get_aggregator, server_step
 from healthfusion.federated.client import Site, get_weights, set_weights
 from healthfusion.training import TrainerConfig
+from healthfusion.training.privacy import PrivacyConfig
 
 log = logging.getLogger(__name__)
 STATE_FILE, WEIGHTS_FILE = "server_state.json", "server_weights.npz"
@@ -73,6 +74,10 @@ class FederatedConfig(BaseModel):
     start_sites : int or None, default None
         Deployment: the server waits for this many connected sites before round 1 (then each round samples every
         connected site and needs ``min_sites``). None: ``min_sites``.
+    privacy : PrivacyConfig or None, default None
+        Per-site DP-SGD on local training (extra ``dp``): each site clips and noises its own gradients and its
+        accountant covers all its rounds; ``target_epsilon`` is each site's budget for the whole run. The
+        personalisation epochs are not covered (they never leave the site).
     seed : int, default 0
         Seeds each site's local training (``seed + round``).
     """
@@ -93,6 +98,7 @@ class FederatedConfig(BaseModel):
     min_sites: int = Field(1, ge=1)
     round_timeout: float | None = Field(None, gt=0)
     start_sites: int | None = Field(None, ge=1)
+    privacy: PrivacyConfig | None = None
     seed: int = 0
 
     @model_validator(mode="after")
@@ -148,6 +154,8 @@ class FederatedServer:
         record = {"round": round_, "sites": [r[0] for r in results], "failed": {name: why for name, why in failures},
                   "n_samples": int(sum(r[2] for r in results)),
                   "train_loss": {r[0]: r[3].get("train_loss") for r in results}}
+        if any("epsilon" in r[3] for r in results):
+            record["epsilon"] = {r[0]: r[3].get("epsilon") for r in results}
         if len(results) < cfg.min_sites:
             log.warning("Round %d: %d site(s) returned an update, fewer than min_sites=%d; the global weights are "
                         "kept. Failed: %s", round_, len(results), cfg.min_sites, record["failed"])
@@ -229,7 +237,7 @@ class FederatedResult:
         The final global weights (also loaded into the model).
     rounds : list of dict
         Per round: ``round``, ``sites`` (took part), ``failed`` (site -> reason), ``n_samples``, ``train_loss``
-        (per site), ``aggregated``.
+        (per site), ``epsilon`` (per site, with ``privacy``: spent so far), ``aggregated``.
     site_metrics : list of dict
         Per round and site with test data: ``round``, ``site``, ``model`` ("global" or "personalised", the latter
         once, after the last round), ``n``, ``accuracy``, ``auroc`` (binary).
@@ -294,7 +302,8 @@ def run_rounds(
         for site in sites:
             try:
                 weights, n, info = site.fit(model, server.weights, local, round_=r, head_kind=head_kind,
-                                            proximal_mu=config.proximal_mu)
+                                            proximal_mu=config.proximal_mu, privacy=config.privacy,
+                                            budget_epochs=config.rounds * local.max_epochs)
             except (ValueError, RuntimeError, FloatingPointError, OSError) as exc:
                 log.warning("Round %d: site %s failed (%s: %s); the round goes on without it.", r, site.name,
                             type(exc).__name__, exc)

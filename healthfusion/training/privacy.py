@@ -130,12 +130,15 @@ class DPSGD(Callback):
     n_train : int
         Training-set size (the sampling rate is ``batch_size / n_train``).
     batch_size, epochs : int
-        The trainer's ``batch_size`` and ``max_epochs`` (used to calibrate the noise to ``target_epsilon``).
+        The trainer's ``batch_size`` and the epochs the budget must cover (used to calibrate the noise to
+        ``target_epsilon``): ``max_epochs`` for one fit, rounds x local epochs for a federated site.
+    accountant : opacus RDPAccountant, optional
+        Continue this accountant (a federated site's, across its rounds); default a new one.
 
-    After the fit, :meth:`report` gives epsilon at delta for the steps actually taken.
+    After the fit, :meth:`report` gives epsilon at delta for every step the accountant has seen.
     """
 
-    def __init__(self, config: PrivacyConfig, n_train: int, batch_size: int, epochs: int):
+    def __init__(self, config: PrivacyConfig, n_train: int, batch_size: int, epochs: int, accountant=None):
         if n_train < 1:
             raise ValueError(f"DP-SGD needs training samples; got n_train={n_train}.")
         _, RDPAccountant, get_noise_multiplier, _, _ = _opacus()
@@ -146,7 +149,7 @@ class DPSGD(Callback):
         self.noise_multiplier = config.noise_multiplier or get_noise_multiplier(
             target_epsilon=config.target_epsilon, target_delta=self.delta, sample_rate=self.sample_rate,
             steps=epochs * math.ceil(n_train / batch_size), accountant="rdp")
-        self.accountant = RDPAccountant()
+        self.accountant = accountant if accountant is not None else RDPAccountant()
         self._wrapped: Any = None
 
     def on_fit_start(self, trainer) -> None:

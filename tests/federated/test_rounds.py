@@ -114,3 +114,16 @@ def _ds():
     rng = np.random.default_rng(0)
     return ArrayDataset({"static": rng.normal(size=(8, 3)).astype(np.float32),
                          "target": (rng.random(8) > 0.5).astype(np.float32)})
+
+
+def test_per_site_dp_reports_each_sites_budget(tiny_sites, tiny_model):
+    pytest.importorskip("opacus")
+    from healthfusion.training.privacy import PrivacyConfig
+
+    cfg = FederatedConfig(rounds=2, privacy=PrivacyConfig(target_epsilon=2.0, delta=1e-5))
+    result = run_rounds(tiny_model, tiny_sites, cfg, LOCAL, evaluate_every=0)
+    eps = [r["epsilon"] for r in result.rounds]
+    assert set(eps[1]) == {"a", "b", "c"}
+    for name in ("a", "b", "c"):
+        assert 0 < eps[0][name] < eps[1][name]  # the site's accountant carries over rounds
+        assert eps[1][name] == pytest.approx(2.0, abs=0.05)  # the budget covers the whole run
