@@ -6,7 +6,9 @@ turns (noise multiplier, sampling rate ``batch_size / n``, number of steps) into
 
 It wraps the ordinary :class:`~healthfusion.training.Trainer`: :func:`make_private_model` swaps the layers Opacus
 cannot take per-sample gradients of (``nn.LSTM`` -> ``opacus.layers.DPLSTM``, same parameter names and weights, so
-:func:`copy_to_plain` puts a DP-trained LSTM's weights back into the plain model; ``BatchNorm`` -> ``GroupNorm``), and the :class:`DPSGD`
+:func:`copy_to_plain` puts a DP-trained LSTM's weights back into the plain model;
+parameters held in ``nn.ParameterDict`` containers (the fusion layer's missing-modality vectors) are frozen during a
+DP fit, with a warning; ``BatchNorm`` -> ``GroupNorm``), and the :class:`DPSGD`
 callback wraps the trainer's model and optimiser for the fit and unwraps them after it.
 
 Sampling: the trainer draws shuffled fixed-size batches, while the accountant's analysis assumes Poisson sampling
@@ -121,6 +123,24 @@ def copy_to_plain(private: nn.Module, plain: nn.Module) -> nn.Module:
     return plain
 
 
+def _freeze_unsupported(model: nn.Module) -> list[nn.Parameter]:
+    """Freeze (and return) the trainable parameters held in ``nn.ParameterDict``/``nn.ParameterList`` containers:
+    their module's forward is never called, so Opacus cannot compute their per-sample gradients (e.g. the fusion
+    layer's learned missing-modality vectors). They keep their initial values during a DP fit."""
+    frozen, names = [], []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, (nn.ParameterDict, nn.ParameterList)):
+            for name, p in module.named_parameters():
+                if p.requires_grad:
+                    p.requires_grad_(False)
+                    frozen.append(p)
+                    names.append(f"{mod_name}.{name}")
+    if names:
+        log.warning("DP-SGD cannot compute per-sample gradients of %s; they keep their initial values in this fit.",
+                    ", ".join(names))
+    return frozen
+
+
 class DPSGD(Callback):
     """Trainer callback that makes the fit DP-SGD and tracks its privacy budget with Opacus's RDP accountant.
 
@@ -157,6 +177,7 @@ class DPSGD(Callback):
         if trainer.config.grad_clip is not None:
             raise ValueError("training.grad_clip clips the batch gradient; under DP-SGD each sample's gradient is "
                              "clipped to privacy.max_grad_norm instead. Remove grad_clip.")
+        self._frozen = _freeze_unsupported(trainer.model)
         self._wrapped = opacus.GradSampleModule(trainer.model, loss_reduction="mean")
         trainer.model = self._wrapped
         optimizer = DPOptimizer(trainer.optimizer, noise_multiplier=self.noise_multiplier,
@@ -175,6 +196,9 @@ class DPSGD(Callback):
         self._unwrap(trainer)
 
     def _unwrap(self, trainer) -> None:
+        for p in getattr(self, "_frozen", []):
+            p.requires_grad_(True)
+        self._frozen = []
         if self._wrapped is not None:
             trainer.model = self._wrapped._module
             self._wrapped._close()

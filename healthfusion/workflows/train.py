@@ -39,6 +39,7 @@ from healthfusion.models.classical import make_baseline
 from healthfusion.models.ensemble import EnsembleWeights, fit_weights
 from healthfusion.training import Trainer, TrainerConfig
 from healthfusion.training.callbacks import ProgressCallback
+from healthfusion.training.privacy import DPSGD, PrivacyConfig, copy_to_plain, make_private_model
 from healthfusion.workflows.audit import domain_table, write_audit, write_explanations
 from healthfusion.workflows.config import FeatureSpec, ModelSpec, RunConfig, SourceSpec
 from healthfusion.workflows.ensemble import (
@@ -82,14 +83,22 @@ def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
 
 
 def _fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, console=None, head: str = "binary",
-                n_outputs: int = 1, init=None):
-    """Build and fit the run's hybrid; ``init(model)``, when given, sets initial weights after the seeded build."""
+                n_outputs: int = 1, init=None, privacy: PrivacyConfig | None = None):
+    """Build and fit the run's hybrid; ``init(model)``, when given, sets initial weights after the seeded build.
+    With ``privacy`` the fit is DP-SGD on a private copy (LSTM -> DPLSTM) whose weights are copied back; the
+    :class:`DPSGD` callback (its ``report()``) is among ``trainer.callbacks``."""
     model, training = build_run_hybrid(feat, spec, training, head=head, n_outputs=n_outputs)
     if init is not None:
         init(model)
     callbacks = [ProgressCallback(console=console)] if console is not None else []
+    trained = model
+    if privacy is not None:
+        callbacks.append(DPSGD(privacy, len(train), training.batch_size, training.max_epochs))
+        trained = make_private_model(model)
     trainer = Trainer(training, callbacks=callbacks)
-    history = trainer.fit(model, train, val, head_kind=head)
+    history = trainer.fit(trained, train, val, head_kind=head)
+    if trained is not model:
+        copy_to_plain(trained, model)
     return model, trainer, history
 
 
@@ -216,6 +225,7 @@ def _check_label_kind(config: RunConfig, spec_label: LabelSpec, main: Cohort) ->
             f"tasks), or pick another label: "
             f"{[lab.name for lab in main.meta.labels if lab.kind in TRAINABLE_KINDS]}.")
     unsupported = {"ensemble": config.ensemble is not None, "reference_scores": bool(config.reference_scores),
+                   "privacy": config.privacy is not None,
                    "tuning": config.tuning is not None and bool(config.tuning.grid)}
     for key, used in unsupported.items():
         if used:
@@ -324,7 +334,7 @@ def run_training(config: RunConfig, console=None) -> Path:
     for seed in seeds:
         model, trainer, histories[seed] = _fit_hybrid(
             feat, spec, data["train"][usable["train"]], data["val"][usable["val"]],
-            config.training.model_copy(update={"seed": seed}), console)
+            config.training.model_copy(update={"seed": seed}), console, privacy=config.privacy)
         networks[seed] = model
     history = histories[seeds[0]]
     probs = {HYBRID: {}}
@@ -397,6 +407,10 @@ def run_training(config: RunConfig, console=None) -> Path:
     summary["seconds"] = time.perf_counter() - t0
     summary["best_epoch"] = history.best_epoch
     summary["model_spec"] = spec.model_dump()
+    dp = next((c for c in trainer.callbacks if isinstance(c, DPSGD)), None)
+    if dp is not None:
+        summary["privacy"] = {**dp.report(), "trained": "hybrid (DP-SGD); the baselines are not private"}
+        say(f"      differential privacy: epsilon {summary['privacy']['epsilon']:.2f} at delta {dp.delta:.1e}")
     if ensemble_info is not None:
         summary["ensemble"] = ensemble_info
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
