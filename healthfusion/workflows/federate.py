@@ -11,7 +11,9 @@ predict`` loads), ``rounds.csv`` (per round: the sites that took part, those tha
 aggregated), ``site_metrics.csv`` (per round and site: n, accuracy at 0.5, log loss, AUROC on the site's test
 stays), ``server_state/`` (what a restarted server resumes from) and ``summary.csv`` with one row per setting:
 the federated strategy, and with ``federated.compare`` the pooled model and one local-only model per site, each
-scored on every site's test stays (columns ``setting``, ``epsilon`` (empty: no differential privacy),
+scored on every site's test stays (columns ``setting``, ``epsilon`` (with ``federated.privacy``: the largest
+per-site epsilon, each site's in ``rounds.csv``; empty without differential privacy; the personalisation epochs
+are not covered),
 ``mean_client_accuracy``, ``auroc`` with its bootstrap 95% CI over the pooled test stays, ``n_test``).
 
 Limitation: the feature pipeline (standardisation, vocabularies) is fitted on the union of the sites' training
@@ -164,6 +166,8 @@ def strategy_name(spec: FederatedConfig) -> str:
         base = f"fed{spec.server_optimizer}"
     elif spec.proximal_mu > 0:
         base = f"fedprox(mu={spec.proximal_mu:g})"
+    if spec.privacy is not None:
+        base += "+dp"
     return base
 
 
@@ -221,19 +225,26 @@ def run_federate(config: FederateConfig, console=None,
         rounds, metrics, personalised = result.rounds, result.site_metrics, result.personalised
     model.save_pretrained(run_dir / "model", preprocessing_state=prepared.featurizer.get_state())
     pd.DataFrame([{**r, "sites": ";".join(r["sites"]), "failed": json.dumps(r["failed"]),
-                   "train_loss": json.dumps(r["train_loss"])} for r in rounds]).to_csv(run_dir / "rounds.csv",
-                                                                                       index=False)
+                   "train_loss": json.dumps(r["train_loss"]),
+                   **({"epsilon": json.dumps(r["epsilon"])} if "epsilon" in r else {})}
+                  for r in rounds]).to_csv(run_dir / "rounds.csv", index=False)
     pd.DataFrame(metrics).to_csv(run_dir / "site_metrics.csv", index=False)
 
     seed = config.training.seed
-    rows = [{"setting": strategy_name(fed), "epsilon": None, **_score({s.name: model for s in sites}, sites,
+    spent = [r["epsilon"] for r in rounds if r.get("epsilon")]
+    # each site's epsilon after its last round; the summary reports the largest (the weakest guarantee)
+    site_eps = {name: eps for record in spent for name, eps in record.items()}
+    epsilon = max(site_eps.values()) if site_eps else None
+    if site_eps:
+        say("      per-site epsilon: " + ", ".join(f"{k} {v:.2f}" for k, v in site_eps.items()))
+    rows = [{"setting": strategy_name(fed), "epsilon": epsilon, **_score({s.name: model for s in sites}, sites,
                                                                       config.n_boot, seed)}]
     if personalised:
         own = {}
         for s in sites:
             own[s.name] = copy.deepcopy(model)
             set_weights(own[s.name], personalised[s.name])
-        rows.append({"setting": f"{strategy_name(fed)}+finetune", "epsilon": None,
+        rows.append({"setting": f"{strategy_name(fed)}+finetune", "epsilon": epsilon,
                      **_score(own, sites, config.n_boot, seed)})
     if spec.compare and role == "simulate":
         say(f"[bold cyan]References[/] pooled and local-only models ({spec.compare_epochs} epochs each)")
