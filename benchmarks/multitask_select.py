@@ -1,6 +1,6 @@
 """Choose multitask model settings on the VALIDATION stays of a config (the test stays are never read).
 
-For each combination of the ``--grid`` values (fields of the config's ``model`` section, or ``training.FIELD``), trains
+For each combination of the ``--grid`` values (fields of the config's ``model`` section, or ``training.FIELD`` / ``objective.FIELD``), trains
 the multitask model and single-task models with the same settings for every seed and compares each task's validation
 main metric, printing the mean relative improvement over tasks. Used to pick the benchmark configs' settings (see
 docs/multitask.md)::
@@ -24,11 +24,11 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 from healthfusion.evaluation.tim import MAIN_METRIC, relative_improvement  # noqa: E402
-from healthfusion.training.multitask import fit_multitask  # noqa: E402
 from healthfusion.workflows.multitask import (  # noqa: E402
     _evaluate,
     _task_specs,
     build_model,
+    fit_model,
     load_multitask_config,
     prepare,
 )
@@ -53,20 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     weights = {t.name: t.weight for t in config.tasks}
     for values in itertools.product(*grid.values()):
         update = dict(zip(grid, values, strict=True))
-        model_update = {k: v for k, v in update.items() if not k.startswith("training.")}
-        train_update = {k.split(".", 1)[1]: v for k, v in update.items() if k.startswith("training.")}
+        model_update = {k: v for k, v in update.items() if "." not in k}
+        sections = {s: {k.split(".", 1)[1]: v for k, v in update.items() if k.startswith(f"{s}.")}
+                    for s in ("training", "objective")}
         variant = config.model_copy(update={"model": config.model.model_copy(update=model_update),
-                                            "training": config.training.model_copy(update=train_update)})
+                                            **{s: getattr(config, s).model_copy(update=u) for s, u in sections.items()}})
         rel: dict[str, list[float]] = {name: [] for name in kinds}
         for seed in args.seeds:
-            tcfg = variant.training.model_copy(update={"seed": seed})
             model = build_model(variant, prep["featurizer"], specs, seed, loaded=prep["loaded"])
-            fit_multitask(model, train, val, tcfg, weights=weights)
+            fit_model(model, train, val, variant, seed, weights)
             metrics = _evaluate(model, val, seed)[0]
             for spec in specs:
                 single = build_model(variant, prep["featurizer"], (spec,), seed, task_attention=False,
                                      loaded=prep["loaded"])
-                fit_multitask(single, train, val, tcfg)
+                fit_model(single, train, val, variant, seed, None)
                 reference = _evaluate(single, val, seed)[0][spec.name]["main"]
                 rel[spec.name].append(relative_improvement(metrics[spec.name]["main"], reference,
                                                            MAIN_METRIC[spec.kind][1]))

@@ -21,13 +21,16 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def multitask(
         config: Path = typer.Option(..., "--config", "-c", help="Multitask configuration (YAML); unknown keys are errors."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in the config's out: folder "
+                                    "from its checkpoints (same results as an uninterrupted run)."),
     ) -> None:
         """Train one model on many tasks (binary, multiclass, multilabel, regression, clustering); write the per-task
-        table, the task-interdependence (TIM) heatmap and the saved model."""
+        table, the task-interdependence (TIM) heatmap and the saved model. Device, mixed precision and the other
+        training options are the config's training: section, as in train."""
         from healthfusion.workflows.multitask import load_multitask_config, run_multitask
 
         try:
-            run_dir = run_multitask(load_multitask_config(config), console=console)
+            run_dir = run_multitask(load_multitask_config(config), console=console, resume=resume)
         except ValueError as exc:
             fail(exc)
         table = pd.read_csv(run_dir / "tasks.csv")

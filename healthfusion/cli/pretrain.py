@@ -15,12 +15,17 @@ models_app = typer.Typer(help="Pretrained encoders in the local registry.", no_a
 _ROOT = typer.Option(None, "--root", help="Registry folder (default: $HEALTHFUSION_MODELS or ~/.healthfusion/models).")
 
 
-def pretrain(config: Path = typer.Option(..., "--config", "-c", help="Pretraining configuration (YAML).")) -> None:
-    """Pretrain an encoder without labels (masked values, masked features/codes, or contrastive views) and save it."""
+def pretrain(
+    config: Path = typer.Option(..., "--config", "-c", help="Pretraining configuration (YAML)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from the newest checkpoint "
+                                "in the config's checkpoints: folder."),
+) -> None:
+    """Pretrain an encoder without labels (masked values, masked features/codes, or contrastive views) and save it.
+    Device, mixed precision and the other training options are the config's training: section, as in train."""
     from healthfusion.workflows.pretrain import load_pretrain_config, run_pretraining
 
     try:
-        result = run_pretraining(load_pretrain_config(config), console=console)
+        result = run_pretraining(load_pretrain_config(config), console=console, resume=resume)
     except ValueError as exc:
         fail(exc)
     card = result["card"]

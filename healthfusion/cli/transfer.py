@@ -21,14 +21,17 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def transfer(
         config: Path = typer.Option(..., "--config", "-c", help="Transfer configuration (YAML); unknown keys are errors."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep in the config's out: folder "
+                                    "from its checkpoints (same results as an uninterrupted sweep)."),
     ) -> None:
         """Train a BiLSTM risk model on a source domain and adapt it to a low-resource target (target-only,
         source-only, pooled, fine-tuning, DANN, MMD and their combination) over target sizes and seeds; write the
-        results table, the learning curve, the domain-shift table, the models and SHAP of source vs adapted model."""
+        results table, the learning curve, the domain-shift table, the models and SHAP of source vs adapted model.
+        Device, mixed precision and the other training options are the config's training:/finetune: sections."""
         from healthfusion.workflows.transfer import load_transfer_config, run_transfer
 
         try:
-            run_dir = run_transfer(load_transfer_config(config), console=console)
+            run_dir = run_transfer(load_transfer_config(config), console=console, resume=resume)
         except ValueError as exc:
             fail(exc)
         summary = pd.read_csv(run_dir / "summary.csv")

@@ -4,7 +4,9 @@ A :class:`Site` holds one institution's arrays (train, and optionally test) and 
 it the global weights, it trains ``local_epochs`` locally (optionally with FedProx's proximal term) and returns its
 new weights and sample count. Weights travel as a list of numpy arrays in ``state_dict`` order
 (:func:`get_weights` / :func:`set_weights`), which is what :mod:`healthfusion.federated.aggregation` and Flower
-exchange.
+exchange. A round is :meth:`Trainer.local_round`; FedProx adds the
+:class:`~healthfusion.training.losses.proximal.ProximalLoss` term and DP-SGD the
+:class:`~healthfusion.training.privacy.DPSGD` plug-in.
 
 Example::
 
@@ -26,6 +28,8 @@ from torch import nn
 from healthfusion.features import batch as B
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.training import Trainer, TrainerConfig
+from healthfusion.training.losses.proximal import ProximalLoss
+from healthfusion.training.losses.supervised import SupervisedLoss
 from healthfusion.training.monitoring import head_metric
 
 log = logging.getLogger(__name__)
@@ -60,39 +64,6 @@ def set_weights(model: nn.Module, weights: Sequence[np.ndarray]) -> None:
             )
         new[name] = torch.as_tensor(array).to(dtype=tensor.dtype)
     model.load_state_dict(new)
-
-
-class ProximalTerm:
-    """FedProx's proximal term ``mu / 2 * ||w - w_global||^2`` on a model's parameters (Li et al., 2020).
-
-    While attached, each parameter's gradient gets ``mu * (w - w_global)`` added during ``backward``, which is the
-    gradient of the term; the loss value the trainer logs is the data loss alone.
-
-    Use as a context manager around :meth:`Trainer.fit`::
-
-        with ProximalTerm(model, mu=0.01):
-            trainer.fit(model, train)
-    """
-
-    def __init__(self, model: nn.Module, mu: float):
-        if mu < 0:
-            raise ValueError(f"The proximal coefficient mu must be >= 0; got {mu}.")
-        self.model, self.mu = model, mu
-        self._handles: list = []
-
-    def __enter__(self) -> ProximalTerm:
-        if self.mu == 0:
-            return self
-        for p in self.model.parameters():
-            if p.requires_grad:
-                anchor = p.detach().clone()
-                self._handles.append(p.register_hook(lambda g, p=p, a=anchor: g + self.mu * (p.detach() - a)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
 
 
 @dataclass
@@ -143,7 +114,8 @@ class Site:
         """Train ``model`` locally for ``config.max_epochs`` epochs starting from ``weights``.
 
         The trainer's seed is ``config.seed + round_`` so that successive rounds shuffle differently and a rerun
-        of a round is reproducible. No early stopping (there is no local validation split).
+        of a round is reproducible. No early stopping (there is no local validation split). ``proximal_mu > 0``
+        adds FedProx's proximal term to the supervised loss.
 
         With ``privacy`` (a :class:`~healthfusion.training.privacy.PrivacyConfig`) the local training is DP-SGD
         and the site's accountant (kept on the site across rounds) is charged; ``budget_epochs`` (default
@@ -160,24 +132,31 @@ class Site:
         """
         if weights is not None:
             set_weights(model, weights)
-        cfg = config.model_copy(update={"seed": config.seed + round_, "patience": None})
-        callbacks = list(callbacks)
-        dp, trained = None, model
+        if privacy is not None and proximal_mu > 0:
+            raise ValueError("FedProx (proximal_mu > 0) and per-site DP-SGD cannot be combined: Opacus replaces the "
+                             "gradient with the clipped, noised per-sample sum, which drops the proximal term's "
+                             "gradient. Set proximal_mu: 0 or remove privacy.")
+        loss = None
+        if proximal_mu > 0:
+            loss = [SupervisedLoss(head_kind, config.imbalance == "class_weight"), ProximalLoss(proximal_mu)]
+        trained, plugins, dp = model, [], None
         if privacy is not None:
-            from healthfusion.training.privacy import DPSGD, make_private_model
+            from healthfusion.training.privacy import DPSGD, copy_to_plain, make_private_model
 
-            dp = DPSGD(privacy, self.num_train, cfg.batch_size, budget_epochs or cfg.max_epochs, self.accountant)
+            dp = DPSGD(privacy, self.num_train, config.batch_size, budget_epochs or config.max_epochs,
+                       self.accountant)
             self.accountant = dp.accountant
-            callbacks.append(dp)
+            plugins.append(dp)
             trained = make_private_model(model)
-        trainer = Trainer(cfg, callbacks=callbacks)
-        with ProximalTerm(trained, proximal_mu):
-            history = trainer.fit(trained, self.train, None, head_kind=head_kind)
+        trainer = Trainer(config, callbacks=list(callbacks), loss=loss, plugins=plugins)
+        try:
+            out = trainer.local_round(trained, self.train, seed=config.seed + round_, head_kind=head_kind)
+        finally:
+            if dp is not None:
+                dp.release()  # after a failed round too: no Opacus hooks stay on a model other sites reuse
         if trained is not model:
-            from healthfusion.training.privacy import copy_to_plain
-
             copy_to_plain(trained, model)
-        info = {"train_loss": float(history.train_loss[-1])}
+        info = {"train_loss": float(out["metrics"]["train_loss"])}
         if dp is not None:
             info["epsilon"] = dp.report()["epsilon"]
             info["delta"] = dp.delta

@@ -20,7 +20,8 @@ Example::
 
     model = PretrainingModel(PretrainingConfig(encoder=LSTMEncoderConfig(n_variables=12)))  # masked_value
     out = model(batch, generator=torch.Generator().manual_seed(0))
-    out["loss"].backward()          # out["n"]: number of predicted entries / pairs in the batch
+    out["loss"], out["n"]           # the objective and the number of predicted entries / pairs in the batch
+    # training: healthfusion.training.Trainer with the PretrainingLoss term
     model.encoder                   # the LSTMEncoder, to save with healthfusion.models.registry.save_encoder
 """
 

@@ -15,7 +15,7 @@ Id 0 (a missing value or a level not seen when the levels were fitted) maps to a
 trained, so an unseen care unit adds nothing instead of noise.
 
 The time-series encoder is the submodule ``ts_encoder`` (an :class:`~healthfusion.models.encoders.lstm.LSTMEncoder`);
-fine-tuning can freeze it by name, and a pretrained encoder can be swapped in.
+fine-tuning can freeze it by name (``FinetuneConfig(strategy="linear_probe", modules=("ts_encoder",))``), and a pretrained encoder can be swapped in.
 
 Example::
 
@@ -41,9 +41,6 @@ from healthfusion.models.encoders.lstm import LSTMEncoder, LSTMEncoderConfig
 
 CATEGORICAL = "static_categorical"
 """Batch key of the ``[B, C]`` int64 level ids of the embedded categorical variables (0 = unknown)."""
-
-FREEZABLE: tuple[str, ...] = ("ts_encoder", "static_encoder", "embeddings", "fc")
-"""Submodules that fine-tuning may freeze by name (the head and the domain classifier always train)."""
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -211,20 +208,3 @@ class TransferModel(PretrainedModel):
         if strength is not None:
             self.grl.strength = float(strength)
         return self.domain_classifier(self.grl(embedding)).squeeze(-1)
-
-    def freeze(self, names: tuple[str, ...] | list[str]) -> None:
-        """Stop gradients into the named submodules (see :data:`FREEZABLE`).
-
-        Raises
-        ------
-        ValueError
-            On a name not in :data:`FREEZABLE`.
-        """
-        unknown = [n for n in names if n not in FREEZABLE]
-        if unknown:
-            raise ValueError(f"Cannot freeze {unknown}; freezable parts are {list(FREEZABLE)}.")
-        for name in names:
-            module = getattr(self, name)
-            if module is not None:
-                for p in module.parameters():
-                    p.requires_grad_(False)

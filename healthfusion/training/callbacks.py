@@ -73,65 +73,6 @@ def improves(value: float, best: float | None, mode: str, min_delta: float = 0.0
     return value < best - min_delta
 
 
-class BestWeights:
-    """Best-epoch bookkeeping for training loops that do not run through the :class:`Trainer`: the best value of a
-    monitored quantity, its epoch, a copy of the model's weights at it, and the epochs waited since (the rule of
-    :class:`EarlyStopping`).
-
-    Parameters
-    ----------
-    mode : {"min", "max"}, default "min"
-    patience : int or None, default None
-        ``exhausted`` turns True after this many epochs without improvement (None: never).
-    min_delta : float, default 0.0
-        An improvement must beat the best value by more than this; a NaN value never improves.
-
-    Example::
-
-        best = BestWeights("min", patience=5)
-        for epoch in range(max_epochs):
-            ...
-            if not best.update(val_loss, epoch, model) and best.exhausted:
-                break
-        best.restore(model)      # the best epoch's weights (nothing happens if no epoch improved)
-
-    Raises
-    ------
-    ValueError
-        If ``mode`` is not "min"/"max" or ``patience`` is below 1.
-    """
-
-    def __init__(self, mode: str = "min", patience: int | None = None, min_delta: float = 0.0):
-        if mode not in ("max", "min"):
-            raise ValueError(f"BestWeights mode must be 'max' or 'min'; got {mode!r}.")
-        if patience is not None and patience < 1:
-            raise ValueError(f"BestWeights patience must be >= 1 or None; got {patience!r}.")
-        self.mode, self.patience, self.min_delta = mode, patience, min_delta
-        self.best_score: float | None = None
-        self.best_epoch: int | None = None
-        self.wait = 0
-        self._weights: dict[str, torch.Tensor] | None = None
-
-    def update(self, value: float, epoch: int, model: torch.nn.Module) -> bool:
-        """Record ``value`` of ``epoch``; on an improvement copy ``model``'s weights and return True."""
-        if improves(float(value), self.best_score, self.mode, self.min_delta):
-            self.best_score, self.best_epoch, self.wait = float(value), epoch, 0
-            self._weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return True
-        self.wait += 1
-        return False
-
-    @property
-    def exhausted(self) -> bool:
-        """True once ``patience`` epochs in a row brought no improvement."""
-        return self.patience is not None and self.wait >= self.patience
-
-    def restore(self, model: torch.nn.Module) -> None:
-        """Load the best epoch's weights into ``model`` (no-op when no epoch improved)."""
-        if self._weights is not None:
-            model.load_state_dict(self._weights)
-
-
 class EarlyStopping(Callback):
     """Stop when the monitored metric has not improved for ``patience`` epochs; restore the best weights at the end.
 
@@ -147,6 +88,8 @@ class EarlyStopping(Callback):
         An improvement must exceed the best value by more than this. A NaN value never improves.
     restore_best_weights : bool, default True
         Load the best epoch's weights into the model in ``on_fit_end``.
+    min_epochs : int, default 0
+        Never stop before this 0-based epoch (e.g. a warm-up after which a loss term changes).
 
     Attributes
     ----------
@@ -169,7 +112,9 @@ class EarlyStopping(Callback):
         patience: int = 8,
         min_delta: float = 0.0,
         restore_best_weights: bool = True,
+        min_epochs: int = 0,
     ):
+        self.min_epochs = min_epochs
         self.monitor = monitor
         self.mode = mode
         self.patience = patience
@@ -209,7 +154,7 @@ class EarlyStopping(Callback):
                 self._best_weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
             return
         self.wait += 1
-        if self.wait >= self.patience:
+        if self.wait >= self.patience and trainer.epoch >= self.min_epochs:
             self.stopped_epoch = trainer.epoch
             trainer.should_stop = True
             logger.info(
@@ -258,6 +203,8 @@ class Checkpoint(Callback):
     directory : str or Path
         Created if missing.
     every_n_epochs : int, default 1
+    keep_last : int or None, default None
+        Delete older checkpoints of this directory so that only the newest ``keep_last`` remain (None: keep all).
 
     Attributes
     ----------
@@ -270,14 +217,17 @@ class Checkpoint(Callback):
         At fit start, if ``every_n_epochs < 1``.
     """
 
-    def __init__(self, directory: str | os.PathLike, every_n_epochs: int = 1):
+    def __init__(self, directory: str | os.PathLike, every_n_epochs: int = 1, keep_last: int | None = None):
         self.directory = directory
         self.every_n_epochs = every_n_epochs
+        self.keep_last = keep_last
         self.last_path: str | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if not isinstance(self.every_n_epochs, int) or self.every_n_epochs < 1:
             raise ValueError(f"Checkpoint every_n_epochs must be an int >= 1; got {self.every_n_epochs!r}.")
+        if self.keep_last is not None and (not isinstance(self.keep_last, int) or self.keep_last < 1):
+            raise ValueError(f"Checkpoint keep_last must be an int >= 1 or None; got {self.keep_last!r}.")
         Path(self.directory).mkdir(parents=True, exist_ok=True)
 
     def on_epoch_end(self, trainer: Trainer) -> None:
@@ -288,6 +238,9 @@ class Checkpoint(Callback):
         self.last_path = str(path)
         trainer.save_checkpoint(path)
         logger.info("Saved checkpoint %s.", path)
+        if self.keep_last is not None:
+            for old in sorted(Path(self.directory).glob("epoch_*.pt"))[: -self.keep_last]:
+                old.unlink()
 
     def state_dict(self) -> dict[str, Any]:
         return {"last_path": self.last_path}

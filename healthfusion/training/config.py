@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from healthfusion.features.image import ImageAugmentation
 from healthfusion.training.finetune import FinetuneConfig
 
+logger = logging.getLogger(__name__)
+
 
 class TrainerConfig(BaseModel):
     """Training settings (validated on construction; unknown keys are an error).
@@ -27,6 +30,8 @@ class TrainerConfig(BaseModel):
     Attributes
     ----------
     max_epochs : int, default 50
+    max_steps : int or None, default None
+        Stop after this many optimiser steps in all (e.g. a federated client's local round). None: no cap.
     batch_size : int, default 64
         Training batch size; validation and prediction use twice this (no gradients are kept).
     lr : float, default 1e-3
@@ -40,8 +45,9 @@ class TrainerConfig(BaseModel):
         Early-stopping patience in epochs, used when ``fit`` gets validation data and no
         :class:`EarlyStopping` callback is passed. None: no automatic early stopping.
     monitor : str or None, default None
-        ``"val_loss"`` or the head's metric (``"val_auroc"``, ``"val_accuracy"``, ``"val_macro_auroc"``,
-        ``"val_neg_mse"``). None: the head's metric.
+        A validation value the fit logs: ``"val_loss"`` or the head's metric (``"val_auroc"``,
+        ``"val_accuracy"``, ``"val_macro_auroc"``, ``"val_neg_mse"``) with the supervised loss, or a value another
+        loss term reports. None: the loss terms' default (the head's metric; ``val_loss`` for the other modes).
     imbalance : {"none", "class_weight", "oversample"}, default "none"
         ``class_weight``: balanced loss weights from the training labels (binary, multiclass, multilabel).
         ``oversample``: each epoch draws minority classes with replacement up to the largest class
@@ -74,12 +80,13 @@ class TrainerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_epochs: int = Field(50, ge=1)
+    max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(1e-3, gt=0)
     lr_schedule: Literal["constant", "cosine"] = "constant"
     weight_decay: float = Field(1e-4, ge=0)
     patience: int | None = Field(8, ge=1)
-    monitor: Literal["val_loss", "val_auroc", "val_accuracy", "val_macro_auroc", "val_neg_mse"] | None = None
+    monitor: str | None = None
     imbalance: Literal["none", "class_weight", "oversample"] = "none"
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -89,6 +96,38 @@ class TrainerConfig(BaseModel):
     progress: bool = False
     image_augmentation: ImageAugmentation | None = None
     finetune: FinetuneConfig | None = None
+
+
+def training_section(value: Any, preset: dict[str, Any], section: str) -> Any:
+    """A workflow's ``training:`` section as a dict over the workflow's ``preset`` (its defaults for keys the
+    section leaves out), with keys of the earlier per-mode training configs translated: ``class_weight: bool``
+    (now ``imbalance``) and ``early_stopping: false`` (now ``patience: null``), each with a warning. A
+    TrainerConfig (or anything not a dict) passes through unchanged; use it as a pydantic ``mode="before"``
+    validator.
+
+    Raises
+    ------
+    ValueError
+        If an earlier key is given together with its new key.
+    """
+    if isinstance(value, TrainerConfig) or not isinstance(value, dict):
+        return value
+    value = dict(value)
+    if "class_weight" in value:
+        if "imbalance" in value:
+            raise ValueError(f"{section}: give imbalance only (class_weight is its earlier name)")
+        flag = value.pop("class_weight")
+        if not isinstance(flag, bool):
+            raise ValueError(f"{section}.class_weight must be true or false (better: imbalance: class_weight|none)")
+        value["imbalance"] = "class_weight" if flag else "none"
+        logger.warning("%s.class_weight is read as imbalance: %s; write that instead.", section, value["imbalance"])
+    if "early_stopping" in value:
+        if value.pop("early_stopping") is False:
+            if value.get("patience") is not None and "patience" in value:
+                raise ValueError(f"{section}: early_stopping: false and patience conflict; write patience: null")
+            value["patience"] = None
+        logger.warning("%s.early_stopping is read as patience (null: no early stopping); write that instead.", section)
+    return {**preset, **value}
 
 
 @dataclass
@@ -102,6 +141,9 @@ class TrainingHistory:
     train_loss, val_loss, val_metric, epoch_seconds : list of float
         ``val_loss``/``val_metric`` hold None without validation data; ``val_metric`` is the head's metric
         (see :mod:`healthfusion.training.monitoring`), NaN when it cannot be computed.
+    metrics : dict of str -> list
+        Further per-epoch values the loss terms report (e.g. ``mmd``, ``domain_accuracy``, per-task validation
+        losses), None where an epoch lacks one.
     best_epoch : int or None
         Epoch with the best monitored value (the one early stopping restored), None without validation data.
     stopped_early : bool
@@ -112,6 +154,7 @@ class TrainingHistory:
     val_loss: list[float | None] = field(default_factory=list)
     val_metric: list[float | None] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
+    metrics: dict[str, list] = field(default_factory=dict)
     best_epoch: int | None = None
     stopped_early: bool = False
 
@@ -125,6 +168,8 @@ class TrainingHistory:
     @classmethod
     def from_dict(cls, state: Mapping[str, Any]) -> TrainingHistory:
         """Inverse of :meth:`to_dict`."""
+        state = dict(state)
+        state["metrics"] = {k: list(v) for k, v in state.get("metrics", {}).items()}
         return cls(**{k: list(v) if isinstance(v, list) else v for k, v in state.items()})
 
 

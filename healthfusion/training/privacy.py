@@ -4,12 +4,13 @@ DP-SGD clips each sample's gradient to ``max_grad_norm`` and adds Gaussian noise
 ``noise_multiplier * max_grad_norm`` to every batch's summed gradient (Abadi et al., 2016). Opacus's RDP accountant
 turns (noise multiplier, sampling rate ``batch_size / n``, number of steps) into epsilon at ``delta``.
 
-It wraps the ordinary :class:`~healthfusion.training.Trainer`: :func:`make_private_model` swaps the layers Opacus
-cannot take per-sample gradients of (``nn.LSTM`` -> ``opacus.layers.DPLSTM``, same parameter names and weights, so
-:func:`copy_to_plain` puts a DP-trained LSTM's weights back into the plain model;
-parameters held in ``nn.ParameterDict`` containers (the fusion layer's missing-modality vectors) are frozen during a
-DP fit, with a warning; ``BatchNorm`` -> ``GroupNorm``), and the :class:`DPSGD`
-callback wraps the trainer's model and optimiser for the fit and unwraps them after it.
+It is a plug-in of the one :class:`~healthfusion.training.Trainer` (see :mod:`healthfusion.training.plugins`):
+:func:`make_private_model` swaps the layers Opacus
+cannot take per-sample gradients of (``nn.LSTM`` -> ``opacus.layers.DPLSTM`` with the same parameter names and
+weights; ``BatchNorm`` -> ``GroupNorm``), :func:`copy_to_plain` puts a DP-trained model's weights back into the
+plain architecture, and the :class:`DPSGD` plug-in wraps the trainer's model and optimiser for the fit and unwraps
+them after it. Parameters held in ``nn.ParameterDict`` containers (the fusion layer's missing-modality vectors)
+have no per-sample gradients in Opacus and are frozen during a DP fit, with a warning.
 
 Sampling: the trainer draws shuffled fixed-size batches, while the accountant's analysis assumes Poisson sampling
 at rate ``batch_size / n``; the reported epsilon is that standard accounting (as in most DP-SGD libraries used with
@@ -19,7 +20,7 @@ Example::
 
     model = make_private_model(model)
     dp = DPSGD(PrivacyConfig(target_epsilon=3.0), n_train=len(train), batch_size=64, epochs=20)
-    Trainer(TrainerConfig(max_epochs=20), callbacks=[dp]).fit(model, train)
+    Trainer(TrainerConfig(max_epochs=20), plugins=[dp]).fit(model, train)
     dp.report()   # {"epsilon": 2.98, "delta": 1e-05, "noise_multiplier": 1.1, "steps": 320, ...}
 """
 
@@ -32,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from healthfusion.training.callbacks import Callback
+from healthfusion.training.plugins import TrainingParts, TrainingPlugin
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = 'Differential privacy needs Opacus: pip install "healthfusion[dp]"'
@@ -141,8 +142,12 @@ def _freeze_unsupported(model: nn.Module) -> list[nn.Parameter]:
     return frozen
 
 
-class DPSGD(Callback):
-    """Trainer callback that makes the fit DP-SGD and tracks its privacy budget with Opacus's RDP accountant.
+class DPSGD(TrainingPlugin):
+    """Trainer plug-in that makes the fit DP-SGD and tracks its privacy budget with Opacus's RDP accountant.
+
+    ``wrap`` replaces the trainer's model by Opacus's per-sample-gradient ``GradSampleModule`` and its optimiser by
+    a ``DPOptimizer`` (per-sample clipping + Gaussian noise, the accountant stepped with every optimiser step);
+    ``on_fit_end`` (or :meth:`release` after a failed fit) puts the plain model back.
 
     Parameters
     ----------
@@ -156,6 +161,11 @@ class DPSGD(Callback):
         Continue this accountant (a federated site's, across its rounds); default a new one.
 
     After the fit, :meth:`report` gives epsilon at delta for every step the accountant has seen.
+
+    Raises
+    ------
+    ValueError
+        ``n_train < 1``; (at ``wrap``) a trainer with ``grad_clip`` set.
     """
 
     def __init__(self, config: PrivacyConfig, n_train: int, batch_size: int, epochs: int, accountant=None):
@@ -171,38 +181,43 @@ class DPSGD(Callback):
             steps=epochs * math.ceil(n_train / batch_size), accountant="rdp")
         self.accountant = accountant if accountant is not None else RDPAccountant()
         self._wrapped: Any = None
+        self._frozen: list[nn.Parameter] = []
 
-    def on_fit_start(self, trainer) -> None:
+    def wrap(self, parts: TrainingParts, trainer) -> TrainingParts:
         opacus, _, _, DPOptimizer, _ = _opacus()
         if trainer.config.grad_clip is not None:
             raise ValueError("training.grad_clip clips the batch gradient; under DP-SGD each sample's gradient is "
                              "clipped to privacy.max_grad_norm instead. Remove grad_clip.")
-        self._frozen = _freeze_unsupported(trainer.model)
-        self._wrapped = opacus.GradSampleModule(trainer.model, loss_reduction="mean")
-        trainer.model = self._wrapped
-        optimizer = DPOptimizer(trainer.optimizer, noise_multiplier=self.noise_multiplier,
+        self._frozen = _freeze_unsupported(parts.model)
+        self._wrapped = opacus.GradSampleModule(parts.model, loss_reduction="mean")
+        optimizer = DPOptimizer(parts.optimizer, noise_multiplier=self.noise_multiplier,
                                 max_grad_norm=self.config.max_grad_norm, expected_batch_size=self.batch_size,
                                 loss_reduction="mean")
-        optimizer.attach_step_hook(self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate))
-        trainer.optimizer = optimizer
+        account = self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate)
 
-    def on_batch_end(self, trainer, batch_index: int) -> None:
-        trainer.optimizer.zero_grad(set_to_none=True)  # per-sample gradients must not accumulate across batches
+        def after_noise(opt) -> None:
+            account(opt)
+            for p in opt.params:  # p.grad now holds the private gradient; per-sample ones must not accumulate
+                p.grad_sample = None
+                p.summed_grad = None
+
+        optimizer.attach_step_hook(after_noise)
+        return TrainingParts(self._wrapped, optimizer, parts.loader)
 
     def on_fit_end(self, trainer) -> None:
-        self._unwrap(trainer)
+        trainer.model = self.release()
 
-    def on_exception(self, trainer, exc: BaseException) -> None:
-        self._unwrap(trainer)
-
-    def _unwrap(self, trainer) -> None:
-        for p in getattr(self, "_frozen", []):
+    def release(self) -> nn.Module | None:
+        """Remove Opacus's hooks, unfreeze what was frozen and return the plain model (None if not wrapped)."""
+        for p in self._frozen:
             p.requires_grad_(True)
         self._frozen = []
-        if self._wrapped is not None:
-            trainer.model = self._wrapped._module
-            self._wrapped._close()
-            self._wrapped = None
+        if self._wrapped is None:
+            return None
+        plain = self._wrapped._module
+        self._wrapped._close()
+        self._wrapped = None
+        return plain
 
     @property
     def steps(self) -> int:

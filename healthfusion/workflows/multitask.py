@@ -15,7 +15,8 @@ Example ``MT.yaml``::
       - {name: los, kind: regression, source: {label: length_of_stay}}
       - {name: icu_type, kind: multiclass, source: {static: ICUType}}   # ICUType leaves the static inputs
       - {name: phenotype, kind: clustering, n_clusters: 4}
-    training: {max_epochs: 20, weighting: uncertainty}
+    training: {max_epochs: 20}            # the TrainerConfig of `train` (device, mixed_precision, ...)
+    objective: {weighting: uncertainty}   # weighting, cluster_warmup_epochs, cluster_balance, criterion
     tim: {ablation: attention}
     comparison: {single_task: true, seeds: [0, 1, 2]}
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -48,7 +50,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.tim import (
@@ -61,12 +63,12 @@ from healthfusion.evaluation.tim import (
 from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.features.tabular import StaticTransformer
 from healthfusion.models.multitask import MultitaskModel, MultitaskModelConfig, TaskKind, TaskSpec
-from healthfusion.training.multitask import (
-    MultitaskTrainingConfig,
-    fit_multitask,
-    predict_multitask,
-    target_key,
-)
+from healthfusion.training import checkpoint
+from healthfusion.training.callbacks import Callback
+from healthfusion.training.config import TrainerConfig, TrainingHistory, training_section
+from healthfusion.training.losses.multitask import MultitaskObjective, MultitaskObjectiveConfig
+from healthfusion.training.multitask import predict_multitask, target_key
+from healthfusion.training.trainer import Trainer
 from healthfusion.workflows.config import (
     FeatureSpec,
     SourceSpec,
@@ -171,6 +173,13 @@ class ComparisonSpec(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
 
 
+#: What ``training:`` keys left out default to.
+MULTITASK_PRESET: dict[str, Any] = {"max_epochs": 30, "batch_size": 64, "lr": 1e-3, "weight_decay": 1e-4,
+                                    "patience": 5, "grad_clip": 5.0, "monitor": "val_loss"}
+#: ``training:`` keys of earlier versions that now live in ``objective:`` (``monitor: sum|relative`` is ``criterion``).
+OBJECTIVE_KEYS = ("weighting", "cluster_warmup_epochs", "cluster_balance")
+
+
 class MultitaskConfig(StrictModel):
     """The ``healthfusion multitask`` run configuration (unknown keys are errors at every level)."""
 
@@ -181,10 +190,34 @@ class MultitaskConfig(StrictModel):
     exclude_static: list[str] = Field(default_factory=list)
     tasks: list[TaskConfig] = Field(min_length=1)
     model: MultitaskModelSpec = Field(default_factory=MultitaskModelSpec)
-    training: MultitaskTrainingConfig = Field(default_factory=MultitaskTrainingConfig)
+    training: TrainerConfig = Field(default_factory=lambda: TrainerConfig(**MULTITASK_PRESET))
+    objective: MultitaskObjectiveConfig = Field(default_factory=MultitaskObjectiveConfig)
     tim: TimSpec = Field(default_factory=TimSpec)
     comparison: ComparisonSpec = Field(default_factory=ComparisonSpec)
     n_boot: int = Field(200, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _earlier_keys(cls, data):
+        """Move the objective keys an earlier ``training:`` section held into ``objective:`` (with a warning)."""
+        if not isinstance(data, dict) or not isinstance(data.get("training"), dict):
+            return data
+        training, objective = dict(data["training"]), dict(data.get("objective") or {})
+        moved = {k: training.pop(k) for k in OBJECTIVE_KEYS if k in training}
+        if training.get("monitor") in ("sum", "relative"):
+            moved["criterion"] = training.pop("monitor")
+        if moved:
+            both = sorted(set(moved) & set(objective))
+            if both:
+                raise ValueError(f"{both} given in both training: and objective:; keep them in objective:")
+            log.warning("training: keys %s are read as objective: %s; move them there.", sorted(moved), moved)
+            data = {**data, "training": training, "objective": {**objective, **moved}}
+        return data
+
+    @field_validator("training", mode="before")
+    @classmethod
+    def _preset(cls, value):
+        return training_section(value, MULTITASK_PRESET, "training")
 
     @model_validator(mode="after")
     def _check(self) -> MultitaskConfig:
@@ -294,17 +327,51 @@ class _Progress:
         if self.bar is not None:
             self.bar.__exit__(*exc)
 
-    def fit(self, description: str, model, train, val, config: MultitaskTrainingConfig, weights) -> dict:
-        bar_id = None if self.bar is None else self.bar.add_task(description, total=config.max_epochs, info="")
-
-        def on_epoch(epoch, record):
-            if self.bar is not None:
-                self.bar.update(bar_id, completed=epoch + 1, info=f"val {record['val']['total']:.3f}")
-
-        history = fit_multitask(model, train, val, config, weights=weights, on_epoch=on_epoch)
+    def fit(self, description: str, model, train, val, config: MultitaskConfig, seed: int, weights,
+            checkpoints: Path | None = None, resume: bool = False) -> dict:
+        """:func:`fit_model` with one bar of this display advanced per epoch."""
+        bars = []
         if self.bar is not None:
-            self.bar.update(bar_id, completed=config.max_epochs)
-        return history
+            bars.append(_EpochBar(self.bar, self.bar.add_task(description, total=config.training.max_epochs, info="")))
+        return fit_model(model, train, val, config, seed, weights, callbacks=bars, checkpoints=checkpoints,
+                         resume=resume)
+
+
+def fit_model(model: MultitaskModel, train, val, config: MultitaskConfig, seed: int, weights,
+              callbacks: Sequence[Callback] = (), checkpoints: Path | None = None, resume: bool = False) -> dict:
+    """Train ``model`` in place with the one trainer and the multitask objective of ``config`` (seed ``seed``);
+    returns the history as a dict, with ``task_weights`` at the best epoch. ``checkpoints``: folder for this fit's
+    newest checkpoint, from which ``resume`` continues."""
+    training = config.training.model_copy(update={"seed": seed})
+    term = MultitaskObjective(config.objective, weights)
+    stop = [term.early_stopping(training.patience, model.config.tasks)] if training.patience is not None else []
+    trainer = Trainer(training, [*stop, *callbacks], loss=term)
+    if checkpoints is not None:
+        checkpoint.resumable(trainer, checkpoints, resume)
+    history = trainer.fit(model, train, val)
+    model.eval()
+    return _history_record(history)
+
+
+class _EpochBar(Callback):
+    """Advances one bar of the run's progress display per epoch."""
+
+    def __init__(self, bar, task):
+        self.bar, self.task = bar, task
+
+    def on_epoch_end(self, trainer) -> None:
+        self.bar.update(self.task, completed=trainer.epoch + 1, info=f"val {trainer.metrics.get('val_loss', 0):.3f}")
+
+    def on_fit_end(self, trainer) -> None:
+        self.bar.update(self.task, completed=trainer.config.max_epochs)
+
+
+def _history_record(history: TrainingHistory) -> dict:
+    record = history.to_dict()
+    best = history.best_epoch
+    weights = {k.split(":", 1)[1]: v for k, v in history.metrics.items() if k.startswith("weight:")}
+    record["task_weights"] = {k: v[best if best is not None else -1] for k, v in weights.items()}
+    return record
 
 
 def _stratifier(config: MultitaskConfig, labels: dict, ids: list[str]) -> pd.Series | None:
@@ -353,20 +420,27 @@ def prepare(config: MultitaskConfig, console=None) -> dict:
             "loaded": loaded, "data": parts, "n_unusable": int((~usable).sum()), "train_rows": split_arr == "train"}
 
 
-def run_multitask(config: MultitaskConfig, console=None) -> Path:
+def run_multitask(config: MultitaskConfig, console=None, resume: bool = False) -> Path:
     """Run the whole multitask job and write the run folder (see the module docstring); returns its path.
+
+    Every fit keeps its newest epoch in ``RUN_DIR/checkpoints/`` until the run ends; with ``resume`` an interrupted
+    run (same config, same ``out``) continues from there: finished fits restore their final state, the interrupted
+    one goes on from its last epoch, and the results equal an uninterrupted run.
 
     Raises
     ------
     ValueError
-        On bad labels, splits or data (messages name the task, column or file).
+        On bad labels, splits or data (messages name the task, column or file), or ``resume`` without ``out``.
     """
+    if resume and config.out is None:
+        raise ValueError("--resume continues the run folder of the config's out:; set out: to the interrupted run.")
     start = time.time()
     run_dir = config.out or Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     prep = prepare(config, console)
+    ckpt = run_dir / "checkpoints"
     train, val, test = (prep["data"][s] for s in ("train", "val", "test"))
     kinds = {t.name: t.kind for t in config.tasks}
     names = [t.name for t in config.tasks]
@@ -376,10 +450,9 @@ def run_multitask(config: MultitaskConfig, console=None) -> Path:
     main_model = main_pred = None
     with _Progress(console) as progress:
         for seed in config.comparison.seeds:
-            tcfg = config.training.model_copy(update={"seed": seed})
             model = build_model(config, prep["featurizer"], specs, seed, loaded=prep["loaded"])
-            histories[f"multitask/seed{seed}"] = progress.fit(f"seed {seed}: multitask", model, train, val, tcfg,
-                                                              weights)
+            histories[f"multitask/seed{seed}"] = progress.fit(f"seed {seed}: multitask", model, train, val, config,
+                                                              seed, weights, ckpt / f"multitask-seed{seed}", resume)
             full, pred = _evaluate(model, test, seed)
             if main_model is None:
                 main_model, main_pred = model, pred
@@ -396,8 +469,8 @@ def run_multitask(config: MultitaskConfig, console=None) -> Path:
                 for j in names:
                     rest = [s for s in specs if s.name != j]
                     sub = build_model(config, prep["featurizer"], tuple(rest), seed, loaded=prep["loaded"])
-                    progress.fit(f"seed {seed}: without {j}", sub, train, val, tcfg,
-                                 {k: w for k, w in weights.items() if k != j})
+                    progress.fit(f"seed {seed}: without {j}", sub, train, val, config, seed,
+                                 {k: w for k, w in weights.items() if k != j}, ckpt / f"without-{j}-seed{seed}", resume)
                     without[j] = {i: m["main"] for i, m in _evaluate(sub, test, seed)[0].items()}
                 retrain.append(ablation_tim(names, kinds, {i: full[i]["main"] for i in names}, without))
             if config.comparison.single_task:
@@ -405,7 +478,8 @@ def run_multitask(config: MultitaskConfig, console=None) -> Path:
                     single = build_model(config, prep["featurizer"], (spec,), seed, task_attention=False,
                                          loaded=prep["loaded"])
                     histories[f"single/{spec.name}/seed{seed}"] = progress.fit(
-                        f"seed {seed}: single {spec.name}", single, train, val, tcfg, None)
+                        f"seed {seed}: single {spec.name}", single, train, val, config, seed, None,
+                        ckpt / f"single-{spec.name}-seed{seed}", resume)
                     metrics = _evaluate(single, test, seed)[0][spec.name]
                     rows.append({"seed": seed, "model": "single", "task": spec.name, **_flat(metrics)})
     per_seed = pd.DataFrame(rows)
@@ -413,6 +487,7 @@ def run_multitask(config: MultitaskConfig, console=None) -> Path:
     summary = improvement_summary(per_seed, kinds)
     _write_outputs(run_dir, config, prep, main_model, main_pred, test, per_seed, table, summary, tims, abl, retrain,
                    histories, time.time() - start)
+    shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete: nothing left to resume
     return run_dir
 
 

@@ -13,7 +13,13 @@ Example ``PRE.yaml``::
     encoder: {hidden: 32, lstm_layers: 1}
     objective: masked_value         # optional: the encoder's default
     mask_rate: 0.15
-    training: {max_epochs: 20, batch_size: 64, lr: 0.001}
+    training: {max_epochs: 20, batch_size: 64, lr: 0.001}   # the TrainerConfig of `train` (device, ...)
+    checkpoints: runs/physionet-lstm-checkpoints  # optional: per-epoch checkpoint; `--resume` continues from it
+
+``training`` is the one training config of every mode (:class:`~healthfusion.training.config.TrainerConfig`:
+``device``, ``mixed_precision``, ``lr_schedule`` ... as in ``train``); keys it leaves out take
+:data:`PRETRAIN_PRESET` (20 epochs, no weight decay, patience 5, gradient clipping at 1.0). The loop is the one
+:class:`~healthfusion.training.trainer.Trainer` with the :class:`~healthfusion.training.losses.pretraining.PretrainingLoss`.
 
 The encoder's architecture comes from ``encoder`` exactly as ``healthfusion train`` builds it from the same
 ``model`` fields, so a run config with ``model: {pretrained: {ts: physionet-lstm}}`` loads it without edits.
@@ -35,7 +41,11 @@ from healthfusion.data.splits import split_patients
 from healthfusion.features import batch as B
 from healthfusion.models.pretraining import PretrainingConfig, PretrainingModel
 from healthfusion.models.registry import ModelCard, save_encoder
-from healthfusion.training.pretrain import PretrainConfig, pretrain
+from healthfusion.training import checkpoint
+from healthfusion.training.callbacks import ProgressCallback
+from healthfusion.training.config import TrainerConfig, training_section
+from healthfusion.training.losses.pretraining import PretrainingLoss
+from healthfusion.training.trainer import Trainer
 from healthfusion.workflows.config import (
     ConfigError,
     FeatureSpec,
@@ -57,6 +67,11 @@ class EncoderSpec(StrictModel):
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
 
 
+#: What ``training:`` keys left out default to.
+PRETRAIN_PRESET = {"max_epochs": 20, "batch_size": 64, "lr": 1e-3, "weight_decay": 0.0, "patience": 5,
+                   "grad_clip": 1.0, "monitor": "val_loss"}
+
+
 class PretrainRunConfig(StrictModel):
     """The ``pretrain`` job (validated; unknown keys are errors). Give ``name`` (registry) or ``out`` (a folder)."""
 
@@ -74,8 +89,14 @@ class PretrainRunConfig(StrictModel):
     temperature: float = Field(0.1, gt=0.0)
     val_fraction: float = Field(0.1, gt=0.0, lt=0.5)
     split_seed: int = 0
-    training: PretrainConfig = Field(default_factory=PretrainConfig)
+    training: TrainerConfig = Field(default_factory=lambda: TrainerConfig(**PRETRAIN_PRESET))
+    checkpoints: Path | None = Field(None, description="folder for the newest per-epoch checkpoint (--resume)")
     notes: str = ""
+
+    @field_validator("training", mode="before")
+    @classmethod
+    def _preset(cls, value):
+        return training_section(value, PRETRAIN_PRESET, "training")
 
     @field_validator("data", mode="before")
     @classmethod
@@ -105,7 +126,7 @@ def load_pretrain_config(path: str | Path) -> PretrainRunConfig:
     base = Path(path).parent
     for spec in config.data:
         resolve_paths(base, spec, ("path", "cohort"))
-    resolve_paths(base, config, ("out", "exclude_stays", "root"))
+    resolve_paths(base, config, ("out", "exclude_stays", "root", "checkpoints"))
     return config
 
 
@@ -118,21 +139,24 @@ def _read_exclusions(path: Path | None) -> set[str]:
 
 
 def run_pretraining(config: PretrainRunConfig, console=None, exclude: set[str] | None = None,
-                    cohort: Cohort | None = None) -> dict:
+                    cohort: Cohort | None = None, resume: bool = False) -> dict:
     """Pretrain the configured encoder on the unlabelled stays and save it with its model card.
 
     ``exclude`` adds stay ids to those of ``config.exclude_stays``; ``cohort`` (already read) replaces reading
-    ``config.data`` (which then only describes the data in the model card). Labels are never read.
+    ``config.data`` (which then only describes the data in the model card). Labels are never read. With
+    ``config.checkpoints`` the newest epoch is checkpointed there, and ``resume`` continues from it.
     Returns ``{"path", "card", "history"}``.
 
     Raises
     ------
     ValueError (ConfigError, SourceError, CohortError, ModelLoadError)
-        Unreadable data, no stays left, a modality the data lacks, or an existing checkpoint without
-        ``overwrite``.
+        Unreadable data, no stays left, a modality the data lacks, an existing checkpoint without
+        ``overwrite``, or ``resume`` without ``checkpoints`` in the config.
     """
     t0 = time.perf_counter()
     target = config.target()
+    if resume and config.checkpoints is None:
+        raise ValueError("--resume needs the checkpoints: folder of the interrupted run in the config.")
 
     def say(text):
         if console is not None:
@@ -166,8 +190,12 @@ def run_pretraining(config: PretrainRunConfig, console=None, exclude: set[str] |
     model = PretrainingModel(PretrainingConfig(encoder=encoder_config, objective=config.objective,
                                                mask_rate=config.mask_rate, temperature=config.temperature))
     say(f"[bold cyan]Pretraining[/] {model.objective} on the {m} encoder ({encoder_config.encoder})")
-    history = pretrain(model, data["train"], data["val"], config.training.model_copy(update={"progress": True})
-                       if console is not None else config.training, console=console)
+    progress = [ProgressCallback(console=console)] if console is not None else []
+    trainer = Trainer(config.training, progress, loss=PretrainingLoss())
+    if config.checkpoints is not None:
+        checkpoint.resumable(trainer, config.checkpoints, resume)
+    history = trainer.fit(model, data["train"], data["val"] if len(data["val"]) else None)
+    model.eval()
 
     tr = feat.transformers_[m]
     prep_summary = {"modality": m, **{k: v for k, v in tr.get_params().items() if isinstance(v, int | float | str)}}

@@ -86,16 +86,16 @@ def _fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, cons
                 n_outputs: int = 1, init=None, privacy: PrivacyConfig | None = None):
     """Build and fit the run's hybrid; ``init(model)``, when given, sets initial weights after the seeded build.
     With ``privacy`` the fit is DP-SGD on a private copy (LSTM -> DPLSTM) whose weights are copied back; the
-    :class:`DPSGD` callback (its ``report()``) is among ``trainer.callbacks``."""
+    :class:`DPSGD` plug-in (its ``report()``) is among ``trainer.plugins``."""
     model, training = build_run_hybrid(feat, spec, training, head=head, n_outputs=n_outputs)
     if init is not None:
         init(model)
     callbacks = [ProgressCallback(console=console)] if console is not None else []
-    trained = model
+    trained, plugins = model, []
     if privacy is not None:
-        callbacks.append(DPSGD(privacy, len(train), training.batch_size, training.max_epochs))
+        plugins.append(DPSGD(privacy, len(train), training.batch_size, training.max_epochs))
         trained = make_private_model(model)
-    trainer = Trainer(training, callbacks=callbacks)
+    trainer = Trainer(training, callbacks=callbacks, plugins=plugins)
     history = trainer.fit(trained, train, val, head_kind=head)
     if trained is not model:
         copy_to_plain(trained, model)
@@ -105,7 +105,9 @@ def _fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, cons
 def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console=None) -> tuple[ModelSpec, pd.DataFrame]:
     """Grid search over ``config.tuning.grid`` by patient-level K-fold CV on the training stays only.
 
-    Each fold refits the features on its own training part; the score is the mean fold AUROC.
+    Each fold refits the features on its own training part and splits that part again by patient (stratified, the
+    run's val share of train + val) into an inner training set and an inner early-stopping set; the held-out fold
+    is scored once, after training, and never chooses an epoch. The score is the mean held-out-fold AUROC.
     """
     tuning = config.tuning
     keys = list(tuning.grid)
@@ -113,17 +115,26 @@ def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console
     label = cohort.label(config.data.label)
     fractions = {f"fold{k}": 1.0 / tuning.folds for k in range(tuning.folds)}
     folds = split_patients(stays, fractions=fractions, seed=config.data.split.seed, stratify=label)
+    split = config.data.split
+    inner_val = split.val / (split.train + split.val)
+    inner = {}
+    for k in range(tuning.folds):  # the same inner split for every candidate
+        fit_ids = folds.index[folds != f"fold{k}"].tolist()
+        parts = split_patients(stays.set_index("stay_id").loc[fit_ids].reset_index(),
+                               fractions={"train": 1.0 - inner_val, "val": inner_val}, seed=split.seed + 1 + k,
+                               stratify=label)
+        inner[k] = (fit_ids, parts.index[parts == "train"].tolist(), parts.index[parts == "val"].tolist(),
+                    folds.index[folds == f"fold{k}"].tolist())
     rows = []
     for values in product(*(tuning.grid[k] for k in keys)):
         spec = config.model.model_copy(update=dict(zip(keys, values, strict=True)))
         scores = []
         for k in range(tuning.folds):
-            fit_ids = folds.index[folds != f"fold{k}"].tolist()
-            held_ids = folds.index[folds == f"fold{k}"].tolist()
+            fit_ids, inner_train, inner_stop, held_ids = inner[k]
             feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(cohort, fit_ids), spec)
-            fit, held = feat.transform(cohort, fit_ids), feat.transform(cohort, held_ids)
-            fit, held = fit[fit.usable_rows()], held[held.usable_rows()]
-            model, trainer, _ = _fit_hybrid(feat, spec, fit, held, config.training)
+            fit, stop, held = (feat.transform(cohort, ids) for ids in (inner_train, inner_stop, held_ids))
+            fit, stop, held = fit[fit.usable_rows()], stop[stop.usable_rows()], held[held.usable_rows()]
+            model, trainer, _ = _fit_hybrid(feat, spec, fit, stop, config.training)
             scores.append(auroc(held["target"], trainer.predict(model, held)))
         rows.append({**dict(zip(keys, values, strict=True)), "cv_auroc": float(np.mean(scores)),
                      "cv_auroc_sd": float(np.std(scores))})
@@ -407,7 +418,7 @@ def run_training(config: RunConfig, console=None) -> Path:
     summary["seconds"] = time.perf_counter() - t0
     summary["best_epoch"] = history.best_epoch
     summary["model_spec"] = spec.model_dump()
-    dp = next((c for c in trainer.callbacks if isinstance(c, DPSGD)), None)
+    dp = next((c for c in trainer.plugins if isinstance(c, DPSGD)), None)
     if dp is not None:
         summary["privacy"] = {**dp.report(), "trained": "hybrid (DP-SGD); the baselines are not private"}
         say(f"      differential privacy: epsilon {summary['privacy']['epsilon']:.2f} at delta {dp.delta:.1e}")

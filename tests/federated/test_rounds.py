@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from healthfusion.federated.client import ProximalTerm, Site, get_weights, set_weights
+from healthfusion.federated.client import Site, get_weights, set_weights
 from healthfusion.federated.server import FederatedConfig, run_rounds
 from healthfusion.training import Trainer, TrainerConfig
+from healthfusion.training.losses import StepState
+from healthfusion.training.losses.proximal import ProximalLoss
 
 from .helpers import TinyLogistic
 
@@ -79,12 +81,24 @@ def test_proximal_term_keeps_local_weights_near_global(tiny_sites):
         new, _, _ = site.fit(model, start, LOCAL.model_copy(update={"max_epochs": 3}), proximal_mu=mu)
         drift[mu] = sum(np.sum((a - b) ** 2) for a, b in zip(new, start, strict=True))
     assert drift[10.0] < 0.5 * drift[0.0]
+    with pytest.raises(ValueError, match="cannot be combined"):
+        site.fit(TinyLogistic(), start, LOCAL, proximal_mu=0.1, privacy=object())
+
+
+def test_proximal_loss_is_half_mu_squared_distance_to_the_start():
     model = TinyLogistic()
-    with ProximalTerm(model, 1.0) as term:
-        assert len(term._handles) == 2
-    assert not term._handles  # hooks removed after the block
+    term = ProximalLoss(mu=0.5)
+    term.setup(model, None, StepState())
+    with torch.no_grad():
+        model.linear.weight += torch.tensor([[1.0, 2.0, 0.0]])
+        model.linear.bias -= 2.0
+    out = term.compute(model, {}, StepState())
+    assert float(out["loss"]) == pytest.approx(0.5 * 0.5 * (1 + 4 + 4))
+    assert float(out["proximal_distance"]) == pytest.approx(9.0)
+    out["loss"].backward()
+    np.testing.assert_allclose(model.linear.weight.grad.numpy(), [[0.5, 1.0, 0.0]])
     with pytest.raises(ValueError, match="mu must be >= 0"):
-        ProximalTerm(model, -1.0)
+        ProximalLoss(-1.0)
 
 
 def test_personalised_and_robust_strategies(tiny_sites, tiny_model):

@@ -136,39 +136,3 @@ def test_base_callback_hooks_are_no_ops():
         assert getattr(cb, hook)(None) is None
     assert cb.state_dict() == {}
 
-
-def test_best_weights_keeps_best_epoch_waits_and_restores():
-    from healthfusion.training.callbacks import BestWeights
-
-    net = torch.nn.Linear(2, 1)
-    best = BestWeights("min", patience=2, min_delta=0.1)
-    with torch.no_grad():
-        net.weight.fill_(1.0)
-    assert best.update(1.0, 0, net)
-    with torch.no_grad():
-        net.weight.fill_(2.0)
-    assert not best.update(0.95, 1, net)  # within min_delta: not an improvement
-    assert not best.exhausted
-    assert not best.update(float("nan"), 2, net)
-    assert best.exhausted and (best.best_epoch, best.best_score, best.wait) == (0, 1.0, 2)
-    best.restore(net)
-    assert torch.equal(net.weight, torch.ones(1, 2))
-
-
-def test_best_weights_max_mode_no_patience_and_bad_arguments():
-    from healthfusion.training.callbacks import BestWeights
-
-    net = torch.nn.Linear(2, 1)
-    best = BestWeights("max")
-    assert best.update(0.5, 0, net) and best.update(0.6, 1, net) and not best.update(0.55, 2, net)
-    for _ in range(50):
-        best.update(0.0, 3, net)
-    assert not best.exhausted and best.best_epoch == 1
-    untouched = torch.nn.Linear(2, 1)
-    before = untouched.weight.clone()
-    BestWeights().restore(untouched)  # nothing recorded: no-op
-    assert torch.equal(untouched.weight, before)
-    with pytest.raises(ValueError, match="mode"):
-        BestWeights("up")
-    with pytest.raises(ValueError, match="patience"):
-        BestWeights(patience=0)

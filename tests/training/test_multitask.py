@@ -1,4 +1,4 @@
-"""Multitask loss (per head kind, masking, uncertainty weighting, DEC) and the seeded training loop."""
+"""Multitask loss (per head kind, masking, uncertainty weighting, DEC) and seeded training on the one trainer."""
 
 import numpy as np
 import pytest
@@ -8,14 +8,16 @@ import torch.nn.functional as F
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.models.encoders import MLPEncoderConfig
 from healthfusion.models.multitask import MultitaskModel, MultitaskModelConfig, TaskSpec
-from healthfusion.training.multitask import (
+from healthfusion.training import Trainer, TrainerConfig
+from healthfusion.training.callbacks import Checkpoint
+from healthfusion.training.losses.multitask import (
     MultitaskLoss,
-    MultitaskTrainingConfig,
+    MultitaskObjective,
+    MultitaskObjectiveConfig,
     dec_loss,
-    fit_multitask,
-    predict_multitask,
-    target_key,
 )
+from healthfusion.training.multitask import predict_multitask, target_key
+from healthfusion.workflows.multitask import MULTITASK_PRESET
 
 TASKS = (
     TaskSpec(name="bin", kind="binary"),
@@ -39,6 +41,16 @@ def planted(n: int = 240, seed: int = 0) -> ArrayDataset:
         target_key("reg"): (3 * z + 1 + rng.normal(scale=0.3, size=n)).astype(np.float32),
     }
     return ArrayDataset(arrays)
+
+
+def fit_multitask(model, train, val, patience=5, callbacks=(), weighting="uncertainty", cluster_warmup_epochs=2,
+                  criterion="sum", **training):
+    """The multitask workflow's fit: the multitask objective on the one trainer, with its early stopping."""
+    term = MultitaskObjective(MultitaskObjectiveConfig(weighting=weighting, criterion=criterion,
+                                                       cluster_warmup_epochs=cluster_warmup_epochs))
+    config = TrainerConfig(**{**MULTITASK_PRESET, **training, "patience": patience})
+    trainer = Trainer(config, [term.early_stopping(patience, model.config.tasks), *callbacks], loss=term)
+    return trainer.fit(model, train, val)
 
 
 def tiny_model(seed: int = 0, tasks=TASKS, attention: bool = True) -> MultitaskModel:
@@ -133,20 +145,20 @@ def test_unknown_weight_names_are_rejected():
 
 def test_training_learns_and_is_reproducible_by_seed():
     train, val, test = planted(240, 0), planted(80, 1), planted(120, 2)
-    config = MultitaskTrainingConfig(max_epochs=8, batch_size=32, lr=0.01, patience=3, cluster_warmup_epochs=1,
-                                     seed=3)
+    config = {"max_epochs": 8, "batch_size": 32, "lr": 0.01, "patience": 3, "cluster_warmup_epochs": 1, "seed": 3}
     runs = []
     for _ in range(2):
         model = tiny_model(seed=3)
-        history = fit_multitask(model, train, val, config)
+        history = fit_multitask(model, train, val, **config)
         runs.append(predict_multitask(model, test))
     a, b = runs
     for name in a["predictions"]:
         np.testing.assert_array_equal(a["predictions"][name], b["predictions"][name])
     np.testing.assert_array_equal(a["task_attention"], b["task_attention"])
-    assert 0 <= history["best_epoch"] < 8
-    losses = [e["val"]["total"] for e in history["epochs"]]
+    assert 0 <= history.best_epoch < 8
+    losses = history.val_loss
     assert min(losses) < losses[0]
+    assert set(history.metrics) >= {"val_loss:bin", "val_loss:clu", "weight:bin"}
     pred = a["predictions"]["reg"]
     assert np.corrcoef(pred, test[target_key("reg")])[0, 1] > 0.5  # learned on the original scale
     assert a["predictions"]["clu"].shape == (120, 3)
@@ -155,7 +167,7 @@ def test_training_learns_and_is_reproducible_by_seed():
 def test_training_needs_targets():
     data = planted(40).without(target_key("mc"))
     with pytest.raises(ValueError, match="target:mc"):
-        fit_multitask(tiny_model(), data, data, MultitaskTrainingConfig(max_epochs=1))
+        fit_multitask(tiny_model(), data, data, max_epochs=1)
 
 
 def test_predict_rejects_unknown_removed_task():
@@ -173,12 +185,27 @@ def test_uncertainty_weighting_leaves_clustering_at_its_fixed_weight():
 
 def test_relative_monitor_weighs_tasks_alike():
     train, val = planted(120, 0), planted(60, 1)
-    config = MultitaskTrainingConfig(max_epochs=3, batch_size=32, patience=3, monitor="relative",
-                                     cluster_warmup_epochs=1)
-    history = fit_multitask(tiny_model(), train, val, config)
-    first = history["epochs"][0]
-    assert first["criterion"] == pytest.approx(1.0)
+    history = fit_multitask(tiny_model(), train, val, max_epochs=3, batch_size=32, patience=3, criterion="relative",
+                            cluster_warmup_epochs=1)
+    assert history.val_loss[0] == pytest.approx(1.0)
     supervised = [t.name for t in TASKS if t.kind != "clustering"]
-    last = history["epochs"][-1]
-    expected = np.mean([last["val"][t] / first["val"][t] for t in supervised])
-    assert last["criterion"] == pytest.approx(expected)
+    per_task = {t: history.metrics[f"val_loss:{t}"] for t in supervised}
+    expected = np.mean([per_task[t][-1] / per_task[t][0] for t in supervised])
+    assert history.val_loss[-1] == pytest.approx(expected)
+
+
+def test_no_stop_before_the_clustering_window_and_resume(tmp_path):
+    train, val = planted(120, 0), planted(60, 1)
+    kw = {"max_epochs": 4, "batch_size": 32, "patience": 1, "lr": 1e-12, "cluster_warmup_epochs": 2}
+    history = fit_multitask(tiny_model(), train, val, **kw)  # lr ~0: no improvement beyond min_delta after epoch 0
+    assert len(history) >= 3  # no stop before warm-up + patience
+    full = tiny_model()
+    kw["lr"] = 0.01
+    fit_multitask(full, train, val, callbacks=[Checkpoint(tmp_path)], **kw)
+    resumed = tiny_model(seed=5)
+    term = MultitaskObjective(MultitaskObjectiveConfig(cluster_warmup_epochs=2))
+    config = TrainerConfig(**{**MULTITASK_PRESET, **{k: v for k, v in kw.items() if k != "cluster_warmup_epochs"}})
+    trainer = Trainer(config, [term.early_stopping(1, TASKS)], loss=term).resume_from(tmp_path / "epoch_0002.pt")
+    trainer.fit(resumed, train, val)
+    for (name, pa), pb in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(pa, pb, msg=name)

@@ -1,4 +1,5 @@
-"""The pretraining loop: learns planted structure without labels, is deterministic, keeps the best epoch."""
+"""Pretraining on the one trainer (the PretrainingLoss term): learns planted structure without labels, is
+deterministic, keeps the best epoch, resumes."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,18 @@ import torch
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.models.encoders import LSTMEncoderConfig, MLPEncoderConfig
 from healthfusion.models.pretraining import PretrainingConfig, PretrainingModel
-from healthfusion.training.pretrain import PretrainConfig, pretrain
+from healthfusion.training import Trainer, TrainerConfig
+from healthfusion.training.callbacks import Checkpoint
+from healthfusion.training.losses.pretraining import PretrainingLoss
+from healthfusion.workflows.pretrain import PRETRAIN_PRESET
+
+
+def PretrainConfig(**kw):  # noqa: N802 - the pretrain workflow's defaults
+    return TrainerConfig(**{**PRETRAIN_PRESET, **kw})
+
+
+def pretrain(model, train, val=None, config=None, callbacks=()):
+    return Trainer(config or PretrainConfig(), list(callbacks), loss=PretrainingLoss()).fit(model, train, val)
 
 
 def coupled_series(n=160, t=8, seed=0):
@@ -58,3 +70,15 @@ def test_bad_inputs():
         pretrain(model, ArrayDataset({"static": np.zeros((1, 3), np.float32)}))
     with pytest.raises(ValueError):
         PretrainConfig(lr_schedule="linear")
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    train, val = coupled_series(64), coupled_series(32, seed=1)
+    cfg = PretrainConfig(max_epochs=3, batch_size=16, lr=5e-3, patience=None)
+    full = _model()
+    pretrain(full, train, val, cfg, [Checkpoint(tmp_path)])
+    resumed = _model(seed=3)
+    trainer = Trainer(cfg, loss=PretrainingLoss()).resume_from(tmp_path / "epoch_0000.pt")
+    trainer.fit(resumed, train, val)
+    for (name, pa), pb in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb), name

@@ -37,7 +37,7 @@ class Recurrent(nn.Module):
 
 
 class GradProbe(Callback):
-    """Records the global norm of the gradient the optimiser stepped with (runs before DPSGD clears it)."""
+    """Records the global norm of the gradient the optimiser stepped with."""
 
     def __init__(self):
         self.norms = []
@@ -58,7 +58,7 @@ def test_reported_epsilon_equals_opacus_accountant():
     cfg = TrainerConfig(max_epochs=3, batch_size=20, lr=0.05)
     dp = DPSGD(PrivacyConfig(noise_multiplier=1.1, max_grad_norm=1.0, delta=1e-5), len(train), 20, 3)
     torch.manual_seed(0)
-    Trainer(cfg, callbacks=[dp]).fit(Logistic(), train)
+    Trainer(cfg, plugins=[dp]).fit(Logistic(), train)
     report = dp.report()
     assert report["steps"] == 3 * math.ceil(100 / 20)
     reference = RDPAccountant()
@@ -73,7 +73,7 @@ def test_target_epsilon_is_met_and_clipping_is_applied():
     dp = DPSGD(PrivacyConfig(target_epsilon=3.0), len(train), 20, 2)
     torch.manual_seed(0)
     model = Logistic()
-    Trainer(TrainerConfig(max_epochs=2, batch_size=20), callbacks=[dp]).fit(model, train)
+    Trainer(TrainerConfig(max_epochs=2, batch_size=20), plugins=[dp]).fit(model, train)
     assert dp.report()["epsilon"] == pytest.approx(3.0, abs=0.05)
     assert dp.delta == 1e-5
     assert not hasattr(model, "_module") and all(not hasattr(p, "grad_sample") or p.grad_sample is None
@@ -83,9 +83,8 @@ def test_target_epsilon_is_met_and_clipping_is_applied():
     for clip in (None, 1e-3):
         torch.manual_seed(0)
         probe = GradProbe()
-        callbacks = [probe] + ([] if clip is None else [DPSGD(PrivacyConfig(noise_multiplier=1e-4,
-                                                                              max_grad_norm=clip), 100, 20, 1)])
-        Trainer(TrainerConfig(max_epochs=1, batch_size=20), callbacks=callbacks).fit(Logistic(), train)
+        plugins = [] if clip is None else [DPSGD(PrivacyConfig(noise_multiplier=1e-4, max_grad_norm=clip), 100, 20, 1)]
+        Trainer(TrainerConfig(max_epochs=1, batch_size=20), callbacks=[probe], plugins=plugins).fit(Logistic(), train)
         norms[clip] = max(probe.norms)
     assert norms[1e-3] <= 1.01e-3 < 0.01 <= norms[None]
 
@@ -101,7 +100,7 @@ def test_lstm_becomes_dplstm_with_interchangeable_weights():
     with torch.no_grad():
         np.testing.assert_allclose(private(batch)["logits"], plain(batch)["logits"], atol=1e-6)
     dp = DPSGD(PrivacyConfig(noise_multiplier=1.0), 100, 20, 1)
-    Trainer(TrainerConfig(max_epochs=1, batch_size=20), callbacks=[dp]).fit(private, data())
+    Trainer(TrainerConfig(max_epochs=1, batch_size=20), plugins=[dp]).fit(private, data())
     copy_to_plain(private, plain)  # DP-trained weights load into the plain LSTM
     with torch.no_grad():
         np.testing.assert_allclose(private(batch)["logits"], plain(batch)["logits"], atol=1e-6)
@@ -113,4 +112,4 @@ def test_privacy_config_errors_name_the_fix():
         PrivacyConfig()
     with pytest.raises(ValueError, match="Remove grad_clip"):
         dp = DPSGD(PrivacyConfig(noise_multiplier=1.0), 100, 20, 1)
-        Trainer(TrainerConfig(max_epochs=1, batch_size=20, grad_clip=1.0), callbacks=[dp]).fit(Logistic(), data())
+        Trainer(TrainerConfig(max_epochs=1, batch_size=20, grad_clip=1.0), plugins=[dp]).fit(Logistic(), data())

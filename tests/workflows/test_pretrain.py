@@ -83,6 +83,26 @@ def test_pretrain_config_errors(tmp_path):
         load_pretrain_config(tmp_path / "b.yaml")
 
 
+def test_pretrain_resume_needs_checkpoints_and_continues_from_them(pretrained, tmp_path):
+    from typer.testing import CliRunner
+
+    from healthfusion.cli.main import app
+
+    root, first = pretrained
+    cfg = yaml.safe_load((root / "pre.yaml").read_text())
+    cfg.update({"out": str(tmp_path / "enc"), "name": None, "data": {"cohort": str(root / "cohort")},
+                "exclude_stays": str(root / "held_out.txt"), "root": None})
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["pretrain", "--config", str(tmp_path / "pre.yaml"), "--resume"])
+    assert result.exit_code == 2 and "checkpoints:" in result.output
+    config = load_pretrain_config(tmp_path / "pre.yaml").model_copy(update={"checkpoints": tmp_path / "ck"})
+    again = run_pretraining(config)
+    assert (tmp_path / "ck").is_dir() and again["history"].train_loss == first["history"].train_loss
+    resumed = run_pretraining(config.model_copy(update={"overwrite": True}), resume=True)  # restores the end
+    assert resumed["history"].train_loss == first["history"].train_loss
+    assert resumed["history"].best_epoch == first["history"].best_epoch
+
+
 def test_multitask_model_starts_from_the_pretrained_encoder(pretrained, monkeypatch):
     """model.pretrained of a multitask config: the shared ts encoder starts with the pretrained weights and the
     features use the encoder's own preprocessing."""
@@ -115,13 +135,13 @@ def test_transfer_models_start_from_the_pretrained_encoder(pretrained, monkeypat
     monkeypatch.setenv("HEALTHFUSION_MODELS", str(root / "registry"))
     encoder = load_encoder("syn-lstm")
     starts = []
-    original = tw.fit_transfer
+    original = tw.protocol.train_model
 
-    def spy(model, train, val, config=None, **kwargs):
+    def spy(model, *args, **kwargs):
         starts.append({k: v.clone() for k, v in model.ts_encoder.state_dict().items()})
-        return original(model, train, val, config, **kwargs)
+        return original(model, *args, **kwargs)
 
-    monkeypatch.setattr(tw, "fit_transfer", spy)
+    monkeypatch.setattr(tw.protocol, "train_model", spy)
     config = tw.TransferConfig.model_validate({
         "name": "pre", "out": str(tmp_path / "run"), "strategies": ["source_only", "pooled"],
         "data": {"sources": [{"cohort": str(root / "cohort")}], "label": "mortality"},

@@ -50,18 +50,20 @@ def cohort_dir(tmp_path_factory):
 def recorded_run(cohort_dir, tmp_path_factory):
     """One run of every strategy, recording the stays of every dataset handed to the training loop."""
     calls = []
-    original = tw.fit_transfer
+    original = tw.protocol.train_model
 
-    def spy(model, train, val, config=None, *, source=None, target=None, on_epoch=None):
+    def spy(model, train, val, config, losses, sources=None, **kwargs):
         def stays(data):
             return None if data is None else {data.meta["stay_ids"][i] for i in data[B.INDEX]}
 
-        calls.append({"train": stays(train), "val": stays(val), "source": stays(source), "target": stays(target),
-                      "seed": config.seed})
-        return original(model, train, val, config, source=source, target=target, on_epoch=on_epoch)
+        sources = sources or {}
+        calls.append({"train": stays(train), "val": stays(val), "source": stays(sources.get("source")),
+                      "target": stays(sources.get("target")), "seed": config.seed,
+                      "terms": [t.name for t in losses]})
+        return original(model, train, val, config, losses, sources, **kwargs)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(tw, "fit_transfer", spy)
+    mp.setattr(tw.protocol, "train_model", spy)
     try:
         config = TransferConfig.model_validate(_raw(cohort_dir, tmp_path_factory.mktemp("run") / "out"))
         run_dir = run_transfer(config)
@@ -129,6 +131,23 @@ def test_no_target_test_stay_reaches_training_or_model_selection(recorded_run):
             assert not (call[part] or set()) & test, f"a target test stay reached {part}"
         if call["target"] is not None:  # the unlabelled target pool is target-domain training stays
             assert call["target"].isdisjoint(call["source"])
+    assert {tuple(c["terms"]) for c in calls} == {("supervised",), ("supervised", "dann"), ("supervised", "mmd"),
+                                                  ("supervised", "mmd", "dann")}
+
+
+def test_training_sections_are_trainer_configs_and_read_earlier_keys(cohort_dir, tmp_path):
+    from healthfusion.workflows.transfer import FINETUNE_PRESET
+
+    raw = _raw(cohort_dir, tmp_path / "o")
+    raw["training"] = {"max_epochs": 3, "class_weight": False, "early_stopping": False, "device": "cpu"}
+    del raw["finetune"]
+    config = TransferConfig.model_validate(raw)
+    assert config.training.imbalance == "none" and config.training.patience is None
+    assert config.training.monitor == "val_loss" and config.training.device == "cpu"
+    assert config.finetune.lr == FINETUNE_PRESET["lr"] and config.finetune.max_epochs == 40
+    raw["training"] = {"class_weight": True, "imbalance": "none"}
+    with pytest.raises(ValueError, match="imbalance only"):
+        TransferConfig.model_validate(raw)
 
 
 def test_seed_splits_are_disjoint_and_nested(cohort_dir, tmp_path):
@@ -159,6 +178,41 @@ def test_results_are_reproducible_by_seed(cohort_dir, tmp_path, recorded_run):
     assert len(merged) == len(again) == 6
     np.testing.assert_allclose(merged["auroc"], merged["auroc_first"], rtol=0, atol=1e-12)
     np.testing.assert_allclose(merged["brier"], merged["brier_first"], rtol=0, atol=1e-12)
+
+
+def test_an_interrupted_sweep_resumes_to_the_same_results(cohort_dir, tmp_path, monkeypatch):
+    raw = _raw(cohort_dir, tmp_path / "full", strategies=["source_only", "dann", "finetune"], shift=False)
+    raw["shap"]["enabled"] = False
+    raw["protocol"]["seeds"] = [0]
+    full = pd.read_csv(run_transfer(TransferConfig.model_validate(raw)) / "results.csv")
+    raw["out"] = str(tmp_path / "cut")
+    original, calls = tw.protocol.train_model, []
+
+    def crash_in_second_fit(model, train, val, config, *args, **kwargs):  # source_only, then finetune
+        calls.append(1)
+        if len(calls) < 2:
+            return original(model, train, val, config, *args, **kwargs)
+        original(model, train, val, config.model_copy(update={"max_epochs": 1}), *args, **kwargs)
+        raise KeyboardInterrupt  # after epoch 0 of the second fit was checkpointed
+
+    monkeypatch.setattr(tw.protocol, "train_model", crash_in_second_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(TransferConfig.model_validate(raw))
+    assert (tmp_path / "cut" / "checkpoints" / "finetune" / "seed0-n30" / "epoch_0000.pt").is_file()
+    monkeypatch.setattr(tw.protocol, "train_model", original)
+    from healthfusion.training.trainer import Trainer
+
+    epochs, train_epoch = [], Trainer._train_epoch
+    monkeypatch.setattr(Trainer, "_train_epoch", lambda self: epochs.append(1) or train_epoch(self))
+    resumed = run_transfer(TransferConfig.model_validate(raw), resume=True)
+    done = full.set_index("strategy")["epochs"]
+    assert len(epochs) == done["finetune"] - 1 + done["dann"]  # source_only restored, finetune from epoch 1
+    again = pd.read_csv(resumed / "results.csv")
+    np.testing.assert_allclose(again["auroc"], full["auroc"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(again["brier"], full["brier"], rtol=0, atol=1e-12)
+    assert not (resumed / "checkpoints").exists()
+    with pytest.raises(ValueError, match="out:"):
+        run_transfer(TransferConfig.model_validate({**raw, "out": None}), resume=True)
 
 
 def test_gains_pick_the_better_baseline_and_pair_by_seed():

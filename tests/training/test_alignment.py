@@ -1,4 +1,4 @@
-"""MMD estimator, DANN schedule and the transfer training loop."""
+"""MMD estimator, DANN schedule and transfer training (risk + DANN + MMD loss terms on the one trainer)."""
 
 import math
 
@@ -10,13 +10,11 @@ from healthfusion.features import batch as B
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.models.encoders.lstm import LSTMEncoderConfig
 from healthfusion.models.transfer import TransferModel, TransferModelConfig
-from healthfusion.training.adaptation import (
-    AdaptationConfig,
-    dann_strength,
-    fit_transfer,
-    gaussian_mmd,
-    predict_proba,
-)
+from healthfusion.training import Trainer, TrainerConfig
+from healthfusion.training.finetune import FinetuneConfig
+from healthfusion.training.losses.dann import DANNLoss, dann_strength
+from healthfusion.training.losses.mmd import MMDLoss, gaussian_mmd
+from healthfusion.training.losses.supervised import SupervisedLoss
 from healthfusion.training.objectives import Objective, class_weights_from_labels
 
 
@@ -86,42 +84,57 @@ def _model(seed=0):
 SRC, TGT = _data(160, 0.0, 1), _data(80, 1.5, 2)
 
 
+def fit_transfer(model, train, val, dann_weight=0.0, mmd_weight=0.0, mmd_schedule="constant", source=None,
+                 target=None, **config):
+    """The transfer workflow's composition: class-weighted risk (+ MMD) (+ DANN), early stopping on val_loss."""
+    config = {"max_epochs": 20, "batch_size": 64, "patience": 5, "monitor": "val_loss", "imbalance": "class_weight",
+              **config}
+    terms = [SupervisedLoss("binary", class_weight=config["imbalance"] == "class_weight")]
+    terms += [MMDLoss(mmd_weight, mmd_schedule)] if mmd_weight > 0 else []
+    terms += [DANNLoss(dann_weight)] if dann_weight > 0 else []
+    sources = {"source": source, "target": target} if source is not None or target is not None else None
+    return Trainer(TrainerConfig(**config), loss=terms).fit(model, train, val, sources=sources)
+
+
+def predict_proba(model, data):
+    return Trainer(TrainerConfig(device="cpu")).predict(model, data, "binary")
+
+
 def test_fit_transfer_is_reproducible_by_seed():
-    cfg = AdaptationConfig(max_epochs=2, batch_size=64, dann_weight=1.0, mmd_weight=0.5, seed=4)
+    cfg = {"max_epochs": 2, "batch_size": 64, "dann_weight": 1.0, "mmd_weight": 0.5, "seed": 4}
     probs = []
     for _ in range(2):
         model = _model()
-        fit_transfer(model, SRC, TGT[:20], cfg, source=SRC, target=TGT)
+        fit_transfer(model, SRC, TGT[:20], source=SRC, target=TGT, **cfg)
         probs.append(predict_proba(model, TGT))
     np.testing.assert_array_equal(probs[0], probs[1])
     model = _model()
-    fit_transfer(model, SRC, TGT[:20], cfg.model_copy(update={"seed": 5}), source=SRC, target=TGT)
+    fit_transfer(model, SRC, TGT[:20], source=SRC, target=TGT, **{**cfg, "seed": 5})
     assert not np.array_equal(predict_proba(model, TGT), probs[0])
 
 
 def test_dann_logs_domain_accuracy_strength_and_mmd():
-    cfg = AdaptationConfig(max_epochs=3, batch_size=32, patience=10, dann_weight=1.0, mmd_weight=1.0)
-    history = fit_transfer(_model(), SRC, TGT[:20], cfg, source=SRC, target=TGT)
-    assert len(history.domain_accuracy) == 3
-    assert all(0.0 <= a <= 1.0 for a in history.domain_accuracy)
-    assert all(m is not None and m >= 0 for m in history.mmd)
-    strengths = history.dann_strength
+    history = fit_transfer(_model(), SRC, TGT[:20], max_epochs=3, batch_size=32, patience=10, dann_weight=1.0,
+                           mmd_weight=1.0, source=SRC, target=TGT)
+    assert len(history.metrics["domain_accuracy"]) == 3
+    assert all(0.0 <= a <= 1.0 for a in history.metrics["domain_accuracy"])
+    assert all(m is not None and m >= 0 for m in history.metrics["mmd"])
+    strengths = history.metrics["dann_strength"]  # the epoch's mean strength
     assert 0 < strengths[0] < strengths[1] < strengths[2] <= 1.0
 
 
 def test_domain_classifier_learns_shifted_domains_without_reversal_pressure():
     """With a vanishing reversal strength, the classifier must learn to tell clearly shifted domains apart."""
-    cfg = AdaptationConfig(max_epochs=8, batch_size=32, patience=20, dann_weight=1e-6, lr=5e-3)
-    history = fit_transfer(_model(), SRC, TGT[:20], cfg, source=SRC, target=_data(80, 4.0, 3))
-    assert history.domain_accuracy[-1] > 0.8
+    history = fit_transfer(_model(), SRC, TGT[:20], max_epochs=8, batch_size=32, patience=20, dann_weight=1e-6,
+                           lr=5e-3, source=SRC, target=_data(80, 4.0, 3))
+    assert history.metrics["domain_accuracy"][-1] > 0.8
 
 
 def test_mmd_ramp_weights_the_first_step_by_zero():
     """Under the ramp the first step ignores MMD, so it equals a plain step; at full weight it does not."""
     def first_step(**kw):
         model = _model()
-        fit_transfer(model, SRC[:32], TGT[:20], AdaptationConfig(max_epochs=1, batch_size=32, **kw),
-                     source=SRC, target=TGT)
+        fit_transfer(model, SRC[:32], TGT[:20], max_epochs=1, batch_size=32, source=SRC, target=TGT, **kw)
         return predict_proba(model, TGT)
 
     plain = first_step()
@@ -130,32 +143,31 @@ def test_mmd_ramp_weights_the_first_step_by_zero():
 
 
 def test_alignment_needs_both_domains():
-    with pytest.raises(ValueError, match="source= and target="):
-        fit_transfer(_model(), SRC, TGT, AdaptationConfig(mmd_weight=1.0), source=SRC)
+    with pytest.raises(ValueError, match="sources="):
+        fit_transfer(_model(), SRC, TGT, mmd_weight=1.0, source=SRC)
 
 
 def test_frozen_encoder_does_not_change_and_best_epoch_is_restored():
     model = _model()
     before = {k: v.clone() for k, v in model.ts_encoder.state_dict().items()}
-    history = fit_transfer(model, TGT, TGT[:30], AdaptationConfig(max_epochs=4, batch_size=16, patience=10,
-                                                                  freeze=("ts_encoder",)))
+    history = fit_transfer(model, TGT, TGT[:30], max_epochs=4, batch_size=16, patience=10,
+                           finetune=FinetuneConfig(strategy="linear_probe", modules=("ts_encoder",)))
     for k, v in model.ts_encoder.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert history.best_epoch == int(np.nanargmin(history.val_loss))
+    assert all(p.requires_grad for p in model.parameters())  # frozen only during the fit
 
 
 def test_early_stopping_stops_after_patience():
-    history = fit_transfer(_model(), SRC, TGT[:20], AdaptationConfig(max_epochs=50, batch_size=64, lr=5e-2,
-                                                                     patience=2))
+    history = fit_transfer(_model(), SRC, TGT[:20], max_epochs=50, batch_size=64, lr=5e-2, patience=2)
     assert history.stopped_early == (len(history.train_loss) < 50)
     assert len(history.train_loss) - 1 - history.best_epoch <= 2
 
 
 def test_without_early_stopping_all_epochs_run_and_the_last_weights_stay():
     model = _model()
-    history = fit_transfer(model, SRC, TGT[:20], AdaptationConfig(max_epochs=4, batch_size=64, lr=5e-2, patience=1,
-                                                                  early_stopping=False))
-    assert len(history.train_loss) == 4 and not history.stopped_early and history.best_epoch == 3
+    history = fit_transfer(model, SRC, TGT[:20], max_epochs=4, batch_size=64, lr=5e-2, patience=None)
+    assert len(history.train_loss) == 4 and not history.stopped_early
     val = TGT[:20]
     objective = Objective("binary", class_weights_from_labels(SRC[B.TARGET], "binary"))
     logits = torch.logit(torch.tensor(predict_proba(model, val), dtype=torch.float64))
@@ -166,9 +178,4 @@ def test_without_early_stopping_all_epochs_run_and_the_last_weights_stay():
 def test_class_weight_needs_both_classes():
     one_class = SRC.with_arrays(**{B.TARGET: np.zeros(len(SRC), dtype=np.float32)})
     with pytest.raises(ValueError, match="positives and negatives"):
-        fit_transfer(_model(), one_class, TGT, AdaptationConfig(max_epochs=1))
-
-
-def test_unknown_config_key_is_rejected():
-    with pytest.raises(ValueError):
-        AdaptationConfig(max_epoch=3)
+        fit_transfer(_model(), one_class, TGT, max_epochs=1)
