@@ -78,3 +78,29 @@ def test_deployment_survives_a_killed_site_and_resumes(tmp_path):
 
     server, _ = serve(address, TinyLogistic(), FederatedConfig(rounds=3, min_sites=2, round_timeout=60), state)
     assert server.round == 3 and len(server.rounds) == 3
+
+
+@pytest.mark.slow
+def test_flower_ray_simulation_aggregates_every_site(monkeypatch):
+    pytest.importorskip("ray")
+    import torch
+
+    from healthfusion.federated.flower import simulate
+    from healthfusion.federated.server import FederatedConfig
+    from healthfusion.training import TrainerConfig
+
+    from .helpers import TinyLogistic, make_site
+
+    def model_fn():
+        torch.manual_seed(0)
+        return TinyLogistic()
+
+    # Ray workers unpickle the test model by its module name (pytest names it from the tests folder)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), str(ROOT / "tests"),
+                                                      os.environ.get("PYTHONPATH", "")]))
+    sites = [make_site("a", 60, 0.0, 1), make_site("b", 40, 0.5, 2)]
+    server, metrics = simulate(model_fn, sites, FederatedConfig(rounds=2),
+                               TrainerConfig(max_epochs=1, batch_size=16, lr=0.05))
+    assert [sorted(r["sites"]) for r in server.rounds] == [["a", "b"], ["a", "b"]], server.rounds
+    assert all(r["aggregated"] and r["n_samples"] == 100 for r in server.rounds)
+    assert {m["site"] for m in metrics} == {"a", "b"}
