@@ -230,7 +230,7 @@ def cohort_convert(
 
 # Commands with their own module register themselves here: each module defines ``register(app)``.
 _COMMAND_MODULES: tuple[str, ...] = ("multitask", "report", "pretrain", "transfer", "config", "track", "serve",
-                                       "alerts")
+                                       "alerts", "federate")
 
 
 def _register_commands() -> None:

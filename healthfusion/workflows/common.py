@@ -29,6 +29,7 @@ from healthfusion.features.timeseries import TimeSeriesTransformer
 from healthfusion.files import write_csv
 from healthfusion.training import Trainer, TrainerConfig
 from healthfusion.training.callbacks import ProgressCallback
+from healthfusion.training.privacy import DPSGD, PrivacyConfig, copy_to_plain, make_private_model
 from healthfusion.workflows.config import FeatureSpec, ModelSpec, RunConfig, SourceSpec
 from healthfusion.workflows.modeling import build_run_hybrid, pretrained_featurizer
 from healthfusion.workflows.runfolder import (
@@ -69,14 +70,22 @@ def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
 
 
 def fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, console=None, head: str = "binary",
-                n_outputs: int = 1, init=None):
-    """Build and fit the run's hybrid; ``init(model)``, when given, sets initial weights after the seeded build."""
+               n_outputs: int = 1, init=None, privacy: PrivacyConfig | None = None):
+    """Build and fit the run's hybrid; ``init(model)``, when given, sets initial weights after the seeded build.
+    With ``privacy`` the fit is DP-SGD on a private copy (LSTM -> DPLSTM) whose weights are copied back; the
+    :class:`~healthfusion.training.privacy.DPSGD` plug-in (its ``report()``) is among ``trainer.plugins``."""
     model, training = build_run_hybrid(feat, spec, training, head=head, n_outputs=n_outputs)
     if init is not None:
         init(model)
     callbacks = [ProgressCallback(console=console)] if console is not None else []
-    trainer = Trainer(training, callbacks=callbacks)
-    history = trainer.fit(model, train, val, head_kind=head)
+    trained, plugins = model, []
+    if privacy is not None:
+        plugins.append(DPSGD(privacy, len(train), training.batch_size, training.max_epochs))
+        trained = make_private_model(model)
+    trainer = Trainer(training, callbacks=callbacks, plugins=plugins)
+    history = trainer.fit(trained, train, val, head_kind=head)
+    if trained is not model:
+        copy_to_plain(trained, model)
     return model, trainer, history
 
 
@@ -123,7 +132,7 @@ def _check_label_kind(config: RunConfig, spec_label: LabelSpec, main: Cohort) ->
             f"tasks), or pick another label: "
             f"{[lab.name for lab in main.meta.labels if lab.kind in TRAINABLE_KINDS]}.")
     unsupported = {"ensemble": config.ensemble is not None, "reference_scores": bool(config.reference_scores),
-                   "tuning": config.tuning is not None}
+                   "privacy": config.privacy is not None, "tuning": config.tuning is not None}
     for key, used in unsupported.items():
         if used:
             raise ValueError(f"The run config's {key!r} section works with binary labels only; label {name!r} is "

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from healthfusion.features.summary import ALL_STATS, SUMMARY_STATS
 from healthfusion.models.classical import BASELINES, make_baseline
 from healthfusion.training.config import TrainerConfig
+from healthfusion.training.privacy import PrivacyConfig
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -303,9 +304,16 @@ class RunConfig(StrictModel):
     reference_scores: list[str] = Field(default_factory=list)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     tracking: TrackingSpec | None = None
+    privacy: PrivacyConfig | None = Field(
+        None, description="DP-SGD for the hybrid (extra dp): target epsilon at delta, clipping norm, accountant; see "
+        "healthfusion.training.privacy.")
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        if self.privacy is not None and (self.ensemble is not None or self.tuning is not None):
+            raise ValueError("privacy (DP-SGD) trains one hybrid network and accounts for its budget alone; remove "
+                             "the 'ensemble' and 'tuning' sections (each extra fit on the same stays spends more "
+                             "budget)")
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")

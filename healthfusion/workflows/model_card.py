@@ -122,6 +122,12 @@ def card_rows(run_dir: Path, info: dict, audit: dict) -> list[tuple[str, str]]:
     ]
     if model.get("model_fingerprint"):
         card.append(("Model fingerprint", model["model_fingerprint"][:16]))
+    privacy = metrics.get("privacy")
+    if privacy:
+        card.append(("Differential privacy", f"DP-SGD, epsilon {privacy['epsilon']:.2f} at delta {privacy['delta']:.1e} "
+                                             f"(Opacus {privacy['accountant'].upper()} accountant, noise multiplier "
+                                             f"{privacy['noise_multiplier']:.2f}, clipping {privacy['max_grad_norm']}, "
+                                             f"{privacy['steps']} steps); {privacy.get('trained', '')}"))
     return card
 
 

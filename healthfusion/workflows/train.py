@@ -39,6 +39,7 @@ from healthfusion.models.run_ensemble import (
     combine_members,
     network_folder,
 )
+from healthfusion.training.privacy import DPSGD
 from healthfusion.workflows.audit import domain_table, write_audit, write_explanations
 from healthfusion.workflows.common import (
     RunData,
@@ -256,7 +257,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
     for seed in seeds:
         model, trainer, histories[seed] = fit_hybrid(
             feat, spec, data["train"][usable["train"]], data["val"][usable["val"]],
-            config.training.model_copy(update={"seed": seed}), console)
+            config.training.model_copy(update={"seed": seed}), console, privacy=config.privacy)
         networks[seed] = model
     history = histories[seeds[0]]
     probs = {HYBRID: {}}
@@ -357,6 +358,10 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
     summary["data"] = data_facts(main, cohorts, ids, config.data.label)
     # how each calibrated column of predictions.csv was mapped (the model's own is also in model/model.json)
     summary["calibrators"] = {name: cal.to_dict() for name, cal in column_calibrators.items()}
+    dp = next((c for c in trainer.plugins if isinstance(c, DPSGD)), None)
+    if dp is not None:
+        summary["privacy"] = {**dp.report(), "trained": "hybrid (DP-SGD); the baselines are not private"}
+        say(f"      differential privacy: epsilon {summary['privacy']['epsilon']:.2f} at delta {dp.delta:.1e}")
     if ensemble_info is not None:
         summary["ensemble"] = ensemble_info
     write_text(run_dir / "metrics.json", json.dumps(summary, indent=2, default=str))

@@ -228,10 +228,11 @@ def _registry() -> dict[str, Callable[..., LossTerm]]:
     from healthfusion.training.losses.mmd import MMDLoss
     from healthfusion.training.losses.multitask import MultitaskObjective
     from healthfusion.training.losses.pretraining import PretrainingLoss
+    from healthfusion.training.losses.proximal import ProximalLoss
     from healthfusion.training.losses.supervised import SupervisedLoss
 
     return {"supervised": SupervisedLoss, "dann": DANNLoss, "mmd": MMDLoss, "multitask": MultitaskObjective,
-            "pretraining": PretrainingLoss}
+            "pretraining": PretrainingLoss, "proximal": ProximalLoss}
 
 
 def get_loss_term(name: str, **params: Any) -> LossTerm:

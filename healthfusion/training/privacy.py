@@ -1,0 +1,234 @@
+"""Differential privacy with DP-SGD (Opacus; extra ``dp``): the only module of healthfusion that imports opacus.
+
+DP-SGD clips each sample's gradient to ``max_grad_norm`` and adds Gaussian noise of standard deviation
+``noise_multiplier * max_grad_norm`` to every batch's summed gradient (Abadi et al., 2016). Opacus's RDP accountant
+turns (noise multiplier, sampling rate ``batch_size / n``, number of steps) into epsilon at ``delta``.
+
+It is a plug-in of the one :class:`~healthfusion.training.Trainer` (see :mod:`healthfusion.training.plugins`):
+:func:`make_private_model` swaps the layers Opacus
+cannot take per-sample gradients of (``nn.LSTM`` -> ``opacus.layers.DPLSTM`` with the same parameter names and
+weights; ``BatchNorm`` -> ``GroupNorm``), :func:`copy_to_plain` puts a DP-trained model's weights back into the
+plain architecture, and the :class:`DPSGD` plug-in wraps the trainer's model and optimiser for the fit and unwraps
+them after it. Parameters held in ``nn.ParameterDict`` containers (the fusion layer's missing-modality vectors)
+have no per-sample gradients in Opacus and are frozen during a DP fit, with a warning.
+
+Sampling: the trainer draws shuffled fixed-size batches, while the accountant's analysis assumes Poisson sampling
+at rate ``batch_size / n``; the reported epsilon is that standard accounting (as in most DP-SGD libraries used with
+shuffling), not a bound proven for shuffled batches.
+
+Example::
+
+    model = make_private_model(model)
+    dp = DPSGD(PrivacyConfig(target_epsilon=3.0), n_train=len(train), batch_size=64, epochs=20)
+    Trainer(TrainerConfig(max_epochs=20), plugins=[dp]).fit(model, train)
+    dp.report()   # {"epsilon": 2.98, "delta": 1e-05, "noise_multiplier": 1.1, "steps": 320, ...}
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from healthfusion.training.plugins import TrainingParts, TrainingPlugin
+
+log = logging.getLogger(__name__)
+INSTALL_HINT = 'Differential privacy needs Opacus: pip install "healthfusion[dp]"'
+
+
+def _opacus():
+    try:
+        import opacus
+        from opacus.accountants import RDPAccountant
+        from opacus.accountants.utils import get_noise_multiplier
+        from opacus.optimizers import DPOptimizer
+        from opacus.validators import ModuleValidator
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(INSTALL_HINT) from exc
+    return opacus, RDPAccountant, get_noise_multiplier, DPOptimizer, ModuleValidator
+
+
+class PrivacyConfig(BaseModel):
+    """DP-SGD settings (the ``privacy:`` section of a run config; unknown keys are errors).
+
+    Give exactly one of ``target_epsilon`` (the noise is calibrated to reach it after the planned epochs) and
+    ``noise_multiplier``.
+
+    Attributes
+    ----------
+    target_epsilon : float or None
+        The privacy budget epsilon (at ``delta``) to reach after the planned epochs; the noise is calibrated to it.
+    noise_multiplier : float or None
+        The Gaussian noise's standard deviation as a multiple of ``max_grad_norm``; epsilon is then reported.
+    max_grad_norm : float, default 1.0
+        Per-sample gradient clipping norm C.
+    delta : float or None, default None
+        None: ``1 / n_train`` capped at 1e-5 (delta well below 1/n, so no single patient's record can leak
+        with a probability near 1/n).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_epsilon: float | None = Field(None, gt=0)
+    noise_multiplier: float | None = Field(None, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    delta: float | None = Field(None, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> PrivacyConfig:
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("privacy needs exactly one of target_epsilon (e.g. 3.0) and noise_multiplier "
+                             "(e.g. 1.0)")
+        return self
+
+    def resolve_delta(self, n_train: int) -> float:
+        return self.delta if self.delta is not None else min(1e-5, 1.0 / n_train)
+
+
+def make_private_model(model: nn.Module) -> nn.Module:
+    """``model`` with the layers DP-SGD cannot handle replaced (LSTM -> DPLSTM with the same weights and names;
+    BatchNorm -> GroupNorm), or ``model`` itself when nothing needs replacing.
+
+    Raises
+    ------
+    ValueError
+        If Opacus still rejects the fixed model (naming the offending modules).
+    """
+    _, _, _, _, ModuleValidator = _opacus()
+    if ModuleValidator.validate(model, strict=False):
+        model = ModuleValidator.fix(model)
+    errors = ModuleValidator.validate(model, strict=False)
+    if errors:
+        raise ValueError(f"DP-SGD cannot train this model: {'; '.join(map(str, errors))}. Remove or replace those "
+                         "layers (Opacus computes per-sample gradients only for supported layers).")
+    return model
+
+
+def copy_to_plain(private: nn.Module, plain: nn.Module) -> nn.Module:
+    """Load the weights of a :func:`make_private_model` model into ``plain`` (the same architecture with its
+    original layers) and return ``plain``: DPLSTM's state dict holds the ``nn.LSTM`` names plus aliases of its own,
+    which are dropped, so the result saves and loads like any model of that architecture.
+
+    Raises
+    ------
+    ValueError
+        If ``plain`` has a tensor the private model lacks (another architecture).
+    """
+    state = private.state_dict()
+    missing = [k for k in plain.state_dict() if k not in state]
+    if missing:
+        raise ValueError(f"The private model has no tensor(s) {missing[:5]}; pass the plain model of the same "
+                         "architecture.")
+    plain.load_state_dict({k: state[k] for k in plain.state_dict()})
+    return plain
+
+
+def _freeze_unsupported(model: nn.Module) -> list[nn.Parameter]:
+    """Freeze (and return) the trainable parameters held in ``nn.ParameterDict``/``nn.ParameterList`` containers:
+    their module's forward is never called, so Opacus cannot compute their per-sample gradients (e.g. the fusion
+    layer's learned missing-modality vectors). They keep their initial values during a DP fit."""
+    frozen, names = [], []
+    for mod_name, module in model.named_modules():
+        if isinstance(module, (nn.ParameterDict, nn.ParameterList)):
+            for name, p in module.named_parameters():
+                if p.requires_grad:
+                    p.requires_grad_(False)
+                    frozen.append(p)
+                    names.append(f"{mod_name}.{name}")
+    if names:
+        log.warning("DP-SGD cannot compute per-sample gradients of %s; they keep their initial values in this fit.",
+                    ", ".join(names))
+    return frozen
+
+
+class DPSGD(TrainingPlugin):
+    """Trainer plug-in that makes the fit DP-SGD and tracks its privacy budget with Opacus's RDP accountant.
+
+    ``wrap`` replaces the trainer's model by Opacus's per-sample-gradient ``GradSampleModule`` and its optimiser by
+    a ``DPOptimizer`` (per-sample clipping + Gaussian noise, the accountant stepped with every optimiser step);
+    ``on_fit_end`` (or :meth:`release` after a failed fit) puts the plain model back.
+
+    Parameters
+    ----------
+    config : PrivacyConfig
+    n_train : int
+        Training-set size (the sampling rate is ``batch_size / n_train``).
+    batch_size, epochs : int
+        The trainer's ``batch_size`` and the epochs the budget must cover (used to calibrate the noise to
+        ``target_epsilon``): ``max_epochs`` for one fit, rounds x local epochs for a federated site.
+    accountant : opacus RDPAccountant, optional
+        Continue this accountant (a federated site's, across its rounds); default a new one.
+
+    After the fit, :meth:`report` gives epsilon at delta for every step the accountant has seen.
+
+    Raises
+    ------
+    ValueError
+        ``n_train < 1``; (at ``wrap``) a trainer with ``grad_clip`` set.
+    """
+
+    def __init__(self, config: PrivacyConfig, n_train: int, batch_size: int, epochs: int, accountant=None):
+        if n_train < 1:
+            raise ValueError(f"DP-SGD needs training samples; got n_train={n_train}.")
+        _, RDPAccountant, get_noise_multiplier, _, _ = _opacus()
+        self.config = config
+        self.sample_rate = min(1.0, batch_size / n_train)
+        self.batch_size = batch_size
+        self.delta = config.resolve_delta(n_train)
+        self.noise_multiplier = config.noise_multiplier or get_noise_multiplier(
+            target_epsilon=config.target_epsilon, target_delta=self.delta, sample_rate=self.sample_rate,
+            steps=epochs * math.ceil(n_train / batch_size), accountant="rdp")
+        self.accountant = accountant if accountant is not None else RDPAccountant()
+        self._wrapped: Any = None
+        self._frozen: list[nn.Parameter] = []
+
+    def wrap(self, parts: TrainingParts, trainer) -> TrainingParts:
+        opacus, _, _, DPOptimizer, _ = _opacus()
+        if trainer.config.grad_clip is not None:
+            raise ValueError("training.grad_clip clips the batch gradient; under DP-SGD each sample's gradient is "
+                             "clipped to privacy.max_grad_norm instead. Remove grad_clip.")
+        self._frozen = _freeze_unsupported(parts.model)
+        self._wrapped = opacus.GradSampleModule(parts.model, loss_reduction="mean")
+        optimizer = DPOptimizer(parts.optimizer, noise_multiplier=self.noise_multiplier,
+                                max_grad_norm=self.config.max_grad_norm, expected_batch_size=self.batch_size,
+                                loss_reduction="mean")
+        account = self.accountant.get_optimizer_hook_fn(sample_rate=self.sample_rate)
+
+        def after_noise(opt) -> None:
+            account(opt)
+            for p in opt.params:  # p.grad now holds the private gradient; per-sample ones must not accumulate
+                p.grad_sample = None
+                p.summed_grad = None
+
+        optimizer.attach_step_hook(after_noise)
+        return TrainingParts(self._wrapped, optimizer, parts.loader)
+
+    def on_fit_end(self, trainer) -> None:
+        trainer.model = self.release()
+
+    def release(self) -> nn.Module | None:
+        """Remove Opacus's hooks, unfreeze what was frozen and return the plain model (None if not wrapped)."""
+        for p in self._frozen:
+            p.requires_grad_(True)
+        self._frozen = []
+        if self._wrapped is None:
+            return None
+        plain = self._wrapped._module
+        self._wrapped._close()
+        self._wrapped = None
+        return plain
+
+    @property
+    def steps(self) -> int:
+        return sum(n for _, _, n in self.accountant.history)
+
+    def report(self) -> dict[str, float | int | str]:
+        """``epsilon`` (at ``delta``, RDP accountant, after the steps taken), ``delta``, ``noise_multiplier``,
+        ``max_grad_norm``, ``sample_rate``, ``steps`` and ``accountant``."""
+        epsilon = self.accountant.get_epsilon(self.delta) if self.steps else 0.0
+        return {"epsilon": float(epsilon), "delta": self.delta, "noise_multiplier": float(self.noise_multiplier),
+                "max_grad_norm": self.config.max_grad_norm, "sample_rate": self.sample_rate, "steps": self.steps,
+                "accountant": "rdp"}

@@ -1,0 +1,281 @@
+"""``healthfusion federate --config FL.yaml``: train the hybrid across sites without pooling their stays.
+
+Sites are the values of a domain column of the cohort's stays (``federated.site_column``: site, hospital, region,
+care unit); each site's patients are split into train and test (stratified by the label, ``federated.test``).
+A simulation (``--role simulate``, the default) runs every site in this process; a deployment runs the server
+(``--role server``) and each site (``--role site --site NAME``) as separate processes over Flower (see
+:mod:`healthfusion.federated.flower`). Each round a site trains ``training.max_epochs`` local epochs.
+
+The run folder holds ``config.yaml``, ``model/`` (the global hybrid: a normal model folder that ``healthfusion
+predict`` loads), ``rounds.csv`` (per round: the sites that took part, those that failed and why, the samples
+aggregated), ``site_metrics.csv`` (per round and site: n, accuracy at 0.5, log loss, AUROC on the site's test
+stays), ``server_state/`` (what a restarted server resumes from) and ``summary.csv`` with one row per setting:
+the federated strategy, and with ``federated.compare`` the pooled model and one local-only model per site, each
+scored on every site's test stays (columns ``setting``, ``epsilon`` (with ``federated.privacy``: the largest
+per-site epsilon, each site's in ``rounds.csv``; empty without differential privacy; the personalisation epochs
+are not covered),
+``mean_client_accuracy``, ``auroc`` with its bootstrap 95% CI over the pooled test stays, ``n_test``).
+
+Limitation: the feature pipeline (standardisation, vocabularies) is fitted on the union of the sites' training
+stays, the one step that is not federated; every process fits it from the same data, so all sites share it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+from healthfusion import __version__
+from healthfusion.data.splits import split_patients
+from healthfusion.evaluation.bootstrap import bootstrap_ci
+from healthfusion.evaluation.metrics import auroc
+from healthfusion.features.dataset import ArrayDataset
+from healthfusion.federated.client import Site, set_weights
+from healthfusion.federated.server import FederatedConfig, run_rounds
+from healthfusion.models.folder import write_card
+from healthfusion.training import Trainer, TrainerConfig
+from healthfusion.workflows.common import data_card, make_featurizer, open_source, training_summary
+from healthfusion.workflows.config import (
+    DataSpec,
+    FeatureSpec,
+    ModelSpec,
+    StrictModel,
+    read_yaml_config,
+    resolve_paths,
+)
+from healthfusion.workflows.modeling import build_run_hybrid
+from healthfusion.workflows.runfolder import write_run_config
+
+log = logging.getLogger(__name__)
+
+
+class FederatedSpec(FederatedConfig):
+    """``federated:`` section: the strategy (:class:`FederatedConfig`) plus how sites are formed and compared."""
+
+    site_column: str = "site"
+    test: float = Field(0.34, gt=0, lt=1)
+    split_seed: int = 0
+    compare: bool = True  # also fit the pooled model and one local-only model per site
+    compare_epochs: int = Field(20, ge=1)  # epochs of those reference fits
+
+
+class FederateConfig(StrictModel):
+    name: str = "federate"
+    out: Path | None = None
+    data: DataSpec
+    features: FeatureSpec = Field(default_factory=lambda: FeatureSpec(modalities=["static"]))
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    training: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=1))
+    federated: FederatedSpec = Field(default_factory=FederatedSpec)
+    n_boot: int = Field(500, ge=1)
+
+
+def load_federate_config(path: str | Path) -> FederateConfig:
+    """Read and validate FL.yaml; relative data paths are resolved against its folder.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file and each offending key.
+    """
+    config = read_yaml_config(path, FederateConfig)
+    resolve_paths(Path(path).parent, config.data, ("path", "cohort"))
+    return config
+
+
+class PreparedSites:
+    """The featurizer and each site's train/test arrays, built the same way in every process."""
+
+    def __init__(self, config: FederateConfig, console=None):
+        spec = config.federated
+        cohort = open_source(config.data, console)
+        label = cohort.meta.label(config.data.label)
+        if label.kind != "binary":
+            raise ValueError(f"healthfusion federate trains binary labels; {config.data.label!r} is {label.kind}. "
+                             f"Pick a binary label: {[x.name for x in cohort.meta.labels if x.kind == 'binary']}.")
+        stays = cohort.stays
+        if spec.site_column not in stays.columns:
+            raise ValueError(f"federated.site_column {spec.site_column!r} is not a column of the cohort's stays "
+                             f"(columns: {list(stays.columns)}); name the column that tells the sites apart.")
+        y = cohort.label(config.data.label)
+        site_of = stays.set_index("stay_id")[spec.site_column]
+        missing = site_of.isna()
+        if missing.any():
+            raise ValueError(f"{int(missing.sum())} stays have no {spec.site_column!r} (e.g. stay "
+                             f"{site_of.index[missing][0]}); fill the column or drop those stays.")
+        self.ids: dict[str, dict[str, list[str]]] = {}
+        self.unlabeled: dict[str, int] = {}
+        for name in sorted(site_of.unique(), key=str):
+            sub = stays[stays[spec.site_column] == name]
+            lab = y.reindex(sub["stay_id"])
+            self.unlabeled[str(name)] = int(lab.isna().sum())
+            sub = sub[lab.notna().to_numpy()]
+            split = split_patients(sub, {"train": 1 - spec.test, "test": spec.test}, seed=spec.split_seed,
+                                   stratify=y.reindex(sub["stay_id"]))
+            self.ids[str(name)] = {s: split.index[split == s].tolist() for s in ("train", "test")}
+        too_small = [n for n, ids in self.ids.items() if not ids["train"] or not ids["test"]]
+        if too_small:
+            raise ValueError(f"Site(s) {too_small} have no training or no test stays after the split; drop them from "
+                             "the cohort or change federated.test.")
+        all_train = [i for ids in self.ids.values() for i in ids["train"]]
+        self.featurizer = make_featurizer(config.features, config.data.label).fit(cohort, all_train)
+        self.cohort, self.label, self.train_ids = cohort, label, all_train
+        self.sites = []
+        for name, ids in self.ids.items():
+            data = {s: self.featurizer.transform(cohort, ids[s]) for s in ("train", "test")}
+            self.sites.append(Site(name, data["train"], data["test"]))
+
+    def site(self, name: str) -> Site:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise ValueError(f"Unknown site {name!r}; the cohort's sites are {[s.name for s in self.sites]}.")
+
+
+def _run_dir(config: FederateConfig) -> Path:
+    run_dir = Path(config.out) if config.out else Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _score(models: dict[str, object], sites: list[Site], n_boot: int, seed: int) -> dict:
+    """Mean over sites of test accuracy and the AUROC (bootstrap CI) over all test stays; ``models`` maps site
+    name -> the model that site uses (the same for all but personalised settings)."""
+    accs, ys, ps = [], [], []
+    for site in sites:
+        p = site.predict(models[site.name])
+        y = site.test["target"]
+        accs.append(float(np.mean((p >= 0.5) == (y >= 0.5))))
+        ys.append(y)
+        ps.append(p)
+    ci = bootstrap_ci(auroc, np.concatenate(ys), np.concatenate(ps), n_boot=n_boot, seed=seed)
+    return {"mean_client_accuracy": float(np.mean(accs)), "auroc": ci.value, "auroc_ci_low": ci.ci_low,
+            "auroc_ci_high": ci.ci_high, "n_test": int(sum(len(y) for y in ys)),
+            **{f"accuracy_{s.name}": a for s, a in zip(sites, accs, strict=True)}}
+
+
+def _card(config: FederateConfig, prepared: PreparedSites) -> dict:
+    """The global model's ``model.json`` card (:func:`healthfusion.models.folder.write_card`): the sites' pooled
+    training stays summarised for drift checks; no calibrator, since no site shares validation stays with the
+    server, so the risks are the network's own (risk group: probability >= 0.5)."""
+    label = prepared.featurizer.label_spec_ or prepared.label
+    return {
+        "kind": "hybrid", "healthfusion_version": __version__, "label": label.to_dict(),
+        "data": data_card(config.data, prepared.cohort), "threshold": 0.5,
+        "risk_groups": {"rule": "high if the probability >= threshold, else low", "threshold": 0.5,
+                        "groups": ["low", "high"]},
+        "operating_point": None, "calibrator": None,
+        "training": training_summary(prepared.cohort, prepared.train_ids, prepared.label),
+        "scoring": {"trained": f"federated ({strategy_name(config.federated)}) across "
+                               f"{len(prepared.sites)} sites"},
+    }
+
+
+def strategy_name(spec: FederatedConfig) -> str:
+    """A short name of the configured strategy (summary.csv's ``setting``)."""
+    base = {"fedavg": "fedavg", "median": "median", "trimmed_mean": "trimmed_mean"}[spec.aggregation]
+    if spec.server_optimizer != "none":
+        base = f"fed{spec.server_optimizer}"
+    elif spec.proximal_mu > 0:
+        base = f"fedprox(mu={spec.proximal_mu:g})"
+    if spec.privacy is not None:
+        base += "+dp"
+    return base
+
+
+def run_federate(config: FederateConfig, console=None,
+                 role: Literal["simulate", "server", "site"] = "simulate", site: str | None = None,
+                 address: str = "127.0.0.1:8080") -> Path:
+    """Run the job ``config`` describes in the given ``role``; returns the run folder (the site role writes none
+    and returns the current folder).
+
+    Raises
+    ------
+    ValueError (SourceError, ConfigError)
+        Unreadable data, a non-binary label, a missing site column, an unknown ``site``, a site without train or
+        test stays.
+    """
+    def say(text):
+        if console is not None:
+            console.print(text)
+
+    spec = config.federated
+    fed = FederatedConfig(**{k: getattr(spec, k) for k in FederatedConfig.model_fields})
+    prepared = PreparedSites(config, console)
+    sites = prepared.sites
+    model, local = build_run_hybrid(prepared.featurizer, config.model, config.training)
+    if role == "site":
+        if site is None:
+            raise ValueError(f"--role site needs --site NAME, one of {[s.name for s in sites]}.")
+        from healthfusion.federated.flower import connect
+
+        own = prepared.site(site)
+        say(f"[bold cyan]Site[/] {own.name}: {len(own.train)} training, {len(own.test)} test stays; server {address}")
+        connect(address, model, own, local, fed)
+        return Path.cwd()
+
+    run_dir = _run_dir(config)
+    write_run_config(json.loads(config.model_dump_json()), run_dir)  # paths relative to the run folder
+    say("[bold cyan]Sites[/] " + ", ".join(f"{s.name} (train {len(s.train)}, test {len(s.test)})" for s in sites)
+        + (f"; stays without the label, excluded: {prepared.unlabeled}" if any(prepared.unlabeled.values()) else ""))
+    initial = copy.deepcopy(model)
+
+    def on_round(r, record):
+        failed = f", failed {sorted(record['failed'])}" if record["failed"] else ""
+        say(f"      round {r}/{fed.rounds}: {len(record['sites'])} site(s){failed}")
+
+    state_dir = run_dir / "server_state"
+    say(f"[bold cyan]Federated[/] {strategy_name(fed)}, {fed.rounds} rounds ({role})")
+    personalised = {}
+    if role == "server":
+        from healthfusion.federated.flower import serve
+
+        server, metrics = serve(address, model, fed, state_dir, on_round=on_round)
+        rounds = server.rounds
+    else:
+        result = run_rounds(model, sites, fed, local, state_dir=state_dir, on_round=on_round)
+        rounds, metrics, personalised = result.rounds, result.site_metrics, result.personalised
+    model.save_pretrained(run_dir / "model", preprocessing_state=prepared.featurizer.get_state())
+    write_card(run_dir / "model", _card(config, prepared))
+    pd.DataFrame([{**r, "sites": ";".join(r["sites"]), "failed": json.dumps(r["failed"]),
+                   "train_loss": json.dumps(r["train_loss"]),
+                   **({"epsilon": json.dumps(r["epsilon"])} if "epsilon" in r else {})}
+                  for r in rounds]).to_csv(run_dir / "rounds.csv", index=False)
+    pd.DataFrame(metrics).to_csv(run_dir / "site_metrics.csv", index=False)
+
+    seed = config.training.seed
+    spent = [r["epsilon"] for r in rounds if r.get("epsilon")]
+    # each site's epsilon after its last round; the summary reports the largest (the weakest guarantee)
+    site_eps = {name: eps for record in spent for name, eps in record.items()}
+    epsilon = max(site_eps.values()) if site_eps else None
+    if site_eps:
+        say("      per-site epsilon: " + ", ".join(f"{k} {v:.2f}" for k, v in site_eps.items()))
+    rows = [{"setting": strategy_name(fed), "epsilon": epsilon, **_score({s.name: model for s in sites}, sites,
+                                                                      config.n_boot, seed)}]
+    if personalised:
+        own = {}
+        for s in sites:
+            own[s.name] = copy.deepcopy(model)
+            set_weights(own[s.name], personalised[s.name])
+        rows.append({"setting": f"{strategy_name(fed)}+finetune", "epsilon": epsilon,
+                     **_score(own, sites, config.n_boot, seed)})
+    if spec.compare and role == "simulate":
+        say(f"[bold cyan]References[/] pooled and local-only models ({spec.compare_epochs} epochs each)")
+        full = config.training.model_copy(update={"max_epochs": spec.compare_epochs, "patience": None})
+        pooled = ArrayDataset({k: np.concatenate([s.train[k] for s in sites])
+                               for k in sites[0].train if k != "index"})
+        for name, train in [("pooled", pooled)] + [(f"local {s.name}", s.train) for s in sites]:
+            ref = copy.deepcopy(initial)
+            Trainer(full).fit(ref, train, head_kind="binary")
+            rows.append({"setting": name, "epsilon": None, **_score({s.name: ref for s in sites}, sites,
+                                                                    config.n_boot, seed)})
+    pd.DataFrame(rows).to_csv(run_dir / "summary.csv", index=False)
+    return run_dir
