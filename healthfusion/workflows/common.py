@@ -54,6 +54,22 @@ def open_source(spec: SourceSpec, console=None) -> Cohort:
     return builder(spec.path, **spec.options)
 
 
+def sample_stays(cohort: Cohort, max_stays: int | None, seed: int) -> Cohort:
+    """``cohort`` cut to at most ``max_stays`` stays by whole patients (shuffled with ``seed``, kept while their
+    stays fit); the cohort itself when ``max_stays`` is None or not below its size. Logs what it kept."""
+    if max_stays is None or len(cohort) <= max_stays:
+        return cohort
+    stays = cohort.stays
+    patients = stays["patient_id"].drop_duplicates().to_numpy()
+    np.random.default_rng(seed).shuffle(patients)
+    per_patient = stays.groupby("patient_id").size().reindex(patients).cumsum()
+    keep = set(per_patient.index[per_patient.to_numpy() <= max_stays])
+    ids = stays.loc[stays["patient_id"].isin(keep), "stay_id"].astype(str).tolist()
+    log.info("max_stays: %d of %d stays kept (%d patients sampled with seed %d)", len(ids), len(cohort), len(keep),
+             seed)
+    return cohort.subset(ids)
+
+
 def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
     """A featurizer with the run's per-modality settings."""
     transformers = {
@@ -167,7 +183,7 @@ def prepare_run(config: RunConfig, console=None, overwrite: bool = False) -> Run
             console.print(text)
 
     say("[bold cyan]Data[/]")
-    main = open_source(config.data, console)
+    main = sample_stays(open_source(config.data, console), config.data.max_stays, config.data.split.seed)
     spec_label = main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
     _check_label_kind(config, spec_label, main)
     if config.data.test is not None:
