@@ -183,7 +183,11 @@ def prepare_run(config: RunConfig, console=None, overwrite: bool = False) -> Run
             console.print(text)
 
     say("[bold cyan]Data[/]")
-    main = sample_stays(open_source(config.data, console), config.data.max_stays, config.data.split.seed)
+    main = open_source(config.data, console)
+    if config.data.max_stays is not None and len(main) > config.data.max_stays:
+        n_read = len(main)
+        main = sample_stays(main, config.data.max_stays, config.data.split.seed)
+        say(f"      data.max_stays: {len(main)} of {n_read} stays used (whole patients, seed {config.data.split.seed})")
     spec_label = main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
     _check_label_kind(config, spec_label, main)
     if config.data.test is not None:
