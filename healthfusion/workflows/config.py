@@ -195,7 +195,9 @@ class EvaluationSpec(StrictModel):
     target_sensitivity: float | None = None
     # post-hoc calibrator of a binary model, fitted on the validation stays and saved in the model folder; auto picks
     # the lowest held-out log loss among none, temperature, platt and isotonic (5-fold CV within validation)
-    calibration: Literal["auto", "none", "temperature", "platt", "isotonic"] = "auto"
+    calibration: Literal["auto", "none", "temperature", "platt", "isotonic"] = Field(
+        "auto", description="Calibrator of a binary model, fitted on the validation stays only (auto: the lowest "
+        "5-fold held-out log loss among none, temperature, Platt and isotonic).")
     audit: bool = True  # explanations, calibration, subgroups and impact into explanations/ and audit/
     report_identifiers: bool = Field(
         False, description="Show stay ids in the report's per-stay explanations (internal use only); by default the "

@@ -199,7 +199,10 @@ class MultitaskConfig(StrictModel):
     tasks: list[TaskConfig] = Field(min_length=1)
     model: MultitaskModelSpec = Field(default_factory=MultitaskModelSpec)
     training: TrainerConfig = Field(default_factory=lambda: TrainerConfig(**MULTITASK_PRESET))
-    objective: MultitaskObjectiveConfig = Field(default_factory=MultitaskObjectiveConfig)
+    objective: MultitaskObjectiveConfig = Field(
+        default_factory=MultitaskObjectiveConfig,
+        description="The multitask loss: task weighting, the clustering objective's warm-up and balance, and the "
+        "early-stopping criterion.")
     tim: TimSpec = Field(default_factory=TimSpec)
     comparison: ComparisonSpec = Field(default_factory=ComparisonSpec)
     n_boot: int = Field(200, ge=1)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from healthfusion.features.dataset import ArrayDataset
-from healthfusion.models import MODEL_REGISTRY, load_model
+from healthfusion.models import MODEL_REGISTRY
+from healthfusion.models.base import load_network
 from healthfusion.models.encoders import LSTMEncoderConfig, MLPEncoderConfig
 from healthfusion.models.multitask import MultitaskModel, MultitaskModelConfig, TaskSpec
 from healthfusion.models.pretraining import PretrainingConfig, PretrainingModel
@@ -86,7 +87,7 @@ def test_each_mode_is_seeded_and_round_trips_after_training(model_type, tmp_path
     for (name, a), b in zip(model.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     model.save_pretrained(tmp_path / "m", preprocessing_state={"n": 1})
-    loaded, _ = load_model(tmp_path / "m")
+    loaded, _ = load_network(tmp_path / "m")
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 

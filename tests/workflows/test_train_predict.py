@@ -221,6 +221,11 @@ def test_evaluate_on_a_truncated_predictions_file_is_one_line_naming_it(trained_
     result = CliRunner().invoke(app, ["evaluate", str(copy), "--n-boot", "10"])
     assert result.exit_code == 2 and "Traceback" not in result.output
     flat = " ".join(result.output.split())
+    assert str(path) in flat and "changed after the run wrote it" in flat  # the run's record catches it first
+    (copy / "artefacts.json").unlink()  # a folder without the record (e.g. copied without it): the reader's error
+    result = CliRunner().invoke(app, ["evaluate", str(copy), "--n-boot", "10"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    flat = " ".join(result.output.split())
     assert str(path) in flat and "truncated" in flat
     lines = text.splitlines()
     path.write_text("\n".join(lines[:5] + [lines[5].split(",")[0]]) + "\n")  # a row cut after its first field

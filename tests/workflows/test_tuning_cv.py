@@ -17,7 +17,7 @@ def test_held_out_folds_are_scored_but_never_early_stop(tmp_path, monkeypatch):
     config = load_run_config(tmp_path / "run.yaml")
     cohort = Cohort.load(tmp_path / "cohort")
     ids = [str(s) for s in cohort.stay_ids][:120]
-    fits, original = [], tr._fit_hybrid
+    fits, original = [], tr.fit_hybrid
 
     def spy(feat, spec, train, val, training, *args, **kwargs):
         model, trainer, history = original(feat, spec, train, val, training, *args, **kwargs)
@@ -32,7 +32,7 @@ def test_held_out_folds_are_scored_but_never_early_stop(tmp_path, monkeypatch):
         fits.append(fit)
         return model, trainer, history
 
-    monkeypatch.setattr(tr, "_fit_hybrid", spy)
+    monkeypatch.setattr(tr, "fit_hybrid", spy)
     spec, table = tr.tune_hybrid(config, cohort, ids)
     assert len(fits) == 2 * 2 and len(table) == 2 and spec.hidden in (4, 6)
     for fit in fits:

@@ -61,6 +61,8 @@ class MultitaskObjectiveConfig(BaseModel):
     Attributes
     ----------
     weighting : "uncertainty" | "fixed", default "uncertainty"
+        How the task losses are weighted: learned homoscedastic-uncertainty weights, or each task's fixed
+        ``weight``.
     cluster_warmup_epochs : int, default 2
         Epochs before the clustering objective starts (and its centroids are set by k-means).
     cluster_balance : float, default 1.0
