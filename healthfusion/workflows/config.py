@@ -30,10 +30,9 @@ Example ``RUN.yaml``::
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -41,6 +40,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from healthfusion.features.summary import ALL_STATS, SUMMARY_STATS
 from healthfusion.models.classical import BASELINES, make_baseline
 from healthfusion.training.config import TrainerConfig
+from healthfusion.workflows.config_overrides import (  # noqa: F401 (ConfigError, parse_override: public here too)
+    ConfigError,
+    apply_quick,
+    parse_override,
+    problem_text,
+    set_dotted,
+    yaml_problem,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -82,11 +89,29 @@ class SplitSpec(StrictModel):
 
 
 class DataSpec(SourceSpec):
+    """The run's data: one source (``source`` + ``path``, or ``cohort``) or several pooled (``sources``), the label,
+    the split and an optional external test set."""
+
+    sources: list[SourceSpec] = Field(
+        default_factory=list, description="Several sources pooled into one cohort (e.g. PhysioNet 2012 sets A and B, "
+        "several hospitals' folders) instead of source/path/cohort; stay ids must be distinct across them, and each "
+        "stay's entry is named in the stays' 'source' column (a domain of the subgroup audit).")
     label: str
     max_stays: int | None = Field(None, ge=10, description="Use at most this many stays, whole patients sampled with "
                                   "split.seed (a smoke run, a learning curve); null: all. data.test is not sampled.")
     split: SplitSpec = Field(default_factory=SplitSpec)
     test: SourceSpec | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DataSpec:  # replaces SourceSpec's check: data.sources is a third way to name the data
+        if not self.sources:
+            return super()._one()
+        given = [k for k in ("source", "path", "cohort") if getattr(self, k) is not None] + (
+            ["options"] if self.options else [])
+        if given:
+            raise ValueError(f"give either 'sources' (a list of sources to pool) or source/path/cohort, not both; "
+                             f"move {given} into the entries of 'sources'")
+        return self
 
 
 class FeatureSpec(StrictModel):
@@ -248,10 +273,6 @@ class RunConfig(StrictModel):
         return self
 
 
-class ConfigError(ValueError):
-    """The run configuration file is missing, not YAML, or does not validate."""
-
-
 def read_yaml_config(path: str | Path, schema: type[M], overrides: Sequence[str] = (), out: str | Path | None = None,
                      quick: bool = False) -> M:
     """Read ``path`` as YAML, apply the command line's settings and validate it against the pydantic ``schema``
@@ -277,7 +298,7 @@ def read_yaml_config(path: str | Path, schema: type[M], overrides: Sequence[str]
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
     if quick or raw.get("quick") is True:
@@ -288,163 +309,13 @@ def read_yaml_config(path: str | Path, schema: type[M], overrides: Sequence[str]
     try:
         config = schema.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(_problem(schema, e) for e in exc.errors())
+        problems = "; ".join(problem_text(schema, e) for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from exc
     if "out" in type(config).model_fields:
         resolve_paths(path.parent, config, ("out",))
         if out is not None:
             config.out = Path(out).expanduser().resolve()
     return config
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``"a.b=VALUE"`` -> ``("a.b", VALUE read as YAML)``; an empty value is None.
-
-    Raises
-    ------
-    ConfigError
-        Without ``=`` or a key, or with a value that is not YAML.
-    """
-    key, sep, value = item.partition("=")
-    key = key.strip()
-    if not sep or not key or any(not part for part in key.split(".")):
-        raise ConfigError(f"--set expects KEY=VALUE with a dotted key, e.g. --set training.max_epochs=5; got {item!r}.")
-    try:
-        return key, yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: the value {value!r} is not YAML ({_yaml_problem(exc)}); quote text with "
-                          "spaces or brackets.") from exc
-
-
-def set_dotted(raw: dict, key: str, value: Any) -> None:
-    """Set ``raw[a][b][c] = value`` for ``key = "a.b.c"``, creating missing sections (a list item by index).
-
-    Raises
-    ------
-    ConfigError
-        When a part of ``key`` names a setting that is a value, not a section, or a list index out of range.
-    """
-    parts = key.split(".")
-    node: Any = raw
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        where = ".".join(parts[:i]) or "the config"
-        if isinstance(node, list):
-            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
-                raise ConfigError(f"--set {key}: {where} is a list of {len(node)} item(s); give an index 0-"
-                                  f"{len(node) - 1} after it, e.g. {where}.0.")
-            index = int(part)
-            if last:
-                node[index] = value
-            else:
-                node[index] = {} if node[index] is None else node[index]
-                node = node[index]
-        elif isinstance(node, dict):
-            if last:
-                node[part] = value
-            else:
-                if node.get(part) is None:
-                    node[part] = {}
-                node = node[part]
-        else:
-            raise ConfigError(f"--set {key}: {where} is a value ({node!r}), not a section with keys.")
-
-
-def apply_quick(raw: dict, schema: type[BaseModel]) -> dict:
-    """``raw`` with the schema's ``QUICK`` settings (``{dotted key: value}``; a ``*`` part stands for every item of
-    a list) and ``quick: true``. A setting inside an optional section the config leaves out (``ensemble:``,
-    ``data.test:``) is skipped, so a smoke run never switches on what the real run does not do."""
-    raw = dict(raw)
-    raw["quick"] = True
-    for key, value in getattr(schema, "QUICK", {}).items():
-        for concrete in _expand(raw, key.split(".")):
-            if _present_or_defaulted(raw, schema, concrete):
-                _materialise(raw, schema, concrete[0])
-                set_dotted(raw, ".".join(concrete), value)
-    return raw
-
-
-def _materialise(raw: dict, schema: type[BaseModel], name: str) -> None:
-    """Write a section the file leaves out as its default, so that a quick setting inside it changes only that
-    setting (a workflow's ``training:`` default is its preset, not the generic defaults a partial section gets)."""
-    field = _field(schema, name)
-    if name in raw or field is None or field.default_factory is None:
-        return
-    default = field.get_default(call_default_factory=True)
-    if isinstance(default, BaseModel):
-        raw[name] = default.model_dump(mode="json")
-
-
-def _expand(raw: Any, parts: list[str], done: tuple[str, ...] = ()) -> list[list[str]]:
-    """The concrete keys of a ``QUICK`` key: ``*`` replaced by each index of the list it stands in."""
-    if not parts:
-        return [list(done)]
-    head, rest = parts[0], parts[1:]
-    if head == "*":
-        if isinstance(raw, list):
-            return [k for i, item in enumerate(raw) for k in _expand(item, rest, (*done, str(i)))]
-        if isinstance(raw, dict) and raw:  # one mapping where a list is allowed (pretrain's data:)
-            return _expand(raw, rest, done)
-        return []
-    child = raw.get(head) if isinstance(raw, dict) else None
-    return _expand(child if child is not None else {}, rest, (*done, head))
-
-
-def _present_or_defaulted(raw: dict, schema: type[BaseModel], parts: list[str]) -> bool:
-    """Whether every section on the way to ``parts[-1]`` is in ``raw`` or defaults to a section (not None)."""
-    node: Any = raw
-    model: Any = schema
-    for part in parts[:-1]:
-        if isinstance(node, list):  # a list index: the item has the list's section type
-            node = node[int(part)]
-            continue
-        given = node.get(part) if isinstance(node, dict) else None
-        field = _field(model, part)
-        if given is None and (field is None or field.default is None and not field.is_required()):
-            return False
-        node, model = given, _section_type(field.annotation) if field is not None else None
-    return True
-
-
-def _field(model: Any, name: str):
-    fields = getattr(model, "model_fields", None)
-    return fields.get(name) if isinstance(fields, dict) else None
-
-
-def _section_type(annotation: Any) -> Any:
-    """The config class inside an annotation (``X``, ``X | None``, ``list[X]``), or None."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        found = _section_type(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _problem(schema: type[BaseModel], error: Any) -> str:
-    """One validation error as ``a.b: message``; an unknown key with the closest key its section knows."""
-    loc = [str(p) for p in error["loc"]]
-    text = f"{'.'.join(loc)}: {error['msg']}"
-    if error.get("type") != "extra_forbidden":
-        return text
-    model: Any = schema
-    for part in loc[:-1]:
-        if part.isdigit():
-            continue
-        field = _field(model, part)
-        model = _section_type(field.annotation) if field is not None else None
-    known = list(getattr(model, "model_fields", {}) or {})
-    close = difflib.get_close_matches(loc[-1], known, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"{'.'.join(loc)}: unknown key; {hint}known keys here: {', '.join(known)}" if known else text
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line for a YAML parse error: the problem and where (PyYAML's own text spans several lines)."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return problem if mark is None else f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
 
 
 def resolve_paths(base: Path, obj: Any, attrs: Sequence[str]) -> None:
@@ -471,7 +342,7 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), out: str | 
     """
     config = read_yaml_config(path, RunConfig, overrides, out, quick)
     base = Path(path).parent
-    for spec in (config.data, config.data.test):
+    for spec in (config.data, *config.data.sources, config.data.test):
         resolve_paths(base, spec, ("path", "cohort"))
     resolve_paths(base, config.features, ("text_model",))
     return config

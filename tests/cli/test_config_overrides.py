@@ -119,3 +119,49 @@ def test_quick_and_out_on_the_other_config_kinds(tmp_path):
     assert pre.target() == tmp_path / "enc" and pre.training.max_epochs == 2
     with pytest.raises(ConfigError, match="did you mean 'mask_rate'"):
         load_pretrain_config(tmp_path / "p.yaml", ["mask_ratio=0.2"])
+
+
+def _image_free_halves(root):
+    """Two cohort folders without images (pooled sources keep no image arrays) holding disjoint stays."""
+    from healthfusion.data.cohort import Cohort
+
+    full = Cohort.load(synthetic.write(root / "full", n_stays=240, seed=5))
+    ids = [str(s) for s in full.stay_ids]
+    for name, part in (("hosp-a", ids[:140]), ("hosp-b", ids[140:])):
+        sub = full.subset(part)
+        Cohort(sub.stays, meta=sub.meta, static=sub.static, events=sub.events, labels=sub.labels).save(root / name)
+    return len(ids)
+
+
+def test_train_pools_data_sources_with_a_source_column(tmp_path):
+    n = _image_free_halves(tmp_path)
+    cfg = {"data": {"sources": [{"cohort": "hosp-a"}, {"cohort": "hosp-b"}], "label": "mortality"},
+           "features": {"modalities": ["ts", "static"]}, "model": {"hidden": 8},
+           "training": {"max_epochs": 1, "batch_size": 64}, "baselines": [], "evaluation": {"n_boot": 10}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    import pandas as pd
+    domains = pd.read_csv(tmp_path / "run" / "domains.csv")
+    assert set(domains["source"]) == {"hosp-a", "hosp-b"}  # both sources reach the evaluated stays
+    acc = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert [s["cohort"] for s in acc["data"]["sources"]] == ["../hosp-a", "../hosp-b"]
+    assert "train" in result.output and n > 0
+    report = runner.invoke(app, ["report", str(tmp_path / "run")])
+    assert report.exit_code == 0, report.output
+    assert "pooled: cohort folder" in (tmp_path / "run" / "report.html").read_text()  # the model card says so
+
+
+def test_data_sources_and_a_single_source_are_exclusive(tmp_path):
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(
+        {"data": {"sources": [{"cohort": "a"}], "cohort": "b", "label": "y"}}))
+    with pytest.raises(ConfigError, match="either 'sources'.*move \\['cohort'\\]"):
+        load_run_config(tmp_path / "run.yaml")
+
+
+def test_pooled_sources_with_a_shared_stay_id_fail_naming_it(tmp_path):
+    _image_free_halves(tmp_path)
+    cfg = {"data": {"sources": [{"cohort": "hosp-a"}, {"cohort": "hosp-a"}], "label": "mortality"}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    result = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "appears in more than one" in result.output
