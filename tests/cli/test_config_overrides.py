@@ -165,3 +165,10 @@ def test_pooled_sources_with_a_shared_stay_id_fail_naming_it(tmp_path):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     result = runner.invoke(app, ["train", "-c", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "run")])
     assert result.exit_code == 2 and "appears in more than one" in result.output
+
+
+def test_config_check_takes_the_same_overrides(study):
+    ok = runner.invoke(app, ["config", "check", str(study), "--set", "training.max_epochs=4"])
+    assert ok.exit_code == 0 and "valid" in ok.output
+    bad = runner.invoke(app, ["config", "check", str(study), "--set", "training.max_epochs=-1"])
+    assert bad.exit_code == 2 and "training.max_epochs" in bad.output
