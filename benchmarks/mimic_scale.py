@@ -27,11 +27,12 @@ the parent, which a child's ``ru_maxrss`` starts from, stays small):
     (C parser, the 4 columns, typed), join the item map and icustays, convert units, drop implausible values,
     bin to hours since ICU admission, group mean, derive GCS, pivot to one row per stay-hour, cut the same
     tensors;
-(c) ``convert``: the one-time :func:`~healthfusion.data.sources.io.convert_to_parquet` of the database;
+(c) ``convert``: the one-time :func:`~healthfusion.data.sources.convert.convert_to_parquet` of the database;
 (d) ``project`` on the Parquet copy.
 
 It prints seconds (the build, imports excluded), rows per second, CPU seconds and peak RSS of each child, and
-the speed-ups of (a), (c) and (d) over (b), in wall and in CPU time (the machine may be shared). On the first
+the speed-ups of (a), (c) and (d) over (b), in wall and in CPU time (the machine may be shared), and (a) as a
+multiple of decompressing the chartevents file alone (``gzip -dc > /dev/null``, wall and CPU). On the first
 size it checks that (a) and (b) give the same hourly means (every stay, hour and variable) and the same tensors.
 """
 
@@ -56,7 +57,7 @@ import pyarrow.csv as pacsv
 from healthfusion.data.plausibility import PLAUSIBLE_RANGES
 from healthfusion.data.sources.itemmap import GCS_COMPONENTS, mimic4_items
 
-DEMO = Path(__file__).resolve().parents[2] / "shared" / "data" / "mimic_iv_demo"
+DEMO = Path(os.environ.get("HEALTHFUSION_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "mimic_iv_demo"
 PREDICTION_HOURS = 24.0
 LOOKBACK_HOURS = 24.0
 WINDOW_HOURS = 48.0  # tensors cover the 48 h before the prediction time
@@ -321,7 +322,7 @@ def _child(mode: str, root: Path, out: Path, save: Path | None, rows: int = 0, c
     if mode == "make":
         figures = make_database(DEMO, root, rows, copies)
     elif mode == "convert":
-        from healthfusion.data.sources.io import convert_to_parquet
+        from healthfusion.data.sources.convert import convert_to_parquet
 
         convert_to_parquet(root, save)
     elif mode == "check":
@@ -371,20 +372,38 @@ def _measure(mode: str, root: Path, work: Path, save: Path | None = None, extra:
             "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024, **figures}
 
 
-def run(sizes: list[int], copies: int, work: Path, keep: bool) -> list[dict]:
+def _measure_zcat(path: Path) -> dict:
+    """Decompressing the file alone (``gzip -dc FILE > /dev/null``): the floor of any reader of the CSV."""
+    start = time.perf_counter()
+    with open(os.devnull, "wb") as sink:
+        proc = subprocess.Popen(["gzip", "-dc", str(path)], stdout=sink)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    return {"mode": "zcat", "exit": os.waitstatus_to_exitcode(status), "wall_seconds": wall, "seconds": wall,
+            "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024}
+
+
+def run(sizes: list[int], copies: int, work: Path, keep: bool, reuse: bool = False) -> list[dict]:
     results = []
     for i, n in enumerate(sizes):
         root, parquet = work / f"csv-{n}", work / f"parquet-{n}"
-        shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree(parquet, ignore_errors=True)
-        made = _measure("make", root, work, extra=["--rows", str(n), "--copies", str(copies)])
-        if made["exit"] != 0:
-            raise SystemExit(f"writing the {n:,}-row database failed (exit {made['exit']})")
+        summary = root / "made.json"
+        if reuse and summary.is_file():
+            made = json.loads(summary.read_text())
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            made = _measure("make", root, work, extra=["--rows", str(n), "--copies", str(copies)])
+            if made["exit"] != 0:
+                raise SystemExit(f"writing the {n:,}-row database failed (exit {made['exit']})")
+            summary.write_text(json.dumps(made))
         print(f"\n== {n:,} chartevents rows, {made['icu_stays']:,} ICU stays "
               f"({(root / 'icu' / 'chartevents.csv.gz').stat().st_size / 1e6:.0f} MB gzipped; "
               f"written in {made['seconds']:.0f} s)", flush=True)
         check = i == 0
         row = {"rows": n, "icu_stays": made["icu_stays"]}
+        row["zcat"] = _measure_zcat(root / "icu" / "chartevents.csv.gz")
+        _report(row["zcat"], n)
         row["project_csv"] = _measure("project", root, work, work / "project-means.parquet" if check else None)
         _report(row["project_csv"], n)
         row["pandas_csv"] = _measure("pandas", root, work, work / "pandas-means.parquet" if check else None)
@@ -420,10 +439,10 @@ def table(results: list[dict]) -> str:
     """The results as a Markdown table: wall seconds of the build (in the child, imports excluded), rows per
     wall second, CPU seconds of the whole child, its peak RSS, and the speed-up over pandas on the CSV in wall
     and in CPU time."""
-    lines = ["| chartevents rows | build | seconds | M rows/s | CPU s | peak RSS (MB) | vs pandas CSV (wall / CPU) |",
+    lines = ["| chartevents rows | build | seconds | M rows/s | CPU s | peak RSS (MB) | vs pandas CSV (wall / CPU); CSV build as a multiple of zcat |",
              "|---:|---|---:|---:|---:|---:|---:|"]
-    names = {"project_csv": "project, CSV", "pandas_csv": "pandas, CSV", "convert": "CSV -> Parquet (once)",
-             "project_parquet": "project, Parquet"}
+    names = {"zcat": "zcat of chartevents (decompression alone)", "project_csv": "project, CSV",
+             "pandas_csv": "pandas, CSV", "convert": "CSV -> Parquet (once)", "project_parquet": "project, Parquet"}
     for row in results:
         base = row["pandas_csv"]
         for key, name in names.items():
@@ -433,7 +452,11 @@ def table(results: list[dict]) -> str:
                              f"{r['cpu_seconds']:.0f} | {r['peak_rss_mb']:.0f} | |")
                 continue
             ratio = ""
-            if "seconds" in base and key != "pandas_csv":
+            if key == "project_csv" and "seconds" in row["zcat"] and "seconds" in base:
+                z = row["zcat"]
+                ratio = (f"{base['seconds'] / r['seconds']:.1f}x / {base['cpu_seconds'] / r['cpu_seconds']:.1f}x; "
+                         f"{r['seconds'] / z['seconds']:.1f}x / {r['cpu_seconds'] / z['cpu_seconds']:.1f}x zcat")
+            elif "seconds" in base and key not in ("pandas_csv", "zcat"):
                 ratio = f"{base['seconds'] / r['seconds']:.1f}x / {base['cpu_seconds'] / r['cpu_seconds']:.1f}x"
             lines.append(f"| {row['rows']:,} | {name} | {r['seconds']:.1f} | {row['rows'] / r['seconds'] / 1e6:.2f} "
                          f"| {r['cpu_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} |")
@@ -449,6 +472,8 @@ def main(argv: list[str] | None = None) -> None:
                              "charting density at 50M rows)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/hf-bench"), help="scratch folder")
     parser.add_argument("--keep", action="store_true", help="keep the generated databases")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse a database kept by an earlier --keep run of the same size and copies")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument("--child", choices=["make", "project", "pandas", "convert", "check"], help=argparse.SUPPRESS)
     parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
@@ -462,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (DEMO / "icu" / "icustays.csv.gz").is_file():
         parser.error(f"the MIMIC-IV demo is not at {DEMO}")
     args.work.mkdir(parents=True, exist_ok=True)
-    results = run(sorted(args.sizes), args.copies, args.work, args.keep)
+    results = run(sorted(args.sizes), args.copies, args.work, args.keep, args.reuse)
     print("\n" + table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -52,7 +52,6 @@ from healthfusion.models.classical import make_baseline  # noqa: E402
 from healthfusion.models.hybrid import HybridModel  # noqa: E402
 from healthfusion.training import Trainer, TrainerConfig  # noqa: E402
 from healthfusion.training.finetune import FinetuneConfig  # noqa: E402
-from healthfusion.training.pretrain import PretrainConfig  # noqa: E402
 from healthfusion.workflows.config import FeatureSpec, SourceSpec  # noqa: E402
 from healthfusion.workflows.modeling import (  # noqa: E402
     build_hybrid,
@@ -123,8 +122,8 @@ def main() -> None:
     pre_cfg = PretrainRunConfig(
         out=args.out / "encoder", overwrite=True, data=[SourceSpec(source="physionet2012", path=s) for s in sets],
         modality="ts", features=FeatureSpec(hours=48, step=args.step), encoder=EncoderSpec(hidden=args.hidden),
-        training=PretrainConfig(max_epochs=args.pretrain_epochs, batch_size=64, lr=2e-3, patience=4,
-                                num_threads=args.threads),
+        training={"max_epochs": args.pretrain_epochs, "batch_size": 64, "lr": 2e-3, "patience": 4,
+                  "num_threads": args.threads},  # the rest from the pretraining preset
         notes="benchmarks/pretrain_physionet2012.py: evaluation stays excluded",
     )
     excluded = set(cohort.stay_ids.tolist()) - set(pool_ids)

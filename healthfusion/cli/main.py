@@ -226,8 +226,12 @@ def cohort_convert(
     path: Path = typer.Option(..., help="Folder of raw CSV tables (.csv, .csv.gz), e.g. the MIMIC-IV root."),
     out: Path = typer.Option(..., help="Folder for the Parquet tables, same layout (may be --path itself)."),
 ) -> None:
-    """Convert raw CSV tables to Parquet once; `cohort build` then reads the Parquet copy, many times faster."""
-    from healthfusion.data.sources.io import convert_to_parquet
+    """Convert raw CSV tables to Parquet once; `cohort build` then reads the Parquet copy, many times faster.
+
+    Known tables (MIMIC-IV, eICU) are read with declared column types: identifier and code columns (NDC, DRG,
+    ICD codes, provider ids) stay text, so leading zeros are kept. Other columns are typed from all their values.
+    """
+    from healthfusion.data.sources.convert import convert_to_parquet
 
     try:
         with console.status(f"Converting the CSV tables under {path} ..."):
@@ -238,7 +242,8 @@ def cohort_convert(
 
 
 # Commands with their own module register themselves here: each module defines ``register(app)``.
-_COMMAND_MODULES: tuple[str, ...] = ("multitask", "report", "pretrain", "transfer", "config", "track")
+_COMMAND_MODULES: tuple[str, ...] = ("multitask", "report", "pretrain", "transfer", "config", "track", "serve",
+                                       "alerts")
 
 
 def _register_commands() -> None:

@@ -70,16 +70,27 @@ class Fusion(nn.Module):
         self.modalities = tuple(dims)
         self.dims = dict(dims)
 
-    def _masked(self, embeddings, present) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Embeddings with absent rows set to 0 (via where, so NaN in them cannot leak), and the presence matrix."""
+    def forward(self, embeddings, present) -> tuple[torch.Tensor, torch.Tensor | None]:
         matrix = presence_matrix(self.modalities, present)
-        out = []
-        for i, m in enumerate(self.modalities):
+        for m in self.modalities:
             h = embeddings[m]
             if h.dim() != 2 or h.shape[1] != self.dims[m]:
                 raise ValueError(f"Embedding of {m!r} must be [B, {self.dims[m]}], got {tuple(h.shape)}.")
-            out.append(torch.where(matrix[:, i : i + 1], h, torch.zeros_like(h)))
-        return out, matrix
+        return self.combine([embeddings[m] for m in self.modalities], matrix)
+
+    def combine(self, embeddings: list[torch.Tensor], matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fusion itself, without input checks and without data-dependent branches (so it can be exported):
+        ``embeddings`` in ``modalities`` order, ``matrix`` the ``[B, M]`` bool presence matrix (every row with at
+        least one True; :meth:`forward` checks that)."""
+        return self._combine(self._masked(embeddings, matrix), matrix)
+
+    @staticmethod
+    def _masked(embeddings: list[torch.Tensor], matrix: torch.Tensor) -> list[torch.Tensor]:
+        """Embeddings with absent rows set to 0 (via where, so NaN in them cannot leak)."""
+        return [torch.where(matrix[:, i : i + 1], h, torch.zeros_like(h)) for i, h in enumerate(embeddings)]
+
+    def _combine(self, masked: list[torch.Tensor], matrix: torch.Tensor):
+        raise NotImplementedError
 
 
 class ConcatFusion(Fusion):
@@ -93,8 +104,7 @@ class ConcatFusion(Fusion):
         self.missing = nn.ParameterDict({m: nn.Parameter(torch.zeros(d)) for m, d in dims.items()})
         self.out_dim = sum(dims.values()) + len(dims)
 
-    def forward(self, embeddings, present) -> tuple[torch.Tensor, None]:
-        masked, matrix = self._masked(embeddings, present)
+    def _combine(self, masked, matrix) -> tuple[torch.Tensor, None]:
         parts = [
             torch.where(matrix[:, i : i + 1], h, self.missing[m].expand_as(h))
             for i, (m, h) in enumerate(zip(self.modalities, masked, strict=True))
@@ -116,8 +126,7 @@ class GatedFusion(Fusion):
         self.gate = nn.ModuleDict({m: nn.Linear(d, 1) for m, d in dims.items()})
         self.out_dim = dim
 
-    def forward(self, embeddings, present) -> tuple[torch.Tensor, torch.Tensor]:
-        masked, matrix = self._masked(embeddings, present)
+    def _combine(self, masked, matrix) -> tuple[torch.Tensor, torch.Tensor]:
         gates = torch.cat([torch.sigmoid(self.gate[m](h)) for m, h in zip(self.modalities, masked, strict=True)], dim=1)
         gates = torch.where(matrix, gates, torch.zeros_like(gates))
         weights = gates / gates.sum(dim=1, keepdim=True).clamp_min(1e-12)
@@ -141,8 +150,7 @@ class AttentionFusion(Fusion):
         self.value = nn.Linear(dim, dim)
         self.out_dim = dim
 
-    def forward(self, embeddings, present) -> tuple[torch.Tensor, torch.Tensor]:
-        masked, matrix = self._masked(embeddings, present)
+    def _combine(self, masked, matrix) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = torch.stack([self.proj[m](h) for m, h in zip(self.modalities, masked, strict=True)], dim=1)
         tokens = tokens + self.modality_embedding  # [B, M, dim]
         scores = self.key(tokens) @ self.query / math.sqrt(self.out_dim)  # [B, M]

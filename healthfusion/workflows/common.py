@@ -171,7 +171,7 @@ def _check_label_kind(config: RunConfig, spec_label: LabelSpec, main: Cohort) ->
             f"tasks), or pick another label: "
             f"{[lab.name for lab in main.meta.labels if lab.kind in TRAINABLE_KINDS]}.")
     unsupported = {"ensemble": config.ensemble is not None, "reference_scores": bool(config.reference_scores),
-                   "tuning": config.tuning is not None and bool(config.tuning.grid)}
+                   "tuning": config.tuning is not None}
     for key, used in unsupported.items():
         if used:
             raise ValueError(f"The run config's {key!r} section works with binary labels only; label {name!r} is "

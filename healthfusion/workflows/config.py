@@ -171,18 +171,102 @@ class ModelSpec(StrictModel):
         return self
 
 
-class TuningSpec(StrictModel):
-    """Grid search over ``model`` fields by K-fold cross-validation on the training stays only."""
+def tuned_section(name: str) -> str:
+    """``model`` or ``training``: the run config section of tunable field ``name`` (KeyError when neither)."""
+    return next(section for section, cls in TUNABLE_SECTIONS.items() if name in cls.model_fields)
 
-    folds: int = Field(3, ge=2)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+def tuned_number_type(name: str) -> type | None:
+    """``int`` or ``float`` when tunable field ``name`` takes numbers (None allowed besides), else None."""
+    cls = TUNABLE_SECTIONS[tuned_section(name)]
+    annotation = cls.model_fields[name].annotation
+    kinds = set(getattr(annotation, "__args__", (annotation,))) - {type(None)}
+    return kinds.pop() if len(kinds) == 1 and kinds <= {int, float} else None
+
+
+class SearchRange(StrictModel):
+    """A numeric range of a search space: ``{low: 1e-4, high: 1e-2, log: true}``; integer model fields draw
+    integers (``step`` 1 unless set)."""
+
+    low: float = Field(description="Smallest value tried.")
+    high: float = Field(description="Largest value tried.")
+    log: bool = Field(False, description="Draw on a log scale (e.g. learning rates); needs low > 0.")
+    step: float | None = Field(None, gt=0, description="Spacing of the values tried (none: continuous; "
+                                                       "1 for integer fields).")
+
+    @model_validator(mode="after")
+    def _order(self) -> SearchRange:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high}); swap them")
+        if self.log and self.step is not None:
+            raise ValueError("a log range takes no step; drop step or set log: false")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got low={self.low}; raise low or set log: false")
+        return self
+
+
+#: the run config sections whose fields a ``tuning`` space may name (the names do not overlap)
+TUNABLE_SECTIONS = {"model": ModelSpec, "training": TrainerConfig}
+
+
+class TuningSpec(StrictModel):
+    """Hyperparameter search over ``model`` and ``training`` fields by patient-level K-fold CV on the training stays only
+    (see :mod:`healthfusion.workflows.search`; needs ``healthfusion[tune]``).
+
+    ``space`` maps a model or training field (e.g. ``hidden``, ``lr``) to a list (categorical) or a :class:`SearchRange`; the older form
+    ``{grid: {field: [values]}, folds: K}`` is the ``grid`` sampler over those lists."""
+
+    sampler: Literal["tpe", "random", "grid"] | None = Field(
+        None, description="Optuna sampler: tpe, random or grid (every combination of list values). "
+                          "Default: grid with a grid section, else tpe.")
+    trials: int | None = Field(None, ge=1, description="Trials in the study (a resumed study counts its finished "
+                                                       "trials). Default: every grid point for grid, 40 otherwise.")
+    folds: int = Field(3, ge=2, description="Cross-validation folds over the training stays.")
+    storage: Path | None = Field(None, description="SQLite file of the study (relative to the config file); a "
+                                                   "re-run resumes it and does not re-run finished trials.")
+    study: str | None = Field(None, description="Study name in the storage (default: the run's name).")
+    pruning: bool | None = Field(None, description="Stop a trial early when its running mean fold AUROC is "
+                                                   "below the median of earlier trials at that fold (Optuna's "
+                                                   "median pruner). Default: true for tpe and random, false for "
+                                                   "grid.")
+    space: dict[str, list[Any] | SearchRange] = Field(
+        default_factory=dict, description="Model or training field -> list of values (categorical) or {low, high, log, step}.")
+    grid: dict[str, list[Any]] = Field(default_factory=dict, description="Older form of a grid search: model "
+                                       "field -> list of values, e.g. {hidden: [32, 64]} (the grid sampler).")
 
     @model_validator(mode="after")
     def _known(self) -> TuningSpec:
-        unknown = set(self.grid) - set(ModelSpec.model_fields)
+        if self.grid and self.space:
+            raise ValueError("tuning has both `grid` and `space`; keep one (write the grid as `space` with "
+                             "`sampler: grid`)")
+        known = {name for cls in TUNABLE_SECTIONS.values() for name in cls.model_fields}
+        unknown = (set(self.grid) | set(self.space)) - known
         if unknown:
-            raise ValueError(f"tuning.grid keys {sorted(unknown)} are not model fields {list(ModelSpec.model_fields)}")
+            raise ValueError(f"tuning keys {sorted(unknown)} are not fields of `model` {list(ModelSpec.model_fields)} "
+                             f"or `training` {list(TrainerConfig.model_fields)}")
+        if not self.grid and not self.space:
+            raise ValueError("tuning needs a `space` (model field -> list or {low, high}), e.g. "
+                             "space: {hidden: [32, 64]}")
+        not_numeric = [k for k, v in self.search_space.items()
+                       if not isinstance(v, list) and tuned_number_type(k) is None]
+        if not_numeric:
+            raise ValueError(f"tuning ranges {{low, high}} fit numeric fields only; list the values of "
+                             f"{not_numeric} instead")
+        if self.resolved_sampler == "grid":
+            ranges = [k for k, v in self.search_space.items() if not isinstance(v, list)]
+            if ranges:
+                raise ValueError(f"the grid sampler takes lists of values only; {ranges} are ranges. "
+                                 f"List the values, or use sampler: tpe or random")
         return self
+
+    @property
+    def search_space(self) -> dict[str, list[Any] | SearchRange]:
+        """``space``, or the older ``grid`` form."""
+        return dict(self.grid or self.space)
+
+    @property
+    def resolved_sampler(self) -> str:
+        return self.sampler or ("grid" if self.grid else "tpe")
 
 
 class EnsembleSpec(StrictModel):
@@ -345,4 +429,5 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), out: str | 
     for spec in (config.data, *config.data.sources, config.data.test):
         resolve_paths(base, spec, ("path", "cohort"))
     resolve_paths(base, config.features, ("text_model",))
+    resolve_paths(base, config.tuning, ("storage",))
     return config

@@ -39,7 +39,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "features": "Modalities and how each becomes model input.",
         "model": "The hybrid network's architecture.",
         "training": "Training loop settings (epochs, batch size, learning rate, early stopping, imbalance).",
-        "tuning": "Optional grid search over model fields by K-fold CV on the training stays.",
+        "tuning": "Optional hyperparameter search (Optuna) over model and training fields by K-fold CV on the training stays.",
         "baselines": "Classical baselines trained on the engineered features of the same split.",
         "baseline_params": "Parameters of a baseline's model step, e.g. {gradient_boosting: {learning_rate: 0.01}}.",
         "ensemble": "Optional: the run's model as an ensemble of hybrid seeds and boosting.",
@@ -78,8 +78,6 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "text_pooling": "With text_model: mean of the token states or the CLS state.",
         "text_freeze": "With text_model: keep the language model's weights fixed.",
     },
-    "TuningSpec": {"folds": "Cross-validation folds over the training stays.",
-                   "grid": "Model field -> list of values to try, e.g. {hidden: [32, 64]}."},
     "EnsembleSpec": {
         "seeds": "Hybrid networks trained with seeds training.seed, +1, ... (logits averaged).",
         "members": "Members: hybrid and, optionally, gradient_boosting.",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +48,7 @@ from healthfusion.workflows.common import (
     model_card,
     prepare_run,
 )
-from healthfusion.workflows.config import ModelSpec, RunConfig
+from healthfusion.workflows.config import ModelSpec, RunConfig, TrainerConfig, tuned_section
 from healthfusion.workflows.ensemble import cross_fitted
 from healthfusion.workflows.evaluate import evaluate_predictions
 from healthfusion.workflows.model_card import data_facts
@@ -61,15 +60,25 @@ log = logging.getLogger(__name__)
 HYBRID, ENSEMBLE = "hybrid", "ensemble"
 
 
-def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console=None) -> tuple[ModelSpec, pd.DataFrame]:
-    """Grid search over ``config.tuning.grid`` by patient-level K-fold CV on the training stays only.
+def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console=None) -> tuple[RunConfig, pd.DataFrame]:
+    """Search ``config.tuning``'s space (:func:`healthfusion.workflows.search.run_search`, Optuna) by
+    patient-level K-fold CV on the training stays only; return ``config`` with the chosen ``model`` and
+    ``training`` values, and the trial table.
 
     Each fold refits the features on its own training part and splits that part again by patient (stratified, the
     run's val share of train + val) into an inner training set and an inner early-stopping set; the held-out fold
-    is scored once, after training, and never chooses an epoch. The score is the mean held-out-fold AUROC.
+    is scored once, after training, and never chooses an epoch. The folds and inner splits are the same for every
+    trial. A trial's score is the mean held-out-fold AUROC; the running mean is reported after each fold (pruning).
+
+    Raises
+    ------
+    ValueError
+        Trial values that make an invalid ``model`` section (the message names them), or a stored study that
+        does not match the config (:class:`~healthfusion.workflows.search.SearchError`).
     """
+    from healthfusion.workflows.search import run_search
+
     tuning = config.tuning
-    keys = list(tuning.grid)
     stays = cohort.stays.set_index("stay_id").loc[train_ids].reset_index()
     label = cohort.label(config.data.label)
     fractions = {f"fold{k}": 1.0 / tuning.folds for k in range(tuning.folds)}
@@ -77,31 +86,41 @@ def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console
     split = config.data.split
     inner_val = split.val / (split.train + split.val)
     inner = {}
-    for k in range(tuning.folds):  # the same inner split for every candidate
+    for k in range(tuning.folds):  # the same inner split for every trial
         fit_ids = folds.index[folds != f"fold{k}"].tolist()
         parts = split_patients(stays.set_index("stay_id").loc[fit_ids].reset_index(),
                                fractions={"train": 1.0 - inner_val, "val": inner_val}, seed=split.seed + 1 + k,
                                stratify=label)
         inner[k] = (fit_ids, parts.index[parts == "train"].tolist(), parts.index[parts == "val"].tolist(),
                     folds.index[folds == f"fold{k}"].tolist())
-    rows = []
-    for values in product(*(tuning.grid[k] for k in keys)):
-        spec = config.model.model_copy(update=dict(zip(keys, values, strict=True)))
-        scores = []
+
+    def tuned(values: dict) -> RunConfig:
+        sections = {name: {k: v for k, v in values.items() if tuned_section(k) == name} for name in ("model", "training")}
+        try:
+            return config.model_copy(update={
+                "model": ModelSpec.model_validate({**config.model.model_dump(), **sections["model"]}),
+                "training": TrainerConfig.model_validate({**config.training.model_dump(), **sections["training"]})})
+        except ValueError as err:
+            raise ValueError(f"tuning trial values {values} make an invalid `model` or `training` section: {err}. "
+                             f"Narrow tuning.space.") from err
+
+    def cross_validate(values: dict, report) -> list[float]:
+        trial, scores = tuned(values), []
+        spec = trial.model
         for k in range(tuning.folds):
             fit_ids, inner_train, inner_stop, held_ids = inner[k]
             feat = pretrained_featurizer(make_featurizer(config.features, config.data.label).fit(cohort, fit_ids), spec)
             fit, stop, held = (feat.transform(cohort, ids) for ids in (inner_train, inner_stop, held_ids))
             fit, stop, held = fit[fit.usable_rows()], stop[stop.usable_rows()], held[held.usable_rows()]
-            model, trainer, _ = fit_hybrid(feat, spec, fit, stop, config.training)
+            model, trainer, _ = fit_hybrid(feat, spec, fit, stop, trial.training)
             scores.append(auroc(held["target"], trainer.predict(model, held)))
-        rows.append({**dict(zip(keys, values, strict=True)), "cv_auroc": float(np.mean(scores)),
-                     "cv_auroc_sd": float(np.std(scores))})
-        if console is not None:
-            console.print(f"      tuning {rows[-1]}")
-    table = pd.DataFrame(rows)
-    best = table.loc[table["cv_auroc"].idxmax(), keys].to_dict()
-    return config.model.model_copy(update=best), table
+            if k + 1 < tuning.folds and report(k, float(np.mean(scores))):
+                break
+        return scores
+
+    best, table = run_search(tuning, cross_validate, seed=config.training.seed, study_name=config.name,
+                             console=console)
+    return tuned(best), table
 
 
 def _reference_scores(config: RunConfig, cohorts: dict[str, Cohort], ids: dict[str, list[str]]) -> dict:
@@ -221,11 +240,13 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
                                             prepared.started, prepared.say)
 
     spec, tuning_table = config.model, None
-    if config.tuning is not None and config.tuning.grid:
-        say(f"[bold cyan]Tuning[/] {config.tuning.folds}-fold CV on the training stays")
-        spec, tuning_table = tune_hybrid(config, main, ids["train"], console)
+    if config.tuning is not None:
+        say(f"[bold cyan]Tuning[/] {config.tuning.resolved_sampler} search, {config.tuning.folds}-fold CV on the "
+            f"training stays")
+        config, tuning_table = tune_hybrid(config, main, ids["train"], console)
+        spec = config.model
         write_csv(tuning_table, run_dir / "tuning.csv", index=False)
-        say(f"      chosen: {spec.model_dump()}")
+        say(f"      chosen: {tuning_table.loc[tuning_table['chosen']].iloc[0].to_dict()}")
 
     feat, data, usable = featurize_run(config, spec, main, cohorts, ids, say)
 

@@ -1,3 +1,4 @@
+import pandas as pd
 from typer.testing import CliRunner
 
 from healthfusion.cli.main import app
@@ -42,6 +43,21 @@ def test_cohort_convert_writes_parquet_with_the_same_layout(tmp_path):
     assert result.exit_code == 0, result.output
     assert "Wrote 1 Parquet tables" in result.output
     assert (tmp_path / "pq" / "icu" / "icustays.parquet").is_file()
+
+
+def test_cohort_convert_keeps_codes_as_text_and_names_a_bad_value(tmp_path):
+    raw = tmp_path / "raw" / "hosp"
+    raw.mkdir(parents=True)
+    (raw / "drgcodes.csv").write_text("subject_id,hadm_id,drg_type,drg_code,description,drg_severity,drg_mortality\n"
+                                      "1,10,APR,003,ECMO,4,4\n")
+    result = runner.invoke(app, ["cohort", "convert", "--path", str(raw.parent), "--out", str(tmp_path / "pq")])
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(tmp_path / "pq" / "hosp" / "drgcodes.parquet")["drg_code"].tolist() == ["003"]
+    (raw / "drgcodes.csv").write_text("subject_id,hadm_id,drg_type,drg_code,description,drg_severity,drg_mortality\n"
+                                      "1,10,APR,003,ECMO,high,4\n")
+    result = runner.invoke(app, ["cohort", "convert", "--path", str(raw.parent), "--out", str(tmp_path / "pq")])
+    assert result.exit_code == 2
+    assert "drgcodes.csv, column 'drg_severity', line 2: 'high' is not an integer" in " ".join(result.output.split())
 
 
 def test_cohort_convert_without_csv_is_one_clear_line(tmp_path):

@@ -1,9 +1,10 @@
 """Reading raw tables with clear errors: the file, the column or the row, and the fix.
 
 Small tables are read whole (:func:`read_table`); large ones are streamed in blocks of bounded size
-(:func:`stream_table`), from CSV (``.csv``, ``.csv.gz``) or Parquet. :func:`convert_to_parquet` turns a folder
-of raw CSV tables into Parquet once, after which every reader that uses :func:`find_table` reads the Parquet
-copy (it is preferred when both exist), typically an order of magnitude faster.
+(:func:`stream_table`), from CSV (``.csv``, ``.csv.gz``) or Parquet.
+:func:`~healthfusion.data.sources.convert.convert_to_parquet` turns a folder of raw CSV tables into Parquet
+once, after which every reader that uses :func:`find_table` reads the Parquet copy (it is preferred when both
+exist), typically an order of magnitude faster.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -31,11 +31,8 @@ log = logging.getLogger(__name__)
 STREAM_BLOCK_BYTES = 1 << 20  # CSV block read at a time (about 10,000 MIMIC-IV chartevents rows); larger
 # blocks were no faster here and the reader keeps several in flight (16 MiB blocks: +380 MB resident)
 PARQUET_BATCH_ROWS = 1 << 16  # Parquet rows read at a time (250,000: the same speed, +55 MB at peak)
-CONVERT_BLOCK_BYTES = 4 << 20  # CSV block read at a time by convert_to_parquet
-PARQUET_ROW_GROUP_ROWS = 250_000  # rows per row group that convert_to_parquet writes (at least)
 # Column kinds of stream_table; "time" is an ISO 8601 timestamp ("2150-01-01 12:00:00").
 _ARROW = {"int": pa.int64(), "float": pa.float64(), "str": pa.string(), "time": pa.timestamp("us")}
-_CSV_SUFFIXES = (".csv.gz", ".csv")
 
 
 def find_table(folder: Path, name: str) -> Path:
@@ -268,127 +265,3 @@ def _locate_bad_value(path: Path, columns: dict[str, str], exc: Exception) -> So
     except (pa.ArrowInvalid, OSError):
         return unparsed  # malformed beyond one value (e.g. a row with extra fields): pyarrow's message tells
     return unparsed
-
-
-# ------------------------------------------------------------------------------------------ CSV -> Parquet
-def convert_to_parquet(source: str | Path, out: str | Path, progress: bool = False) -> list[Path]:
-    """Convert every CSV table (``.csv``, ``.csv.gz``) under ``source`` to Parquet under ``out``, keeping the
-    folder layout (``hosp/labevents.csv.gz`` -> ``hosp/labevents.parquet``).
-
-    Each file is streamed in blocks, so memory stays bounded whatever its size. Column types are inferred
-    from the first block (numbers, ISO timestamps, text; a column empty there is text) and widened (integer
-    -> float -> text, timestamp -> text) if a later value does not fit. Empty fields become nulls. Parquet
-    files are written zstd-compressed, next to any already in ``out`` (an existing one of the same name is
-    replaced); a file is complete once it has its final name.
-
-    Returns
-    -------
-    list of Path
-        The Parquet files written, in the order of the CSV files' paths.
-
-    Raises
-    ------
-    SourceError
-        If ``source`` is not a folder or holds no CSV table, ``out`` is inside a CSV name, or a file cannot be
-        read (naming it).
-
-    Example::
-
-        convert_to_parquet("data/mimic-iv-2.2", "data/mimic-iv-2.2-parquet")
-        cohort = mimic4.build("data/mimic-iv-2.2-parquet")
-    """
-    source, out = Path(source), Path(out)
-    if not source.is_dir():
-        raise SourceError(f"{source} is not a folder; pass the folder that holds the raw CSV tables.")
-    files = sorted(p for p in source.rglob("*") if p.is_file() and p.name.lower().endswith(_CSV_SUFFIXES))
-    if not files:
-        raise SourceError(f"No CSV table (.csv or .csv.gz) found under {source}.")
-    written = []
-    for file in files:
-        name = file.name[: -len(next(s for s in _CSV_SUFFIXES if file.name.lower().endswith(s)))]
-        target = out / file.parent.relative_to(source) / f"{name}.parquet"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        rows = _csv_to_parquet(file, target)
-        if progress:
-            log.info("%s: %d rows -> %s", file, rows, target)
-        written.append(target)
-    return written
-
-
-def _csv_to_parquet(path: Path, target: Path) -> int:
-    """Stream one CSV into ``target``; returns its number of rows. Retries with wider types when a later
-    block does not fit the types inferred from the first."""
-    types = _inferred_types(path)
-    partial = target.with_name(target.name + ".partial")
-    for _ in range(2 * len(types) + 1):
-        try:
-            rows = _write_parquet(path, partial, types)
-        except pa.ArrowInvalid as exc:
-            column = _failed_column(exc, list(types))
-            if column is None or types[column] == pa.string():
-                partial.unlink(missing_ok=True)
-                raise SourceError(f"File {path} could not be converted to Parquet: {exc}.") from exc
-            wider = pa.float64() if pa.types.is_integer(types[column]) else pa.string()
-            log.info("%s: column %r does not fit %s; retrying as %s", path, column, types[column], wider)
-            types[column] = wider
-            continue
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise _unreadable(path, exc) from exc
-        partial.replace(target)
-        return rows
-    raise AssertionError("unreachable: each retry widens a column")  # pragma: no cover
-
-
-def _inferred_types(path: Path) -> dict[str, pa.DataType]:
-    header = _csv_header(path, [])
-    try:
-        with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=CONVERT_BLOCK_BYTES),
-                            parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                            convert_options=pacsv.ConvertOptions(strings_can_be_null=True)) as reader:
-            schema = reader.schema
-    except pa.ArrowInvalid as exc:
-        raise SourceError(f"File {path} could not be parsed as CSV: {exc}.") from exc
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
-    types = {}
-    for name in header:
-        kind = schema.field(name).type
-        if pa.types.is_timestamp(kind):
-            kind = pa.timestamp("us")
-        elif not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
-            kind = pa.string()  # text, or a column with no value in the first block
-        types[name] = kind
-    return types
-
-
-def _write_parquet(path: Path, target: Path, types: dict[str, pa.DataType]) -> int:
-    options = pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
-    schema = pa.schema(list(types.items()))
-    rows, waiting = 0, []
-
-    def flush() -> None:
-        table = pa.Table.from_batches(waiting, schema)
-        writer.write_table(table, row_group_size=max(table.num_rows, 1))  # one row group
-        waiting.clear()
-
-    with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=CONVERT_BLOCK_BYTES),
-                        parse_options=pacsv.ParseOptions(newlines_in_values=True),
-                        convert_options=options) as reader, \
-            pq.ParquetWriter(target, schema, compression="zstd") as writer:
-        for batch in reader:
-            waiting.append(batch)
-            rows += batch.num_rows
-            if sum(b.num_rows for b in waiting) >= PARQUET_ROW_GROUP_ROWS:
-                flush()
-        if waiting or rows == 0:
-            flush()
-    return rows
-
-
-def _failed_column(exc: Exception, names: list[str]) -> str | None:
-    """The column a pyarrow CSV conversion error names (``In CSV column #3: ...``), if any."""
-    match = re.search(r"CSV column #(\d+)", str(exc))
-    if match and int(match.group(1)) < len(names):
-        return names[int(match.group(1))]
-    return None

@@ -55,6 +55,11 @@ class IdBag(nn.Module):
         self.bag = nn.EmbeddingBag(n_ids, dim, mode="mean", padding_idx=0)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.check(ids)
+        return self.bag(ids)
+
+    def check(self, ids: torch.Tensor) -> None:
+        """Raise the ``ValueError`` of :meth:`forward` if ``ids`` is not ``[B, L]`` integer ids in range."""
         if ids.dim() != 2 or ids.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{self.what} expects ids [B, L] int64, got {tuple(ids.shape)} {ids.dtype}.")
         n_ids = self.bag.num_embeddings
@@ -63,7 +68,6 @@ class IdBag(nn.Module):
                 f"{self.what} got ids in [{int(ids.min())}, {int(ids.max())}] but accepts 0..{n_ids - 1} "
                 "(0 = padding); build the model with the vocabulary size of the fitted feature pipeline."
             )
-        return self.bag(ids)
 
 
 class CodesEncoder(nn.Module):

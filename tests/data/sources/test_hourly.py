@@ -1,5 +1,5 @@
-"""Hourly means in bounded memory: HourlyBins against pandas, and the MIMIC-IV reader against the benchmark's
-vectorized pandas build on a small generated database."""
+"""Hourly means computed by the table engine: against a plain pandas reference (means, chunks and row
+accounting), and the MIMIC-IV reader against the benchmark's vectorized pandas build on a generated database."""
 
 import importlib.util
 from pathlib import Path
@@ -8,79 +8,133 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from healthfusion.data.accounting import RowAccounting
+from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import hourly
-from healthfusion.data.sources.hourly import HourlyBins
 
 BENCHMARK = Path(__file__).resolve().parents[3] / "benchmarks" / "mimic_scale.py"
 
 
-def _random_events(rng, n, n_stays=40, first=-30, last=200, n_vars=5):
-    return {"stay": rng.integers(0, n_stays, n), "hour": rng.integers(first, last + 1, n),
-            "variable": rng.integers(0, n_vars, n), "value": rng.normal(80, 15, n), "offset": rng.random(n)}
+ITEMS = pd.DataFrame({"variable": ["HR", "Temp"], "factor": [1.0, 5 / 9], "offset": [0.0, -32 * 5 / 9]},
+                     index=pd.Index([220045, 223761], name="itemid"))
 
 
-@pytest.mark.parametrize("shard_stays, min_pending", [(512, 1 << 16), (3, 7)])
-def test_hourly_bins_equal_a_pandas_group_mean(monkeypatch, shard_stays, min_pending):
-    monkeypatch.setattr(hourly, "SHARD_STAYS", shard_stays)  # many shards, merged often
-    monkeypatch.setattr(hourly, "MIN_PENDING", min_pending)
+def _windows(n_stays: int) -> pd.DataFrame:
+    return pd.DataFrame({"stay_key": 100 + np.arange(n_stays), "stay_id": [f"s{i}" for i in range(n_stays)],
+                         "intime": pd.Timestamp("2150-01-01 00:00:00"), "start": -24.0, "end": 200.0})
+
+
+def _random_rows(path: Path, rng, n: int, n_stays: int) -> pd.DataFrame:
+    """Chartevents-shaped rows (some unmapped, unknown stays, missing, implausible, out of window)."""
+    seconds = rng.integers(-30 * 3600, 210 * 3600, n)
+    rows = pd.DataFrame({
+        "stay_id": 100 + rng.integers(0, n_stays + 2, n), "itemid": rng.choice([220045, 223761, 220046], n),
+        "charttime": (pd.Timestamp("2150-01-01") + pd.to_timedelta(seconds, unit="s")).astype(str),
+        "valuenum": rng.normal(90, 15, n).round(1)})
+    rows.loc[rng.random(n) < 0.01, "valuenum"] = np.nan
+    rows.loc[rng.random(n) < 0.01, "charttime"] = None
+    rows.loc[rng.random(n) < 0.01, "valuenum"] = 900.0
+    rows.to_csv(path, index=False)
+    return rows
+
+
+def _reference(rows: pd.DataFrame, windows: pd.DataFrame, pred: float, items: pd.DataFrame = ITEMS,
+               value: str = "valuenum") -> tuple[pd.DataFrame, dict]:
+    """Hourly means and the accounting of chartevents-shaped ``rows`` (stay_id, itemid, charttime and the
+    ``value`` column), written plainly in pandas, reason by reason."""
+    dropped = {}
+    df = rows.rename(columns={value: "valuenum"}).merge(items, left_on="itemid", right_index=True, how="left")
+    for reason, bad in (
+        ("unmapped item", lambda d: d["variable"].isna()),
+        ("stay not in cohort", lambda d: ~d["stay_id"].isin(windows["stay_key"])),
+        ("missing time", lambda d: d["charttime"].isna()),
+        ("missing value", lambda d: d["valuenum"].isna()),
+        ("implausible value", lambda d: ~d.apply(lambda r: _range(r["variable"])[0] <= r["value"]
+                                                 <= _range(r["variable"])[1], axis=1)),
+        ("outside stay window", lambda d: ~d["hours"].between(d["start"], d["end"])),
+    ):
+        if reason == "implausible value":
+            df["value"] = df["valuenum"] * df["factor"] + df["offset"]
+        if reason == "outside stay window":
+            df = df.merge(windows, left_on="stay_id", right_on="stay_key", suffixes=("_raw", ""))
+            df["hours"] = (pd.to_datetime(df["charttime"]) - df["intime"]) / pd.Timedelta(hours=1)
+        mask = bad(df) if len(df) else pd.Series(dtype=bool)
+        if mask.sum():
+            dropped[reason] = int(mask.sum())
+        df = df[~mask]
+    rel = df["hours"] - pred
+    df = df.assign(hour=np.floor(rel), offset=rel - np.floor(rel))
+    means = df.groupby(["stay_id", "hour", "variable"]).agg(value=("value", "mean"), offset=("offset", "mean"))
+    means = means.reset_index()
+    events = pd.DataFrame({"stay_id": means["stay_id"], "time": pred + means["hour"] + means["offset"],
+                           "variable": means["variable"], "value": means["value"]})
+    acc = {"read": len(rows), "used": len(df), "dropped": dropped}
+    return events.sort_values(["stay_id", "variable", "time"]).reset_index(drop=True), acc
+
+
+def _range(variable: str) -> tuple[float, float]:
+    from healthfusion.data.plausibility import PLAUSIBLE_RANGES
+
+    return PLAUSIBLE_RANGES.get(variable, (-np.inf, np.inf, ""))[:2]
+
+
+def _assert_same_events(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    got = got.astype({"stay_id": str, "variable": str}).sort_values(["stay_id", "variable", "time"])
+    got = got.reset_index(drop=True)
+    assert len(got) == len(want) > 0
+    assert got["stay_id"].tolist() == want["stay_id"].tolist()
+    assert got["variable"].tolist() == want["variable"].tolist()
+    np.testing.assert_allclose(got["value"], want["value"], rtol=1e-12)
+    np.testing.assert_allclose(got["time"], want["time"], rtol=0, atol=1e-9)
+    assert (np.floor(got["time"] - 24.0) == np.floor(want["time"] - 24.0)).all()  # the same hour
+
+
+@pytest.mark.parametrize("chunk_bins", [1 << 20, 7])
+def test_hourly_means_and_accounting_equal_a_plain_pandas_reference(tmp_path, monkeypatch, chunk_bins):
+    monkeypatch.setattr(hourly, "CHUNK_BINS", chunk_bins)
     rng = np.random.default_rng(0)
-    blocks = [_random_events(rng, n) for n in (500, 0, 3000, 1, 2500)]
-    bins = HourlyBins(n_stays=40, n_variables=5, first_hour=-30, last_hour=200)
-    for b in blocks:
-        bins.add(**b)
-    assert bins.n_added == 6001
-    got = pd.DataFrame(bins.result())
-    df = pd.concat([pd.DataFrame(b) for b in blocks], ignore_index=True)
-    want = df.groupby(["stay", "hour", "variable"]).agg(value=("value", "mean"), offset=("offset", "mean"),
-                                                        count=("value", "size")).reset_index()
-    assert got[["stay", "hour", "variable", "count"]].to_numpy().tolist() == \
-        want[["stay", "hour", "variable", "count"]].to_numpy().tolist()  # same cells, sorted the same way
-    np.testing.assert_allclose(got["value"], want["value"], rtol=1e-12)
-    np.testing.assert_allclose(got["offset"], want["offset"], atol=1e-6)  # offsets are summed in float32
-    assert (got["offset"] < 1).all()
+    rows = _random_rows(tmp_path / "chart.csv", rng, 6000, n_stays=30)
+    acc = RowAccounting()
+    parts = list(hourly.iter_hourly(tmp_path / "chart.csv", "chartevents", ("stay_id", "itemid", "charttime",
+                                    "valuenum"), ITEMS, _windows(30), 24.0, acc))
+    assert len(parts) > 1 or chunk_bins > 6000  # several chunks of whole stays when chunks are small
+    stays = [set(p["stay_id"].dropna().astype(str)) for p in parts]
+    assert all(not (a & b) for i, a in enumerate(stays) for b in stays[i + 1:])
+    want, want_acc = _reference(rows, _windows(30), 24.0)
+    assert acc.to_dict()["chartevents"] == want_acc and len(want_acc["dropped"]) == 6
+    _assert_same_events(pd.concat(parts, ignore_index=True), want)
 
 
-def test_hourly_bins_memory_is_bounded_by_cells_not_rows():
-    bins = HourlyBins(n_stays=2, n_variables=1, first_hour=0, last_hour=9)
-    rng = np.random.default_rng(1)
-    for _ in range(20):
-        n = 100_000
-        bins.add(rng.integers(0, 2, n), rng.integers(0, 10, n), np.zeros(n, int), rng.random(n), rng.random(n))
-    assert bins.n_added == 2_000_000 and bins.n_bins <= 20 * 20  # at most 2 x 10 cells per pending block
-    assert len(bins.result()["value"]) == 20
+@pytest.mark.realdata
+def test_hourly_means_of_the_demo_outputevents_equal_the_pandas_reference(shared_dataset):
+    """The demo ships no chartevents; its outputevents (same layout: stay_id, itemid, charttime, value) go
+    through the engine and through the plain pandas reference: the same events and the same accounting."""
+    from healthfusion.data.sources.itemmap import mimic4_items
+    from healthfusion.data.sources.mimic4 import _stays
+
+    demo = shared_dataset("mimic_iv_demo")
+    stays = _stays(demo, RowAccounting(), 24.0)
+    windows = stays[["stay_key", "stay_id", "intime"]].assign(start=-24.0, end=stays["los_hours"])
+    items = mimic4_items("outputevents")[["variable", "factor", "offset"]]
+    path = demo / "icu" / "outputevents.csv.gz"
+    acc = RowAccounting()
+    got = pd.concat(hourly.iter_hourly(path, "outputevents", ("stay_id", "itemid", "charttime", "value"), items,
+                                       windows, 24.0, acc), ignore_index=True)
+    rows = pd.read_csv(path, usecols=["stay_id", "itemid", "charttime", "value"])
+    want, want_acc = _reference(rows, windows, 24.0, items, "value")
+    assert acc.to_dict()["outputevents"] == want_acc and want_acc["used"] > 1000
+    _assert_same_events(got, want)
 
 
-def test_spilled_state_gives_the_same_means_shard_by_shard(monkeypatch, tmp_path):
-    """With a tiny memory budget the state goes to disk many times; the means are those of the in-memory run,
-    chunks come in stay order (one per shard) and the spill files are gone at the end."""
-    monkeypatch.setattr(hourly, "SHARD_STAYS", 8)
-    monkeypatch.setattr(hourly, "MIN_PENDING", 50)
-    rng = np.random.default_rng(4)
-    blocks = [_random_events(rng, 2000) for _ in range(6)]
-    kept = HourlyBins(n_stays=40, n_variables=5, first_hour=-30, last_hour=200)
-    spilled = HourlyBins(n_stays=40, n_variables=5, first_hour=-30, last_hour=200, memory_rows=300,
-                         spill_dir=tmp_path / "spill")
-    for b in blocks:
-        kept.add(**b)
-        spilled.add(**b)
-        assert spilled.n_bins <= 300 + 2000  # memory: the budget plus at most one reduced block
-    assert spilled.n_spills >= 5 and kept.n_spills == 0
-    chunks = list(spilled.chunks())
-    assert len(chunks) == 5  # 40 stays / 8 per shard
-    assert all(c["stay"].min() // 8 == c["stay"].max() // 8 for c in chunks)
-    got, want = ({k: np.concatenate([c[k] for c in parts]) for k in parts[0]} for parts in (chunks, [kept.result()]))
-    for name in ("stay", "hour", "variable", "count"):
-        np.testing.assert_array_equal(got[name], want[name])
-    np.testing.assert_allclose(got["value"], want["value"], rtol=1e-12)
-    np.testing.assert_allclose(got["offset"], want["offset"], atol=1e-6)
-    assert list((tmp_path / "spill").iterdir()) == []  # spill folder of this run removed
-
-
-def test_hourly_bins_reject_bad_sizes():
-    with pytest.raises(ValueError, match="first_hour <= last_hour"):
-        HourlyBins(n_stays=1, n_variables=1, first_hour=5, last_hour=4)
-    with pytest.raises(ValueError, match="do not fit an int64 key"):
-        HourlyBins(n_stays=2**40, n_variables=100, first_hour=0, last_hour=2**20)
+def test_a_table_with_no_usable_row_yields_nothing_but_counts_every_row(tmp_path):
+    path = tmp_path / "chart.csv"
+    pd.DataFrame({"stay_id": [100, 999], "itemid": [220046, 220045], "charttime": "2150-01-01 01:00:00",
+                  "valuenum": 80.0}).to_csv(path, index=False)
+    acc = RowAccounting()
+    parts = list(hourly.iter_hourly(path, "t", ("stay_id", "itemid", "charttime", "valuenum"), ITEMS,
+                                    _windows(2), 24.0, acc))
+    assert parts == [] and acc.to_dict()["t"] == {
+        "read": 2, "used": 0, "dropped": {"unmapped item": 1, "stay not in cohort": 1}}
 
 
 # ------------------------------------------------------------------ the benchmark's pandas build as reference
@@ -123,7 +177,7 @@ def _template(root: Path) -> Path:
 def test_reader_equals_the_vectorized_pandas_build(benchmark, tmp_path, monkeypatch):
     """The benchmark's correctness check, small: every hourly mean and the window tensors are the same."""
     monkeypatch.setattr(benchmark, "CHUNK_ROWS", 7_000)
-    monkeypatch.setattr(hourly, "MIN_PENDING", 500)
+    monkeypatch.setattr(hourly, "CHUNK_BINS", 500)
     root = tmp_path / "db"
     made = benchmark.make_database(_template(tmp_path / "template"), root, n_rows=30_000, copies=3, seed=3)
     assert made["icu_stays"] == 12
@@ -139,8 +193,26 @@ def test_reader_equals_the_vectorized_pandas_build(benchmark, tmp_path, monkeypa
     assert "GCS" in set(means["variable"])
 
 
-def test_hourly_bins_with_nothing_added_give_typed_empty_means():
-    got = HourlyBins(n_stays=3, n_variables=2, first_hour=-2, last_hour=5).result()
-    assert {k: (len(v), v.dtype) for k, v in got.items()} == {
-        "stay": (0, np.int32), "hour": (0, np.int32), "variable": (0, np.int32), "value": (0, np.float64),
-        "offset": (0, np.float32), "count": (0, np.uint32)}
+def test_a_bad_value_in_parquet_names_the_file_column_and_row(tmp_path):
+    path = tmp_path / "chart.parquet"
+    pd.DataFrame({"stay_id": [100, 101], "itemid": 220045, "charttime": ["2150-01-01 01:00:00", "later"],
+                  "valuenum": 80.0}).to_parquet(path)
+    with pytest.raises(SourceError, match=r"chart\.parquet, column 'charttime', row 1: cannot parse time 'later'"):
+        list(hourly.iter_hourly(path, "t", ("stay_id", "itemid", "charttime", "valuenum"), ITEMS, _windows(2),
+                                24.0, RowAccounting()))
+
+
+def test_the_engine_memory_limit_comes_from_the_environment(monkeypatch, tmp_path):
+    from healthfusion.data.sources import engine
+
+    monkeypatch.setenv(engine.MEMORY_ENV, "300MB")
+    con = engine.connect(spill_dir=tmp_path / "spill")
+    limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    (folder,) = (tmp_path / "spill").iterdir()  # this connection's own spill folder
+    assert con.execute("SELECT current_setting('temp_directory')").fetchone()[0] == str(folder)
+    engine.close(con)
+    assert limit == "286.1 MiB"  # 300 MB
+    assert list((tmp_path / "spill").iterdir()) == []  # removed on close
+    monkeypatch.setenv(engine.MEMORY_ENV, "lots")
+    with pytest.raises(ValueError, match=r"Memory limit 'lots' .* give one like 512MB"):
+        engine.connect()

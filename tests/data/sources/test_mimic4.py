@@ -9,7 +9,7 @@ import pytest
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import get_source, io
-from healthfusion.data.sources.io import convert_to_parquet
+from healthfusion.data.sources.convert import convert_to_parquet
 from healthfusion.data.sources.itemmap import MIMIC4_ITEMS
 from healthfusion.data.sources.mimic4 import build
 
@@ -205,16 +205,23 @@ def test_cohort_round_trips_and_is_registered(extract, tmp_path):
 
 
 def test_building_into_a_folder_streams_the_same_cohort_with_spills(extract, tmp_path, monkeypatch):
-    """build(out=...) writes the hourly chunks as they finish (here with the state spilled to disk at every
-    block) and returns the lazily loaded folder: same events, accounting and observable rows as in memory."""
-    from healthfusion.data.sources import hourly
+    """build(out=...) writes the hourly chunks as they are fetched (here two hourly means at a time, cut at
+    stay boundaries, with a small memory limit for the engine) and returns the lazily loaded folder: same
+    events, accounting and observable rows as in memory."""
+    from healthfusion.data.sources import engine, hourly
 
     whole = build(extract)
     monkeypatch.setattr(io, "STREAM_BLOCK_BYTES", 200)
-    monkeypatch.setattr(hourly, "MEMORY_ROWS", 1)
-    monkeypatch.setattr(hourly, "SHARD_STAYS", 1)
+    monkeypatch.setattr(hourly, "CHUNK_BINS", 2)
+    monkeypatch.setattr(engine, "MEMORY_LIMIT", "64MB")
+    chunks = []
+    real_events = hourly._events
+    monkeypatch.setattr(hourly, "_events", lambda means, *a: chunks.append(set(means["stay"])) or real_events(means, *a))
     folder = build(extract, out=tmp_path / "cohort")
     assert (tmp_path / "cohort" / "events.parquet").is_file() and folder._tables.get("events") is None
+    # more hourly means than one fetch holds, yet one chunk per stay: a stay is never split
+    assert chunks and all(len(c) == 1 for c in chunks) and len(chunks) == len(set().union(*chunks))
+    assert (whole.events["variable"].isin(["HR", "Temp", "GCS"])).sum() > hourly.CHUNK_BINS
     assert folder.accounting.to_dict() == whole.accounting.to_dict()
     key = ["stay_id", "time", "variable", "value"]
 

@@ -1,0 +1,200 @@
+"""The HTTP scoring service (FastAPI + uvicorn, extra ``serve``): the only module that imports them.
+
+Endpoints (all ``/v1`` ones but ``/v1/health`` need ``Authorization: Bearer <token>`` unless the app is built with
+``token=None``, which the CLI never does):
+
+- ``POST /v1/predict``: patients -> calibrated probability, risk group, status (see :mod:`.schemas`);
+- ``POST /v1/streams/{id}/events``, ``GET /v1/streams/{id}``, ``DELETE /v1/streams/{id}``: live streams
+  (:mod:`.streams`);
+- ``GET /v1/model``: the model card (:meth:`ScoringModel.info`); ``GET /v1/health``; ``GET /openapi.json``.
+
+Errors are JSON ``{"detail": ...}``: 401 without a valid token, 413 for a body over ``max_body_bytes`` or more
+than ``max_batch`` patients, 422 naming the field (``loc``) of invalid input, 404 for an unknown stream, 429 when
+the stream limit is reached. Logs carry the route template, status and duration only: no identifiers (the access
+log, which prints paths, is off), no values, never the token.
+"""
+
+
+import hmac
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from healthfusion.models.scoring import ScoringModel, load_model
+from healthfusion.serve.patients import PatientError, Vocabulary, score_patients
+from healthfusion.serve.schemas import Health, PredictRequest, PredictResponse, StreamEvents, StreamState
+from healthfusion.serve.streams import AlertPolicy, StreamLimitError, StreamRegistry
+
+log = logging.getLogger(__name__)
+
+_INSTALL_HINT = 'The scoring service needs the "serve" extra: pip install "healthfusion[serve]"'
+TOKEN_ENV = "HEALTHFUSION_API_TOKEN"
+
+
+def _fastapi():
+    try:
+        import fastapi
+        import fastapi.responses
+    except ImportError as err:  # pragma: no cover - depends on the installed extras
+        raise ImportError(_INSTALL_HINT) from err
+    return fastapi
+
+
+def read_token(token_file: Path | None, environ: dict[str, str]) -> str:
+    """The bearer token from ``token_file`` (first line, stripped) or else the ``HEALTHFUSION_API_TOKEN`` variable.
+
+    Raises
+    ------
+    ValueError
+        Neither is set, the file cannot be read, or the token is shorter than 16 characters.
+    """
+    if token_file is not None:
+        try:
+            token = token_file.read_text(encoding="utf-8").strip().splitlines()[0].strip()
+        except (OSError, UnicodeDecodeError, IndexError) as err:
+            raise ValueError(f"Cannot read a token from --token-file {token_file}: {err or 'the file is empty'}.") \
+                from None
+    else:
+        token = environ.get(TOKEN_ENV, "").strip()
+        if not token:
+            raise ValueError(f"No API token: set the environment variable {TOKEN_ENV} or pass --token-file PATH "
+                             "(a file holding the token). Generate one with: python -c \"import secrets; "
+                             "print(secrets.token_urlsafe(32))\"")
+    if len(token) < 16:
+        raise ValueError("The API token is shorter than 16 characters; use a long random token.")
+    return token
+
+
+def create_app(model: ScoringModel | str | Path, *, token: str | None, max_body_bytes: int = 5_000_000,
+               max_batch: int = 1_000, max_streams: int = 10_000, tolerance: float = 1.0,
+               policy: AlertPolicy | None = None) -> Any:
+    """The FastAPI app scoring with ``model`` (a loaded model or its folder, loaded with ``load_model``).
+
+    ``token=None`` disables authentication (tests, or a caller behind its own gateway).
+
+    Raises
+    ------
+    ModelLoadError
+        The folder does not load.
+    ValueError
+        The model's label is not binary (the service returns probabilities and risk groups).
+    ImportError
+        FastAPI is not installed (with the install hint).
+    """
+    _fastapi()
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import JSONResponse
+
+    scoring = model if isinstance(model, ScoringModel) else load_model(model)
+    if scoring.label.kind != "binary":
+        raise ValueError(f"The service scores binary risk models; {scoring.path} predicts a {scoring.label.kind} "
+                         f"label ({scoring.label.name!r}). Score it with healthfusion predict.")
+    vocabulary = Vocabulary.of(scoring)
+    streams = StreamRegistry(scoring, tolerance=tolerance, policy=policy, max_streams=max_streams)
+    fingerprint = str(scoring.card.get("fingerprint", ""))
+    app = FastAPI(title="healthfusion scoring service", version="1",
+                  description=f"Scores patients with the {scoring.kind} model {fingerprint[:12]} "
+                              f"({scoring.label.name}).")
+    app.state.model, app.state.streams = scoring, streams
+
+    def authorised(request: Request) -> None:
+        if token is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise HTTPException(401, "Missing or wrong bearer token: send 'Authorization: Bearer <token>'.",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.middleware("http")
+    async def limit_and_log(request: Request, call_next):
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            response = JSONResponse({"detail": f"Request body over the limit of {max_body_bytes} bytes; send fewer "
+                                               "patients or events per request."}, status_code=413)
+        elif length is None and request.method in ("POST", "PUT", "PATCH"):
+            body = await request.body()  # chunked upload: check the size once received
+            if len(body) > max_body_bytes:
+                response = JSONResponse({"detail": f"Request body over the limit of {max_body_bytes} bytes."},
+                                        status_code=413)
+            else:
+                response = await call_next(request)
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        log.info("%s %s -> %d in %.1f ms", request.method, getattr(route, "path", "?"), response.status_code,
+                 (time.perf_counter() - start) * 1000)
+        return response
+
+    @app.exception_handler(PatientError)
+    async def patient_error(request: Request, exc: PatientError):
+        parts = [int(x) if x.isdigit() else x for x in exc.field.replace("[", ".").replace("]", "").split(".") if x]
+        return JSONResponse({"detail": [{"loc": ["body", *parts],
+                                         "msg": exc.reason, "type": "value_error"}]}, status_code=422)
+
+    @app.get("/v1/health", response_model=Health)
+    def health() -> Health:
+        return Health(status="ok", model=fingerprint, backend="torch", streams=len(streams))
+
+    @app.get("/v1/model", dependencies=[Depends(authorised)])
+    def model_card() -> dict:
+        """The model card: kind, label, threshold, calibrator, data options, training summary, variables."""
+        return scoring.info()
+
+    @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(authorised)])
+    def predict(body: PredictRequest) -> PredictResponse:
+        """Score one or more patients (at most the service's batch limit)."""
+        if len(body.patients) > max_batch:
+            raise HTTPException(413, f"{len(body.patients)} patients in one request; the limit is {max_batch}. "
+                                     "Split the batch.")
+        return PredictResponse(model=fingerprint, results=score_patients(scoring, body.patients, vocabulary))
+
+    @app.post("/v1/streams/{stream_id}/events", response_model=StreamState, dependencies=[Depends(authorised)])
+    def stream_events(stream_id: str, body: StreamEvents) -> StreamState:
+        """Add events to the stream ``stream_id`` (created on first use) and return its updated risk and alerts."""
+        _check_id(stream_id)
+        try:
+            return streams.update(stream_id, body.events, body.static, body.now)
+        except StreamLimitError as err:
+            raise HTTPException(429, str(err)) from None
+
+    @app.get("/v1/streams/{stream_id}", response_model=StreamState, dependencies=[Depends(authorised)])
+    def stream_state(stream_id: str) -> StreamState:
+        try:
+            return streams.get(stream_id)
+        except KeyError:
+            raise HTTPException(404, "No such stream; post events to /v1/streams/{id}/events first.") from None
+
+    @app.delete("/v1/streams/{stream_id}", status_code=204, dependencies=[Depends(authorised)])
+    def stream_close(stream_id: str) -> None:
+        try:
+            streams.close(stream_id)
+        except KeyError:
+            raise HTTPException(404, "No such stream.") from None
+
+    def _check_id(stream_id: str) -> None:
+        if not (0 < len(stream_id) <= 128) or not all(c.isalnum() or c in "._:-" for c in stream_id):
+            raise HTTPException(422, [{"loc": ["path", "stream_id"], "type": "value_error",
+                                       "msg": "1-128 characters of letters, digits and . _ : -"}])
+
+    return app
+
+
+def serve(model_dir: ScoringModel | str | Path, *, token: str, host: str = "127.0.0.1", port: int = 8000,
+          **limits) -> None:
+    """Load the model (unless given loaded), build the app and run it with uvicorn until interrupted (access log off: paths hold ids).
+
+    Raises
+    ------
+    ImportError
+        uvicorn or FastAPI is not installed (with the install hint).
+    """
+    try:
+        import uvicorn
+    except ImportError as err:  # pragma: no cover - depends on the installed extras
+        raise ImportError(_INSTALL_HINT) from err
+    app = create_app(model_dir, token=token, **limits)
+    log.info("Serving on http://%s:%d", host, port)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")

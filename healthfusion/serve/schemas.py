@@ -1,0 +1,117 @@
+"""Pydantic request and response bodies of the scoring service (also the library's patient format).
+
+A patient is written in the model's own vocabulary: static columns by name, time-series events as
+``{"time": hours since admission, "variable": name, "value": number}``, and the prediction time in hours since
+admission (default: the time of the latest event)::
+
+    {"patients": [{"id": "p1", "static": {"Age": 71, "Gender": 1},
+                   "events": [{"time": 1.5, "variable": "HR", "value": 112.0}], "prediction_time": 48}]}
+
+Unknown keys are errors (naming the field), so a misspelt key is never ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Most events one patient may carry in one request.
+MAX_EVENTS_PER_PATIENT = 50_000
+
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Event(_Strict):
+    """One observation: ``time`` (hours since admission, >= 0), ``variable`` (a model variable), ``value``."""
+
+    time: float = Field(ge=0.0, le=24 * 365)
+    variable: str = Field(min_length=1, max_length=128)
+    value: float
+
+    @field_validator("value", "time")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number (not NaN or infinity); leave the event out if unmeasured")
+        return v
+
+
+class Patient(_Strict):
+    """One patient to score; ``prediction_time`` defaults to the latest event time (0 without events)."""
+
+    id: Identifier
+    static: dict[str, float | str | None] = Field(default_factory=dict)
+    events: list[Event] = Field(default_factory=list, max_length=MAX_EVENTS_PER_PATIENT)
+    prediction_time: float | None = Field(default=None, ge=0.0, le=24 * 365)
+
+    def at(self) -> float:
+        """The prediction time in hours since admission."""
+        if self.prediction_time is not None:
+            return self.prediction_time
+        return max((e.time for e in self.events), default=0.0)
+
+
+class PredictRequest(_Strict):
+    """``POST /v1/predict`` body: one or more patients (at most the service's batch limit)."""
+
+    patients: list[Patient] = Field(min_length=1)
+
+
+class PatientResult(_Strict):
+    """Per patient: calibrated ``probability`` and ``risk_group`` (None when not scored) and ``status`` ("ok" or
+    the reason it could not be scored)."""
+
+    id: str
+    probability: float | None
+    risk_group: str | None
+    status: str
+
+
+class PredictResponse(_Strict):
+    """``POST /v1/predict`` answer, patients in request order; ``model`` is the model's fingerprint."""
+
+    model: str
+    results: list[PatientResult]
+
+
+class StreamEvents(_Strict):
+    """``POST /v1/streams/{id}/events`` body: new events of one patient (static values once, or when they change)."""
+
+    events: list[Event] = Field(default_factory=list, max_length=MAX_EVENTS_PER_PATIENT)
+    static: dict[str, float | str | None] | None = None
+    now: float | None = Field(default=None, ge=0.0, le=24 * 365,
+                              description="current time in hours since admission, if later than the events")
+
+
+class Alert(_Strict):
+    """An alert raised by a stream: when (hours since admission) and the risk that crossed the threshold."""
+
+    time: float
+    probability: float
+
+
+class StreamState(_Strict):
+    """A stream's state after its latest update (see :class:`healthfusion.serve.streams.StreamSession`)."""
+
+    id: str
+    time: float | None
+    n_events: int
+    probability: float | None
+    risk_group: str | None
+    status: str
+    alerting: bool
+    alerts: list[Alert]
+    rejected: int = Field(description="events refused so far as older than the latest time minus the tolerance")
+
+
+class Health(_Strict):
+    status: str
+    model: str
+    backend: str
+    streams: int
