@@ -324,7 +324,8 @@ class TrackingSpec(StrictModel):
 class RunConfig(StrictModel):
     #: what ``--quick`` sets (see :func:`apply_quick`); ``--set`` still wins
     QUICK: ClassVar[dict[str, Any]] = {"data.max_stays": 300, "training.max_epochs": 2, "evaluation.n_boot": 20,
-                                       "ensemble.seeds": 1, "ensemble.folds": 2, "tuning.folds": 2}
+                                       "ensemble.seeds": 1, "ensemble.folds": 2, "tuning.folds": 2,
+                                       "tuning.trials": 2}
 
     name: str = "run"
     out: Path | None = None

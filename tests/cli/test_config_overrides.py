@@ -172,3 +172,13 @@ def test_config_check_takes_the_same_overrides(study):
     assert ok.exit_code == 0 and "valid" in ok.output
     bad = runner.invoke(app, ["config", "check", str(study), "--set", "training.max_epochs=-1"])
     assert bad.exit_code == 2 and "training.max_epochs" in bad.output
+
+
+def test_quick_cuts_a_tuning_search_only_where_the_config_has_one(study, tmp_path):
+    assert load_run_config(study, quick=True).tuning is None  # quick switches nothing on
+    raw = yaml.safe_load(study.read_text())
+    raw["data"]["cohort"] = str(study.parent / "cohort")
+    raw["tuning"] = {"grid": {"hidden": [4, 8, 16]}, "folds": 4}
+    (tmp_path / "tuned.yaml").write_text(yaml.safe_dump(raw))
+    tuned = load_run_config(tmp_path / "tuned.yaml", quick=True)
+    assert tuned.tuning.folds == 2 and tuned.tuning.trials == 2
