@@ -26,7 +26,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from rich.console import Console  # noqa: E402
 
 from healthfusion.workflows.multitask import load_multitask_config, run_multitask  # noqa: E402
@@ -62,18 +61,6 @@ def summarise(run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _override(config, items: list[str]):
-    """``config`` with ``SECTION.FIELD=VALUE`` overrides applied (validated again)."""
-    if not items:
-        return config
-    raw = config.model_dump(mode="json")
-    for item in items:
-        key, value = item.split("=", 1)
-        section, field = key.split(".", 1)
-        raw[section][field] = yaml.safe_load(value)
-    return type(config).model_validate(raw)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="+", type=Path)
@@ -86,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     parts = []
     for path in args.configs:
-        config = _override(load_multitask_config(path), args.set)
+        config = load_multitask_config(path, args.set)
         config = config.model_copy(update={"out": args.out / config.name})
         start = time.time()
         run_dir = run_multitask(config, console=console)

@@ -75,3 +75,28 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, (EOFError, zlib.error)):
         return f"an input file is truncated or corrupt ({exc or type(exc).__name__}); copy or download it again."
     return f"could not read an input ({exc})."
+
+
+# the --set, --out and --quick options every --config command shares (train, transfer, multitask, pretrain)
+SET_OPTION = typer.Option(None, "--set", metavar="KEY=VALUE",
+                          help="Override a config setting by its dotted key, value read as YAML, e.g. --set "
+                               "training.max_epochs=5 --set data.split.seed=1; repeatable, later wins. "
+                               "An unknown key is an error naming the closest known one.")
+OUT_OPTION = typer.Option(None, "--out", "-o", help="Output folder (relative to the working directory); replaces "
+                                                    "the config's out: (which is relative to the config file).")
+QUICK_OPTION = typer.Option(False, "--quick", help="Smoke run of the config: few stays, 1-2 epochs, few bootstrap "
+                                                   "resamples (the config kind's QUICK settings; --set still wins); "
+                                                   "recorded as quick: true in the run folder's config.yaml.")
+
+
+def load_config(loader, path, overrides: list[str] | None, out, quick: bool):
+    """``loader(path, overrides, out, quick)`` (a workflow's ``load_*_config``), a bad config exiting with status 2;
+    a quick run says so."""
+    try:
+        config = loader(path, overrides or (), out, quick)
+    except ValueError as exc:
+        fail(exc)
+    if getattr(config, "quick", False):
+        console.print("[bold yellow]Quick smoke run[/]: few stays, 1-2 epochs, few bootstrap resamples; its numbers "
+                      "are not results (config.yaml records quick: true).")
+    return config

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from healthfusion.cli.common import console, fail
+from healthfusion.cli.common import SET_OPTION, console, fail
 
 
 def register(app: typer.Typer) -> None:
@@ -39,12 +39,14 @@ def register(app: typer.Typer) -> None:
     def check(
         file: Path = typer.Argument(..., help="Config file (YAML) to validate."),
         kind: str | None = typer.Option(None, help="Config kind (default: detected from the file's top-level keys)."),
+        set_: list[str] | None = SET_OPTION,
     ) -> None:
-        """Validate a config file without running it; exit 2 naming the file and each offending field."""
+        """Validate a config file (with its --set overrides) without running it; exit 2 naming the file and each
+        offending field."""
         from healthfusion.workflows.config_schema import check_config
 
         try:
-            found, _ = check_config(file, kind)
+            found, _ = check_config(file, kind, set_ or ())
         except ValueError as exc:
             fail(exc)
         console.print(f"{file}: a valid [bold]{found}[/] config")

@@ -11,7 +11,16 @@ from pathlib import Path  # noqa: E402
 
 import typer  # noqa: E402
 
-from healthfusion.cli.common import ReadErrorsGroup, console, fail, parse_options  # noqa: E402
+from healthfusion.cli.common import (  # noqa: E402
+    OUT_OPTION,
+    QUICK_OPTION,
+    SET_OPTION,
+    ReadErrorsGroup,
+    console,
+    fail,
+    load_config,
+    parse_options,
+)
 from healthfusion.cli.render import print_frame  # noqa: E402
 
 app = typer.Typer(
@@ -71,6 +80,9 @@ def train(
     config: Path = typer.Option(..., "--config", "-c", help="Run configuration (YAML); unknown keys are errors."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Clear the config's non-empty `out` folder first, once "
                                                               "the data has been read (default: refuse it)."),
+    set_: list[str] | None = SET_OPTION,
+    out: Path | None = OUT_OPTION,
+    quick: bool = QUICK_OPTION,
 ) -> None:
     """Train the hybrid model (or, with an `ensemble` section, the hybrid + boosting ensemble) and the baselines on
     one split; write the run folder (new or empty) with the model, metrics and plots."""
@@ -78,7 +90,8 @@ def train(
     from healthfusion.workflows.train import run_training
 
     try:
-        run_dir = run_training(load_run_config(config), console=console, overwrite=overwrite)
+        run_dir = run_training(load_config(load_run_config, config, set_, out, quick), console=console,
+                               overwrite=overwrite)
     except ValueError as exc:
         fail(exc)
     _print_run(run_dir)

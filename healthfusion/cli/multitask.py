@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from healthfusion.cli.common import console, fail
+from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, console, fail, load_config
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
 
@@ -25,6 +25,9 @@ def register(app: typer.Typer) -> None:
         track: bool = typer.Option(False, "--track", help=TRACK_HELP),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in the config's out: folder "
                                     "from its checkpoints (same results as an uninterrupted run)."),
+        set_: list[str] | None = SET_OPTION,
+        out: Path | None = OUT_OPTION,
+        quick: bool = QUICK_OPTION,
     ) -> None:
         """Train one model on many tasks (binary, multiclass, multilabel, regression, clustering); write the per-task
         table, the task-interdependence (TIM) heatmap and the saved model. Device, mixed precision and the other
@@ -32,7 +35,7 @@ def register(app: typer.Typer) -> None:
         from healthfusion.workflows.multitask import load_multitask_config, run_multitask
 
         try:
-            run_dir = run_multitask(load_multitask_config(config), console=console, resume=resume)
+            run_dir = run_multitask(load_config(load_multitask_config, config, set_, out, quick), console=console, resume=resume)
         except ValueError as exc:
             fail(exc)
         if track:

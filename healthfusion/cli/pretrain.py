@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from healthfusion.cli.common import console, fail
+from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, console, fail, load_config
 from healthfusion.cli.render import print_frame
 
 models_app = typer.Typer(help="Pretrained encoders in the local registry.", no_args_is_help=True)
@@ -19,13 +19,16 @@ def pretrain(
     config: Path = typer.Option(..., "--config", "-c", help="Pretraining configuration (YAML)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from the newest checkpoint "
                                 "in the config's checkpoints: folder."),
+    set_: list[str] | None = SET_OPTION,
+    out: Path | None = OUT_OPTION,
+    quick: bool = QUICK_OPTION,
 ) -> None:
     """Pretrain an encoder without labels (masked values, masked features/codes, or contrastive views) and save it.
     Device, mixed precision and the other training options are the config's training: section, as in train."""
     from healthfusion.workflows.pretrain import load_pretrain_config, run_pretraining
 
     try:
-        result = run_pretraining(load_pretrain_config(config), console=console, resume=resume)
+        result = run_pretraining(load_config(load_pretrain_config, config, set_, out, quick), console=console, resume=resume)
     except ValueError as exc:
         fail(exc)
     card = result["card"]

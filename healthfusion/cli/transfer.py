@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from healthfusion.cli.common import console, fail
+from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, console, fail, load_config
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
 
@@ -25,6 +25,9 @@ def register(app: typer.Typer) -> None:
         track: bool = typer.Option(False, "--track", help=TRACK_HELP),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep in the config's out: folder "
                                     "from its checkpoints (same results as an uninterrupted sweep)."),
+        set_: list[str] | None = SET_OPTION,
+        out: Path | None = OUT_OPTION,
+        quick: bool = QUICK_OPTION,
     ) -> None:
         """Train a BiLSTM risk model on a source domain and adapt it to a low-resource target (target-only,
         source-only, pooled, fine-tuning, DANN, MMD and their combination) over target sizes and seeds; write the
@@ -33,7 +36,7 @@ def register(app: typer.Typer) -> None:
         from healthfusion.workflows.transfer import load_transfer_config, run_transfer
 
         try:
-            run_dir = run_transfer(load_transfer_config(config), console=console, resume=resume)
+            run_dir = run_transfer(load_config(load_transfer_config, config, set_, out, quick), console=console, resume=resume)
         except ValueError as exc:
             fail(exc)
         if track:

@@ -80,8 +80,10 @@ class TargetPartition:
     test_ids: list[str]
 
 
-def concat_cohorts(cohorts: Sequence[Cohort]) -> Cohort:
-    """One in-memory cohort holding several cohorts of the same source (e.g. PhysioNet 2012 sets A and B).
+def concat_cohorts(cohorts: Sequence[Cohort], names: Sequence[str] | None = None, column: str = "source") -> Cohort:
+    """One in-memory cohort holding several cohorts of the same source (e.g. PhysioNet 2012 sets A and B); with
+    ``names`` (one per cohort), the stays table gets a ``column`` (default ``source``) naming each stay's cohort,
+    a domain column like ``site`` (subgroup audits, transfer domains).
 
     Raises
     ------
@@ -91,7 +93,9 @@ def concat_cohorts(cohorts: Sequence[Cohort]) -> Cohort:
     cohorts = list(cohorts)
     if not cohorts:
         raise CohortError("concat_cohorts needs at least one cohort.")
-    if len(cohorts) == 1:
+    if names is not None and len(names) != len(cohorts):
+        raise CohortError(f"concat_cohorts got {len(names)} names for {len(cohorts)} cohorts; give one per cohort.")
+    if len(cohorts) == 1 and names is None:
         return cohorts[0]
     ids = pd.concat([c.stays["stay_id"] for c in cohorts], ignore_index=True)
     if ids.duplicated().any():
@@ -102,6 +106,8 @@ def concat_cohorts(cohorts: Sequence[Cohort]) -> Cohort:
         parts = [getattr(c, name) for c in cohorts]
         if any(p is None for p in parts):
             continue
+        if name == "stays" and names is not None:
+            parts = [p.assign(**{column: n}) for p, n in zip(parts, names, strict=True)]
         tables[name] = pd.concat(parts, ignore_index=True)
     meta = CohortMeta.from_dict(cohorts[0].meta.to_dict())  # a copy: the first cohort's meta stays as it was
     for c in cohorts[1:]:

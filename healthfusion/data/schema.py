@@ -14,7 +14,7 @@ SCHEMA_VERSION = 1
 
 FEATURE_KINDS = ("numeric", "categorical")
 LABEL_KINDS = ("binary", "multiclass", "multilabel", "regression")
-DOMAIN_COLUMNS = ("site", "care_unit", "age_group", "sex", "ethnicity")
+DOMAIN_COLUMNS = ("site", "care_unit", "age_group", "sex", "ethnicity", "source")
 
 # table -> {column: kind}; kinds: "str", "float", "int". Extra columns are allowed where noted in TABLE_OPEN.
 TABLE_COLUMNS: dict[str, dict[str, str]] = {

@@ -18,6 +18,8 @@ import pandas as pd
 
 from healthfusion import __version__
 from healthfusion.data.cohort import Cohort
+from healthfusion.data.domains import concat_cohorts
+from healthfusion.data.errors import CohortError
 from healthfusion.data.schema import LabelSpec
 from healthfusion.data.sources import check_options, get_source, scoring_options
 from healthfusion.data.splits import shared_patients, split_patients, write_development_patients
@@ -44,7 +46,10 @@ TRAINABLE_KINDS = ("binary", "multiclass", "regression")
 
 
 def open_source(spec: SourceSpec, console=None) -> Cohort:
-    """The cohort a :class:`SourceSpec` names: a saved folder, or built in memory from raw files."""
+    """The cohort a :class:`SourceSpec` names: a saved folder, built in memory from raw files, or (a run config's
+    ``data.sources``) several of those pooled (:func:`pool_sources`)."""
+    if getattr(spec, "sources", None):
+        return pool_sources(spec.sources, console)
     if spec.cohort is not None:
         return Cohort.load(spec.cohort)
     builder = get_source(spec.source)
@@ -53,6 +58,49 @@ def open_source(spec: SourceSpec, console=None) -> Cohort:
         with console.status(f"Reading {spec.source} from {spec.path} ..."):
             return builder(spec.path, **spec.options)
     return builder(spec.path, **spec.options)
+
+
+def source_names(specs: list[SourceSpec]) -> list[str]:
+    """A name per pooled source for the stays' ``source`` column: its file or folder name (``set-a.tar.gz``), made
+    unique with the entry's index where two entries share one."""
+    names = [Path(s.cohort if s.cohort is not None else s.path).name for s in specs]
+    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
+
+
+def pool_sources(specs: list[SourceSpec], console=None) -> Cohort:
+    """The cohorts of ``specs`` read and pooled into one (stay ids must be distinct), each stay's entry named in
+    the stays' ``source`` column.
+
+    Raises
+    ------
+    CohortError
+        A stay id in two sources, or a source with images (pooling keeps the tables, not the image arrays).
+    """
+    cohorts = [open_source(s, console) for s in specs]
+    names = source_names(specs)
+    for name, cohort in zip(names, cohorts, strict=True):
+        if cohort.images is not None and len(cohort.images):
+            raise CohortError(f"data.sources: {name} has images, and pooled sources keep no image arrays; train on "
+                              "one image source (e.g. its own train/val splits in one cohort folder).")
+    pooled = concat_cohorts(cohorts, names=names)
+    log.info("data.sources: %s pooled into %d stays", dict(zip(names, map(len, cohorts), strict=True)), len(pooled))
+    return pooled
+
+
+def sample_stays(cohort: Cohort, max_stays: int | None, seed: int) -> Cohort:
+    """``cohort`` cut to at most ``max_stays`` stays by whole patients (shuffled with ``seed``, kept while their
+    stays fit); the cohort itself when ``max_stays`` is None or not below its size. Logs what it kept."""
+    if max_stays is None or len(cohort) <= max_stays:
+        return cohort
+    stays = cohort.stays
+    patients = stays["patient_id"].drop_duplicates().to_numpy()
+    np.random.default_rng(seed).shuffle(patients)
+    per_patient = stays.groupby("patient_id").size().reindex(patients).cumsum()
+    keep = set(per_patient.index[per_patient.to_numpy() <= max_stays])
+    ids = stays.loc[stays["patient_id"].isin(keep), "stay_id"].astype(str).tolist()
+    log.info("max_stays: %d of %d stays kept (%d patients sampled with seed %d)", len(ids), len(cohort), len(keep),
+             seed)
+    return cohort.subset(ids)
 
 
 def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
@@ -167,7 +215,7 @@ def prepare_run(config: RunConfig, console=None, overwrite: bool = False) -> Run
     """
     t0 = time.perf_counter()
     run_dir = Path(config.out) if config.out else Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    sources = [config.data] + ([config.data.test] if config.data.test is not None else [])
+    sources = [config.data, *config.data.sources] + ([config.data.test] if config.data.test is not None else [])
     inputs = inputs_inside(run_dir, [p for spec in sources for p in (spec.path, spec.cohort)])
     check_run_folder(run_dir, overwrite, keep=inputs)
 
@@ -177,6 +225,10 @@ def prepare_run(config: RunConfig, console=None, overwrite: bool = False) -> Run
 
     say("[bold cyan]Data[/]")
     main = open_source(config.data, console)
+    if config.data.max_stays is not None and len(main) > config.data.max_stays:
+        n_read = len(main)
+        main = sample_stays(main, config.data.max_stays, config.data.split.seed)
+        say(f"      data.max_stays: {len(main)} of {n_read} stays used (whole patients, seed {config.data.split.seed})")
     spec_label = main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
     _check_label_kind(config, spec_label, main)
     if config.data.test is not None:
@@ -232,6 +284,9 @@ def _warn_shared_patients(development: pd.DataFrame, external: pd.DataFrame, say
 def data_card(spec: SourceSpec, cohort: Cohort) -> dict:
     """How the stays of a model's training data were read: the source and its scoring options
     (:func:`healthfusion.data.sources.scoring_options`); for a saved cohort folder, its source and no options."""
+    if getattr(spec, "sources", None):  # pooled: the first entry's reader scores new data
+        card = data_card(spec.sources[0], cohort)
+        return {**card, "from": f"{len(spec.sources)} pooled sources", "sources": source_names(spec.sources)}
     if spec.source is None:
         return {"source": cohort.meta.source or None, "options": {}, "from": "cohort folder"}
     return {"source": spec.source, "options": scoring_options(spec.source, spec.options), "from": "raw files"}

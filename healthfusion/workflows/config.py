@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -41,6 +41,14 @@ from healthfusion.features.summary import ALL_STATS, SUMMARY_STATS
 from healthfusion.models.classical import BASELINES, make_baseline
 from healthfusion.training.config import TrainerConfig
 from healthfusion.training.privacy import PrivacyConfig
+from healthfusion.workflows.config_overrides import (  # noqa: F401 (ConfigError, parse_override: public here too)
+    ConfigError,
+    apply_quick,
+    parse_override,
+    problem_text,
+    set_dotted,
+    yaml_problem,
+)
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -69,6 +77,11 @@ class SourceSpec(StrictModel):
         return self
 
 
+#: ``quick:`` of every run config kind (``--quick`` on the command line sets it).
+QUICK_DESCRIPTION = ("A quick smoke run (--quick): the config kind's QUICK settings (few stays, 1-2 epochs, few "
+                     "bootstrap resamples) applied over the file's own; recorded so the run folder says so.")
+
+
 class SplitSpec(StrictModel):
     train: float = 0.7
     val: float = 0.15
@@ -77,9 +90,29 @@ class SplitSpec(StrictModel):
 
 
 class DataSpec(SourceSpec):
+    """The run's data: one source (``source`` + ``path``, or ``cohort``) or several pooled (``sources``), the label,
+    the split and an optional external test set."""
+
+    sources: list[SourceSpec] = Field(
+        default_factory=list, description="Several sources pooled into one cohort (e.g. PhysioNet 2012 sets A and B, "
+        "several hospitals' folders) instead of source/path/cohort; stay ids must be distinct across them, and each "
+        "stay's entry is named in the stays' 'source' column (a domain of the subgroup audit).")
     label: str
+    max_stays: int | None = Field(None, ge=10, description="Use at most this many stays, whole patients sampled with "
+                                  "split.seed (a smoke run, a learning curve); null: all. data.test is not sampled.")
     split: SplitSpec = Field(default_factory=SplitSpec)
     test: SourceSpec | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DataSpec:  # replaces SourceSpec's check: data.sources is a third way to name the data
+        if not self.sources:
+            return super()._one()
+        given = [k for k in ("source", "path", "cohort") if getattr(self, k) is not None] + (
+            ["options"] if self.options else [])
+        if given:
+            raise ValueError(f"give either 'sources' (a list of sources to pool) or source/path/cohort, not both; "
+                             f"move {given} into the entries of 'sources'")
+        return self
 
 
 class FeatureSpec(StrictModel):
@@ -290,8 +323,14 @@ class TrackingSpec(StrictModel):
 
 
 class RunConfig(StrictModel):
+    #: what ``--quick`` sets (see :func:`apply_quick`); ``--set`` still wins
+    QUICK: ClassVar[dict[str, Any]] = {"data.max_stays": 300, "training.max_epochs": 2, "evaluation.n_boot": 20,
+                                       "ensemble.seeds": 1, "ensemble.folds": 2, "tuning.folds": 2,
+                                       "tuning.trials": 2}
+
     name: str = "run"
     out: Path | None = None
+    quick: bool = Field(False, description=QUICK_DESCRIPTION)
     data: DataSpec
     features: FeatureSpec = Field(default_factory=FeatureSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -327,19 +366,24 @@ class RunConfig(StrictModel):
         return self
 
 
-class ConfigError(ValueError):
-    """The run configuration file is missing, not YAML, or does not validate."""
+def read_yaml_config(path: str | Path, schema: type[M], overrides: Sequence[str] = (), out: str | Path | None = None,
+                     quick: bool = False) -> M:
+    """Read ``path`` as YAML, apply the command line's settings and validate it against the pydantic ``schema``
+    (unknown keys are errors, with a "did you mean"); the shared loader of every ``--config`` file.
 
-
-def read_yaml_config(path: str | Path, schema: type[M]) -> M:
-    """Read ``path`` as YAML and validate it against the pydantic ``schema`` (unknown keys are errors).
+    In order: the file's mapping; with ``quick`` (or ``quick: true`` in the file), the schema's ``QUICK`` smoke-run
+    settings (:func:`apply_quick`) and ``quick: true``; each ``overrides`` item ``a.b.c=VALUE`` (VALUE read as
+    YAML: ``2`` a number, ``[0, 1]`` a list, ``null`` None; a list item by index, ``data.0.path``), later items
+    winning, so ``--set`` beats ``--quick``; ``out`` (the command line's ``--out``, relative to the working
+    directory) replaces the file's ``out:``. A relative ``out:`` of the file is resolved against the file's folder,
+    like its data paths.
 
     Raises
     ------
     ConfigError
-        A missing file, invalid YAML, a document that is not a mapping, or invalid settings (each offending key
-        named, as ``section.key: message``); a ``ValueError`` raised by the schema's validators is reported the
-        same way.
+        A missing file, invalid YAML, a document that is not a mapping, a malformed override, or invalid settings
+        (each offending key named, as ``section.key: message``, an unknown key with the closest known one); a
+        ``ValueError`` raised by the schema's validators is reported the same way.
     """
     path = Path(path)
     if not path.is_file():
@@ -347,21 +391,24 @@ def read_yaml_config(path: str | Path, schema: type[M]) -> M:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
+    if quick or raw.get("quick") is True:
+        raw = apply_quick(raw, schema)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
     try:
-        return schema.model_validate(raw)
+        config = schema.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(problem_text(schema, e) for e in exc.errors())
         raise ConfigError(f"{path}: {problems}") from exc
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """One line for a YAML parse error: the problem and where (PyYAML's own text spans several lines)."""
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return problem if mark is None else f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    if "out" in type(config).model_fields:
+        resolve_paths(path.parent, config, ("out",))
+        if out is not None:
+            config.out = Path(out).expanduser().resolve()
+    return config
 
 
 def resolve_paths(base: Path, obj: Any, attrs: Sequence[str]) -> None:
@@ -376,17 +423,19 @@ def resolve_paths(base: Path, obj: Any, attrs: Sequence[str]) -> None:
             setattr(obj, attr, value if value.is_absolute() else (base / value).resolve())
 
 
-def load_run_config(path: str | Path) -> RunConfig:
-    """Read and validate a run config; relative data paths are resolved against the config file's folder.
+def load_run_config(path: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None,
+                    quick: bool = False) -> RunConfig:
+    """Read and validate a run config (``overrides``, ``out`` and ``quick`` as in :func:`read_yaml_config`);
+    relative paths (``out``, data, text model) are resolved against the config file's folder.
 
     Raises
     ------
     ConfigError
         Naming the file and, for validation errors, each offending key.
     """
-    config = read_yaml_config(path, RunConfig)
+    config = read_yaml_config(path, RunConfig, overrides, out, quick)
     base = Path(path).parent
-    for spec in (config.data, config.data.test):
+    for spec in (config.data, *config.data.sources, config.data.test):
         resolve_paths(base, spec, ("path", "cohort"))
     resolve_paths(base, config.features, ("text_model",))
     resolve_paths(base, config.tuning, ("storage",))

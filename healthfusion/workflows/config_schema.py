@@ -11,6 +11,7 @@ import difflib
 import importlib
 import inspect
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,8 +125,9 @@ def detect_kind(raw: dict) -> str:
     return min(CONFIG_KINDS, key=score)
 
 
-def check_config(path: str | Path, kind: str | None = None) -> tuple[str, BaseModel]:
-    """Validate the config file ``path`` as ``kind`` (detected from its keys when None) with that kind's loader.
+def check_config(path: str | Path, kind: str | None = None, overrides: Sequence[str] = ()) -> tuple[str, BaseModel]:
+    """Validate the config file ``path`` as ``kind`` (detected from its keys when None) with that kind's loader,
+    after the ``--set`` ``overrides`` (see :func:`healthfusion.workflows.config.read_yaml_config`).
 
     Returns
     -------
@@ -149,4 +151,4 @@ def check_config(path: str | Path, kind: str | None = None) -> tuple[str, BaseMo
         kind = detect_kind(raw)
     config_class(kind)  # an unknown kind fails here, with a suggestion
     module, _, loader = CONFIG_KINDS[kind]
-    return kind, getattr(importlib.import_module(module), loader)(path)
+    return kind, getattr(importlib.import_module(module), loader)(path, overrides)

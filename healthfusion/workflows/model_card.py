@@ -65,6 +65,8 @@ def shown_path(value: object) -> str:
 
 def _source_text(spec: dict | None) -> str:
     spec = spec or {}
+    if spec.get("sources"):
+        return "pooled: " + " + ".join(_source_text(s) for s in spec["sources"])
     if spec.get("cohort"):
         return f"cohort folder {shown_path(spec['cohort'])}"
     return f"{spec.get('source')} files ({shown_path(spec.get('path'))})"

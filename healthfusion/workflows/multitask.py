@@ -48,7 +48,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -69,8 +69,9 @@ from healthfusion.models.multitask import MultitaskModel, MultitaskModelConfig, 
 from healthfusion.training.config import TrainerConfig, training_section
 from healthfusion.training.losses.multitask import MultitaskObjectiveConfig
 from healthfusion.training.multitask import predict_multitask, target_key
-from healthfusion.workflows.common import make_featurizer, open_source
+from healthfusion.workflows.common import make_featurizer, open_source, sample_stays
 from healthfusion.workflows.config import (
+    QUICK_DESCRIPTION,
     FeatureSpec,
     SourceSpec,
     SplitSpec,
@@ -185,8 +186,13 @@ OBJECTIVE_KEYS = ("weighting", "cluster_warmup_epochs", "cluster_balance")
 class MultitaskConfig(StrictModel):
     """The ``healthfusion multitask`` run configuration (unknown keys are errors at every level)."""
 
+    #: what ``--quick`` sets (see :func:`~healthfusion.workflows.config.apply_quick`); ``--set`` still wins
+    QUICK: ClassVar[dict[str, Any]] = {"data.max_stays": 300, "training.max_epochs": 2, "comparison.seeds": [0],
+                                       "n_boot": 20, "tim.retrain_seeds": 1}
+
     name: str = "multitask"
     out: Path | None = None
+    quick: bool = Field(False, description=QUICK_DESCRIPTION)
     data: MultitaskDataSpec
     features: FeatureSpec = Field(default_factory=FeatureSpec)
     exclude_static: list[str] = Field(default_factory=list)
@@ -241,15 +247,17 @@ class MultitaskConfig(StrictModel):
         return self
 
 
-def load_multitask_config(path: str | Path) -> MultitaskConfig:
-    """Read and validate ``MT.yaml``; relative data paths are resolved against the file's folder.
+def load_multitask_config(path: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None,
+                          quick: bool = False) -> MultitaskConfig:
+    """Read and validate ``MT.yaml`` (``overrides``, ``out`` and ``quick`` as in
+    :func:`~healthfusion.workflows.config.read_yaml_config`); relative paths resolve against the file's folder.
 
     Raises
     ------
     ConfigError
         Naming the file and each offending key.
     """
-    config = read_yaml_config(path, MultitaskConfig)
+    config = read_yaml_config(path, MultitaskConfig, overrides, out, quick)
     resolve_paths(Path(path).parent, config.data, ("path", "cohort"))
     resolve_paths(Path(path).parent, config.model, ("pretrained_root",))
     return config
@@ -325,16 +333,8 @@ def _stratifier(config: MultitaskConfig, labels: dict, ids: list[str]) -> pd.Ser
 def prepare(config: MultitaskConfig, console=None) -> dict:
     """Cohort, labels, split and fitted featurizer of a run, and the train/val/test datasets with targets."""
     cohort = open_source(config.data, console)
+    cohort = sample_stays(cohort, config.data.max_stays, config.data.split.seed)
     ids = [str(s) for s in cohort.stay_ids]
-    if config.data.max_stays is not None and len(ids) > config.data.max_stays:
-        stays = cohort.stays
-        patients = stays["patient_id"].drop_duplicates().to_numpy()
-        rng = np.random.default_rng(config.data.split.seed)
-        rng.shuffle(patients)
-        per_patient = stays.groupby("patient_id").size().reindex(patients).cumsum()
-        keep = set(per_patient.index[per_patient.to_numpy() <= config.data.max_stays])
-        ids = stays.loc[stays["patient_id"].isin(keep), "stay_id"].astype(str).tolist()
-        cohort = cohort.subset(ids)
     labels, classes = extract_labels(cohort, config.tasks, ids)
     split = config.data.split
     fractions = {"train": split.train, "val": split.val, "test": split.test}

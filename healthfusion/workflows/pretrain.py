@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -48,6 +49,7 @@ from healthfusion.training.losses.pretraining import PretrainingLoss
 from healthfusion.training.trainer import Trainer
 from healthfusion.workflows.common import make_featurizer, open_source
 from healthfusion.workflows.config import (
+    QUICK_DESCRIPTION,
     ConfigError,
     FeatureSpec,
     SourceSpec,
@@ -75,8 +77,12 @@ PRETRAIN_PRESET = {"max_epochs": 20, "batch_size": 64, "lr": 1e-3, "weight_decay
 class PretrainRunConfig(StrictModel):
     """The ``pretrain`` job (validated; unknown keys are errors). Give ``name`` (registry) or ``out`` (a folder)."""
 
+    #: what ``--quick`` sets (see :func:`~healthfusion.workflows.config.apply_quick`); ``--set`` still wins
+    QUICK: ClassVar[dict[str, Any]] = {"training.max_epochs": 2}
+
     name: str | None = None
     out: Path | None = None
+    quick: bool = Field(False, description=QUICK_DESCRIPTION)
     root: Path | None = None
     overwrite: bool = False
     data: list[SourceSpec]
@@ -110,15 +116,20 @@ class PretrainRunConfig(StrictModel):
         return self.name if self.name is not None else Path(self.out)
 
 
-def load_pretrain_config(path: str | Path) -> PretrainRunConfig:
-    """Read and validate a pretraining config; relative paths are resolved against the file's folder.
+def load_pretrain_config(path: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None,
+                         quick: bool = False) -> PretrainRunConfig:
+    """Read and validate a pretraining config (``overrides``, ``out`` and ``quick`` as in
+    :func:`~healthfusion.workflows.config.read_yaml_config`; ``out`` replaces a registry ``name``); relative paths
+    are resolved against the file's folder.
 
     Raises
     ------
     ConfigError
         Missing file, invalid YAML, or invalid settings (each offending key named).
     """
-    config = read_yaml_config(path, PretrainRunConfig)
+    if out is not None:  # --out saves into a folder instead of the registry
+        overrides = [*overrides, "name=null"]
+    config = read_yaml_config(path, PretrainRunConfig, overrides, out, quick)
     try:
         config.target()
     except ValueError as exc:
@@ -126,7 +137,7 @@ def load_pretrain_config(path: str | Path) -> PretrainRunConfig:
     base = Path(path).parent
     for spec in config.data:
         resolve_paths(base, spec, ("path", "cohort"))
-    resolve_paths(base, config, ("out", "exclude_stays", "root", "checkpoints"))
+    resolve_paths(base, config, ("exclude_stays", "root", "checkpoints"))
     return config
 
 

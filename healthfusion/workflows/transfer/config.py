@@ -10,13 +10,20 @@ class_weight|none``) and ``early_stopping: false`` (now ``patience: null``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from healthfusion.training.config import TrainerConfig, training_section
-from healthfusion.workflows.config import SourceSpec, StrictModel, read_yaml_config, resolve_paths
+from healthfusion.workflows.config import (
+    QUICK_DESCRIPTION,
+    SourceSpec,
+    StrictModel,
+    read_yaml_config,
+    resolve_paths,
+)
 
 STRATEGIES: tuple[str, ...] = ("target_only", "source_only", "pooled", "finetune", "finetune_frozen", "dann", "mmd",
                                "finetune_dann_mmd")
@@ -110,8 +117,14 @@ class ShapSpec(StrictModel):
 class TransferConfig(StrictModel):
     """The validated transfer config (see ``docs/transfer.md`` for an annotated example)."""
 
+    #: what ``--quick`` sets (see :func:`~healthfusion.workflows.config.apply_quick`); ``--set`` still wins
+    QUICK: ClassVar[dict[str, Any]] = {
+        "training.max_epochs": 2, "finetune.max_epochs": 2, "protocol.seeds": [0], "protocol.n_boot": 20,
+        "shap.n_patients": 10, "shap.n_background": 10, "shap.n_samples": 5}
+
     name: str = "transfer"
     out: Path | None = None
+    quick: bool = Field(False, description=QUICK_DESCRIPTION)
     data: TransferData
     domain: DomainSpec
     protocol: ProtocolSpec = Field(default_factory=ProtocolSpec)
@@ -142,15 +155,17 @@ class TransferConfig(StrictModel):
         return self
 
 
-def load_transfer_config(path: str | Path) -> TransferConfig:
-    """Read and validate a transfer config; relative data paths resolve against the config file's folder.
+def load_transfer_config(path: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None,
+                         quick: bool = False) -> TransferConfig:
+    """Read and validate a transfer config (``overrides``, ``out`` and ``quick`` as in
+    :func:`~healthfusion.workflows.config.read_yaml_config`); relative paths resolve against the file's folder.
 
     Raises
     ------
     ConfigError
         Naming the file and each offending key (unknown keys included).
     """
-    config = read_yaml_config(path, TransferConfig)
+    config = read_yaml_config(path, TransferConfig, overrides, out, quick)
     for spec in config.data.sources:
         resolve_paths(Path(path).parent, spec, ("path", "cohort"))
     resolve_paths(Path(path).parent, config.model, ("pretrained_root",))
