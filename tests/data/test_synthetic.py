@@ -88,7 +88,7 @@ def test_bad_parameters_are_refused(kwargs):
 # ------------------------------------------------------------------------------------------------ schema
 def test_schema_domains_and_patients(cohort):
     stays = cohort.stays
-    assert set(DOMAIN_COLUMNS) <= set(stays.columns)
+    assert set(DOMAIN_COLUMNS) - {"source"} <= set(stays.columns)  # ``source``: only pooled cohorts have it
     assert set(stays["site"]) == set(synthetic.SITES)
     assert set(stays["care_unit"]) == set(synthetic.CARE_UNITS)
     assert set(stays["age_group"]) == set(synthetic.AGE_GROUPS)

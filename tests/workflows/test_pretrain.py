@@ -67,8 +67,8 @@ def test_train_with_a_linear_probe_keeps_the_encoder(pretrained, monkeypatch):
 def test_unknown_pretrained_name_is_a_clear_error(pretrained, monkeypatch):
     root, _ = pretrained
     monkeypatch.setenv("HEALTHFUSION_MODELS", str(root / "registry"))
-    cfg = {"data": {"cohort": "cohort", "label": "mortality"}, "model": {"pretrained": {"ts": "nope"}},
-           "training": {"max_epochs": 1}, "baselines": []}
+    cfg = {"out": "bad-run", "data": {"cohort": "cohort", "label": "mortality"},
+           "model": {"pretrained": {"ts": "nope"}}, "training": {"max_epochs": 1}, "baselines": []}
     (root / "bad.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match="syn-lstm"):
         run_training(load_run_config(root / "bad.yaml"))
