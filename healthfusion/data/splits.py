@@ -121,3 +121,50 @@ def count_development_patients(folder: str | Path, patient_ids: Iterable) -> int
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return len(_digests(pd.unique(pd.Series(list(patient_ids), dtype=object).astype(str)), salt) & known)
+
+
+#: a cohort's own split names (MedMNIST train/val/test, MEDS train/tuning/held_out, common spellings) -> ours
+PREDEFINED_SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                          "tuning": "val", "dev": "val", "test": "test", "held_out": "test", "heldout": "test"}
+
+
+def predefined_split(stays: pd.DataFrame, column: str = "split") -> pd.Series:
+    """Each stay's split read from the cohort's own ``column`` of ``stays`` (``split: predefined`` in a run
+    config), mapped to ``train``/``val``/``test`` by :data:`PREDEFINED_SPLIT_NAMES` (case-insensitive: MedMNIST's
+    ``train``/``val``/``test``, MEDS' ``train``/``tuning``/``held_out``).
+
+    Returns
+    -------
+    Series indexed by stay_id (in ``stays`` order) with the split name of each stay; a split may be absent (a
+    cohort without test stays gives a run without a test set).
+
+    Raises
+    ------
+    CohortError
+        ``column`` is not in ``stays`` (the columns present are named), a stay has no value there (the first such
+        stay is named), or a value is not a known split name (the unknown values and their counts are named).
+    """
+    if column not in stays.columns:
+        raise CohortError(f"split: predefined reads the stays' {column!r} column, which this cohort lacks (its stays "
+                          f"have {list(stays.columns)}). Give the column's name (data.split.column), add one with "
+                          "train/val/test per stay, or use a random split (data.split: {train: 0.7, val: 0.15, "
+                          "test: 0.15}).")
+    raw = stays[column]
+    missing = raw.isna()
+    if missing.any():
+        first = stays.loc[missing, "stay_id"].iloc[0]
+        raise CohortError(f"split: predefined: {int(missing.sum())} stay(s) have no value in column {column!r} "
+                          f"(first: stay {first!r}); give every stay a split or use a random split.")
+    names = raw.astype(str).str.strip().str.lower()
+    mapped = names.map(PREDEFINED_SPLIT_NAMES)
+    unknown = names[mapped.isna()]
+    if len(unknown):
+        counts = {str(k): int(v) for k, v in unknown.value_counts().items()}
+        raise CohortError(f"split: predefined: column {column!r} has value(s) {counts} (value: stays) that are not "
+                          f"split names; use one of {sorted(set(PREDEFINED_SPLIT_NAMES))} (train, val/tuning, "
+                          "test/held_out).")
+    result = pd.Series(mapped.to_numpy(), index=stays["stay_id"].to_numpy(), name="split")
+    if not (result == "train").any() or not (result == "val").any():
+        raise CohortError(f"split: predefined needs training and validation stays; column {column!r} gives "
+                          f"{result.value_counts().to_dict()}. Add val (or tuning) stays, or use a random split.")
+    return result

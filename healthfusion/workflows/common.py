@@ -22,7 +22,12 @@ from healthfusion.data.domains import concat_cohorts
 from healthfusion.data.errors import CohortError
 from healthfusion.data.schema import LabelSpec
 from healthfusion.data.sources import check_options, get_source, scoring_options
-from healthfusion.data.splits import shared_patients, split_patients, write_development_patients
+from healthfusion.data.splits import (
+    predefined_split,
+    shared_patients,
+    split_patients,
+    write_development_patients,
+)
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.features.image import ImageTransformer
@@ -45,11 +50,11 @@ log = logging.getLogger(__name__)
 TRAINABLE_KINDS = ("binary", "multiclass", "regression")
 
 
-def open_source(spec: SourceSpec, console=None) -> Cohort:
+def open_source(spec: SourceSpec, console=None, images: bool = True) -> Cohort:
     """The cohort a :class:`SourceSpec` names: a saved folder, built in memory from raw files, or (a run config's
-    ``data.sources``) several of those pooled (:func:`pool_sources`)."""
+    ``data.sources``) several of those pooled (:func:`pool_sources`; ``images`` as there)."""
     if getattr(spec, "sources", None):
-        return pool_sources(spec.sources, console)
+        return pool_sources(spec.sources, console, images=images)
     if spec.cohort is not None:
         return Cohort.load(spec.cohort)
     builder = get_source(spec.source)
@@ -67,21 +72,25 @@ def source_names(specs: list[SourceSpec]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
 
 
-def pool_sources(specs: list[SourceSpec], console=None) -> Cohort:
+def pool_sources(specs: list[SourceSpec], console=None, images: bool = True, what: str = "data.sources") -> Cohort:
     """The cohorts of ``specs`` read and pooled into one (stay ids must be distinct), each stay's entry named in
-    the stays' ``source`` column.
+    the stays' ``source`` column. Pooling keeps the tables, not the image arrays: with ``images=False`` (a run
+    that does not use the image modality) sources with images are pooled without them (logged).
 
     Raises
     ------
     CohortError
-        A stay id in two sources, or a source with images (pooling keeps the tables, not the image arrays).
+        A stay id in two sources, or (``images=True``) a source with images; ``what`` names the config key.
     """
     cohorts = [open_source(s, console) for s in specs]
     names = source_names(specs)
     for name, cohort in zip(names, cohorts, strict=True):
-        if cohort.images is not None and len(cohort.images):
-            raise CohortError(f"data.sources: {name} has images, and pooled sources keep no image arrays; train on "
-                              "one image source (e.g. its own train/val splits in one cohort folder).")
+        if cohort.images is not None and len(cohort.images) and not images:
+            log.info("%s: the images of %s are not pooled (the run does not use the image modality)", what, name)
+        elif cohort.images is not None and len(cohort.images):
+            raise CohortError(f"{what}: {name} has images, and pooled sources keep no image arrays; use one image "
+                              "source (e.g. its own train/val/test splits in one cohort folder with split: "
+                              "predefined).")
     pooled = concat_cohorts(cohorts, names=names)
     log.info("data.sources: %s pooled into %d stays", dict(zip(names, map(len, cohorts), strict=True)), len(pooled))
     return pooled
@@ -166,6 +175,19 @@ class RunData:
     started: float
     say: Callable[[str], None]
     summary: dict = field(default_factory=dict)  # of the training stays (training_summary), saved with the model
+    test_sets: dict[str, list[str]] = field(default_factory=dict)  # a list of data.test: name -> its stay ids
+
+
+def scored_splits(ids: dict) -> list[str]:
+    """The splits a run scores and writes to ``predictions.csv``: ``val`` and, when the run has test stays,
+    ``test``."""
+    return [s for s in ("val", "test") if s in ids]
+
+
+def evaluated_split(ids: dict) -> str:
+    """The split a run's comparison table is computed on: ``test``, or ``val`` in a run without a test set (its
+    report says the figures are on the validation stays that chose the epoch and the calibrator)."""
+    return "test" if "test" in ids else "val"
 
 
 def _check_label_kind(config: RunConfig, spec_label: LabelSpec, main: Cohort) -> None:
@@ -215,7 +237,7 @@ def prepare_run(config: RunConfig, console=None, overwrite: bool = False) -> Run
     """
     t0 = time.perf_counter()
     run_dir = Path(config.out) if config.out else Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    sources = [config.data, *config.data.sources] + ([config.data.test] if config.data.test is not None else [])
+    sources = [config.data, *config.data.sources, *config.data.test_sources]
     inputs = inputs_inside(run_dir, [p for spec in sources for p in (spec.path, spec.cohort)])
     check_run_folder(run_dir, overwrite, keep=inputs)
 
@@ -224,32 +246,38 @@ def prepare_run(config: RunConfig, console=None, overwrite: bool = False) -> Run
             console.print(text)
 
     say("[bold cyan]Data[/]")
-    main = open_source(config.data, console)
+    images = "image" in config.features.modalities
+    main = open_source(config.data, console, images=images)
     if config.data.max_stays is not None and len(main) > config.data.max_stays:
         n_read = len(main)
         main = sample_stays(main, config.data.max_stays, config.data.split.seed)
         say(f"      data.max_stays: {len(main)} of {n_read} stays used (whole patients, seed {config.data.split.seed})")
     spec_label = main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
     _check_label_kind(config, spec_label, main)
-    if config.data.test is not None:
-        test_cohort = open_source(config.data.test, console)
+    test_specs = config.data.test_sources
+    test_cohort = None
+    if len(test_specs) == 1:
+        test_cohort = open_source(test_specs[0], console)
+    elif test_specs:
+        test_cohort = pool_sources(test_specs, console, images=images, what="data.test")
+    split = _split_main(config, main, spec_label, external_test=test_cohort is not None)
     claim_run_folder(run_dir, overwrite, keep=inputs)
     write_run_config(json.loads(config.model_dump_json()), run_dir)
-    split_cfg = config.data.split
-    if config.data.test is not None:
-        frac = {"train": split_cfg.train / (split_cfg.train + split_cfg.val),
-                "val": split_cfg.val / (split_cfg.train + split_cfg.val)}
-        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
-        ids = {"train": split.index[split == "train"].tolist(), "val": split.index[split == "val"].tolist(),
-               "test": test_cohort.stay_ids.tolist()}
-        cohorts = {"train": main, "val": main, "test": test_cohort}
+    ids = {s: split.index[split == s].tolist() for s in ("train", "val", "test")}
+    cohorts = {"train": main, "val": main, "test": main}
+    test_sets = {}
+    if test_cohort is not None:
+        ids["test"], cohorts["test"] = test_cohort.stay_ids.tolist(), test_cohort
         _warn_shared_patients(main.stays[main.stays["stay_id"].isin(ids["train"] + ids["val"])],
                               test_cohort.stays, say)
-    else:
-        frac = {"train": split_cfg.train, "val": split_cfg.val, "test": split_cfg.test}
-        split = split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
-        ids = {s: split.index[split == s].tolist() for s in ("train", "val", "test")}
-        cohorts = {"train": main, "val": main, "test": main}
+        if len(test_specs) > 1:
+            by_source = test_cohort.stays.set_index("stay_id")["source"]
+            test_sets = {name: by_source.index[by_source == name].astype(str).tolist()
+                         for name in source_names(test_specs)}
+    if not ids["test"]:
+        del ids["test"], cohorts["test"]
+        say("      no test set: training and validation stays only (metrics are on the validation stays; score "
+            "external data with `healthfusion predict`)")
     # stays without the label cannot be trained or scored against it; count them instead of dropping silently
     unlabeled = {}
     for s in ids:
@@ -260,12 +288,42 @@ def prepare_run(config: RunConfig, console=None, overwrite: bool = False) -> Run
     write_development_patients(run_dir, development)  # lets predict count patients shared with training
     say("      stays: " + ", ".join(f"{s} {len(v)}" for s, v in ids.items())
         + (f" (without label, excluded: {unlabeled})" if any(unlabeled.values()) else ""))
-    sources = {"main (train, val" + (")" if config.data.test is not None else ", test)"): main}
-    if config.data.test is not None:
-        sources["external test"] = cohorts["test"]
+    own = "train, val, test" if "test" in ids and test_cohort is None else "train, val"
+    sources = {f"main ({own})": main}
+    if test_cohort is not None:
+        sources["external test"] = test_cohort
     accounting = pd.concat([c.accounting.to_frame().assign(cohort=name) for name, c in sources.items()])
     write_csv(accounting, run_dir / "accounting.csv", index=False)
-    return RunData(run_dir, main, cohorts, ids, spec_label, t0, say, training_summary(main, ids["train"], spec_label))
+    return RunData(run_dir, main, cohorts, ids, spec_label, t0, say, training_summary(main, ids["train"], spec_label),
+                   test_sets=test_sets)
+
+
+def _split_main(config: RunConfig, main: Cohort, spec_label: LabelSpec, external_test: bool) -> pd.Series:
+    """Each stay of the main cohort's split (train/val/test) as ``data.split`` says: the cohort's own split
+    column (``predefined``), or a patient-level random split stratified by the label (train/val only when there
+    are external test sets).
+
+    Raises
+    ------
+    CohortError
+        An impossible split, a missing or unknown split column (see :func:`predefined_split`), or a predefined
+        test split beside external test sets (one of them must go).
+    """
+    split_cfg = config.data.split
+    if split_cfg.method == "predefined":
+        split = predefined_split(main.stays, split_cfg.column)
+        n_test = int((split == "test").sum())
+        if external_test and n_test:
+            raise CohortError(f"data.split: predefined gives {n_test} test stays of the cohort's own (column "
+                              f"{split_cfg.column!r}) and data.test names external test sets; drop data.test, or "
+                              "save the cohort without its test stays.")
+        return split
+    if external_test:
+        frac = {"train": split_cfg.train / (split_cfg.train + split_cfg.val),
+                "val": split_cfg.val / (split_cfg.train + split_cfg.val)}
+    else:
+        frac = {"train": split_cfg.train, "val": split_cfg.val, "test": split_cfg.test}
+    return split_patients(main.stays, frac, seed=split_cfg.seed, stratify=_strata(main, spec_label))
 
 
 def _warn_shared_patients(development: pd.DataFrame, external: pd.DataFrame, say) -> None:

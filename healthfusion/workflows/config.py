@@ -83,10 +83,38 @@ QUICK_DESCRIPTION = ("A quick smoke run (--quick): the config kind's QUICK setti
 
 
 class SplitSpec(StrictModel):
+    """How the main cohort's stays are split: at random by patient (``method: random``, the fractions, stratified by
+    the label), or by the cohort's own split column (``split: predefined``, short for ``{method: predefined}``:
+    MedMNIST train/val/test, MEDS train/tuning/held_out; see :func:`healthfusion.data.splits.predefined_split`).
+    A run without test stays (``test: 0`` or a cohort without a test split, and no ``data.test``) trains and
+    validates only: its report says so, and ``healthfusion predict`` scores external data later."""
+
+    method: Literal["random", "predefined"] = Field(
+        "random", description="random: patient-level split by the fractions; predefined: the stays' own split column.")
+    column: str = Field("split", description="With method: predefined, the stays' column holding each stay's split.")
     train: float = 0.7
     val: float = 0.15
     test: float = 0.15
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in ("random", "predefined"):
+                raise ValueError(f"data.split is {value!r}; write `split: predefined`, `split: random` or a mapping "
+                                 "such as {train: 0.7, val: 0.15, test: 0.15}")
+            return {"method": value}
+        return value
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitSpec:
+        if self.method == "predefined":
+            given = sorted(k for k in ("train", "val", "test") if k in self.model_fields_set)
+            if given:
+                raise ValueError(f"split fractions {given} do not apply to method: predefined (the cohort's column "
+                                 f"{self.column!r} decides); remove them")
+        return self
 
 
 class DataSpec(SourceSpec):
@@ -101,7 +129,16 @@ class DataSpec(SourceSpec):
     max_stays: int | None = Field(None, ge=10, description="Use at most this many stays, whole patients sampled with "
                                   "split.seed (a smoke run, a learning curve); null: all. data.test is not sampled.")
     split: SplitSpec = Field(default_factory=SplitSpec)
-    test: SourceSpec | None = None
+    test: SourceSpec | list[SourceSpec] | None = Field(
+        None, description="External test set(s): all their stays are test stays. A list is pooled (distinct stay ids) "
+        "and each entry is also scored and reported on its own (a row per test set).")
+
+    @property
+    def test_sources(self) -> list[SourceSpec]:
+        """``test`` as a list (empty without external test sets)."""
+        if self.test is None:
+            return []
+        return list(self.test) if isinstance(self.test, list) else [self.test]
 
     @model_validator(mode="after")
     def _one(self) -> DataSpec:  # replaces SourceSpec's check: data.sources is a third way to name the data
@@ -435,7 +472,7 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), out: str | 
     """
     config = read_yaml_config(path, RunConfig, overrides, out, quick)
     base = Path(path).parent
-    for spec in (config.data, *config.data.sources, config.data.test):
+    for spec in (config.data, *config.data.sources, *config.data.test_sources):
         resolve_paths(base, spec, ("path", "cohort"))
     resolve_paths(base, config.features, ("text_model",))
     resolve_paths(base, config.tuning, ("storage",))

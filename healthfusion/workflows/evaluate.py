@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.evaluation.bootstrap import bootstrap_ci
+from healthfusion.evaluation.challenge2012 import event1_score, hosmer_lemeshow_h
 from healthfusion.evaluation.compare import comparison_table, difference_table, format_ci, format_comparison
 from healthfusion.evaluation.metrics import multiclass_metrics, regression_metrics
 from healthfusion.evaluation.plots import plot_pr, plot_roc
@@ -302,3 +303,62 @@ def display_differences(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
                                   table[[f"{m}_diff", f"{m}_diff_ci_low", f"{m}_diff_ci_high"]].to_numpy()]
     return out.reset_index(), f"Difference from the best baseline ({reference}), paired bootstrap 95% CI"
 
+
+
+def evaluate_test_sets(run_dir: str | Path, test_sets: Mapping[str, list[str]], threshold: float = 0.5,
+                       n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Every model of a binary run's ``predictions.csv`` on each external test set of ``test_sets`` (name -> its
+    stay ids, a run config's ``data.test`` list) separately; writes ``comparison_by_test_set.csv`` (one row per test
+    set and model: the :func:`comparison_table` columns) and returns it, indexed by ``(test_set, model)``.
+
+    Raises
+    ------
+    ValueError
+        No test rows, or a test set none of whose stays was scored (its name is given).
+    """
+    run_dir = Path(run_dir)
+    rows = _split_rows(run_dir, "test")
+    models = [c for c in rows.columns if c not in NON_MODEL]
+    tables = []
+    for name, stay_ids in test_sets.items():
+        part = rows[rows["stay_id"].isin([str(s) for s in stay_ids])]
+        if part.empty:
+            raise ValueError(f"test set {name!r} has no labelled, scored stays in {run_dir / 'predictions.csv'}.")
+        results = {m: (part["y_true"].to_numpy()[part[m].notna().to_numpy()], part[m].dropna().to_numpy())
+                   for m in models}
+        table = comparison_table(results, threshold=threshold, n_boot=n_boot, seed=seed)
+        tables.append(table.reset_index().assign(test_set=name))
+    out = pd.concat(tables, ignore_index=True).set_index(["test_set", "model"])
+    write_csv(out, run_dir / "comparison_by_test_set.csv")
+    _record_if_recorded(run_dir, ("comparison_by_test_set.csv",))
+    return out
+
+
+def challenge_scores(run_dir: str | Path, split: str, operating_points: Mapping[str, float]) -> pd.DataFrame:
+    """The PhysioNet Challenge 2012 scores (:mod:`healthfusion.evaluation.challenge2012`) of every model of a
+    binary run's ``predictions.csv`` on ``split``: event 1 at the model's operating point chosen on the validation
+    stays (models without one are left out), event 2 (the H statistic) of its risks; writes ``challenge2012.csv``
+    (one row per model: n, threshold, sensitivity, ppv, event1, event2_h, n_event2) and returns it.
+
+    Raises
+    ------
+    ValueError
+        No rows of ``split``.
+    """
+    run_dir = Path(run_dir)
+    rows = _split_rows(run_dir, split)
+    records = []
+    for model, threshold in operating_points.items():
+        if model not in rows.columns:
+            continue
+        part = rows[rows[model].notna()]
+        y, p = part["y_true"].to_numpy(dtype=float), part[model].to_numpy(dtype=float)
+        e1 = event1_score(y, p, threshold)
+        e2 = hosmer_lemeshow_h(y, p) if len(y) >= 10 else {"h": float("nan"), "n_used": 0}
+        records.append({"model": model, "n": e1["n"], "threshold": e1["threshold"], "sensitivity": e1["sensitivity"],
+                        "ppv": e1["ppv"], "event1": e1["score"], "event2_h": e2["h"], "n_event2": e2["n_used"]})
+    table = pd.DataFrame(records, columns=["model", "n", "threshold", "sensitivity", "ppv", "event1", "event2_h",
+                                           "n_event2"]).set_index("model")
+    write_csv(table, run_dir / "challenge2012.csv")
+    _record_if_recorded(run_dir, ("challenge2012.csv",))
+    return table

@@ -63,7 +63,9 @@ def shown_path(value: object) -> str:
     return path.name if path.is_absolute() or ".." in path.parts else path.as_posix()
 
 
-def _source_text(spec: dict | None) -> str:
+def _source_text(spec: dict | list | None) -> str:
+    if isinstance(spec, list):  # data.test as a list: each scored on its own
+        return "; ".join(_source_text(s) for s in spec) + " (each also scored on its own)"
     spec = spec or {}
     if spec.get("sources"):
         return "pooled: " + " + ".join(_source_text(s) for s in spec["sources"])

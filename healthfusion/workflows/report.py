@@ -90,8 +90,19 @@ def _data_section(run_dir: Path, info: dict) -> dict:
     return section("data", "Data and cohort", blocks)
 
 
+NO_TEST_NOTE = ("This run has no test set (split: predefined without test stays, or test: 0, and no data.test): it "
+                "trained and validated only. The figures below are on the validation stays, which chose the epoch, "
+                "the calibrator and the operating point, so they are optimistic; score held-out data with "
+                "`healthfusion predict --model RUN/model ...`.")
+
+
+def _no_test_blocks(info: dict) -> list[dict]:
+    """A warning block when the run has no test set (its ``metrics.json`` says ``test_set: false``)."""
+    return [text_block(NO_TEST_NOTE, warn=True)] if info["metrics"].get("test_set") is False else []
+
+
 def _metrics_sections(run_dir: Path, info: dict) -> list[dict]:
-    blocks, base = [], []
+    blocks, base = _no_test_blocks(info), []
     table = _read_csv(run_dir / "comparison.csv", index_col=0)
     if table is not None:
         blocks.append(table_block(format_comparison(table).reset_index(names="model"), heading="At threshold 0.5"))
@@ -101,6 +112,21 @@ def _metrics_sections(run_dir: Path, info: dict) -> list[dict]:
         blocks.append(table_block(format_comparison(op).reset_index(names="model"),
                                   heading="At each model's operating point (chosen on validation)",
                                   caption="Thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in points.items())))
+    by_set = _read_csv(run_dir / "comparison_by_test_set.csv", index_col=[0, 1])
+    if by_set is not None and len(by_set):
+        shown = pd.concat([format_comparison(part.droplevel(0)).assign(test_set=name)
+                           for name, part in by_set.groupby(level=0, sort=False)])
+        blocks.append(table_block(shown.reset_index(names="model").set_index(["test_set", "model"]).reset_index(),
+                                  heading="Each external test set on its own (threshold 0.5)"))
+    challenge = _read_csv(run_dir / "challenge2012.csv", index_col=0)
+    if challenge is not None and len(challenge):
+        blocks.append(table_block(
+            challenge.reset_index(), heading="PhysioNet Challenge 2012 scores",
+            caption="Event 1: min(sensitivity, positive predictivity) of the high-risk group at each model's "
+                    "operating point chosen on validation stays (higher is better); event 2: the challenge's "
+                    "Hosmer-Lemeshow H statistic of the risks (lower is better), over n_event2 stays in 10 risk "
+                    "groups. Best published on the challenge's hidden set C: event 1 0.5353 (SAPS-I 0.3125), "
+                    "event 2 17.88."))
     diff = _read_csv(run_dir / "comparison_difference.csv", index_col=0)
     if diff is not None and len(diff):
         shown, title = display_differences(diff)
@@ -271,7 +297,7 @@ def _kind_report(run_dir: Path, out: Path, label: dict) -> Path:
         wide = acc.pivot_table(index=["cohort", "table"], columns="outcome", values="rows", aggfunc="sum", sort=False)
         wide.columns.name = None
         data.append(table_block(wide.reset_index(), heading="Row accounting of the input data", digits=0))
-    blocks = []
+    blocks = _no_test_blocks(info)
     table = _read_csv(run_dir / "comparison.csv", index_col=0)
     if table is not None:
         shown, title = display_comparison(table)
@@ -339,7 +365,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
     label = run_label(run_dir)
     if label is not None and label.get("kind", "binary") != "binary":
         return _kind_report(run_dir, out, label)
-    recompute = recompute_audit or not (run_dir / "audit" / "audit.json").is_file()
+    metrics_path = run_dir / "metrics.json"
+    no_test = metrics_path.is_file() and json.loads(metrics_path.read_text()).get("test_set") is False
+    # a run without a test set has no held-out predictions to audit
+    recompute = not no_test and (recompute_audit or not (run_dir / "audit" / "audit.json").is_file())
     if recompute:
         shutil.rmtree(run_dir / "audit", ignore_errors=True)  # derived from the predictions: rebuilt whole
     check_artefacts(run_dir)
@@ -349,8 +378,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
         audit = write_audit(run_dir, model=audited, n_boot=300)
         if (run_dir / MANIFEST).is_file():
             record_artefacts(run_dir, [p for p in artefact_files(run_dir) if p.startswith(f"{ARTEFACT_FOLDERS[0]}/")])
-    else:
+    elif (run_dir / "audit" / "audit.json").is_file():
         audit = json.loads((run_dir / "audit" / "audit.json").read_text())
+    else:
+        audit = {}
     if explain and not (run_dir / "explanations" / "summary.json").is_file():
         from healthfusion.workflows.explain import explain_run
 

@@ -150,11 +150,14 @@ def limitations(info: dict, audit: dict, calibration: pd.DataFrame | None) -> li
     metrics, cfg = info["metrics"], info["config"]
     n = metrics.get("n", 0)
     events = int(round(n * metrics.get("prevalence", 0))) if n else 0
-    if n and events < 100:
+    if metrics.get("test_set") is False:
+        items.append("No test set: every figure is on the validation stays that chose the epoch, the calibrator and "
+                     "the operating point; validate on held-out data before use.")
+    elif n and events < 100:
         items.append(f"The test set has {count_cell(n)} stays and {count_cell(events)} events: intervals are wide "
                      "and small differences "
                      "between models are not established.")
-    if not cfg.get("data", {}).get("test"):
+    if not cfg.get("data", {}).get("test") and metrics.get("test_set") is not False:
         items.append("Tested on a held-out split of the training cohort, not on another hospital or period: "
                      "performance elsewhere is unknown until validated locally.")
     if calibration is not None:

@@ -43,15 +43,17 @@ from healthfusion.training.privacy import DPSGD
 from healthfusion.workflows.audit import domain_table, write_audit, write_explanations
 from healthfusion.workflows.common import (
     RunData,
+    evaluated_split,
     featurize_run,
     fit_hybrid,
     make_featurizer,
     model_card,
     prepare_run,
+    scored_splits,
 )
 from healthfusion.workflows.config import ModelSpec, RunConfig, TrainerConfig, tuned_section
 from healthfusion.workflows.ensemble import cross_fitted
-from healthfusion.workflows.evaluate import evaluate_predictions
+from healthfusion.workflows.evaluate import challenge_scores, evaluate_predictions, evaluate_test_sets
 from healthfusion.workflows.model_card import data_facts
 from healthfusion.workflows.modeling import pretrained_featurizer
 from healthfusion.workflows.runfolder import record_artefacts
@@ -135,7 +137,7 @@ def _reference_scores(config: RunConfig, cohorts: dict[str, Cohort], ids: dict[s
         ok = ~np.isnan(x_train) & ~np.isnan(y_train)
         calib = LogisticRegression().fit(x_train[ok, None], y_train[ok])
         out[name] = {}
-        for split in ("val", "test"):
+        for split in scored_splits(ids):
             x = score(split)
             p = np.full(len(x), np.nan)
             p[~np.isnan(x)] = calib.predict_proba(x[~np.isnan(x), None])[:, 1]
@@ -261,7 +263,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
         networks[seed] = model
     history = histories[seeds[0]]
     probs = {HYBRID: {}}
-    for s in ("val", "test"):
+    for s in scored_splits(ids):
         p = np.full(len(ids[s]), np.nan)
         if usable[s].any():
             p[usable[s]] = bag_probability(list(networks.values()), data[s][usable[s]])
@@ -282,7 +284,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
             est = make_baseline(name, seed=config.training.seed)
             est.set_params(**{f"model__{k}": v for k, v in config.baseline_params.get(name, {}).items()})
             fitted[name] = est.fit(x["train"], data["train"]["target"])
-            scored[name] = {s: est.predict_proba(x[s])[:, 1] for s in ("val", "test")}
+            scored[name] = {s: est.predict_proba(x[s])[:, 1] for s in scored_splits(ids)}
             if name in config.baselines:
                 probs[name] = scored[name]
     ensemble_info = None
@@ -296,7 +298,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
     else:
         gbm = fitted[BOOSTING].named_steps["model"] if BOOSTING in members else None
         member_p = {s: {HYBRID: probs[HYBRID][s], **({BOOSTING: scored[BOOSTING][s]} if gbm is not None else {})}
-                    for s in ("val", "test")}
+                    for s in scored_splits(ids)}
         weights = _ensemble_weights(config, spec, main, ids, histories, gbm, member_p["val"], y_val, say)
         ensemble = RunEnsemble(feat, networks, weights, gbm, tuple(config.features.summary_stats))
         ensemble.save(model_dir)
@@ -311,7 +313,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
                        for seed, net in networks.items()}
         if gbm is not None:
             calibrators[BOOSTING] = fit_calibrator(config, y_val, scored[BOOSTING]["val"], say, BOOSTING)
-        ens_val = {s: combine_members(member_p[s], weights) for s in ("val", "test")}
+        ens_val = {s: combine_members(member_p[s], weights) for s in scored_splits(ids)}
         calibrators[""] = fit_calibrator(config, y_val, ens_val["val"], say, "ensemble")
         calibrated = {s: calibrators[""].transform(p) for s, p in ens_val.items()}
         if len(members) > 1:
@@ -326,17 +328,19 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
         probs[f"{name} (reference score)"] = p
 
     rows = []
-    for s in ("val", "test"):
+    for s in scored_splits(ids):
         frame = pd.DataFrame({"stay_id": ids[s], "split": s, "y_true": data[s]["target"]})
         for name, p in probs.items():
             frame[name] = p[s]
         rows.append(frame)
     predictions = pd.concat(rows, ignore_index=True)
     write_csv(predictions, run_dir / "predictions.csv", index=False)
-    write_csv(domain_table({s: cohorts[s].stays for s in ("val", "test")}, {s: ids[s] for s in ("val", "test")}),
+    write_csv(domain_table({s: cohorts[s].stays for s in scored_splits(ids)}, {s: ids[s] for s in scored_splits(ids)}),
               run_dir / "domains.csv", index=False)
 
-    say("[bold cyan]Evaluation[/] on the test stays")
+    on = evaluated_split(ids)
+    say("[bold cyan]Evaluation[/] on the " + ("test stays" if on == "test" else
+                                               "validation stays (no test set: these chose the epoch and calibrator)"))
     ev = config.evaluation
     val = predictions[predictions["split"] == "val"]
     op = {}
@@ -350,8 +354,17 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
         if saved in op else None
     write_model_cards(model_dir, config, prepared, feat, calibrators, point,
                       ensemble=config.ensemble is not None, seeds=seeds)
-    summary = evaluate_predictions(run_dir, threshold=ev.threshold, operating_points=op, n_boot=ev.n_boot,
+    summary = evaluate_predictions(run_dir, split=on, threshold=ev.threshold, operating_points=op, n_boot=ev.n_boot,
                                    seed=config.training.seed)
+    summary["test_set"] = on == "test"
+    if prepared.test_sets:
+        by_set = evaluate_test_sets(run_dir, prepared.test_sets, threshold=ev.threshold, n_boot=ev.n_boot,
+                                    seed=config.training.seed)
+        summary["test_sets"] = {name: json.loads(by_set.loc[name].to_json(orient="index"))
+                                for name in prepared.test_sets}
+    if op:
+        challenge = challenge_scores(run_dir, on, op)
+        summary["challenge2012"] = json.loads(challenge.to_json(orient="index"))
     summary["seconds"] = time.perf_counter() - t0
     summary["best_epoch"] = history.best_epoch
     summary["model_spec"] = spec.model_dump()
@@ -366,6 +379,10 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
         summary["ensemble"] = ensemble_info
     write_text(run_dir / "metrics.json", json.dumps(summary, indent=2, default=str))
 
+    if on != "test":
+        record_artefacts(run_dir)
+        say("[bold cyan]Audit[/] skipped: the run has no test set (`healthfusion predict` scores external data)")
+        return run_dir
     if not ev.audit:
         record_artefacts(run_dir)
         say("[bold cyan]Audit[/] skipped (evaluation.audit: false); `healthfusion report --recompute-audit "

@@ -37,7 +37,14 @@ from healthfusion.files import write_csv, write_text
 from healthfusion.models.classical import make_baseline, make_regression_baseline
 from healthfusion.models.folder import write_card
 from healthfusion.workflows.audit import domain_table
-from healthfusion.workflows.common import RunData, featurize_run, fit_hybrid, model_card
+from healthfusion.workflows.common import (
+    RunData,
+    evaluated_split,
+    featurize_run,
+    fit_hybrid,
+    model_card,
+    scored_splits,
+)
 from healthfusion.workflows.config import RunConfig
 from healthfusion.workflows.evaluate import PROBA_SEP, evaluate_kind_predictions
 from healthfusion.workflows.runfolder import record_artefacts
@@ -106,7 +113,7 @@ def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path
     model, trainer, history = fit_hybrid(feat, spec, train, data["val"][usable["val"]], config.training, console,
                                           head=kind, n_outputs=len(classes) if kind == "multiclass" else 1, init=init)
     preds = {HYBRID: {}}
-    for s in ("val", "test"):
+    for s in scored_splits(ids):
         p = np.full((len(ids[s]), len(classes)) if kind == "multiclass" else len(ids[s]), np.nan)
         if usable[s].any():
             p[usable[s]] = trainer.predict(model, data[s][usable[s]], head_kind=kind)
@@ -138,10 +145,10 @@ def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path
             est.fit(x["train"], data["train"]["target"])
             preds[KIND_BASELINES[kind][name]] = {
                 s: (_full_proba(est, x[s], len(classes)) if kind == "multiclass" else est.predict(x[s]))
-                for s in ("val", "test")}
+                for s in scored_splits(ids)}
 
     rows = []
-    for s in ("val", "test"):
+    for s in scored_splits(ids):
         y = data[s]["target"]
         frame = pd.DataFrame({"stay_id": ids[s], "split": s,
                               "y_true": np.asarray(classes, dtype=object)[y] if kind == "multiclass" else y})
@@ -149,12 +156,14 @@ def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path
             frame = frame.assign(**_columns(kind, name, p[s], classes))
         rows.append(frame)
     write_csv(pd.concat(rows, ignore_index=True), run_dir / "predictions.csv", index=False)
-    write_csv(domain_table({s: cohorts[s].stays for s in ("val", "test")}, {s: ids[s] for s in ("val", "test")}),
+    write_csv(domain_table({s: cohorts[s].stays for s in scored_splits(ids)}, {s: ids[s] for s in scored_splits(ids)}),
               run_dir / "domains.csv", index=False)
 
-    say("[bold cyan]Evaluation[/] on the test stays")
-    summary = evaluate_kind_predictions(run_dir, spec_label.to_dict(), n_boot=config.evaluation.n_boot,
+    on = evaluated_split(ids)
+    say(f"[bold cyan]Evaluation[/] on the {'test' if on == 'test' else 'validation (no test set)'} stays")
+    summary = evaluate_kind_predictions(run_dir, spec_label.to_dict(), split=on, n_boot=config.evaluation.n_boot,
                                         seed=config.training.seed)
+    summary["test_set"] = on == "test"
     summary["seconds"] = time.perf_counter() - prepared.started
     summary["best_epoch"] = history.best_epoch
     summary["model_spec"] = spec.model_dump()

@@ -1,0 +1,60 @@
+"""The Challenge 2012 scores on inputs small enough to compute by hand."""
+
+import numpy as np
+import pytest
+
+from healthfusion.evaluation.challenge2012 import event1_score, hosmer_lemeshow_h
+
+
+def test_event1_is_the_smaller_of_sensitivity_and_ppv():
+    out = event1_score([1, 0, 1, 0], [0.9, 0.8, 0.2, 0.1], threshold=0.5)
+    assert (out["sensitivity"], out["ppv"], out["score"]) == (0.5, 0.5, 0.5)
+    out = event1_score([1, 1, 1, 0, 0], [0.9, 0.8, 0.7, 0.6, 0.1], threshold=0.55)
+    assert out["sensitivity"] == 1.0 and out["ppv"] == 0.75 and out["score"] == 0.75
+    assert (out["n"], out["n_positive"], out["n_high"]) == (5, 3, 4)
+    # the threshold is inclusive: a risk equal to it is high risk
+    assert event1_score([1, 0], [0.5, 0.2], threshold=0.5)["score"] == 1.0
+
+
+def test_event1_with_nobody_high_risk_scores_zero():
+    out = event1_score([1, 0, 0], [0.3, 0.2, 0.1], threshold=0.9)
+    assert out["score"] == 0.0 and out["n_high"] == 0
+
+
+def test_h_statistic_by_hand():
+    # 10 stays, groups of one: five at risk 0.1 who survive, five at 0.9 who die.
+    # each term (0.1)^2 / (0.1 * 0.9 + 0.001) = 0.01 / 0.091; ten of them, divided by the range 0.9 - 0.1
+    y = [0] * 5 + [1] * 5
+    p = [0.1] * 5 + [0.9] * 5
+    out = hosmer_lemeshow_h(y, p)
+    assert out["h"] == pytest.approx(10 * 0.01 / 0.091 / 0.8)
+    assert out["group_size"] == 1 and out["n_used"] == 10
+    assert out["observed"] == [0.0] * 5 + [1.0] * 5
+
+
+def test_h_statistic_leaves_out_the_highest_risk_remainder():
+    y = [0] * 5 + [1] * 5
+    p = [0.1] * 5 + [0.9] * 5
+    more = hosmer_lemeshow_h(y + [0, 0, 0], p + [0.99, 0.99, 0.99])  # 13 stays: groups of 1, the top 3 left over
+    assert more["n"] == 13 and more["n_used"] == 10
+    assert more["h"] == pytest.approx(hosmer_lemeshow_h(y, p)["h"])
+
+
+def test_h_statistic_is_larger_for_miscalibrated_risks():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.05, 0.6, 2000)
+    y = (rng.uniform(size=p.size) < p).astype(int)
+    calibrated = hosmer_lemeshow_h(y, p)["h"]
+    assert hosmer_lemeshow_h(y, np.clip(p * 1.5, 0, 1))["h"] > 5 * calibrated
+
+
+@pytest.mark.parametrize("y, p, match", [([1, 2], [0.1, 0.2], "0/1"), ([1, 0], [0.1, 1.2], r"\[0, 1\]"),
+                                         ([1, 0, 1], [0.1, 0.2], "one risk per stay")])
+def test_bad_input_is_named(y, p, match):
+    with pytest.raises(ValueError, match=match):
+        event1_score(y, p, 0.5)
+
+
+def test_h_needs_ten_stays():
+    with pytest.raises(ValueError, match="at least 10"):
+        hosmer_lemeshow_h([0, 1, 0], [0.1, 0.5, 0.2])
