@@ -16,7 +16,8 @@ How a MEDS dataset becomes a cohort
             data has one (datasets written by ``healthfusion cohort export --format meds``), else
             ``<subject_id>@<prediction time, ISO 8601>``; ``patient_id`` is the data's ``patient_id`` column, else
             the subject id. Rows coded ``STAY//<column>//<value>`` at the anchor become stays columns
-            (e.g. ``care_unit``).
+            (e.g. ``care_unit``). With ``metadata/subject_splits.parquet``, ``split`` is the subject's split
+            (train / tuning / held_out), for a run config's ``split: predefined``.
 ``static``  rows with no time (MEDS static measurements): with a value, a numeric column named by the code
             (``HEIGHT``); without, a categorical column split at the last ``//`` (``EYE_COLOR//BROWN`` ->
             ``EYE_COLOR`` = ``BROWN``; a code without ``//`` gives the value ``present``). Rows coded
@@ -154,6 +155,10 @@ def build(path: str | Path, *, task: str | None = None, progress: bool = False, 
     stays, label_frame, specs = _read_labels(root, task, labels, anchors, acc)
     extra = _hf_meta(root)
     tables = _assign(data, anchors, stays, acc)
+    split_of = _subject_splits(root)
+    if split_of is not None:  # each stay's subject's split, for `split: predefined`
+        subject = stays.drop_duplicates("stay_id").set_index("stay_id")["subject_id"]
+        tables["stays"]["split"] = tables["stays"]["stay_id"].map(subject).map(split_of).to_numpy()
     meta = CohortMeta(name=extra.get("name", root.name), source="meds", description=extra.get("description", ""),
                       labels=[_spec(s, extra) for s in specs],
                       derived={k: list(v) for k, v in extra.get("derived", {}).items()})
@@ -170,6 +175,15 @@ def build(path: str | Path, *, task: str | None = None, progress: bool = False, 
     acc.check()
     return Cohort(tables["stays"], static=tables["static"], events=tables["events"], codes=tables["codes"],
                   notes=tables["notes"], labels=label_frame, meta=meta, accounting=acc)
+
+
+def _subject_splits(root: Path) -> pd.Series | None:
+    """``metadata/subject_splits.parquet`` as subject_id -> split (train/tuning/held_out); None without one."""
+    path = root / "metadata" / "subject_splits.parquet"
+    if not path.is_file():
+        return None
+    table = validate_table("subject_splits", pq.read_table(path), path).to_pandas()
+    return table.drop_duplicates("subject_id").set_index("subject_id")["split"]
 
 
 def _read_data(root: Path, acc: RowAccounting, progress: bool) -> pd.DataFrame:

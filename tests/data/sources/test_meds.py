@@ -18,6 +18,7 @@ from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import get_exporter, get_source
 from healthfusion.data.sources.meds import build
 from healthfusion.data.sources.meds_export import export_meds
+from healthfusion.data.splits import predefined_split
 from tests.conftest import make_tiny_cohort
 
 runner = CliRunner()
@@ -90,6 +91,13 @@ def test_export_passes_the_meds_validators_and_reads_back(tmp_path):
     assert back.accounting.tables["data/*.parquet"].read == total == back.accounting.tables["data/*.parquet"].used
     assert_same_cohort(cohort, back)
     assert back.images is None
+    # each stay carries its subject's MEDS split, which `split: predefined` maps to train/val/test
+    split_of = dict(zip(splits["subject_id"].to_pylist(), splits["split"].to_pylist(), strict=True))
+    patient_split = back.stays.groupby("patient_id")["split"].agg(set)
+    assert all(len(v) == 1 for v in patient_split)
+    assert sorted(back.stays["split"].value_counts().tolist()) == sorted(
+        pd.Series(split_of).value_counts().mul(2).tolist())  # two stays per patient in the tiny cohort
+    assert set(predefined_split(back.stays)) <= {"train", "val", "test"}
 
 
 def test_multiple_stays_of_one_patient_do_not_overlap(tmp_path):
