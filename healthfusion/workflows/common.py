@@ -178,6 +178,22 @@ class RunData:
     test_sets: dict[str, list[str]] = field(default_factory=dict)  # a list of data.test: name -> its stay ids
 
 
+#: the modalities the classical baselines' engineered features are built from
+BASELINE_MODALITIES = ("ts", "static")
+
+
+def run_baselines(config: RunConfig, say) -> list[str]:
+    """``config.baselines`` when the run has a modality they can use (``ts`` or ``static``: they work on engineered
+    features of those); else none, said in one line (an image-only or text-only run needs no ``baselines: []``)."""
+    if not config.baselines or set(BASELINE_MODALITIES) & set(config.features.modalities):
+        return list(config.baselines)
+    text = (f"baselines {config.baselines} skipped: they use engineered features of the ts/static modalities, and "
+            f"this run has {config.features.modalities}")
+    log.info(text)
+    say(f"      {text}")
+    return []
+
+
 def scored_splits(ids: dict) -> list[str]:
     """The splits a run scores and writes to ``predictions.csv``: ``val`` and, when the run has test stays,
     ``test``."""

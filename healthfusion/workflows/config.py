@@ -30,6 +30,8 @@ Example ``RUN.yaml``::
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -51,6 +53,7 @@ from healthfusion.workflows.config_overrides import (  # noqa: F401 (ConfigError
 )
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 
 class StrictModel(BaseModel):
@@ -183,6 +186,24 @@ def check_transformer_width(ts_encoder: str, hidden: int) -> None:
                          f"model.hidden must be a multiple of 4; got {hidden}")
 
 
+class ImageEncoderSpec(StrictModel):
+    """The CNN image encoder's own settings (``model.image``), apart from the fusion width ``model.hidden``."""
+
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64], min_length=1,
+                                description="Output channels of each CNN block (one max-pool 2 per block).")
+    width: int | None = Field(None, ge=1, description="Length of the CNN's image feature vector (default: "
+                              "model.hidden).")
+    block: Literal["plain", "double", "residual"] = Field(
+        "plain", description="CNN blocks: plain (one conv 3x3 + BN + ReLU), double (two, VGG-style) or residual "
+        "(two as a ResNet basic block).")
+
+    @model_validator(mode="after")
+    def _positive(self) -> ImageEncoderSpec:
+        if any(c < 1 for c in self.channels):
+            raise ValueError(f"channels must be positive, got {self.channels}")
+        return self
+
+
 class ModelSpec(StrictModel):
     """The hybrid's architecture. ``pretrained`` maps modalities to pretrained encoders (registry name or folder,
     see :mod:`healthfusion.models.registry`); those encoders keep their own size and preprocessing, and
@@ -195,8 +216,9 @@ class ModelSpec(StrictModel):
     # time-series encoder; transformer: d_model = hidden (a multiple of 4), 2 layers, 4 heads (lstm_layers and
     # bidirectional are LSTM-only), see healthfusion.workflows.modeling.hybrid_config
     ts_encoder: Literal["lstm", "transformer"] = "lstm"
-    # CNN blocks: plain (one conv per block), double (two, VGG-style), residual (two as a ResNet basic block)
-    image_block: Literal["plain", "double", "residual"] = "plain"
+    image: ImageEncoderSpec = Field(default_factory=ImageEncoderSpec)
+    # deprecated: model.image.block (a value given here is moved there, with a DeprecationWarning)
+    image_block: Literal["plain", "double", "residual"] | None = None
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     pretrained: dict[Literal["ts", "static", "codes", "text", "image"], str] = Field(default_factory=dict)
     pretrained_root: Path | None = None
@@ -206,6 +228,12 @@ class ModelSpec(StrictModel):
     @model_validator(mode="after")
     def _transformer_width(self) -> ModelSpec:
         check_transformer_width(self.ts_encoder, self.hidden)
+        if self.image_block is not None:
+            warnings.warn(f"model.image_block is deprecated; write model.image: {{block: {self.image_block}}} "
+                          f"(this config's value is used)", DeprecationWarning, stacklevel=2)
+            log.warning("model.image_block is deprecated: use model.image.block (%s is used)", self.image_block)
+            self.image = self.image.model_copy(update={"block": self.image_block})
+            self.image_block = None
         return self
 
 
@@ -390,6 +418,11 @@ class RunConfig(StrictModel):
             raise ValueError("privacy (DP-SGD) trains one hybrid network and accounts for its budget alone; remove "
                              "the 'ensemble' and 'tuning' sections (each extra fit on the same stays spends more "
                              "budget)")
+        if (self.ensemble is not None and "gradient_boosting" in self.ensemble.members
+                and not {"ts", "static"} & set(self.features.modalities)):
+            raise ValueError(f"ensemble.members has gradient_boosting, which needs the ts or static modality; "
+                             f"features.modalities is {self.features.modalities}. Set ensemble.members: [hybrid] "
+                             "(a bag of hybrid networks)")
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ValueError(f"unknown baseline(s) {unknown}; choose from {list(BASELINES)}")

@@ -50,6 +50,8 @@ def hybrid_config(
     input_decay: bool = False,
     ts_encoder: str = "lstm",
     image_block: str = "plain",
+    image_channels: tuple[int, ...] | None = None,
+    image_width: int | None = None,
 ) -> HybridConfig:
     """A :class:`HybridConfig` whose encoders match the fitted ``featurizer``'s modalities and input sizes.
 
@@ -66,9 +68,10 @@ def hybrid_config(
     ``input_decay`` do not apply to it, and ``dropout`` stays with the other encoders and the FC layers, as the
     one-layer LSTM has no internal dropout either).
 
-    ``image_block`` shapes the CNN's blocks (channels 16-32-64 either way): ``"plain"`` one conv 3x3 + BN + ReLU
-    per block, ``"double"`` two (VGG-style), ``"residual"`` two as a ResNet basic block with a projection shortcut
-    (:class:`CNNEncoderConfig`; docs/benchmarks.md compares them on BreastMNIST).
+    ``image_block`` shapes the CNN's blocks: ``"plain"`` one conv 3x3 + BN + ReLU per block, ``"double"`` two
+    (VGG-style), ``"residual"`` two as a ResNet basic block with a projection shortcut (:class:`CNNEncoderConfig`;
+    docs/benchmarks.md compares them on BreastMNIST). ``image_channels`` are the blocks' output channels (default
+    16-32-64) and ``image_width`` the CNN's output width (default ``hidden``, the fusion width).
 
     Raises
     ------
@@ -104,8 +107,10 @@ def hybrid_config(
         enc["text"] = TextEncoderConfig(n_buckets=dims["text_buckets"], embedding_dim=hidden, hidden_sizes=(hidden,),
                                         dropout=dropout)
     if "image" in featurizer.transformers_:
+        sizes = {"channels": tuple(image_channels)} if image_channels is not None else {}
         enc["image"] = CNNEncoderConfig(in_channels=dims["image_channels"], image_size=dims["image_size"],
-                                        out_dim=hidden, dropout=dropout, **IMAGE_BLOCKS[image_block])
+                                        out_dim=image_width or hidden, dropout=dropout, **sizes,
+                                        **IMAGE_BLOCKS[image_block])
     for m, enc_config in (pretrained or {}).items():
         if m not in enc:
             raise ValueError(f"A pretrained encoder is given for modality {m!r}, which the features do not have "
@@ -189,7 +194,8 @@ def build_run_hybrid(featurizer: CohortFeaturizer, spec, training: TrainerConfig
     model = build_hybrid(featurizer, loaded, fusion=spec.fusion, hidden=spec.hidden, lstm_layers=spec.lstm_layers,
                          bidirectional=spec.bidirectional, dropout=spec.dropout, text_pooling=spec.text_pooling,
                          text_freeze=spec.text_freeze, head=head, n_outputs=n_outputs, ts_encoder=spec.ts_encoder,
-                         image_block=spec.image_block)
+                         image_block=spec.image.block, image_channels=tuple(spec.image.channels),
+                         image_width=spec.image.width)
     ft = training.finetune
     if loaded and ft is not None and "modules" not in ft.model_fields_set:
         modules = tuple(f"encoders.{m}" for m in loaded)

@@ -49,6 +49,7 @@ from healthfusion.workflows.common import (
     make_featurizer,
     model_card,
     prepare_run,
+    run_baselines,
     scored_splits,
 )
 from healthfusion.workflows.config import ModelSpec, RunConfig, TrainerConfig, tuned_section
@@ -275,17 +276,18 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
 
     members = config.ensemble.members if config.ensemble else [HYBRID]
     fitted, scored = {}, {}
-    if config.baselines or BOOSTING in members:
+    baselines = run_baselines(config, say)
+    if baselines or BOOSTING in members:
         stats = config.features.summary_stats
         x = {s: engineered_features(cohorts[s], feat, ids[s], stats=stats) for s in ids}
-        names = list(dict.fromkeys([*config.baselines, *([BOOSTING] if BOOSTING in members else [])]))
+        names = list(dict.fromkeys([*baselines, *([BOOSTING] if BOOSTING in members else [])]))
         say("[bold cyan]Baselines[/] on engineered features of the same split: " + ", ".join(names))
         for name in names:
             est = make_baseline(name, seed=config.training.seed)
             est.set_params(**{f"model__{k}": v for k, v in config.baseline_params.get(name, {}).items()})
             fitted[name] = est.fit(x["train"], data["train"]["target"])
             scored[name] = {s: est.predict_proba(x[s])[:, 1] for s in scored_splits(ids)}
-            if name in config.baselines:
+            if name in baselines:
                 probs[name] = scored[name]
     ensemble_info = None
     y_val = data["val"]["target"]

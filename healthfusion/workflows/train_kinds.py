@@ -43,6 +43,7 @@ from healthfusion.workflows.common import (
     featurize_run,
     fit_hybrid,
     model_card,
+    run_baselines,
     scored_splits,
 )
 from healthfusion.workflows.config import RunConfig
@@ -124,8 +125,9 @@ def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path
     model.save_pretrained(run_dir / "model", preprocessing_state=feat.get_state())
     write_card(run_dir / "model", model_card("hybrid", config, prepared, feat))  # no calibrator: not a risk
 
-    available = [b for b in config.baselines if b in KIND_BASELINES[kind]]
-    for name in config.baselines:
+    baselines = run_baselines(config, say)
+    available = [b for b in baselines if b in KIND_BASELINES[kind]]
+    for name in baselines:
         if name not in available:
             say(f"      baseline {name} skipped: not available for a {kind} label (available: "
                 f"{list(KIND_BASELINES[kind])})")
