@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: spinning OpenMP threads stall 2-core hosts
@@ -156,11 +157,21 @@ def _print_run(run_dir: Path) -> None:
 
     from healthfusion.workflows.evaluate import display_comparison, display_differences
 
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     shown, title = display_comparison(pd.read_csv(run_dir / "comparison.csv", index_col=0))
+    if metrics.get("test_set") is False:
+        title = title.replace("Test-set", "Validation-set") + ": no test set, optimistic"
     print_frame(console, shown, title=title)
     if (run_dir / "comparison_difference.csv").is_file():
         shown, title = display_differences(pd.read_csv(run_dir / "comparison_difference.csv", index_col=0))
         print_frame(console, shown, title=title)
+    if (run_dir / "comparison_by_test_set.csv").is_file():
+        by_set = pd.read_csv(run_dir / "comparison_by_test_set.csv")
+        print_frame(console, by_set[["test_set", "model", "n", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc"]]
+                    .round(3), title="Each external test set on its own (AUROC, 95% bootstrap CI)")
+    if (run_dir / "challenge2012.csv").is_file():
+        print_frame(console, pd.read_csv(run_dir / "challenge2012.csv").round(3),
+                    title="PhysioNet Challenge 2012 scores (event 1 higher, event 2 H lower is better)")
     console.print(f"Run folder: [bold]{run_dir}[/]")
 
 

@@ -34,25 +34,22 @@ import logging
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from healthfusion.features.summary import ALL_STATS, SUMMARY_STATS
 from healthfusion.models.classical import BASELINES, make_baseline
 from healthfusion.training.config import TrainerConfig
 from healthfusion.training.privacy import PrivacyConfig
-from healthfusion.workflows.config_overrides import (  # noqa: F401 (ConfigError, parse_override: public here too)
+from healthfusion.workflows.config_overrides import (  # noqa: F401 (these are public here too)
     ConfigError,
-    apply_quick,
+    expand_environment,
     parse_override,
-    problem_text,
-    set_dotted,
-    yaml_problem,
+    read_yaml_config,
+    resolve_paths,
 )
 
-M = TypeVar("M", bound=BaseModel)
 log = logging.getLogger(__name__)
 
 
@@ -434,63 +431,6 @@ class RunConfig(StrictModel):
             if bad:
                 raise ValueError(f"baseline_params.{name}: unknown parameter(s) {bad}; {name} takes {sorted(known)}")
         return self
-
-
-def read_yaml_config(path: str | Path, schema: type[M], overrides: Sequence[str] = (), out: str | Path | None = None,
-                     quick: bool = False) -> M:
-    """Read ``path`` as YAML, apply the command line's settings and validate it against the pydantic ``schema``
-    (unknown keys are errors, with a "did you mean"); the shared loader of every ``--config`` file.
-
-    In order: the file's mapping; with ``quick`` (or ``quick: true`` in the file), the schema's ``QUICK`` smoke-run
-    settings (:func:`apply_quick`) and ``quick: true``; each ``overrides`` item ``a.b.c=VALUE`` (VALUE read as
-    YAML: ``2`` a number, ``[0, 1]`` a list, ``null`` None; a list item by index, ``data.0.path``), later items
-    winning, so ``--set`` beats ``--quick``; ``out`` (the command line's ``--out``, relative to the working
-    directory) replaces the file's ``out:``. A relative ``out:`` of the file is resolved against the file's folder,
-    like its data paths.
-
-    Raises
-    ------
-    ConfigError
-        A missing file, invalid YAML, a document that is not a mapping, a malformed override, or invalid settings
-        (each offending key named, as ``section.key: message``, an unknown key with the closest known one); a
-        ``ValueError`` raised by the schema's validators is reported the same way.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
-    if quick or raw.get("quick") is True:
-        raw = apply_quick(raw, schema)
-    for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(raw, key, value)
-    try:
-        config = schema.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(problem_text(schema, e) for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from exc
-    if "out" in type(config).model_fields:
-        resolve_paths(path.parent, config, ("out",))
-        if out is not None:
-            config.out = Path(out).expanduser().resolve()
-    return config
-
-
-def resolve_paths(base: Path, obj: Any, attrs: Sequence[str]) -> None:
-    """Make each relative path attribute ``attrs`` of ``obj`` (a config section; None allowed) relative to
-    ``base`` (the config file's folder); ``~`` is expanded first."""
-    if obj is None:
-        return
-    for attr in attrs:
-        value = getattr(obj, attr)
-        if value is not None:
-            value = Path(value).expanduser()
-            setattr(obj, attr, value if value.is_absolute() else (base / value).resolve())
 
 
 def load_run_config(path: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None,

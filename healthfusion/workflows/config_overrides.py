@@ -1,14 +1,22 @@
-"""The command line's settings on a config file: ``--set a.b=VALUE`` overrides at dotted keys and ``--quick``'s
-smoke-run settings (applied to the file's mapping before validation, see
-:func:`healthfusion.workflows.config.read_yaml_config`), and validation errors that name the closest known key."""
+"""Reading a config file (:func:`read_yaml_config`, the loader of every config kind) with the command line's
+settings: ``--set a.b=VALUE`` overrides at dotted keys and ``--quick``'s smoke-run settings (applied to the file's
+mapping before validation), validation errors that name the closest known key, and paths resolved against the
+config file's folder after ``${VAR:-default}`` environment references are expanded (:func:`resolve_paths`)."""
 
 from __future__ import annotations
 
 import difflib
-from typing import Any, get_args
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar, get_args
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(ValueError):
@@ -163,3 +171,82 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     mark = getattr(exc, "problem_mark", None)
     problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
     return problem if mark is None else f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+
+
+def read_yaml_config(path: str | Path, schema: type[M], overrides: Sequence[str] = (), out: str | Path | None = None,
+                     quick: bool = False) -> M:
+    """Read ``path`` as YAML, apply the command line's settings and validate it against the pydantic ``schema``
+    (unknown keys are errors, with a "did you mean"); the shared loader of every ``--config`` file.
+
+    In order: the file's mapping; with ``quick`` (or ``quick: true`` in the file), the schema's ``QUICK`` smoke-run
+    settings (:func:`apply_quick`) and ``quick: true``; each ``overrides`` item ``a.b.c=VALUE`` (VALUE read as
+    YAML: ``2`` a number, ``[0, 1]`` a list, ``null`` None; a list item by index, ``data.0.path``), later items
+    winning, so ``--set`` beats ``--quick``; ``out`` (the command line's ``--out``, relative to the working
+    directory) replaces the file's ``out:``. A relative ``out:`` of the file is resolved against the file's folder,
+    like its data paths.
+
+    Raises
+    ------
+    ConfigError
+        A missing file, invalid YAML, a document that is not a mapping, a malformed override, or invalid settings
+        (each offending key named, as ``section.key: message``, an unknown key with the closest known one); a
+        ``ValueError`` raised by the schema's validators is reported the same way.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
+    if quick or raw.get("quick") is True:
+        raw = apply_quick(raw, schema)
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(raw, key, value)
+    try:
+        config = schema.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(problem_text(schema, e) for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from exc
+    if "out" in type(config).model_fields:
+        resolve_paths(path.parent, config, ("out",))
+        if out is not None:
+            config.out = Path(out).expanduser().resolve()
+    return config
+
+
+def expand_environment(text: str, where: str = "a config path") -> str:
+    """``text`` with each ``${NAME}`` replaced by environment variable NAME and each ``${NAME:-default}`` by NAME
+    or, when it is unset or empty, ``default`` (as in a shell), e.g. ``${HEALTHFUSION_SHARED_DATA:-../shared/data}``.
+
+    Raises
+    ------
+    ConfigError
+        ``${NAME}`` without a default while NAME is unset (``where`` names the setting).
+    """
+    def value(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found:
+            return found
+        if default is None:
+            raise ConfigError(f"{where} uses ${{{name}}}, which is not set; set it, or write ${{{name}:-DEFAULT}}.")
+        return default
+
+    return _ENV_REFERENCE.sub(value, text)
+
+
+def resolve_paths(base: Path, obj: Any, attrs: Sequence[str]) -> None:
+    """Make each relative path attribute ``attrs`` of ``obj`` (a config section; None allowed) relative to
+    ``base`` (the config file's folder); environment references (:func:`expand_environment`) and ``~`` are
+    expanded first."""
+    if obj is None:
+        return
+    for attr in attrs:
+        value = getattr(obj, attr)
+        if value is not None:
+            value = Path(expand_environment(str(value), f"{type(obj).__name__}.{attr}")).expanduser()
+            setattr(obj, attr, value if value.is_absolute() else (base / value).resolve())

@@ -342,7 +342,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
 
     on = evaluated_split(ids)
     say("[bold cyan]Evaluation[/] on the " + ("test stays" if on == "test" else
-                                               "validation stays (no test set: these chose the epoch and calibrator)"))
+                                               "validation stays (no test set: these stays also fitted the calibrator)"))
     ev = config.evaluation
     val = predictions[predictions["split"] == "val"]
     op = {}
