@@ -37,7 +37,7 @@ app.add_typer(cohort_app, name="cohort", help="Build cohorts from raw sources an
 
 def _print_version(value: bool) -> None:
     if value:
-        from healthfusion import __version__
+        from healthfusion._version import __version__
 
         console.print(f"healthfusion {__version__}", highlight=False)
         raise typer.Exit()

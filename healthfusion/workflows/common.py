@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from healthfusion import __version__
+from healthfusion._version import __version__
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.domains import concat_cohorts
 from healthfusion.data.errors import CohortError

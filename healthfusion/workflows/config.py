@@ -48,6 +48,7 @@ from healthfusion.workflows.config_overrides import (  # noqa: F401 (these are p
     parse_override,
     read_yaml_config,
     resolve_paths,
+    validate_mapping,
 )
 
 log = logging.getLogger(__name__)
@@ -443,8 +444,26 @@ def load_run_config(path: str | Path, overrides: Sequence[str] = (), out: str | 
     ConfigError
         Naming the file and, for validation errors, each offending key.
     """
-    config = read_yaml_config(path, RunConfig, overrides, out, quick)
-    base = Path(path).parent
+    return resolve_run_paths(read_yaml_config(path, RunConfig, overrides, out, quick), Path(path).parent)
+
+
+def run_config_from_mapping(raw: dict, base: str | Path = ".", overrides: Sequence[str] = (),
+                            out: str | Path | None = None, quick: bool = False) -> RunConfig:
+    """A run config from a mapping built in Python (the settings of a RUN.yaml), validated and with ``overrides``,
+    ``out`` and ``quick`` as :func:`load_run_config` applies them; relative paths are resolved against ``base``
+    (default: the working directory).
+
+    Raises
+    ------
+    ConfigError
+        Not a mapping, or invalid settings (each offending key named).
+    """
+    base = Path(base)
+    return resolve_run_paths(validate_mapping(raw, RunConfig, base, "run config", overrides, out, quick), base)
+
+
+def resolve_run_paths(config: RunConfig, base: Path) -> RunConfig:
+    """``config`` with its relative data, text-model and tuning-storage paths resolved against ``base``."""
     for spec in (config.data, *config.data.sources, *config.data.test_sources):
         resolve_paths(base, spec, ("path", "cohort"))
     resolve_paths(base, config.features, ("text_model",))

@@ -199,8 +199,23 @@ def read_yaml_config(path: str | Path, schema: type[M], overrides: Sequence[str]
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from exc
+    return validate_mapping(raw, schema, path.parent, str(path), overrides, out, quick)
+
+
+def validate_mapping(raw: Any, schema: type[M], base: Path, where: str, overrides: Sequence[str] = (),
+                     out: str | Path | None = None, quick: bool = False) -> M:
+    """Validate the settings mapping ``raw`` (a config file's, or one built in Python) against ``schema`` after
+    ``quick`` and ``overrides`` as :func:`read_yaml_config` applies them; a relative ``out:`` is resolved against
+    ``base`` and ``out`` replaces it. ``where`` (a file name) starts every error message.
+
+    Raises
+    ------
+    ConfigError
+        ``raw`` is not a mapping, a malformed override, or invalid settings (each offending key named).
+    """
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
+        raise ConfigError(f"{where} must hold a mapping of settings; got {type(raw).__name__}.")
+    raw = dict(raw)
     if quick or raw.get("quick") is True:
         raw = apply_quick(raw, schema)
     for item in overrides:
@@ -210,9 +225,9 @@ def read_yaml_config(path: str | Path, schema: type[M], overrides: Sequence[str]
         config = schema.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(problem_text(schema, e) for e in exc.errors())
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{where}: {problems}") from exc
     if "out" in type(config).model_fields:
-        resolve_paths(path.parent, config, ("out",))
+        resolve_paths(base, config, ("out",))
         if out is not None:
             config.out = Path(out).expanduser().resolve()
     return config

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
-from healthfusion import __version__
+from healthfusion._version import __version__
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.bootstrap import bootstrap_ci
 from healthfusion.evaluation.metrics import auroc

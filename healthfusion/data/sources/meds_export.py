@@ -238,7 +238,7 @@ def _write_metadata(out: Path, cohort: Cohort, data: pd.DataFrame, subject_split
                                   preserve_index=False)
     path = meta_dir / "subject_splits.parquet"
     pq.write_table(meds_source.validate_table("subject_splits", splits, path), path)
-    from healthfusion import __version__
+    from healthfusion._version import __version__
 
     dataset = {"dataset_name": cohort.meta.name, "etl_name": "healthfusion cohort export", "etl_version": __version__,
                "meds_version": meds_source.meds_version(),
