@@ -96,6 +96,17 @@ def pool_sources(specs: list[SourceSpec], console=None, images: bool = True, wha
     return pooled
 
 
+def open_test_sets(config: RunConfig, console=None) -> Cohort | None:
+    """The external test cohort of ``config.data.test``: None without one, the cohort of a single entry, or the
+    entries of a list pooled (:func:`pool_sources`; each stay's entry in the stays' ``source`` column)."""
+    specs = config.data.test_sources
+    if len(specs) == 1:
+        return open_source(specs[0], console)
+    if specs:
+        return pool_sources(specs, console, images="image" in config.features.modalities, what="data.test")
+    return None
+
+
 def sample_stays(cohort: Cohort, max_stays: int | None, seed: int) -> Cohort:
     """``cohort`` cut to at most ``max_stays`` stays by whole patients (shuffled with ``seed``, kept while their
     stays fit); the cohort itself when ``max_stays`` is None or not below its size. Logs what it kept."""
@@ -271,11 +282,7 @@ def prepare_run(config: RunConfig, console=None, overwrite: bool = False) -> Run
     spec_label = main.meta.label(config.data.label)  # fails early, naming the labels the cohort has
     _check_label_kind(config, spec_label, main)
     test_specs = config.data.test_sources
-    test_cohort = None
-    if len(test_specs) == 1:
-        test_cohort = open_source(test_specs[0], console)
-    elif test_specs:
-        test_cohort = pool_sources(test_specs, console, images=images, what="data.test")
+    test_cohort = open_test_sets(config, console)
     split = _split_main(config, main, spec_label, external_test=test_cohort is not None)
     claim_run_folder(run_dir, overwrite, keep=inputs)
     write_run_config(json.loads(config.model_dump_json()), run_dir)

@@ -111,7 +111,8 @@ class SplitSpec(StrictModel):
     @model_validator(mode="after")
     def _fractions(self) -> SplitSpec:
         if self.method == "predefined":
-            given = sorted(k for k in ("train", "val", "test") if k in self.model_fields_set)
+            given = sorted(k for k in ("train", "val", "test")  # a saved run's config.yaml lists the defaults
+                           if k in self.model_fields_set and getattr(self, k) != type(self).model_fields[k].default)
             if given:
                 raise ValueError(f"split fractions {given} do not apply to method: predefined (the cohort's column "
                                  f"{self.column!r} decides); remove them")

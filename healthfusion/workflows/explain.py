@@ -13,7 +13,7 @@ from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.files import write_csv
 from healthfusion.models.run_ensemble import first_network
 from healthfusion.workflows.audit import domain_table, write_explanations
-from healthfusion.workflows.common import open_source
+from healthfusion.workflows.common import open_source, open_test_sets
 from healthfusion.workflows.config import load_run_config
 from healthfusion.workflows.runfolder import MANIFEST, check_artefacts, record_artefacts
 
@@ -41,9 +41,12 @@ def explain_run(run_dir: str | Path, n_explain: int = 48, seed: int = 0, console
         raise ValueError(f"Explanations are computed for binary risk models; {run_dir} predicts the "
                          f"{feat.label_spec_.kind} label {feat.label_spec_.name!r}.")
     predictions = pd.read_csv(run_dir / "predictions.csv", dtype={"stay_id": str})
-    main = open_source(config.data, console)
-    test = open_source(config.data.test, console) if config.data.test is not None else main
     ids = {s: predictions.loc[predictions["split"] == s, "stay_id"].tolist() for s in ("val", "test")}
+    if not ids["test"]:
+        raise ValueError(f"{run_dir} has no test stays (a run without a test set): explanations are computed on "
+                         "test stays. Score held-out data with `healthfusion predict` instead.")
+    main = open_source(config.data, console, images="image" in config.features.modalities)
+    test = open_test_sets(config, console) or main
     cohorts = {"val": main, "test": test}
     if not (run_dir / "domains.csv").is_file():
         write_csv(domain_table({s: cohorts[s].stays for s in ids}, ids), run_dir / "domains.csv", index=False)

@@ -13,6 +13,7 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import CohortError
 from healthfusion.data.splits import predefined_split
 from healthfusion.workflows.config import ConfigError, load_run_config
+from healthfusion.workflows.explain import explain_run
 from healthfusion.workflows.predict import predict_source
 from healthfusion.workflows.report import build_report
 from healthfusion.workflows.train import run_training
@@ -98,6 +99,8 @@ def test_a_run_without_test_set_trains_validates_and_says_so(cohorts):
     assert list(acc["cohort"].unique()) == ["main (train, val)"]
     html = build_report(run).read_text()
     assert "no test set" in html and "PhysioNet Challenge 2012 scores" in html
+    with pytest.raises(ValueError, match="no test stays"):
+        explain_run(run)
     frame = predict_source(run / "model", "synthetic", cohorts / "new", n_stays=40, seed=5)  # external data later
     assert frame["probability"].notna().any()
 
