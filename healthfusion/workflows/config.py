@@ -47,6 +47,7 @@ from healthfusion.workflows.config_overrides import (  # noqa: F401 (these are p
     expand_environment,
     parse_override,
     read_yaml_config,
+    read_yaml_mapping,
     resolve_paths,
     validate_mapping,
 )

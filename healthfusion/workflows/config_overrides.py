@@ -193,13 +193,27 @@ def read_yaml_config(path: str | Path, schema: type[M], overrides: Sequence[str]
         ``ValueError`` raised by the schema's validators is reported the same way.
     """
     path = Path(path)
+    return validate_mapping(read_yaml_mapping(path), schema, path.parent, str(path), overrides, out, quick)
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """The mapping of settings a YAML config file holds, as written (no overrides, no validation).
+
+    Raises
+    ------
+    ConfigError
+        A missing file, invalid YAML (with the line), or a document that is not a mapping.
+    """
+    path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Config file {path} does not exist.")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from exc
-    return validate_mapping(raw, schema, path.parent, str(path), overrides, out, quick)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
+    return raw
 
 
 def validate_mapping(raw: Any, schema: type[M], base: Path, where: str, overrides: Sequence[str] = (),
