@@ -43,7 +43,7 @@ BINARY_METRICS: tuple[str, ...] = (
 )
 """Names of the rate metrics :func:`binary_metrics` returns (besides the counts ``n`` and ``n_positive``)."""
 
-THRESHOLD_RULES: tuple[str, ...] = ("youden", "sensitivity", "f1")
+THRESHOLD_RULES: tuple[str, ...] = ("youden", "sensitivity", "f1", "se_ppv")
 
 
 # --------------------------------------------------------------------------------------------------- validation
@@ -275,6 +275,8 @@ def choose_threshold(
         ``"sensitivity"``: the highest threshold whose sensitivity is at least ``target`` (e.g. 0.9), which gives
             the best specificity under that constraint.
         ``"f1"``: maximise F1.
+        ``"se_ppv"``: maximise min(sensitivity, positive predictivity), the PhysioNet Challenge 2012 event 1 score
+            (:func:`healthfusion.evaluation.challenge2012.event1_score`).
     Ties go to the highest threshold.
 
     Raises:
@@ -312,6 +314,8 @@ def choose_threshold(
         idx = int(np.argmax(sensitivity - fp / n_neg))
     elif rule == "f1":
         idx = int(np.argmax(2.0 * tp / (tp + fp + n_pos)))
+    elif rule == "se_ppv":
+        idx = int(np.argmax(np.minimum(sensitivity, tp / (tp + fp))))
     else:
         # sensitivity reaches 1 at the lowest threshold, so a point always qualifies; tolerate float round-off
         idx = int(np.flatnonzero(sensitivity >= float(target) - 1e-12)[0])

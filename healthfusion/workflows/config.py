@@ -366,7 +366,8 @@ class EnsembleSpec(StrictModel):
 class EvaluationSpec(StrictModel):
     n_boot: int = Field(1000, ge=1)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    operating_point: Literal["youden", "f1", "sensitivity"] = "youden"
+    # se_ppv: maximise min(sensitivity, PPV), the PhysioNet Challenge 2012 event 1 score
+    operating_point: Literal["youden", "f1", "sensitivity", "se_ppv"] = "youden"
     target_sensitivity: float | None = None
     # post-hoc calibrator of a binary model, fitted on the validation stays and saved in the model folder; auto picks
     # the lowest held-out log loss among none, temperature, platt and isotonic (5-fold CV within validation)

@@ -89,7 +89,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
     "EvaluationSpec": {
         "n_boot": "Bootstrap resamples of the 95% confidence intervals.",
         "threshold": "Probability at or above which a stay is predicted positive.",
-        "operating_point": "How the reported operating point is chosen: youden, f1 or sensitivity.",
+        "operating_point": "How the reported operating point is chosen: youden, f1, sensitivity or se_ppv (max min(sensitivity, PPV): Challenge 2012 event 1).",
         "target_sensitivity": "With operating_point sensitivity: the sensitivity to reach.",
         "audit": "Write explanations, calibration, subgroup and impact outputs.",
     },

@@ -58,3 +58,15 @@ def test_bad_input_is_named(y, p, match):
 def test_h_needs_ten_stays():
     with pytest.raises(ValueError, match="at least 10"):
         hosmer_lemeshow_h([0, 1, 0], [0.1, 0.5, 0.2])
+
+
+def test_the_se_ppv_operating_point_maximises_event1_on_validation():
+    from healthfusion.evaluation.metrics import choose_threshold
+
+    y = [1, 1, 0, 1, 0, 0, 0, 0]
+    p = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    # thresholds 0.9: Se 1/3, PPV 1 -> 1/3; 0.8: 2/3, 1 -> 2/3; 0.7: 2/3, 2/3 -> 2/3; 0.6: 1, 3/4 -> 3/4 (best)
+    assert choose_threshold(y, p, rule="se_ppv") == 0.6
+    assert event1_score(y, p, 0.6)["score"] == 0.75
+    best = max(event1_score(y, p, t)["score"] for t in p)
+    assert event1_score(y, p, choose_threshold(y, p, rule="se_ppv"))["score"] == best
