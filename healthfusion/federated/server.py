@@ -156,6 +156,7 @@ class FederatedServer:
                   "train_loss": {r[0]: r[3].get("train_loss") for r in results}}
         if any("epsilon" in r[3] for r in results):
             record["epsilon"] = {r[0]: r[3].get("epsilon") for r in results}
+            record["dp_steps"] = {r[0]: r[3].get("dp_steps") for r in results}
         if len(results) < cfg.min_sites:
             log.warning("Round %d: %d site(s) returned an update, fewer than min_sites=%d; the global weights are "
                         "kept. Failed: %s", round_, len(results), cfg.min_sites, record["failed"])
@@ -181,6 +182,11 @@ class FederatedServer:
         if self.state_dir is not None:
             self.save(self.state_dir)
         return record["aggregated"]
+
+    def dp_steps(self, site: str) -> int:
+        """DP-SGD steps ``site`` took in the completed rounds (0 without privacy): what a restarted run charges
+        the site's new accountant with, so that its epsilon covers the whole run."""
+        return int(sum((r.get("dp_steps") or {}).get(site) or 0 for r in self.rounds))
 
     # ---------------------------------------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> None:
@@ -295,6 +301,8 @@ def run_rounds(
                          "min_sites or add sites.")
     server = FederatedServer(config, get_weights(model), state_dir)
     server.resume()
+    for site in sites:  # a new run's accountant, charged with the steps of the rounds a restarted run resumes after
+        site.reset_privacy(server.dp_steps(site.name))
     local = local.model_copy(update={"seed": config.seed})
     metrics: list[dict[str, Any]] = []
     for r in range(server.round + 1, config.rounds + 1):
