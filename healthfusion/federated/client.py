@@ -78,16 +78,20 @@ class Site:
         Local training samples with a ``"target"`` array.
     test : ArrayDataset, optional
         Local held-out samples the site scores the global (or its personalised) model on.
+    val : ArrayDataset, optional
+        Local validation samples the site fits its calibration temperature on
+        (:mod:`healthfusion.federated.calibration`).
     """
 
     name: str
     train: ArrayDataset
     test: ArrayDataset | None = None
+    val: ArrayDataset | None = None
     _privacy: Any = field(default=None, init=False, repr=False)  # (settings, DPSGD plug-in, private model copy)
     _steps_taken: int = field(default=0, init=False, repr=False)  # DP steps of this run before the state was built
 
     def __post_init__(self) -> None:
-        for split in ("train", "test"):
+        for split in ("train", "test", "val"):
             data = getattr(self, split)
             if data is None:
                 continue
