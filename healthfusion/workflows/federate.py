@@ -51,7 +51,13 @@ from healthfusion.federated.client import Site, set_weights
 from healthfusion.federated.server import FederatedConfig, run_rounds
 from healthfusion.models.folder import write_card
 from healthfusion.training import Trainer, TrainerConfig
-from healthfusion.workflows.common import data_card, make_featurizer, open_source, training_summary
+from healthfusion.workflows.common import (
+    data_card,
+    make_featurizer,
+    open_source,
+    sample_stays,
+    training_summary,
+)
 from healthfusion.workflows.config import (
     DataSpec,
     FeatureSpec,
@@ -109,6 +115,12 @@ class PreparedSites:
     def __init__(self, config: FederateConfig, console=None):
         spec = config.federated
         cohort = open_source(config.data, console)
+        if config.data.max_stays is not None and len(cohort) > config.data.max_stays:
+            n_read = len(cohort)
+            cohort = sample_stays(cohort, config.data.max_stays, config.data.split.seed)
+            if console is not None:
+                console.print(f"      data.max_stays: {len(cohort)} of {n_read} stays used (whole patients, seed "
+                              f"{config.data.split.seed})")
         label = cohort.meta.label(config.data.label)
         if label.kind != "binary":
             raise ValueError(f"healthfusion federate trains binary labels; {config.data.label!r} is {label.kind}. "
