@@ -81,6 +81,23 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     return curve
 
 
+def gaussian_epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """Epsilon at ``delta`` of ``steps`` compositions of the (sub)sampled Gaussian mechanism, as Opacus's RDP
+    accountant computes it (memoised per-step curve): 0.0 for no step, infinity without noise. Server-side DP on
+    site updates uses it with ``sample_rate`` 1 (every site each round) and one step per aggregated round."""
+    if steps <= 0:
+        return 0.0
+    if noise_multiplier <= 0:
+        return math.inf
+    _, RDPAccountant, _, _, _ = _opacus()
+    from opacus.accountants.analysis import rdp
+
+    epsilon, _ = rdp.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS,
+                                       rdp=_rdp_per_step(float(noise_multiplier), float(sample_rate)) * steps,
+                                       delta=delta)
+    return float(epsilon)
+
+
 def accountant_epsilon(accountant, delta: float) -> float:
     """``accountant.get_epsilon(delta)`` for an Opacus ``RDPAccountant``, computed from memoised per-step RDP
     curves (``compute_rdp`` is linear in the steps), so a site can report its epsilon every round for free.

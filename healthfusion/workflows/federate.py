@@ -239,6 +239,8 @@ def strategy_name(spec: FederatedConfig) -> str:
         base = f"fedprox(mu={spec.proximal_mu:g})"
     if spec.privacy is not None:
         base += "+dp"
+    if spec.server_privacy is not None:
+        base += "+serverdp"
     return base
 
 
@@ -310,11 +312,18 @@ def run_federate(config: FederateConfig, console=None,
                                 for r in site_table.itertuples()},
                    "trained": "per-site DP-SGD on local training; the personalisation epochs and the calibration "
                               "temperature are not covered"}
+    server_eps = [r["server_epsilon"] for r in rounds if "server_epsilon" in r]
+    if server_eps:
+        say(f"      server-side DP (site level): epsilon {server_eps[-1]:.2f} at delta {spec.server_privacy.delta:.0e}")
+        privacy = {**(privacy or {}), "server": {"epsilon": server_eps[-1], "delta": spec.server_privacy.delta,
+                                                 "clip_norm": spec.server_privacy.clip_norm,
+                                                 "noise_multiplier": spec.server_privacy.noise_multiplier,
+                                                 "rounds": len(server_eps), "level": "site"}}
     model.save_pretrained(run_dir / "model", preprocessing_state=prepared.featurizer.get_state())
     write_card(run_dir / "model", _card(config, prepared, calibrator, privacy))
     pd.DataFrame([{**r, "sites": ";".join(r["sites"]), "failed": json.dumps(r["failed"]),
                    "train_loss": json.dumps(r["train_loss"]),
-                   **{k: json.dumps(r[k]) for k in ("epsilon", "dp_steps") if k in r}}
+                   **{k: json.dumps(r[k]) for k in ("epsilon", "dp_steps", "update_norm") if k in r}}
                   for r in rounds]).to_csv(run_dir / "rounds.csv", index=False)
     pd.DataFrame(metrics).to_csv(run_dir / "site_metrics.csv", index=False)
 
@@ -325,7 +334,8 @@ def run_federate(config: FederateConfig, console=None,
     epsilon = max(site_eps.values()) if site_eps else None
     if site_eps:
         say("      per-site epsilon: " + ", ".join(f"{k} {v:.2f}" for k, v in site_eps.items()))
-    rows = [{"setting": strategy_name(fed), "epsilon": epsilon, **_score({s.name: model for s in sites}, sites,
+    extra = {"server_epsilon": server_eps[-1]} if server_eps else {}
+    rows = [{"setting": strategy_name(fed), "epsilon": epsilon, **extra, **_score({s.name: model for s in sites}, sites,
                                                                       config.n_boot, seed)}]
     if personalised:
         own = {}

@@ -219,6 +219,11 @@ def _federated_card(run_dir: Path, cfg: dict) -> list[tuple[str, str]]:
         failed = int((rounds["failed"].astype(str) != "{}").sum()) if "failed" in rounds else 0
         rows.append(("Rounds", f"{len(rounds)} recorded, {int(rounds['aggregated'].sum())} aggregated, "
                                f"{failed} with a failed site"))
+        if "server_epsilon" in rounds and rounds["server_epsilon"].notna().any():
+            dp = fed.get("server_privacy") or {}
+            rows.append(("Server-side DP", f"site-level epsilon {rounds['server_epsilon'].dropna().iloc[-1]:.2f} at "
+                                           f"delta {dp.get('delta', '?')} (updates clipped to {dp.get('clip_norm')}, "
+                                           f"noise multiplier {dp.get('noise_multiplier')})"))
     sites = _read_csv(run_dir / "sites.csv")
     if sites is not None:
         rows.append(("Sites", ", ".join(f"{r.site} (train {r.n_train}, test {r.n_test})" for r in sites.itertuples())))

@@ -75,7 +75,8 @@ def test_federate_with_dp_on_the_lstm_hybrid_reports_each_sites_budget_and_a_fed
     from opacus.accountants import RDPAccountant
 
     config = write_config(tmp_path, modalities=("ts", "static"), compare=False,
-                          privacy={"noise_multiplier": 1.2, "max_grad_norm": 1.0})
+                          privacy={"noise_multiplier": 1.2, "max_grad_norm": 1.0},
+                          server_privacy={"clip_norm": 1.0, "noise_multiplier": 0.5})
     result = runner.invoke(app, ["federate", "--config", str(config)])
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
@@ -90,9 +91,16 @@ def test_federate_with_dp_on_the_lstm_hybrid_reports_each_sites_budget_and_a_fed
         assert card["privacy"]["per_site"][row.site]["epsilon"] == pytest.approx(row.epsilon)
     assert card["privacy"]["epsilon"] == pytest.approx(sites["epsilon"].max())
     summary = pd.read_csv(run / "summary.csv")
-    assert summary["setting"].tolist() == ["fedavg+dp"] and summary["epsilon"][0] == pytest.approx(sites["epsilon"].max())
+    assert summary["setting"].tolist() == ["fedavg+dp+serverdp"]
+    assert summary["epsilon"][0] == pytest.approx(sites["epsilon"].max())
+    server = RDPAccountant()
+    for _ in range(2):
+        server.step(noise_multiplier=0.5, sample_rate=1.0)
+    assert summary["server_epsilon"][0] == pytest.approx(server.get_epsilon(1e-5), rel=1e-12)
+    assert card["privacy"]["server"]["epsilon"] == pytest.approx(summary["server_epsilon"][0])
     report = runner.invoke(app, ["report", str(run)])
     assert report.exit_code == 0, report.output
     html = (run / "report.html").read_text()
     assert "federated learning" in html and "fedavg, 2 rounds" in html
     assert f"A epsilon {sites['epsilon'][0]:.2f}" in html and "sites.csv" in html
+    assert f"site-level epsilon {summary['server_epsilon'][0]:.2f}" in html
