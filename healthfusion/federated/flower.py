@@ -32,20 +32,17 @@ from torch import nn
 
 from healthfusion.federated.client import Site, get_weights, set_weights
 from healthfusion.federated.server import FederatedConfig, FederatedServer
+from healthfusion.optional import require
 from healthfusion.training import TrainerConfig
 
 log = logging.getLogger(__name__)
-INSTALL_HINT = 'Federated training needs Flower: pip install "healthfusion[federated]"'
 
 
 def _flwr():
-    try:
-        import flwr
-        from flwr import common
-        from flwr.server.strategy import Strategy
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(INSTALL_HINT) from exc
-    return flwr, common, Strategy
+    flwr = require("flwr", extra="federated", needed_for="Federated training")
+    common = require("flwr.common", extra="federated", needed_for="Federated training")
+    strategy = require("flwr.server.strategy", extra="federated", needed_for="Federated training")
+    return flwr, common, strategy.Strategy
 
 
 def make_client(model: nn.Module, site: Site, local: TrainerConfig, config: FederatedConfig,

@@ -42,21 +42,21 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from healthfusion.optional import require
 from healthfusion.training.plugins import TrainingParts, TrainingPlugin
 
 log = logging.getLogger(__name__)
-INSTALL_HINT = 'Differential privacy needs Opacus: pip install "healthfusion[dp]"'
 
 
 def _opacus():
-    try:
-        import opacus
-        from opacus.accountants import RDPAccountant
-        from opacus.accountants.utils import get_noise_multiplier
-        from opacus.optimizers import DPOptimizer
-        from opacus.validators import ModuleValidator
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(INSTALL_HINT) from exc
+    def need(module: str):
+        return require(module, extra="dp", needed_for="Differential privacy")
+
+    opacus = need("opacus")
+    RDPAccountant = need("opacus.accountants").RDPAccountant
+    get_noise_multiplier = need("opacus.accountants.utils").get_noise_multiplier
+    DPOptimizer = need("opacus.optimizers").DPOptimizer
+    ModuleValidator = need("opacus.validators").ModuleValidator
     return opacus, RDPAccountant, get_noise_multiplier, DPOptimizer, ModuleValidator
 
 
@@ -73,7 +73,7 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
 def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     """The RDP curve of one step of the sampled Gaussian mechanism at the RDP accountant's default orders."""
     _, RDPAccountant, _, _, _ = _opacus()
-    from opacus.accountants.analysis import rdp
+    rdp = require("opacus.accountants.analysis.rdp", extra="dp", needed_for="Differential privacy")
 
     curve = rdp.compute_rdp(q=sample_rate, noise_multiplier=noise_multiplier, steps=1,
                             orders=RDPAccountant.DEFAULT_ALPHAS)
@@ -90,7 +90,7 @@ def gaussian_epsilon(noise_multiplier: float, sample_rate: float, steps: int, de
     if noise_multiplier <= 0:
         return math.inf
     _, RDPAccountant, _, _, _ = _opacus()
-    from opacus.accountants.analysis import rdp
+    rdp = require("opacus.accountants.analysis.rdp", extra="dp", needed_for="Differential privacy")
 
     epsilon, _ = rdp.get_privacy_spent(orders=RDPAccountant.DEFAULT_ALPHAS,
                                        rdp=_rdp_per_step(float(noise_multiplier), float(sample_rate)) * steps,
@@ -109,7 +109,7 @@ def accountant_epsilon(accountant, delta: float) -> float:
         If ``accountant`` is not an RDP accountant (its ``mechanism()`` is not ``"rdp"``).
     """
     _, RDPAccountant, _, _, _ = _opacus()
-    from opacus.accountants.analysis import rdp
+    rdp = require("opacus.accountants.analysis.rdp", extra="dp", needed_for="Differential privacy")
 
     if accountant.mechanism() != "rdp":
         raise TypeError(f"accountant_epsilon reads an RDP accountant; got the {accountant.mechanism()!r} one.")

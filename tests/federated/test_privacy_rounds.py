@@ -2,6 +2,7 @@
 accountant for the whole run (also after a restart), and a fresh budget for every new run."""
 
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -80,3 +81,16 @@ def test_a_new_run_starts_a_new_budget_and_a_restart_keeps_the_spent_one(tiny_si
         expected = opacus_epsilon(1.3, 16 / site.num_train, 2 * math.ceil(site.num_train / 16))
         assert resumed.rounds[-1]["epsilon"][site.name] == pytest.approx(expected, rel=1e-12)
 
+
+
+def test_missing_opacus_or_flower_names_the_extra_to_install(monkeypatch):
+    from healthfusion.federated import flower
+    from healthfusion.optional import MissingExtraError
+    from healthfusion.training.privacy import DPSGD
+
+    monkeypatch.setitem(sys.modules, "opacus", None)  # an import of a module set to None fails like a missing one
+    with pytest.raises(MissingExtraError, match=r'Differential privacy needs the opacus package: pip install "healthfusion\[dp\]"'):
+        DPSGD(NOISE, n_train=100, batch_size=10, epochs=1)
+    monkeypatch.setitem(sys.modules, "flwr", None)
+    with pytest.raises(MissingExtraError, match=r'pip install "healthfusion\[federated\]"'):
+        flower._flwr()
