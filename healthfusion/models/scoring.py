@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.data.cohort import Cohort
+from healthfusion.data.records import PatientRecords
 from healthfusion.data.schema import LabelSpec
 from healthfusion.features.compose import CohortFeaturizer, engineered_features
 from healthfusion.features.dataset import ArrayDataset
@@ -48,8 +49,8 @@ OK = "ok"
 NO_INPUT = "no usable data: none of the model's inputs observed before the prediction time"
 _TABLES = {"ts": "events", "static": "static", "codes": "codes", "text": "notes", "image": "images"}
 
-#: kind -> (values [n] or [n, K], usable [n] bool) for a cohort's stays
-Scorer = Callable[[Cohort, list[str], ArrayDataset], tuple[np.ndarray, np.ndarray]]
+#: kind -> (values [n] or [n, K], usable [n] bool) for a cohort's stays (None: the hybrid, which needs only the arrays)
+Scorer = Callable[[Cohort | None, list[str], ArrayDataset], tuple[np.ndarray, np.ndarray]]
 
 
 class PredictionError(ValueError):
@@ -131,7 +132,37 @@ class ScoringModel:
             raise PredictionError("The cohort holds no stays; nothing to score.")
         self.check_cohort(cohort)
         data = self.featurizer.transform(cohort, ids, with_target=False)
-        values, usable = self._scorer(cohort, ids, data)
+        return self._frame(ids, *self._scorer(cohort, ids, data))
+
+    @property
+    def reads_records(self) -> bool:
+        """Whether :meth:`predict_records` featurizes patients' arrays directly (a hybrid model over time series and
+        static values) rather than through a cohort built from them (other kinds and modalities)."""
+        return self.kind == "hybrid" and self.featurizer.reads_records
+
+    def predict_records(self, records: PatientRecords) -> pd.DataFrame:
+        """:meth:`predict` of patients given as arrays (what the scoring service receives): the same columns and
+        numbers as ``predict(records.to_cohort())`` (float32 rounding aside), without building the cohort when
+        :attr:`reads_records`. Logs nothing per call.
+
+        Raises
+        ------
+        PredictionError
+            No patients, or the model reads time series and no event is one of its variables.
+        """
+        ids = list(records.stay_ids)
+        if not ids:
+            raise PredictionError("No patients; nothing to score.")
+        if not self.reads_records:
+            return self.predict(records.to_cohort())
+        ts = self.featurizer.transformers_.get("ts")
+        if ts is not None and not np.isin(records.event_variable, ts.variables_).any():
+            self._no_variables(set(records.event_variable.tolist()))
+        data = self.featurizer.transform_records(records)
+        return self._frame(ids, *self._scorer(None, ids, data))
+
+    def _frame(self, ids: list[str], values: np.ndarray, usable: np.ndarray) -> pd.DataFrame:
+        """The output table of :meth:`predict` from the scorer's values and usable rows."""
         status = np.where(usable, OK, NO_INPUT)
         out = pd.DataFrame({"stay_id": ids})
         if self.label.kind == "multiclass":
@@ -153,6 +184,12 @@ class ScoringModel:
         return out
 
     # ------------------------------------------------------------------------------------------------ checks
+    def _no_variables(self, seen: set) -> None:
+        variables = self.featurizer.transformers_["ts"].variables_
+        raise PredictionError(
+            f"None of the model's {len(variables)} time-series variables (e.g. {variables[:5]}) occur in the input "
+            f"(which has e.g. {sorted(map(str, seen))[:5]}); was the model trained on another source?")
+
     def check_cohort(self, cohort: Cohort) -> None:
         """Raise PredictionError if the cohort has nothing the model reads; log one line per difference from the
         training stays (variables never observed, static columns missing, prediction times, source)."""
@@ -163,11 +200,8 @@ class ScoringModel:
         ts = feat.transformers_.get("ts")
         if ts is not None and cohort.has("events"):
             seen = set(cohort.read_table("events", columns=["variable"])["variable"].unique())
-            overlap = [v for v in ts.variables_ if v in seen]
-            if not overlap:
-                raise PredictionError(
-                    f"None of the model's {len(ts.variables_)} time-series variables (e.g. {ts.variables_[:5]}) occur "
-                    f"in the cohort (which has e.g. {sorted(seen)[:5]}); was the model trained on another source?")
+            if not any(v in seen for v in ts.variables_):
+                self._no_variables(seen)
             missing = [v for v in ts.variables_ if v not in seen]
             if missing:
                 log.warning("%d of the model's variables never occur in the input and are treated as unobserved: %s",
