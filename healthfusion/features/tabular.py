@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.data.cohort import Cohort
-from healthfusion.features.base import FeatureTransformer
+from healthfusion.features.base import FeatureTransformer, positions
 
 MISSING = "<missing>"
 
@@ -125,13 +125,13 @@ class StaticTransformer(FeatureTransformer):
             blocks.append(np.stack([z, missing.astype(float)], axis=2).reshape(n, -1))
         self.unseen_counts_ = {}
         for c in self.categorical_:
-            levels = pd.Index(self.categories_[c])
+            levels = self.categories_[c]
             vals = np.asarray(categorical[c], dtype=object)
             fill = self.modes_[c] if self.categorical_missing == "mode" else MISSING
-            vals = np.where(pd.isna(vals), fill, vals)
+            vals = np.where(pd.isna(vals), fill, vals).astype(object)
+            codes = positions(levels, vals)
             if "<other>" in levels:
-                vals = np.where(levels.get_indexer(vals) >= 0, vals, "<other>")
-            codes = levels.get_indexer(vals)
+                codes = np.where(codes >= 0, codes, levels.index("<other>"))
             self.unseen_counts_[c] = int((codes < 0).sum())
             onehot = np.zeros((n, len(levels)))
             rows = np.flatnonzero(codes >= 0)

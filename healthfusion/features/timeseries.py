@@ -17,7 +17,7 @@ import pandas as pd
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.plausibility import plausible_mask, plausible_values
-from healthfusion.features.base import FeatureTransformer
+from healthfusion.features.base import FeatureTransformer, positions
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class TimeSeriesTransformer(FeatureTransformer):
         observable = time <= at
         in_window = observable & (time >= at - self.hours)
         plausible = in_window & plausible_values(variable, value)
-        v = pd.Index(self.variables_).get_indexer(variable)
+        v = positions(self.variables_, variable)
         keep = plausible & (v >= 0)
         self.drop_counts_ = {"before window": int((observable & ~in_window).sum()),
                              "implausible value": int((in_window & ~plausible).sum()),

@@ -156,15 +156,15 @@ class ScoringModel:
         if not self.reads_records:
             return self.predict(records.to_cohort())
         ts = self.featurizer.transformers_.get("ts")
-        if ts is not None and not np.isin(records.event_variable, ts.variables_).any():
+        known = set(ts.variables_) if ts is not None else set()
+        if ts is not None and not any(v in known for v in records.event_variable.tolist()):
             self._no_variables(set(records.event_variable.tolist()))
         data = self.featurizer.transform_records(records)
         return self._frame(ids, *self._scorer(None, ids, data))
 
     def _frame(self, ids: list[str], values: np.ndarray, usable: np.ndarray) -> pd.DataFrame:
         """The output table of :meth:`predict` from the scorer's values and usable rows."""
-        status = np.where(usable, OK, NO_INPUT)
-        out = pd.DataFrame({"stay_id": ids})
+        out: dict[str, Any] = {"stay_id": ids}  # one DataFrame call: adding columns one by one cost ~0.5 ms each
         if self.label.kind == "multiclass":
             classes = list(self.label.classes or ())
             chosen = np.full(len(ids), None, dtype=object)
@@ -180,8 +180,8 @@ class ScoringModel:
                 p = self.calibrator.transform(p)
             out["probability"] = p
             out["risk_group"] = np.where(usable, risk_group(np.nan_to_num(p), self.threshold), "")
-        out["status"] = status
-        return out
+        out["status"] = np.where(usable, OK, NO_INPUT)
+        return pd.DataFrame(out)
 
     # ------------------------------------------------------------------------------------------------ checks
     def _no_variables(self, seen: set) -> None:
