@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.records import PatientRecords
@@ -46,6 +47,8 @@ from healthfusion.models.run_ensemble import RunEnsemble
 log = logging.getLogger(__name__)
 
 OK = "ok"
+#: what runs the network of a hybrid model (see :func:`load_model`)
+BACKENDS = ("torch", "onnx")
 NO_INPUT = "no usable data: none of the model's inputs observed before the prediction time"
 _TABLES = {"ts": "events", "static": "static", "codes": "codes", "text": "notes", "image": "images"}
 
@@ -76,11 +79,16 @@ class ScoringModel:
         Of the risk-group rule (binary labels).
     calibrator : Calibrator or None
     featurizer : CohortFeaturizer
+    backend : str
+        ``torch`` or ``onnx`` (see :func:`load_model`).
+    network : HybridModel or None
+        The torch network of a hybrid model (also with the onnx backend: attributions use it), else None.
     """
 
     def __init__(self, path: Path, card: dict[str, Any], featurizer: CohortFeaturizer, scorer: Scorer,
-                 calibrator: Calibrator | None):
+                 calibrator: Calibrator | None, backend: str = "torch", network: Any = None):
         self.path, self.card, self.featurizer, self._scorer, self.calibrator = path, card, featurizer, scorer, calibrator
+        self.backend, self.network = backend, network
         self.kind: str = card["kind"]
         self.label = LabelSpec.from_dict(card["label"])
         self.threshold = float(card["threshold"])
@@ -242,21 +250,35 @@ def _featurizer(state: dict, path: Path) -> CohortFeaturizer:
         raise ModelLoadError(f"{path}: {err}") from None
 
 
-def _hybrid(directory: Path, kind: str) -> tuple[CohortFeaturizer, Scorer]:
+def _hybrid(directory: Path, kind: str, backend: str) -> tuple[CohortFeaturizer, Scorer, Any]:
     network, state = load_network(directory)
     if state is None:
         raise ModelLoadError(f"{directory} has no {PREPROCESSING_FILE}; the folder is incomplete.")
     feat = _featurizer(state, directory / PREPROCESSING_FILE)
+    forward = network_outputs
+    if backend == "onnx":
+        if not feat.reads_records:
+            raise ModelLoadError(f"{directory}: the onnx backend scores hybrid models over time series and static "
+                                 f"values; this one reads {list(feat.modalities)}. Use the torch backend.")
+        from healthfusion.models.export import ExportError, onnx_outputs, onnx_session
 
-    def score(cohort: Cohort, ids: list[str], data: ArrayDataset) -> tuple[np.ndarray, np.ndarray]:
+        try:
+            session = onnx_session(network, threads=torch.get_num_threads())
+        except ExportError as err:
+            raise ModelLoadError(f"{directory}: {err} Use the torch backend.") from None
+
+        def forward(_, data: ArrayDataset, kind: str) -> np.ndarray:
+            return onnx_outputs(session, data, kind)
+
+    def score(cohort: Cohort | None, ids: list[str], data: ArrayDataset) -> tuple[np.ndarray, np.ndarray]:
         usable = data.usable_rows()
         shape = (len(ids), len(feat.label_spec_.classes)) if kind == "multiclass" else (len(ids),)
         values = np.full(shape, np.nan)
         if usable.any():
-            values[usable] = network_outputs(network, data[usable], kind)
+            values[usable] = forward(network, data[usable], kind)
         return values, usable
 
-    return feat, score
+    return feat, score, network
 
 
 def _ensemble(directory: Path) -> tuple[CohortFeaturizer, Scorer]:
@@ -287,21 +309,36 @@ def _boosting(directory: Path, card: dict) -> tuple[CohortFeaturizer, Scorer]:
     return feat, score
 
 
-def load_model(path: str | os.PathLike) -> ScoringModel:
+def load_model(path: str | os.PathLike, backend: str = "torch") -> ScoringModel:
     """Load the model folder at ``path`` (a run's ``model/``, or one member folder of an ensemble).
+
+    ``backend``: ``"torch"`` (default) runs the network(s) with torch; ``"onnx"`` exports a hybrid model over time
+    series and static values to ONNX when loading (a few seconds) and runs it with onnxruntime (extra ``onnx``;
+    the same probabilities within 1e-5).
 
     Raises
     ------
     ModelLoadError
         Naming the file and the fix: not a model folder (a run folder is pointed to its ``model/``), a folder saved
-        before ``model.json`` existed, any file changed, missing or corrupted since saving, an unknown kind.
+        before ``model.json`` existed, any file changed, missing or corrupted since saving, an unknown kind; the
+        onnx backend for a model it cannot export.
+    ValueError
+        An unknown ``backend``.
+    ImportError
+        ``backend="onnx"`` without the ``onnx`` extra (with the install hint).
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown scoring backend {backend!r}; choose one of {list(BACKENDS)}.")
     directory = Path(path)
     card = read_card(directory)
     kind = card["kind"]
     label_kind = (card.get("label") or {}).get("kind", "binary")
+    network = None
+    if backend != "torch" and kind != "hybrid":
+        raise ModelLoadError(f"{directory}: the {backend} backend scores hybrid models; this is a {kind} model. "
+                             "Use the torch backend.")
     if kind == "hybrid":
-        feat, scorer = _hybrid(directory, label_kind)
+        feat, scorer, network = _hybrid(directory, label_kind, backend)
     elif kind == "ensemble":
         feat, scorer = _ensemble(directory)
     elif kind == "gradient_boosting":
@@ -313,4 +350,4 @@ def load_model(path: str | os.PathLike) -> ScoringModel:
         LabelSpec.from_dict(card["label"])
     except (TypeError, ValueError) as err:
         raise ModelLoadError(f"{directory / 'model.json'}: {err}") from None
-    return ScoringModel(directory, card, feat, scorer, calibrator)
+    return ScoringModel(directory, card, feat, scorer, calibrator, backend=backend, network=network)

@@ -211,3 +211,23 @@ def test_cli_refuses_to_serve_without_a_token_or_a_model(model_dir, tmp_path, mo
     result = CliRunner().invoke(app, ["alerts", str(model_dir), "--path", str(tmp_path), "--out", str(tmp_path / "o"),
                                       "--start", "10", "--end", "5"])
     assert result.exit_code == 2 and "start < end" in result.output
+
+
+def test_onnx_backend_scores_like_torch(model_dir, model, patients):
+    pytest.importorskip("onnxruntime")
+    onnx = load_model(model_dir, backend="onnx")
+    assert onnx.backend == "onnx" and model.backend == "torch"
+    body = {"patients": [json.loads(p.model_dump_json()) for p in patients]}
+    clients = {name: TestClient(create_app(m, token=None)) for name, m in (("torch", model), ("onnx", onnx))}
+    results = {name: c.post("/v1/predict", json=body).json()["results"] for name, c in clients.items()}
+    assert [r["status"] for r in results["onnx"]] == [r["status"] for r in results["torch"]]
+    scored = [(t["probability"], o["probability"]) for t, o in zip(results["torch"], results["onnx"], strict=True)
+              if t["status"] == OK]
+    assert len(scored) >= 10
+    np.testing.assert_allclose(*zip(*scored, strict=True), atol=1e-5)
+    assert clients["onnx"].get("/v1/health").json()["backend"] == "onnx"
+    events = {"events": body["patients"][0]["events"], "static": body["patients"][0]["static"]}
+    streamed = {name: c.post("/v1/streams/s1/events", json=events).json()["probability"] for name, c in clients.items()}
+    assert streamed["onnx"] == pytest.approx(streamed["torch"], abs=1e-5)
+    with pytest.raises(ValueError, match="Unknown scoring backend 'tensorrt'"):
+        load_model(model_dir, backend="tensorrt")
