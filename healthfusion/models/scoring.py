@@ -148,10 +148,11 @@ class ScoringModel:
         static values) rather than through a cohort built from them (other kinds and modalities)."""
         return self.kind == "hybrid" and self.featurizer.reads_records
 
-    def predict_records(self, records: PatientRecords) -> pd.DataFrame:
+    def predict_records(self, records: PatientRecords, data: ArrayDataset | None = None) -> pd.DataFrame:
         """:meth:`predict` of patients given as arrays (what the scoring service receives): the same columns and
         numbers as ``predict(records.to_cohort())`` (float32 rounding aside), without building the cohort when
-        :attr:`reads_records`. Logs nothing per call.
+        :attr:`reads_records`. ``data``: ``featurizer.transform_records(records)`` when the caller has it already
+        (the service, which also attributes it). Logs nothing per call.
 
         Raises
         ------
@@ -167,7 +168,7 @@ class ScoringModel:
         known = set(ts.variables_) if ts is not None else set()
         if ts is not None and not any(v in known for v in records.event_variable.tolist()):
             self._no_variables(set(records.event_variable.tolist()))
-        data = self.featurizer.transform_records(records)
+        data = self.featurizer.transform_records(records) if data is None else data
         return self._frame(ids, *self._scorer(None, ids, data))
 
     def _frame(self, ids: list[str], values: np.ndarray, usable: np.ndarray) -> pd.DataFrame:

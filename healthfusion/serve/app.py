@@ -146,11 +146,13 @@ def create_app(model: ScoringModel | str | Path, *, token: str | None, max_body_
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(authorised)])
     def predict(body: PredictRequest) -> PredictResponse:
-        """Score one or more patients (at most the service's batch limit)."""
+        """Score one or more patients (at most the service's batch limit), each with its top ``top_k`` contributing
+        features (signed, logit units, against a patient at the training means)."""
         if len(body.patients) > max_batch:
             raise HTTPException(413, f"{len(body.patients)} patients in one request; the limit is {max_batch}. "
                                      "Split the batch.")
-        return PredictResponse(model=fingerprint, results=score_patients(scoring, body.patients, vocabulary))
+        return PredictResponse(model=fingerprint, results=score_patients(scoring, body.patients, vocabulary,
+                                                                         top_k=body.top_k))
 
     @app.post("/v1/streams/{stream_id}/events", response_model=StreamState, dependencies=[Depends(authorised)])
     def stream_events(stream_id: str, body: StreamEvents) -> StreamState:

@@ -20,7 +20,8 @@ import pandas as pd
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.records import PatientRecords
 from healthfusion.models.scoring import OK, PredictionError, ScoringModel
-from healthfusion.serve.schemas import Event, Patient, PatientResult
+from healthfusion.serve.explain import top_contributions
+from healthfusion.serve.schemas import Contribution, Event, Patient, PatientResult
 
 
 class PatientError(ValueError):
@@ -132,10 +133,11 @@ def patients_records(patients: Sequence[Patient], vocabulary: Vocabulary, where:
 
 
 def score_patients(model: ScoringModel, patients: Sequence[Patient], vocabulary: Vocabulary,
-                   where: str = "patients") -> list[PatientResult]:
+                   where: str = "patients", top_k: int = 0) -> list[PatientResult]:
     """Score ``patients`` with ``model.predict_records`` (the numbers of ``predict`` on the same patients as a
     cohort: calibrated probability, the saved risk-group rule); results in input order. A patient the model
-    cannot score gets ``probability`` None and the reason in ``status``.
+    cannot score gets ``probability`` None and the reason in ``status``. ``top_k`` > 0 adds each scored patient's
+    top contributing features (:func:`healthfusion.serve.explain.top_contributions`).
 
     Raises
     ------
@@ -143,15 +145,18 @@ def score_patients(model: ScoringModel, patients: Sequence[Patient], vocabulary:
         As :func:`patients_records`.
     """
     records = patients_records(patients, vocabulary, where)
+    data = model.featurizer.transform_records(records) if model.reads_records and len(records) else None
     try:
-        frame = model.predict_records(records)
+        frame = model.predict_records(records, data)
     except PredictionError as err:  # nothing the model reads in any of them: each gets the reason
         return [PatientResult(id=p.id, probability=None, risk_group=None, status=f"not scored: {err}")
                 for p in patients]
     probability = frame["probability"].to_numpy(dtype=float)
     ok = (frame["status"] == OK).to_numpy() & np.isfinite(probability)
+    top = top_contributions(model, data, top_k) if top_k and data is not None else [[] for _ in patients]
     return [PatientResult(id=p.id, probability=float(probability[i]) if ok[i] else None,
-                          risk_group=str(group) if ok[i] else None, status=str(status))
+                          risk_group=str(group) if ok[i] else None, status=str(status),
+                          top_features=[Contribution(feature=f, attribution=a) for f, a in top[i]] if ok[i] else [])
             for i, (p, group, status) in enumerate(zip(patients, frame["risk_group"], frame["status"], strict=True))]
 
 

@@ -58,16 +58,30 @@ class PredictRequest(_Strict):
     """``POST /v1/predict`` body: one or more patients (at most the service's batch limit)."""
 
     patients: list[Patient] = Field(min_length=1)
+    top_k: int = Field(default=5, ge=0, le=50, description=(
+        "top contributing features returned per patient (0: none, and the fastest answer)"))
+
+
+class Contribution(_Strict):
+    """One input's signed contribution to a patient's risk: ``attribution`` in logit units against a reference
+    patient at the training means (> 0 raises the risk); ``feature`` is a time-series variable (summed over the
+    window) or an encoded static feature (``age``, ``age__missing``, ``sex=F``). See
+    :mod:`healthfusion.serve.explain`."""
+
+    feature: str
+    attribution: float
 
 
 class PatientResult(_Strict):
-    """Per patient: calibrated ``probability`` and ``risk_group`` (None when not scored) and ``status`` ("ok" or
-    the reason it could not be scored)."""
+    """Per patient: calibrated ``probability`` and ``risk_group`` (None when not scored), ``status`` ("ok" or
+    the reason it could not be scored) and ``top_features``: the ``top_k`` largest contributions by absolute
+    value, largest first (empty when not scored, ``top_k`` is 0, or the model is not explained)."""
 
     id: str
     probability: float | None
     risk_group: str | None
     status: str
+    top_features: list[Contribution] = Field(default_factory=list)
 
 
 class PredictResponse(_Strict):
