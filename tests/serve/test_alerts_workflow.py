@@ -45,3 +45,24 @@ def test_alert_metric_intervals_resample_stays():
     assert 0 < cis["ppv"].ci_low and cis["sensitivity"].ci_high <= 1
     wide = alert_metrics_ci(scores[scores["stay_id"].isin(ids[:20])], outcome[ids[:20]], 0.97, end=24.0, n_boot=300)
     assert wide["ppv"].ci_high - wide["ppv"].ci_low > cis["ppv"].ci_high - cis["ppv"].ci_low  # fewer stays, wider
+
+
+def test_report_has_an_early_warning_section_when_the_run_has_alert_results(model_dir, cohort, tmp_path):
+    import shutil
+
+    from healthfusion.workflows.report import build_report
+
+    run = tmp_path / "run"
+    shutil.copytree(model_dir.parent, run)
+    before = build_report(run, tmp_path / "before.html").read_text()
+    assert "Early warning" not in before
+    model = load_model(run / "model")
+    small = cohort.subset([str(s) for s in cohort.stay_ids[:30]])
+    scores = hourly_scores(model, small, [6.0, 20.0, 36.0])
+    table, _ = compare_scores(scores, small.label(model.label.name).astype(int), budget=2.0, end=36.0, n_boot=40)
+    (run / "alerts").mkdir()
+    table.to_csv(run / "alerts" / "alerts.csv", index=False)
+    html = build_report(run, tmp_path / "after.html").read_text()
+    assert "Early warning" in html and "40 bootstrap resamples of stays" in html
+    low, high = table.loc[0, "ppv_ci_low"], table.loc[0, "ppv_ci_high"]
+    assert f"{table.loc[0, 'ppv']:.3g} ({low:.3g} to {high:.3g})" in html
