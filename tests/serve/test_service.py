@@ -208,6 +208,8 @@ def test_cli_refuses_to_serve_without_a_token_or_a_model(model_dir, tmp_path, mo
     monkeypatch.setenv("HEALTHFUSION_API_TOKEN", TOKEN)
     result = CliRunner().invoke(app, ["serve", str(tmp_path / "missing")])
     assert result.exit_code == 2 and "missing" in result.output
+    result = CliRunner().invoke(app, ["serve", str(model_dir), "--backend", "tensorrt"])
+    assert result.exit_code == 2 and "Unknown scoring backend" in result.output
     result = CliRunner().invoke(app, ["alerts", str(model_dir), "--path", str(tmp_path), "--out", str(tmp_path / "o"),
                                       "--start", "10", "--end", "5"])
     assert result.exit_code == 2 and "start < end" in result.output
