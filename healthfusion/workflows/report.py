@@ -26,6 +26,7 @@ from healthfusion.workflows.evaluate import display_comparison, display_differen
 from healthfusion.workflows.model_card import card_rows, is_synthetic, tripod_items
 from healthfusion.workflows.report_sections import (
     KNOWN_FILES,
+    alerts_section,
     explanation_section,
     figure_block,
     limitations,
@@ -407,6 +408,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
     sections = [_data_section(run_dir, info), *_metrics_sections(run_dir, info),
                 _calibration_section(run_dir, calibration, audit), subgroup_section(run_dir, audit),
                 explanation_section(run_dir, identifiers=_identifiers(info, identifiers)), _impact_section(run_dir),
+                *filter(None, [alerts_section(run_dir)]),
                 *_extra_sections(run_dir, out, identifiers=_identifiers(info, identifiers)),
                 section("limitations", "Limitations", [{"kind": "list", "items": limitations(info, audit, calibration)}])]
     cfg = info["config"]
