@@ -12,8 +12,8 @@ from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, consol
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
 
-_COLUMNS = ("task", "kind", "metric", "multitask", "multitask_ci_low", "multitask_ci_high", "single_mean",
-            "rel_improvement", "rel_ci_low", "rel_ci_high", "self_weight")
+_COLUMNS = ("task", "kind", "metric", "multitask", "multitask_ci_low", "multitask_ci_high", "ece", "cal_slope",
+            "cal_intercept", "single_mean", "rel_improvement", "rel_ci_low", "rel_ci_high", "self_weight")
 
 
 def register(app: typer.Typer) -> None:
@@ -42,7 +42,8 @@ def register(app: typer.Typer) -> None:
             track_finished(run_dir)
         table = pd.read_csv(run_dir / "tasks.csv")
         print_frame(console, table, columns=_COLUMNS,
-                    title="Per-task test metrics (main metric; CIs: bootstrap for multitask, over seeds for the rest)")
+                    title="Per-task test metrics (main metric; calibration of binary tasks; CIs: bootstrap for multitask, "
+                          "over seeds for the rest)")
         summary = json.loads((run_dir / "metrics.json").read_text())["improvement"]
         for label, s in summary.items():
             console.print(f"Mean relative improvement over single-task models ({label.replace('_', ' ')}): "

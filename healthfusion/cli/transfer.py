@@ -12,7 +12,8 @@ from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, consol
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
 
-_SUMMARY = ("strategy", "size", "n_seeds", "auroc", "auroc_seed_ci_low", "auroc_seed_ci_high", "auprc", "f1")
+_SUMMARY = ("strategy", "size", "n_seeds", "auroc", "auroc_seed_ci_low", "auroc_seed_ci_high", "ece", "cal_slope",
+            "cal_intercept", "auprc", "f1")
 _GAINS = ("size", "strategy", "bar", "gain", "gain_ci_low", "gain_ci_high", "n_seeds", "wins")
 
 
@@ -43,7 +44,8 @@ def register(app: typer.Typer) -> None:
             track_finished(run_dir)
         summary = pd.read_csv(run_dir / "summary.csv")
         print_frame(console, summary, columns=_SUMMARY,
-                    title="Target test AUROC by strategy and labelled target size (mean, 95% CI over seeds)")
+                    title="Target test AUROC and calibration by strategy and labelled target size (mean, 95% CI "
+                          "over seeds)")
         gains = pd.read_csv(run_dir / "gains.csv")
         if len(gains):
             print_frame(console, gains, columns=_GAINS,

@@ -62,6 +62,12 @@ def test_all_five_kinds_train_together_from_one_config(full_run):
     table = pd.read_csv(full_run / "tasks.csv")
     assert sorted(table["kind"].unique()) == ["binary", "clustering", "multiclass", "multilabel", "regression"]
     assert table["multitask"].notna().all() and table["single_mean"].notna().all()
+    binary = table["kind"] == "binary"  # calibration beside AUROC, for the tasks it is defined for
+    assert table.loc[binary, ["ece", "cal_slope", "cal_intercept", "ece_ci_low", "ece_ci_high"]].notna().all().all()
+    assert table.loc[~binary, "ece"].isna().all()
+    assert (table.loc[binary, "ece_ci_low"] <= table.loc[binary, "ece"]).all()
+    per_seed = pd.read_csv(full_run / "comparison.csv")
+    assert per_seed.loc[per_seed["task"].isin(table.loc[binary, "task"]), "ece"].notna().all()
     for stem in ("tim_attention", "tim_ablation", "tim_retrain"):
         tim = pd.read_csv(full_run / f"{stem}.csv", index_col=0)
         assert list(tim.index) == list(tim.columns) == [t["name"] for t in TASKS]

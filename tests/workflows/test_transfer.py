@@ -10,6 +10,7 @@ import yaml
 
 import healthfusion.workflows.transfer as tw
 from healthfusion.data.synthetic import generate
+from healthfusion.evaluation.calibration import calibration_slope_intercept, expected_calibration_error
 from healthfusion.features import batch as B
 from healthfusion.models.base import load_network
 from healthfusion.workflows.config import ConfigError
@@ -102,8 +103,17 @@ def test_run_writes_table_plot_models_shift_and_shap(recorded_run):
     assert len(results) == len(STRATEGIES) * 2 and (results["status"] == "ok").all()
     for col in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "accuracy", "precision", "recall", "f1"):
         assert col in results.columns
+    # calibration beside AUROC: ECE, slope and intercept of each model on the target test stays
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    first = results.iloc[0]
+    test = predictions[(predictions["seed"] == first["seed"]) & (predictions["size"].astype(str) == str(first["size"]))
+                       & (predictions["strategy"] == first["strategy"])]
+    assert first["ece"] == pytest.approx(expected_calibration_error(test["y"], test["prob"]))
+    assert first["cal_slope"] == pytest.approx(calibration_slope_intercept(test["y"], test["prob"])["slope"], rel=1e-4)
+    assert (results["ece_ci_low"] <= results["ece"]).all() and (results["ece"] <= results["ece_ci_high"]).all()
     summary = pd.read_csv(run_dir / "summary.csv")
     assert (summary["n_seeds"] == 2).all()
+    assert {"ece", "ece_seed_ci_low", "cal_slope", "cal_slope_seed_ci_high", "cal_intercept"} <= set(summary.columns)
     assert set(pd.read_csv(run_dir / "gains.csv")["bar"]) <= {"source_only", "pooled"}
     assert (run_dir / "learning_curve.png").stat().st_size > 1000
     shift = json.loads((run_dir / "shift.json").read_text())

@@ -16,6 +16,7 @@ from healthfusion.workflows.transfer.config import (
     BASELINE_STRATEGIES,
     METRICS,
     STRATEGIES,
+    UNBOUNDED_METRICS,
 )
 from healthfusion.workflows.transfer.protocol import Rows
 
@@ -28,7 +29,8 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, Any] = {"strategy": strategy, "size": size, "n_seeds": len(group),
                                "n_labelled": float(group["n_labelled"].mean())}
         for m in METRICS:
-            mean, low, high = seed_interval(group[m].to_numpy(dtype=float), bounds=(0.0, 1.0))
+            bounds = None if m in UNBOUNDED_METRICS else (0.0, 1.0)
+            mean, low, high = seed_interval(group[m].to_numpy(dtype=float), bounds=bounds)
             row.update({m: mean, f"{m}_sd": float(group[m].std(ddof=1)) if len(group) > 1 else float("nan"),
                         f"{m}_seed_ci_low": low, f"{m}_seed_ci_high": high})
         rows.append(row)
