@@ -25,6 +25,8 @@ def register(app: typer.Typer) -> None:
         track: bool = typer.Option(False, "--track", help=TRACK_HELP),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in the config's out: folder "
                                     "from its checkpoints (same results as an uninterrupted run)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Clear the non-empty out: folder first, once the "
+                                       "data has been read (default: refuse it, so that two runs never mix)."),
         set_: list[str] | None = SET_OPTION,
         out: Path | None = OUT_OPTION,
         quick: bool = QUICK_OPTION,
@@ -35,7 +37,8 @@ def register(app: typer.Typer) -> None:
         from healthfusion.workflows.multitask import load_multitask_config, run_multitask
 
         try:
-            run_dir = run_multitask(load_config(load_multitask_config, config, set_, out, quick), console=console, resume=resume)
+            loaded = load_config(load_multitask_config, config, set_, out, quick)
+            run_dir = run_multitask(loaded, console=console, resume=resume, overwrite=overwrite)
         except ValueError as exc:
             fail(exc)
         if track:

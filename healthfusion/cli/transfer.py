@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         track: bool = typer.Option(False, "--track", help=TRACK_HELP),
         resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep in the config's out: folder "
                                     "from its checkpoints (same results as an uninterrupted sweep)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Clear the non-empty out: folder first, once the "
+                                       "data has been read (default: refuse it, so that two runs never mix)."),
         set_: list[str] | None = SET_OPTION,
         out: Path | None = OUT_OPTION,
         quick: bool = QUICK_OPTION,
@@ -37,7 +39,8 @@ def register(app: typer.Typer) -> None:
         from healthfusion.workflows.transfer import load_transfer_config, run_transfer
 
         try:
-            run_dir = run_transfer(load_config(load_transfer_config, config, set_, out, quick), console=console, resume=resume)
+            loaded = load_config(load_transfer_config, config, set_, out, quick)
+            run_dir = run_transfer(loaded, console=console, resume=resume, overwrite=overwrite)
         except ValueError as exc:
             fail(exc)
         if track:

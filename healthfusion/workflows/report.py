@@ -204,8 +204,10 @@ def study_kind(run_dir: Path) -> str | None:
 
 def _study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False) -> Path:
     """The report of a transfer or multitask run folder: its settings, every table (in a useful order) and
-    figure it wrote."""
+    figure it wrote. Refuses (RunFolderError) artefacts that are not the run's models' own."""
     import yaml
+
+    check_artefacts(run_dir)
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     cfg = cfg or {}

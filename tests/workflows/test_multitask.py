@@ -258,3 +258,28 @@ def test_a_codes_target_refuses_the_codes_input(synth, tmp_path):
     raw["features"]["modalities"] = ["ts", "static", "codes"]
     with pytest.raises(ValueError, match="codes input would carry its label"):
         MultitaskConfig.model_validate(raw)
+
+
+def test_a_multitask_run_refuses_a_non_empty_folder_and_records_its_artefacts(synth, full_run, tmp_path):
+    """Refused before the data is read (a bad data path with --overwrite leaves the earlier run whole); every
+    table is recorded as an artefact of model/, and the report refuses one that was changed."""
+    import shutil
+
+    from healthfusion.workflows.report import build_report
+    from healthfusion.workflows.runfolder import RunFolderError
+
+    before = {p: p.read_bytes() for p in full_run.rglob("*") if p.is_file()}
+    config = MultitaskConfig.model_validate(config_dict(synth, full_run))
+    missing = config.model_copy(update={"data": config.data.model_copy(update={"cohort": tmp_path / "missing"})})
+    with pytest.raises(RunFolderError, match="is not empty"):
+        run_multitask(missing)
+    with pytest.raises(ValueError, match="missing"):
+        run_multitask(missing, overwrite=True)
+    assert {p: p.read_bytes() for p in full_run.rglob("*") if p.is_file()} == before
+    files = json.loads((full_run / "artefacts.json").read_text())["files"]
+    assert {"tasks.csv", "comparison.csv", "metrics.json", "tim_attention.csv", "config.yaml"} <= set(files)
+    copy = tmp_path / "copy"
+    shutil.copytree(full_run, copy)
+    (copy / "tasks.csv").write_text((copy / "tasks.csv").read_text().replace("binary", "binary ", 1))
+    with pytest.raises(RunFolderError, match="tasks.csv was changed after the run wrote it"):
+        build_report(copy, tmp_path / "r.html")

@@ -322,3 +322,36 @@ def test_an_unknown_label_is_one_clear_line(cohort_dir, tmp_path):
     result = CliRunner().invoke(app, ["transfer", "--config", str(path)])
     assert result.exit_code == 2, result.output
     assert "has no label 'mortalty'" in result.output and "mortality" in result.output
+
+
+def test_a_sweep_refuses_a_non_empty_folder_and_report_refuses_artefacts_of_other_models(recorded_run, tmp_path):
+    """A second sweep into the same out: is refused before any data is read (--overwrite clears it only once the
+    data has been read, so a bad data path leaves the first sweep whole); artefacts.json ties every artefact to
+    the sweep's models, and the report refuses a stale file or a changed model."""
+    import shutil
+
+    from healthfusion.workflows.report import build_report
+    from healthfusion.workflows.runfolder import RunFolderError
+
+    config, run_dir, _ = recorded_run
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    missing = config.model_copy(update={"data": config.data.model_copy(update={
+        "sources": [config.data.sources[0].model_copy(update={"cohort": tmp_path / "missing"})]})})
+    with pytest.raises(RunFolderError, match="is not empty"):
+        run_transfer(missing)
+    with pytest.raises(ValueError, match="missing"):
+        run_transfer(missing, overwrite=True)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    manifest = json.loads((run_dir / "artefacts.json").read_text())
+    assert {"results.csv", "summary.csv", "gains.csv", "predictions.csv", "shap/global_importance.csv"} <= set(
+        manifest["files"])
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "shap" / "stale.csv").write_text("feature\nx\n")  # left by another sweep
+    with pytest.raises(RunFolderError, match="stale.csv was not written by the run"):
+        build_report(copy, tmp_path / "r.html")
+    (copy / "shap" / "stale.csv").unlink()
+    weights = next((copy / "models").rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b" ")
+    with pytest.raises(RunFolderError, match="is not the model the artefacts"):
+        build_report(copy, tmp_path / "r.html")

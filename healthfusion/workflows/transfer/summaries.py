@@ -11,6 +11,7 @@ import pandas as pd
 from healthfusion.evaluation.bootstrap import seed_interval
 from healthfusion.evaluation.shift import domain_classifier_auroc, stay_summaries, variable_shift
 from healthfusion.features import batch as B
+from healthfusion.files import atomic_path
 from healthfusion.workflows.transfer.config import (
     ADAPTATION_STRATEGIES,
     BASELINE_STRATEGIES,
@@ -83,7 +84,8 @@ def plot_learning_curve(summary: pd.DataFrame, path: Path, metric: str = "auroc"
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
 
