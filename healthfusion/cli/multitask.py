@@ -11,8 +11,9 @@ import typer
 from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, console, fail, load_config
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
+from healthfusion.evaluation.disclosure import suppress_small_rows
 
-_COLUMNS = ("task", "kind", "metric", "multitask", "multitask_ci_low", "multitask_ci_high", "ece", "cal_slope",
+_COLUMNS = ("task", "kind", "metric", "n", "multitask", "multitask_ci_low", "multitask_ci_high", "ece", "cal_slope",
             "cal_intercept", "single_mean", "rel_improvement", "rel_ci_low", "rel_ci_high", "self_weight")
 
 
@@ -43,7 +44,7 @@ def register(app: typer.Typer) -> None:
             fail(exc)
         if track:
             track_finished(run_dir)
-        table = pd.read_csv(run_dir / "tasks.csv")
+        table = suppress_small_rows(pd.read_csv(run_dir / "tasks.csv"), keep=_COLUMNS[:3])
         print_frame(console, table, columns=_COLUMNS,
                     title="Per-task test metrics (main metric; calibration of binary tasks; CIs: bootstrap for multitask, "
                           "over seeds for the rest)")

@@ -11,8 +11,9 @@ import typer
 from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, console, fail, load_config
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
+from healthfusion.evaluation.disclosure import suppress_small_rows
 
-_SUMMARY = ("strategy", "size", "n_seeds", "auroc", "auroc_seed_ci_low", "auroc_seed_ci_high", "ece", "cal_slope",
+_SUMMARY = ("strategy", "size", "n_seeds", "n_test", "n_test_positive", "auroc", "auroc_seed_ci_low", "auroc_seed_ci_high", "ece", "cal_slope",
             "cal_intercept", "auprc", "f1")
 _GAINS = ("size", "strategy", "bar", "gain", "gain_ci_low", "gain_ci_high", "n_seeds", "wins")
 
@@ -45,11 +46,11 @@ def register(app: typer.Typer) -> None:
             fail(exc)
         if track:
             track_finished(run_dir)
-        summary = pd.read_csv(run_dir / "summary.csv")
+        summary = suppress_small_rows(pd.read_csv(run_dir / "summary.csv"), keep=_SUMMARY[:3])
         print_frame(console, summary, columns=_SUMMARY,
                     title="Target test AUROC and calibration by strategy and labelled target size (mean, 95% CI "
                           "over seeds)")
-        gains = pd.read_csv(run_dir / "gains.csv")
+        gains = suppress_small_rows(pd.read_csv(run_dir / "gains.csv"), keep=_GAINS[:3] + _GAINS[-2:])
         if len(gains):
             print_frame(console, gains, columns=_GAINS,
                         title="Gain over the better of source-only and pooled (AUROC, paired by seed)")

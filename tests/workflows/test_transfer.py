@@ -307,7 +307,14 @@ def test_report_of_a_transfer_run(recorded_run):
     _, run_dir, _ = recorded_run
     html = build_report(run_dir).read_text()
     assert "cross-domain transfer report" in html and "gains.csv" in html and "summary.csv" in html
-    assert "learning_curve.png" in html and "data:image/png;base64," in html
+    assert "data:image/png;base64," in html  # the SHAP figures
+    # the tiny target test sets have fewer than 10 deaths: every result row is suppressed, the learning curve
+    # drawn from them is left out, and no per-stay prediction is shown
+    results = pd.read_csv(run_dir / "results.csv")
+    assert (results["n_test_positive"] < 10).all()
+    assert "&lt;10" in html and "0.5" not in _cells(html, "results.csv")
+    assert "learning curve is not shown" in html and "learning_curve.png</" not in html
+    assert "predictions.csv" not in html
 
 
 def test_an_unknown_label_is_one_clear_line(cohort_dir, tmp_path):
@@ -355,3 +362,10 @@ def test_a_sweep_refuses_a_non_empty_folder_and_report_refuses_artefacts_of_othe
     weights.write_bytes(weights.read_bytes() + b" ")
     with pytest.raises(RunFolderError, match="is not the model the artefacts"):
         build_report(copy, tmp_path / "r.html")
+
+
+def _cells(html: str, heading: str) -> str:
+    """The HTML of the table under ``heading`` (up to the next heading)."""
+    start = html.index(heading)
+    return html[start:html.find("<h", start + len(heading))]
+
