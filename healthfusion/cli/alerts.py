@@ -8,6 +8,7 @@ import typer
 
 from healthfusion.cli.common import console, fail
 from healthfusion.cli.render import print_frame
+from healthfusion.files import display_path
 
 _COLUMNS = ("score", "operating_point", "threshold", "n_alerts", "alerts_per_patient_day", "ppv", "sensitivity",
             "lead_time_median", "n_stays", "n_positive")
@@ -45,4 +46,4 @@ def register(app: typer.Typer) -> None:
         except (ValueError, ModelLoadError) as exc:
             fail(exc)
         print_frame(console, table, columns=_COLUMNS, title="Early warning: the model vs NEWS2")
-        console.print(f"Figures and tables: [bold]{out}[/] (alerts.png)")
+        console.print(f"Figures and tables: [bold]{display_path(out)}[/] (alerts.png)")

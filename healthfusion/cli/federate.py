@@ -10,6 +10,7 @@ import typer
 
 from healthfusion.cli.common import console, fail
 from healthfusion.cli.render import print_frame
+from healthfusion.files import display_path
 
 _SUMMARY = ("setting", "epsilon", "mean_client_accuracy", "auroc", "auroc_ci_low", "auroc_ci_high", "ece",
             "cal_slope", "cal_intercept", "n_test")
@@ -47,4 +48,4 @@ def register(app: typer.Typer) -> None:
         print_frame(console, summary, columns=[c for c in _SUMMARY if c in summary.columns],
                     title="Mean over sites of test accuracy; AUROC and calibration over all sites' test stays "
                           "(bootstrap 95% CI)")
-        console.print(f"Run folder: [bold]{run_dir}[/]")
+        console.print(f"Run folder: [bold]{display_path(run_dir)}[/]")

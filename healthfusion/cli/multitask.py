@@ -12,6 +12,7 @@ from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, consol
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
 from healthfusion.evaluation.disclosure import suppress_small_rows
+from healthfusion.files import display_path
 
 _COLUMNS = ("task", "kind", "metric", "n", "multitask", "multitask_ci_low", "multitask_ci_high", "ece", "cal_slope",
             "cal_intercept", "single_mean", "rel_improvement", "rel_ci_low", "rel_ci_high", "self_weight")
@@ -55,5 +56,5 @@ def register(app: typer.Typer) -> None:
         tim = pd.read_csv(run_dir / "tim_attention.csv", index_col=0)
         print_frame(console, tim.reset_index(names="task i \\ task j"),
                     title="TIM from attention: share of task i's representation taken from task j (diagonal: itself)")
-        console.print(f"TIM heatmap: {run_dir / 'tim_attention.png'}")
-        console.print(f"Run folder: [bold]{run_dir}[/]")
+        console.print(f"TIM heatmap: {display_path(run_dir / 'tim_attention.png')}")
+        console.print(f"Run folder: [bold]{display_path(run_dir)}[/]")

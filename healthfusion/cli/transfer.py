@@ -12,6 +12,7 @@ from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, consol
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
 from healthfusion.evaluation.disclosure import suppress_small_rows
+from healthfusion.files import display_path
 
 _SUMMARY = ("strategy", "size", "n_seeds", "n_test", "n_test_positive", "auroc", "auroc_seed_ci_low", "auroc_seed_ci_high", "ece", "cal_slope",
             "cal_intercept", "auprc", "f1")
@@ -59,6 +60,6 @@ def register(app: typer.Typer) -> None:
             info = json.loads(shift.read_text())
             console.print(f"Domain shift: a classifier tells source from target stays with AUROC "
                           f"{info['domain_auroc']:.3f} ({info['domain_auroc_ci_low']:.3f}-"
-                          f"{info['domain_auroc_ci_high']:.3f}); per-variable differences in {run_dir / 'shift.csv'}")
-        console.print(f"Learning curve: {run_dir / 'learning_curve.png'}")
-        console.print(f"Run folder: [bold]{run_dir}[/]")
+                          f"{info['domain_auroc_ci_high']:.3f}); per-variable differences in {display_path(run_dir / 'shift.csv')}")
+        console.print(f"Learning curve: {display_path(run_dir / 'learning_curve.png')}")
+        console.print(f"Run folder: [bold]{display_path(run_dir)}[/]")

@@ -40,7 +40,7 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.domains import concat_cohorts
 from healthfusion.data.splits import split_patients
 from healthfusion.features import batch as B
-from healthfusion.files import write_text
+from healthfusion.files import display_path, write_text
 from healthfusion.models.pretraining import PretrainingConfig, PretrainingModel
 from healthfusion.models.registry import ModelCard, registry_root, save_encoder
 from healthfusion.training import checkpoint
@@ -241,5 +241,5 @@ def run_pretraining(config: PretrainRunConfig, console=None, exclude: set[str] |
     path = save_encoder(model.encoder, target, card=card, preprocessing_state=feat.get_state(), root=config.root,
                         overwrite=config.overwrite)
     write_text(path / "pretraining_history.json", json.dumps(history.to_dict(), indent=2))
-    say(f"Saved the pretrained {m} encoder to [bold]{path}[/]")
+    say(f"Saved the pretrained {m} encoder to [bold]{display_path(path)}[/]")
     return {"path": path, "card": card, "history": history}
