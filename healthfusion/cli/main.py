@@ -22,7 +22,7 @@ from healthfusion.cli.common import (  # noqa: E402
     parse_options,
 )
 from healthfusion.cli.render import print_frame  # noqa: E402
-from healthfusion.files import display_path  # noqa: E402
+from healthfusion.files import display_path, write_csv  # noqa: E402
 
 app = typer.Typer(
     cls=ReadErrorsGroup,
@@ -140,8 +140,7 @@ def predict(
         frame = predict_source(model, source, path, split=split, **options)
     except ValueError as exc:
         fail(exc)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    write_csv(frame, out, index=False)  # atomically: a reader never sees half a file
     counts = frame["status"].value_counts().to_dict()
     console.print(frame.attrs["model"], highlight=False, soft_wrap=True)
     console.print(f"Wrote {len(frame)} rows to [bold]{display_path(out)}[/] ({counts})")
