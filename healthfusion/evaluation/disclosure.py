@@ -103,14 +103,18 @@ def small_groups(frame: pd.DataFrame, n: str = "n", events: str | None = "n_posi
 
 #: (stays, events) columns of the per-row counts of healthfusion's tables, in the order they are looked for
 COUNT_COLUMNS: tuple[tuple[str, str], ...] = (("n", "n_positive"), ("n_test", "n_test_positive"))
+#: stays columns of tables with one count per compared side (a variable's shift: source and target stays)
+SIDE_COLUMNS: tuple[str, ...] = ("n_source", "n_target")
 
 
 def suppress_small_rows(frame: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
     """A copy of a results table (one row per model, task, seed ...) as shared: a row whose stays or events are
     under the limit is suppressed as :func:`suppress_groups` does. The counts are the first pair of
     :data:`COUNT_COLUMNS` the table has; without the events column, ``prevalence`` times the stays gives the events
-    (an events column is added), and without either only the stays count. A table with no stays column is
-    returned unchanged. ``keep``: the columns that name a row and stay visible (also every non-numeric column).
+    (an events column is added), and without either only the stays count. A table with :data:`SIDE_COLUMNS`
+    instead (one stays count per side) suppresses a row where any side is under the limit. A table with none of
+    these is returned unchanged. ``keep``: the columns that name a row and stay visible (also every non-numeric
+    column).
 
     Example
     -------
@@ -119,13 +123,21 @@ def suppress_small_rows(frame: pd.DataFrame, keep: Sequence[str] = ()) -> pd.Dat
     [['death', 50, '<10', '<10'], ['los', '<10', nan, '<10']]
     """
     pairs = [pair for pair in COUNT_COLUMNS if pair[0] in frame.columns]
+    named = [c for c in frame.columns if c in keep or not pd.api.types.is_numeric_dtype(frame[c])]
     if not pairs:
-        return frame
+        sides = [c for c in SIDE_COLUMNS if c in frame.columns]
+        if not sides:
+            return frame
+        small = (frame[sides].apply(pd.to_numeric) < MIN_CELL).any(axis=1).to_numpy()
+        out = frame.astype(object).copy()
+        out.loc[small, [c for c in out.columns if c not in (*named, *sides)]] = SUPPRESSED
+        for col in sides:
+            out.loc[small, col] = [count_cell(v) for v in frame.loc[small, col]]
+        return out
     n, events = pairs[0]
     frame = frame.copy()
     if events not in frame.columns and "prevalence" in frame.columns:
         frame[events] = (pd.to_numeric(frame[n]) * pd.to_numeric(frame["prevalence"])).round()
-    named = [c for c in frame.columns if c in keep or not pd.api.types.is_numeric_dtype(frame[c])]
     return suppress_groups(frame, n=n, events=events if events in frame.columns else None,
                            keep=[c for c in named if c not in (n, events)])
 

@@ -65,3 +65,13 @@ def test_suppress_small_rows_judges_each_results_row_by_its_test_stays_and_event
     assert shared["multitask"].tolist() == ["<10", 2.5, "<10"] and shared["n"].tolist() == [200, 200, "<10"]
     untouched = pd.DataFrame({"feature": ["a"], "importance": [0.3]})
     assert suppress_small_rows(untouched).equals(untouched)
+
+
+def test_a_shift_row_is_suppressed_when_either_side_has_fewer_than_ten_stays():
+    from healthfusion.evaluation.disclosure import suppress_small_rows
+
+    shift = pd.DataFrame({"variable": ["HR", "Lactate"], "smd": [0.1, 0.9], "mean_target": [80.0, 4.2],
+                          "n_source": [300, 250], "n_target": [120, 4]})
+    shared = suppress_small_rows(shift)
+    assert shared["mean_target"].tolist() == [80.0, "<10"] and shared["n_target"].tolist() == [120, "<10"]
+    assert shared["n_source"].tolist() == [300, 250] and shared["variable"].tolist() == ["HR", "Lactate"]
