@@ -101,7 +101,7 @@ def task_metrics(kind: str, y_true: np.ndarray | None, y_pred: np.ndarray, embed
 
     ``y_pred`` holds probabilities (classification), values (regression) or soft cluster assignments
     ``[n, K]`` (clustering, which needs ``embedding`` and ignores ``y_true``). The dict always has ``main`` (the
-    main metric's value), ``main_metric`` and ``n``; a binary task's also has ``ece``, ``cal_slope`` and
+    main metric's value), ``main_metric`` and ``n``; a binary task's also has ``n_positive``, ``ece``, ``cal_slope`` and
     ``cal_intercept`` (:func:`~healthfusion.evaluation.calibration.calibration_metrics_batch`) beside its AUROC.
 
     Raises
@@ -122,7 +122,7 @@ def task_metrics(kind: str, y_true: np.ndarray | None, y_pred: np.ndarray, embed
             raise ValueError(f"No labelled row to evaluate the {kind} task on.")
         y, p = np.asarray(y_true)[keep], np.asarray(y_pred)[keep]
         if kind == "binary":
-            out = {"auroc": auroc(y, p), "prevalence": float(np.mean(y)), "n": int(len(y))}
+            out = {"auroc": auroc(y, p), "prevalence": float(np.mean(y)), "n": int(len(y)), "n_positive": int(y.sum())}
             calibration = calibration_metrics_batch(y, p)
             out.update({m: float(calibration[m][0]) for m in CALIBRATION_METRICS})
         elif kind == "multiclass":

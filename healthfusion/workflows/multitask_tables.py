@@ -33,6 +33,8 @@ def task_table(per_seed: pd.DataFrame, kinds: dict, model: MultitaskModel, pred:
         row = {"task": name, "kind": task.kind, "metric": metric, "higher_is_better": higher,
                "n": int(mt["n"].iloc[0]), "self_weight": float(pred["self_weight"][pred["task_present"][:, i], i].mean())}
         row["multitask"] = float(mt["main"].iloc[0])
+        if task.kind == "binary":  # the test events: what small-cell suppression judges the row by
+            row["n_positive"] = int(mt["n_positive"].iloc[0])
         if task.kind != "clustering":
             present = pred["task_present"][:, i]
             ci = main_metric_ci(task.kind, test[target_key(name)][present], pred["predictions"][name][present],

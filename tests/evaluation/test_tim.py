@@ -154,7 +154,7 @@ def test_binary_task_metrics_carry_calibration_beside_auroc():
     y[:7] = np.nan  # unlabelled rows are left out
     out = task_metrics("binary", y, p)
     keep = ~np.isnan(y)
-    assert out["n"] == 393
+    assert out["n"] == 393 and out["n_positive"] == int(y[keep].sum())
     assert out["ece"] == pytest.approx(expected_calibration_error(y[keep], p[keep]))
     fit = calibration_slope_intercept(y[keep], p[keep])
     assert out["cal_slope"] == pytest.approx(fit["slope"], rel=1e-5)
