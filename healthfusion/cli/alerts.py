@@ -8,6 +8,7 @@ import typer
 
 from healthfusion.cli.common import console, fail
 from healthfusion.cli.render import print_frame
+from healthfusion.files import display_path
 
 _COLUMNS = ("score", "operating_point", "threshold", "n_alerts", "alerts_per_patient_day", "ppv", "sensitivity",
             "lead_time_median", "n_stays", "n_positive")
@@ -51,4 +52,4 @@ def register(app: typer.Typer) -> None:
                              zip(table[metric], table[f"{metric}_ci_low"], table[f"{metric}_ci_high"], strict=True)]
         print_frame(console, shown, columns=_COLUMNS,
                     title=f"Early warning: the model vs NEWS2 (95% CI over stays, {n_boot} resamples)")
-        console.print(f"Figures and tables: [bold]{out}[/] (alerts.png)")
+        console.print(f"Figures and tables: [bold]{display_path(out)}[/] (alerts.png)")

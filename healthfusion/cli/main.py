@@ -22,6 +22,7 @@ from healthfusion.cli.common import (  # noqa: E402
     parse_options,
 )
 from healthfusion.cli.render import print_frame  # noqa: E402
+from healthfusion.files import display_path, write_csv  # noqa: E402
 
 app = typer.Typer(
     cls=ReadErrorsGroup,
@@ -72,7 +73,7 @@ def demo(
     except ValueError as exc:
         fail(exc)
     print_frame(console, result["table"], title="Test-set metrics (95% bootstrap CI)")
-    console.print(f"Run folder: [bold]{result['run_dir']}[/]  ({result['seconds']:.0f} s)")
+    console.print(f"Run folder: [bold]{display_path(result['run_dir'])}[/]  ({result['seconds']:.0f} s)")
 
 
 @app.command()
@@ -139,11 +140,10 @@ def predict(
         frame = predict_source(model, source, path, split=split, **options)
     except ValueError as exc:
         fail(exc)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_csv(out, index=False)
+    write_csv(frame, out, index=False)  # atomically: a reader never sees half a file
     counts = frame["status"].value_counts().to_dict()
     console.print(frame.attrs["model"], highlight=False, soft_wrap=True)
-    console.print(f"Wrote {len(frame)} rows to [bold]{out}[/] ({counts})")
+    console.print(f"Wrote {len(frame)} rows to [bold]{display_path(out)}[/] ({counts})")
     from healthfusion.workflows.predict import external_validation
 
     validated = external_validation(frame, threshold=frame.attrs["threshold"])
@@ -161,7 +161,7 @@ def _print_run(run_dir: Path) -> None:
     if (run_dir / "comparison_difference.csv").is_file():
         shown, title = display_differences(pd.read_csv(run_dir / "comparison_difference.csv", index_col=0))
         print_frame(console, shown, title=title)
-    console.print(f"Run folder: [bold]{run_dir}[/]")
+    console.print(f"Run folder: [bold]{display_path(run_dir)}[/]")
 
 
 @cohort_app.command("build")
@@ -183,7 +183,7 @@ def cohort_build(
     except ValueError as exc:
         fail(exc)
     print_frame(console, cohort.accounting.to_frame(), title="Row accounting")
-    console.print(f"Wrote {len(cohort)} stays to [bold]{out}[/]")
+    console.print(f"Wrote {len(cohort)} stays to [bold]{display_path(out)}[/]")
 
 
 @cohort_app.command("export")
@@ -238,7 +238,7 @@ def cohort_convert(
             written = convert_to_parquet(path, out, progress=True)
     except ValueError as exc:
         fail(exc)
-    console.print(f"Wrote {len(written)} Parquet tables to [bold]{out}[/]")
+    console.print(f"Wrote {len(written)} Parquet tables to [bold]{display_path(out)}[/]")
 
 
 # Commands with their own module register themselves here: each module defines ``register(app)``.

@@ -39,6 +39,7 @@ from torch import nn
 
 from healthfusion.features import batch as B
 from healthfusion.features.dataset import ArrayDataset
+from healthfusion.files import display_path
 from healthfusion.models.encoders.cnn import CNNEncoder
 from healthfusion.models.encoders.codes import CodesEncoder, IdBag
 from healthfusion.models.encoders.lstm import LSTMEncoder, series_inputs, step_weights
@@ -321,7 +322,7 @@ def export_onnx(model: HybridModel, batch: dict[str, torch.Tensor], path: str | 
         raise ExportError(f"ONNX export of {type(model).__name__} failed: {err}") from err
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    log.info("Exported the model to %s (inputs %s).", path, ", ".join(wrapper.names))
+    log.info("Exported the model to %s (inputs %s).", display_path(path), ", ".join(wrapper.names))
     return path
 
 

@@ -29,6 +29,7 @@ from healthfusion.evaluation.alerts import (
     threshold_for_sensitivity,
 )
 from healthfusion.evaluation.news2 import PHYSIONET_VITALS, latest_values, news2
+from healthfusion.files import display_path
 from healthfusion.models.scoring import OK, load_model
 
 log = logging.getLogger(__name__)
@@ -136,5 +137,5 @@ def evaluate_alerts(model_dir: str | Path, path: str | Path, out: str | Path, *,
     table.to_csv(out / "alerts.csv", index=False)
     curves.to_csv(out / "curves.csv", index=False)
     _figure(curves, out / "alerts.png")
-    log.info("Wrote the alert evaluation of %d stays x %d hours to %s", len(cohort), len(hours), out)
+    log.info("Wrote the alert evaluation of %d stays x %d hours to %s", len(cohort), len(hours), display_path(out))
     return table

@@ -28,7 +28,7 @@ from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.features.image import ImageTransformer
 from healthfusion.features.text import HFTokenTransformer, TextTransformer
 from healthfusion.features.timeseries import TimeSeriesTransformer
-from healthfusion.files import write_csv
+from healthfusion.files import display_path, write_csv
 from healthfusion.training import Trainer, TrainerConfig
 from healthfusion.training.callbacks import ProgressCallback
 from healthfusion.training.privacy import DPSGD, PrivacyConfig, copy_to_plain, make_private_model
@@ -55,7 +55,7 @@ def open_source(spec: SourceSpec, console=None) -> Cohort:
     builder = get_source(spec.source)
     check_options(spec.source, spec.options)  # a misspelt option names itself, not a TypeError
     if console is not None:
-        with console.status(f"Reading {spec.source} from {spec.path} ..."):
+        with console.status(f"Reading {spec.source} from {display_path(spec.path)} ..."):
             return builder(spec.path, **spec.options)
     return builder(spec.path, **spec.options)
 

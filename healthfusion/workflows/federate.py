@@ -16,7 +16,8 @@ the federated strategy, and with ``federated.compare`` the pooled model and one 
 scored on every site's test stays (columns ``setting``, ``epsilon`` (with ``federated.privacy``: the largest
 per-site epsilon, each site's in ``rounds.csv``; empty without differential privacy; the personalisation epochs
 are not covered),
-``mean_client_accuracy``, ``auroc`` with its bootstrap 95% CI over the pooled test stays, ``n_test``).
+``mean_client_accuracy``, ``auroc``, ``ece``, ``cal_slope`` and ``cal_intercept`` each with its bootstrap 95% CI
+over the pooled test stays, ``n_test``).
 
 Each site's non-test patients are split again into training and validation stays (``federated.validation``,
 default 0.15); after the last round every site fits a temperature on its validation stays and the global model's
@@ -44,6 +45,7 @@ from pydantic import Field
 from healthfusion import __version__
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.bootstrap import bootstrap_ci
+from healthfusion.evaluation.calibration import CALIBRATION_METRICS, calibration_with_ci
 from healthfusion.evaluation.metrics import auroc
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.federated.calibration import calibrate_federated
@@ -178,7 +180,8 @@ def _run_dir(config: FederateConfig) -> Path:
 
 
 def _score(models: dict[str, object], sites: list[Site], n_boot: int, seed: int) -> dict:
-    """Mean over sites of test accuracy and the AUROC (bootstrap CI) over all test stays; ``models`` maps site
+    """Mean over sites of test accuracy and the AUROC, ECE, calibration slope and intercept (bootstrap CIs) over all
+    test stays; ``models`` maps site
     name -> the model that site uses (the same for all but personalised settings)."""
     accs, ys, ps = [], [], []
     for site in sites:
@@ -187,9 +190,13 @@ def _score(models: dict[str, object], sites: list[Site], n_boot: int, seed: int)
         accs.append(float(np.mean((p >= 0.5) == (y >= 0.5))))
         ys.append(y)
         ps.append(p)
-    ci = bootstrap_ci(auroc, np.concatenate(ys), np.concatenate(ps), n_boot=n_boot, seed=seed)
+    y_all, p_all = np.concatenate(ys), np.concatenate(ps)
+    ci = bootstrap_ci(auroc, y_all, p_all, n_boot=n_boot, seed=seed)
+    cal = calibration_with_ci(y_all, p_all, n_boot=n_boot, seed=seed).set_index("metric")
+    calibration = {f"{m}{suffix}": float(cal.loc[m, column]) for m in CALIBRATION_METRICS
+                   for suffix, column in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"))}
     return {"mean_client_accuracy": float(np.mean(accs)), "auroc": ci.value, "auroc_ci_low": ci.ci_low,
-            "auroc_ci_high": ci.ci_high, "n_test": int(sum(len(y) for y in ys)),
+            "auroc_ci_high": ci.ci_high, **calibration, "n_test": int(sum(len(y) for y in ys)),
             **{f"accuracy_{s.name}": a for s, a in zip(sites, accs, strict=True)}}
 
 

@@ -18,7 +18,13 @@ from pathlib import Path
 import pandas as pd
 
 from healthfusion.evaluation.compare import format_ci, format_comparison
-from healthfusion.evaluation.disclosure import RULE, count_cell, suppress_groups
+from healthfusion.evaluation.disclosure import (
+    RULE,
+    SUPPRESSED,
+    count_cell,
+    suppress_groups,
+    suppress_small_rows,
+)
 from healthfusion.models.run_ensemble import primary_network_dir
 from healthfusion.report.html import write_report
 from healthfusion.workflows.audit import HYBRID, write_audit
@@ -194,6 +200,11 @@ _STUDIES = {
     "federate": ("rounds.csv", ("summary.csv", "sites.csv", "rounds.csv", "site_metrics.csv")),
 }
 _STUDY_TITLES = {"transfer": "cross-domain transfer", "multitask": "multitask (M3H)", "federate": "federated learning"}
+#: columns that name a row of a study's tables (shown when the row's numbers are suppressed)
+_STUDY_KEYS = ("seed", "size", "strategy", "status", "n_seeds", "n_labelled", "n_target_train", "n_target_val",
+               "task", "kind", "metric", "model", "bar", "higher_is_better")
+#: per-stay outputs of a study, never part of its report
+_STUDY_PRIVATE = ("predictions.csv",)
 
 
 def study_kind(run_dir: Path) -> str | None:
@@ -242,8 +253,10 @@ def _federated_card(run_dir: Path, cfg: dict) -> list[tuple[str, str]]:
 
 def _study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False) -> Path:
     """The report of a transfer or multitask run folder: its settings, every table (in a useful order) and
-    figure it wrote."""
+    figure it wrote. Refuses (RunFolderError) artefacts that are not the run's models' own."""
     import yaml
+
+    check_artefacts(run_dir)
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
     cfg = cfg or {}
@@ -267,22 +280,30 @@ def _study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False
     tables = [run_dir / name for name in order if (run_dir / name).is_file()]
     tables += sorted(p for p in run_dir.rglob("*.csv") if p not in tables and "models" not in p.parts
                      and p.parts[len(run_dir.parts)] not in ("model", "cohort"))
-    blocks = []
+    tables = [p for p in tables if p.relative_to(run_dir).as_posix() not in _STUDY_PRIVATE]
+    blocks, small = [], False
     for path in tables:
-        frame = pseudonymise(pd.read_csv(path), identifiers)
+        raw = pd.read_csv(path)
+        frame = pseudonymise(suppress_small_rows(raw, keep=_STUDY_KEYS), identifiers)
+        small = small or bool(frame.isin([SUPPRESSED]).any().any())
         rel = path.relative_to(run_dir).as_posix()
         if len(frame) > 200:
             blocks.append(text_block(f"{rel}: {len(frame):,} rows, the first 200 shown; the file has them all.", heading=rel))
             frame = frame.head(200)
         blocks.append(table_block(frame, heading=rel))
+    # a figure drawn from the test results cannot hide a suppressed cell: left out when any row was suppressed
+    hidden = ("learning_curve.png",) if small else ()
     figures = [figure_block(p, p.relative_to(run_dir).as_posix()) for p in sorted(run_dir.rglob("*.png"))
-               if "models" not in p.parts]
+               if "models" not in p.parts and p.name not in hidden]
     sections = [section("results", "Results", blocks)]
     if figures:
         sections.append(section("figures", "Figures", [{"kind": "figures", "figures": figures}]))
+    suppression = (f"Small-cell suppression: {RULE} (a row of results is the group of test stays it was computed "
+                   "on); per-stay predictions are not part of the report."
+                   + (" The learning curve is not shown: some of its points rest on such rows." if hidden else ""))
     notes = [f"Numbers are from the run folder {run_dir.name} as written by `healthfusion {kind}`; intervals over seeds "
              "are Student-t intervals, per-run intervals are bootstrap intervals on that run's test stays.",
-             "Model selection used training and validation stays only; the test stays were scored once."]
+             "Model selection used training and validation stays only; the test stays were scored once.", suppression]
     if kind == "federate":
         notes = [f"Numbers are from the run folder {run_dir.name} as written by `healthfusion federate`: "
                  "mean_client_accuracy is the mean over sites of test accuracy at 0.5; AUROC intervals are bootstrap "
@@ -291,7 +312,8 @@ def _study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False
                  "The feature pipeline was fitted on the union of the sites' training stays (the one step not "
                  "federated); the calibration temperature is the federated average of the sites' own.",
                  "With differential privacy, epsilon covers each site's local training over all rounds (Opacus RDP "
-                 "accountant); the personalisation epochs and the calibration are not covered."]
+                 "accountant); the personalisation epochs and the calibration are not covered.", suppression]
+
     sections.append(section("limitations", "Limitations", [{"kind": "list", "items": notes}]))
     context = {"title": f"{cfg.get('name', run_dir.name)}: {_STUDY_TITLES[kind]} report",
                "subtitle": f"run {cfg.get('name', run_dir.name)}",

@@ -80,8 +80,10 @@ def subgroup_section(run_dir: Path, audit: dict) -> dict:
     t = pd.read_csv(table_path, keep_default_na=False, na_values=[""], dtype=str)
     small = (t["small_group"] == "True").to_numpy()
     show = t[["attribute", "group", "n", "n_positive"]].copy()
-    for m, label in (("auroc", "AUROC"), ("tpr", "TPR"), ("fpr", "FPR"), ("ppv", "PPV"),
-                     ("calibration_gap", "observed - predicted")):
+    for m, label in (("auroc", "AUROC"), ("ece", "ECE"), ("cal_slope", "calibration slope"), ("tpr", "TPR"),
+                     ("fpr", "FPR"), ("ppv", "PPV"), ("calibration_gap", "observed - predicted")):
+        if m not in t.columns:  # an audit written before the column existed
+            continue
         show[label] = [SUPPRESSED if hidden else format_ci(*map(float, values))
                        for hidden, values in zip(small, t[[m, f"{m}_ci_low", f"{m}_ci_high"]].to_numpy(), strict=True)]
     blocks.append(table_block(show, caption=f"Test stays at the operating point {audit.get('threshold', 0.5):.3f}; "

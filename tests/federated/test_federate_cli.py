@@ -40,6 +40,8 @@ def test_federate_simulation_writes_run_and_predict_loads_the_model(tmp_path):
     assert summary["epsilon"].isna().all()
     assert summary["mean_client_accuracy"].between(0, 1).all() and summary["auroc"].between(0, 1).all()
     assert (summary["auroc_ci_low"] <= summary["auroc"]).all()
+    assert summary["ece"].between(0, 1).all() and (summary["ece_ci_low"] <= summary["ece"]).all()
+    assert summary[["cal_slope", "cal_intercept"]].notna().all().all()  # calibration beside AUROC
     rounds = pd.read_csv(run / "rounds.csv")
     assert rounds["round"].tolist() == [1, 2] and rounds["sites"].tolist() == ["A;B;C;D"] * 2
     metrics = pd.read_csv(run / "site_metrics.csv")

@@ -82,6 +82,7 @@ from healthfusion.data.sources.itemmap import (
     sex_group,
 )
 from healthfusion.data.sources.mimic4 import check_hours, check_task
+from healthfusion.files import display_path
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def build(
     parts.append(_io_events(find_table(root, "intakeOutput"), windows, acc, progress))
     for name, file in (("vitalPeriodic", periodic), ("lab", lab)):
         if file is None:
-            log.info("%s: no %s table; its variables are absent from the cohort.", root, name)
+            log.info("%s: no %s table; its variables are absent from the cohort.", display_path(root), name)
     events = pd.concat(parts, ignore_index=True)
     codes = _codes(find_table(root, "diagnosis"), windows, acc)
 
@@ -209,7 +210,7 @@ def build(
                     "unit admission.",
     )
     acc.check()
-    log.info("%s: %d unit stays, %d events, %d codes", root, len(out), len(events), len(codes))
+    log.info("%s: %d unit stays, %d events, %d codes", display_path(root), len(out), len(events), len(codes))
     return Cohort(out, static=static.reset_index(drop=True), events=events, codes=codes, labels=labels,
                   meta=meta, accounting=acc)
 
@@ -352,7 +353,7 @@ def _codes(path: Path, windows: pd.DataFrame, acc: RowAccounting) -> pd.DataFram
     system = pd.Series(np.select(kinds, ["icd9", "icd10"], default=""), index=tokens.index)
     unknown = tokens.notna() & tokens.ne("") & system.eq("")
     if unknown.any():
-        log.warning("%s: %d code(s) are neither ICD-9 nor ICD-10 and were skipped, e.g. %r", path,
+        log.warning("%s: %d code(s) are neither ICD-9 nor ICD-10 and were skipped, e.g. %r", display_path(path),
                     int(unknown.sum()), tokens[unknown].iloc[0])
     codes = pd.DataFrame({"line": tokens.index, "system": system.to_numpy(),
                           "code": tokens.str.replace(".", "", regex=False).to_numpy()})

@@ -100,6 +100,7 @@ from healthfusion.data.sources.itemmap import (
     mimic4_items,
     sex_group,
 )
+from healthfusion.files import display_path
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,8 @@ def build(
                 writer.append(events=coded(part))
                 n_events += len(part)
             acc.check()
-        log.info("%s: %d ICU stays, %d events, %d codes written to %s", root, len(table), n_events, len(codes), out)
+        log.info("%s: %d ICU stays, %d events, %d codes written to %s", display_path(root), len(table), n_events,
+                 len(codes), display_path(out))
         return Cohort.load(out)
     events = pd.concat([coded(p) for p in parts], ignore_index=True)
     acc.check()
@@ -244,7 +246,7 @@ def _event_parts(root: Path, windows: pd.DataFrame, prediction_hours: float, lab
                             mimic4_items("outputevents"), windows, acc, progress)
     for name, file in (("chartevents", chart), ("outputevents", output)):
         if file is None:
-            log.info("%s: no %s table; its variables are absent from the cohort.", root, name)
+            log.info("%s: no %s table; its variables are absent from the cohort.", display_path(root), name)
 
 
 def check_hours(**hours: float | None) -> None:
