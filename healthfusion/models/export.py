@@ -50,10 +50,10 @@ from healthfusion.models.fusion import presence_matrix
 from healthfusion.models.heads import head_predictions
 from healthfusion.models.hybrid import HybridModel
 from healthfusion.models.inference import SCORING_BATCH
+from healthfusion.optional import require
 
 log = logging.getLogger(__name__)
 
-_INSTALL_HINT = 'ONNX export and scoring need the "onnx" extra: pip install "healthfusion[onnx]"'
 
 
 class ExportError(ValueError):
@@ -276,11 +276,7 @@ _BAG_KEY = {CodesEncoder: B.CODES, TextEncoder: B.TEXT}
 
 
 def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as err:  # pragma: no cover - depends on the installed extras
-        raise ImportError(_INSTALL_HINT) from err
-    return onnxruntime
+    return require("onnxruntime", extra="onnx", needed_for="ONNX scoring")
 
 
 def export_onnx(model: HybridModel, batch: dict[str, torch.Tensor], path: str | Path, *,
@@ -301,10 +297,7 @@ def export_onnx(model: HybridModel, batch: dict[str, torch.Tensor], path: str | 
     ValueError
         ``batch`` fails the model's input checks (see :func:`check_inputs`).
     """
-    try:
-        import onnx  # noqa: F401
-    except ImportError as err:  # pragma: no cover - depends on the installed extras
-        raise ImportError(_INSTALL_HINT) from err
+    require("onnx", extra="onnx", needed_for="ONNX export")
     wrapper = BranchFreeHybrid(model).eval()
     args = tuple(check_inputs(model, batch))
     dynamic = {name: ({0: "batch", 1: "steps"} if name in (B.TS_VALUES, B.TS_MASK, B.TS_DELTA) else {0: "batch"})

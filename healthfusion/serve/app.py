@@ -22,22 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from healthfusion.models.scoring import ScoringModel, load_model
+from healthfusion.optional import require
 from healthfusion.serve.patients import PatientError, Vocabulary, score_patients
 from healthfusion.serve.schemas import Health, PredictRequest, PredictResponse, StreamEvents, StreamState
 from healthfusion.serve.streams import AlertPolicy, StreamLimitError, StreamRegistry
 
 log = logging.getLogger(__name__)
 
-_INSTALL_HINT = 'The scoring service needs the "serve" extra: pip install "healthfusion[serve]"'
 TOKEN_ENV = "HEALTHFUSION_API_TOKEN"
 
 
 def _fastapi():
-    try:
-        import fastapi
-        import fastapi.responses
-    except ImportError as err:  # pragma: no cover - depends on the installed extras
-        raise ImportError(_INSTALL_HINT) from err
+    fastapi = require("fastapi", extra="serve", needed_for="The scoring service")
+    require("fastapi.responses", extra="serve", needed_for="The scoring service")
     return fastapi
 
 
@@ -194,10 +191,7 @@ def serve(model_dir: ScoringModel | str | Path, *, token: str, host: str = "127.
     ImportError
         uvicorn or FastAPI is not installed (with the install hint).
     """
-    try:
-        import uvicorn
-    except ImportError as err:  # pragma: no cover - depends on the installed extras
-        raise ImportError(_INSTALL_HINT) from err
+    uvicorn = require("uvicorn", extra="serve", needed_for="The scoring service")
     app = create_app(model_dir, token=token, **limits)
     log.info("Serving on http://%s:%d", host, port)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
