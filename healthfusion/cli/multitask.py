@@ -8,7 +8,15 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, console, fail, load_config
+from healthfusion.cli.common import (
+    OUT_OPTION,
+    OVERWRITE_OPTION,
+    QUICK_OPTION,
+    SET_OPTION,
+    console,
+    resume_option,
+    run_study,
+)
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
 from healthfusion.evaluation.disclosure import suppress_small_rows
@@ -25,10 +33,8 @@ def register(app: typer.Typer) -> None:
     def multitask(
         config: Path = typer.Option(..., "--config", "-c", help="Multitask configuration (YAML); unknown keys are errors."),
         track: bool = typer.Option(False, "--track", help=TRACK_HELP),
-        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in the config's out: folder "
-                                    "from its checkpoints (same results as an uninterrupted run)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Clear the non-empty out: folder first, once the "
-                                       "data has been read (default: refuse it, so that two runs never mix)."),
+        resume: bool = resume_option("run"),
+        overwrite: bool = OVERWRITE_OPTION,
         set_: list[str] | None = SET_OPTION,
         out: Path | None = OUT_OPTION,
         quick: bool = QUICK_OPTION,
@@ -38,11 +44,7 @@ def register(app: typer.Typer) -> None:
         training options are the config's training: section, as in train."""
         from healthfusion.workflows.multitask import load_multitask_config, run_multitask
 
-        try:
-            loaded = load_config(load_multitask_config, config, set_, out, quick)
-            run_dir = run_multitask(loaded, console=console, resume=resume, overwrite=overwrite)
-        except ValueError as exc:
-            fail(exc)
+        run_dir = run_study(load_multitask_config, run_multitask, config, set_, out, quick, resume=resume, overwrite=overwrite)
         if track:
             track_finished(run_dir)
         table = suppress_small_rows(pd.read_csv(run_dir / "tasks.csv"), keep=_COLUMNS[:3])

@@ -8,7 +8,15 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, console, fail, load_config
+from healthfusion.cli.common import (
+    OUT_OPTION,
+    OVERWRITE_OPTION,
+    QUICK_OPTION,
+    SET_OPTION,
+    console,
+    resume_option,
+    run_study,
+)
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
 from healthfusion.evaluation.disclosure import suppress_small_rows
@@ -26,10 +34,8 @@ def register(app: typer.Typer) -> None:
     def transfer(
         config: Path = typer.Option(..., "--config", "-c", help="Transfer configuration (YAML); unknown keys are errors."),
         track: bool = typer.Option(False, "--track", help=TRACK_HELP),
-        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep in the config's out: folder "
-                                    "from its checkpoints (same results as an uninterrupted sweep)."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Clear the non-empty out: folder first, once the "
-                                       "data has been read (default: refuse it, so that two runs never mix)."),
+        resume: bool = resume_option("sweep"),
+        overwrite: bool = OVERWRITE_OPTION,
         set_: list[str] | None = SET_OPTION,
         out: Path | None = OUT_OPTION,
         quick: bool = QUICK_OPTION,
@@ -40,11 +46,7 @@ def register(app: typer.Typer) -> None:
         Device, mixed precision and the other training options are the config's training:/finetune: sections."""
         from healthfusion.workflows.transfer import load_transfer_config, run_transfer
 
-        try:
-            loaded = load_config(load_transfer_config, config, set_, out, quick)
-            run_dir = run_transfer(loaded, console=console, resume=resume, overwrite=overwrite)
-        except ValueError as exc:
-            fail(exc)
+        run_dir = run_study(load_transfer_config, run_transfer, config, set_, out, quick, resume=resume, overwrite=overwrite)
         if track:
             track_finished(run_dir)
         summary = suppress_small_rows(pd.read_csv(run_dir / "summary.csv"), keep=_SUMMARY[:3])
