@@ -208,7 +208,7 @@ def write_model_cards(model_dir: Path, config: RunConfig, prepared: RunData, fea
                                      scoring={**stats, "seeds": seeds}))
 
 
-def run_training(config: RunConfig, console=None, overwrite: bool = False) -> Path:
+def run_training(config: RunConfig, console=None, overwrite: bool = False, cluster: str | None = None) -> Path:
     """Run the whole training job described by ``config`` and return the run folder.
 
     A binary label trains as this module describes; a multiclass or regression label trains the hybrid with that
@@ -216,13 +216,25 @@ def run_training(config: RunConfig, console=None, overwrite: bool = False) -> Pa
     empty unless ``overwrite`` (see :func:`prepare_run`). With a ``tracking`` section the finished run folder
     is recorded in MLflow (:func:`healthfusion.tracking.track_run`).
 
+    With ``cluster`` (a ``--cluster`` value, see :mod:`healthfusion.scale.cluster`) the run's hybrid network(s)
+    train data-parallel on the cluster's workers with Ray Train; featurisation, baselines, tuning trials and
+    ensemble cross-fitting run in this process.
+
     Raises
     ------
     ValueError (SourceError, CohortError, ConfigError, TrackingError)
         On unreadable data, a label the cohort lacks (or of a kind train cannot use: multilabel), a setting that
         needs a binary label (ensemble, reference_scores, tuning), or an impossible split; the message says which.
     """
-    run_dir = _train(config, console, overwrite)
+    if cluster is None:
+        run_dir = _train(config, console, overwrite)
+    else:
+        from healthfusion.scale.ray import RayCluster
+
+        with RayCluster(cluster) as ray_cluster:
+            if console is not None:
+                console.print(f"Ray cluster {cluster}: the hybrid trains on {ray_cluster.n} workers")
+            run_dir = _train(config, console, overwrite, ray_cluster)
     if config.tracking is not None:
         from healthfusion.tracking import track_run
 
@@ -233,10 +245,10 @@ def run_training(config: RunConfig, console=None, overwrite: bool = False) -> Pa
     return run_dir
 
 
-def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
+def _train(config: RunConfig, console=None, overwrite: bool = False, cluster=None) -> Path:
     prepared = prepare_run(config, console, overwrite)
     if prepared.label.kind != "binary":
-        return train_other_kind(config, prepared, console)
+        return train_other_kind(config, prepared, console, cluster=cluster)
     run_dir, main, cohorts, ids, t0, say = (prepared.run_dir, prepared.main, prepared.cohorts, prepared.ids,
                                             prepared.started, prepared.say)
 
@@ -257,7 +269,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
     for seed in seeds:
         model, trainer, histories[seed] = fit_hybrid(
             feat, spec, data["train"][usable["train"]], data["val"][usable["val"]],
-            config.training.model_copy(update={"seed": seed}), console, privacy=config.privacy)
+            config.training.model_copy(update={"seed": seed}), console, privacy=config.privacy, cluster=cluster)
         networks[seed] = model
     history = histories[seeds[0]]
     probs = {HYBRID: {}}
