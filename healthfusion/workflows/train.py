@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 HYBRID, ENSEMBLE = "hybrid", "ensemble"
 
 
-def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console=None) -> tuple[RunConfig, pd.DataFrame]:
+def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console=None,
+                cluster=None) -> tuple[RunConfig, pd.DataFrame]:
     """Search ``config.tuning``'s space (:func:`healthfusion.workflows.search.run_search`, Optuna) by
     patient-level K-fold CV on the training stays only; return ``config`` with the chosen ``model`` and
     ``training`` values, and the trial table.
@@ -70,6 +71,8 @@ def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console
     run's val share of train + val) into an inner training set and an inner early-stopping set; the held-out fold
     is scored once, after training, and never chooses an epoch. The folds and inner splits are the same for every
     trial. A trial's score is the mean held-out-fold AUROC; the running mean is reported after each fold (pruning).
+    With ``cluster`` (a started :class:`~healthfusion.scale.ray.RayCluster`) ``cluster.n`` trials run at a time,
+    one per worker, unpruned (see :mod:`healthfusion.workflows.search`).
 
     Raises
     ------
@@ -120,7 +123,7 @@ def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console
         return scores
 
     best, table = run_search(tuning, cross_validate, seed=config.training.seed, study_name=config.name,
-                             console=console)
+                             console=console, parallel=cluster)
     return tuned(best), table
 
 
@@ -217,8 +220,8 @@ def run_training(config: RunConfig, console=None, overwrite: bool = False, clust
     is recorded in MLflow (:func:`healthfusion.tracking.track_run`).
 
     With ``cluster`` (a ``--cluster`` value, see :mod:`healthfusion.scale.cluster`) the run's hybrid network(s)
-    train data-parallel on the cluster's workers with Ray Train; featurisation, baselines, tuning trials and
-    ensemble cross-fitting run in this process.
+    train data-parallel on the cluster's workers with Ray Train, and a ``tuning`` search runs one trial per worker
+    at a time; featurisation, baselines and ensemble cross-fitting run in this process.
 
     Raises
     ------
@@ -256,7 +259,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False, cluster=Non
     if config.tuning is not None:
         say(f"[bold cyan]Tuning[/] {config.tuning.resolved_sampler} search, {config.tuning.folds}-fold CV on the "
             f"training stays")
-        config, tuning_table = tune_hybrid(config, main, ids["train"], console)
+        config, tuning_table = tune_hybrid(config, main, ids["train"], console, cluster=cluster)
         spec = config.model
         write_csv(tuning_table, run_dir / "tuning.csv", index=False)
         say(f"      chosen: {tuning_table.loc[tuning_table['chosen']].iloc[0].to_dict()}")
