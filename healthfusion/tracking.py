@@ -34,9 +34,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from healthfusion.optional import require
+
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install "healthfusion[track]"'
 # torch as a range, as pyproject.toml declares it: used when healthfusion's metadata is not installed
 FALLBACK_REQUIREMENTS = ("torch>=2.3", "numpy>=1.26", "pandas>=2.2", "scikit-learn>=1.4", "safetensors>=0.4")
 _NAME = re.compile(r"[^A-Za-z0-9_\-. /]")
@@ -47,11 +48,7 @@ class TrackingError(ValueError):
 
 
 def _mlflow():
-    try:
-        import mlflow
-    except ImportError as exc:
-        raise TrackingError(f"Experiment tracking needs MLflow: {INSTALL_HINT}") from exc
-    return mlflow
+    return require("mlflow", extra="track", needed_for="Experiment tracking")
 
 
 def default_uri(run_dir: str | Path) -> str:

@@ -9,6 +9,9 @@ import zlib
 import typer
 import typer.core
 from rich.console import Console
+from rich.markup import escape
+
+from healthfusion.optional import MissingExtraError
 
 #: width of the console when the output is not a terminal (a file, a pipe, a CI log): wide enough that tables are
 #: never cut; ``COLUMNS`` still wins when set
@@ -44,10 +47,11 @@ def parse_options(pairs: list[str] | None) -> dict:
 
 
 def fail(exc: Exception | str) -> None:
-    """Print one clear error line and exit with status 2 (bad input, not a crash)."""
+    """Print one clear error line and exit with status 2 (bad input, not a crash). The message is plain text: square
+    brackets in it (``healthfusion[serve]``, a column name) are printed, not read as console markup."""
     if isinstance(exc, UnicodeDecodeError):  # a ValueError that commands catch, but its text names no input
         exc = _describe(exc)
-    console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+    console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 
@@ -56,11 +60,14 @@ class ReadErrorsGroup(typer.core.TyperGroup):
     ``EOFError`` or ``zlib.error`` from a truncated compressed file; ``UnicodeDecodeError``) that no library
     layer turned into a clear error still ends in one line and exit status 2, not a traceback (or click's
     "Aborted." and status 1, which is what it does with an ``EOFError``). Readers name the file and line themselves
-    (:func:`healthfusion.data.sources.read_errors.reading`); this is the net below them."""
+    (:func:`healthfusion.data.sources.read_errors.reading`); this is the net below them. A missing optional package
+    (:class:`~healthfusion.optional.MissingExtraError`) ends the same way, its line naming the extra to install."""
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except MissingExtraError as exc:
+            fail(exc)
         except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
             fail(_describe(exc))
 

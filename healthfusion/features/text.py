@@ -23,6 +23,7 @@ import pandas as pd
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.features.base import FeatureTransformer
+from healthfusion.optional import require
 
 _PUNCT = re.compile(r"[^a-z0-9 ]+")
 _DIGITS = re.compile(r"[0-9]+")
@@ -90,7 +91,6 @@ class TextTransformer(FeatureTransformer):
 
 # --- local Hugging Face tokenizers (the ``text`` extra) --------------------------------------------------------------
 
-TEXT_EXTRA_HINT = 'pip install "healthfusion[text]"'
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 
 
@@ -109,12 +109,8 @@ def import_transformers():
     """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    try:
-        import transformers
-    except ImportError as exc:
-        raise ImportError(f"Local Hugging Face text encoders need the transformers package: {TEXT_EXTRA_HINT}; "
-                          "the hashed n-gram text encoder works without it.") from exc
-    return transformers
+    return require("transformers", extra="text",
+                   needed_for="Local Hugging Face text encoders (the hashed n-gram text encoder works without it)")
 
 
 def check_local_model_dir(path: str | os.PathLike, need: Sequence[str] = ("config", "tokenizer")) -> Path:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 import pandas as pd
 
 from healthfusion.models.scoring import ScoringModel
+from healthfusion.optional import require
 from healthfusion.serve.schemas import Patient, StreamState
 from healthfusion.serve.streams import AlertPolicy, StreamRegistry
 
@@ -28,11 +29,7 @@ log = logging.getLogger(__name__)
 
 
 def _http_sender(url: str, token: str, timeout: float) -> Callable[[str, dict], StreamState]:
-    try:
-        import httpx
-    except ImportError as err:  # pragma: no cover - depends on the installed extras
-        raise ImportError('Replaying against a service needs the "serve" extra: pip install "healthfusion[serve]"') \
-            from err
+    httpx = require("httpx", extra="serve", needed_for="Replaying against a service")
     client = httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
 
     def send(stream_id: str, body: dict) -> StreamState:

@@ -366,6 +366,26 @@ class RunConfig(StrictModel):
         return self
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """The mapping of settings a YAML config file holds, as written (no overrides, no validation).
+
+    Raises
+    ------
+    ConfigError
+        A missing file, invalid YAML (with the line), or a document that is not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
+    return raw
+
+
 def read_yaml_config(path: str | Path, schema: type[M], overrides: Sequence[str] = (), out: str | Path | None = None,
                      quick: bool = False) -> M:
     """Read ``path`` as YAML, apply the command line's settings and validate it against the pydantic ``schema``
@@ -386,14 +406,7 @@ def read_yaml_config(path: str | Path, schema: type[M], overrides: Sequence[str]
         ``ValueError`` raised by the schema's validators is reported the same way.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"Config file {path} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {yaml_problem(exc)}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
+    raw = read_yaml_mapping(path)
     if quick or raw.get("quick") is True:
         raw = apply_quick(raw, schema)
     for item in overrides:

@@ -15,10 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
-from healthfusion.workflows.config import ConfigError
+from healthfusion.workflows.config import ConfigError, read_yaml_mapping
 from healthfusion.workflows.config_docs import FIELD_DOCS
 
 # kind -> (module, config class, loader); the loader resolves paths and runs the kind's own checks
@@ -140,15 +139,7 @@ def check_config(path: str | Path, kind: str | None = None, overrides: Sequence[
     """
     path = Path(path)
     if kind is None:
-        if not path.is_file():
-            raise ConfigError(f"Config file {path} does not exist.")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of settings; got {type(raw).__name__}.")
-        kind = detect_kind(raw)
+        kind = detect_kind(read_yaml_mapping(path))
     config_class(kind)  # an unknown kind fails here, with a suggestion
     module, _, loader = CONFIG_KINDS[kind]
     return kind, getattr(importlib.import_module(module), loader)(path, overrides)

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from healthfusion.optional import require
 from healthfusion.workflows.config import SearchRange, TuningSpec, tuned_number_type
 
 log = logging.getLogger(__name__)
-INSTALL_HINT = 'pip install "healthfusion[tune]"'
 DEFAULT_TRIALS = 40
 #: (model/training field values, report(fold, running_mean) -> stop?) -> held-out AUROC of each fold scored
 CrossValidate = Callable[[dict[str, Any], Callable[[int, float], bool]], list[float]]
@@ -43,10 +43,7 @@ class SearchError(ValueError):
 
 
 def _optuna():
-    try:
-        import optuna
-    except ImportError as err:  # pragma: no cover - the test extra installs optuna
-        raise ImportError(f"The run config's `tuning:` search needs Optuna: {INSTALL_HINT}") from err
+    optuna = require("optuna", extra="tune", needed_for="The run config's `tuning:` search")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 

@@ -51,10 +51,10 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.schema import CohortMeta, LabelSpec
 from healthfusion.data.sources.itemmap import F_TO_C, LB_TO_KG, UNKNOWN, age_group, sex_group
+from healthfusion.optional import require
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install "healthfusion[fhir]"'
 READ_TYPES = ("Patient", "Encounter", "Observation", "Condition")
 OTHER = "other resources"
 LOINC = "http://loinc.org"
@@ -114,11 +114,8 @@ CODE_MAP: dict[str, LoincMapping] = {m.code: m for m in (
 
 
 def _model(resource_type: str):
-    try:
-        from fhir.resources.R4B import get_fhir_model_class
-    except ImportError as exc:  # pragma: no cover - the test extra installs it
-        raise SourceError(f"Reading FHIR needs the fhir.resources package: {INSTALL_HINT}") from exc
-    return get_fhir_model_class(resource_type)
+    r4b = require("fhir.resources.R4B", extra="fhir", needed_for="Reading FHIR")
+    return r4b.get_fhir_model_class(resource_type)
 
 
 def build(path: str | Path, *, task: str | None = None, progress: bool = False, hours: float | None = None) -> Cohort:

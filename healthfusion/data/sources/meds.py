@@ -60,10 +60,10 @@ from healthfusion.data.accounting import RowAccounting
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.schema import CohortMeta, LabelSpec
+from healthfusion.optional import require
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install "healthfusion[meds]"'
 SEP = "//"
 ANCHOR_CODE = "ADMISSION"
 STAY_PREFIX = "STAY//"
@@ -78,11 +78,7 @@ DATA_TABLE = "data/*.parquet"
 
 
 def _meds():
-    try:
-        import meds
-    except ImportError as exc:  # pragma: no cover - the test extra installs it
-        raise SourceError(f"Reading or writing MEDS needs the meds package: {INSTALL_HINT}") from exc
-    return meds
+    return require("meds", extra="meds", needed_for="Reading or writing MEDS")
 
 
 def validate_table(kind: str, table: pa.Table, where: str | Path) -> pa.Table:
