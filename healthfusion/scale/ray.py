@@ -37,19 +37,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from healthfusion.optional import require
 from healthfusion.scale.cluster import ClusterSpec, parse_cluster
 
 log = logging.getLogger(__name__)
-INSTALL_HINT = 'Running on a Ray cluster needs Ray: pip install "healthfusion[scale]"'
 PROGRESS_SECONDS = 10.0  # how often map() logs the tasks done
 
 
 def _ray():
-    try:
-        import ray
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(INSTALL_HINT) from exc
-    return ray
+    return require("ray", extra="scale", needed_for="Running on a Ray cluster (--cluster)")
 
 
 class RayCluster:
@@ -68,8 +64,8 @@ class RayCluster:
 
     Raises
     ------
-    ImportError
-        With the install hint, when Ray is not installed.
+    MissingExtraError
+        Naming the ``scale`` extra, when Ray is not installed (on entering the block).
     ValueError
         For a ``spec`` that is not a cluster value.
     """

@@ -131,7 +131,12 @@ def fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, conso
         if privacy is not None:
             raise ValueError("A `privacy` (DP-SGD) run cannot train data-parallel on a cluster: its accounting "
                              "assumes one process. Drop --cluster or the privacy section.")
-        model, history = cluster.fit(model, train, val, training, head_kind=head)
+        if console is not None:
+            with console.status(f"Training data-parallel on {cluster.n} Ray workers (Ray Train starts in about "
+                                "a minute) ..."):
+                model, history = cluster.fit(model, train, val, training, head_kind=head)
+        else:
+            model, history = cluster.fit(model, train, val, training, head_kind=head)
         trainer = Trainer(training)
         trainer.head_kind = head
         return model, trainer, history

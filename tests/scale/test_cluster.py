@@ -36,3 +36,15 @@ def test_cli_rejects_a_bad_cluster_and_an_unpartitioned_source(tmp_path):
     other = runner.invoke(app, ["cohort", "build", "--source", "physionet2012", "--path", str(tmp_path), "--out",
                                 str(tmp_path / "c"), "--cluster", "local:2"])
     assert other.exit_code == 2 and "cannot be built on a cluster" in other.output and "mimic4" in other.output
+
+
+def test_without_ray_the_cluster_names_the_scale_extra(monkeypatch):
+    import sys
+
+    from healthfusion.optional import MissingExtraError
+    from healthfusion.scale.ray import RayCluster
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(MissingExtraError, match=r"healthfusion\[scale\]"):
+        with RayCluster("local:2"):
+            pass
