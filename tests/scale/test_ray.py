@@ -17,6 +17,10 @@ import torch
 
 pytest.importorskip("ray", reason='needs the scale extra: pip install "healthfusion[scale]"')
 
+from typer.testing import CliRunner  # noqa: E402
+
+from healthfusion.cli.main import app  # noqa: E402
+from healthfusion.data.cohort import Cohort  # noqa: E402
 from healthfusion.training.config import TrainerConfig  # noqa: E402
 from healthfusion.training.trainer import Trainer  # noqa: E402
 
@@ -66,7 +70,11 @@ def test_cohort_build_on_two_workers_equals_single_process(cluster, shared_datas
     helpers = _load("partition_helpers", TESTS / "data" / "test_partition.py")
     root = helpers.mimic_with_chartevents(shared_dataset("mimic_iv_demo"), tmp_path / "db")
     single = build_cohort("mimic4", root, tmp_path / "single")
-    on_ray = build_cohort("mimic4", root, tmp_path / "ray", cluster="local:2")  # joins the module's cluster
+    result = CliRunner().invoke(app, ["cohort", "build", "--source", "mimic4", "--path", str(root), "--out",
+                                      str(tmp_path / "ray"), "--cluster", "local:2"])  # joins the module's cluster
+    assert result.exit_code == 0, result.output
+    assert "Ray cluster local:2: 2 workers" in result.output and "Row accounting" in result.output
+    on_ray = Cohort.load(tmp_path / "ray")
     helpers.assert_same_cohort(single, on_ray)
     assert on_ray.accounting.to_dict()["chartevents"]["used"] > 0
 
