@@ -177,7 +177,7 @@ def cohort_build(
                                     "condition:<code prefix> or in_hospital_death."),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
     cluster: str | None = typer.Option(None, "--cluster", help=CLUSTER_HELP + " The event tables are reduced in "
-                                       "groups of patients' stays, one Ray task per worker (mimic4); same folder "
+                                       "groups of patients' stays, one Ray task per worker (mimic4, eicu); same folder "
                                        "and row accounting as without it."),
 ) -> None:
     """Read raw files of a source into a cohort folder and print its row accounting."""

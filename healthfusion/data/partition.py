@@ -1,6 +1,6 @@
 """Partitioned cohort builds: the stays of a cohort split into groups that separate workers reduce.
 
-A reader that supports it (MIMIC-IV: ``build(..., partitions=...)``) builds its small tables (stays, static,
+A reader that supports it (MIMIC-IV, eICU: ``build(..., partitions=...)``) builds its small tables (stays, static,
 codes, labels) once and hands each group of stays to ``partitions.map``: every worker runs the reader's own
 per-stay reduction of the large event tables (the same function the single-process build runs, given fewer
 stays) and returns its events and row accounting; the reader merges them into the same cohort folder

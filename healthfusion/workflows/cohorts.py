@@ -30,7 +30,7 @@ def build_cohort(source: str, path: Path | None, out: Path, task: str | None = N
     folder with files is refused, so a build never writes into it.
 
     With ``cluster`` (a ``--cluster`` value, see :mod:`healthfusion.scale.cluster`) a reader that takes
-    ``partitions`` (MIMIC-IV) reduces its event tables in groups of stays, one Ray task per worker of the
+    ``partitions`` (MIMIC-IV, eICU) reduces its event tables in groups of stays, one Ray task per worker of the
     cluster; the cohort folder and its row accounting are the same as without it.
 
     Raises

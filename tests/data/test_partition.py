@@ -95,3 +95,26 @@ def test_mimic4_partitioned_build_equals_single_process(shared_dataset, tmp_path
     assert {"labevents", "chartevents", "outputevents"} <= set(tables)
     assert tables["chartevents"]["used"] > 0 and tables["labevents"]["used"] > 0
     assert np.isin(["HR", "MAP", "Urine"], single.events["variable"].astype(str).unique()).all()
+
+
+def test_additive_tables_sum_and_may_be_absent_from_a_partition():
+    a, b = _part(100, 60, stay_not_in_cohort=40), _part(100, 30, stay_not_in_cohort=70)
+    a.read("t values", 50)
+    a.use("t values", 48)
+    a.drop("t values", "implausible value", 2)
+    merged = combine_partitions([a, b], shared=(), additive=("t values",)).to_dict()
+    assert merged["t values"] == {"read": 50, "used": 48, "dropped": {"implausible value": 2}}
+    assert merged["t"] == {"read": 100, "used": 90, "dropped": {"stay not in cohort": 10}}
+
+
+@pytest.mark.realdata
+def test_eicu_partitioned_build_equals_single_process(shared_dataset):
+    from healthfusion.data.sources.eicu import build
+
+    demo = shared_dataset("eicu_demo")
+    single = build(demo)
+    parted = build(demo, partitions=Sequential(3))
+    assert_same_cohort(single, parted)
+    tables = single.accounting.to_dict()
+    assert {"vitalAperiodic", "vitalAperiodic values", "intakeOutput"} <= set(tables)
+    assert tables["intakeOutput"]["dropped"]["unmapped item"] > 0
