@@ -52,6 +52,15 @@ def cluster():
     assert not left.strip(), f"Ray processes left running: {left}"
 
 
+@pytest.mark.realdata
+def test_eicu_build_on_two_workers_equals_single_process(cluster, shared_dataset, tmp_path):
+    from healthfusion.data.sources.eicu import build
+
+    helpers = _load("partition_helpers", TESTS / "data" / "test_partition.py")
+    demo = shared_dataset("eicu_demo")
+    helpers.assert_same_cohort(build(demo), build(demo, partitions=cluster))
+
+
 def test_a_task_error_is_raised_as_itself(cluster):
     import pandas as pd
 
