@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from healthfusion.features import batch as B
+from healthfusion.features.dataset import ArrayDataset
 from healthfusion.models.encoders.cnn import CNNEncoder
 from healthfusion.models.encoders.codes import CodesEncoder, IdBag
 from healthfusion.models.encoders.lstm import LSTMEncoder, series_inputs, step_weights
@@ -44,7 +46,9 @@ from healthfusion.models.encoders.mlp import MLPEncoder
 from healthfusion.models.encoders.text import TextEncoder
 from healthfusion.models.encoders.transformer import TransformerEncoder, sinusoidal_encoding
 from healthfusion.models.fusion import presence_matrix
+from healthfusion.models.heads import head_predictions
 from healthfusion.models.hybrid import HybridModel
+from healthfusion.models.inference import SCORING_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -362,3 +366,55 @@ class OnnxScorer:
         inputs = check_inputs(self.model, batch)
         feeds = {name: value.detach().cpu().numpy() for name, value in zip(self.names, inputs, strict=True)}
         return self.session.run(["logits"], feeds)[0]
+
+
+def example_batch(model: HybridModel, rows: int = 2) -> dict[str, torch.Tensor]:
+    """A batch of ``rows`` all-zero rows (every modality present) of a model over time series and static values:
+    enough to fix the exported graph's input widths, from the model's config alone.
+
+    Raises
+    ------
+    ExportError
+        The model reads another modality (codes, text, images): export it with a real batch.
+    """
+    other = [m for m in model.modalities if m not in ("ts", "static")]
+    if other:
+        raise ExportError(f"example_batch builds time-series and static inputs only; the model also reads {other}: "
+                          "export it with export_onnx(model, a real batch, path).")
+    batch: dict[str, torch.Tensor] = {}
+    if "ts" in model.modalities:
+        n_steps = 4
+        shape = (rows, n_steps, model.config.ts.n_variables)
+        batch.update({B.TS_VALUES: torch.zeros(shape), B.TS_MASK: torch.zeros(shape), B.TS_DELTA: torch.zeros(shape),
+                      B.TS_LENGTHS: torch.full((rows,), n_steps, dtype=torch.int64),
+                      B.present_key("ts"): torch.ones(rows, dtype=torch.bool)})
+    if "static" in model.modalities:
+        batch[B.STATIC] = torch.zeros(rows, model.config.static.in_dim)
+        batch[B.present_key("static")] = torch.ones(rows, dtype=torch.bool)
+    return batch
+
+
+def onnx_session(model: HybridModel, threads: int = 1) -> OnnxScorer:
+    """Export ``model`` (time series and static values, see :func:`example_batch`) to a temporary file and load it
+    with onnxruntime: the scorer of ``healthfusion serve --backend onnx``. The file is deleted once loaded.
+
+    Raises
+    ------
+    ExportError, ImportError
+        As :func:`export_onnx` and :class:`OnnxScorer`.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, example_batch(model), Path(tmp) / "model.onnx")
+        return OnnxScorer(path, model, threads=threads)
+
+
+def onnx_outputs(scorer: OnnxScorer, data: ArrayDataset, kind: str, batch_size: int = SCORING_BATCH) -> np.ndarray:
+    """:func:`healthfusion.models.inference.network_outputs` with onnxruntime: the same batching and output maps
+    (binary ``[n]`` probabilities, ...), from the exported graph's logits."""
+    if len(data) == 0:
+        raise ValueError("Nothing to score: the dataset has 0 rows.")
+    chunks = []
+    for batch in data.iter_batches(batch_size):
+        batch.pop(B.TARGET, None)
+        chunks.append(torch.from_numpy(np.asarray(scorer.logits(batch))).float())
+    return head_predictions(torch.cat(chunks), kind).cpu().numpy()

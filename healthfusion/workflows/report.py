@@ -26,6 +26,7 @@ from healthfusion.workflows.evaluate import display_comparison, display_differen
 from healthfusion.workflows.model_card import card_rows, is_synthetic, tripod_items
 from healthfusion.workflows.report_sections import (
     KNOWN_FILES,
+    alerts_section,
     explanation_section,
     figure_block,
     limitations,
@@ -190,16 +191,53 @@ _STUDIES = {
                                "shap/top_features.csv", "results.csv")),
     "multitask": ("tasks.csv", ("tasks.csv", "tim_attention.csv", "tim_ablation.csv", "tim_retrain.csv",
                                 "comparison.csv")),
+    "federate": ("rounds.csv", ("summary.csv", "sites.csv", "rounds.csv", "site_metrics.csv")),
 }
-_STUDY_TITLES = {"transfer": "cross-domain transfer", "multitask": "multitask (M3H)"}
+_STUDY_TITLES = {"transfer": "cross-domain transfer", "multitask": "multitask (M3H)", "federate": "federated learning"}
 
 
 def study_kind(run_dir: Path) -> str | None:
-    """``"transfer"`` or ``"multitask"`` for a run folder of `healthfusion transfer` / `multitask`, else None."""
+    """``"transfer"``, ``"multitask"`` or ``"federate"`` for a run folder of `healthfusion transfer` / `multitask` /
+    `federate`, else None."""
     for kind, (marker, _) in _STUDIES.items():
         if (run_dir / marker).is_file() and not (run_dir / "audit").is_dir():
             return kind
     return None
+
+
+def _federated_card(run_dir: Path, cfg: dict) -> list[tuple[str, str]]:
+    """Card rows of a federated run: strategy and rounds, sites, calibration and each site's DP budget."""
+    fed = cfg.get("federated", {})
+    strategy = fed.get("aggregation", "fedavg")
+    if fed.get("server_optimizer", "none") != "none":
+        strategy = f"fed{fed['server_optimizer']}"
+    elif fed.get("proximal_mu"):
+        strategy = f"fedprox (mu {fed['proximal_mu']})"
+    rows = [("Strategy", f"{strategy}, {fed.get('rounds', '?')} rounds"
+             + (f", then {fed['personalize_epochs']} local fine-tuning epochs" if fed.get("personalize_epochs") else ""))]
+    rounds = _read_csv(run_dir / "rounds.csv")
+    if rounds is not None:
+        failed = int((rounds["failed"].astype(str) != "{}").sum()) if "failed" in rounds else 0
+        rows.append(("Rounds", f"{len(rounds)} recorded, {int(rounds['aggregated'].sum())} aggregated, "
+                               f"{failed} with a failed site"))
+        if "server_epsilon" in rounds and rounds["server_epsilon"].notna().any():
+            dp = fed.get("server_privacy") or {}
+            rows.append(("Server-side DP", f"site-level epsilon {rounds['server_epsilon'].dropna().iloc[-1]:.2f} at "
+                                           f"delta {dp.get('delta', '?')} (updates clipped to {dp.get('clip_norm')}, "
+                                           f"noise multiplier {dp.get('noise_multiplier')})"))
+    sites = _read_csv(run_dir / "sites.csv")
+    if sites is not None:
+        rows.append(("Sites", ", ".join(f"{r.site} (train {r.n_train}, test {r.n_test})" for r in sites.itertuples())))
+        temps = sites["temperature"].dropna() if "temperature" in sites else []
+        rows.append(("Calibration", "none (no validation stays with both outcomes)" if not len(temps) else
+                     "temperature, the validation-size-weighted geometric mean of the sites' own ("
+                     + ", ".join(f"{r.site} {r.temperature:.2f}" for r in sites.dropna(subset=["temperature"])
+                                 .itertuples()) + ")"))
+        if "epsilon" in sites:
+            rows.append(("Differential privacy", "per-site DP-SGD (Opacus RDP accountant): "
+                         + ", ".join(f"{r.site} epsilon {r.epsilon:.2f} at delta {r.delta:.1e}"
+                                     for r in sites.itertuples())))
+    return rows
 
 
 def _study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False) -> Path:
@@ -220,6 +258,8 @@ def _study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False
         protocol = cfg.get("protocol", {})
         card.append(("Protocol", f"target sizes {protocol.get('sizes', '?')} x seeds {protocol.get('seeds', '?')}; "
                                  f"strategies {cfg.get('strategies', '?')}"))
+    elif kind == "federate":
+        card += _federated_card(run_dir, cfg)
     else:
         card.append(("Tasks", ", ".join(f"{t.get('name')} ({t.get('kind')})" for t in cfg.get("tasks", []))))
         card.append(("Seeds", str(cfg.get("comparison", {}).get("seeds", "?"))))
@@ -243,6 +283,15 @@ def _study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False
     notes = [f"Numbers are from the run folder {run_dir.name} as written by `healthfusion {kind}`; intervals over seeds "
              "are Student-t intervals, per-run intervals are bootstrap intervals on that run's test stays.",
              "Model selection used training and validation stays only; the test stays were scored once."]
+    if kind == "federate":
+        notes = [f"Numbers are from the run folder {run_dir.name} as written by `healthfusion federate`: "
+                 "mean_client_accuracy is the mean over sites of test accuracy at 0.5; AUROC intervals are bootstrap "
+                 "intervals over all sites' test stays; site_metrics.csv scores the global model on each site's test "
+                 "stays after the rounds listed.",
+                 "The feature pipeline was fitted on the union of the sites' training stays (the one step not "
+                 "federated); the calibration temperature is the federated average of the sites' own.",
+                 "With differential privacy, epsilon covers each site's local training over all rounds (Opacus RDP "
+                 "accountant); the personalisation epochs and the calibration are not covered."]
     sections.append(section("limitations", "Limitations", [{"kind": "list", "items": notes}]))
     context = {"title": f"{cfg.get('name', run_dir.name)}: {_STUDY_TITLES[kind]} report",
                "subtitle": f"run {cfg.get('name', run_dir.name)}",
@@ -359,6 +408,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
     sections = [_data_section(run_dir, info), *_metrics_sections(run_dir, info),
                 _calibration_section(run_dir, calibration, audit), subgroup_section(run_dir, audit),
                 explanation_section(run_dir, identifiers=_identifiers(info, identifiers)), _impact_section(run_dir),
+                *filter(None, [alerts_section(run_dir)]),
                 *_extra_sections(run_dir, out, identifiers=_identifiers(info, identifiers)),
                 section("limitations", "Limitations", [{"kind": "list", "items": limitations(info, audit, calibration)}])]
     cfg = info["config"]
