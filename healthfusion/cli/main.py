@@ -23,6 +23,7 @@ from healthfusion.cli.common import (  # noqa: E402
 )
 from healthfusion.cli.render import print_frame  # noqa: E402
 from healthfusion.files import display_path, write_csv  # noqa: E402
+from healthfusion.scale.cluster import HELP as CLUSTER_HELP  # noqa: E402
 
 app = typer.Typer(
     cls=ReadErrorsGroup,
@@ -84,6 +85,8 @@ def train(
     set_: list[str] | None = SET_OPTION,
     out: Path | None = OUT_OPTION,
     quick: bool = QUICK_OPTION,
+    cluster: str | None = typer.Option(None, "--cluster", help=CLUSTER_HELP + " The hybrid network(s) train "
+                                       "data-parallel with Ray Train, one process per worker."),
 ) -> None:
     """Train the hybrid model (or, with an `ensemble` section, the hybrid + boosting ensemble) and the baselines on
     one split; write the run folder (new or empty) with the model, metrics and plots."""
@@ -92,7 +95,7 @@ def train(
 
     try:
         run_dir = run_training(load_config(load_run_config, config, set_, out, quick), console=console,
-                               overwrite=overwrite)
+                               overwrite=overwrite, cluster=cluster)
     except ValueError as exc:
         fail(exc)
     _print_run(run_dir)
@@ -173,13 +176,17 @@ def cohort_build(
                                     "task_labels/<task>/ folder to read (all tasks there when omitted); for fhir, "
                                     "condition:<code prefix> or in_hospital_death."),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
+    cluster: str | None = typer.Option(None, "--cluster", help=CLUSTER_HELP + " The event tables are reduced in "
+                                       "groups of patients' stays, one Ray task per worker (mimic4, eicu); same folder "
+                                       "and row accounting as without it."),
 ) -> None:
     """Read raw files of a source into a cohort folder and print its row accounting."""
     from healthfusion.workflows.cohorts import build_cohort
 
     options = parse_options(option)
     try:
-        cohort = build_cohort(source=source, path=path, out=out, task=task, console=console, **options)
+        cohort = build_cohort(source=source, path=path, out=out, task=task, console=console, cluster=cluster,
+                              **options)
     except ValueError as exc:
         fail(exc)
     print_frame(console, cohort.accounting.to_frame(), title="Row accounting")
