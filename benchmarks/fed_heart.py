@@ -22,7 +22,14 @@ federated ones, which is the same aggregation code the Flower deployment runs):
 
 ``--dp 1 3 8`` adds the cost of privacy: DP-SGD (Opacus, RDP accountant, clipping ``--clip``) on the pooled model
 and per-site DP-SGD under FedAvg, each calibrated to the target epsilon over its whole training (delta 1e-5); the
-accountant's epsilon is printed beside the accuracy; ``--dp-only`` skips the other settings.
+accountant's epsilon is printed beside the accuracy (federated: the largest site's); ``--dp-only`` skips the
+other settings. Each setting also gets the AUROC over the four sites' pooled test rows; ``--out DIR`` writes the
+table as ``DIR/summary.csv`` (``setting``, ``epsilon`` (empty without DP; the largest over seeds),
+``mean_client_accuracy``, ``accuracy_sd``, ``auroc``, ``auroc_sd``, ``seeds``).
+
+``--server-noise 0.5 1 2`` adds FedAvg with server-side DP on the updates (each site's update clipped to
+``--server-clip``, uniform mean, Gaussian noise ``sigma * clip / 4``): the epsilon printed is site-level (a whole
+site's data, RDP accountant at sampling rate 1 over the rounds), not per record.
 
 ``--model mlp`` swaps the logistic regression for a one-hidden-layer MLP (16 units). The published reference
 (FLamby, mean-of-clients accuracy; FENDA-FL from Tian et al. 2024) is printed beside the results; it is a cited
@@ -30,6 +37,7 @@ figure under the same protocol, not a run of this script.
 
     python benchmarks/fed_heart.py --seeds 5
     python benchmarks/fed_heart.py --seeds 5 --model mlp
+    python benchmarks/fed_heart.py --seeds 5 --dp 1 3 8 --dp-only --out runs/fed-heart-dp
 """
 
 from __future__ import annotations
@@ -49,9 +57,10 @@ import torch  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 from torch import nn  # noqa: E402
 
+from healthfusion.evaluation.metrics import auroc  # noqa: E402
 from healthfusion.features.dataset import ArrayDataset  # noqa: E402
-from healthfusion.federated.client import Site, get_weights, set_weights  # noqa: E402
-from healthfusion.federated.server import FederatedConfig, run_rounds  # noqa: E402
+from healthfusion.federated.client import Site, set_weights  # noqa: E402
+from healthfusion.federated.server import FederatedConfig, ServerPrivacyConfig, run_rounds  # noqa: E402
 from healthfusion.training import Trainer, TrainerConfig  # noqa: E402
 from healthfusion.training.privacy import DPSGD, PrivacyConfig  # noqa: E402
 
@@ -106,15 +115,22 @@ class Logistic(nn.Module):
         return {"logits": self.net(batch["static"]).squeeze(-1)}
 
 
-def mean_accuracy(model: nn.Module, sites: list[Site]) -> float:
-    return float(np.mean([s.evaluate(model)["accuracy"] for s in sites]))
+def score(models: nn.Module | dict[str, nn.Module], sites: list[Site]) -> tuple[float, float]:
+    """(mean over sites of test accuracy, AUROC over all sites' test rows); ``models`` is one model or one per
+    site (personalised)."""
+    own = models if isinstance(models, dict) else {s.name: models for s in sites}
+    probs = [s.predict(own[s.name]) for s in sites]
+    ys = [s.test["target"] for s in sites]
+    accuracy = float(np.mean([np.mean((p >= 0.5) == (y >= 0.5)) for p, y in zip(probs, ys, strict=True)]))
+    return accuracy, float(auroc(np.concatenate(ys), np.concatenate(probs)))
 
 
 def pooled_site(sites: list[Site]) -> ArrayDataset:
     return ArrayDataset({k: np.concatenate([s.train[k] for s in sites]) for k in ("static", "target")})
 
 
-def run_seed(tables, seed: int, args) -> dict[str, float]:
+def run_seed(tables, seed: int, args) -> dict[str, tuple[float, float, float | None]]:
+    """Setting -> (mean client accuracy, AUROC, accountant epsilon or None) for one seed."""
     sites = make_sites(tables, seed)
     d = sites[0].train["static"].shape[1]
     hidden = 16 if args.model == "mlp" else 0
@@ -129,11 +145,11 @@ def run_seed(tables, seed: int, args) -> dict[str, float]:
     out = {}
     model = fresh()
     Trainer(full).fit(model, pooled_site(sites), head_kind="binary")
-    out["pooled"] = mean_accuracy(model, sites)
+    out["pooled"] = (*score(model, sites), None)
     for site in [] if args.dp_only else sites:
         model = fresh()
         Trainer(full).fit(model, site.train, head_kind="binary")
-        out[f"local {site.name}"] = mean_accuracy(model, sites)
+        out[f"local {site.name}"] = (*score(model, sites), None)
     strategies = {
         "fedavg": {},
         "fedprox": {"proximal_mu": args.mu},
@@ -145,34 +161,34 @@ def run_seed(tables, seed: int, args) -> dict[str, float]:
     }
     if args.dp_only:
         strategies = {"fedavg": {}}
+    for sigma in args.server_noise:  # server-side DP: site-level epsilon
+        strategies[f"fedavg server-dp sigma={sigma:g}"] = {
+            "server_privacy": ServerPrivacyConfig(clip_norm=args.server_clip, noise_multiplier=sigma)}
     for name, settings in strategies.items():
         cfg = FederatedConfig(rounds=args.rounds, seed=seed, **settings)
         model = fresh()
         result = run_rounds(model, sites, cfg, local, evaluate_every=0)
         if cfg.personalize_epochs:
-            own = fresh()
-            accs = []
+            own = {}
             for site in sites:
-                set_weights(own, result.personalised[site.name])
-                accs.append(site.evaluate(own)["accuracy"])
-            out[name] = float(np.mean(accs))
+                own[site.name] = fresh()
+                set_weights(own[site.name], result.personalised[site.name])
+            out[name] = (*score(own, sites), None)
         else:
             set_weights(model, result.weights)
-            out[name] = mean_accuracy(model, sites)
-        assert get_weights(model)
+            out[name] = (*score(model, sites), result.rounds[-1].get("server_epsilon"))
     for eps in args.dp:
         privacy = PrivacyConfig(target_epsilon=eps, max_grad_norm=args.clip)
         model = fresh()
         dp = DPSGD(privacy, len(pooled_site(sites)), args.batch_size, args.epochs)
         Trainer(full, plugins=[dp]).fit(model, pooled_site(sites), head_kind="binary")
-        out[f"pooled dp eps={eps:g}"] = mean_accuracy(model, sites)
-        out[f"pooled dp eps={eps:g} (measured)"] = dp.report()["epsilon"]
+        out[f"pooled dp eps={eps:g}"] = (*score(model, sites), dp.report()["epsilon"])
         model = fresh()
         result = run_rounds(model, sites, FederatedConfig(rounds=args.rounds, seed=seed, privacy=privacy), local,
                             evaluate_every=0)
         set_weights(model, result.weights)
-        out[f"fedavg dp eps={eps:g}"] = mean_accuracy(model, sites)
-        out[f"fedavg dp eps={eps:g} (measured)"] = max(result.rounds[-1]["epsilon"].values())
+        # the federated run's epsilon: the largest site's (each site's accountant covers its own data)
+        out[f"fedavg dp eps={eps:g}"] = (*score(model, sites), max(result.rounds[-1]["epsilon"].values()))
     return out
 
 
@@ -197,7 +213,13 @@ def main(argv=None) -> None:
     parser.add_argument("--dp", type=float, nargs="*", default=[], help="also DP-SGD at these target epsilons "
                         "(pooled, and FedAvg with per-site DP), e.g. --dp 1 3 8")
     parser.add_argument("--dp-only", action="store_true", help="with --dp: only pooled, FedAvg and their DP runs")
+    parser.add_argument("--server-noise", type=float, nargs="*", default=[], help="also FedAvg with server-side DP "
+                        "on the updates at these noise multipliers (site-level epsilon), e.g. --server-noise 0.5 1 2")
+    parser.add_argument("--server-clip", type=float, default=0.5, help="server-side DP: clipping norm of a site's "
+                        "update (default 0.5)")
     parser.add_argument("--clip", type=float, default=1.0, help="DP-SGD per-sample clipping norm (default 1.0)")
+    parser.add_argument("--out", type=Path, default=None, help="write summary.csv (setting, epsilon, "
+                        "mean_client_accuracy, accuracy_sd, auroc, auroc_sd, seeds) into this folder")
     parser.add_argument("--finetune-lr", type=float, default=0.1, help="personalisation learning rate (default 0.1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -209,25 +231,38 @@ def main(argv=None) -> None:
     print(f"Fed-Heart-Disease: {sum(counts.values())} rows {counts}, {n_features} features, model {args.model}, "
           f"{args.seeds} seeds")
     runs = [run_seed(tables, seed, args) for seed in range(args.seeds)]
-    table = pd.DataFrame(runs)
-    print(f"\n{'setting':<26} {'mean acc':>9} {'sd':>6}  reference")
-    for name in table.columns:
-        if name.endswith("(measured)"):
-            continue
-        if name + " (measured)" in table.columns:
-            eps = table[name + " (measured)"]
-            print(f"{name:<26} {table[name].mean():>9.3f} {table[name].std(ddof=1) if len(table) > 1 else 0:>6.3f}  "
-                  f"accountant epsilon {eps.min():.2f}-{eps.max():.2f} at delta 1e-5")
-            continue
-        ref = REFERENCE.get(name, REFERENCE.get("personalised (FENDA-FL)") if name == "fedavg+finetune" else None)
-        ref_text = "" if ref is None else f"{ref:.3f}" + (" (FENDA-FL)" if name == "fedavg+finetune" else "")
-        print(f"{name:<26} {table[name].mean():>9.3f} {table[name].std(ddof=1) if len(table) > 1 else 0:>6.3f}  "
-              f"{ref_text}")
-    federated = [c for c in table.columns if not c.startswith(("local", "pooled")) and " dp " not in c]
-    best = table[federated].mean().idxmax()
-    print(f"\nbest federated: {best} {table[best].mean():.3f}; ratio to pooled "
-          f"{table[best].mean() / table['pooled'].mean():.3f}; wall {time.perf_counter() - t0:.0f} s")
-
+    rows = []
+    for name in runs[0]:
+        acc = np.array([r[name][0] for r in runs])
+        auc = np.array([r[name][1] for r in runs])
+        eps = [r[name][2] for r in runs]
+        rows.append({"setting": name, "epsilon": None if eps[0] is None else float(np.max(eps)),
+                     "mean_client_accuracy": float(acc.mean()),
+                     "accuracy_sd": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                     "auroc": float(np.nanmean(auc)), "auroc_sd": float(np.nanstd(auc, ddof=1)) if len(auc) > 1
+                     else 0.0, "seeds": len(runs)})
+    table = pd.DataFrame(rows)
+    print(f"\n{'setting':<26} {'mean acc':>9} {'sd':>6} {'AUROC':>6} {'sd':>6}  reference / accountant epsilon")
+    for row in rows:
+        name = row["setting"]
+        if row["epsilon"] is not None:
+            eps = [r[name][2] for r in runs]
+            note = f"epsilon {min(eps):.2f}-{max(eps):.2f} at delta 1e-5" + (" (site level)" if "server-dp" in name
+                                                                              else "")
+        else:
+            ref = REFERENCE.get(name, REFERENCE["personalised (FENDA-FL)"] if name == "fedavg+finetune" else None)
+            note = "" if ref is None else f"{ref:.3f}" + (" (FENDA-FL)" if name == "fedavg+finetune" else "")
+        print(f"{name:<26} {row['mean_client_accuracy']:>9.3f} {row['accuracy_sd']:>6.3f} {row['auroc']:>6.3f} "
+              f"{row['auroc_sd']:>6.3f}  {note}")
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out / "summary.csv", index=False)
+        print(f"\nwrote {args.out / 'summary.csv'}")
+    accuracy = table.set_index("setting")["mean_client_accuracy"]
+    federated = [c for c in accuracy.index if not c.startswith(("local", "pooled")) and "dp" not in c]
+    best = accuracy[federated].idxmax()
+    print(f"\nbest federated: {best} {accuracy[best]:.3f}; ratio to pooled {accuracy[best] / accuracy['pooled']:.3f}; "
+          f"wall {time.perf_counter() - t0:.0f} s")
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
 """Writing output files safely: atomically (a temporary name in the same folder, then a rename) and with the
-user's umask. Imports nothing from healthfusion, so every layer may use it.
+user's umask; and :func:`display_path`, how logs and console output name a file of the user's machine. Imports
+nothing from healthfusion, so every layer may use it.
 
 An interrupted run never leaves a half-written file under its final name, and a reader never sees one.
 
@@ -61,3 +62,31 @@ def write_csv(frame: Any, path: str | os.PathLike, **to_csv: Any) -> Path:
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, **to_csv)
     return Path(path)
+
+
+def display_path(path: str | os.PathLike, base: str | os.PathLike | None = None) -> str:
+    """``path`` as logs and console output show it, without the absolute paths of the user's machine: relative to
+    ``base`` (a run folder, a config's folder) or else to the working directory when it lies inside one of them,
+    else ``.../NAME`` (its last component). A relative path is shown as given.
+
+    Example
+    -------
+    >>> display_path("/home/ana/runs/demo/model/config.json", base="/home/ana/runs/demo")
+    'model/config.json'
+    >>> display_path("/srv/data/physionet/set-a.tar.gz")
+    '.../set-a.tar.gz'
+    >>> display_path("runs/demo")
+    'runs/demo'
+    """
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        return str(p)
+    resolved = p.resolve()
+    for root in ([Path(base)] if base is not None else []) + [Path.cwd()]:
+        root = root.expanduser().resolve()
+        if resolved == root:
+            return "." if root == Path.cwd().resolve() else root.name
+        if root in resolved.parents:
+            return resolved.relative_to(root).as_posix()
+    return f".../{p.name}"
+

@@ -34,6 +34,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from healthfusion.files import display_path
 from healthfusion.optional import require
 
 log = logging.getLogger(__name__)
@@ -182,5 +183,5 @@ def track_run(run_dir: str | Path, *, uri: str | None = None, experiment: str | 
         client.set_terminated(run_id, status="FAILED")
         raise
     client.set_terminated(run_id, status="FINISHED")
-    log.info("Tracked %s as MLflow run %s in %s", run_dir, run_id, uri)
+    log.info("Tracked %s as MLflow run %s in %s", display_path(run_dir), run_id, display_path(uri) if "://" not in str(uri) else uri)
     return run_id

@@ -94,6 +94,25 @@ OUT_OPTION = typer.Option(None, "--out", "-o", help="Output folder (relative to 
 QUICK_OPTION = typer.Option(False, "--quick", help="Smoke run of the config: few stays, 1-2 epochs, few bootstrap "
                                                    "resamples (the config kind's QUICK settings; --set still wins); "
                                                    "recorded as quick: true in the run folder's config.yaml.")
+OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Clear the non-empty out: folder first, once the data has "
+                                                          "been read (default: refuse it, so that two runs never mix).")
+
+
+def resume_option(what: str):
+    """The ``--resume`` option of a checkpointed study command; ``what`` names its unit of work (run, sweep)."""
+    return typer.Option(False, "--resume", help=f"Continue an interrupted {what} in the config's out: folder from its "
+                                                f"checkpoints (same results as an uninterrupted {what}).")
+
+
+def run_study(loader, runner, config, overrides: list[str] | None, out, quick: bool, **options):
+    """Load a ``--config`` file with ``loader`` (see :func:`load_config`) and run it with
+    ``runner(config, console=console, **options)``; a bad config or bad data exits with status 2. Returns what the
+    runner returns (the run folder)."""
+    try:
+        loaded = load_config(loader, config, overrides, out, quick)
+        return runner(loaded, console=console, **options)
+    except ValueError as exc:
+        fail(exc)
 
 
 def load_config(loader, path, overrides: list[str] | None, out, quick: bool):

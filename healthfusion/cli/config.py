@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from healthfusion.cli.common import SET_OPTION, console, fail
+from healthfusion.files import display_path
 
 
 def register(app: typer.Typer) -> None:
@@ -33,7 +34,7 @@ def register(app: typer.Typer) -> None:
             typer.echo(text)
         else:
             out.write_text(text + "\n")
-            console.print(f"Wrote the {kind} config schema to [bold]{out}[/]")
+            console.print(f"Wrote the {kind} config schema to [bold]{display_path(out)}[/]")
 
     @config_app.command("check")
     def check(

@@ -10,8 +10,10 @@ import typer
 
 from healthfusion.cli.common import console, fail
 from healthfusion.cli.render import print_frame
+from healthfusion.files import display_path
 
-_SUMMARY = ("setting", "epsilon", "mean_client_accuracy", "auroc", "auroc_ci_low", "auroc_ci_high", "n_test")
+_SUMMARY = ("setting", "epsilon", "mean_client_accuracy", "auroc", "auroc_ci_low", "auroc_ci_high", "ece",
+            "cal_slope", "cal_intercept", "n_test")
 
 
 def register(app: typer.Typer) -> None:
@@ -44,5 +46,6 @@ def register(app: typer.Typer) -> None:
             return
         summary = pd.read_csv(run_dir / "summary.csv")
         print_frame(console, summary, columns=[c for c in _SUMMARY if c in summary.columns],
-                    title="Mean over sites of test accuracy; AUROC over all sites' test stays (bootstrap 95% CI)")
-        console.print(f"Run folder: [bold]{run_dir}[/]")
+                    title="Mean over sites of test accuracy; AUROC and calibration over all sites' test stays "
+                          "(bootstrap 95% CI)")
+        console.print(f"Run folder: [bold]{display_path(run_dir)}[/]")

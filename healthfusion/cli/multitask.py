@@ -8,12 +8,22 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, console, fail, load_config
+from healthfusion.cli.common import (
+    OUT_OPTION,
+    OVERWRITE_OPTION,
+    QUICK_OPTION,
+    SET_OPTION,
+    console,
+    resume_option,
+    run_study,
+)
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
+from healthfusion.evaluation.disclosure import suppress_small_rows
+from healthfusion.files import display_path
 
-_COLUMNS = ("task", "kind", "metric", "multitask", "multitask_ci_low", "multitask_ci_high", "single_mean",
-            "rel_improvement", "rel_ci_low", "rel_ci_high", "self_weight")
+_COLUMNS = ("task", "kind", "metric", "n", "multitask", "multitask_ci_low", "multitask_ci_high", "ece", "cal_slope",
+            "cal_intercept", "single_mean", "rel_improvement", "rel_ci_low", "rel_ci_high", "self_weight")
 
 
 def register(app: typer.Typer) -> None:
@@ -23,8 +33,8 @@ def register(app: typer.Typer) -> None:
     def multitask(
         config: Path = typer.Option(..., "--config", "-c", help="Multitask configuration (YAML); unknown keys are errors."),
         track: bool = typer.Option(False, "--track", help=TRACK_HELP),
-        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in the config's out: folder "
-                                    "from its checkpoints (same results as an uninterrupted run)."),
+        resume: bool = resume_option("run"),
+        overwrite: bool = OVERWRITE_OPTION,
         set_: list[str] | None = SET_OPTION,
         out: Path | None = OUT_OPTION,
         quick: bool = QUICK_OPTION,
@@ -34,15 +44,13 @@ def register(app: typer.Typer) -> None:
         training options are the config's training: section, as in train."""
         from healthfusion.workflows.multitask import load_multitask_config, run_multitask
 
-        try:
-            run_dir = run_multitask(load_config(load_multitask_config, config, set_, out, quick), console=console, resume=resume)
-        except ValueError as exc:
-            fail(exc)
+        run_dir = run_study(load_multitask_config, run_multitask, config, set_, out, quick, resume=resume, overwrite=overwrite)
         if track:
             track_finished(run_dir)
-        table = pd.read_csv(run_dir / "tasks.csv")
+        table = suppress_small_rows(pd.read_csv(run_dir / "tasks.csv"), keep=_COLUMNS[:3])
         print_frame(console, table, columns=_COLUMNS,
-                    title="Per-task test metrics (main metric; CIs: bootstrap for multitask, over seeds for the rest)")
+                    title="Per-task test metrics (main metric; calibration of binary tasks; CIs: bootstrap for multitask, "
+                          "over seeds for the rest)")
         summary = json.loads((run_dir / "metrics.json").read_text())["improvement"]
         for label, s in summary.items():
             console.print(f"Mean relative improvement over single-task models ({label.replace('_', ' ')}): "
@@ -50,5 +58,5 @@ def register(app: typer.Typer) -> None:
         tim = pd.read_csv(run_dir / "tim_attention.csv", index_col=0)
         print_frame(console, tim.reset_index(names="task i \\ task j"),
                     title="TIM from attention: share of task i's representation taken from task j (diagonal: itself)")
-        console.print(f"TIM heatmap: {run_dir / 'tim_attention.png'}")
-        console.print(f"Run folder: [bold]{run_dir}[/]")
+        console.print(f"TIM heatmap: {display_path(run_dir / 'tim_attention.png')}")
+        console.print(f"Run folder: [bold]{display_path(run_dir)}[/]")

@@ -19,6 +19,8 @@ def pretrain(
     config: Path = typer.Option(..., "--config", "-c", help="Pretraining configuration (YAML)."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from the newest checkpoint "
                                 "in the config's checkpoints: folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the encoder of the same name (or the non-empty "
+                                   "--out folder), cleared once training has finished (default: refuse it)."),
     set_: list[str] | None = SET_OPTION,
     out: Path | None = OUT_OPTION,
     quick: bool = QUICK_OPTION,
@@ -28,7 +30,10 @@ def pretrain(
     from healthfusion.workflows.pretrain import load_pretrain_config, run_pretraining
 
     try:
-        result = run_pretraining(load_config(load_pretrain_config, config, set_, out, quick), console=console, resume=resume)
+        loaded = load_config(load_pretrain_config, config, set_, out, quick)
+        if overwrite:
+            loaded = loaded.model_copy(update={"overwrite": True})
+        result = run_pretraining(loaded, console=console, resume=resume)
     except ValueError as exc:
         fail(exc)
     card = result["card"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from healthfusion.cli.common import console, fail
+from healthfusion.files import display_path
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +37,7 @@ def register(app: typer.Typer) -> None:
                                     identifiers=identifiers)
         except ValueError as exc:
             fail(exc)
-        console.print(f"Report: [bold]{path}[/] ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
+        console.print(f"Report: [bold]{display_path(path)}[/] ({path.stat().st_size / 1e6:.1f} MB, self-contained)")
 
     @app.command()
     def explain(
@@ -56,4 +57,4 @@ def register(app: typer.Typer) -> None:
         if top:
             console.print("Most important inputs (mean |attribution|): "
                           + ", ".join(f"{k} {v:.3f}" for k, v in list(top.items())[:5]))
-        console.print(f"Explanations: [bold]{Path(run_dir) / 'explanations'}[/]")
+        console.print(f"Explanations: [bold]{display_path(Path(run_dir) / 'explanations')}[/]")

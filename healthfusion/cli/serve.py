@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
         alert_at: float | None = typer.Option(None, min=0.0, max=1.0, help="Risk at which a stream alerts (default: "
                                               "the model's threshold; e.g. the threshold `healthfusion alerts` "
                                               "found for an alert budget). It re-arms 0.1 below."),
+        backend: str = typer.Option("torch", help="What runs the network: torch, or onnx (onnxruntime; a hybrid "
+                                                  "model over time series and static values, exported when the "
+                                                  "service starts; extra 'onnx')."),
     ) -> None:
         """Serve a saved model over HTTP: POST /v1/predict, live streams under /v1/streams/{id}, GET /v1/model,
         GET /v1/health, the OpenAPI schema at /openapi.json and its docs at /docs.
@@ -43,13 +46,14 @@ def register(app: typer.Typer) -> None:
 
         try:
             token = read_token(token_file, dict(os.environ))
-            model = load_model(model_dir)
-            console.print(f"Serving [bold]{model_dir}[/] ({model.kind}, {model.label.name}) on http://{host}:{port} "
+            model = load_model(model_dir, backend=backend)
+            console.print(f"Serving [bold]{model_dir}[/] ({model.kind}, {model.label.name}, {backend}) on "
+                          f"http://{host}:{port} "
                           "(Ctrl-C stops)")
             run_service(model, token=token, host=host, port=port, max_body_bytes=max_body_bytes,
                         max_batch=max_batch, max_streams=max_streams, tolerance=tolerance,
                         policy=AlertPolicy(on=alert_at, cooldown=cooldown))
-        except (ValueError, ModelLoadError) as exc:
+        except (ValueError, ModelLoadError, ImportError) as exc:
             fail(exc)
 
     @app.command()

@@ -8,11 +8,22 @@ from pathlib import Path
 import pandas as pd
 import typer
 
-from healthfusion.cli.common import OUT_OPTION, QUICK_OPTION, SET_OPTION, console, fail, load_config
+from healthfusion.cli.common import (
+    OUT_OPTION,
+    OVERWRITE_OPTION,
+    QUICK_OPTION,
+    SET_OPTION,
+    console,
+    resume_option,
+    run_study,
+)
 from healthfusion.cli.render import print_frame
 from healthfusion.cli.track import TRACK_HELP, track_finished
+from healthfusion.evaluation.disclosure import suppress_small_rows
+from healthfusion.files import display_path
 
-_SUMMARY = ("strategy", "size", "n_seeds", "auroc", "auroc_seed_ci_low", "auroc_seed_ci_high", "auprc", "f1")
+_SUMMARY = ("strategy", "size", "n_seeds", "n_test", "n_test_positive", "auroc", "auroc_seed_ci_low", "auroc_seed_ci_high", "ece", "cal_slope",
+            "cal_intercept", "auprc", "f1")
 _GAINS = ("size", "strategy", "bar", "gain", "gain_ci_low", "gain_ci_high", "n_seeds", "wins")
 
 
@@ -23,8 +34,8 @@ def register(app: typer.Typer) -> None:
     def transfer(
         config: Path = typer.Option(..., "--config", "-c", help="Transfer configuration (YAML); unknown keys are errors."),
         track: bool = typer.Option(False, "--track", help=TRACK_HELP),
-        resume: bool = typer.Option(False, "--resume", help="Continue an interrupted sweep in the config's out: folder "
-                                    "from its checkpoints (same results as an uninterrupted sweep)."),
+        resume: bool = resume_option("sweep"),
+        overwrite: bool = OVERWRITE_OPTION,
         set_: list[str] | None = SET_OPTION,
         out: Path | None = OUT_OPTION,
         quick: bool = QUICK_OPTION,
@@ -35,16 +46,14 @@ def register(app: typer.Typer) -> None:
         Device, mixed precision and the other training options are the config's training:/finetune: sections."""
         from healthfusion.workflows.transfer import load_transfer_config, run_transfer
 
-        try:
-            run_dir = run_transfer(load_config(load_transfer_config, config, set_, out, quick), console=console, resume=resume)
-        except ValueError as exc:
-            fail(exc)
+        run_dir = run_study(load_transfer_config, run_transfer, config, set_, out, quick, resume=resume, overwrite=overwrite)
         if track:
             track_finished(run_dir)
-        summary = pd.read_csv(run_dir / "summary.csv")
+        summary = suppress_small_rows(pd.read_csv(run_dir / "summary.csv"), keep=_SUMMARY[:3])
         print_frame(console, summary, columns=_SUMMARY,
-                    title="Target test AUROC by strategy and labelled target size (mean, 95% CI over seeds)")
-        gains = pd.read_csv(run_dir / "gains.csv")
+                    title="Target test AUROC and calibration by strategy and labelled target size (mean, 95% CI "
+                          "over seeds)")
+        gains = suppress_small_rows(pd.read_csv(run_dir / "gains.csv"), keep=_GAINS[:3] + _GAINS[-2:])
         if len(gains):
             print_frame(console, gains, columns=_GAINS,
                         title="Gain over the better of source-only and pooled (AUROC, paired by seed)")
@@ -53,6 +62,6 @@ def register(app: typer.Typer) -> None:
             info = json.loads(shift.read_text())
             console.print(f"Domain shift: a classifier tells source from target stays with AUROC "
                           f"{info['domain_auroc']:.3f} ({info['domain_auroc_ci_low']:.3f}-"
-                          f"{info['domain_auroc_ci_high']:.3f}); per-variable differences in {run_dir / 'shift.csv'}")
-        console.print(f"Learning curve: {run_dir / 'learning_curve.png'}")
-        console.print(f"Run folder: [bold]{run_dir}[/]")
+                          f"{info['domain_auroc_ci_high']:.3f}); per-variable differences in {display_path(run_dir / 'shift.csv')}")
+        console.print(f"Learning curve: {display_path(run_dir / 'learning_curve.png')}")
+        console.print(f"Run folder: [bold]{display_path(run_dir)}[/]")

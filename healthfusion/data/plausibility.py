@@ -61,15 +61,20 @@ PLAUSIBLE_RANGES: dict[str, tuple[float, float, str]] = {
 }
 
 
-def plausible_mask(events: pd.DataFrame) -> pd.Series:
-    """Boolean Series over ``events`` rows: True where the value is present and within its variable's range
-    (variables without a range only need a value)."""
-    codes, names = pd.factorize(events["variable"])
+def plausible_values(variables: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """``[E]`` bool: True where ``values[i]`` is present (not NaN) and within the range of ``variables[i]``
+    (variables without a range only need a value). ``variables``: names (a 1-D array or Series); ``values``: floats."""
+    codes, names = pd.factorize(variables)
     low = np.array([PLAUSIBLE_RANGES.get(str(v), (-np.inf, np.inf, ""))[0] for v in names] + [-np.inf])
     high = np.array([PLAUSIBLE_RANGES.get(str(v), (-np.inf, np.inf, ""))[1] for v in names] + [np.inf])
-    value = events["value"].to_numpy(dtype=float)
-    ok = ~np.isnan(value) & (value >= low[codes]) & (value <= high[codes])
-    return pd.Series(ok, index=events.index)
+    value = np.asarray(values, dtype=float)
+    return ~np.isnan(value) & (value >= low[codes]) & (value <= high[codes])
+
+
+def plausible_mask(events: pd.DataFrame) -> pd.Series:
+    """Boolean Series over ``events`` rows: :func:`plausible_values` of its ``variable`` and ``value`` columns."""
+    return pd.Series(plausible_values(events["variable"], events["value"].to_numpy(dtype=float)),
+                     index=events.index)
 
 
 def drop_implausible(events: pd.DataFrame, accounting: RowAccounting, table: str) -> pd.DataFrame:

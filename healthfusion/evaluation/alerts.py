@@ -13,12 +13,20 @@ alarm with a suppression window would. Definitions:
   outcome that got at least one alert;
 - ``lead_time`` = ``end`` - the time of the first alert, over the alerted stays with the outcome (median and IQR;
   the outcome is only known to happen after the window, so this is the warning before the window closes).
+
+Confidence intervals (:func:`alert_metrics_ci`) resample stays, not scoring times: a stay's alerts are correlated,
+so the unit of the bootstrap is the patient (stratified by outcome, percentile intervals; ``n`` = stays).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+
+from healthfusion.evaluation.bootstrap import BootstrapCI, _percentile_interval, resample_indices
+
+#: the metrics :func:`alert_metrics_ci` gives intervals for
+CI_METRICS = ("alerts_per_patient_day", "ppv", "sensitivity", "lead_time_median")
 
 
 def _check(scores: pd.DataFrame, outcome: pd.Series) -> pd.DataFrame:
@@ -89,6 +97,48 @@ def alert_metrics(scores: pd.DataFrame, outcome: pd.Series, threshold: float, *,
         "sensitivity": float(np.mean([p in alerted for p in positives])) if len(positives) else np.nan,
         "lead_time_q1": float(q[0]), "lead_time_median": float(q[1]), "lead_time_q3": float(q[2]),
     }
+
+
+def alert_metrics_ci(scores: pd.DataFrame, outcome: pd.Series, threshold: float, *, end: float,
+                     step: float = 1.0, lockout: float = 4.0, n_boot: int = 1000, alpha: float = 0.05,
+                     seed: int = 0) -> dict[str, BootstrapCI]:
+    """Percentile-bootstrap intervals of :data:`CI_METRICS` at ``threshold``, resampling stays with replacement
+    within each outcome (the alerts are fired once; a resample re-weights whole stays). ``n`` of each interval is
+    the number of stays; a resample where a metric is undefined (PPV without alerts) is skipped and counted.
+
+    Raises
+    ------
+    ValueError
+        As :func:`alert_metrics`, or ``n_boot < 1``.
+    """
+    s = _check(scores, outcome)
+    ids, times, values = _grid(s)
+    fired = _fire(times, values, threshold, lockout)
+    y = outcome.reindex(ids).to_numpy(dtype=float)
+    span = s.groupby("stay_id")["time"].agg(lambda t: t.max() - t.min() + step).reindex(ids).to_numpy(dtype=float)
+    n_alerts = fired.sum(axis=1).astype(float)
+    first = np.where(fired.any(axis=1), times[np.argmax(fired, axis=1)], np.nan)
+    lead = np.where((y == 1) & ~np.isnan(first), end - first, np.nan)
+    point = alert_metrics(s, outcome, threshold, end=end, step=step, lockout=lockout)
+    draws: dict[str, list[np.ndarray]] = {m: [] for m in CI_METRICS}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for idx in resample_indices(y, n_boot=n_boot, seed=seed):
+            alerts, pos = n_alerts[idx], y[idx]
+            draws["alerts_per_patient_day"].append(alerts.sum(axis=1) / (span[idx].sum(axis=1) / 24.0))
+            draws["ppv"].append((alerts * pos).sum(axis=1) / alerts.sum(axis=1))
+            draws["sensitivity"].append(((alerts > 0) & (pos == 1)).sum(axis=1) / (pos == 1).sum(axis=1))
+            leads = lead[idx]
+            any_lead = ~np.isnan(leads).all(axis=1)
+            median = np.full(len(idx), np.nan)
+            if any_lead.any():
+                median[any_lead] = np.nanmedian(leads[any_lead], axis=1)
+            draws["lead_time_median"].append(median)
+    out = {}
+    for metric in CI_METRICS:
+        low, high, skipped = _percentile_interval(np.concatenate(draws[metric]), alpha)
+        out[metric] = BootstrapCI(value=float(point[metric]), ci_low=low, ci_high=high, n=len(ids), n_boot=n_boot,
+                                  n_skipped=skipped, alpha=alpha)
+    return out
 
 
 def candidate_thresholds(scores: pd.DataFrame, n: int = 200) -> np.ndarray:

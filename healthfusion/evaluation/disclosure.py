@@ -46,8 +46,11 @@ def comparable(n: int, events: int) -> bool:
     return not is_small(n, events) and n - events >= MIN_CELL
 
 
-def count_cell(count: float) -> int | str:
-    """A count as shared: the integer, or :data:`SUPPRESSED` when it is below :data:`MIN_CELL` (zero included)."""
+def count_cell(count: float) -> int | str | float:
+    """A count as shared: the integer, or :data:`SUPPRESSED` when it is below :data:`MIN_CELL` (zero included); a
+    missing count (NaN: e.g. the events of a task without outcome classes) stays missing."""
+    if np.isnan(float(count)):
+        return float("nan")
     value = int(round(float(count)))
     return SUPPRESSED if value < MIN_CELL else value
 
@@ -96,3 +99,45 @@ def small_groups(frame: pd.DataFrame, n: str = "n", events: str | None = "n_posi
     counts = pd.to_numeric(frame[events]).to_numpy(float) if events is not None else np.full(len(frame), np.nan)
     return np.array([is_small(int(s), None if np.isnan(e) else int(e)) for s, e in zip(sizes, counts, strict=True)],
                     dtype=bool)
+
+
+#: (stays, events) columns of the per-row counts of healthfusion's tables, in the order they are looked for
+COUNT_COLUMNS: tuple[tuple[str, str], ...] = (("n", "n_positive"), ("n_test", "n_test_positive"))
+#: stays columns of tables with one count per compared side (a variable's shift: source and target stays)
+SIDE_COLUMNS: tuple[str, ...] = ("n_source", "n_target")
+
+
+def suppress_small_rows(frame: pd.DataFrame, keep: Sequence[str] = ()) -> pd.DataFrame:
+    """A copy of a results table (one row per model, task, seed ...) as shared: a row whose stays or events are
+    under the limit is suppressed as :func:`suppress_groups` does. The counts are the first pair of
+    :data:`COUNT_COLUMNS` the table has; without the events column, ``prevalence`` times the stays gives the events
+    (an events column is added), and without either only the stays count. A table with :data:`SIDE_COLUMNS`
+    instead (one stays count per side) suppresses a row where any side is under the limit. A table with none of
+    these is returned unchanged. ``keep``: the columns that name a row and stay visible (also every non-numeric
+    column).
+
+    Example
+    -------
+    >>> table = pd.DataFrame({"task": ["death", "los"], "n": [50, 8], "prevalence": [0.1, None], "auroc": [0.7, None]})
+    >>> suppress_small_rows(table)[["task", "n", "n_positive", "auroc"]].values.tolist()
+    [['death', 50, '<10', '<10'], ['los', '<10', nan, '<10']]
+    """
+    pairs = [pair for pair in COUNT_COLUMNS if pair[0] in frame.columns]
+    named = [c for c in frame.columns if c in keep or not pd.api.types.is_numeric_dtype(frame[c])]
+    if not pairs:
+        sides = [c for c in SIDE_COLUMNS if c in frame.columns]
+        if not sides:
+            return frame
+        small = (frame[sides].apply(pd.to_numeric) < MIN_CELL).any(axis=1).to_numpy()
+        out = frame.astype(object).copy()
+        out.loc[small, [c for c in out.columns if c not in (*named, *sides)]] = SUPPRESSED
+        for col in sides:
+            out.loc[small, col] = [count_cell(v) for v in frame.loc[small, col]]
+        return out
+    n, events = pairs[0]
+    frame = frame.copy()
+    if events not in frame.columns and "prevalence" in frame.columns:
+        frame[events] = (pd.to_numeric(frame[n]) * pd.to_numeric(frame["prevalence"])).round()
+    return suppress_groups(frame, n=n, events=events if events in frame.columns else None,
+                           keep=[c for c in named if c not in (n, events)])
+

@@ -1,8 +1,8 @@
 """Subgroup audit of a binary risk model: per-group metrics with n and CIs, fairness gaps, one mitigation.
 
 Per group of each attribute (age band, sex, ethnicity, care unit, site ...): n, events, AUROC, TPR (sensitivity),
-FPR, PPV, and calibration (observed event rate minus mean predicted risk), each with a percentile-bootstrap 95%
-interval. Small groups (fewer than 10 stays or events: :mod:`healthfusion.evaluation.disclosure`) stay in the
+FPR, PPV, and calibration (observed event rate minus mean predicted risk; ECE, calibration slope and intercept),
+each with a percentile-bootstrap 95% interval. Small groups (fewer than 10 stays or events: :mod:`healthfusion.evaluation.disclosure`) stay in the
 table, flagged ``small_group``; the gaps use only comparable groups (not small, and 10 non-events too) and list the
 others: a subgroup AUROC from one event must not drive a fairness gap. Gaps are Fairlearn's equalised-odds and demographic-parity
 differences at the model's threshold. The mitigation is group-aware thresholds (Fairlearn's ``ThresholdOptimizer``
@@ -25,6 +25,7 @@ from fairlearn.metrics import demographic_parity_difference, equalized_odds_diff
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from healthfusion.evaluation.bootstrap import bootstrap_ci, metrics_with_ci
+from healthfusion.evaluation.calibration import CALIBRATION_METRICS, calibration_with_ci
 from healthfusion.evaluation.disclosure import RULE, comparable, group_label, is_small
 from healthfusion.evaluation.metrics import auroc, check_binary_input
 
@@ -51,8 +52,10 @@ def group_metrics(y_true: ArrayLike, y_prob: ArrayLike, groups: Any, threshold: 
                   seed: int = 0) -> pd.DataFrame:
     """One row per (attribute, group): n, n_positive, small_group (:func:`~healthfusion.evaluation.disclosure.is_small`)
     and, each with ``_ci_low``/``_ci_high``,
-    ``auroc``, ``tpr``, ``fpr``, ``ppv`` and ``calibration_gap`` (observed rate - mean predicted risk; > 0 means
-    risk is underestimated in the group), plus ``observed_rate`` and ``mean_predicted``.
+    ``auroc``, ``tpr``, ``fpr``, ``ppv``, ``calibration_gap`` (observed rate - mean predicted risk; > 0 means
+    risk is underestimated in the group), ``ece``, ``cal_slope`` and ``cal_intercept``
+    (:func:`~healthfusion.evaluation.calibration.calibration_with_ci`; slope and intercept NaN in a group with one
+    outcome), plus ``observed_rate`` and ``mean_predicted``.
 
     Parameters
     ----------
@@ -85,6 +88,9 @@ def group_metrics(y_true: ArrayLike, y_prob: ArrayLike, groups: Any, threshold: 
             ci = bootstrap_ci(_calibration_gap, yg, pg, n_boot=n_boot, seed=seed, stratified=False)
             row["calibration_gap"], row["calibration_gap_ci_low"], row["calibration_gap_ci_high"] = (
                 ci.value, ci.ci_low, ci.ci_high)
+            cal = calibration_with_ci(yg, pg, n_boot=n_boot, seed=seed).set_index("metric")
+            for name in CALIBRATION_METRICS:
+                row[name], row[f"{name}_ci_low"], row[f"{name}_ci_high"] = cal.loc[name, ["value", "ci_low", "ci_high"]]
             rows.append(row)
     out = pd.DataFrame(rows)
     small = out[out["small_group"]]

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from healthfusion.evaluation.metrics import auprc, auroc, check_binary_input
-from healthfusion.files import atomic_path
+from healthfusion.files import atomic_path, display_path
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
     out = Path(path)
     with atomic_path(out) as tmp:  # a reader never sees a half-written figure
         fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-    logger.info("Saved figure to %s", out)
+    logger.info("Saved figure to %s", display_path(out))
     return out
 
 

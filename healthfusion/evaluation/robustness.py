@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from healthfusion.evaluation.disclosure import group_label
+from healthfusion.evaluation.disclosure import comparable, group_label
 from healthfusion.evaluation.fairness import group_metrics
 
 SPREAD_COLUMNS = ("attribute", "n_groups", "worst_group", "worst_auroc", "best_group", "best_auroc", "auroc_range",
@@ -25,8 +25,8 @@ def domain_spread(y_true: Any, y_prob: Any, domains: Any, n_boot: int = 500,
                   seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-group metrics (with n and bootstrap CIs) and, per attribute, the spread of AUROC over its groups.
 
-    Small groups (fewer than 10 stays or events: :mod:`~healthfusion.evaluation.disclosure`) or with a single
-    outcome class (AUROC undefined) stay in the group
+    Groups that are not :func:`~healthfusion.evaluation.disclosure.comparable` (fewer than 10 stays, events or
+    non-events) stay in the group
     table but are left out of the spread, which names them in ``excluded``.
 
     Returns
@@ -43,8 +43,8 @@ def domain_spread(y_true: Any, y_prob: Any, domains: Any, n_boot: int = 500,
     groups = group_metrics(y_true, y_prob, domains, n_boot=n_boot, seed=seed)
     rows = []
     for attribute, table in groups.groupby("attribute", sort=False):
-        ok = ~table["small_group"] & table["auroc"].notna() & (table["n_positive"] > 0) & (
-            table["n_positive"] < table["n"])
+        ok = table["auroc"].notna() & np.array([comparable(int(n), int(e)) for n, e in
+                                                table[["n", "n_positive"]].to_numpy()], dtype=bool)
         used, left = table[ok], table[~ok]
         row = {"attribute": attribute, "n_groups": int(len(used)),
                "excluded": "; ".join(group_label(g, int(n)) for g, n in left[["group", "n"]].to_numpy())}

@@ -53,6 +53,7 @@ from scipy import stats
 from sklearn.metrics import silhouette_score
 
 from healthfusion.evaluation.bootstrap import bootstrap_ci
+from healthfusion.evaluation.calibration import CALIBRATION_METRICS, calibration_metrics_batch
 from healthfusion.evaluation.metrics import auroc, multiclass_metrics, multilabel_metrics, regression_metrics
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,8 @@ def task_metrics(kind: str, y_true: np.ndarray | None, y_pred: np.ndarray, embed
 
     ``y_pred`` holds probabilities (classification), values (regression) or soft cluster assignments
     ``[n, K]`` (clustering, which needs ``embedding`` and ignores ``y_true``). The dict always has ``main`` (the
-    main metric's value), ``main_metric`` and ``n``.
+    main metric's value), ``main_metric`` and ``n``; a binary task's also has ``n_positive``, ``ece``, ``cal_slope`` and
+    ``cal_intercept`` (:func:`~healthfusion.evaluation.calibration.calibration_metrics_batch`) beside its AUROC.
 
     Raises
     ------
@@ -120,7 +122,9 @@ def task_metrics(kind: str, y_true: np.ndarray | None, y_pred: np.ndarray, embed
             raise ValueError(f"No labelled row to evaluate the {kind} task on.")
         y, p = np.asarray(y_true)[keep], np.asarray(y_pred)[keep]
         if kind == "binary":
-            out = {"auroc": auroc(y, p), "prevalence": float(np.mean(y)), "n": int(len(y))}
+            out = {"auroc": auroc(y, p), "prevalence": float(np.mean(y)), "n": int(len(y)), "n_positive": int(y.sum())}
+            calibration = calibration_metrics_batch(y, p)
+            out.update({m: float(calibration[m][0]) for m in CALIBRATION_METRICS})
         elif kind == "multiclass":
             out = multiclass_metrics(y, p)
         elif kind == "multilabel":

@@ -7,6 +7,22 @@ import inspect
 from typing import Any
 
 import numpy as np
+import pandas as pd
+
+#: below this many values, :func:`positions` looks names up in a dict (a request's few hundred events), above it
+#: in a pandas index (a cohort's millions); both give the same positions
+_DICT_LOOKUP_MAX = 20_000
+
+
+def positions(names: list[str], values) -> np.ndarray:
+    """``[len(values)]`` int64: the position of each of ``values`` in ``names``, -1 where absent.
+
+    ``values`` is an array or Series of names. Building a pandas index of a few dozen strings and looking a few
+    hundred values up in it costs ~1 ms, a dict lookup a tenth of that; for large inputs pandas is the faster."""
+    if isinstance(values, np.ndarray) and len(values) <= _DICT_LOOKUP_MAX:
+        lookup = {name: i for i, name in enumerate(names)}
+        return np.fromiter((lookup.get(v, -1) for v in values.tolist()), np.int64, len(values))
+    return pd.Index(names).get_indexer(values)
 
 
 class NotFittedError(ValueError):

@@ -19,13 +19,14 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.data.cohort import Cohort
+from healthfusion.data.records import PatientRecords
 from healthfusion.data.schema import LabelSpec
 from healthfusion.features import batch as B
 from healthfusion.features.codes import CodeTransformer
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.features.image import ImageTransformer
 from healthfusion.features.summary import SUMMARY_STATS, summary_features
-from healthfusion.features.summary_encoding import SummaryTransformer, window_events
+from healthfusion.features.summary_encoding import SummaryTransformer, in_window, window_events
 from healthfusion.features.tabular import StaticTransformer
 from healthfusion.features.text import HFTokenTransformer, TextTransformer
 from healthfusion.features.timeseries import TimeSeriesTransformer
@@ -192,6 +193,56 @@ class CohortFeaturizer:
         if with_target and self.label_spec_ is not None:
             arrays[B.TARGET] = encode_target(cohort.label(self.label_spec_.name).reindex(stay_ids), self.label_spec_)
         return ArrayDataset(arrays, meta={"stay_ids": stay_ids, "feature_drops": drops})
+
+    @property
+    def reads_records(self) -> bool:
+        """Whether :meth:`transform_records` can featurize this pipeline (time series, static, their summaries)."""
+        return set(self.transformers_) <= {"ts", "static", "summary"}
+
+    def transform_records(self, records: PatientRecords) -> ArrayDataset:
+        """:meth:`transform` of patients given as arrays (a scoring request), without building a cohort: the same
+        fitted transformers on the same array code, so the arrays equal ``transform(records.to_cohort(), ids,
+        with_target=False)``. No target.
+
+        Raises
+        ------
+        ValueError
+            The pipeline has a modality other than ``ts`` and ``static`` (see :attr:`reads_records`): featurize
+            ``records.to_cohort()`` with :meth:`transform` instead.
+        """
+        if not hasattr(self, "transformers_"):
+            raise ValueError("CohortFeaturizer is not fitted; call fit(cohort, train_stay_ids) first.")
+        if not self.reads_records:
+            raise ValueError(f"transform_records reads time series and static values; this pipeline also has "
+                             f"{sorted(set(self.transformers_) - {'ts', 'static', 'summary'})}: use "
+                             "transform(records.to_cohort(), ids).")
+        n, ids = len(records), list(records.stay_ids)
+        arrays: dict[str, np.ndarray] = {}
+        drops: dict[str, dict] = {}
+        ts = self.transformers_.get("ts")
+        if ts is not None:
+            out = ts.transform_arrays(records.event_stay, records.event_time, records.event_variable,
+                                      records.event_value, records.prediction_time)
+            arrays.update({B.TS_VALUES: out["values"], B.TS_MASK: out["mask"], B.TS_DELTA: out["delta"],
+                           B.TS_LENGTHS: out["lengths"]})
+            arrays[B.present_key("ts")] = out["mask"].reshape(n, -1).any(axis=1)
+            drops["events"] = ts.drop_counts_
+        st = self.transformers_.get("static")
+        if st is not None:
+            static = records.static or {}
+            numeric = np.full((n, len(st.numeric_)), np.nan)
+            for j, column in enumerate(st.numeric_):
+                if column in static:
+                    numeric[:, j] = [np.nan if v is None else v for v in static[column]]
+            categorical = {c: np.array(static.get(c, [None] * n), dtype=object) for c in st.categorical_}
+            arrays[B.STATIC] = st.transform_columns(numeric, categorical)
+            arrays[B.present_key("static")] = np.full(n, records.static is not None)
+        if "summary" in self.transformers_:
+            summary = self.transformers_["summary"]
+            window = in_window(records.events_frame(),
+                               pd.Series(records.prediction_time, index=pd.Index(ids, name="stay_id")), summary.hours)
+            arrays[B.STATIC] = np.concatenate([arrays[B.STATIC], summary.transform_events(window, ids)], axis=1)
+        return ArrayDataset(arrays, meta={"stay_ids": ids, "feature_drops": drops})
 
     def input_dims(self) -> dict[str, int]:
         """Input sizes a model needs: n_variables, n_steps, static_dim, code_vocab, text_buckets (text_vocab with

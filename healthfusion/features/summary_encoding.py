@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.data.cohort import Cohort, per_stay
-from healthfusion.data.plausibility import plausible_mask
+from healthfusion.data.plausibility import plausible_values
 from healthfusion.features.base import FeatureTransformer
 from healthfusion.features.summary import SUMMARY_STATS, summary_features
 
@@ -36,10 +36,18 @@ from healthfusion.features.summary import SUMMARY_STATS, summary_features
 def window_events(cohort: Cohort, stay_ids: Sequence[str], hours: float) -> pd.DataFrame:
     """The plausible observable events of ``stay_ids`` in the ``hours`` before each stay's prediction time: what
     the summary statistics (here and in the classical baselines' engineered features) are computed from."""
-    events = cohort.observable("events", stay_ids)
-    pred = cohort.stays.set_index("stay_id")["prediction_time"]
-    events = events[events["time"].to_numpy() >= per_stay(events["stay_id"], pred) - hours]
-    return events[plausible_mask(events).to_numpy()]
+    return in_window(cohort.observable("events", stay_ids), cohort.stays.set_index("stay_id")["prediction_time"],
+                     hours)
+
+
+def in_window(events: pd.DataFrame, prediction_time: pd.Series, hours: float) -> pd.DataFrame:
+    """The rows of ``events`` (``stay_id, time, variable, value``) with a plausible value and a time within the
+    ``hours`` up to their stay's prediction time (``prediction_time`` indexed by stay_id), in their order."""
+    at = per_stay(events["stay_id"], prediction_time)
+    time = events["time"].to_numpy(dtype=float)
+    keep = (time <= at) & (time >= at - hours)
+    keep &= plausible_values(events["variable"], events["value"].to_numpy(dtype=float))
+    return events[keep]
 
 
 class SummaryTransformer(FeatureTransformer):
@@ -82,8 +90,7 @@ class SummaryTransformer(FeatureTransformer):
         self.n_bins = n_bins
         self.min_count = min_count
 
-    def _summaries(self, cohort: Cohort, stay_ids: list[str], variables: Sequence[str]) -> pd.DataFrame:
-        events = window_events(cohort, stay_ids, self.hours)
+    def _summaries(self, events: pd.DataFrame, stay_ids: list[str], variables: Sequence[str]) -> pd.DataFrame:
         table = summary_features(events, stay_ids, list(variables), stats=tuple(self.stats))
         counts = [c for c in table.columns if c.endswith("__count")]
         table[counts] = np.log1p(table[counts].astype(np.float64))
@@ -104,7 +111,7 @@ class SummaryTransformer(FeatureTransformer):
         if not variables:
             raise ValueError("No time-series variable has enough training observations to summarise; check the "
                              "events table or lower min_count.")
-        table = self._summaries(cohort, stay_ids, variables)
+        table = self._summaries(window_events(cohort, stay_ids, self.hours), stay_ids, variables)
         quantiles = np.linspace(0.0, 1.0, self.n_bins + 1)
         edges = {}
         for column in table.columns:
@@ -128,9 +135,15 @@ class SummaryTransformer(FeatureTransformer):
 
     def transform(self, cohort: Cohort, stay_ids: Sequence[str]) -> np.ndarray:
         """``[len(stay_ids), len(feature_names_)]`` float32 matrix, values in [0, 1]."""
+        stay_ids = [str(s) for s in stay_ids]
+        return self.transform_events(window_events(cohort, stay_ids, self.hours), stay_ids)
+
+    def transform_events(self, events: pd.DataFrame, stay_ids: Sequence[str]) -> np.ndarray:
+        """:meth:`transform` from the stays' window events (``stay_id, time, variable, value``, as
+        :func:`in_window` selects them): what the scoring service calls on a request's events."""
         self._check_fitted()
         stay_ids = [str(s) for s in stay_ids]
-        table = self._summaries(cohort, stay_ids, self.variables_)
+        table = self._summaries(events, stay_ids, self.variables_)
         blocks = []
         # the column order is the fitted feature order, never the dict's: a JSON round trip with sorted keys
         # (how saved models store this state) reorders edges_

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.data.cohort import Cohort
-from healthfusion.features.base import FeatureTransformer
+from healthfusion.features.base import FeatureTransformer, positions
 
 MISSING = "<missing>"
 
@@ -95,24 +95,48 @@ class StaticTransformer(FeatureTransformer):
         """``[len(stay_ids), len(feature_names_)]`` float32 matrix."""
         self._check_fitted()
         df = self._frame(cohort, stay_ids)
+        numeric = df[self.numeric_].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float) if self.numeric_ \
+            else np.zeros((len(df), 0))
+        categorical = {c: df[c].astype("string").to_numpy(dtype=object, na_value=None) for c in self.categorical_}
+        return self.transform_columns(numeric, categorical)
+
+    def transform_columns(self, numeric: np.ndarray, categorical: dict[str, np.ndarray]) -> np.ndarray:
+        """Encode static values given as arrays: what :meth:`transform` does after reading the cohort, and what
+        the scoring service calls on a request's values (so both give the same matrix).
+
+        Parameters
+        ----------
+        numeric : [n, len(numeric_)] float
+            The numeric columns in ``numeric_`` order, NaN where missing.
+        categorical : dict of column -> [n] object
+            Each of ``categorical_`` as text, None where missing.
+
+        Returns
+        -------
+        ``[n, len(feature_names_)]`` float32 matrix.
+        """
+        self._check_fitted()
+        n = numeric.shape[0]
         blocks = []
         if self.numeric_:
-            num = df[self.numeric_].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-            missing = np.isnan(num)
-            z = (np.where(missing, np.asarray(self.mean_), num) - np.asarray(self.mean_)) / np.asarray(self.std_)
-            blocks.append(np.stack([z, missing.astype(float)], axis=2).reshape(len(df), -1))
+            missing = np.isnan(numeric)
+            mean = np.asarray(self.mean_)
+            z = (np.where(missing, mean, numeric) - mean) / np.asarray(self.std_)
+            blocks.append(np.stack([z, missing.astype(float)], axis=2).reshape(n, -1))
         self.unseen_counts_ = {}
         for c in self.categorical_:
             levels = self.categories_[c]
-            vals = self._categories(df, c)
+            vals = np.asarray(categorical[c], dtype=object)
+            fill = self.modes_[c] if self.categorical_missing == "mode" else MISSING
+            vals = np.where(pd.isna(vals), fill, vals).astype(object)
+            codes = positions(levels, vals)
             if "<other>" in levels:
-                vals = vals.where(vals.isin(levels), "<other>")
-            codes = pd.Index(levels).get_indexer(vals.astype(object))
+                codes = np.where(codes >= 0, codes, levels.index("<other>"))
             self.unseen_counts_[c] = int((codes < 0).sum())
-            onehot = np.zeros((len(df), len(levels)))
+            onehot = np.zeros((n, len(levels)))
             rows = np.flatnonzero(codes >= 0)
             onehot[rows, codes[rows]] = 1.0
             blocks.append(onehot)
         if not blocks:
-            return np.zeros((len(df), 0), dtype=np.float32)
+            return np.zeros((n, 0), dtype=np.float32)
         return np.concatenate(blocks, axis=1).astype(np.float32)

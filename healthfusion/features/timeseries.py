@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.data.cohort import Cohort
-from healthfusion.data.plausibility import plausible_mask
-from healthfusion.features.base import FeatureTransformer
+from healthfusion.data.plausibility import plausible_mask, plausible_values
+from healthfusion.features.base import FeatureTransformer, positions
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +99,44 @@ class TimeSeriesTransformer(FeatureTransformer):
         """Grid the observable events of ``stay_ids`` (in that order). Stays with no events get all-zero masks."""
         self._check_fitted()
         stay_ids = [str(s) for s in stay_ids]
-        events = self._events(cohort, stay_ids)
-        var_index = pd.Index(self.variables_)
-        v = var_index.get_indexer(events["variable"])
-        known = v >= 0
-        self.drop_counts_ = {**self._last_counts, "unknown variable": int((~known).sum())}
-        events = events[known]
-        v = v[known]
-        n, t_steps, n_var = len(stay_ids), self.n_steps, len(self.variables_)
-        s = pd.Index(stay_ids).get_indexer(events["stay_id"])
-        pred = cohort.stays.set_index("stay_id")["prediction_time"].reindex(stay_ids).to_numpy()
-        rel = events["time"].to_numpy() - (pred[s] - self.hours)
+        events = cohort.observable("events", stay_ids)
+        pred = cohort.stays.set_index("stay_id")["prediction_time"].reindex(stay_ids).to_numpy(dtype=float)
+        return self.transform_arrays(pd.Index(stay_ids).get_indexer(events["stay_id"]),
+                                     events["time"].to_numpy(dtype=float), events["variable"],
+                                     events["value"].to_numpy(dtype=float), pred)
+
+    def transform_arrays(self, stay: np.ndarray, time: np.ndarray, variable, value: np.ndarray,
+                         prediction_time: np.ndarray) -> dict[str, np.ndarray]:
+        """Grid events given as flat arrays: what :meth:`transform` does after reading the cohort, and what the
+        scoring service calls on a request's events (so both give the same arrays).
+
+        Parameters
+        ----------
+        stay : [E] int
+            Row of each event's stay (0..n-1).
+        time, value : [E] float
+            Hours since admission; the value in the variable's canonical unit.
+        variable : [E] names (array or Series)
+        prediction_time : [n] float
+            Of each stay, hours since admission. Events after it are not used (the leakage guard of
+            :meth:`Cohort.observable`, applied again here for arrays that did not come through it).
+        """
+        self._check_fitted()
+        n = len(prediction_time)
+        at = np.asarray(prediction_time, dtype=float)[stay]
+        observable = time <= at
+        in_window = observable & (time >= at - self.hours)
+        plausible = in_window & plausible_values(variable, value)
+        v = positions(self.variables_, variable)
+        keep = plausible & (v >= 0)
+        self.drop_counts_ = {"before window": int((observable & ~in_window).sum()),
+                             "implausible value": int((in_window & ~plausible).sum()),
+                             "unknown variable": int((plausible & ~keep).sum())}
+        s, v = np.asarray(stay)[keep], v[keep]
+        t_steps, n_var = self.n_steps, len(self.variables_)
+        rel = time[keep] - (at[keep] - self.hours)
         t = np.clip(np.floor(rel / self.step).astype(np.int64), 0, t_steps - 1)
-        z = (events["value"].to_numpy() - np.asarray(self.mean_)[v]) / np.asarray(self.std_)[v]
+        z = (value[keep] - np.asarray(self.mean_)[v]) / np.asarray(self.std_)[v]
         out = {"values": np.empty((n, t_steps, n_var), np.float32), "mask": np.empty((n, t_steps, n_var), np.float32),
                "delta": np.empty((n, t_steps, n_var), np.float32)}
         order = np.argsort(s, kind="stable")  # events grouped by stay, so each chunk of stays is one slice

@@ -7,6 +7,11 @@ updates are a list of such lists, one per site that took part. Nothing here know
 * :func:`coordinate_median` and :func:`trimmed_mean` - robust rules: per coordinate, the median or the mean after
   dropping the ``beta`` fraction of the largest and smallest values (Yin et al., 2018); one corrupted site cannot
   move them arbitrarily far.
+* :func:`dp_mean` - differential privacy at the server (DP-FedAvg with fixed clipping, McMahan et al., 2018): each
+  site's update ``site - current`` is clipped to L2 norm ``clip_norm`` (over all its floating arrays together),
+  the clipped updates are averaged uniformly and Gaussian noise of standard deviation
+  ``noise_multiplier * clip_norm / n_sites`` is added per coordinate; the result bounds what the model reveals
+  about any one site's whole contribution (site-level DP).
 * :func:`server_step` - adaptive server optimisers FedAdagrad, FedAdam and FedYogi (Reddi et al., 2021): the
   averaged update ``delta = average - current`` is treated as a pseudo-gradient.
 
@@ -118,6 +123,81 @@ def trimmed_mean(
         stacked = np.sort(np.stack([site[j] for site in arrays]).astype(np.float64), axis=0)
         out.append(stacked[cut:k - cut].mean(axis=0))
     return out
+
+
+def clip_update(update: Sequence[np.ndarray], clip_norm: float) -> tuple[Weights, float]:
+    """``update`` scaled by ``min(1, clip_norm / norm)`` and its L2 norm before clipping (floating arrays only;
+    integer arrays such as counters are returned unchanged and not counted).
+
+    Raises
+    ------
+    AggregationError
+        If ``clip_norm <= 0``.
+    """
+    if not clip_norm > 0:
+        raise AggregationError(f"clip_norm must be > 0; got {clip_norm}.")
+    arrays = [np.asarray(a) for a in update]
+    norm = math.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in arrays
+                         if np.issubdtype(a.dtype, np.floating)))
+    scale = min(1.0, clip_norm / norm) if norm > 0 else 1.0
+    return [a * scale if np.issubdtype(a.dtype, np.floating) else a for a in arrays], norm
+
+
+def dp_mean(
+    current: Sequence[np.ndarray],
+    updates: Sequence[Sequence[np.ndarray]],
+    clip_norm: float,
+    noise_multiplier: float,
+    rng: np.random.Generator,
+) -> tuple[Weights, list[float]]:
+    """Server-side DP aggregation: ``current + mean_i(clip(update_i - current)) + N(0, (sigma C / n)^2)``.
+
+    Parameters
+    ----------
+    current : list of arrays
+        The global weights the sites started the round from.
+    updates : sequence of list of arrays
+        The sites' new weights (n sites).
+    clip_norm : float
+        C, the L2 bound of each site's update (all floating arrays together).
+    noise_multiplier : float
+        sigma, the noise's standard deviation as a multiple of the mean's sensitivity ``C / n``; 0 clips only.
+    rng : numpy Generator
+        The noise's source (seed it per round for a reproducible run).
+
+    Returns
+    -------
+    (weights, norms)
+        The new global weights (integer arrays: the unweighted mean of the sites', rounded) and each site's update
+        norm before clipping.
+
+    Raises
+    ------
+    AggregationError
+        No updates, mismatched shapes, ``clip_norm <= 0`` or ``noise_multiplier < 0``.
+    """
+    arrays = _check_updates([list(current), *updates])
+    base, sites = arrays[0], arrays[1:]
+    if not sites:
+        raise AggregationError("No site updates to aggregate; at least one site must report weights.")
+    if noise_multiplier < 0:
+        raise AggregationError(f"noise_multiplier must be >= 0; got {noise_multiplier}.")
+    clipped, norms = [], []
+    for site in sites:
+        delta, norm = clip_update([u - b if np.issubdtype(b.dtype, np.floating) else u
+                                   for u, b in zip(site, base, strict=True)], clip_norm)
+        clipped.append(delta)
+        norms.append(norm)
+    n = len(sites)
+    std = noise_multiplier * clip_norm / n
+    out = []
+    for j, b in enumerate(base):
+        mean = np.mean([c[j] for c in clipped], axis=0)
+        if np.issubdtype(b.dtype, np.floating):
+            out.append((b + mean + rng.normal(0.0, std, size=b.shape)).astype(b.dtype))
+        else:
+            out.append(np.rint(mean).astype(b.dtype))
+    return out, norms
 
 
 AGGREGATORS: dict[str, Callable[..., Weights]] = {

@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,15 +78,20 @@ class Site:
         Local training samples with a ``"target"`` array.
     test : ArrayDataset, optional
         Local held-out samples the site scores the global (or its personalised) model on.
+    val : ArrayDataset, optional
+        Local validation samples the site fits its calibration temperature on
+        (:mod:`healthfusion.federated.calibration`).
     """
 
     name: str
     train: ArrayDataset
     test: ArrayDataset | None = None
-    accountant: Any = field(default=None, repr=False)  # the site's DP accountant across rounds (with privacy)
+    val: ArrayDataset | None = None
+    _privacy: Any = field(default=None, init=False, repr=False)  # (settings, DPSGD plug-in, private model copy)
+    _steps_taken: int = field(default=0, init=False, repr=False)  # DP steps of this run before the state was built
 
     def __post_init__(self) -> None:
-        for split in ("train", "test"):
+        for split in ("train", "test", "val"):
             data = getattr(self, split)
             if data is None:
                 continue
@@ -97,6 +103,34 @@ class Site:
     @property
     def num_train(self) -> int:
         return len(self.train)
+
+    @property
+    def privacy_started(self) -> bool:
+        """Whether the site holds DP state of the current run (its accountant and private model copy)."""
+        return self._privacy is not None or self._steps_taken > 0
+
+    def reset_privacy(self, steps_taken: int = 0) -> None:
+        """Start the site's DP state afresh (a new run): the next private fit builds a new Opacus wrapper and
+        accountant. ``steps_taken`` are DP-SGD steps this site already took in the run before a restart (the
+        accountant is charged with them, at the run's noise and sampling rate, before the next round)."""
+        if self._privacy is not None:
+            self._privacy[1].release()
+        self._privacy, self._steps_taken = None, int(steps_taken)
+
+    def _private_state(self, model: nn.Module, privacy, batch_size: int, budget_epochs: int):
+        """The site's DP-SGD plug-in and private model copy, built at its first private round and reused after:
+        one Opacus wrapper, one noise calibration and one accountant per site and run."""
+        from healthfusion.training.privacy import DPSGD, make_private_model
+
+        key = (privacy, batch_size, budget_epochs)
+        if self._privacy is None or self._privacy[0] != key:
+            if self._privacy is not None:
+                self._privacy[1].release()
+            dp = DPSGD(privacy, self.num_train, batch_size, budget_epochs, keep_wrapped=True)
+            if self._steps_taken:
+                dp.accountant.history = [(dp.noise_multiplier, dp.sample_rate, self._steps_taken)]
+            self._privacy = (key, dp, make_private_model(copy.deepcopy(model)))
+        return self._privacy[1], self._privacy[2]
 
     def fit(
         self,
@@ -118,17 +152,19 @@ class Site:
         adds FedProx's proximal term to the supervised loss.
 
         With ``privacy`` (a :class:`~healthfusion.training.privacy.PrivacyConfig`) the local training is DP-SGD
-        and the site's accountant (kept on the site across rounds) is charged; ``budget_epochs`` (default
-        ``config.max_epochs``) is the number of epochs the site's ``target_epsilon`` must cover. Layers DP-SGD
-        cannot train (``nn.LSTM``) are swapped for a private copy during the fit
-        (:func:`~healthfusion.training.privacy.make_private_model`) and the weights copied back, so the weights
-        exchanged are always those of ``model``.
+        on the site's private copy of the model (:func:`~healthfusion.training.privacy.make_private_model`:
+        ``nn.LSTM`` -> ``DPLSTM``), built with its Opacus wrapper, noise calibration and accountant at the site's
+        first private round and kept for the run (:meth:`reset_privacy` starts afresh); ``budget_epochs`` (default
+        ``config.max_epochs``) is the number of epochs the site's ``target_epsilon`` must cover. The round's
+        global weights are loaded into the copy and the trained ones copied back, so the weights exchanged are
+        always those of ``model``.
 
         Returns
         -------
         (weights, num_train, info)
             The site's new weights, its number of training samples (the FedAvg weight) and
-            ``{"train_loss": last epoch's loss}`` (+ ``"epsilon"`` spent so far, with privacy).
+            ``{"train_loss": last epoch's loss}`` (+ ``"epsilon"`` spent so far, ``"delta"`` and ``"dp_steps"``
+            (this round's DP-SGD steps), with privacy).
         """
         if weights is not None:
             set_weights(model, weights)
@@ -141,25 +177,23 @@ class Site:
             loss = [SupervisedLoss(head_kind, config.imbalance == "class_weight"), ProximalLoss(proximal_mu)]
         trained, plugins, dp = model, [], None
         if privacy is not None:
-            from healthfusion.training.privacy import DPSGD, copy_to_plain, make_private_model
+            from healthfusion.training.privacy import copy_to_plain, copy_to_private
 
-            dp = DPSGD(privacy, self.num_train, config.batch_size, budget_epochs or config.max_epochs,
-                       self.accountant)
-            self.accountant = dp.accountant
+            dp, trained = self._private_state(model, privacy, config.batch_size, budget_epochs or config.max_epochs)
+            copy_to_private(model, trained)
             plugins.append(dp)
-            trained = make_private_model(model)
+        steps_before = dp.steps if dp is not None else 0
         trainer = Trainer(config, callbacks=list(callbacks), loss=loss, plugins=plugins)
         try:
             out = trainer.local_round(trained, self.train, seed=config.seed + round_, head_kind=head_kind)
-        finally:
+        except BaseException:
             if dp is not None:
-                dp.release()  # after a failed round too: no Opacus hooks stay on a model other sites reuse
-        if trained is not model:
-            copy_to_plain(trained, model)
+                self.reset_privacy(dp.steps)  # unwrap; a retry rebuilds the wrapper, the accountant keeps its steps
+            raise
         info = {"train_loss": float(out["metrics"]["train_loss"])}
         if dp is not None:
-            info["epsilon"] = dp.report()["epsilon"]
-            info["delta"] = dp.delta
+            copy_to_plain(trained, model)
+            info.update(epsilon=dp.report()["epsilon"], delta=dp.delta, dp_steps=dp.steps - steps_before)
         return get_weights(model), self.num_train, info
 
     def predict(self, model: nn.Module, split: str = "test", head_kind: str = "binary") -> np.ndarray:

@@ -23,6 +23,7 @@ Example (three terminals)::
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,20 +32,17 @@ from torch import nn
 
 from healthfusion.federated.client import Site, get_weights, set_weights
 from healthfusion.federated.server import FederatedConfig, FederatedServer
+from healthfusion.optional import require
 from healthfusion.training import TrainerConfig
 
 log = logging.getLogger(__name__)
-INSTALL_HINT = 'Federated training needs Flower: pip install "healthfusion[federated]"'
 
 
 def _flwr():
-    try:
-        import flwr
-        from flwr import common
-        from flwr.server.strategy import Strategy
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(INSTALL_HINT) from exc
-    return flwr, common, Strategy
+    flwr = require("flwr", extra="federated", needed_for="Federated training")
+    common = require("flwr.common", extra="federated", needed_for="Federated training")
+    strategy = require("flwr.server.strategy", extra="federated", needed_for="Federated training")
+    return flwr, common, strategy.Strategy
 
 
 def make_client(model: nn.Module, site: Site, local: TrainerConfig, config: FederatedConfig,
@@ -58,6 +56,8 @@ def make_client(model: nn.Module, site: Site, local: TrainerConfig, config: Fede
 
         def fit(self, parameters, config):
             round_ = int(config.get("round", 0))
+            if fed.privacy is not None and not site.privacy_started:  # a (re)started site process
+                site.reset_privacy(int(json.loads(str(config.get("dp_steps", "{}"))).get(site.name, 0)))
             weights, n, info = site.fit(model, parameters, local.model_copy(update={"seed": config_seed}),
                                         round_=round_, head_kind=head_kind, proximal_mu=fed.proximal_mu,
                                         privacy=fed.privacy, budget_epochs=fed.rounds * local.max_epochs)
@@ -95,7 +95,8 @@ def make_strategy(server: FederatedServer, offset: int = 0, on_round: Callable |
             wanted = cfg.start_sites if server_round == 1 and cfg.start_sites else cfg.min_sites
             client_manager.wait_for(max(wanted, cfg.min_sites))
             clients = client_manager.sample(num_clients=client_manager.num_available(), min_num_clients=cfg.min_sites)
-            ins = common.FitIns(parameters, {"round": offset + server_round})
+            spent = {name: server.dp_steps(name) for r in server.rounds for name in (r.get("dp_steps") or {})}
+            ins = common.FitIns(parameters, {"round": offset + server_round, "dp_steps": json.dumps(spent)})
             return [(c, ins) for c in clients]
 
         def aggregate_fit(self, server_round, results, failures):

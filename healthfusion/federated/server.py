@@ -39,13 +39,35 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-from healthfusion.federated.aggregation import ServerOptState, fedavg, get_aggregator, server_step
+from healthfusion.federated.aggregation import ServerOptState, dp_mean, fedavg, get_aggregator, server_step
 from healthfusion.federated.client import Site, get_weights, set_weights
 from healthfusion.training import TrainerConfig
-from healthfusion.training.privacy import PrivacyConfig
+from healthfusion.training.privacy import PrivacyConfig, gaussian_epsilon
 
 log = logging.getLogger(__name__)
 STATE_FILE, WEIGHTS_FILE = "server_state.json", "server_weights.npz"
+
+
+class ServerPrivacyConfig(BaseModel):
+    """DP on the sites' updates at the server (``federated.server_privacy``; unknown keys are errors): each round
+    every site's update is clipped to ``clip_norm``, the clipped updates averaged uniformly and Gaussian noise of
+    standard deviation ``noise_multiplier * clip_norm / n_sites`` added (``aggregation.dp_mean``). The guarantee is site-level (a whole site's data), with epsilon at ``delta`` from the RDP accountant
+    with every site sampled each round (sampling rate 1, one step per aggregated round).
+
+    Attributes
+    ----------
+    clip_norm : float
+        L2 bound C of one site's update (all floating weight arrays together).
+    noise_multiplier : float
+        sigma; 0 clips without noise (epsilon infinite).
+    delta : float, default 1e-5
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    clip_norm: float = Field(..., gt=0)
+    noise_multiplier: float = Field(..., ge=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
 
 
 class FederatedConfig(BaseModel):
@@ -78,6 +100,9 @@ class FederatedConfig(BaseModel):
         Per-site DP-SGD on local training (extra ``dp``): each site clips and noises its own gradients and its
         accountant covers all its rounds; ``target_epsilon`` is each site's budget for the whole run. The
         personalisation epochs are not covered (they never leave the site).
+    server_privacy : ServerPrivacyConfig or None, default None
+        DP on the updates at the server (clip + noise, site-level); needs ``aggregation: fedavg`` (it replaces the
+        sample-weighted mean by the uniform mean of clipped updates). Each round's record gets ``server_epsilon``.
     seed : int, default 0
         Seeds each site's local training (``seed + round``).
     """
@@ -99,6 +124,7 @@ class FederatedConfig(BaseModel):
     round_timeout: float | None = Field(None, gt=0)
     start_sites: int | None = Field(None, ge=1)
     privacy: PrivacyConfig | None = None
+    server_privacy: ServerPrivacyConfig | None = None
     seed: int = 0
 
     @model_validator(mode="after")
@@ -106,6 +132,9 @@ class FederatedConfig(BaseModel):
         if self.server_optimizer != "none" and self.aggregation != "fedavg":
             raise ValueError(f"server_optimizer {self.server_optimizer!r} steps on the FedAvg aggregate; set "
                              f"aggregation: fedavg (got {self.aggregation!r}) or server_optimizer: none")
+        if self.server_privacy is not None and self.aggregation != "fedavg":
+            raise ValueError(f"server_privacy clips and averages the updates itself; set aggregation: fedavg (got "
+                             f"{self.aggregation!r}) or remove server_privacy")
         return self
 
 
@@ -156,6 +185,7 @@ class FederatedServer:
                   "train_loss": {r[0]: r[3].get("train_loss") for r in results}}
         if any("epsilon" in r[3] for r in results):
             record["epsilon"] = {r[0]: r[3].get("epsilon") for r in results}
+            record["dp_steps"] = {r[0]: r[3].get("dp_steps") for r in results}
         if len(results) < cfg.min_sites:
             log.warning("Round %d: %d site(s) returned an update, fewer than min_sites=%d; the global weights are "
                         "kept. Failed: %s", round_, len(results), cfg.min_sites, record["failed"])
@@ -163,7 +193,12 @@ class FederatedServer:
         else:
             updates = [r[1] for r in results]
             counts = [r[2] for r in results]
-            if cfg.aggregation == "trimmed_mean":
+            if cfg.server_privacy is not None:
+                dp = cfg.server_privacy
+                new, norms = dp_mean(self.weights, updates, dp.clip_norm, dp.noise_multiplier,
+                                     np.random.default_rng([cfg.seed, round_]))
+                record["update_norm"] = {r[0]: norm for r, norm in zip(results, norms, strict=True)}
+            elif cfg.aggregation == "trimmed_mean":
                 new = get_aggregator("trimmed_mean")(updates, beta=cfg.trim_beta)
             elif cfg.aggregation == "median":
                 new = get_aggregator("median")(updates)
@@ -174,6 +209,10 @@ class FederatedServer:
                                                   lr=cfg.server_lr, beta1=cfg.beta1, beta2=cfg.beta2, tau=cfg.tau)
             self.weights = [n.astype(w.dtype) for n, w in zip(new, self.weights, strict=True)]
             record["aggregated"] = True
+            if cfg.server_privacy is not None:
+                steps = 1 + sum(bool(r.get("aggregated")) for r in self.rounds)
+                record["server_epsilon"] = gaussian_epsilon(cfg.server_privacy.noise_multiplier, 1.0, steps,
+                                                            cfg.server_privacy.delta)
             if failures:
                 log.warning("Round %d aggregated %d site(s) without %s.", round_, len(results), record["failed"])
         self.round = round_
@@ -181,6 +220,11 @@ class FederatedServer:
         if self.state_dir is not None:
             self.save(self.state_dir)
         return record["aggregated"]
+
+    def dp_steps(self, site: str) -> int:
+        """DP-SGD steps ``site`` took in the completed rounds (0 without privacy): what a restarted run charges
+        the site's new accountant with, so that its epsilon covers the whole run."""
+        return int(sum((r.get("dp_steps") or {}).get(site) or 0 for r in self.rounds))
 
     # ---------------------------------------------------------------------------------------- persistence
     def save(self, directory: str | Path) -> None:
@@ -295,6 +339,8 @@ def run_rounds(
                          "min_sites or add sites.")
     server = FederatedServer(config, get_weights(model), state_dir)
     server.resume()
+    for site in sites:  # a new run's accountant, charged with the steps of the rounds a restarted run resumes after
+        site.reset_privacy(server.dp_steps(site.name))
     local = local.model_copy(update={"seed": config.seed})
     metrics: list[dict[str, Any]] = []
     for r in range(server.round + 1, config.rounds + 1):

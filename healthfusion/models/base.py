@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from healthfusion.files import apply_umask
+from healthfusion.files import apply_umask, display_path
 
 logger = logging.getLogger(__name__)
 
@@ -196,7 +196,8 @@ class PretrainedModel(nn.Module):
             _write_text(prep_path, json.dumps(prep, indent=2, sort_keys=True, allow_nan=False))
         elif prep_path.exists():
             prep_path.unlink()
-        logger.info("Saved %s model to %s (fingerprint %s)", self.model_type, directory, fingerprint[:12])
+        logger.info("Saved %s model to %s (fingerprint %s)", self.model_type, display_path(directory),
+                    fingerprint[:12])
         return directory
 
     @classmethod

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,8 @@ import torch
 from torch import nn
 
 from healthfusion.features import batch as B
+from healthfusion.features.dataset import ArrayDataset
+from healthfusion.files import display_path
 from healthfusion.models.encoders.cnn import CNNEncoder
 from healthfusion.models.encoders.codes import CodesEncoder, IdBag
 from healthfusion.models.encoders.lstm import LSTMEncoder, series_inputs, step_weights
@@ -44,11 +47,13 @@ from healthfusion.models.encoders.mlp import MLPEncoder
 from healthfusion.models.encoders.text import TextEncoder
 from healthfusion.models.encoders.transformer import TransformerEncoder, sinusoidal_encoding
 from healthfusion.models.fusion import presence_matrix
+from healthfusion.models.heads import head_predictions
 from healthfusion.models.hybrid import HybridModel
+from healthfusion.models.inference import SCORING_BATCH
+from healthfusion.optional import require
 
 log = logging.getLogger(__name__)
 
-_INSTALL_HINT = 'ONNX export and scoring need the "onnx" extra: pip install "healthfusion[onnx]"'
 
 
 class ExportError(ValueError):
@@ -271,11 +276,7 @@ _BAG_KEY = {CodesEncoder: B.CODES, TextEncoder: B.TEXT}
 
 
 def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as err:  # pragma: no cover - depends on the installed extras
-        raise ImportError(_INSTALL_HINT) from err
-    return onnxruntime
+    return require("onnxruntime", extra="onnx", needed_for="ONNX scoring")
 
 
 def export_onnx(model: HybridModel, batch: dict[str, torch.Tensor], path: str | Path, *,
@@ -296,10 +297,7 @@ def export_onnx(model: HybridModel, batch: dict[str, torch.Tensor], path: str | 
     ValueError
         ``batch`` fails the model's input checks (see :func:`check_inputs`).
     """
-    try:
-        import onnx  # noqa: F401
-    except ImportError as err:  # pragma: no cover - depends on the installed extras
-        raise ImportError(_INSTALL_HINT) from err
+    require("onnx", extra="onnx", needed_for="ONNX export")
     wrapper = BranchFreeHybrid(model).eval()
     args = tuple(check_inputs(model, batch))
     dynamic = {name: ({0: "batch", 1: "steps"} if name in (B.TS_VALUES, B.TS_MASK, B.TS_DELTA) else {0: "batch"})
@@ -317,7 +315,7 @@ def export_onnx(model: HybridModel, batch: dict[str, torch.Tensor], path: str | 
         raise ExportError(f"ONNX export of {type(model).__name__} failed: {err}") from err
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    log.info("Exported the model to %s (inputs %s).", path, ", ".join(wrapper.names))
+    log.info("Exported the model to %s (inputs %s).", display_path(path), ", ".join(wrapper.names))
     return path
 
 
@@ -362,3 +360,55 @@ class OnnxScorer:
         inputs = check_inputs(self.model, batch)
         feeds = {name: value.detach().cpu().numpy() for name, value in zip(self.names, inputs, strict=True)}
         return self.session.run(["logits"], feeds)[0]
+
+
+def example_batch(model: HybridModel, rows: int = 2) -> dict[str, torch.Tensor]:
+    """A batch of ``rows`` all-zero rows (every modality present) of a model over time series and static values:
+    enough to fix the exported graph's input widths, from the model's config alone.
+
+    Raises
+    ------
+    ExportError
+        The model reads another modality (codes, text, images): export it with a real batch.
+    """
+    other = [m for m in model.modalities if m not in ("ts", "static")]
+    if other:
+        raise ExportError(f"example_batch builds time-series and static inputs only; the model also reads {other}: "
+                          "export it with export_onnx(model, a real batch, path).")
+    batch: dict[str, torch.Tensor] = {}
+    if "ts" in model.modalities:
+        n_steps = 4
+        shape = (rows, n_steps, model.config.ts.n_variables)
+        batch.update({B.TS_VALUES: torch.zeros(shape), B.TS_MASK: torch.zeros(shape), B.TS_DELTA: torch.zeros(shape),
+                      B.TS_LENGTHS: torch.full((rows,), n_steps, dtype=torch.int64),
+                      B.present_key("ts"): torch.ones(rows, dtype=torch.bool)})
+    if "static" in model.modalities:
+        batch[B.STATIC] = torch.zeros(rows, model.config.static.in_dim)
+        batch[B.present_key("static")] = torch.ones(rows, dtype=torch.bool)
+    return batch
+
+
+def onnx_session(model: HybridModel, threads: int = 1) -> OnnxScorer:
+    """Export ``model`` (time series and static values, see :func:`example_batch`) to a temporary file and load it
+    with onnxruntime: the scorer of ``healthfusion serve --backend onnx``. The file is deleted once loaded.
+
+    Raises
+    ------
+    ExportError, ImportError
+        As :func:`export_onnx` and :class:`OnnxScorer`.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, example_batch(model), Path(tmp) / "model.onnx")
+        return OnnxScorer(path, model, threads=threads)
+
+
+def onnx_outputs(scorer: OnnxScorer, data: ArrayDataset, kind: str, batch_size: int = SCORING_BATCH) -> np.ndarray:
+    """:func:`healthfusion.models.inference.network_outputs` with onnxruntime: the same batching and output maps
+    (binary ``[n]`` probabilities, ...), from the exported graph's logits."""
+    if len(data) == 0:
+        raise ValueError("Nothing to score: the dataset has 0 rows.")
+    chunks = []
+    for batch in data.iter_batches(batch_size):
+        batch.pop(B.TARGET, None)
+        chunks.append(torch.from_numpy(np.asarray(scorer.logits(batch))).float())
+    return head_predictions(torch.cat(chunks), kind).cpu().numpy()

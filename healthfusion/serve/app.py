@@ -22,22 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from healthfusion.models.scoring import ScoringModel, load_model
+from healthfusion.optional import require
 from healthfusion.serve.patients import PatientError, Vocabulary, score_patients
 from healthfusion.serve.schemas import Health, PredictRequest, PredictResponse, StreamEvents, StreamState
 from healthfusion.serve.streams import AlertPolicy, StreamLimitError, StreamRegistry
 
 log = logging.getLogger(__name__)
 
-_INSTALL_HINT = 'The scoring service needs the "serve" extra: pip install "healthfusion[serve]"'
 TOKEN_ENV = "HEALTHFUSION_API_TOKEN"
 
 
 def _fastapi():
-    try:
-        import fastapi
-        import fastapi.responses
-    except ImportError as err:  # pragma: no cover - depends on the installed extras
-        raise ImportError(_INSTALL_HINT) from err
+    fastapi = require("fastapi", extra="serve", needed_for="The scoring service")
+    require("fastapi.responses", extra="serve", needed_for="The scoring service")
     return fastapi
 
 
@@ -68,8 +65,9 @@ def read_token(token_file: Path | None, environ: dict[str, str]) -> str:
 
 def create_app(model: ScoringModel | str | Path, *, token: str | None, max_body_bytes: int = 5_000_000,
                max_batch: int = 1_000, max_streams: int = 10_000, tolerance: float = 1.0,
-               policy: AlertPolicy | None = None) -> Any:
-    """The FastAPI app scoring with ``model`` (a loaded model or its folder, loaded with ``load_model``).
+               policy: AlertPolicy | None = None, backend: str = "torch") -> Any:
+    """The FastAPI app scoring with ``model`` (a loaded model, or its folder, loaded with ``load_model(model,
+    backend)``: ``torch`` or ``onnx``; a loaded model keeps its own backend).
 
     ``token=None`` disables authentication (tests, or a caller behind its own gateway).
 
@@ -86,7 +84,7 @@ def create_app(model: ScoringModel | str | Path, *, token: str | None, max_body_
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse
 
-    scoring = model if isinstance(model, ScoringModel) else load_model(model)
+    scoring = model if isinstance(model, ScoringModel) else load_model(model, backend=backend)
     if scoring.label.kind != "binary":
         raise ValueError(f"The service scores binary risk models; {scoring.path} predicts a {scoring.label.kind} "
                          f"label ({scoring.label.name!r}). Score it with healthfusion predict.")
@@ -136,7 +134,7 @@ def create_app(model: ScoringModel | str | Path, *, token: str | None, max_body_
 
     @app.get("/v1/health", response_model=Health)
     def health() -> Health:
-        return Health(status="ok", model=fingerprint, backend="torch", streams=len(streams))
+        return Health(status="ok", model=fingerprint, backend=scoring.backend, streams=len(streams))
 
     @app.get("/v1/model", dependencies=[Depends(authorised)])
     def model_card() -> dict:
@@ -145,11 +143,13 @@ def create_app(model: ScoringModel | str | Path, *, token: str | None, max_body_
 
     @app.post("/v1/predict", response_model=PredictResponse, dependencies=[Depends(authorised)])
     def predict(body: PredictRequest) -> PredictResponse:
-        """Score one or more patients (at most the service's batch limit)."""
+        """Score one or more patients (at most the service's batch limit), each with its top ``top_k`` contributing
+        features (signed, logit units, against a patient at the training means)."""
         if len(body.patients) > max_batch:
             raise HTTPException(413, f"{len(body.patients)} patients in one request; the limit is {max_batch}. "
                                      "Split the batch.")
-        return PredictResponse(model=fingerprint, results=score_patients(scoring, body.patients, vocabulary))
+        return PredictResponse(model=fingerprint, results=score_patients(scoring, body.patients, vocabulary,
+                                                                         top_k=body.top_k))
 
     @app.post("/v1/streams/{stream_id}/events", response_model=StreamState, dependencies=[Depends(authorised)])
     def stream_events(stream_id: str, body: StreamEvents) -> StreamState:
@@ -191,10 +191,7 @@ def serve(model_dir: ScoringModel | str | Path, *, token: str, host: str = "127.
     ImportError
         uvicorn or FastAPI is not installed (with the install hint).
     """
-    try:
-        import uvicorn
-    except ImportError as err:  # pragma: no cover - depends on the installed extras
-        raise ImportError(_INSTALL_HINT) from err
+    uvicorn = require("uvicorn", extra="serve", needed_for="The scoring service")
     app = create_app(model_dir, token=token, **limits)
     log.info("Serving on http://%s:%d", host, port)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")

@@ -1,4 +1,4 @@
-"""Patients as JSON -> a cohort -> the model's own ``predict``: the one scoring path of the service and the streams.
+"""Patients as JSON -> arrays -> the model's ``predict_records``: the one scoring path of the service and the streams.
 
 Example::
 
@@ -18,9 +18,10 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.data.cohort import Cohort
-from healthfusion.data.schema import CohortMeta
+from healthfusion.data.records import PatientRecords
 from healthfusion.models.scoring import OK, PredictionError, ScoringModel
-from healthfusion.serve.schemas import Event, Patient, PatientResult
+from healthfusion.serve.explain import top_contributions
+from healthfusion.serve.schemas import Contribution, Event, Patient, PatientResult
 
 
 class PatientError(ValueError):
@@ -64,11 +65,11 @@ class Vocabulary:
         """Raise :class:`PatientError` naming ``where.events[i].variable`` for a variable the model does not read."""
         known = set(self.variables)
         for i, event in enumerate(events):
-            if event.variable not in known:
+            if event["variable"] not in known:
                 raise PatientError(
                     f"{where}.events[{i}].variable",
-                    f"{event.variable!r} is not one of the model's {len(known)} time-series variables."
-                    + _did_you_mean(event.variable, self.variables) + " GET /v1/model lists them.",
+                    f"{event['variable']!r} is not one of the model's {len(known)} time-series variables."
+                    + _did_you_mean(event["variable"], self.variables) + " GET /v1/model lists them.",
                 )
 
     def check_static(self, static: dict, where: str) -> dict:
@@ -95,62 +96,68 @@ class Vocabulary:
         return out
 
 
-def patients_cohort(patients: Sequence[Patient], vocabulary: Vocabulary, where: str = "patients") -> Cohort:
-    """A cohort of ``patients`` (one stay each, ``stay_id`` = ``patient_id`` = ``id``) with their static values,
-    their events up to the prediction time, and their prediction times.
+def patients_records(patients: Sequence[Patient], vocabulary: Vocabulary, where: str = "patients") -> PatientRecords:
+    """``patients`` as arrays (one stay each, ``stay_id`` = ``id``): their static values (every static column of
+    the model, None where not sent), their events up to the prediction time, and their prediction times.
 
     Raises
     ------
     PatientError
         A duplicated id, an unknown variable or static column, or a numeric column given text (field named).
     """
-    ids = [p.id for p in patients]
     seen: set[str] = set()
-    for i, pid in enumerate(ids):
-        if pid in seen:
-            raise PatientError(f"{where}[{i}].id", "appears twice in the request; send each patient once.")
-        seen.add(pid)
-    stays = pd.DataFrame({"stay_id": ids, "patient_id": ids, "prediction_time": [p.at() for p in patients]})
-    static_rows, event_rows = [], []
+    stay, time, variable, value, at = [], [], [], [], []
+    columns = vocabulary.numeric + vocabulary.categorical
+    static: dict[str, list] = {c: [] for c in columns}
     for i, p in enumerate(patients):
-        static_rows.append({"stay_id": p.id, **vocabulary.check_static(p.static, f"{where}[{i}]")})
+        if p.id in seen:
+            raise PatientError(f"{where}[{i}].id", "appears twice in the request; send each patient once.")
+        seen.add(p.id)
+        checked = vocabulary.check_static(p.static, f"{where}[{i}]")
+        for column in columns:
+            static[column].append(checked.get(column))
         vocabulary.check_events(p.events, f"{where}[{i}]")
         cutoff = p.at()
-        event_rows += [(p.id, e.time, e.variable, e.value) for e in p.events if e.time <= cutoff]
-    static = pd.DataFrame(static_rows, columns=["stay_id", *vocabulary.numeric, *vocabulary.categorical])
-    for column in vocabulary.numeric:
-        static[column] = pd.to_numeric(static[column]).astype(float)
-    for column in vocabulary.categorical:
-        static[column] = static[column].astype(object)
-    events = pd.DataFrame(event_rows, columns=["stay_id", "time", "variable", "value"])
+        at.append(cutoff)
+        for e in p.events:
+            if e["time"] <= cutoff:
+                stay.append(i)
+                time.append(e["time"])
+                variable.append(e["variable"])
+                value.append(e["value"])
     types = {**dict.fromkeys(vocabulary.numeric, "numeric"), **dict.fromkeys(vocabulary.categorical, "categorical")}
-    return Cohort(stays, static=static if vocabulary.numeric or vocabulary.categorical else None,
-                  events=events if vocabulary.variables else None,
-                  meta=CohortMeta(name="request", feature_types=types))
+    return PatientRecords(stay_ids=tuple(p.id for p in patients), prediction_time=np.array(at, dtype=float),
+                          event_stay=np.array(stay, dtype=np.int64), event_time=np.array(time, dtype=float),
+                          event_variable=np.array(variable, dtype=object), event_value=np.array(value, dtype=float),
+                          static=static if columns else None, feature_types=types)
 
 
 def score_patients(model: ScoringModel, patients: Sequence[Patient], vocabulary: Vocabulary,
-                   where: str = "patients") -> list[PatientResult]:
-    """Score ``patients`` with ``model.predict`` (calibrated probability, the saved risk-group rule); results in
-    input order. A patient the model cannot score gets ``probability`` None and the reason in ``status``.
+                   where: str = "patients", top_k: int = 0) -> list[PatientResult]:
+    """Score ``patients`` with ``model.predict_records`` (the numbers of ``predict`` on the same patients as a
+    cohort: calibrated probability, the saved risk-group rule); results in input order. A patient the model
+    cannot score gets ``probability`` None and the reason in ``status``. ``top_k`` > 0 adds each scored patient's
+    top contributing features (:func:`healthfusion.serve.explain.top_contributions`).
 
     Raises
     ------
     PatientError
-        As :func:`patients_cohort`.
+        As :func:`patients_records`.
     """
-    cohort = patients_cohort(patients, vocabulary, where)
+    records = patients_records(patients, vocabulary, where)
+    data = model.featurizer.transform_records(records) if model.reads_records and len(records) else None
     try:
-        frame = model.predict(cohort)
+        frame = model.predict_records(records, data)
     except PredictionError as err:  # nothing the model reads in any of them: each gets the reason
         return [PatientResult(id=p.id, probability=None, risk_group=None, status=f"not scored: {err}")
                 for p in patients]
-    results = []
-    for p, row in zip(patients, frame.itertuples(index=False), strict=True):
-        ok = row.status == OK and "probability" in frame.columns and np.isfinite(row.probability)
-        results.append(PatientResult(id=p.id, probability=float(row.probability) if ok else None,
-                                     risk_group=str(row.risk_group) if ok else None, status=str(row.status)))
-    return results
+    probability = frame["probability"].to_numpy(dtype=float)
+    ok = (frame["status"] == OK).to_numpy() & np.isfinite(probability)
+    top = top_contributions(model, data, top_k) if top_k and data is not None else [[] for _ in patients]
+    return [PatientResult(id=p.id, probability=float(probability[i]) if ok[i] else None,
+                          risk_group=str(group) if ok[i] else None, status=str(status),
+                          top_features=[Contribution(feature=f, attribution=a) for f, a in top[i]] if ok[i] else [])
+            for i, (p, group, status) in enumerate(zip(patients, frame["risk_group"], frame["status"], strict=True))]
 
 
 def cohort_patients(cohort: Cohort, vocabulary: Vocabulary, stay_ids: Sequence[str] | None = None) -> list[Patient]:

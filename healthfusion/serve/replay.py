@@ -66,17 +66,17 @@ def replay(model: ScoringModel, patients: Sequence[Patient], *, step: float = 1.
 
     rows = []
     for k, p in enumerate(patients):
-        events = sorted(p.events, key=lambda e: e.time)
+        events = sorted(p.events, key=lambda e: e["time"])
         end, state, updates, i = p.at(), None, 0, 0
         for block in range(1, math.ceil(end / step) + 1):
             now = min(block * step, end)
             chunk = []
-            while i < len(events) and events[i].time <= now:
+            while i < len(events) and events[i]["time"] <= now:
                 chunk.append(events[i])
                 i += 1
             body = {"events": chunk, "now": now, "static": p.static if state is None else None}
             if url is not None:
-                body = {"events": [e.model_dump() for e in chunk], "now": now,
+                body = {"events": [dict(e) for e in chunk], "now": now,
                         "static": p.static if state is None else None}
             state = send(p.id, body)
             updates += 1

@@ -12,10 +12,10 @@ Unknown keys are errors (naming the field), so a misspelt key is never ignored.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, with_config
+from typing_extensions import TypedDict
 
 #: Most events one patient may carry in one request.
 MAX_EVENTS_PER_PATIENT = 50_000
@@ -27,19 +27,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Event(_Strict):
-    """One observation: ``time`` (hours since admission, >= 0), ``variable`` (a model variable), ``value``."""
+@with_config(ConfigDict(extra="forbid"))
+class Event(TypedDict):
+    """One observation, a plain dict: ``time`` (hours since admission, >= 0), ``variable`` (a model variable),
+    ``value`` (finite). ``Event(time=1.5, variable="HR", value=112.0)`` builds one. A dict rather than a model
+    because a batch carries tens of thousands of events: validating them as dicts took about a third of the time
+    of validating them as pydantic models."""
 
-    time: float = Field(ge=0.0, le=24 * 365)
-    variable: str = Field(min_length=1, max_length=128)
-    value: float
-
-    @field_validator("value", "time")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number (not NaN or infinity); leave the event out if unmeasured")
-        return v
+    time: Annotated[float, Field(ge=0.0, le=24 * 365, allow_inf_nan=False)]
+    variable: Annotated[str, Field(min_length=1, max_length=128)]
+    value: Annotated[float, Field(allow_inf_nan=False)]
 
 
 class Patient(_Strict):
@@ -54,23 +51,37 @@ class Patient(_Strict):
         """The prediction time in hours since admission."""
         if self.prediction_time is not None:
             return self.prediction_time
-        return max((e.time for e in self.events), default=0.0)
+        return max((e["time"] for e in self.events), default=0.0)
 
 
 class PredictRequest(_Strict):
     """``POST /v1/predict`` body: one or more patients (at most the service's batch limit)."""
 
     patients: list[Patient] = Field(min_length=1)
+    top_k: int = Field(default=5, ge=0, le=50, description=(
+        "top contributing features returned per patient (0: none, and the fastest answer)"))
+
+
+class Contribution(_Strict):
+    """One input's signed contribution to a patient's risk: ``attribution`` in logit units against a reference
+    patient at the training means (> 0 raises the risk); ``feature`` is a time-series variable (summed over the
+    window) or an encoded static feature (``age``, ``age__missing``, ``sex=F``). See
+    :mod:`healthfusion.serve.explain`."""
+
+    feature: str
+    attribution: float
 
 
 class PatientResult(_Strict):
-    """Per patient: calibrated ``probability`` and ``risk_group`` (None when not scored) and ``status`` ("ok" or
-    the reason it could not be scored)."""
+    """Per patient: calibrated ``probability`` and ``risk_group`` (None when not scored), ``status`` ("ok" or
+    the reason it could not be scored) and ``top_features``: the ``top_k`` largest contributions by absolute
+    value, largest first (empty when not scored, ``top_k`` is 0, or the model is not explained)."""
 
     id: str
     probability: float | None
     risk_group: str | None
     status: str
+    top_features: list[Contribution] = Field(default_factory=list)
 
 
 class PredictResponse(_Strict):

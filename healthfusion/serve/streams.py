@@ -115,13 +115,13 @@ class StreamSession:
         checked = self.vocabulary.check_static(static or {}, "") if static else {}
         self.static.update(checked)
         latest = self.time if self.time is not None else -math.inf
-        for event in sorted(events, key=lambda e: e.time):
-            if event.time < latest - self.tolerance:
+        for event in sorted(events, key=lambda e: e["time"]):
+            if event["time"] < latest - self.tolerance:
                 self.rejected += 1
                 continue
             self.events.append(event)
             self.n_events += 1
-            latest = max(latest, event.time)
+            latest = max(latest, event["time"])
         if now is not None:
             latest = max(latest, now)
         if self.events or self.static:
@@ -133,10 +133,12 @@ class StreamSession:
     def _prune(self) -> None:
         """Keep the events the model can still see at the next update (window + tolerance before the latest)."""
         oldest = self.time - self.vocabulary.window - self.tolerance
-        self.events = [e for e in self.events if e.time >= oldest]
+        self.events = [e for e in self.events if e["time"] >= oldest]
 
     def _score(self) -> None:
-        patient = Patient(id="stream", static=self.static, events=self.events, prediction_time=self.time)
+        # the events and static values were validated on arrival: not again on every update
+        patient = Patient.model_construct(id="stream", static=self.static, events=self.events,
+                                          prediction_time=self.time)
         result = score_patients(self.model, [patient], self.vocabulary, where="stream")[0]
         self.probability, self.risk_group, self.status = result.probability, result.risk_group, result.status
         if result.status != OK or result.probability is None:

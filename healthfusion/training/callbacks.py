@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from healthfusion.files import display_path
+
 if TYPE_CHECKING:
     from healthfusion.training.trainer import Trainer
 
@@ -237,7 +239,7 @@ class Checkpoint(Callback):
         # Record the path first so the checkpoint's own callback state already names it.
         self.last_path = str(path)
         trainer.save_checkpoint(path)
-        logger.info("Saved checkpoint %s.", path)
+        logger.info("Saved checkpoint %s.", display_path(path))
         if self.keep_last is not None:
             for old in sorted(Path(self.directory).glob("epoch_*.pt"))[: -self.keep_last]:
                 old.unlink()

@@ -5,7 +5,8 @@ to ``end`` with ``load_model(...).predict`` on the stays cut at that hour (the c
 events), and NEWS2 (:mod:`healthfusion.evaluation.news2`) is computed from the latest vitals at the same hours.
 Both are then compared with :mod:`healthfusion.evaluation.alerts`: at the threshold that keeps each within an alert
 budget (alerts per patient-day), and the PPV of NEWS2 at the model's sensitivity (matched sensitivity).
-Outputs in ``out``: ``hourly_scores.csv``, ``alerts.csv`` (one row per score and operating point), ``curves.csv``
+Outputs in ``out``: ``hourly_scores.csv``, ``alerts.csv`` (one row per score and operating point, with bootstrap
+intervals over stays: ``<metric>_ci_low``/``_ci_high``, ``n_boot``), ``curves.csv``
 and ``alerts.png`` (PPV and alerts per patient-day against sensitivity).
 """
 
@@ -22,11 +23,13 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.sources import get_source
 from healthfusion.evaluation.alerts import (
     alert_metrics,
+    alert_metrics_ci,
     candidate_thresholds,
     threshold_for_budget,
     threshold_for_sensitivity,
 )
 from healthfusion.evaluation.news2 import PHYSIONET_VITALS, latest_values, news2
+from healthfusion.files import display_path
 from healthfusion.models.scoring import OK, load_model
 
 log = logging.getLogger(__name__)
@@ -55,23 +58,32 @@ def hourly_scores(model, cohort: Cohort, hours: list[float],
 
 
 def compare_scores(scores: pd.DataFrame, outcome: pd.Series, *, budget: float, end: float,
-                   step: float = 1.0, lockout: float = 4.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+                   step: float = 1.0, lockout: float = 4.0, n_boot: int = 1000,
+                   seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(operating points, curves): each score at its alert-budget threshold, and NEWS2 at the model's
-    sensitivity there; curves = metrics over :func:`candidate_thresholds` of each score."""
+    sensitivity there, with bootstrap intervals (``<metric>_ci_low``/``_ci_high`` of alerts per patient-day, PPV,
+    sensitivity and median lead time; ``n_boot`` stay resamples, ``n_stays`` the n); curves = metrics over
+    :func:`candidate_thresholds` of each score."""
     rows, curves = [], []
     per = {name: scores[["stay_id", "time", name]].rename(columns={name: "score"}).dropna() for name in
            ("model", "news2")}
+
+    def point(name: str, s: pd.DataFrame, t: float, label: str) -> dict:
+        kw = {"end": end, "step": step, "lockout": lockout}
+        cis = alert_metrics_ci(s, outcome, t, n_boot=n_boot, seed=seed, **kw)
+        ci = {f"{m}_ci_{side}": getattr(c, f"ci_{side}") for m, c in cis.items() for side in ("low", "high")}
+        return {"score": name, "operating_point": label, **alert_metrics(s, outcome, t, **kw), **ci,
+                "n_boot": n_boot}
+
     for name, s in per.items():
         t = threshold_for_budget(s, budget, step=step, lockout=lockout)
-        rows.append({"score": name, "operating_point": f"<= {budget:g} alerts per patient-day",
-                     **alert_metrics(s, outcome, t, end=end, step=step, lockout=lockout)})
+        rows.append(point(name, s, t, f"<= {budget:g} alerts per patient-day"))
         for c in candidate_thresholds(s, n=60):
             curves.append({"score": name, **alert_metrics(s, outcome, c, end=end, step=step, lockout=lockout)})
     target = rows[0]["sensitivity"]
     if np.isfinite(target):
         t = threshold_for_sensitivity(per["news2"], outcome, target)
-        rows.append({"score": "news2", "operating_point": f"sensitivity >= {target:.3f} (the model's)",
-                     **alert_metrics(per["news2"], outcome, t, end=end, step=step, lockout=lockout)})
+        rows.append(point("news2", per["news2"], t, f"sensitivity >= {target:.3f} (the model's)"))
     return pd.DataFrame(rows), pd.DataFrame(curves)
 
 
@@ -93,7 +105,7 @@ def _figure(curves: pd.DataFrame, path: Path) -> None:
 
 def evaluate_alerts(model_dir: str | Path, path: str | Path, out: str | Path, *, start: float = 6, end: float = 48,
                     step: float = 1.0, n_stays: int | None = None, budget: float = 1.0, lockout: float = 4.0,
-                    progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                    n_boot: int = 1000, progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Run the evaluation (module docs) and write its outputs to ``out``; returns the operating-point table.
 
     Raises
@@ -121,9 +133,9 @@ def evaluate_alerts(model_dir: str | Path, path: str | Path, out: str | Path, *,
     out.mkdir(parents=True, exist_ok=True)
     scores.to_csv(out / "hourly_scores.csv", index=False)
     table, curves = compare_scores(scores, outcome.astype(int), budget=budget, end=end, step=step,
-                                   lockout=lockout)
+                                   lockout=lockout, n_boot=n_boot)
     table.to_csv(out / "alerts.csv", index=False)
     curves.to_csv(out / "curves.csv", index=False)
     _figure(curves, out / "alerts.png")
-    log.info("Wrote the alert evaluation of %d stays x %d hours to %s", len(cohort), len(hours), out)
+    log.info("Wrote the alert evaluation of %d stays x %d hours to %s", len(cohort), len(hours), display_path(out))
     return table

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import CohortError, SourceError
-from healthfusion.data.sources import check_options, get_exporter, get_source
+from healthfusion.data.sources import SOURCES, check_options, get_exporter, get_source
 
 
 def _check_out(out: Path) -> None:
@@ -21,7 +21,7 @@ def _check_out(out: Path) -> None:
 
 
 def build_cohort(source: str, path: Path | None, out: Path, task: str | None = None, console=None,
-                 **options) -> Cohort:
+                 cluster: str | None = None, **options) -> Cohort:
     """Run source ``source`` on the raw files at ``path``, save the cohort to ``out`` and return it (loaded from
     ``out``). The ``synthetic`` source has no raw files: it streams its generated cohort straight into ``out``;
     a reader that takes an ``out`` folder itself (MIMIC-IV) writes its large tables there as it reads them.
@@ -29,23 +29,43 @@ def build_cohort(source: str, path: Path | None, out: Path, task: str | None = N
     ``out`` must be new, empty or an earlier cohort folder (it has ``cohort.json``): a run folder or any other
     folder with files is refused, so a build never writes into it.
 
+    With ``cluster`` (a ``--cluster`` value, see :mod:`healthfusion.scale.cluster`) a reader that takes
+    ``partitions`` (MIMIC-IV, eICU) reduces its event tables in groups of stays, one Ray task per worker of the
+    cluster; the cohort folder and its row accounting are the same as without it.
+
     Raises
     ------
     SourceError, CohortError
-        On unreadable input (the message names the file, column or row), rows that do not add up, or an ``out``
-        folder that has files and is not a cohort.
+        On unreadable input (the message names the file, column or row), rows that do not add up, an ``out``
+        folder that has files and is not a cohort, or ``cluster`` for a source that cannot be partitioned.
     """
     _check_out(Path(out))
     builder = get_source(source)
     check_options(source, options)
+    if path is None and source != "synthetic":
+        raise SourceError(f"Source {source!r} reads raw files: pass --path to the folder or file that holds them.")
+    if cluster is not None:
+        if "partitions" not in inspect.signature(builder).parameters:
+            able = [name for name in SOURCES if "partitions" in inspect.signature(get_source(name)).parameters]
+            raise SourceError(f"Source {source!r} cannot be built on a cluster (--cluster); the sources that can: "
+                              f"{', '.join(able)}. Drop --cluster.")
+        from healthfusion.scale.ray import RayCluster
+
+        with RayCluster(cluster) as ray_cluster:
+            if console is not None:
+                console.print(f"Ray cluster {cluster}: {ray_cluster.n} workers")
+            return _build(builder, source, path, out, task, console, {**options, "partitions": ray_cluster})
+    return _build(builder, source, path, out, task, console, options)
+
+
+def _build(builder, source: str, path: Path | None, out: Path, task: str | None, console, options: dict) -> Cohort:
+    """The build of :func:`build_cohort` once its source, options and (optional) cluster are settled."""
     if "task" in options:
         if task is not None and task != options["task"]:
             raise SourceError(f"The task is given twice ({task!r} and the option task={options['task']!r}); "
                               "give it once, with --task.")
         task = options.pop("task")
     generated = source == "synthetic"
-    if path is None and not generated:
-        raise SourceError(f"Source {source!r} reads raw files: pass --path to the folder or file that holds them.")
     target = out if generated else path
     streams = generated or "out" in inspect.signature(builder).parameters
     if streams and not generated:

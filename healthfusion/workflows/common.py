@@ -33,7 +33,7 @@ from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.features.image import ImageTransformer
 from healthfusion.features.text import HFTokenTransformer, TextTransformer
 from healthfusion.features.timeseries import TimeSeriesTransformer
-from healthfusion.files import write_csv
+from healthfusion.files import display_path, write_csv
 from healthfusion.training import Trainer, TrainerConfig
 from healthfusion.training.callbacks import ProgressCallback
 from healthfusion.training.privacy import DPSGD, PrivacyConfig, copy_to_plain, make_private_model
@@ -60,7 +60,7 @@ def open_source(spec: SourceSpec, console=None, images: bool = True) -> Cohort:
     builder = get_source(spec.source)
     check_options(spec.source, spec.options)  # a misspelt option names itself, not a TypeError
     if console is not None:
-        with console.status(f"Reading {spec.source} from {spec.path} ..."):
+        with console.status(f"Reading {spec.source} from {display_path(spec.path)} ..."):
             return builder(spec.path, **spec.options)
     return builder(spec.path, **spec.options)
 
@@ -138,13 +138,28 @@ def make_featurizer(spec: FeatureSpec, label: str | None) -> CohortFeaturizer:
 
 
 def fit_hybrid(feat, spec: ModelSpec, train, val, training: TrainerConfig, console=None, head: str = "binary",
-               n_outputs: int = 1, init=None, privacy: PrivacyConfig | None = None):
+               n_outputs: int = 1, init=None, privacy: PrivacyConfig | None = None, cluster=None):
     """Build and fit the run's hybrid; ``init(model)``, when given, sets initial weights after the seeded build.
     With ``privacy`` the fit is DP-SGD on a private copy (LSTM -> DPLSTM) whose weights are copied back; the
-    :class:`~healthfusion.training.privacy.DPSGD` plug-in (its ``report()``) is among ``trainer.plugins``."""
+    :class:`~healthfusion.training.privacy.DPSGD` plug-in (its ``report()``) is among ``trainer.plugins``.
+    With ``cluster`` (a started :class:`~healthfusion.scale.ray.RayCluster`) the fit is data-parallel on its
+    workers (the same Trainer with the DataParallel plug-in); the trainer returned then only predicts."""
     model, training = build_run_hybrid(feat, spec, training, head=head, n_outputs=n_outputs)
     if init is not None:
         init(model)
+    if cluster is not None:
+        if privacy is not None:
+            raise ValueError("A `privacy` (DP-SGD) run cannot train data-parallel on a cluster: its accounting "
+                             "assumes one process. Drop --cluster or the privacy section.")
+        if console is not None:
+            with console.status(f"Training data-parallel on {cluster.n} Ray workers (Ray Train starts in about "
+                                "a minute) ..."):
+                model, history = cluster.fit(model, train, val, training, head_kind=head)
+        else:
+            model, history = cluster.fit(model, train, val, training, head_kind=head)
+        trainer = Trainer(training)
+        trainer.head_kind = head
+        return model, trainer, history
     callbacks = [ProgressCallback(console=console)] if console is not None else []
     trained, plugins = model, []
     if privacy is not None:

@@ -18,6 +18,7 @@ import pandas as pd
 
 from healthfusion.data import synthetic
 from healthfusion.evaluation.compare import format_comparison
+from healthfusion.files import display_path
 from healthfusion.workflows.config import DataSpec, EvaluationSpec, FeatureSpec, ModelSpec, RunConfig
 from healthfusion.workflows.report import build_report
 from healthfusion.workflows.runfolder import claim_run_folder
@@ -60,7 +61,8 @@ def run_demo(out: Path | None = None, n_stays: int = 2000, seed: int = 0, max_ep
     run_dir = Path(out) if out else Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
     claim_run_folder(run_dir, overwrite)
     if console is not None:
-        console.print(f"[bold cyan]Synthetic cohort[/] {n_stays} stays, seed {seed} -> {run_dir / 'cohort'}")
+        console.print(f"[bold cyan]Synthetic cohort[/] {n_stays} stays, seed {seed} -> "
+                      f"{display_path(run_dir / 'cohort')}")
         with console.status("Generating ..."):
             synthetic.write(run_dir / "cohort", n_stays=n_stays, seed=seed)
     else:

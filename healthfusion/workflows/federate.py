@@ -8,13 +8,22 @@ A simulation (``--role simulate``, the default) runs every site in this process;
 
 The run folder holds ``config.yaml``, ``model/`` (the global hybrid: a normal model folder that ``healthfusion
 predict`` loads), ``rounds.csv`` (per round: the sites that took part, those that failed and why, the samples
-aggregated), ``site_metrics.csv`` (per round and site: n, accuracy at 0.5, log loss, AUROC on the site's test
+aggregated; with DP each site's epsilon so far and DP-SGD steps in the round), ``sites.csv`` (per site: stays per
+split, rounds taken, calibration temperature and, with DP, epsilon, delta and steps over the run),
+``site_metrics.csv`` (per round and site: n, accuracy at 0.5, log loss, AUROC on the site's test
 stays), ``server_state/`` (what a restarted server resumes from) and ``summary.csv`` with one row per setting:
 the federated strategy, and with ``federated.compare`` the pooled model and one local-only model per site, each
 scored on every site's test stays (columns ``setting``, ``epsilon`` (with ``federated.privacy``: the largest
 per-site epsilon, each site's in ``rounds.csv``; empty without differential privacy; the personalisation epochs
 are not covered),
-``mean_client_accuracy``, ``auroc`` with its bootstrap 95% CI over the pooled test stays, ``n_test``).
+``mean_client_accuracy``, ``auroc``, ``ece``, ``cal_slope`` and ``cal_intercept`` each with its bootstrap 95% CI
+over the pooled test stays, ``n_test``).
+
+Each site's non-test patients are split again into training and validation stays (``federated.validation``,
+default 0.15); after the last round every site fits a temperature on its validation stays and the global model's
+calibrator is their validation-size-weighted geometric mean (:mod:`healthfusion.federated.calibration`), saved in
+the model folder like any calibrator (accuracy at 0.5 and AUROC are unchanged by a temperature). With
+``federated.privacy`` the model card lists each site's epsilon.
 
 Limitation: the feature pipeline (standardisation, vocabularies) is fitted on the union of the sites' training
 stays, the one step that is not federated; every process fits it from the same data, so all sites share it.
@@ -36,13 +45,21 @@ from pydantic import Field
 from healthfusion._version import __version__
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.bootstrap import bootstrap_ci
+from healthfusion.evaluation.calibration import CALIBRATION_METRICS, calibration_with_ci
 from healthfusion.evaluation.metrics import auroc
 from healthfusion.features.dataset import ArrayDataset
+from healthfusion.federated.calibration import calibrate_federated
 from healthfusion.federated.client import Site, set_weights
 from healthfusion.federated.server import FederatedConfig, run_rounds
 from healthfusion.models.folder import write_card
 from healthfusion.training import Trainer, TrainerConfig
-from healthfusion.workflows.common import data_card, make_featurizer, open_source, training_summary
+from healthfusion.workflows.common import (
+    data_card,
+    make_featurizer,
+    open_source,
+    sample_stays,
+    training_summary,
+)
 from healthfusion.workflows.config import (
     DataSpec,
     FeatureSpec,
@@ -62,6 +79,9 @@ class FederatedSpec(FederatedConfig):
 
     site_column: str = "site"
     test: float = Field(0.34, gt=0, lt=1)
+    # fraction of each site's non-test patients kept as its validation stays (the site's calibration temperature);
+    # 0: the global model is not calibrated
+    validation: float = Field(0.15, ge=0, lt=1)
     split_seed: int = 0
     compare: bool = True  # also fit the pooled model and one local-only model per site
     compare_epochs: int = Field(20, ge=1)  # epochs of those reference fits
@@ -97,6 +117,12 @@ class PreparedSites:
     def __init__(self, config: FederateConfig, console=None):
         spec = config.federated
         cohort = open_source(config.data, console)
+        if config.data.max_stays is not None and len(cohort) > config.data.max_stays:
+            n_read = len(cohort)
+            cohort = sample_stays(cohort, config.data.max_stays, config.data.split.seed)
+            if console is not None:
+                console.print(f"      data.max_stays: {len(cohort)} of {n_read} stays used (whole patients, seed "
+                              f"{config.data.split.seed})")
         label = cohort.meta.label(config.data.label)
         if label.kind != "binary":
             raise ValueError(f"healthfusion federate trains binary labels; {config.data.label!r} is {label.kind}. "
@@ -120,7 +146,14 @@ class PreparedSites:
             sub = sub[lab.notna().to_numpy()]
             split = split_patients(sub, {"train": 1 - spec.test, "test": spec.test}, seed=spec.split_seed,
                                    stratify=y.reindex(sub["stay_id"]))
-            self.ids[str(name)] = {s: split.index[split == s].tolist() for s in ("train", "test")}
+            ids = {s: split.index[split == s].tolist() for s in ("train", "test")}
+            ids["val"] = []
+            if spec.validation > 0 and ids["train"]:  # the test stays do not depend on the validation fraction
+                rest = sub[sub["stay_id"].isin(ids["train"])]
+                inner = split_patients(rest, {"train": 1 - spec.validation, "val": spec.validation},
+                                       seed=spec.split_seed + 1, stratify=y.reindex(rest["stay_id"]))
+                ids.update({s: inner.index[inner == s].tolist() for s in ("train", "val")})
+            self.ids[str(name)] = ids
         too_small = [n for n, ids in self.ids.items() if not ids["train"] or not ids["test"]]
         if too_small:
             raise ValueError(f"Site(s) {too_small} have no training or no test stays after the split; drop them from "
@@ -130,8 +163,8 @@ class PreparedSites:
         self.cohort, self.label, self.train_ids = cohort, label, all_train
         self.sites = []
         for name, ids in self.ids.items():
-            data = {s: self.featurizer.transform(cohort, ids[s]) for s in ("train", "test")}
-            self.sites.append(Site(name, data["train"], data["test"]))
+            data = {s: self.featurizer.transform(cohort, ids[s]) if ids[s] else None for s in ("train", "val", "test")}
+            self.sites.append(Site(name, data["train"], data["test"], data["val"]))
 
     def site(self, name: str) -> Site:
         for s in self.sites:
@@ -147,7 +180,8 @@ def _run_dir(config: FederateConfig) -> Path:
 
 
 def _score(models: dict[str, object], sites: list[Site], n_boot: int, seed: int) -> dict:
-    """Mean over sites of test accuracy and the AUROC (bootstrap CI) over all test stays; ``models`` maps site
+    """Mean over sites of test accuracy and the AUROC, ECE, calibration slope and intercept (bootstrap CIs) over all
+    test stays; ``models`` maps site
     name -> the model that site uses (the same for all but personalised settings)."""
     accs, ys, ps = [], [], []
     for site in sites:
@@ -156,27 +190,51 @@ def _score(models: dict[str, object], sites: list[Site], n_boot: int, seed: int)
         accs.append(float(np.mean((p >= 0.5) == (y >= 0.5))))
         ys.append(y)
         ps.append(p)
-    ci = bootstrap_ci(auroc, np.concatenate(ys), np.concatenate(ps), n_boot=n_boot, seed=seed)
+    y_all, p_all = np.concatenate(ys), np.concatenate(ps)
+    ci = bootstrap_ci(auroc, y_all, p_all, n_boot=n_boot, seed=seed)
+    cal = calibration_with_ci(y_all, p_all, n_boot=n_boot, seed=seed).set_index("metric")
+    calibration = {f"{m}{suffix}": float(cal.loc[m, column]) for m in CALIBRATION_METRICS
+                   for suffix, column in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"))}
     return {"mean_client_accuracy": float(np.mean(accs)), "auroc": ci.value, "auroc_ci_low": ci.ci_low,
-            "auroc_ci_high": ci.ci_high, "n_test": int(sum(len(y) for y in ys)),
+            "auroc_ci_high": ci.ci_high, **calibration, "n_test": int(sum(len(y) for y in ys)),
             **{f"accuracy_{s.name}": a for s, a in zip(sites, accs, strict=True)}}
 
 
-def _card(config: FederateConfig, prepared: PreparedSites) -> dict:
+def _card(config: FederateConfig, prepared: PreparedSites, calibrator, privacy: dict | None) -> dict:
     """The global model's ``model.json`` card (:func:`healthfusion.models.folder.write_card`): the sites' pooled
-    training stays summarised for drift checks; no calibrator, since no site shares validation stays with the
-    server, so the risks are the network's own (risk group: probability >= 0.5)."""
+    training stays summarised for drift checks; the federated temperature (:mod:`healthfusion.federated.calibration`)
+    as its calibrator (None without validation stays); with DP, each site's budget (risk group: probability >= 0.5)."""
     label = prepared.featurizer.label_spec_ or prepared.label
-    return {
+    card = {
         "kind": "hybrid", "healthfusion_version": __version__, "label": label.to_dict(),
         "data": data_card(config.data, prepared.cohort), "threshold": 0.5,
         "risk_groups": {"rule": "high if the probability >= threshold, else low", "threshold": 0.5,
                         "groups": ["low", "high"]},
-        "operating_point": None, "calibrator": None,
+        "operating_point": None, "calibrator": None if calibrator is None else calibrator.to_dict(),
         "training": training_summary(prepared.cohort, prepared.train_ids, prepared.label),
         "scoring": {"trained": f"federated ({strategy_name(config.federated)}) across "
-                               f"{len(prepared.sites)} sites"},
+                               f"{len(prepared.sites)} sites, {config.federated.rounds} rounds"},
     }
+    if privacy is not None:
+        card["privacy"] = privacy
+    return card
+
+
+def _site_table(prepared: PreparedSites, rounds: list[dict], per_site_cal: dict, privacy) -> pd.DataFrame:
+    """``sites.csv``: per site its stays per split, calibration temperature and, with DP, its budget spent (the
+    epsilon after its last round, at its delta, and the DP-SGD steps over the run)."""
+    rows = []
+    for site in prepared.sites:
+        row = {"site": site.name, "n_train": len(site.train), "n_val": 0 if site.val is None else len(site.val),
+               "n_test": len(site.test), "rounds_taken": sum(site.name in r["sites"] for r in rounds),
+               "temperature": per_site_cal.get(site.name, {}).get("temperature")}
+        if privacy is not None:
+            eps = [r["epsilon"][site.name] for r in rounds if site.name in (r.get("epsilon") or {})]
+            row.update(epsilon=eps[-1] if eps else 0.0, delta=privacy.resolve_delta(len(site.train)),
+                       dp_steps=sum((r.get("dp_steps") or {}).get(site.name) or 0 for r in rounds),
+                       max_grad_norm=privacy.max_grad_norm)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def strategy_name(spec: FederatedConfig) -> str:
@@ -188,6 +246,8 @@ def strategy_name(spec: FederatedConfig) -> str:
         base = f"fedprox(mu={spec.proximal_mu:g})"
     if spec.privacy is not None:
         base += "+dp"
+    if spec.server_privacy is not None:
+        base += "+serverdp"
     return base
 
 
@@ -224,7 +284,8 @@ def run_federate(config: FederateConfig, console=None,
 
     run_dir = _run_dir(config)
     write_run_config(json.loads(config.model_dump_json()), run_dir)  # paths relative to the run folder
-    say("[bold cyan]Sites[/] " + ", ".join(f"{s.name} (train {len(s.train)}, test {len(s.test)})" for s in sites)
+    say("[bold cyan]Sites[/] " + ", ".join(f"{s.name} (train {len(s.train)}, val {0 if s.val is None else len(s.val)}, "
+                                         f"test {len(s.test)})" for s in sites)
         + (f"; stays without the label, excluded: {prepared.unlabeled}" if any(prepared.unlabeled.values()) else ""))
     initial = copy.deepcopy(model)
 
@@ -243,11 +304,33 @@ def run_federate(config: FederateConfig, console=None,
     else:
         result = run_rounds(model, sites, fed, local, state_dir=state_dir, on_round=on_round)
         rounds, metrics, personalised = result.rounds, result.site_metrics, result.personalised
+    calibrator, per_site_cal = calibrate_federated(model, sites)
+    say("      calibration: " + ("none (no site has validation stays with both outcomes)" if calibrator is None else
+                                 f"temperature {calibrator.params_['temperature']:.3f} (federated average of "
+                                 f"{sum(v['temperature'] is not None for v in per_site_cal.values())} sites')"))
+    site_table = _site_table(prepared, rounds, per_site_cal, spec.privacy)
+    site_table.to_csv(run_dir / "sites.csv", index=False)
+    privacy = None
+    if spec.privacy is not None:
+        privacy = {"accountant": "rdp", "max_grad_norm": spec.privacy.max_grad_norm,
+                   "target_epsilon": spec.privacy.target_epsilon, "noise_multiplier": spec.privacy.noise_multiplier,
+                   "epsilon": float(site_table["epsilon"].max()),
+                   "per_site": {r.site: {"epsilon": r.epsilon, "delta": r.delta, "steps": int(r.dp_steps)}
+                                for r in site_table.itertuples()},
+                   "trained": "per-site DP-SGD on local training; the personalisation epochs and the calibration "
+                              "temperature are not covered"}
+    server_eps = [r["server_epsilon"] for r in rounds if "server_epsilon" in r]
+    if server_eps:
+        say(f"      server-side DP (site level): epsilon {server_eps[-1]:.2f} at delta {spec.server_privacy.delta:.0e}")
+        privacy = {**(privacy or {}), "server": {"epsilon": server_eps[-1], "delta": spec.server_privacy.delta,
+                                                 "clip_norm": spec.server_privacy.clip_norm,
+                                                 "noise_multiplier": spec.server_privacy.noise_multiplier,
+                                                 "rounds": len(server_eps), "level": "site"}}
     model.save_pretrained(run_dir / "model", preprocessing_state=prepared.featurizer.get_state())
-    write_card(run_dir / "model", _card(config, prepared))
+    write_card(run_dir / "model", _card(config, prepared, calibrator, privacy))
     pd.DataFrame([{**r, "sites": ";".join(r["sites"]), "failed": json.dumps(r["failed"]),
                    "train_loss": json.dumps(r["train_loss"]),
-                   **({"epsilon": json.dumps(r["epsilon"])} if "epsilon" in r else {})}
+                   **{k: json.dumps(r[k]) for k in ("epsilon", "dp_steps", "update_norm") if k in r}}
                   for r in rounds]).to_csv(run_dir / "rounds.csv", index=False)
     pd.DataFrame(metrics).to_csv(run_dir / "site_metrics.csv", index=False)
 
@@ -258,7 +341,8 @@ def run_federate(config: FederateConfig, console=None,
     epsilon = max(site_eps.values()) if site_eps else None
     if site_eps:
         say("      per-site epsilon: " + ", ".join(f"{k} {v:.2f}" for k, v in site_eps.items()))
-    rows = [{"setting": strategy_name(fed), "epsilon": epsilon, **_score({s.name: model for s in sites}, sites,
+    extra = {"server_epsilon": server_eps[-1]} if server_eps else {}
+    rows = [{"setting": strategy_name(fed), "epsilon": epsilon, **extra, **_score({s.name: model for s in sites}, sites,
                                                                       config.n_boot, seed)}]
     if personalised:
         own = {}

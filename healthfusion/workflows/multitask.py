@@ -56,15 +56,10 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from healthfusion.data.splits import split_patients
-from healthfusion.evaluation.tim import (
-    ablation_tim,
-    attention_tim,
-    plot_tim,
-    task_metrics,
-    tim_agreement,
-)
+from healthfusion.evaluation.tim import ablation_tim, attention_tim, plot_tim, task_metrics, tim_agreement
 from healthfusion.features.compose import CohortFeaturizer
 from healthfusion.features.tabular import StaticTransformer
+from healthfusion.files import write_csv, write_text
 from healthfusion.models.multitask import MultitaskModel, MultitaskModelConfig, TaskKind, TaskSpec
 from healthfusion.training.config import TrainerConfig, training_section
 from healthfusion.training.losses.multitask import MultitaskObjectiveConfig
@@ -89,7 +84,14 @@ from healthfusion.workflows.multitask_tables import (
     mean_frame,
     task_table,
 )
-from healthfusion.workflows.runfolder import write_run_config
+from healthfusion.workflows.runfolder import (
+    check_run_folder,
+    claim_run_folder,
+    inputs_inside,
+    record_artefacts,
+    source_paths,
+    write_run_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -363,8 +365,12 @@ def prepare(config: MultitaskConfig, console=None) -> dict:
             "loaded": loaded, "data": parts, "n_unusable": int((~usable).sum()), "train_rows": split_arr == "train"}
 
 
-def run_multitask(config: MultitaskConfig, console=None, resume: bool = False) -> Path:
+def run_multitask(config: MultitaskConfig, console=None, resume: bool = False, overwrite: bool = False) -> Path:
     """Run the whole multitask job and write the run folder (see the module docstring); returns its path.
+
+    The run folder must be new or empty (data inside it is kept); ``overwrite`` clears it once the data has been
+    read. Files are written atomically and recorded in ``artefacts.json`` as artefacts of ``model/``
+    (:mod:`healthfusion.workflows.runfolder`), so ``report`` refuses a folder that mixes two runs.
 
     Every fit keeps its newest epoch in ``RUN_DIR/checkpoints/`` until the run ends; with ``resume`` an interrupted
     run (same config, same ``out``) continues from there: finished fits restore their final state, the interrupted
@@ -373,16 +379,22 @@ def run_multitask(config: MultitaskConfig, console=None, resume: bool = False) -
     Raises
     ------
     ValueError
-        On bad labels, splits or data (messages name the task, column or file), or ``resume`` without ``out``.
+        On bad labels, splits or data (messages name the task, column or file), or ``resume`` without ``out``;
+        RunFolderError on a non-empty run folder without ``overwrite`` or ``resume``.
     """
     if resume and config.out is None:
         raise ValueError("--resume continues the run folder of the config's out:; set out: to the interrupted run.")
     start = time.time()
     run_dir = config.out or Path("runs") / f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(run_dir)
+    inputs = inputs_inside(run_dir, source_paths([config.data]))
+    if not resume:  # an interrupted run's folder is continued, not refused
+        check_run_folder(run_dir, overwrite, keep=inputs)
+    prep = prepare(config, console)
+    if not resume:
+        claim_run_folder(run_dir, overwrite, keep=inputs)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_config(config.model_dump(mode="json"), run_dir)  # paths relative to the run folder
-    prep = prepare(config, console)
     ckpt = run_dir / "checkpoints"
     train, val, test = (prep["data"][s] for s in ("train", "val", "test"))
     kinds = {t.name: t.kind for t in config.tasks}
@@ -431,6 +443,7 @@ def run_multitask(config: MultitaskConfig, console=None, resume: bool = False) -
     _write_outputs(run_dir, config, prep, main_model, main_pred, test, per_seed, table, summary, tims, abl, retrain,
                    histories, time.time() - start)
     shutil.rmtree(ckpt, ignore_errors=True)  # the run is complete: nothing left to resume
+    record_artefacts(run_dir)
     return run_dir
 
 
@@ -441,8 +454,8 @@ def _flat(metrics: dict) -> dict:
 def _write_outputs(run_dir: Path, config, prep, model, pred, test, per_seed, table, summary, tims, abl, retrain,
                    histories, seconds) -> None:
     kinds = {t.name: t.kind for t in config.tasks}
-    table.to_csv(run_dir / "tasks.csv", index=False)
-    per_seed.to_csv(run_dir / "comparison.csv", index=False)
+    write_csv(table, run_dir / "tasks.csv", index=False)
+    write_csv(per_seed, run_dir / "comparison.csv", index=False)
     matrices = {}
     for stem, frames, title in (("tim_attention", tims, "TIM from attention (share of task i's representation)"),
                                 ("tim_ablation", abl, "TIM by attention ablation (relative metric change)"),
@@ -450,13 +463,13 @@ def _write_outputs(run_dir: Path, config, prep, model, pred, test, per_seed, tab
         mean = mean_frame(frames)
         if mean is None:
             continue
-        mean.to_csv(run_dir / f"{stem}.csv")
+        write_csv(mean, run_dir / f"{stem}.csv")
         plot_tim(mean, run_dir / f"{stem}.png", title=title)
         matrices[stem] = mean
     agreement = {k: tim_agreement(matrices["tim_attention"], m) for k, m in matrices.items()
                  if k != "tim_attention" and "tim_attention" in matrices}
     clusters = cluster_report(model, pred, test, kinds)
-    (run_dir / "clusters.json").write_text(json.dumps(clusters, indent=2, allow_nan=True))
+    write_text(run_dir / "clusters.json", json.dumps(clusters, indent=2, allow_nan=True))
     model.save_pretrained(run_dir / "model", preprocessing_state={
         "featurizer": prep["featurizer"].get_state(),
         "tasks": [t.model_dump(mode="json") for t in config.tasks],
@@ -469,8 +482,8 @@ def _write_outputs(run_dir: Path, config, prep, model, pred, test, per_seed, tab
         "tim_agreement": agreement, "clusters": clusters,
         "tim": {k: m.to_dict() for k, m in matrices.items()},
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=_json_default))
-    (run_dir / "history.json").write_text(json.dumps(histories, indent=2, default=_json_default))
+    write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2, default=_json_default))
+    write_text(run_dir / "history.json", json.dumps(histories, indent=2, default=_json_default))
 
 
 def _json_default(value):

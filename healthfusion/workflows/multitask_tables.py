@@ -7,11 +7,13 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.evaluation.bootstrap import seed_interval
+from healthfusion.evaluation.calibration import calibration_with_ci
 from healthfusion.evaluation.tim import (
     MAIN_METRIC,
     main_metric_ci,
     relative_improvement,
     task_metrics,
+    valid_rows,
 )
 from healthfusion.models.multitask import MultitaskModel
 from healthfusion.training.multitask import target_key
@@ -20,7 +22,9 @@ from healthfusion.training.multitask import target_key
 def task_table(per_seed: pd.DataFrame, kinds: dict, model: MultitaskModel, pred: dict, test, n_boot: int
                ) -> pd.DataFrame:
     """One row per task: main metric of the (first-seed) multitask model with a bootstrap 95% CI on the test
-    stays, its mean over seeds, the single-task mean and the relative improvement with a t-interval over seeds."""
+    stays, its mean over seeds, the single-task mean and the relative improvement with a t-interval over seeds. A
+    binary task's row also has ``ece``, ``cal_slope`` and ``cal_intercept`` of the same model on the same stays,
+    each with ``_ci_low``/``_ci_high`` from the same bootstrap resamples scheme (calibration beside AUROC)."""
     rows = []
     for i, task in enumerate(model.config.tasks):
         name = task.name
@@ -29,11 +33,21 @@ def task_table(per_seed: pd.DataFrame, kinds: dict, model: MultitaskModel, pred:
         row = {"task": name, "kind": task.kind, "metric": metric, "higher_is_better": higher,
                "n": int(mt["n"].iloc[0]), "self_weight": float(pred["self_weight"][pred["task_present"][:, i], i].mean())}
         row["multitask"] = float(mt["main"].iloc[0])
+        if task.kind == "binary":  # the test events: what small-cell suppression judges the row by
+            row["n_positive"] = int(mt["n_positive"].iloc[0])
         if task.kind != "clustering":
             present = pred["task_present"][:, i]
             ci = main_metric_ci(task.kind, test[target_key(name)][present], pred["predictions"][name][present],
                                 n_boot=n_boot)
             row["multitask_ci_low"], row["multitask_ci_high"] = ci.ci_low, ci.ci_high
+        if task.kind == "binary":
+            present = pred["task_present"][:, i]
+            y, p = np.asarray(test[target_key(name)][present]), np.asarray(pred["predictions"][name][present])
+            labelled = valid_rows("binary", y)
+            cal = calibration_with_ci(y[labelled], p[labelled], n_boot=n_boot).set_index("metric")
+            for metric, values in cal.iterrows():
+                row[metric], row[f"{metric}_ci_low"], row[f"{metric}_ci_high"] = (
+                    float(values["value"]), float(values["ci_low"]), float(values["ci_high"]))
         mean, lo, hi = seed_interval(mt["main"].tolist())
         row.update(multitask_mean=mean, multitask_seed_ci_low=lo, multitask_seed_ci_high=hi)
         st = per_seed[(per_seed["model"] == "single") & (per_seed["task"] == name)].sort_values("seed")

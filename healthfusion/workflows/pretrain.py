@@ -40,8 +40,9 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.domains import concat_cohorts
 from healthfusion.data.splits import split_patients
 from healthfusion.features import batch as B
+from healthfusion.files import display_path, write_text
 from healthfusion.models.pretraining import PretrainingConfig, PretrainingModel
-from healthfusion.models.registry import ModelCard, save_encoder
+from healthfusion.models.registry import ModelCard, registry_root, save_encoder
 from healthfusion.training import checkpoint
 from healthfusion.training.callbacks import ProgressCallback
 from healthfusion.training.config import TrainerConfig, training_section
@@ -58,6 +59,7 @@ from healthfusion.workflows.config import (
     resolve_paths,
 )
 from healthfusion.workflows.modeling import hybrid_config
+from healthfusion.workflows.runfolder import check_run_folder, claim_run_folder, inputs_inside, source_paths
 
 
 class EncoderSpec(StrictModel):
@@ -115,6 +117,11 @@ class PretrainRunConfig(StrictModel):
                              "neither")
         return self.name if self.name is not None else Path(self.out)
 
+    def folder(self) -> Path:
+        """The folder the encoder is saved in: ``out``, or the registry folder of ``name``."""
+        target = self.target()
+        return target if isinstance(target, Path) else registry_root(self.root) / target
+
 
 def load_pretrain_config(path: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None,
                          quick: bool = False) -> PretrainRunConfig:
@@ -155,19 +162,24 @@ def run_pretraining(config: PretrainRunConfig, console=None, exclude: set[str] |
 
     ``exclude`` adds stay ids to those of ``config.exclude_stays``; ``cohort`` (already read) replaces reading
     ``config.data`` (which then only describes the data in the model card). Labels are never read. With
-    ``config.checkpoints`` the newest epoch is checkpointed there, and ``resume`` continues from it.
+    ``config.checkpoints`` the newest epoch is checkpointed there, and ``resume`` continues from it. The encoder's
+    folder must be new or empty (data or checkpoints inside it are kept) unless ``config.overwrite``, which clears
+    it once the encoder is trained; it is checked before the data is read.
     Returns ``{"path", "card", "history"}``.
 
     Raises
     ------
     ValueError (ConfigError, SourceError, CohortError, ModelLoadError)
-        Unreadable data, no stays left, a modality the data lacks, an existing checkpoint without
-        ``overwrite``, or ``resume`` without ``checkpoints`` in the config.
+        Unreadable data, no stays left, a modality the data lacks, a non-empty encoder folder (RunFolderError)
+        without ``overwrite``, or ``resume`` without ``checkpoints`` in the config.
     """
     t0 = time.perf_counter()
     target = config.target()
     if resume and config.checkpoints is None:
         raise ValueError("--resume needs the checkpoints: folder of the interrupted run in the config.")
+    folder = config.folder()
+    inputs = inputs_inside(folder, [*source_paths(config.data), config.exclude_stays, config.checkpoints])
+    check_run_folder(folder, config.overwrite, keep=inputs)  # before hours of training, not after
 
     def say(text):
         if console is not None:
@@ -225,8 +237,9 @@ def run_pretraining(config: PretrainRunConfig, console=None, exclude: set[str] |
                  "train_loss": history.train_loss[-1], "seconds": round(time.perf_counter() - t0, 1)},
         notes=config.notes,
     )
+    claim_run_folder(folder, config.overwrite, keep=inputs)  # an earlier encoder's files never stay beside this one
     path = save_encoder(model.encoder, target, card=card, preprocessing_state=feat.get_state(), root=config.root,
                         overwrite=config.overwrite)
-    (path / "pretraining_history.json").write_text(json.dumps(history.to_dict(), indent=2))
-    say(f"Saved the pretrained {m} encoder to [bold]{path}[/]")
+    write_text(path / "pretraining_history.json", json.dumps(history.to_dict(), indent=2))
+    say(f"Saved the pretrained {m} encoder to [bold]{display_path(path)}[/]")
     return {"path": path, "card": card, "history": history}

@@ -21,7 +21,12 @@ KNOWN_FILES = (
     "explanations/global_importance.csv", "explanations/top_features.csv", "explanations/importance_by_window.csv",
     "explanations/importance.png", "explanations/attention.png", "explanations/modality_contributions.csv",
     "explanations/modalities.png", "explanations/saliency.png",
+    "alerts/alerts.csv", "alerts/alerts.png", "alerts/curves.csv", "alerts/hourly_scores.csv",
 )
+
+#: the early-warning metrics of ``alerts/alerts.csv`` with intervals, as the report shows them
+_ALERT_METRICS = {"alerts_per_patient_day": "alerts / patient-day", "ppv": "PPV", "sensitivity": "sensitivity",
+                  "lead_time_median": "lead time, median (h)"}
 
 
 #: columns that identify a patient or a stay; the report replaces them with a per-report number
@@ -75,8 +80,10 @@ def subgroup_section(run_dir: Path, audit: dict) -> dict:
     t = pd.read_csv(table_path, keep_default_na=False, na_values=[""], dtype=str)
     small = (t["small_group"] == "True").to_numpy()
     show = t[["attribute", "group", "n", "n_positive"]].copy()
-    for m, label in (("auroc", "AUROC"), ("tpr", "TPR"), ("fpr", "FPR"), ("ppv", "PPV"),
-                     ("calibration_gap", "observed - predicted")):
+    for m, label in (("auroc", "AUROC"), ("ece", "ECE"), ("cal_slope", "calibration slope"), ("tpr", "TPR"),
+                     ("fpr", "FPR"), ("ppv", "PPV"), ("calibration_gap", "observed - predicted")):
+        if m not in t.columns:  # an audit written before the column existed
+            continue
         show[label] = [SUPPRESSED if hidden else format_ci(*map(float, values))
                        for hidden, values in zip(small, t[[m, f"{m}_ci_low", f"{m}_ci_high"]].to_numpy(), strict=True)]
     blocks.append(table_block(show, caption=f"Test stays at the operating point {audit.get('threshold', 0.5):.3f}; "
@@ -182,3 +189,30 @@ def limitations(info: dict, audit: dict, calibration: pd.DataFrame | None) -> li
         "between sites and change over time.",
     ]
     return items
+
+
+def alerts_section(run_dir: Path) -> dict | None:
+    """"Early warning" from ``alerts/`` (``healthfusion alerts RUN_DIR/model --out RUN_DIR/alerts``): the model
+    and NEWS2 at each operating point with their 95% bootstrap intervals, and the PPV/alert-rate curves; None
+    when the run folder has no alert results."""
+    path = run_dir / "alerts" / "alerts.csv"
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path)
+    shown = table[["score", "operating_point", "threshold", "n_alerts"]].copy()
+    for metric, name in _ALERT_METRICS.items():
+        if f"{metric}_ci_low" in table.columns:
+            shown[name] = [f"{v:.3g} ({lo:.3g} to {hi:.3g})" for v, lo, hi in
+                           zip(table[metric], table[f"{metric}_ci_low"], table[f"{metric}_ci_high"], strict=True)]
+        else:  # written before intervals existed
+            shown[name] = table[metric]
+    shown["stays (with outcome)"] = [f"{n} ({k})" for n, k in zip(table["n_stays"], table["n_positive"], strict=True)]
+    boot = f"{int(table['n_boot'].iloc[0])} bootstrap resamples of stays" if "n_boot" in table.columns else \
+        "no intervals (re-run healthfusion alerts for them)"
+    return section("alerts", "Early warning", [
+        text_block("The model scored every hour as an early-warning system against the NEWS2 score from the same "
+                   "vitals: at the threshold that keeps each within the alert budget, and NEWS2 at the model's "
+                   f"sensitivity (matched sensitivity). Intervals: 95%, {boot} (stratified by outcome)."),
+        table_block(shown, heading="Operating points"),
+        figure_block(run_dir / "alerts" / "alerts.png", "PPV and alerts per patient-day against sensitivity."),
+    ])

@@ -8,7 +8,7 @@
   the config file's folder, so :func:`~healthfusion.workflows.config.load_run_config` reads it back).
 * :func:`record_artefacts` / :func:`check_artefacts`: ``artefacts.json`` records, for each artefact the run
   wrote, its SHA-256 and the SHA-256 of the model folder it belongs to (:func:`model_digest`, over every file of
-  ``model/``). ``report``, ``explain`` and ``evaluate`` call :func:`check_artefacts` and refuse an artefact of
+  ``model/``, or of ``models/`` for a transfer sweep's models: :func:`models_folder`). ``report``, ``explain`` and ``evaluate`` call :func:`check_artefacts` and refuse an artefact of
   another model, an artefact changed after it was written, or one the run did not write (e.g. an audit left from
   an earlier run). A folder without ``artefacts.json`` (written before it existed, or by hand) is not checked.
 """
@@ -31,8 +31,16 @@ MANIFEST = "artefacts.json"
 #: run-folder files (relative POSIX paths) and folders whose files are artefacts of the run's model
 ARTEFACT_FILES = ("config.yaml", "predictions.csv", "metrics.json", "comparison.csv",
                   "comparison_operating_point.csv", "roc.png", "pr.png", "history.json", "accounting.csv",
-                  "domains.csv", "tuning.csv")
-ARTEFACT_FOLDERS = ("audit", "explanations")
+                  "domains.csv", "tuning.csv",
+                  # healthfusion transfer
+                  "results.csv", "summary.csv", "gains.csv", "learning_curve.png", "shift.json", "shift.csv",
+                  "histories.json", "run.json",
+                  # healthfusion multitask
+                  "tasks.csv", "clusters.json", *(f"tim_{kind}.{ext}" for kind in ("attention", "ablation", "retrain")
+                                                  for ext in ("csv", "png")))
+ARTEFACT_FOLDERS = ("audit", "explanations", "shap")
+#: the folder(s) a run's artefacts belong to: a run's model, or the models of a transfer sweep
+MODEL_FOLDERS = ("model", "models")
 
 
 class RunFolderError(ValueError):
@@ -71,6 +79,18 @@ def claim_run_folder(run_dir: str | Path, overwrite: bool = False, keep: Iterabl
     return run_dir
 
 
+def source_paths(specs: Iterable[Any]) -> list[Any]:
+    """The ``path`` and ``cohort`` of every data source spec in ``specs`` (pooled ``sources`` included), for
+    :func:`inputs_inside`."""
+    out: list[Any] = []
+    for spec in specs:
+        if spec is None:
+            continue
+        out += [getattr(spec, "path", None), getattr(spec, "cohort", None)]
+        out += source_paths(getattr(spec, "sources", None) or [])
+    return out
+
+
 def inputs_inside(run_dir: str | Path, paths: Iterable[Any]) -> list[str]:
     """Names of the top-level entries of ``run_dir`` that hold any of ``paths`` (the run's input data)."""
     root = Path(run_dir).resolve()
@@ -99,6 +119,15 @@ def write_run_config(dump: dict, run_dir: str | Path) -> Path:
     """Write ``RUN_DIR/config.yaml`` from a config's JSON dump, paths relative to the run folder; return it."""
     run_dir = Path(run_dir)
     return write_text(run_dir / "config.yaml", yaml.safe_dump(portable(dump, run_dir), sort_keys=False))
+
+
+def models_folder(run_dir: str | Path) -> Path:
+    """The folder of ``run_dir``'s model(s): ``model/`` (train, multitask) or else ``models/`` (transfer)."""
+    run_dir = Path(run_dir)
+    for name in MODEL_FOLDERS:
+        if (run_dir / name).is_dir():
+            return run_dir / name
+    return run_dir / MODEL_FOLDERS[0]
 
 
 def model_digest(model_dir: str | Path) -> str | None:
@@ -141,9 +170,10 @@ def _read_manifest(run_dir: Path) -> dict | None:
 
 def record_artefacts(run_dir: str | Path, paths: Iterable[str] | None = None) -> None:
     """Record ``paths`` (relative to ``run_dir``; default every :func:`artefact_files`) in ``artefacts.json``
-    as artefacts of the run folder's current model. A folder without ``model/`` is left unrecorded."""
+    as artefacts of the run folder's current model (:func:`models_folder`). A folder without a model is left
+    unrecorded."""
     run_dir = Path(run_dir)
-    model = model_digest(run_dir / "model")
+    model = model_digest(models_folder(run_dir))
     if model is None:
         return
     manifest = _read_manifest(run_dir) or {}
@@ -164,10 +194,11 @@ def check_artefacts(run_dir: str | Path, paths: Iterable[str] | None = None) -> 
     manifest = _read_manifest(run_dir)
     if manifest is None:
         return
-    model = model_digest(run_dir / "model")
+    folder = models_folder(run_dir)
+    model = model_digest(folder)
     if model != manifest.get("model_sha256"):
-        raise RunFolderError(f"{run_dir / 'model'} is not the model the artefacts of {run_dir} were written for "
-                             f"(its files changed after the run); re-run `healthfusion train` into a new folder.")
+        raise RunFolderError(f"{folder} is not the model the artefacts of {run_dir} were written for (its files "
+                             "changed after the run); re-run the job that wrote it into a new folder.")
     files = manifest.get("files", {})
     for name in artefact_files(run_dir) if paths is None else paths:
         path = run_dir / name
@@ -175,7 +206,7 @@ def check_artefacts(run_dir: str | Path, paths: Iterable[str] | None = None) -> 
             continue
         entry = files.get(name)
         if entry is None:
-            raise RunFolderError(f"{path} was not written by the run of the model in {run_dir / 'model'} (left by an "
+            raise RunFolderError(f"{path} was not written by the run of the model in {folder} (left by an "
                                  "earlier run or copied in); delete it or re-run into a new folder.")
         if entry.get("model_sha256") != model:
             raise RunFolderError(f"{path} belongs to another model (sha256 {str(entry.get('model_sha256'))[:12]}, "

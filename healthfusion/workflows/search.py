@@ -12,6 +12,10 @@ training stays with early stopping inside each fold's training part, is
 * storage: with ``tuning.storage`` (a SQLite file) the study survives the process; a re-run with the same
   study name loads it, re-runs a trial a killed or interrupted run left unfinished, and runs only the trials still missing to
   reach ``trials``. A study runs in one process at a time.
+* parallel trials: with ``parallel`` (``train --cluster``: a Ray cluster, or any object with ``n`` and
+  ``map(function, argument_tuples)``) Optuna runs ``n`` trials at a time (``optimize(n_jobs=n)``), each trial's
+  cross-validation one task of the cluster (one CPU); the study (sampler, storage, resumption, trial table) stays
+  here, in the driver. Pruning needs each fold's score while the trial runs, so parallel trials are not pruned.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ def _signature(tuning: TuningSpec) -> str:
 
 
 def run_search(tuning: TuningSpec, cross_validate: CrossValidate, *, seed: int, study_name: str,
-               console=None) -> tuple[dict[str, Any], pd.DataFrame]:
+               console=None, parallel=None) -> tuple[dict[str, Any], pd.DataFrame]:
     """Run (or resume) the study of ``tuning`` and return the chosen model field values and the trial table.
 
     Parameters
@@ -84,6 +88,9 @@ def run_search(tuning: TuningSpec, cross_validate: CrossValidate, *, seed: int, 
         Seed of the sampler (the run's ``training.seed``; plus the number of stored trials when resuming).
     study_name
         Study name in the storage (``tuning.study`` wins when set).
+    parallel
+        Run ``parallel.n`` trials at a time through ``parallel.map`` (see the module docstring); ``cross_validate``
+        must then be picklable (it is sent to the workers). Default: one trial after another, in this process.
 
     Returns
     -------
@@ -107,6 +114,10 @@ def run_search(tuning: TuningSpec, cross_validate: CrossValidate, *, seed: int, 
     n_grid = math.prod(len(v) for v in space.values()) if grid else 0
     target = tuning.trials or (n_grid if grid else DEFAULT_TRIALS)
     pruning = tuning.pruning if tuning.pruning is not None else not grid
+    if parallel is not None and pruning:
+        if tuning.pruning:
+            log.warning("tuning.pruning is ignored: trials running in parallel on a cluster are not pruned")
+        pruning = False
     name = tuning.study or study_name
     storage = None
     if tuning.storage is not None:
@@ -139,7 +150,10 @@ def run_search(tuning: TuningSpec, cross_validate: CrossValidate, *, seed: int, 
             trial.report(running_mean, fold)
             return trial.should_prune()
 
-        scores = cross_validate(values, report)
+        if parallel is not None:  # the whole trial as one task of the cluster
+            scores = parallel.map(_cross_validate_unpruned, [(cross_validate, values)])[0]
+        else:
+            scores = cross_validate(values, report)
         trial.set_user_attr("fold_auroc", [float(s) for s in scores])
         if len(scores) < tuning.folds:
             raise optuna.TrialPruned()
@@ -154,8 +168,14 @@ def run_search(tuning: TuningSpec, cross_validate: CrossValidate, *, seed: int, 
             console.print(f"      {line}")
 
     if todo:
-        study.optimize(objective, n_trials=todo, callbacks=[progress], catch=())
+        study.optimize(objective, n_trials=todo, callbacks=[progress], catch=(),
+                       n_jobs=int(parallel.n) if parallel is not None else 1)
     return _choose(study, space, grid, tuning.folds)
+
+
+def _cross_validate_unpruned(cross_validate: CrossValidate, values: dict[str, Any]) -> list[float]:
+    """One trial in a worker: every fold scored (nothing to report to a pruner there)."""
+    return [float(s) for s in cross_validate(values, lambda fold, running_mean: False)]
 
 
 def _requeue_unfinished(study, name: str, console=None) -> None:

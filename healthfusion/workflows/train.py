@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 HYBRID, ENSEMBLE = "hybrid", "ensemble"
 
 
-def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console=None) -> tuple[RunConfig, pd.DataFrame]:
+def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console=None,
+                cluster=None) -> tuple[RunConfig, pd.DataFrame]:
     """Search ``config.tuning``'s space (:func:`healthfusion.workflows.search.run_search`, Optuna) by
     patient-level K-fold CV on the training stays only; return ``config`` with the chosen ``model`` and
     ``training`` values, and the trial table.
@@ -73,6 +74,8 @@ def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console
     run's val share of train + val) into an inner training set and an inner early-stopping set; the held-out fold
     is scored once, after training, and never chooses an epoch. The folds and inner splits are the same for every
     trial. A trial's score is the mean held-out-fold AUROC; the running mean is reported after each fold (pruning).
+    With ``cluster`` (a started :class:`~healthfusion.scale.ray.RayCluster`) ``cluster.n`` trials run at a time,
+    one per worker, unpruned (see :mod:`healthfusion.workflows.search`).
 
     Raises
     ------
@@ -123,7 +126,7 @@ def tune_hybrid(config: RunConfig, cohort: Cohort, train_ids: list[str], console
         return scores
 
     best, table = run_search(tuning, cross_validate, seed=config.training.seed, study_name=config.name,
-                             console=console)
+                             console=console, parallel=cluster)
     return tuned(best), table
 
 
@@ -211,7 +214,7 @@ def write_model_cards(model_dir: Path, config: RunConfig, prepared: RunData, fea
                                      scoring={**stats, "seeds": seeds}))
 
 
-def run_training(config: RunConfig, console=None, overwrite: bool = False) -> Path:
+def run_training(config: RunConfig, console=None, overwrite: bool = False, cluster: str | None = None) -> Path:
     """Run the whole training job described by ``config`` and return the run folder.
 
     A binary label trains as this module describes; a multiclass or regression label trains the hybrid with that
@@ -219,13 +222,25 @@ def run_training(config: RunConfig, console=None, overwrite: bool = False) -> Pa
     empty unless ``overwrite`` (see :func:`prepare_run`). With a ``tracking`` section the finished run folder
     is recorded in MLflow (:func:`healthfusion.tracking.track_run`).
 
+    With ``cluster`` (a ``--cluster`` value, see :mod:`healthfusion.scale.cluster`) the run's hybrid network(s)
+    train data-parallel on the cluster's workers with Ray Train, and a ``tuning`` search runs one trial per worker
+    at a time; featurisation, baselines and ensemble cross-fitting run in this process.
+
     Raises
     ------
     ValueError (SourceError, CohortError, ConfigError, TrackingError)
         On unreadable data, a label the cohort lacks (or of a kind train cannot use: multilabel), a setting that
         needs a binary label (ensemble, reference_scores, tuning), or an impossible split; the message says which.
     """
-    run_dir = _train(config, console, overwrite)
+    if cluster is None:
+        run_dir = _train(config, console, overwrite)
+    else:
+        from healthfusion.scale.ray import RayCluster
+
+        with RayCluster(cluster) as ray_cluster:
+            if console is not None:
+                console.print(f"Ray cluster {cluster}: the hybrid trains on {ray_cluster.n} workers")
+            run_dir = _train(config, console, overwrite, ray_cluster)
     if config.tracking is not None:
         from healthfusion.tracking import track_run
 
@@ -236,10 +251,10 @@ def run_training(config: RunConfig, console=None, overwrite: bool = False) -> Pa
     return run_dir
 
 
-def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
+def _train(config: RunConfig, console=None, overwrite: bool = False, cluster=None) -> Path:
     prepared = prepare_run(config, console, overwrite)
     if prepared.label.kind != "binary":
-        return train_other_kind(config, prepared, console)
+        return train_other_kind(config, prepared, console, cluster=cluster)
     run_dir, main, cohorts, ids, t0, say = (prepared.run_dir, prepared.main, prepared.cohorts, prepared.ids,
                                             prepared.started, prepared.say)
 
@@ -247,7 +262,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
     if config.tuning is not None:
         say(f"[bold cyan]Tuning[/] {config.tuning.resolved_sampler} search, {config.tuning.folds}-fold CV on the "
             f"training stays")
-        config, tuning_table = tune_hybrid(config, main, ids["train"], console)
+        config, tuning_table = tune_hybrid(config, main, ids["train"], console, cluster=cluster)
         spec = config.model
         write_csv(tuning_table, run_dir / "tuning.csv", index=False)
         say(f"      chosen: {tuning_table.loc[tuning_table['chosen']].iloc[0].to_dict()}")
@@ -260,7 +275,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False) -> Path:
     for seed in seeds:
         model, trainer, histories[seed] = fit_hybrid(
             feat, spec, data["train"][usable["train"]], data["val"][usable["val"]],
-            config.training.model_copy(update={"seed": seed}), console, privacy=config.privacy)
+            config.training.model_copy(update={"seed": seed}), console, privacy=config.privacy, cluster=cluster)
         networks[seed] = model
     history = histories[seeds[0]]
     probs = {HYBRID: {}}

@@ -89,9 +89,10 @@ def _set_regression_bias(mean: float):
     return init
 
 
-def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path:
+def train_other_kind(config: RunConfig, prepared: RunData, console=None, cluster=None) -> Path:
     """Fit, predict and evaluate a run of a multiclass or regression label (see the module docs); return the run
-    folder. ``prepared`` comes from :func:`healthfusion.workflows.common.prepare_run`.
+    folder. ``prepared`` comes from :func:`healthfusion.workflows.common.prepare_run`; with ``cluster`` (a started
+    :class:`~healthfusion.scale.ray.RayCluster`) the hybrid trains data-parallel on it.
 
     Raises
     ------
@@ -112,7 +113,8 @@ def train_other_kind(config: RunConfig, prepared: RunData, console=None) -> Path
     train = data["train"][usable["train"]]
     init = _set_regression_bias(float(np.mean(train["target"]))) if kind == "regression" else None
     model, trainer, history = fit_hybrid(feat, spec, train, data["val"][usable["val"]], config.training, console,
-                                          head=kind, n_outputs=len(classes) if kind == "multiclass" else 1, init=init)
+                                          head=kind, n_outputs=len(classes) if kind == "multiclass" else 1, init=init,
+                                          cluster=cluster)
     preds = {HYBRID: {}}
     for s in scored_splits(ids):
         p = np.full((len(ids[s]), len(classes)) if kind == "multiclass" else len(ids[s]), np.nan)

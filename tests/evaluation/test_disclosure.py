@@ -48,3 +48,30 @@ def test_suppress_groups_blanks_every_cell_of_a_small_group_but_its_name():
 def test_suppress_groups_names_a_missing_column():
     with pytest.raises(ValueError, match=r"\['n_positive'\] not in the table"):
         suppress_groups(pd.DataFrame({"n": [3]}))
+
+
+def test_suppress_small_rows_judges_each_results_row_by_its_test_stays_and_events():
+    from healthfusion.evaluation.disclosure import suppress_small_rows
+
+    results = pd.DataFrame({"seed": [0, 1], "strategy": ["dann", "dann"], "n_test": [400, 400],
+                            "n_test_positive": [60, 6], "auroc": [0.81, 0.93]})
+    shared = suppress_small_rows(results, keep=("seed",))
+    assert shared["auroc"].tolist() == [0.81, "<10"] and shared["n_test_positive"].tolist() == [60, "<10"]
+    assert shared["seed"].tolist() == [0, 1] and shared["strategy"].tolist() == ["dann", "dann"]
+    # events from the prevalence when a table has no events column; a task without outcome classes by its n only
+    tasks = pd.DataFrame({"task": ["death", "los", "sepsis"], "n": [200, 200, 9], "prevalence": [0.02, None, 0.5],
+                          "multitask": [0.7, 2.5, 0.6]})
+    shared = suppress_small_rows(tasks)
+    assert shared["multitask"].tolist() == ["<10", 2.5, "<10"] and shared["n"].tolist() == [200, 200, "<10"]
+    untouched = pd.DataFrame({"feature": ["a"], "importance": [0.3]})
+    assert suppress_small_rows(untouched).equals(untouched)
+
+
+def test_a_shift_row_is_suppressed_when_either_side_has_fewer_than_ten_stays():
+    from healthfusion.evaluation.disclosure import suppress_small_rows
+
+    shift = pd.DataFrame({"variable": ["HR", "Lactate"], "smd": [0.1, 0.9], "mean_target": [80.0, 4.2],
+                          "n_source": [300, 250], "n_target": [120, 4]})
+    shared = suppress_small_rows(shift)
+    assert shared["mean_target"].tolist() == [80.0, "<10"] and shared["n_target"].tolist() == [120, "<10"]
+    assert shared["n_source"].tolist() == [300, 250] and shared["variable"].tolist() == ["HR", "Lactate"]

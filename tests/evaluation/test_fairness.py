@@ -107,3 +107,39 @@ def test_mitigation_picks_its_attribute_on_validation_stays_not_test(tmp_path):
         domains.append(pd.DataFrame({"stay_id": ids, "split": split, "sex": sex, "site": site}))
     result = _mitigate(pd.concat(frames), pd.concat(domains), ["sex", "site"], "hybrid", 0.5, 0, tmp_path)
     assert result.get("mitigation_attribute") == "sex", result
+
+
+def test_group_metrics_report_calibration_beside_auroc(biased):
+    """Each group's ECE, calibration slope and intercept are those of the group's own stays, with CIs."""
+    from healthfusion.evaluation.calibration import calibration_slope_intercept, expected_calibration_error
+
+    y, p, groups = biased
+    table = group_metrics(y, p, groups, n_boot=50).set_index(["attribute", "group"])
+    for g in ("A", "B"):
+        mask = groups["grp"].to_numpy() == g
+        row = table.loc[("grp", g)]
+        assert row["ece"] == pytest.approx(expected_calibration_error(y[mask], p[mask]))
+        fit = calibration_slope_intercept(y[mask], p[mask])
+        assert row["cal_slope"] == pytest.approx(fit["slope"], rel=1e-5)
+        assert row["cal_intercept"] == pytest.approx(fit["intercept"], rel=1e-5)
+        assert row["ece_ci_low"] <= row["ece"] <= row["ece_ci_high"]
+    # group B's risks are shifted down: it is the worse calibrated, and underestimated (intercept > 0)
+    assert table.loc[("grp", "B"), "cal_intercept"] > table.loc[("grp", "A"), "cal_intercept"]
+
+
+def test_a_group_without_ten_non_events_does_not_drive_the_auroc_spread():
+    """A group whose AUROC rests on fewer than 10 non-events (or events) is listed as excluded, not compared."""
+    from healthfusion.evaluation.robustness import domain_spread
+
+    rng = np.random.default_rng(5)
+    sizes = {"a": 300, "b": 300, "sick": 40}
+    group = np.repeat(list(sizes), list(sizes.values()))
+    y = (rng.uniform(size=group.size) < 0.3).astype(float)
+    y[group == "sick"] = 1.0
+    y[np.flatnonzero(group == "sick")[:4]] = 0.0  # 36 events, 4 non-events: AUROC estimable, not comparable
+    p = np.clip(0.3 + 0.3 * (y - 0.3) + rng.normal(0, 0.15, group.size), 0.01, 0.99)
+    p[np.flatnonzero(group == "sick")[:4]] = 0.99  # its 4 non-events ranked highest: AUROC 0 in that group
+    _, spread = domain_spread(y, p, pd.DataFrame({"unit": group}), n_boot=20)
+    row = spread.iloc[0]
+    assert row["n_groups"] == 2 and "sick (n=40)" in row["excluded"]
+    assert {row["worst_group"], row["best_group"]} == {"a", "b"} and row["auroc_range"] < 0.2

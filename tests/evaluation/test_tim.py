@@ -142,3 +142,21 @@ def test_plot_tim_leaves_the_backend_and_pyplot_alone(tmp_path):
         matplotlib.use(backend)
     if "matplotlib.pyplot" in sys.modules:
         assert sys.modules["matplotlib.pyplot"].get_fignums() == []
+
+
+def test_binary_task_metrics_carry_calibration_beside_auroc():
+    from healthfusion.evaluation.calibration import calibration_slope_intercept, expected_calibration_error
+    from healthfusion.evaluation.tim import task_metrics
+
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.05, 0.95, 400)
+    y = (rng.uniform(size=400) < p * 0.5).astype(float)  # risks twice too high
+    y[:7] = np.nan  # unlabelled rows are left out
+    out = task_metrics("binary", y, p)
+    keep = ~np.isnan(y)
+    assert out["n"] == 393 and out["n_positive"] == int(y[keep].sum())
+    assert out["ece"] == pytest.approx(expected_calibration_error(y[keep], p[keep]))
+    fit = calibration_slope_intercept(y[keep], p[keep])
+    assert out["cal_slope"] == pytest.approx(fit["slope"], rel=1e-5)
+    assert out["cal_intercept"] == pytest.approx(fit["intercept"], rel=1e-5) and out["cal_intercept"] < 0
+    assert "ece" not in task_metrics("regression", y[keep], p[keep])

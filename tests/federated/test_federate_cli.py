@@ -1,8 +1,11 @@
 """healthfusion federate: simulation on a synthetic multi-site cohort, the global model scored by predict, errors."""
 
 import json
+import math
 
+import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -11,12 +14,12 @@ from healthfusion.cli.main import app
 runner = CliRunner()
 
 
-def write_config(tmp_path, **federated):
+def write_config(tmp_path, modalities=("static",), **federated):
     config = {
         "name": "fl", "out": str(tmp_path / "run"),
         "data": {"source": "synthetic", "path": str(tmp_path / "cohort"), "label": "mortality",
                  "options": {"n_stays": 240, "seed": 1}},
-        "features": {"modalities": ["static"]},
+        "features": {"modalities": list(modalities)},
         "model": {"hidden": 8},
         "training": {"max_epochs": 1, "batch_size": 32, "lr": 0.01},
         "federated": {"rounds": 2, "compare_epochs": 2, "min_sites": 2, **federated},
@@ -37,11 +40,22 @@ def test_federate_simulation_writes_run_and_predict_loads_the_model(tmp_path):
     assert summary["epsilon"].isna().all()
     assert summary["mean_client_accuracy"].between(0, 1).all() and summary["auroc"].between(0, 1).all()
     assert (summary["auroc_ci_low"] <= summary["auroc"]).all()
+    assert summary["ece"].between(0, 1).all() and (summary["ece_ci_low"] <= summary["ece"]).all()
+    assert summary[["cal_slope", "cal_intercept"]].notna().all().all()  # calibration beside AUROC
     rounds = pd.read_csv(run / "rounds.csv")
     assert rounds["round"].tolist() == [1, 2] and rounds["sites"].tolist() == ["A;B;C;D"] * 2
     metrics = pd.read_csv(run / "site_metrics.csv")
     assert set(metrics["site"]) == {"A", "B", "C", "D"} and set(metrics["round"]) == {1, 2}
     assert json.loads((run / "server_state" / "server_state.json").read_text())["round"] == 2
+    # calibrated like every model: the federated temperature is the sites' weighted geometric mean
+    sites = pd.read_csv(run / "sites.csv")
+    assert list(sites["site"]) == ["A", "B", "C", "D"] and (sites["n_val"] > 0).all()
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert card["calibrator"]["method"] == "temperature"
+    sent = sites.dropna(subset=["temperature"])  # a site whose validation stays hold one outcome sends nothing
+    assert len(sent) >= 2 and sorted(card["calibrator"]["info"]["sites"]) == sorted(sent["site"])
+    expected = np.exp(np.sum(sent["n_val"] * np.log(sent["temperature"])) / sent["n_val"].sum())
+    assert card["calibrator"]["params"]["temperature"] == pytest.approx(expected)
     out = tmp_path / "scores.csv"
     scored = runner.invoke(app, ["predict", "--model", str(run / "model"), "--source", "synthetic", "--path",
                                  str(tmp_path / "cohort2"), "--out", str(out)])
@@ -56,3 +70,39 @@ def test_federate_bad_site_column_is_one_clear_line(tmp_path):
     assert "federated.site_column 'hospital' is not a column" in result.output
     result = runner.invoke(app, ["federate", "--config", str(write_config(tmp_path, rounds=0))])
     assert result.exit_code == 2 and "federated.rounds" in result.output
+
+
+def test_federate_with_dp_on_the_lstm_hybrid_reports_each_sites_budget_and_a_federated_report(tmp_path):
+    pytest.importorskip("opacus")
+    from opacus.accountants import RDPAccountant
+
+    config = write_config(tmp_path, modalities=("ts", "static"), compare=False,
+                          privacy={"noise_multiplier": 1.2, "max_grad_norm": 1.0},
+                          server_privacy={"clip_norm": 1.0, "noise_multiplier": 0.5})
+    result = runner.invoke(app, ["federate", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    sites = pd.read_csv(run / "sites.csv")
+    card = json.loads((run / "model" / "model.json").read_text())
+    for row in sites.itertuples():  # each site's epsilon is Opacus's accountant over its 2 rounds
+        reference = RDPAccountant()
+        for _ in range(2 * math.ceil(row.n_train / 32)):
+            reference.step(noise_multiplier=1.2, sample_rate=min(1.0, 32 / row.n_train))
+        assert row.dp_steps == 2 * math.ceil(row.n_train / 32)
+        assert row.epsilon == pytest.approx(reference.get_epsilon(row.delta), rel=1e-12)
+        assert card["privacy"]["per_site"][row.site]["epsilon"] == pytest.approx(row.epsilon)
+    assert card["privacy"]["epsilon"] == pytest.approx(sites["epsilon"].max())
+    summary = pd.read_csv(run / "summary.csv")
+    assert summary["setting"].tolist() == ["fedavg+dp+serverdp"]
+    assert summary["epsilon"][0] == pytest.approx(sites["epsilon"].max())
+    server = RDPAccountant()
+    for _ in range(2):
+        server.step(noise_multiplier=0.5, sample_rate=1.0)
+    assert summary["server_epsilon"][0] == pytest.approx(server.get_epsilon(1e-5), rel=1e-12)
+    assert card["privacy"]["server"]["epsilon"] == pytest.approx(summary["server_epsilon"][0])
+    report = runner.invoke(app, ["report", str(run)])
+    assert report.exit_code == 0, report.output
+    html = (run / "report.html").read_text()
+    assert "federated learning" in html and "fedavg, 2 rounds" in html
+    assert f"A epsilon {sites['epsilon'][0]:.2f}" in html and "sites.csv" in html
+    assert f"site-level epsilon {summary['server_epsilon'][0]:.2f}" in html

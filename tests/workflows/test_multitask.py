@@ -62,6 +62,12 @@ def test_all_five_kinds_train_together_from_one_config(full_run):
     table = pd.read_csv(full_run / "tasks.csv")
     assert sorted(table["kind"].unique()) == ["binary", "clustering", "multiclass", "multilabel", "regression"]
     assert table["multitask"].notna().all() and table["single_mean"].notna().all()
+    binary = table["kind"] == "binary"  # calibration beside AUROC, for the tasks it is defined for
+    assert table.loc[binary, ["ece", "cal_slope", "cal_intercept", "ece_ci_low", "ece_ci_high"]].notna().all().all()
+    assert table.loc[~binary, "ece"].isna().all()
+    assert (table.loc[binary, "ece_ci_low"] <= table.loc[binary, "ece"]).all()
+    per_seed = pd.read_csv(full_run / "comparison.csv")
+    assert per_seed.loc[per_seed["task"].isin(table.loc[binary, "task"]), "ece"].notna().all()
     for stem in ("tim_attention", "tim_ablation", "tim_retrain"):
         tim = pd.read_csv(full_run / f"{stem}.csv", index_col=0)
         assert list(tim.index) == list(tim.columns) == [t["name"] for t in TASKS]
@@ -183,6 +189,9 @@ def test_report_of_a_multitask_run(full_run):
     html = build_report(full_run).read_text()
     assert "multitask (M3H) report" in html and "tasks.csv" in html and "tim_attention" in html
     assert "data:image/png;base64," in html
+    table = pd.read_csv(full_run / "tasks.csv")  # a task with < 10 test stays or events shows "<10", not its value
+    small = (table["n"] < 10) | (table["n_positive"] < 10)
+    assert small.any() and "&lt;10" in html
 
 
 def test_transformer_time_series_encoder_in_a_multitask_run(synth, tmp_path):
@@ -252,3 +261,28 @@ def test_a_codes_target_refuses_the_codes_input(synth, tmp_path):
     raw["features"]["modalities"] = ["ts", "static", "codes"]
     with pytest.raises(ValueError, match="codes input would carry its label"):
         MultitaskConfig.model_validate(raw)
+
+
+def test_a_multitask_run_refuses_a_non_empty_folder_and_records_its_artefacts(synth, full_run, tmp_path):
+    """Refused before the data is read (a bad data path with --overwrite leaves the earlier run whole); every
+    table is recorded as an artefact of model/, and the report refuses one that was changed."""
+    import shutil
+
+    from healthfusion.workflows.report import build_report
+    from healthfusion.workflows.runfolder import RunFolderError
+
+    before = {p: p.read_bytes() for p in full_run.rglob("*") if p.is_file()}
+    config = MultitaskConfig.model_validate(config_dict(synth, full_run))
+    missing = config.model_copy(update={"data": config.data.model_copy(update={"cohort": tmp_path / "missing"})})
+    with pytest.raises(RunFolderError, match="is not empty"):
+        run_multitask(missing)
+    with pytest.raises(ValueError, match="missing"):
+        run_multitask(missing, overwrite=True)
+    assert {p: p.read_bytes() for p in full_run.rglob("*") if p.is_file()} == before
+    files = json.loads((full_run / "artefacts.json").read_text())["files"]
+    assert {"tasks.csv", "comparison.csv", "metrics.json", "tim_attention.csv", "config.yaml"} <= set(files)
+    copy = tmp_path / "copy"
+    shutil.copytree(full_run, copy)
+    (copy / "tasks.csv").write_text((copy / "tasks.csv").read_text().replace("binary", "binary ", 1))
+    with pytest.raises(RunFolderError, match="tasks.csv was changed after the run wrote it"):
+        build_report(copy, tmp_path / "r.html")

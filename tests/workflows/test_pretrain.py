@@ -154,7 +154,7 @@ def test_transfer_models_start_from_the_pretrained_encoder(pretrained, monkeypat
     with pytest.raises(ValueError, match="No target size"):
         tw.run_transfer(too_many)
     starts.clear()
-    run_dir = tw.run_transfer(config)
+    run_dir = tw.run_transfer(config, overwrite=True)  # the failed sweep's folder is not silently reused
     assert len(starts) == 2
     for start in starts:
         for name, value in encoder.state_dict().items():
@@ -162,3 +162,30 @@ def test_transfer_models_start_from_the_pretrained_encoder(pretrained, monkeypat
     saved, prep = load_network(run_dir / "models" / "source_only" / "seed0")
     assert saved.config.ts == encoder.config
     assert prep["featurizer"]["transformers"]["ts"]["params"]["hours"] == 24
+
+
+def test_pretrain_refuses_a_non_empty_folder_before_reading_data_and_overwrite_clears_it(pretrained, tmp_path):
+    """An encoder folder with files is refused before the data is read (not after training); --overwrite clears
+    it, so an earlier encoder's files never stay beside the new one."""
+    from typer.testing import CliRunner
+
+    from healthfusion.cli.main import app
+    from healthfusion.workflows.runfolder import RunFolderError
+
+    root, _ = pretrained
+    out = tmp_path / "enc"
+    out.mkdir()
+    (out / "pretraining_history.json").write_text("{}")  # an earlier encoder's
+    (out / "notes.txt").write_text("old")
+    cfg = yaml.safe_load((root / "pre.yaml").read_text())
+    cfg.update({"out": str(out), "name": None, "data": {"cohort": str(tmp_path / "missing")},
+                "exclude_stays": None, "root": None, "training": {"max_epochs": 1, "batch_size": 32}})
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(RunFolderError, match=r"is not empty \(notes.txt, pretraining_history.json\)"):
+        run_pretraining(load_pretrain_config(tmp_path / "pre.yaml"))
+    cfg["data"] = {"cohort": str(root / "cohort")}
+    (tmp_path / "pre.yaml").write_text(yaml.safe_dump(cfg))
+    result = CliRunner().invoke(app, ["pretrain", "--config", str(tmp_path / "pre.yaml"), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "notes.txt").exists() and (out / "pretraining_history.json").read_text() != "{}"
+    assert load_encoder(out) is not None

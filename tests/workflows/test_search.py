@@ -122,3 +122,39 @@ def test_the_best_trial_trains_through_healthfusion_train(tmp_path):
     assert saved["static"]["hidden_sizes"] == [chosen["hidden"]]
     assert saved["dropout"] == pytest.approx(chosen["dropout"])
     assert "random search" in result.output and "chosen" in result.output
+
+
+def test_parallel_trials_cover_the_grid_once_and_choose_as_serial():
+    from healthfusion.data.partition import Sequential
+
+    class Tasks(Sequential):
+        """Sequential(2) that records the number of trials handed to each call."""
+
+        sizes: list = []
+
+        def map(self, function, arguments):
+            self.sizes.append(len(arguments))
+            return super().map(function, arguments)
+
+    tuning = TuningSpec.model_validate({"folds": 3, "grid": {"hidden": [4, 8, 16], "dropout": [0.1, 0.3]}})
+    score = lambda v, k: 0.5 + 0.1 * (v["hidden"] > 4) - v["dropout"]  # noqa: E731
+    serial_calls, parallel_calls = [], []
+    serial = run_search(tuning, objective(score, serial_calls), seed=0, study_name="g")
+    parallel = Tasks(2)
+    best, table = run_search(tuning, objective(score, parallel_calls), seed=0, study_name="g", parallel=parallel)
+    assert parallel.sizes == [1] * 6  # one task per trial
+    assert sorted((c["hidden"], c["dropout"]) for c in parallel_calls) == sorted(
+        itertools.product([4, 8, 16], [0.1, 0.3]))
+    assert best == serial[0] == {"hidden": 8, "dropout": 0.1}
+    assert (table["folds_scored"] == 3).all() and (table["state"] == "complete").all()
+
+
+def test_parallel_trials_are_not_pruned():
+    from healthfusion.data.partition import Sequential
+
+    tuning = TuningSpec.model_validate({"sampler": "random", "trials": 8, "folds": 3, "pruning": True, "space": {
+        "dropout": {"low": 0.0, "high": 0.5}}})
+    best, table = run_search(tuning, objective(lambda v, k: 1.0 - v["dropout"], []), seed=1, study_name="p",
+                             parallel=Sequential(3))
+    assert len(table) == 8 and (table["state"] == "complete").all()
+    assert best["dropout"] == pytest.approx(table["dropout"].min())

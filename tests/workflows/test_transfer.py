@@ -10,6 +10,7 @@ import yaml
 
 import healthfusion.workflows.transfer as tw
 from healthfusion.data.synthetic import generate
+from healthfusion.evaluation.calibration import calibration_slope_intercept, expected_calibration_error
 from healthfusion.features import batch as B
 from healthfusion.models.base import load_network
 from healthfusion.workflows.config import ConfigError
@@ -102,8 +103,17 @@ def test_run_writes_table_plot_models_shift_and_shap(recorded_run):
     assert len(results) == len(STRATEGIES) * 2 and (results["status"] == "ok").all()
     for col in ("auroc", "auroc_ci_low", "auroc_ci_high", "auprc", "accuracy", "precision", "recall", "f1"):
         assert col in results.columns
+    # calibration beside AUROC: ECE, slope and intercept of each model on the target test stays
+    predictions = pd.read_csv(run_dir / "predictions.csv")
+    first = results.iloc[0]
+    test = predictions[(predictions["seed"] == first["seed"]) & (predictions["size"].astype(str) == str(first["size"]))
+                       & (predictions["strategy"] == first["strategy"])]
+    assert first["ece"] == pytest.approx(expected_calibration_error(test["y"], test["prob"]))
+    assert first["cal_slope"] == pytest.approx(calibration_slope_intercept(test["y"], test["prob"])["slope"], rel=1e-4)
+    assert (results["ece_ci_low"] <= results["ece"]).all() and (results["ece"] <= results["ece_ci_high"]).all()
     summary = pd.read_csv(run_dir / "summary.csv")
     assert (summary["n_seeds"] == 2).all()
+    assert {"ece", "ece_seed_ci_low", "cal_slope", "cal_slope_seed_ci_high", "cal_intercept"} <= set(summary.columns)
     assert set(pd.read_csv(run_dir / "gains.csv")["bar"]) <= {"source_only", "pooled"}
     assert (run_dir / "learning_curve.png").stat().st_size > 1000
     shift = json.loads((run_dir / "shift.json").read_text())
@@ -297,7 +307,14 @@ def test_report_of_a_transfer_run(recorded_run):
     _, run_dir, _ = recorded_run
     html = build_report(run_dir).read_text()
     assert "cross-domain transfer report" in html and "gains.csv" in html and "summary.csv" in html
-    assert "learning_curve.png" in html and "data:image/png;base64," in html
+    assert "data:image/png;base64," in html  # the SHAP figures
+    # the tiny target test sets have fewer than 10 deaths: every result row is suppressed, the learning curve
+    # drawn from them is left out, and no per-stay prediction is shown
+    results = pd.read_csv(run_dir / "results.csv")
+    assert (results["n_test_positive"] < 10).all()
+    assert "&lt;10" in html and "0.5" not in _cells(html, "results.csv")
+    assert "learning curve is not shown" in html and "learning_curve.png</" not in html
+    assert "predictions.csv" not in html
 
 
 def test_an_unknown_label_is_one_clear_line(cohort_dir, tmp_path):
@@ -312,3 +329,43 @@ def test_an_unknown_label_is_one_clear_line(cohort_dir, tmp_path):
     result = CliRunner().invoke(app, ["transfer", "--config", str(path)])
     assert result.exit_code == 2, result.output
     assert "has no label 'mortalty'" in result.output and "mortality" in result.output
+
+
+def test_a_sweep_refuses_a_non_empty_folder_and_report_refuses_artefacts_of_other_models(recorded_run, tmp_path):
+    """A second sweep into the same out: is refused before any data is read (--overwrite clears it only once the
+    data has been read, so a bad data path leaves the first sweep whole); artefacts.json ties every artefact to
+    the sweep's models, and the report refuses a stale file or a changed model."""
+    import shutil
+
+    from healthfusion.workflows.report import build_report
+    from healthfusion.workflows.runfolder import RunFolderError
+
+    config, run_dir, _ = recorded_run
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    missing = config.model_copy(update={"data": config.data.model_copy(update={
+        "sources": [config.data.sources[0].model_copy(update={"cohort": tmp_path / "missing"})]})})
+    with pytest.raises(RunFolderError, match="is not empty"):
+        run_transfer(missing)
+    with pytest.raises(ValueError, match="missing"):
+        run_transfer(missing, overwrite=True)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    manifest = json.loads((run_dir / "artefacts.json").read_text())
+    assert {"results.csv", "summary.csv", "gains.csv", "predictions.csv", "shap/global_importance.csv"} <= set(
+        manifest["files"])
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "shap" / "stale.csv").write_text("feature\nx\n")  # left by another sweep
+    with pytest.raises(RunFolderError, match="stale.csv was not written by the run"):
+        build_report(copy, tmp_path / "r.html")
+    (copy / "shap" / "stale.csv").unlink()
+    weights = next((copy / "models").rglob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b" ")
+    with pytest.raises(RunFolderError, match="is not the model the artefacts"):
+        build_report(copy, tmp_path / "r.html")
+
+
+def _cells(html: str, heading: str) -> str:
+    """The HTML of the table under ``heading`` (up to the next heading)."""
+    start = html.index(heading)
+    return html[start:html.find("<h", start + len(heading))]
+

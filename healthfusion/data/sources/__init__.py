@@ -91,7 +91,7 @@ def check_options(name: str, options: dict) -> None:
     params = inspect.signature(get_source(name)).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    known = [p for p in params if p not in ("path", "progress", "out")]
+    known = [p for p in params if p not in ("path", "progress", "out", "partitions")]
     for key in options:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)

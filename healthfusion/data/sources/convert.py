@@ -14,6 +14,7 @@ from healthfusion.data.errors import SourceError
 from healthfusion.data.sources import engine
 from healthfusion.data.sources.io import _csv_header
 from healthfusion.data.sources.tables import is_code_column, known_kinds
+from healthfusion.files import display_path
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def convert_to_parquet(source: str | Path, out: str | Path, progress: bool = Fal
             target = out / file.parent.relative_to(source) / f"{name}.parquet"
             target.parent.mkdir(parents=True, exist_ok=True)
             rows = _convert(con, file, target, progress)
-            log.info("%s: %d rows -> %s", file, rows, target)
+            log.info("%s: %d rows -> %s", display_path(file), rows, display_path(target))
             written.append(target)
     finally:
         engine.close(con)

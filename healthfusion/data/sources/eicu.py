@@ -65,9 +65,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from healthfusion.data.accounting import RowAccounting
+from healthfusion.data.accounting import RowAccounting, combine_partitions
 from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
+from healthfusion.data.partition import Partitions, split_by_patient
 from healthfusion.data.plausibility import PLAUSIBLE_RANGES, drop_implausible
 from healthfusion.data.schema import CohortMeta, LabelSpec
 from healthfusion.data.sources.io import find_table, keep_rows, optional_table, read_table, stream_table
@@ -82,6 +83,7 @@ from healthfusion.data.sources.itemmap import (
     sex_group,
 )
 from healthfusion.data.sources.mimic4 import check_hours, check_task
+from healthfusion.files import display_path
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +122,7 @@ def build(
     min_stay_hours: float | None = None,
     lookback_hours: float = 24.0,
     apache_features: bool = False,
+    partitions: Partitions | None = None,
 ) -> Cohort:
     """Read an eICU extract into a cohort of ICU unit stays (see the module docstring for the tables).
 
@@ -142,6 +145,9 @@ def build(
     apache_features : bool, default False
         Add the first-day APACHE physiology (``apacheApsVar``) as static features; needs
         ``prediction_hours >= 24``.
+    partitions : Partitions, optional
+        Reduce the event tables in groups of whole patients' stays through ``partitions.map`` (e.g. Ray tasks,
+        :mod:`healthfusion.data.partition`); the same cohort and row accounting (events in another order).
 
     Returns
     -------
@@ -172,21 +178,14 @@ def build(
     if stays.empty:
         raise SourceError(f"No ICU stay of {root} lasts at least {min_stay:g} h; lower min_stay_hours.")
     windows = stays[["stay_key", "stay_id"]].assign(start=-float(lookback_hours), end=stays["los_hours"])
-
-    parts = [_wide_events(find_table(root, "vitalAperiodic"), "vitalAperiodic", EICU_VITAL_APERIODIC,
-                          "observationoffset", windows, acc, progress)]
-    periodic = optional_table(root, "vitalPeriodic")
-    if periodic is not None:
-        parts.append(_wide_events(periodic, "vitalPeriodic", EICU_VITAL_PERIODIC, "observationoffset",
-                                  windows, acc, progress))
-    lab = optional_table(root, "lab")
-    if lab is not None:
-        parts.append(_lab_events(lab, windows, acc, progress))
-    parts.append(_io_events(find_table(root, "intakeOutput"), windows, acc, progress))
-    for name, file in (("vitalPeriodic", periodic), ("lab", lab)):
-        if file is None:
-            log.info("%s: no %s table; its variables are absent from the cohort.", root, name)
-    events = pd.concat(parts, ignore_index=True)
+    if partitions is None:
+        events = pd.concat(_event_parts(root, windows, acc, progress), ignore_index=True)
+    else:  # groups of whole patients, each reduced by partition_events (see healthfusion.data.partition)
+        groups = split_by_patient(windows.assign(patient_id=stays["patient_id"].to_numpy()), partitions.n)
+        results = partitions.map(partition_events, [(root, g.drop(columns="patient_id")) for g in groups])
+        acc.merge(combine_partitions([RowAccounting.from_dict(c) for _, c in results], shared={
+            "lab": ("unmapped item",)}, additive=("vitalAperiodic values", "vitalPeriodic values")))
+        events = pd.concat([f for frames, _ in results for f in frames], ignore_index=True)
     codes = _codes(find_table(root, "diagnosis"), windows, acc)
 
     labels = stays[["stay_id", "in_hospital_death", "icu_length_of_stay"]].reset_index(drop=True)
@@ -209,9 +208,33 @@ def build(
                     "unit admission.",
     )
     acc.check()
-    log.info("%s: %d unit stays, %d events, %d codes", root, len(out), len(events), len(codes))
+    log.info("%s: %d unit stays, %d events, %d codes", display_path(root), len(out), len(events), len(codes))
     return Cohort(out, static=static.reset_index(drop=True), events=events, codes=codes, labels=labels,
                   meta=meta, accounting=acc)
+
+
+def _event_parts(root: Path, windows: pd.DataFrame, acc: RowAccounting, progress: bool) -> list[pd.DataFrame]:
+    """Events of the stays in ``windows`` from the vital-sign, lab and intake/output tables."""
+    parts = [_wide_events(find_table(root, "vitalAperiodic"), "vitalAperiodic", EICU_VITAL_APERIODIC,
+                          "observationoffset", windows, acc, progress)]
+    periodic, lab = optional_table(root, "vitalPeriodic"), optional_table(root, "lab")
+    if periodic is not None:
+        parts.append(_wide_events(periodic, "vitalPeriodic", EICU_VITAL_PERIODIC, "observationoffset",
+                                  windows, acc, progress))
+    if lab is not None:
+        parts.append(_lab_events(lab, windows, acc, progress))
+    parts.append(_io_events(find_table(root, "intakeOutput"), windows, acc, progress))
+    for name in [n for n, file in (("vitalPeriodic", periodic), ("lab", lab)) if file is None]:
+        log.info("%s: no %s table; its variables are absent from the cohort.", display_path(root), name)
+    return parts
+
+
+def partition_events(root: Path, windows: pd.DataFrame) -> tuple[list[pd.DataFrame], dict]:
+    """One partition of a build: the events of the stays in ``windows`` and the accounting of their tables."""
+    acc = RowAccounting()
+    parts = _event_parts(root, windows, acc, False)
+    acc.check()
+    return parts, acc.to_dict()
 
 
 # ------------------------------------------------------------------------------------------ stays and labels
@@ -352,7 +375,7 @@ def _codes(path: Path, windows: pd.DataFrame, acc: RowAccounting) -> pd.DataFram
     system = pd.Series(np.select(kinds, ["icd9", "icd10"], default=""), index=tokens.index)
     unknown = tokens.notna() & tokens.ne("") & system.eq("")
     if unknown.any():
-        log.warning("%s: %d code(s) are neither ICD-9 nor ICD-10 and were skipped, e.g. %r", path,
+        log.warning("%s: %d code(s) are neither ICD-9 nor ICD-10 and were skipped, e.g. %r", display_path(path),
                     int(unknown.sum()), tokens[unknown].iloc[0])
     codes = pd.DataFrame({"line": tokens.index, "system": system.to_numpy(),
                           "code": tokens.str.replace(".", "", regex=False).to_numpy()})

@@ -51,6 +51,7 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.schema import CohortMeta, LabelSpec
 from healthfusion.data.sources.itemmap import F_TO_C, LB_TO_KG, UNKNOWN, age_group, sex_group
+from healthfusion.files import display_path
 from healthfusion.optional import require
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def _read_all(path: Path, acc: RowAccounting, progress: bool) -> dict[str, list[
             ident = res.get("id") or entry["fullUrl"].rsplit(":", 1)[-1].rsplit("/", 1)[-1]
             out[rtype].append({"res": res, "keys": keys, "where": where, "id": ident})
         if progress:
-            log.info("FHIR file %d: %s", n + 1, file)
+            log.info("FHIR file %d: %s", n + 1, display_path(file))
     return out
 
 

@@ -36,6 +36,7 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.errors import SourceError
 from healthfusion.data.schema import CohortMeta, LabelSpec
 from healthfusion.data.sources.io import read_table
+from healthfusion.files import display_path
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def build(
         labels=[spec],
         description=f"Images of {root} labelled by {csv.name}, resized to {height}x{width}x{channels}.",
     )
-    log.info("%s: %d images", root, len(ids))
+    log.info("%s: %d images", display_path(root), len(ids))
     return Cohort(stays, images=images, labels=pd.DataFrame({"stay_id": ids, "label": values.to_numpy()}),
                   image_arrays=arrays, meta=meta, accounting=acc)
 

@@ -46,6 +46,7 @@ from healthfusion.data.sources.meds import (
     STAY_PREFIX,
 )
 from healthfusion.data.splits import split_patients
+from healthfusion.files import display_path
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def export_meds(cohort: Cohort, out: str | Path, *, seed: int = 0, subjects_per_
     _write_metadata(out, cohort, data, subject_split, patient_col)
     labels = _write_labels(out, cohort, stays, left_out)
     for what, n in left_out.items():
-        log.warning("MEDS export of %s left out %d %s (not representable in MEDS).", out, n, what)
+        log.warning("MEDS export of %s left out %d %s (not representable in MEDS).", display_path(out), n, what)
     return {"subjects": int(subject_split.shape[0]), "stays": len(stays), "data_rows": n_rows, "labels": labels,
             "left_out": left_out, "out": out}
 
@@ -221,7 +222,7 @@ def _write_data(out: Path, data: pd.DataFrame, subject_split: pd.DataFrame, per_
             pq.write_table(table, path)
             n += table.num_rows
             if progress:
-                log.info("MEDS export: %s (%d rows)", path, table.num_rows)
+                log.info("MEDS export: %s (%d rows)", display_path(path), table.num_rows)
     return n
 
 

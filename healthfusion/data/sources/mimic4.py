@@ -78,9 +78,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from healthfusion.data.accounting import RowAccounting
+from healthfusion.data.accounting import RowAccounting, combine_partitions
 from healthfusion.data.cohort import Cohort, CohortWriter
 from healthfusion.data.errors import SourceError
+from healthfusion.data.partition import Partitions, split_by_patient
 from healthfusion.data.plausibility import drop_implausible
 from healthfusion.data.schema import CohortMeta, LabelSpec
 from healthfusion.data.sources.hourly import iter_hourly
@@ -100,6 +101,7 @@ from healthfusion.data.sources.itemmap import (
     mimic4_items,
     sex_group,
 )
+from healthfusion.files import display_path
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +130,7 @@ def build(
     codes_at: str = "discharge",
     lab_time: str = "charttime",
     out: str | Path | None = None,
+    partitions: Partitions | None = None,
 ) -> Cohort:
     """Read a MIMIC-IV extract into a cohort of ICU stays (see the module docstring for the tables).
 
@@ -154,6 +157,11 @@ def build(
         Write the cohort to this folder as it is built and return it loaded lazily from there: the hourly
         chartevents are written chunk by chunk (stays in order), so memory stays flat however large the table.
         Without it the cohort is built in memory.
+    partitions : Partitions, optional
+        Reduce the event tables in groups of stays (whole patients), one call of ``partitions.map`` per group
+        (e.g. Ray tasks, see :mod:`healthfusion.data.partition`): each group runs the same reduction as the
+        single-process build, and the cohort and its row accounting are the same (event rows in another order).
+        Each group's events are held in memory by its worker until the build writes them.
 
     Returns
     -------
@@ -209,7 +217,10 @@ def build(
         return part.assign(stay_id=pd.Categorical(part["stay_id"], categories=stay_ids),
                            variable=pd.Categorical(part["variable"], categories=variables))
 
-    parts = _event_parts(root, windows, prediction_hours, lab_time, acc, progress)
+    if partitions is None:
+        parts = _event_parts(root, windows, prediction_hours, lab_time, acc, progress)
+    else:
+        parts = _partitioned_events(root, windows, prediction_hours, lab_time, acc, partitions)
     if out is not None:
         n_events = 0
         with CohortWriter(out, meta, acc) as writer:
@@ -218,7 +229,8 @@ def build(
                 writer.append(events=coded(part))
                 n_events += len(part)
             acc.check()
-        log.info("%s: %d ICU stays, %d events, %d codes written to %s", root, len(table), n_events, len(codes), out)
+        log.info("%s: %d ICU stays, %d events, %d codes written to %s", display_path(root), len(table), n_events,
+                 len(codes), display_path(out))
         return Cohort.load(out)
     events = pd.concat([coded(p) for p in parts], ignore_index=True)
     acc.check()
@@ -244,7 +256,28 @@ def _event_parts(root: Path, windows: pd.DataFrame, prediction_hours: float, lab
                             mimic4_items("outputevents"), windows, acc, progress)
     for name, file in (("chartevents", chart), ("outputevents", output)):
         if file is None:
-            log.info("%s: no %s table; its variables are absent from the cohort.", root, name)
+            log.info("%s: no %s table; its variables are absent from the cohort.", display_path(root), name)
+
+
+def partition_events(root: Path, windows: pd.DataFrame, prediction_hours: float, lab_time: str,
+                     ) -> tuple[list[pd.DataFrame], dict]:
+    """The events of the stays in ``windows`` (one partition of a build) and the row accounting of the event
+    tables as read for them (:meth:`RowAccounting.to_dict`): what a worker of a partitioned build computes."""
+    acc = RowAccounting()
+    frames = list(_event_parts(root, windows, prediction_hours, lab_time, acc, False))
+    acc.check()
+    return frames, acc.to_dict()
+
+
+def _partitioned_events(root: Path, windows: pd.DataFrame, prediction_hours: float, lab_time: str,
+                        acc: RowAccounting, partitions: Partitions) -> list[pd.DataFrame]:
+    """Events of all ``windows`` reduced group by group through ``partitions``; their accounting merged into
+    ``acc``."""
+    groups = split_by_patient(windows, partitions.n, patient="subject_id")
+    log.info("%s: reducing the event tables in %d partitions of stays", root, len(groups))
+    results = partitions.map(partition_events, [(root, g, prediction_hours, lab_time) for g in groups])
+    acc.merge(combine_partitions([RowAccounting.from_dict(counts) for _, counts in results]))
+    return [frame for frames, _ in results for frame in frames]
 
 
 def check_hours(**hours: float | None) -> None:

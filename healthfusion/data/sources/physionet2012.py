@@ -58,6 +58,7 @@ from healthfusion.data.schema import CohortMeta, LabelSpec
 from healthfusion.data.sources.itemmap import UNKNOWN, age_group
 from healthfusion.data.sources.physionet2012_records import RecordFiles, iter_record_files, record_set_name
 from healthfusion.data.sources.read_errors import reading
+from healthfusion.files import display_path
 
 log = logging.getLogger(__name__)
 
@@ -294,9 +295,9 @@ def _outcomes_path(path: Path, set_name: str, outcomes) -> Path | None:
     candidate = path.parent / f"Outcomes-{suffix}.txt" if suffix else None
     if candidate is not None and candidate.is_file():
         return candidate
-    looked = f" (looked for {candidate})" if candidate is not None else ""
+    looked = f" (looked for {candidate.name})" if candidate is not None else ""
     log.warning("%s: no outcomes file beside it%s: the cohort has no labels. Pass outcomes=PATH (--option "
-                "outcomes=PATH) to label it, or outcomes=False when none is wanted.", path, looked)
+                "outcomes=PATH) to label it, or outcomes=False when none is wanted.", display_path(path), looked)
     return None
 
 
@@ -338,7 +339,7 @@ def _read_outcomes(path: Path, ids: np.ndarray, acc: RowAccounting) -> pd.DataFr
     acc.drop(table, "no record file", int((~known).sum()))
     acc.use(table, int(known.sum()))
     if not known.all():
-        log.warning("%s: %d outcome row(s) have no record file in the set", table, int((~known).sum()))
+        log.warning("%s: %d outcome row(s) have no record file in the set", display_path(table), int((~known).sum()))
 
     def value(col: str) -> pd.Series:
         return num[col].where(num[col] != MISSING_CODE)

@@ -54,6 +54,7 @@ from healthfusion.data.errors import SourceError
 from healthfusion.data.schema import CohortMeta, LabelSpec
 from healthfusion.data.sources.itemmap import UNKNOWN, age_group, sex_group
 from healthfusion.data.sources.read_errors import reading
+from healthfusion.files import display_path
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ def _diabetes_age_group(age: pd.Series) -> pd.Series:
 def _decode_ids(df: pd.DataFrame, mapping_file: Path) -> dict[str, pd.Series]:
     """Admission type, discharge disposition and admission source ids -> their descriptions."""
     if not mapping_file.is_file():
-        log.info("%s not found; admission/discharge ids stay numeric categories.", mapping_file)
+        log.info("%s not found; admission/discharge ids stay numeric categories.", display_path(mapping_file))
         return {}
     mappings: dict[str, dict[str, str]] = {}
     current = None

@@ -23,7 +23,8 @@ sizes, the seeds and the strategies. For every seed the protocol is:
    ==================== ===================================================== ===============================
 
    DANN and MMD align source-train stays with the whole target pool (features only, no labels).
-4. score the target test set: AUROC, AUPRC, accuracy, precision, recall, F1, Brier with bootstrap 95% CIs.
+4. score the target test set: AUROC, AUPRC, ECE, calibration slope and intercept, accuracy, precision, recall, F1,
+   Brier with bootstrap 95% CIs.
 
 The run folder holds ``config.yaml``, ``results.csv`` (one row per seed x size x strategy), ``summary.csv`` (mean and
 a t-interval over seeds), ``gains.csv`` (each adaptation strategy minus the better of source-only and pooled, paired

@@ -29,7 +29,9 @@ STRATEGIES: tuple[str, ...] = ("target_only", "source_only", "pooled", "finetune
                                "finetune_dann_mmd")
 BASELINE_STRATEGIES = ("source_only", "pooled")
 ADAPTATION_STRATEGIES = ("finetune", "finetune_frozen", "dann", "mmd", "finetune_dann_mmd")
-METRICS = ("auroc", "auprc", "accuracy", "precision", "recall", "f1", "brier")
+METRICS = ("auroc", "auprc", "ece", "cal_slope", "cal_intercept", "accuracy", "precision", "recall", "f1", "brier")
+#: the metrics of :data:`METRICS` that are not bounded by [0, 1] (their t-intervals over seeds are not clipped)
+UNBOUNDED_METRICS = ("cal_slope", "cal_intercept")
 Strategy = Literal["target_only", "source_only", "pooled", "finetune", "finetune_frozen", "dann", "mmd",
                    "finetune_dann_mmd"]
 

@@ -13,7 +13,9 @@ import torch
 from healthfusion.data.domains import split_domains
 from healthfusion.features import batch as B
 from healthfusion.features.compose import CohortFeaturizer
+from healthfusion.files import atomic_path, write_csv, write_text
 from healthfusion.models.transfer import TransferModel
+from healthfusion.workflows.runfolder import MANIFEST, check_artefacts, record_artefacts
 from healthfusion.workflows.transfer.config import TransferConfig, load_transfer_config
 from healthfusion.workflows.transfer.features import featurize
 from healthfusion.workflows.transfer.protocol import Rows, seed_splits
@@ -29,11 +31,12 @@ def explain_transfer_run(run_dir: str | Path, console=None) -> dict:
     ------
     ValueError
         If the run folder lacks its config or the two models (source and ``shap.compare`` at the headline size of
-        the first seed).
+        the first seed); RunFolderError if its config or models changed after the sweep wrote them.
     """
     from healthfusion.models.base import load_network
 
     run_dir = Path(run_dir)
+    check_artefacts(run_dir, ["config.yaml"])
     config = load_transfer_config(run_dir / "config.yaml")
     p, compare = config.protocol, config.shap.compare
     first = p.seeds[0]
@@ -51,8 +54,11 @@ def explain_transfer_run(run_dir: str | Path, console=None) -> dict:
     split = split_domains(cohort, d.column, d.target, d.source, d.bins)
     featurizer, _, data = featurize(config, cohort, split)
     models = {name: load_network(folder)[0] for name, folder in folders.items()}
-    return explain_models(config, run_dir, Rows(data), seed_splits(config, cohort, split, first), models,
+    info = explain_models(config, run_dir, Rows(data), seed_splits(config, cohort, split, first), models,
                           featurizer, first)
+    if (run_dir / MANIFEST).is_file():  # the recomputed SHAP outputs are artefacts of the sweep's models
+        record_artefacts(run_dir, [f"shap/{p.name}" for p in (run_dir / "shap").iterdir() if p.is_file()])
+    return info
 
 
 def explain_models(config: TransferConfig, run_dir: Path, rows: Rows, ids: dict[str, Any],
@@ -92,16 +98,16 @@ def explain_models(config: TransferConfig, run_dir: Path, rows: Rows, ids: dict[
     table = pd.DataFrame(importance)
     table.index.name = "feature"
     table = table.sort_values(table.columns[0], ascending=False)
-    table.to_csv(out / "global_importance.csv")
-    pd.concat(tops, ignore_index=True).rename(columns={"sample": "stay_id"}).to_csv(out / "top_features.csv",
-                                                                                    index=False)
+    write_csv(table, out / "global_importance.csv")
+    write_csv(pd.concat(tops, ignore_index=True).rename(columns={"sample": "stay_id"}), out / "top_features.csv",
+              index=False)
     names = list(models)
     rho = float(spearmanr(table[names[0]], table[names[-1]]).statistic) if len(names) > 1 else float("nan")
     _plot_importance(table, out / "global_importance.png", spec.top_k * 3)
     info = {"method": "gradient_shap (expected gradients, logit units)", "models": names, "seed": seed,
             "n_explained": len(test_ids), "n_background": len(bg_ids), "n_samples": spec.n_samples,
             "spearman_importance": rho}
-    (out / "shap.json").write_text(json.dumps(info, indent=2))
+    write_text(out / "shap.json", json.dumps(info, indent=2))
     return info
 
 
@@ -120,7 +126,8 @@ def _plot_importance(table: pd.DataFrame, path: Path, top: int) -> None:
         ax.set_xlabel("mean |SHAP| (logit)")
         ax.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

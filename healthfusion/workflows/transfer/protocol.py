@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from healthfusion.data.cohort import Cohort
@@ -24,6 +25,7 @@ from healthfusion.data.domains import (
 )
 from healthfusion.data.splits import split_patients
 from healthfusion.evaluation.bootstrap import metrics_with_ci
+from healthfusion.evaluation.calibration import calibration_with_ci
 from healthfusion.features.dataset import ArrayDataset
 from healthfusion.models.transfer import TransferModel, TransferModelConfig
 from healthfusion.training import checkpoint
@@ -156,11 +158,14 @@ def run_strategy(strategy: str, config: TransferConfig, rows: Rows, ids: dict[st
 
 
 def score(y: np.ndarray, prob: np.ndarray, n_boot: int, seed: int) -> dict[str, float]:
+    """Target test metrics of one model: ``n_test``, ``n_test_positive`` and each of :data:`METRICS` (AUROC,
+    AUPRC, ..., ECE, calibration slope and intercept) with ``_ci_low``/``_ci_high`` (bootstrap 95%)."""
     quiet = logging.getLogger("healthfusion.evaluation.bootstrap")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # undefined precision on resamples without a predicted positive: CI is NaN
     try:
-        table = metrics_with_ci(y, prob, threshold=0.5, n_boot=n_boot, seed=seed).set_index("metric")
+        table = pd.concat([metrics_with_ci(y, prob, threshold=0.5, n_boot=n_boot, seed=seed),
+                           calibration_with_ci(y, prob, n_boot=n_boot, seed=seed)]).set_index("metric")
     finally:
         quiet.setLevel(level)
     out: dict[str, float] = {"n_test": int(table.loc["auroc", "n"]), "n_test_positive": int(np.sum(y))}

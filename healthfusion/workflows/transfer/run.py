@@ -18,8 +18,16 @@ from healthfusion.data.cohort import Cohort
 from healthfusion.data.domains import concat_cohorts, split_domains
 from healthfusion.evaluation.compare import risk_groups
 from healthfusion.features import batch as B
+from healthfusion.files import write_csv, write_text
 from healthfusion.workflows.common import open_source
-from healthfusion.workflows.runfolder import write_run_config
+from healthfusion.workflows.runfolder import (
+    check_run_folder,
+    claim_run_folder,
+    inputs_inside,
+    record_artefacts,
+    source_paths,
+    write_run_config,
+)
 from healthfusion.workflows.transfer.config import STRATEGIES, TransferConfig
 from healthfusion.workflows.transfer.explain import explain_models
 from healthfusion.workflows.transfer.features import featurize, model_config, pretrained_ts
@@ -33,8 +41,12 @@ def load_cohort(config: TransferConfig, console=None) -> Cohort:
     return concat_cohorts([open_source(spec, console) for spec in config.data.sources])
 
 
-def run_transfer(config: TransferConfig, console=None, resume: bool = False) -> Path:
+def run_transfer(config: TransferConfig, console=None, resume: bool = False, overwrite: bool = False) -> Path:
     """Run the whole sweep and write the run folder (see the package docstring). Returns the folder.
+
+    The run folder must be new or empty (data inside it is kept); ``overwrite`` clears it once the data has been
+    read. Files are written atomically and recorded in ``artefacts.json`` as artefacts of the sweep's ``models/``
+    (:mod:`healthfusion.workflows.runfolder`), so ``report`` refuses a folder that mixes two sweeps.
 
     Every fit keeps its newest epoch in ``RUN_DIR/checkpoints/`` until the sweep ends; with ``resume`` an
     interrupted sweep (same config, same ``out``) continues from there: finished fits restore their final state,
@@ -43,17 +55,23 @@ def run_transfer(config: TransferConfig, console=None, resume: bool = False) -> 
     Raises
     ------
     ValueError
-        On bad data, domain values or label (the message names what to fix), or ``resume`` without ``out``.
+        On bad data, domain values or label (the message names what to fix), or ``resume`` without ``out``;
+        RunFolderError on a non-empty run folder without ``overwrite`` or ``resume``.
     """
     if resume and config.out is None:
         raise ValueError("--resume continues the run folder of the config's out:; set out: to the interrupted run.")
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
     run_dir = Path(config.out or f"runs/transfer-{datetime.now():%Y%m%d-%H%M%S}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_config(config.model_dump(mode="json"), run_dir)  # paths relative to the run folder
+    inputs = inputs_inside(run_dir, source_paths(config.data.sources))
+    if not resume:  # an interrupted sweep's folder is continued, not refused
+        check_run_folder(run_dir, overwrite, keep=inputs)
     cohort = load_cohort(config, console)
     cohort.meta.label(config.data.label)  # fails early, naming the labels the cohort has
+    if not resume:
+        claim_run_folder(run_dir, overwrite, keep=inputs)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_config(config.model_dump(mode="json"), run_dir)  # paths relative to the run folder
     d = config.domain
     split = split_domains(cohort, d.column, d.target, d.source, d.bins)
     featurizer, coder, data = featurize(config, cohort, split)
@@ -137,7 +155,7 @@ def run_transfer(config: TransferConfig, console=None, resume: bool = False) -> 
                     histories[f"{strategy}/seed{seed}/n{size}"] = h.to_dict()
                     log.info("seed %d, n=%s, %s: AUROC %.3f (%d epochs, %.0f s)", seed, size, strategy,
                              results[-1]["auroc"], len(h.train_loss), results[-1]["seconds"])
-                    pd.DataFrame(results).to_csv(run_dir / "results.csv", index=False)  # partial results survive
+                    write_csv(pd.DataFrame(results), run_dir / "results.csv", index=False)  # partial results survive
                     if size == p.headline_size:
                         saved[(strategy, seed, size)] = model
                     _advance(progress, task)
@@ -146,12 +164,12 @@ def run_transfer(config: TransferConfig, console=None, resume: bool = False) -> 
         raise ValueError(f"No target size of protocol.sizes {list(p.sizes)} could be trained: the target pool has "
                          f"{', '.join(map(str, pools))} labelled stays (per seed); choose sizes up to that, or 'all'.")
     results_df = pd.DataFrame(results)
-    results_df.to_csv(run_dir / "results.csv", index=False)
-    pd.concat(predictions, ignore_index=True).to_csv(run_dir / "predictions.csv", index=False)
-    (run_dir / "histories.json").write_text(json.dumps(histories, indent=1, default=_json_default))
+    write_csv(results_df, run_dir / "results.csv", index=False)
+    write_csv(pd.concat(predictions, ignore_index=True), run_dir / "predictions.csv", index=False)
+    write_text(run_dir / "histories.json", json.dumps(histories, indent=1, default=_json_default))
     summary = summarise(results_df)
-    summary.to_csv(run_dir / "summary.csv", index=False)
-    gains(results_df).to_csv(run_dir / "gains.csv", index=False)
+    write_csv(summary, run_dir / "summary.csv", index=False)
+    write_csv(gains(results_df), run_dir / "gains.csv", index=False)
     if len(summary):
         plot_learning_curve(summary, run_dir / "learning_curve.png",
                             title=f"{config.name}: target {d.column} in {d.target}")
@@ -160,13 +178,12 @@ def run_transfer(config: TransferConfig, console=None, resume: bool = False) -> 
         model.save_pretrained(folder, preprocessing_state=prep)
     if shift_info is not None:
         info, table = shift_info
-        (run_dir / "shift.json").write_text(json.dumps({**info, **split.summary()}, indent=2,
-                                                       default=_json_default))
-        table.to_csv(run_dir / "shift.csv", index=False)
+        write_text(run_dir / "shift.json", json.dumps({**info, **split.summary()}, indent=2, default=_json_default))
+        write_csv(table, run_dir / "shift.csv", index=False)
     meta = {"seconds": time.perf_counter() - started, "n_target_test": len(ids["test"]),
             "domain": split.summary(), "y_prevalence_target": float(y_all.reindex(split.target_ids).mean()),
             "skipped_sizes": skipped}
-    (run_dir / "run.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+    write_text(run_dir / "run.json", json.dumps(meta, indent=2, default=_json_default))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the sweep is complete: nothing left to resume
     compare, first = config.shap.compare, p.seeds[0]
     if config.shap.enabled and ("source_only", first, None) in saved and (compare, first, p.headline_size) in saved:
@@ -178,6 +195,7 @@ def run_transfer(config: TransferConfig, console=None, resume: bool = False) -> 
     elif config.shap.enabled:
         log.warning("SHAP skipped: it needs the source model and %s at the headline size %s.", compare,
                     p.headline_size)
+    record_artefacts(run_dir)
     return run_dir
 
 

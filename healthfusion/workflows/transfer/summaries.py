@@ -11,33 +11,43 @@ import pandas as pd
 from healthfusion.evaluation.bootstrap import seed_interval
 from healthfusion.evaluation.shift import domain_classifier_auroc, stay_summaries, variable_shift
 from healthfusion.features import batch as B
+from healthfusion.files import atomic_path
 from healthfusion.workflows.transfer.config import (
     ADAPTATION_STRATEGIES,
     BASELINE_STRATEGIES,
     METRICS,
     STRATEGIES,
+    UNBOUNDED_METRICS,
 )
 from healthfusion.workflows.transfer.protocol import Rows
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    """Per strategy and size: number of seeds and, for each metric, mean, sd and a 95% t-interval over seeds."""
+    """Per strategy and size: number of seeds, the smallest target test set over seeds (``n_test``,
+    ``n_test_positive``: what small-cell suppression judges the row by) and, for each metric, mean, sd and a 95%
+    t-interval over seeds."""
     rows = []
     ok = results[results["status"] == "ok"]
     for (strategy, size), group in ok.groupby(["strategy", "size"], sort=False):
         row: dict[str, Any] = {"strategy": strategy, "size": size, "n_seeds": len(group),
-                               "n_labelled": float(group["n_labelled"].mean())}
+                               "n_labelled": float(group["n_labelled"].mean()), **_smallest_test(group)}
         for m in METRICS:
-            mean, low, high = seed_interval(group[m].to_numpy(dtype=float), bounds=(0.0, 1.0))
+            bounds = None if m in UNBOUNDED_METRICS else (0.0, 1.0)
+            mean, low, high = seed_interval(group[m].to_numpy(dtype=float), bounds=bounds)
             row.update({m: mean, f"{m}_sd": float(group[m].std(ddof=1)) if len(group) > 1 else float("nan"),
                         f"{m}_seed_ci_low": low, f"{m}_seed_ci_high": high})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _smallest_test(group: pd.DataFrame) -> dict[str, int]:
+    return {col: int(group[col].min()) for col in ("n_test", "n_test_positive") if col in group.columns}
+
+
 def gains(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
     """Each adaptation strategy minus the bar (the better, by mean over seeds, of source-only and pooled), paired
-    by seed, per size: mean difference and 95% t-interval over seeds."""
+    by seed, per size: mean difference and 95% t-interval over seeds, and the smallest target test set over seeds
+    (``n_test``, ``n_test_positive``)."""
     ok = results[results["status"] == "ok"]
     rows = []
     for size, group in ok.groupby("size", sort=False):
@@ -52,7 +62,7 @@ def gains(results: pd.DataFrame, metric: str = "auroc") -> pd.DataFrame:
             rows.append({"size": size, "strategy": strategy, "bar": bar, f"{metric}_bar": float(wide[bar].mean()),
                          f"{metric}_strategy": float(wide[strategy].mean()), "gain": mean, "gain_ci_low": low,
                          "gain_ci_high": high, "n_seeds": int((~np.isnan(diff)).sum()),
-                         "wins": int((diff > 0).sum())})
+                         "wins": int((diff > 0).sum()), **_smallest_test(group)})
     return pd.DataFrame(rows)
 
 
@@ -81,7 +91,8 @@ def plot_learning_curve(summary: pd.DataFrame, path: Path, metric: str = "auroc"
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
     return path
 

@@ -1,0 +1,79 @@
+"""Partitioned cohort builds: the stays of a cohort split into groups that separate workers reduce.
+
+A reader that supports it (MIMIC-IV, eICU: ``build(..., partitions=...)``) builds its small tables (stays, static,
+codes, labels) once and hands each group of stays to ``partitions.map``: every worker runs the reader's own
+per-stay reduction of the large event tables (the same function the single-process build runs, given fewer
+stays) and returns its events and row accounting; the reader merges them into the same cohort folder
+(:func:`~healthfusion.data.accounting.combine_partitions` counts every row once, by reason). Stays are grouped
+by patient, so a patient-keyed event (a lab attached to every stay of its patient in the window) belongs to one
+group only.
+
+The data layer runs nothing in parallel itself: ``partitions`` is any object with ``n`` (the number of groups)
+and ``map(function, list_of_argument_tuples) -> list`` (results in order). :class:`Sequential` runs them in this
+process; :class:`healthfusion.scale.ray.RayCluster` runs them as Ray tasks.
+
+Example::
+
+    cohort = mimic4.build("mimic-iv", out="cohort", partitions=Sequential(4))   # same folder as without it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+
+class Partitions(Protocol):
+    """What a partitioned build needs: how many groups, and a way to run a function over argument tuples."""
+
+    n: int
+
+    def map(self, function: Callable, arguments: Sequence[tuple]) -> list[Any]: ...
+
+
+class Sequential:
+    """``n`` partitions run one after the other in this process (for tests and as the reference)."""
+
+    def __init__(self, n: int):
+        if int(n) < 1:
+            raise ValueError(f"Sequential needs n >= 1 partitions; got {n!r}.")
+        self.n = int(n)
+
+    def map(self, function: Callable, arguments: Sequence[tuple]) -> list[Any]:
+        return [function(*args) for args in arguments]
+
+
+def split_by_patient(stays: pd.DataFrame, n: int, patient: str = "patient_id") -> list[pd.DataFrame]:
+    """Split ``stays`` into at most ``n`` non-empty groups of whole patients, balanced by number of stays.
+
+    Patients are dealt, largest first (ties in order of appearance), to the group with the fewest stays so far;
+    each group keeps the original row order. Deterministic for a given ``stays`` and ``n``.
+
+    Parameters
+    ----------
+    stays : DataFrame
+        One row per stay with column ``patient``.
+    n : int
+        Number of groups wanted (>= 1); fewer come back when there are fewer patients.
+
+    Returns
+    -------
+    list of DataFrame
+        Disjoint row subsets of ``stays`` covering all of it.
+    """
+    if n < 1:
+        raise ValueError(f"split_by_patient needs n >= 1; got {n}.")
+    codes, _ = pd.factorize(stays[patient], sort=False)
+    sizes = np.bincount(codes) if len(codes) else np.zeros(0, dtype=np.int64)
+    order = np.argsort(-sizes, kind="stable")
+    load = np.zeros(min(n, len(sizes)), dtype=np.int64)
+    group_of = np.empty(len(sizes), dtype=np.int64)
+    for p in order:
+        g = int(np.argmin(load))
+        group_of[p] = g
+        load[g] += sizes[p]
+    groups = group_of[codes]
+    return [stays[groups == g] for g in range(len(load))]

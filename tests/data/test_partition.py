@@ -1,0 +1,120 @@
+"""Partitioned builds without Ray: patient groups, the merged row accounting, and a MIMIC-IV cohort built in
+partitions (in this process) equal to the single-process build."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from healthfusion.data.accounting import AccountingError, RowAccounting, combine_partitions
+from healthfusion.data.partition import Sequential, split_by_patient
+
+BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "mimic_scale.py"
+
+
+def test_split_by_patient_keeps_patients_whole_and_balances_stays():
+    stays = pd.DataFrame({"stay": range(10), "patient_id": ["a", "a", "a", "b", "c", "c", "d", "e", "f", "g"]})
+    groups = split_by_patient(stays, 3)
+    assert len(groups) == 3
+    assert sorted(pd.concat(groups)["stay"]) == list(range(10))
+    owners = [set(g["patient_id"]) for g in groups]
+    assert all(not (owners[i] & owners[j]) for i in range(3) for j in range(i + 1, 3))
+    assert sorted(len(g) for g in groups) == [3, 3, 4]
+    assert all(g["stay"].is_monotonic_increasing for g in groups)
+    assert len(split_by_patient(stays.head(3), 4)) == 1  # one patient: one group
+    with pytest.raises(ValueError, match="n >= 1"):
+        split_by_patient(stays, 0)
+
+
+def _part(read, used, **dropped):
+    acc = RowAccounting()
+    acc.read("t", read)
+    acc.use("t", used)
+    for reason, n in dropped.items():
+        acc.drop("t", reason.replace("_", " "), n)
+    return acc
+
+
+def test_combine_partitions_counts_every_row_once():
+    # 100 rows: 30 unmapped (seen by both parts), 20 of stays in no part, 30 of part 0's stays, 20 of part 1's
+    a = _part(100, 25, unmapped_item=30, stay_not_in_cohort=40, missing_value=5)
+    b = _part(100, 18, unmapped_item=30, stay_not_in_cohort=50, missing_value=2)
+    merged = combine_partitions([a, b]).to_dict()["t"]
+    assert merged == {"read": 100, "used": 43,
+                      "dropped": {"unmapped item": 30, "missing value": 7, "stay not in cohort": 20}}
+
+
+def test_combine_partitions_refuses_overlapping_or_different_reads():
+    a = _part(10, 8, unmapped_item=2)
+    with pytest.raises(AccountingError, match="overlap"):
+        combine_partitions([a, _part(10, 8, unmapped_item=2)])
+    with pytest.raises(AccountingError, match="disagree"):
+        combine_partitions([a, _part(12, 8, unmapped_item=4)])
+
+
+def _normalised(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.copy()
+    for column in frame.columns:
+        if isinstance(frame[column].dtype, pd.CategoricalDtype):
+            frame[column] = frame[column].astype(str)
+    return frame.sort_values(list(frame.columns)).reset_index(drop=True)
+
+
+def assert_same_cohort(a, b) -> None:
+    """Same tables (row order aside) and the same row accounting."""
+    assert a.accounting.to_dict() == b.accounting.to_dict()
+    for name in ("stays", "static", "events", "codes", "labels"):
+        pd.testing.assert_frame_equal(_normalised(getattr(a, name)), _normalised(getattr(b, name)),
+                                      check_dtype=False, obj=name)
+
+
+def mimic_with_chartevents(demo: Path, root: Path, rows: int = 20000) -> Path:
+    """The MIMIC-IV demo with a generated chartevents table (the benchmark's generator, 2 copies of the demo's
+    stays) and the demo's own labevents and outputevents linked in: every event-table path of the reader."""
+    spec = importlib.util.spec_from_file_location("mimic_scale", BENCHMARK)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.make_database(demo, root, rows, copies=2)
+    (root / "hosp" / "labevents.csv.gz").unlink()
+    (root / "hosp" / "labevents.csv.gz").symlink_to(demo / "hosp" / "labevents.csv.gz")
+    (root / "icu" / "outputevents.csv.gz").symlink_to(demo / "icu" / "outputevents.csv.gz")
+    return root
+
+
+@pytest.mark.realdata
+def test_mimic4_partitioned_build_equals_single_process(shared_dataset, tmp_path):
+    from healthfusion.data.sources.mimic4 import build
+
+    root = mimic_with_chartevents(shared_dataset("mimic_iv_demo"), tmp_path / "db")
+    single = build(root, out=tmp_path / "single")
+    parted = build(root, out=tmp_path / "parted", partitions=Sequential(3))
+    assert_same_cohort(single, parted)
+    tables = single.accounting.to_dict()
+    assert {"labevents", "chartevents", "outputevents"} <= set(tables)
+    assert tables["chartevents"]["used"] > 0 and tables["labevents"]["used"] > 0
+    assert np.isin(["HR", "MAP", "Urine"], single.events["variable"].astype(str).unique()).all()
+
+
+def test_additive_tables_sum_and_may_be_absent_from_a_partition():
+    a, b = _part(100, 60, stay_not_in_cohort=40), _part(100, 30, stay_not_in_cohort=70)
+    a.read("t values", 50)
+    a.use("t values", 48)
+    a.drop("t values", "implausible value", 2)
+    merged = combine_partitions([a, b], shared=(), additive=("t values",)).to_dict()
+    assert merged["t values"] == {"read": 50, "used": 48, "dropped": {"implausible value": 2}}
+    assert merged["t"] == {"read": 100, "used": 90, "dropped": {"stay not in cohort": 10}}
+
+
+@pytest.mark.realdata
+def test_eicu_partitioned_build_equals_single_process(shared_dataset):
+    from healthfusion.data.sources.eicu import build
+
+    demo = shared_dataset("eicu_demo")
+    single = build(demo)
+    parted = build(demo, partitions=Sequential(3))
+    assert_same_cohort(single, parted)
+    tables = single.accounting.to_dict()
+    assert {"vitalAperiodic", "vitalAperiodic values", "intakeOutput"} <= set(tables)
+    assert tables["intakeOutput"]["dropped"]["unmapped item"] > 0
