@@ -195,9 +195,16 @@ def simulate(model_fn: Callable[[], nn.Module], sites: Sequence[Site], config: F
         return make_client(model_fn(), site, local, config, head_kind)
 
     strategy = make_strategy(server)
-    start_simulation(client_fn=client_fn, num_clients=len(sites), config=flwr.server.ServerConfig(
-        num_rounds=config.rounds, round_timeout=config.round_timeout), strategy=strategy,
-        client_resources={"num_cpus": 1}, ray_init_args={"num_cpus": num_cpus, "include_dashboard": False,
-                                                         "log_to_driver": False})
+    ray = require("ray", extra="federated", needed_for="Flower's simulation engine")
+    running = ray.is_initialized()  # Flower's engine starts Ray and leaves it running; stop what it started
+    try:
+        start_simulation(client_fn=client_fn, num_clients=len(sites), config=flwr.server.ServerConfig(
+            num_rounds=config.rounds, round_timeout=config.round_timeout), strategy=strategy,
+            client_resources={"num_cpus": 1}, keep_initialised=running,
+            ray_init_args={"num_cpus": num_cpus, "include_dashboard": False, "log_to_driver": False,
+                           "ignore_reinit_error": True})
+    finally:
+        if not running and ray.is_initialized():
+            ray.shutdown()
     set_weights(model, server.weights)
     return server, strategy.site_metrics

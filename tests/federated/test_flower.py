@@ -104,3 +104,6 @@ def test_flower_ray_simulation_aggregates_every_site(monkeypatch):
     assert [sorted(r["sites"]) for r in server.rounds] == [["a", "b"], ["a", "b"]], server.rounds
     assert all(r["aggregated"] and r["n_samples"] == 100 for r in server.rounds)
     assert {m["site"] for m in metrics} == {"a", "b"}
+    import ray
+
+    assert not ray.is_initialized()  # Flower's engine starts Ray; simulate stops it (no Ray left to later work)
