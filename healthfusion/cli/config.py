@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
     @config_app.command("schema")
     def schema(
-        kind: str = typer.Argument(..., help="Config kind: train, transfer, multitask or pretrain."),
+        kind: str = typer.Argument(..., help="Config kind: train, transfer, multitask, pretrain or federate."),
         out: Path | None = typer.Option(None, "--out", "-o", help="JSON file to write (default: print it)."),
     ) -> None:
         """Print the JSON schema of a config kind: every field with its type, default, limits and description

@@ -204,4 +204,33 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
     "EncoderSpec": {"hidden": "Encoder width.", "lstm_layers": "Stacked LSTM layers.",
                     "bidirectional": "Bidirectional LSTM.", "dropout": "Dropout rate."},
     "PretrainConfig": _LOOP,
+    # ---------------------------------------------------------------- healthfusion federate
+    "FederateConfig": {
+        "name": "Run name (the default run folder's name).",
+        "out": "Run folder (relative to the config file).",
+        "data": "The pooled source whose site column defines the sites (each site's stays stay with its client).",
+        "features": "Modalities and feature settings, as in train (the pipeline is fitted on the sites' training "
+                    "stays).",
+        "model": "The network every site trains (hybrid, or logistic regression as a torch module).",
+        "training": "Each site's local training loop per round (epochs, batch size, learning rate).",
+        "federated": "Strategy, rounds, sites, privacy and the comparison settings.",
+        "n_boot": "Bootstrap resamples of the AUROC and calibration intervals.",
+    },
+    "FederatedConfig": {
+        "rounds": "Federated rounds (each: local training at every site, then aggregation).",
+        "server_lr": "Server learning rate of the adaptive server optimiser (FedAdagrad/FedAdam/FedYogi).",
+        "beta1": "First-moment decay of the server optimiser.",
+        "beta2": "Second-moment decay of the server optimiser.",
+        "tau": "Adaptivity (epsilon) of the server optimiser.",
+    },
+    "FederatedSpec": {
+        "site_column": "Cohort column naming each stay's site (hospital, region, care unit).",
+        "test": "Fraction of each site's patients held out as its test stays.",
+        "validation": "Fraction of each site's non-test patients kept for its calibration temperature (0: the "
+                      "global model is not calibrated).",
+        "split_seed": "Seed of the per-site patient splits.",
+        "compare": "Also fit the pooled model and one local-only model per site (summary.csv rows).",
+        "compare_epochs": "Epochs of those reference fits.",
+    },
+    "ServerPrivacyConfig": {"delta": "delta of the site-level (epsilon, delta) guarantee."},
 }

@@ -26,6 +26,7 @@ CONFIG_KINDS: dict[str, tuple[str, str, str]] = {
     "transfer": ("healthfusion.workflows.transfer", "TransferConfig", "load_transfer_config"),
     "multitask": ("healthfusion.workflows.multitask", "MultitaskConfig", "load_multitask_config"),
     "pretrain": ("healthfusion.workflows.pretrain", "PretrainRunConfig", "load_pretrain_config"),
+    "federate": ("healthfusion.workflows.federate", "FederateConfig", "load_federate_config"),
 }
 
 

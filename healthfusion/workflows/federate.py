@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -98,15 +99,17 @@ class FederateConfig(StrictModel):
     n_boot: int = Field(500, ge=1)
 
 
-def load_federate_config(path: str | Path) -> FederateConfig:
-    """Read and validate FL.yaml; relative data paths are resolved against its folder.
+def load_federate_config(path: str | Path, overrides: Sequence[str] = (), out: str | Path | None = None,
+                         quick: bool = False) -> FederateConfig:
+    """Read and validate FL.yaml (``overrides``, ``out`` and ``quick`` as in
+    :func:`~healthfusion.workflows.config.read_yaml_config`); relative data paths are resolved against its folder.
 
     Raises
     ------
     ConfigError
         Naming the file and each offending key.
     """
-    config = read_yaml_config(path, FederateConfig)
+    config = read_yaml_config(path, FederateConfig, overrides, out, quick)
     resolve_paths(Path(path).parent, config.data, ("path", "cohort"))
     return config
 
