@@ -20,10 +20,8 @@ import pandas as pd
 from healthfusion.evaluation.compare import format_ci, format_comparison
 from healthfusion.evaluation.disclosure import (
     RULE,
-    SUPPRESSED,
     count_cell,
     suppress_groups,
-    suppress_small_rows,
 )
 from healthfusion.models.run_ensemble import primary_network_dir
 from healthfusion.report.html import write_report
@@ -42,6 +40,7 @@ from healthfusion.workflows.report_sections import (
     table_block,
     text_block,
 )
+from healthfusion.workflows.report_studies import study_kind, study_report
 from healthfusion.workflows.runfolder import (
     ARTEFACT_FOLDERS,
     MANIFEST,
@@ -218,136 +217,6 @@ def _extra_sections(run_dir: Path, out: Path, identifiers: bool = False) -> list
 
 
 #: files that mark a study run folder, and the order its tables are shown in
-_STUDIES = {
-    "transfer": ("gains.csv", ("summary.csv", "gains.csv", "shift.csv", "shap/global_importance.csv",
-                               "shap/top_features.csv", "results.csv")),
-    "multitask": ("tasks.csv", ("tasks.csv", "tim_attention.csv", "tim_ablation.csv", "tim_retrain.csv",
-                                "comparison.csv")),
-    "federate": ("rounds.csv", ("summary.csv", "sites.csv", "rounds.csv", "site_metrics.csv")),
-}
-_STUDY_TITLES = {"transfer": "cross-domain transfer", "multitask": "multitask (M3H)", "federate": "federated learning"}
-#: columns that name a row of a study's tables (shown when the row's numbers are suppressed)
-_STUDY_KEYS = ("seed", "size", "strategy", "status", "n_seeds", "n_labelled", "n_target_train", "n_target_val",
-               "task", "kind", "metric", "model", "bar", "higher_is_better")
-#: per-stay outputs of a study, never part of its report
-_STUDY_PRIVATE = ("predictions.csv",)
-
-
-def study_kind(run_dir: Path) -> str | None:
-    """``"transfer"``, ``"multitask"`` or ``"federate"`` for a run folder of `healthfusion transfer` / `multitask` /
-    `federate`, else None."""
-    for kind, (marker, _) in _STUDIES.items():
-        if (run_dir / marker).is_file() and not (run_dir / "audit").is_dir():
-            return kind
-    return None
-
-
-def _federated_card(run_dir: Path, cfg: dict) -> list[tuple[str, str]]:
-    """Card rows of a federated run: strategy and rounds, sites, calibration and each site's DP budget."""
-    fed = cfg.get("federated", {})
-    strategy = fed.get("aggregation", "fedavg")
-    if fed.get("server_optimizer", "none") != "none":
-        strategy = f"fed{fed['server_optimizer']}"
-    elif fed.get("proximal_mu"):
-        strategy = f"fedprox (mu {fed['proximal_mu']})"
-    rows = [("Strategy", f"{strategy}, {fed.get('rounds', '?')} rounds"
-             + (f", then {fed['personalize_epochs']} local fine-tuning epochs" if fed.get("personalize_epochs") else ""))]
-    rounds = _read_csv(run_dir / "rounds.csv")
-    if rounds is not None:
-        failed = int((rounds["failed"].astype(str) != "{}").sum()) if "failed" in rounds else 0
-        rows.append(("Rounds", f"{len(rounds)} recorded, {int(rounds['aggregated'].sum())} aggregated, "
-                               f"{failed} with a failed site"))
-        if "server_epsilon" in rounds and rounds["server_epsilon"].notna().any():
-            dp = fed.get("server_privacy") or {}
-            rows.append(("Server-side DP", f"site-level epsilon {rounds['server_epsilon'].dropna().iloc[-1]:.2f} at "
-                                           f"delta {dp.get('delta', '?')} (updates clipped to {dp.get('clip_norm')}, "
-                                           f"noise multiplier {dp.get('noise_multiplier')})"))
-    sites = _read_csv(run_dir / "sites.csv")
-    if sites is not None:
-        rows.append(("Sites", ", ".join(f"{r.site} (train {r.n_train}, test {r.n_test})" for r in sites.itertuples())))
-        temps = sites["temperature"].dropna() if "temperature" in sites else []
-        rows.append(("Calibration", "none (no validation stays with both outcomes)" if not len(temps) else
-                     "temperature, the validation-size-weighted geometric mean of the sites' own ("
-                     + ", ".join(f"{r.site} {r.temperature:.2f}" for r in sites.dropna(subset=["temperature"])
-                                 .itertuples()) + ")"))
-        if "epsilon" in sites:
-            rows.append(("Differential privacy", "per-site DP-SGD (Opacus RDP accountant): "
-                         + ", ".join(f"{r.site} epsilon {r.epsilon:.2f} at delta {r.delta:.1e}"
-                                     for r in sites.itertuples())))
-    return rows
-
-
-def _study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False) -> Path:
-    """The report of a transfer or multitask run folder: its settings, every table (in a useful order) and
-    figure it wrote. Refuses (RunFolderError) artefacts that are not the run's models' own."""
-    import yaml
-
-    check_artefacts(run_dir)
-
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    cfg = cfg or {}
-    data = cfg.get("data", {})
-    card = [("Study", _STUDY_TITLES[kind]), ("Run", str(cfg.get("name", run_dir.name)))]
-    if data.get("label"):
-        card.append(("Outcome", str(data["label"])))
-    if kind == "transfer":
-        domain = cfg.get("domain", {})
-        card.append(("Domains", f"{domain.get('column', '?')}: target {domain.get('target', '?')}, source "
-                                f"{domain.get('source') or 'the rest'}"))
-        protocol = cfg.get("protocol", {})
-        card.append(("Protocol", f"target sizes {protocol.get('sizes', '?')} x seeds {protocol.get('seeds', '?')}; "
-                                 f"strategies {cfg.get('strategies', '?')}"))
-    elif kind == "federate":
-        card += _federated_card(run_dir, cfg)
-    else:
-        card.append(("Tasks", ", ".join(f"{t.get('name')} ({t.get('kind')})" for t in cfg.get("tasks", []))))
-        card.append(("Seeds", str(cfg.get("comparison", {}).get("seeds", "?"))))
-    order = _STUDIES[kind][1]
-    tables = [run_dir / name for name in order if (run_dir / name).is_file()]
-    tables += sorted(p for p in run_dir.rglob("*.csv") if p not in tables and "models" not in p.parts
-                     and p.parts[len(run_dir.parts)] not in ("model", "cohort"))
-    tables = [p for p in tables if p.relative_to(run_dir).as_posix() not in _STUDY_PRIVATE]
-    blocks, small = [], False
-    for path in tables:
-        raw = pd.read_csv(path)
-        frame = pseudonymise(suppress_small_rows(raw, keep=_STUDY_KEYS), identifiers)
-        small = small or bool(frame.isin([SUPPRESSED]).any().any())
-        rel = path.relative_to(run_dir).as_posix()
-        if len(frame) > 200:
-            blocks.append(text_block(f"{rel}: {len(frame):,} rows, the first 200 shown; the file has them all.", heading=rel))
-            frame = frame.head(200)
-        blocks.append(table_block(frame, heading=rel))
-    # a figure drawn from the test results cannot hide a suppressed cell: left out when any row was suppressed
-    hidden = ("learning_curve.png",) if small else ()
-    figures = [figure_block(p, p.relative_to(run_dir).as_posix()) for p in sorted(run_dir.rglob("*.png"))
-               if "models" not in p.parts and p.name not in hidden]
-    sections = [section("results", "Results", blocks)]
-    if figures:
-        sections.append(section("figures", "Figures", [{"kind": "figures", "figures": figures}]))
-    suppression = (f"Small-cell suppression: {RULE} (a row of results is the group of test stays it was computed "
-                   "on); per-stay predictions are not part of the report."
-                   + (" The learning curve is not shown: some of its points rest on such rows." if hidden else ""))
-    notes = [f"Numbers are from the run folder {run_dir.name} as written by `healthfusion {kind}`; intervals over seeds "
-             "are Student-t intervals, per-run intervals are bootstrap intervals on that run's test stays.",
-             "Model selection used training and validation stays only; the test stays were scored once.", suppression]
-    if kind == "federate":
-        notes = [f"Numbers are from the run folder {run_dir.name} as written by `healthfusion federate`: "
-                 "mean_client_accuracy is the mean over sites of test accuracy at 0.5; AUROC intervals are bootstrap "
-                 "intervals over all sites' test stays; site_metrics.csv scores the global model on each site's test "
-                 "stays after the rounds listed.",
-                 "The feature pipeline was fitted on the union of the sites' training stays (the one step not "
-                 "federated); the calibration temperature is the federated average of the sites' own.",
-                 "With differential privacy, epsilon covers each site's local training over all rounds (Opacus RDP "
-                 "accountant); the personalisation epochs and the calibration are not covered.", suppression]
-
-    sections.append(section("limitations", "Limitations", [{"kind": "list", "items": notes}]))
-    context = {"title": f"{cfg.get('name', run_dir.name)}: {_STUDY_TITLES[kind]} report",
-               "subtitle": f"run {cfg.get('name', run_dir.name)}",
-               "generated": f"Generated by healthfusion on {datetime.now():%Y-%m-%d %H:%M}",
-               "card": card, "sections": sections}
-    return write_report(context, out)
-
-
 def _kind_report(run_dir: Path, out: Path, label: dict) -> Path:
     """The report of a multiclass or regression run of `healthfusion train`: the data, the metric table with
     bootstrap CIs and the training history (the calibration/subgroup/impact audit and explanations are for binary
@@ -432,7 +301,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
     out = Path(out) if out else run_dir / "report.html"
     study = study_kind(run_dir)
     if study is not None:
-        return _study_report(run_dir, out, study, identifiers=bool(identifiers))
+        return study_report(run_dir, out, study, identifiers=bool(identifiers))
     label = run_label(run_dir)
     if label is not None and label.get("kind", "binary") != "binary":
         return _kind_report(run_dir, out, label)

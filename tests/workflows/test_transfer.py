@@ -315,6 +315,24 @@ def test_report_of_a_transfer_run(recorded_run):
     assert "&lt;10" in html and "0.5" not in _cells(html, "results.csv")
     assert "learning curve is not shown" in html and "learning_curve.png</" not in html
     assert "predictions.csv" not in html
+    # the headline (gains over the bar, then the summary, each with what its columns mean) comes before every
+    # other table
+    body = html[html.index('<section id="headline">'):]
+    assert body.index("gains.csv") < body.index("summary.csv") < body.index('<section id="results">') \
+        < body.index("results.csv")
+    assert "paired by seed" in html and "standardised mean difference" in html
+
+
+def test_a_long_study_table_shows_its_first_rows_and_names_the_file():
+    from healthfusion.workflows.report_studies import STUDY_TABLE_ROWS, _study_table
+
+    frame = pd.DataFrame({"variable": [f"v{i}" for i in range(STUDY_TABLE_ROWS + 7)], "smd": 0.5})
+    [block] = _study_table(frame, "shift.csv", cut=True)
+    assert block["html"].count("<tr") == STUDY_TABLE_ROWS + 1  # header + the first rows
+    assert f"The first {STUDY_TABLE_ROWS} of {STUDY_TABLE_ROWS + 7} rows" in block["caption"]
+    assert block["caption"].startswith("Per input variable")
+    [whole] = _study_table(frame, "gains.csv", cut=False)
+    assert whole["html"].count("<tr") == STUDY_TABLE_ROWS + 8
 
 
 def test_an_unknown_label_is_one_clear_line(cohort_dir, tmp_path):
