@@ -230,7 +230,8 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
                       "global model is not calibrated).",
         "split_seed": "Seed of the per-site patient splits.",
         "compare": "Also fit the pooled model and one local-only model per site (summary.csv rows).",
-        "compare_epochs": "Epochs of those reference fits.",
+        "compare_epochs": "Most epochs of those reference fits; they stop early on the sites' validation stays "
+                          "(training.patience).",
     },
     "ServerPrivacyConfig": {"delta": "delta of the site-level (epsilon, delta) guarantee."},
 }

@@ -85,7 +85,7 @@ class FederatedSpec(FederatedConfig):
     validation: float = Field(0.15, ge=0, lt=1)
     split_seed: int = 0
     compare: bool = True  # also fit the pooled model and one local-only model per site
-    compare_epochs: int = Field(20, ge=1)  # epochs of those reference fits
+    compare_epochs: int = Field(20, ge=1)  # most epochs of those reference fits (early stopping on validation)
 
 
 class FederateConfig(StrictModel):
@@ -355,14 +355,24 @@ def run_federate(config: FederateConfig, console=None,
         rows.append({"setting": f"{strategy_name(fed)}+finetune", "epsilon": epsilon,
                      **_score(own, sites, config.n_boot, seed)})
     if spec.compare and role == "simulate":
-        say(f"[bold cyan]References[/] pooled and local-only models ({spec.compare_epochs} epochs each)")
-        full = config.training.model_copy(update={"max_epochs": spec.compare_epochs, "patience": None})
-        pooled = ArrayDataset({k: np.concatenate([s.train[k] for s in sites])
-                               for k in sites[0].train if k != "index"})
-        for name, train in [("pooled", pooled)] + [(f"local {s.name}", s.train) for s in sites]:
+        stopping = (f", early stopping after {config.training.patience} epochs without a better validation loss"
+                    if config.training.patience and all(s.val is not None for s in sites) else "")
+        say(f"[bold cyan]References[/] pooled and local-only models (at most {spec.compare_epochs} epochs each"
+            f"{stopping})")
+        full = config.training.model_copy(update={"max_epochs": spec.compare_epochs})
+        pooled = _pool([s.train for s in sites])
+        pooled_val = _pool([s.val for s in sites]) if all(s.val is not None for s in sites) else None
+        for name, train, val in [("pooled", pooled, pooled_val)] + [(f"local {s.name}", s.train, s.val)
+                                                                    for s in sites]:
             ref = copy.deepcopy(initial)
-            Trainer(full).fit(ref, train, head_kind="binary")
+            # early stopping on the same validation stays the sites keep for calibration (none: all epochs)
+            Trainer(full).fit(ref, train, val, head_kind="binary")
             rows.append({"setting": name, "epsilon": None, **_score({s.name: ref for s in sites}, sites,
                                                                     config.n_boot, seed)})
     pd.DataFrame(rows).to_csv(run_dir / "summary.csv", index=False)
     return run_dir
+
+
+def _pool(parts: list[ArrayDataset]) -> ArrayDataset:
+    """The sites' arrays stacked (the pooled reference's training or validation data)."""
+    return ArrayDataset({k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "index"})

@@ -106,3 +106,24 @@ def test_federate_with_dp_on_the_lstm_hybrid_reports_each_sites_budget_and_a_fed
     assert "federated learning" in html and "fedavg, 2 rounds" in html
     assert f"A epsilon {sites['epsilon'][0]:.2f}" in html and "sites.csv" in html
     assert f"site-level epsilon {summary['server_epsilon'][0]:.2f}" in html
+
+
+def test_the_reference_fits_stop_early_on_the_sites_validation_stays(tmp_path, monkeypatch):
+    from healthfusion.workflows import federate as workflow
+
+    seen = []
+
+    class Recording(workflow.Trainer):
+        def fit(self, model, train, val=None, head_kind="binary", **kw):
+            seen.append((len(train), None if val is None else len(val), self.config.patience, self.config.max_epochs))
+            return super().fit(model, train, val, head_kind, **kw)
+
+    monkeypatch.setattr(workflow, "Trainer", Recording)
+    result = runner.invoke(app, ["federate", "--config", str(write_config(tmp_path, compare_epochs=3))])
+    assert result.exit_code == 0, result.output
+    pooled, *local = seen[-5:]  # the pooled reference, then one local-only model per site
+    sites = pd.read_csv(tmp_path / "run" / "sites.csv")
+    assert [v for _, v, _, _ in local] == sites["n_val"].tolist()  # each on its own site's validation stays
+    assert pooled[1] == sites["n_val"].sum() and pooled[0] == sites["n_train"].sum()
+    assert all(patience == 8 and epochs == 3 for _, _, patience, epochs in seen[-5:])
+    assert "early stopping after 8 epochs" in result.output
