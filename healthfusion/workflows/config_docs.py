@@ -225,6 +225,8 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
     },
     "FederatedSpec": {
         "site_column": "Cohort column naming each stay's site (hospital, region, care unit).",
+        "site_groups": "Group the site column's values (e.g. hospitals) into this many sites of similar size "
+                       "(group1..groupN, each value's stays together); null: one site per value.",
         "test": "Fraction of each site's patients held out as its test stays.",
         "validation": "Fraction of each site's non-test patients kept for its calibration temperature (0: the "
                       "global model is not calibrated).",

@@ -79,6 +79,9 @@ class FederatedSpec(FederatedConfig):
     """``federated:`` section: the strategy (:class:`FederatedConfig`) plus how sites are formed and compared."""
 
     site_column: str = "site"
+    # group the site column's values (e.g. 186 eICU hospitals) into this many sites of similar size; None: one site
+    # per value
+    site_groups: int | None = Field(None, ge=2)
     test: float = Field(0.34, gt=0, lt=1)
     # fraction of each site's non-test patients kept as its validation stays (the site's calibration temperature);
     # 0: the global model is not calibrated
@@ -140,10 +143,17 @@ class PreparedSites:
         if missing.any():
             raise ValueError(f"{int(missing.sum())} stays have no {spec.site_column!r} (e.g. stay "
                              f"{site_of.index[missing][0]}); fill the column or drop those stays.")
+        if spec.site_groups is not None:
+            site_of = group_sites(site_of, spec.site_groups)
+            if console is not None:
+                sizes = site_of.value_counts()
+                console.print(f"      federated.site_groups: {stays[spec.site_column].nunique()} values of "
+                              f"{spec.site_column!r} grouped into {len(sizes)} sites of {sizes.min()}-{sizes.max()} "
+                              "stays")
         self.ids: dict[str, dict[str, list[str]]] = {}
         self.unlabeled: dict[str, int] = {}
         for name in sorted(site_of.unique(), key=str):
-            sub = stays[stays[spec.site_column] == name]
+            sub = stays[(stays["stay_id"].map(site_of) == name).to_numpy()]
             lab = y.reindex(sub["stay_id"])
             self.unlabeled[str(name)] = int(lab.isna().sum())
             sub = sub[lab.notna().to_numpy()]
@@ -376,3 +386,28 @@ def run_federate(config: FederateConfig, console=None,
 def _pool(parts: list[ArrayDataset]) -> ArrayDataset:
     """The sites' arrays stacked (the pooled reference's training or validation data)."""
     return ArrayDataset({k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "index"})
+
+
+def group_sites(site_of: pd.Series, n: int) -> pd.Series:
+    """Each stay's site after grouping the values of ``site_of`` (stay id -> e.g. hospital id) into ``n`` sites
+    ``group1`` ... ``groupN`` of similar size: values in order of decreasing stay count (ties by value), each to the
+    group with the fewest stays so far (ties: the lower number). Deterministic, so every process of a deployment
+    forms the same sites; a value's stays stay together.
+
+    Raises
+    ------
+    ValueError
+        Fewer distinct values than ``n``.
+    """
+    counts = site_of.astype(str).value_counts()
+    if len(counts) < n:
+        raise ValueError(f"federated.site_groups is {n}, but the site column has only {len(counts)} distinct values; "
+                         "lower site_groups or leave it out (one site per value).")
+    order = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    sizes = [0] * n
+    group = {}
+    for value, count in order:
+        k = min(range(n), key=lambda i: (sizes[i], i))
+        group[value] = f"group{k + 1}"
+        sizes[k] += count
+    return site_of.astype(str).map(group)

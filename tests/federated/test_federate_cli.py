@@ -127,3 +127,25 @@ def test_the_reference_fits_stop_early_on_the_sites_validation_stays(tmp_path, m
     assert pooled[1] == sites["n_val"].sum() and pooled[0] == sites["n_train"].sum()
     assert all(patience == 8 and epochs == 3 for _, _, patience, epochs in seen[-5:])
     assert "early stopping after 8 epochs" in result.output
+
+
+def test_group_sites_balances_whole_values_deterministically():
+    from healthfusion.workflows.federate import group_sites
+
+    site_of = pd.Series(["h1"] * 6 + ["h2"] * 4 + ["h3"] * 3 + ["h4"] * 2 + ["h5"], index=[f"s{i}" for i in range(16)])
+    grouped = group_sites(site_of, 2)
+    # largest first, each to the smaller group: h1 (6) -> 1; h2 (4) -> 2; h3 (3) -> 2 (4 < 6); h4 (2) -> 1 (6 < 7);
+    # h5 (1) -> 2 (7 < 8)
+    assert grouped.groupby(site_of).nunique().eq(1).all()  # a hospital's stays stay together
+    assert grouped.value_counts().to_dict() == {"group1": 8, "group2": 8}
+    assert grouped.equals(group_sites(site_of.sample(frac=1, random_state=0), 2).reindex(site_of.index))
+    with pytest.raises(ValueError, match="only 5 distinct values"):
+        group_sites(site_of, 6)
+
+
+def test_federate_groups_a_site_column_into_fewer_sites(tmp_path):
+    result = runner.invoke(app, ["federate", "--config", str(write_config(tmp_path, site_groups=2, compare=False))])
+    assert result.exit_code == 0, result.output
+    sites = pd.read_csv(tmp_path / "run" / "sites.csv")
+    assert list(sites["site"]) == ["group1", "group2"]
+    assert "grouped into 2 sites" in result.output
