@@ -14,6 +14,7 @@ import typer  # noqa: E402
 
 from healthfusion.cli.common import (  # noqa: E402
     OUT_OPTION,
+    OVERWRITE_OPTION,
     QUICK_OPTION,
     SET_OPTION,
     ReadErrorsGroup,
@@ -81,8 +82,7 @@ def demo(
 @app.command()
 def train(
     config: Path = typer.Option(..., "--config", "-c", help="Run configuration (YAML); unknown keys are errors."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Clear the config's non-empty `out` folder first, once "
-                                                              "the data has been read (default: refuse it)."),
+    overwrite: bool = OVERWRITE_OPTION,
     set_: list[str] | None = SET_OPTION,
     out: Path | None = OUT_OPTION,
     quick: bool = QUICK_OPTION,

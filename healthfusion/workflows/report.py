@@ -35,6 +35,7 @@ from healthfusion.workflows.report_sections import (
     figure_block,
     limitations,
     pseudonymise,
+    read_csv,
     section,
     subgroup_section,
     table_block,
@@ -51,10 +52,6 @@ from healthfusion.workflows.runfolder import (
 
 _LABELS = {"auroc": "AUROC", "auprc": "AUPRC", "brier": "Brier", "ece": "ECE", "slope": "calibration slope",
            "intercept": "calibration intercept"}
-
-
-def _read_csv(path: Path, **kw) -> pd.DataFrame | None:
-    return pd.read_csv(path, **kw) if path.is_file() else None
 
 
 def _load(run_dir: Path) -> dict:
@@ -82,7 +79,7 @@ def _data_section(run_dir: Path, info: dict) -> dict:
     blocks = [table_block(counts, heading="Evaluated stays per split",
                           caption="Training stays are not listed here; they are counted in the accounting below "
                                   f"and in the model card. Small-cell suppression: {RULE}.")]
-    acc = _read_csv(run_dir / "accounting.csv")
+    acc = read_csv(run_dir / "accounting.csv")
     if acc is not None and len(acc):
         wide = acc.pivot_table(index=["cohort", "table"], columns="outcome", values="rows", aggfunc="sum",
                                sort=False)
@@ -109,22 +106,22 @@ def _no_test_blocks(info: dict) -> list[dict]:
 
 def _metrics_sections(run_dir: Path, info: dict) -> list[dict]:
     blocks, base = _no_test_blocks(info), []
-    table = _read_csv(run_dir / "comparison.csv", index_col=0)
+    table = read_csv(run_dir / "comparison.csv", index_col=0)
     if table is not None:
         blocks.append(table_block(format_comparison(table).reset_index(names="model"), heading="At threshold 0.5"))
-    op = _read_csv(run_dir / "comparison_operating_point.csv", index_col=0)
+    op = read_csv(run_dir / "comparison_operating_point.csv", index_col=0)
     if op is not None:
         points = info["metrics"].get("operating_points", {})
         blocks.append(table_block(format_comparison(op).reset_index(names="model"),
                                   heading="At each model's operating point (chosen on validation)",
                                   caption="Thresholds: " + ", ".join(f"{k} {v:.3f}" for k, v in points.items())))
-    by_set = _read_csv(run_dir / "comparison_by_test_set.csv", index_col=[0, 1])
+    by_set = read_csv(run_dir / "comparison_by_test_set.csv", index_col=[0, 1])
     if by_set is not None and len(by_set):
         shown = pd.concat([format_comparison(part.droplevel(0)).assign(test_set=name)
                            for name, part in by_set.groupby(level=0, sort=False)])
         blocks.append(table_block(shown.reset_index(names="model").set_index(["test_set", "model"]).reset_index(),
                                   heading="Each external test set on its own (threshold 0.5)"))
-    challenge = _read_csv(run_dir / "challenge2012.csv", index_col=0)
+    challenge = read_csv(run_dir / "challenge2012.csv", index_col=0)
     if challenge is not None and len(challenge):
         blocks.append(table_block(
             challenge.reset_index(), heading="PhysioNet Challenge 2012 scores",
@@ -133,7 +130,7 @@ def _metrics_sections(run_dir: Path, info: dict) -> list[dict]:
                     "Hosmer-Lemeshow H statistic of the risks (lower is better), over n_event2 stays in 10 risk "
                     "groups. Best published on the challenge's hidden set C: event 1 0.5353 (SAPS-I 0.3125), "
                     "event 2 17.88."))
-    diff = _read_csv(run_dir / "comparison_difference.csv", index_col=0)
+    diff = read_csv(run_dir / "comparison_difference.csv", index_col=0)
     if diff is not None and len(diff):
         shown, title = display_differences(diff)
         blocks.append(table_block(shown, heading=title))
@@ -150,7 +147,7 @@ def _metrics_sections(run_dir: Path, info: dict) -> list[dict]:
                                            for m in ("auroc", "auprc", "brier")}})
         base.append(table_block(pd.DataFrame(rows), caption="Positive AUROC/AUPRC and negative Brier differences favour "
                                                             "the hybrid; see the metric table for each model's CI."))
-    tuning = _read_csv(run_dir / "tuning.csv")
+    tuning = read_csv(run_dir / "tuning.csv")
     if tuning is not None:
         base.append(table_block(tuning, heading="Hyperparameter search (CV on the training stays)"))
     history = run_dir / "history.json"
@@ -232,13 +229,13 @@ def _kind_report(run_dir: Path, out: Path, label: dict) -> Path:
         counts = counts.join(pred.groupby("split")["y_true"].agg(["mean", "std", "min", "max"]))
     data = [table_block(counts.reset_index(), heading="Evaluated stays per split" + (" and class" if kind ==
                                                                                       "multiclass" else ""))]
-    acc = _read_csv(run_dir / "accounting.csv")
+    acc = read_csv(run_dir / "accounting.csv")
     if acc is not None and len(acc):
         wide = acc.pivot_table(index=["cohort", "table"], columns="outcome", values="rows", aggfunc="sum", sort=False)
         wide.columns.name = None
         data.append(table_block(wide.reset_index(), heading="Row accounting of the input data", digits=0))
     blocks = _no_test_blocks(info)
-    table = _read_csv(run_dir / "comparison.csv", index_col=0)
+    table = read_csv(run_dir / "comparison.csv", index_col=0)
     if table is not None:
         shown, title = display_comparison(table)
         blocks.append(table_block(shown, heading=title))
@@ -326,7 +323,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, recomput
         from healthfusion.workflows.explain import explain_run
 
         explain_run(run_dir, console=console)
-    calibration = _read_csv(run_dir / "audit" / "calibration.csv")
+    calibration = read_csv(run_dir / "audit" / "calibration.csv")
     sections = [_data_section(run_dir, info), *_metrics_sections(run_dir, info),
                 _calibration_section(run_dir, calibration, audit), subgroup_section(run_dir, audit),
                 explanation_section(run_dir, identifiers=_identifiers(info, identifiers)), _impact_section(run_dir),

@@ -46,6 +46,11 @@ def pseudonymise(frame: pd.DataFrame, identifiers: bool = False) -> pd.DataFrame
     return out
 
 
+def read_csv(path: Path, **kw) -> pd.DataFrame | None:
+    """``path`` read as a CSV table (``pandas.read_csv`` keywords), or None when the run folder has no such file."""
+    return pd.read_csv(path, **kw) if path.is_file() else None
+
+
 def table_block(frame: pd.DataFrame, caption: str | None = None, heading: str | None = None, index: bool = False,
                 digits: int = 3) -> dict:
     """A report block showing ``frame`` as an HTML table."""

@@ -13,13 +13,8 @@ import pandas as pd
 
 from healthfusion.evaluation.disclosure import RULE, SUPPRESSED, suppress_small_rows
 from healthfusion.report.html import write_report
-from healthfusion.workflows.report_sections import figure_block, pseudonymise, section, table_block
+from healthfusion.workflows.report_sections import figure_block, pseudonymise, read_csv, section, table_block
 from healthfusion.workflows.runfolder import check_artefacts
-
-
-def _read_csv(path: Path, **kw) -> pd.DataFrame | None:
-    return pd.read_csv(path, **kw) if path.is_file() else None
-
 
 _STUDIES = {
     "transfer": ("gains.csv", ("summary.csv", "gains.csv", "shift.csv", "shap/global_importance.csv",
@@ -81,7 +76,7 @@ def _federated_card(run_dir: Path, cfg: dict) -> list[tuple[str, str]]:
         strategy = f"fedprox (mu {fed['proximal_mu']})"
     rows = [("Strategy", f"{strategy}, {fed.get('rounds', '?')} rounds"
              + (f", then {fed['personalize_epochs']} local fine-tuning epochs" if fed.get("personalize_epochs") else ""))]
-    rounds = _read_csv(run_dir / "rounds.csv")
+    rounds = read_csv(run_dir / "rounds.csv")
     if rounds is not None:
         failed = int((rounds["failed"].astype(str) != "{}").sum()) if "failed" in rounds else 0
         rows.append(("Rounds", f"{len(rounds)} recorded, {int(rounds['aggregated'].sum())} aggregated, "
@@ -91,7 +86,7 @@ def _federated_card(run_dir: Path, cfg: dict) -> list[tuple[str, str]]:
             rows.append(("Server-side DP", f"site-level epsilon {rounds['server_epsilon'].dropna().iloc[-1]:.2f} at "
                                            f"delta {dp.get('delta', '?')} (updates clipped to {dp.get('clip_norm')}, "
                                            f"noise multiplier {dp.get('noise_multiplier')})"))
-    sites = _read_csv(run_dir / "sites.csv")
+    sites = read_csv(run_dir / "sites.csv")
     if sites is not None:
         rows.append(("Sites", ", ".join(f"{r.site} (train {r.n_train}, test {r.n_test})" for r in sites.itertuples())))
         temps = sites["temperature"].dropna() if "temperature" in sites else []
