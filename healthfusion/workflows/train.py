@@ -380,7 +380,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False, cluster=Non
         summary["test_sets"] = {name: json.loads(by_set.loc[name].to_json(orient="index"))
                                 for name in prepared.test_sets}
     if op:
-        challenge = challenge_scores(run_dir, on, op)
+        challenge = challenge_scores(run_dir, on, op, n_boot=ev.n_boot, seed=config.training.seed)
         summary["challenge2012"] = json.loads(challenge.to_json(orient="index"))
     summary["seconds"] = time.perf_counter() - t0
     summary["best_epoch"] = history.best_epoch
