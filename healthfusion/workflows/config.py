@@ -196,6 +196,9 @@ class ImageEncoderSpec(StrictModel):
     block: Literal["plain", "double", "residual"] = Field(
         "plain", description="CNN blocks: plain (one conv 3x3 + BN + ReLU), double (two, VGG-style) or residual "
         "(two as a ResNet basic block).")
+    tta: Literal["none", "flip"] = Field(
+        "none", description="Test-time augmentation: flip averages the CNN's image feature over each image and its "
+        "left-right mirror when scoring (validation, test, predict, serve); training is unchanged.")
 
     @model_validator(mode="after")
     def _positive(self) -> ImageEncoderSpec:

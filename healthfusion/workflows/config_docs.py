@@ -71,7 +71,8 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "lstm_layers": "Stacked LSTM layers of the time-series encoder.",
         "bidirectional": "Bidirectional LSTM.",
         "ts_encoder": "Time-series encoder: lstm or transformer (hidden a multiple of 4).",
-        "image": "The CNN image encoder: channels per block, output width (default hidden), block kind.",
+        "image": "The CNN image encoder: channels per block, output width (default hidden), block kind, "
+                 "test-time augmentation (tta: flip).",
         "image_block": "Deprecated: use image.block (a value here is moved there, with a warning).",
         "dropout": "Dropout rate of the encoders and the head.",
         "pretrained": "Pretrained encoders per modality (registry name or folder).",
