@@ -84,6 +84,8 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "seeds": "Hybrid networks trained with seeds training.seed, +1, ... (logits averaged).",
         "members": "Members: hybrid and, optionally, gradient_boosting.",
         "weights": "Member weights: validation, cross_fit (out-of-fold) or uniform.",
+        "fit": "How the weights are fitted: grid (log-loss over the simplex) or stacking (logistic regression on "
+               "the members' log-odds, non-negative coefficients).",
         "folds": "Folds of the cross_fit weights.",
         "combine": "Average members' logits or probabilities.",
     },
