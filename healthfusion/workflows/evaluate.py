@@ -310,8 +310,10 @@ def display_challenge(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     threshold, sensitivity, PPV, event 1 and event 2 H as ``"value (low-high)"``; and its title. A table written
     before the intervals existed shows the values alone."""
     out = pd.DataFrame(index=table.index)
-    out["n (deaths)"] = [f"{int(n)} ({int(k)})" if "n_positive" in table.columns else f"{int(n)}"
-                         for n, k in zip(table["n"], table.get("n_positive", table["n"]), strict=True)]
+    if "n_positive" in table.columns:
+        out["n (deaths)"] = [f"{int(n)} ({int(k)})" for n, k in zip(table["n"], table["n_positive"], strict=True)]
+    else:  # written before the intervals existed
+        out["n"] = table["n"].astype(int)
     out["threshold"] = table["threshold"].map(lambda v: f"{v:.3f}")
     out["sensitivity"] = table["sensitivity"].map(lambda v: f"{v:.3f}")
     out["ppv"] = table["ppv"].map(lambda v: f"{v:.3f}")
