@@ -126,3 +126,22 @@ def test_fewer_than_ten_stays_give_event1_with_an_interval_and_no_h():
     assert out["event1"] == pytest.approx(2 / 3) and np.isnan(out["event2_h"]) and out["n_event2"] == 0
     with pytest.raises(ValueError, match="alpha"):
         challenge_scores_with_ci([1, 0], [0.9, 0.2], threshold=0.5, alpha=1.5)
+
+
+def test_the_printed_table_shows_intervals_and_reads_tables_written_before_them():
+    import pandas as pd
+
+    from healthfusion.workflows.evaluate import display_challenge
+
+    new = pd.DataFrame({"n": [1200], "n_positive": [168], "threshold": [0.35], "sensitivity": [0.548], "ppv": [0.511],
+                        "event1": [0.511], "event1_ci_low": [0.455], "event1_ci_high": [0.567], "event2_h": [35.48],
+                        "event2_h_ci_low": [17.2], "event2_h_ci_high": [97.5], "n_event2": [1200], "n_boot": [1000]},
+                       index=pd.Index(["ensemble"], name="model"))
+    shown, title = display_challenge(new)
+    row = shown.iloc[0]
+    assert (row["n (deaths)"], row["event1"], row["event2_h"]) == ("1200 (168)", "0.511 (0.455-0.567)",
+                                                                   "35.5 (17.2-97.5)")
+    assert "1000 resamples" in title
+    old = new[["n", "threshold", "sensitivity", "ppv", "event1", "event2_h", "n_event2"]]
+    shown, title = display_challenge(old)
+    assert (shown.iloc[0]["n"], shown.iloc[0]["event1"]) == (1200, "0.511") and "resamples" not in title
