@@ -55,3 +55,20 @@ def test_tta_is_saved_with_the_model_and_old_folders_load_without_it(tmp_path):
     assert HybridModel.from_pretrained(tmp_path / "m").config.image.tta == "none"
     with pytest.raises(ValueError, match="tta"):
         CNNEncoderConfig(in_channels=1, image_size=16, tta="rotate")
+
+
+def test_the_exported_onnx_model_applies_the_same_tta(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from healthfusion.models.export import OnnxScorer, export_onnx
+
+    torch.manual_seed(0)
+    image = CNNEncoderConfig(in_channels=1, image_size=16, channels=(4, 8), out_dim=8, tta="flip")
+    model = HybridModel(HybridConfig(image=image, fc_hidden=(8,))).eval()
+    example = {"image": torch.randn(3, 1, 16, 16), "image_present": torch.ones(3, dtype=torch.bool)}
+    scorer = OnnxScorer(export_onnx(model, example, tmp_path / "m.onnx"), model)
+    batch = {"image": torch.randn(5, 1, 16, 16), "image_present": torch.ones(5, dtype=torch.bool)}
+    expected = model(batch)["logits"].detach().numpy()
+    assert abs(scorer.logits(batch) - expected).max() <= 1e-5
+    no_tta = model.encoders["image"]
+    no_tta.config = no_tta.config.model_copy(update={"tta": "none"})
+    assert abs(scorer.logits(batch) - model(batch)["logits"].detach().numpy()).max() > 1e-4  # TTA is in the graph

@@ -189,6 +189,11 @@ class CNNEncoder(nn.Module):
                 f"CNNEncoder with {len(self.config.channels)} blocks needs images of at least "
                 f"{min_side}x{min_side}, got {image.shape[2]}x{image.shape[3]}."
             )
+        return self.embed(image)
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """The feature vector ``[B, out_dim]`` of checked images ``[B, C, H, W]`` (no input checks; the ONNX
+        export's forward uses it, so exported and torch scoring apply the same test-time augmentation)."""
         if self.config.tta == "flip" and not self.training:
             both = self.pool(self.blocks(torch.cat([image, image.flip(-1)]))).flatten(1)
             x = 0.5 * (both[: image.shape[0]] + both[image.shape[0]:])
