@@ -63,8 +63,16 @@ def test_model_card_health_and_openapi(client, model):
     assert card["fingerprint"] == model.card["fingerprint"] and card["data"]["options"] == {"hours": 36.0}
     assert "HR" in card["variables"]
     assert client.get("/v1/health").json()["status"] == "ok"
-    paths = client.get("/openapi.json").json()["paths"]
+    schema = client.get("/openapi.json").json()
+    paths, components = schema["paths"], schema["components"]["schemas"]
     assert {"/v1/predict", "/v1/streams/{stream_id}/events", "/v1/model"} <= set(paths)
+    # the bodies are validated from raw JSON by the endpoints themselves; the schema still declares them
+    for path, name in (("/v1/predict", "PredictRequest"), ("/v1/streams/{stream_id}/events", "StreamEvents")):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{name}"}
+    assert components["PredictRequest"]["properties"]["patients"]["items"] == {"$ref": "#/components/schemas/Patient"}
+    assert {"time", "variable", "value"} <= set(components["Event"]["properties"])
+    assert "PredictResponse" in components and "StreamState" in components
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}])
