@@ -123,26 +123,7 @@ def create_app(model: ScoringModel | str | Path, *, token: str | None, max_body_
             raise HTTPException(401, "Missing or wrong bearer token: send 'Authorization: Bearer <token>'.",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    @app.middleware("http")
-    async def limit_and_log(request: Request, call_next):
-        start = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            response = JSONResponse({"detail": f"Request body over the limit of {max_body_bytes} bytes; send fewer "
-                                               "patients or events per request."}, status_code=413)
-        elif length is None and request.method in ("POST", "PUT", "PATCH"):
-            body = await request.body()  # chunked upload: check the size once received
-            if len(body) > max_body_bytes:
-                response = JSONResponse({"detail": f"Request body over the limit of {max_body_bytes} bytes."},
-                                        status_code=413)
-            else:
-                response = await call_next(request)
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        log.info("%s %s -> %d in %.1f ms", request.method, getattr(route, "path", "?"), response.status_code,
-                 (time.perf_counter() - start) * 1000)
-        return response
+    app.add_middleware(_LimitAndLog, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(PatientError)
     async def patient_error(request: Request, exc: PatientError):
@@ -223,6 +204,60 @@ def create_app(model: ScoringModel | str | Path, *, token: str | None, max_body_
 
 
 _REF = "#/components/schemas/"
+
+
+class _LimitAndLog:
+    """Plain ASGI middleware: 413 for a body over ``max_body_bytes`` (by its Content-Length, or counted as it
+    arrives for a chunked upload), and one log line per request with the route template, status and duration (no
+    path: stream paths hold identifiers). Plain ASGI rather than ``@app.middleware("http")``, whose request and
+    response wrapping cost about a millisecond per request."""
+
+    def __init__(self, app: Any, max_body_bytes: int):
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [0]
+
+        async def send_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+            await self._too_large(send_status, "; send fewer patients or events per request.")
+        elif length is None and scope["method"] in ("POST", "PUT", "PATCH"):  # chunked: count what arrives
+            chunks, size, more = [], 0, True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                more = message.get("more_body", False) and size <= self.max_body_bytes
+            if size > self.max_body_bytes:
+                await self._too_large(send_status, ".")
+            else:
+                replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+                async def receive_again() -> dict:
+                    return replay.pop() if replay else await receive()
+
+                await self.app(scope, receive_again, send_status)
+        else:
+            await self.app(scope, receive, send_status)
+        route = scope.get("route")
+        log.info("%s %s -> %d in %.1f ms", scope["method"], getattr(route, "path", "?"), status[0],
+                 (time.perf_counter() - start) * 1000)
+
+    async def _too_large(self, send: Any, advice: str) -> None:
+        body = json.dumps({"detail": f"Request body over the limit of {self.max_body_bytes} bytes{advice}"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def _body(model: type[BaseModel]) -> dict:

@@ -113,6 +113,15 @@ def test_oversized_requests_are_rejected(client, patients):
     assert client.post("/v1/predict", content=b"{not json", headers={**AUTH, "content-type": "application/json"}
                        ).status_code == 422
 
+    def chunked(*parts: bytes):  # no Content-Length: the size is counted as the body arrives
+        yield from parts
+
+    body = json.dumps({"patients": [one]}).encode()
+    response = client.post("/v1/predict", content=chunked(body[:10], b" " * 250_000, body[10:]), headers=AUTH)
+    assert response.status_code == 413 and response.json()["detail"].endswith("200000 bytes.")
+    response = client.post("/v1/predict", content=chunked(body[:10], body[10:]), headers=AUTH)
+    assert response.status_code == 200 and response.json()["results"][0]["id"] == one["id"]
+
 
 def test_logs_hold_no_identifiers_or_values(client, patients, caplog):
     body = {"patients": [json.loads(patients[0].model_dump_json())]}
