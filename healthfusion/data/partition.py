@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -77,3 +78,45 @@ def split_by_patient(stays: pd.DataFrame, n: int, patient: str = "patient_id") -
         load[g] += sizes[p]
     groups = group_of[codes]
     return [stays[groups == g] for g in range(len(load))]
+
+
+def split_row_groups(path: Path, n: int) -> list[range]:
+    """Split the row groups of Parquet file ``path`` into ``n`` contiguous ranges of about equal rows.
+
+    Reads only the file's footer. Range ``i`` holds the row groups whose first row falls in the ``i``-th n-th
+    of the rows; a range is empty when the file has fewer row groups than ``n``. Together the ranges cover
+    every row group once, in order, so each row of the file is read by exactly one range.
+
+    Parameters
+    ----------
+    path : Path
+        A Parquet file.
+    n : int
+        Number of ranges (>= 1).
+
+    Returns
+    -------
+    list of range
+        ``n`` ranges of row-group indices, for
+        :func:`~healthfusion.data.sources.io.stream_table`'s ``row_groups``.
+
+    Raises
+    ------
+    ValueError
+        If ``n < 1`` or ``path`` is not readable Parquet (naming it).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if n < 1:
+        raise ValueError(f"split_row_groups needs n >= 1; got {n}.")
+    try:
+        meta = pq.read_metadata(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"File {path} is not readable Parquet ({exc}); convert it again.") from exc
+    rows = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64)
+    first_row = np.concatenate([[0], np.cumsum(rows)[:-1]]) if len(rows) else rows
+    # the row group starting at or after each n-th of the rows opens a range
+    bounds = np.searchsorted(first_row, np.arange(n + 1) * rows.sum() / n, side="left")
+    bounds[0], bounds[-1] = 0, len(rows)
+    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
