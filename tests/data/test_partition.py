@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from healthfusion.data.accounting import AccountingError, RowAccounting, combine_partitions
+from healthfusion.data.errors import SourceError
 from healthfusion.data.partition import Sequential, split_by_patient
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "mimic_scale.py"
@@ -136,7 +137,7 @@ def test_split_row_groups_covers_every_row_group_once_in_balanced_ranges(tmp_pat
     with pytest.raises(ValueError, match="n >= 1"):
         split_row_groups(path, 0)
     (tmp_path / "bad.parquet").write_text("not parquet")
-    with pytest.raises(ValueError, match="bad.parquet"):
+    with pytest.raises(SourceError, match="bad.parquet"):
         split_row_groups(tmp_path / "bad.parquet", 2)
 
 
