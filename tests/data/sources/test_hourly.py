@@ -204,7 +204,11 @@ def test_reader_equals_the_vectorized_pandas_build(benchmark, tmp_path, monkeypa
     root = tmp_path / "db"
     made = benchmark.make_database(_template(tmp_path / "template"), root, n_rows=30_000, copies=3, seed=3)
     assert made["icu_stays"] == 12
-    events, tensors, counts = benchmark.project_build(root)
+    from healthfusion.data.cohort import Cohort
+
+    n_events, tensors, counts = benchmark.project_build(root)
+    events = Cohort.load(tmp_path / "db-cohort").events  # the cohort folder the build wrote, as the check reads it
+    assert n_events == len(events)
     means, ref_tensors, ref_counts = benchmark.pandas_build(root)
     assert counts["read"] == ref_counts["read"] == 30_000
     assert counts["read"] == counts["used"] + sum(counts["dropped"].values())
