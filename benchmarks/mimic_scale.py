@@ -215,9 +215,8 @@ def _chart_chunk(s, stays, intime, length, mapped_ids, mapped_p, unmapped_ids, r
 def project_build(root: Path) -> tuple[int, dict[str, np.ndarray], dict]:
     """(a)/(d): the project's reader writing the cohort folder ``<root>-cohort`` as it reads (hourly means
     streamed out chunk by chunk), then the tensors of the 48 h before the prediction time from what the leakage
-    guard lets through (a filtered read of the folder). Returns the number of the cohort's events (nothing else
-    is read back: the check reads the folder in its own child, so its memory is not this build's), the tensors
-    and the chartevents row accounting."""
+    guard lets through (a filtered read of the folder). Returns the number of the cohort's events (the check
+    reads the folder in its own child), the tensors and the chartevents row accounting."""
     from healthfusion.data.sources.mimic4 import build
 
     folder = root.parent / f"{root.name}-cohort"
@@ -342,7 +341,7 @@ def _child(mode: str, root: Path, out: Path, save: Path | None, rows: int = 0, c
     figures["seconds"] = time.perf_counter() - start
     figures["vm_hwm_mb"] = _vm_hwm_mb()
     if save is not None and mode in ("project", "pandas"):
-        if mode == "pandas":  # the project's hourly means are read from its cohort folder by the check
+        if mode == "pandas":  # the check reads the project's hourly means from its cohort folder
             means.to_parquet(save)
         np.savez(save.with_suffix(".npz"), **tensors)
     out.write_text(json.dumps(figures))
