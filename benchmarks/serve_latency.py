@@ -36,7 +36,7 @@ from healthfusion.data.sources import get_source  # noqa: E402
 from healthfusion.models.base import load_network  # noqa: E402
 from healthfusion.models.export import OnnxScorer, export_onnx  # noqa: E402
 from healthfusion.models.scoring import load_model  # noqa: E402
-from healthfusion.serve.patients import Vocabulary, cohort_patients  # noqa: E402
+from healthfusion.serve.patients import Vocabulary, cohort_patients, score_patients  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LOG = Path(tempfile.gettempdir()) / "healthfusion-serve-latency.log"  # the service's own log
@@ -74,6 +74,14 @@ def http_benchmarks(url: str, token: str, bodies: list[dict], args) -> dict:
     client = httpx.Client(base_url=url, timeout=60,
                           headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     errors = 0
+    # the floor of the HTTP stack: a request that scores nothing (uvicorn, FastAPI routing, this client)
+    for _ in range(5):
+        client.get("/v1/health")
+    floor = []
+    for _ in range(args.requests):
+        t = time.perf_counter()
+        client.get("/v1/health")
+        floor.append((time.perf_counter() - t) * 1000)
     # request bodies encoded before the clock starts: the generator's own JSON encoding is not the service's time
     single: dict[int, list[float]] = {}
     for top_k in (0, args.top_k):  # without and with the top contributing features
@@ -102,7 +110,7 @@ def http_benchmarks(url: str, token: str, bodies: list[dict], args) -> dict:
         r = client.post("/v1/streams/bench/events", content=e)
         stream.append((time.perf_counter() - t) * 1000)
         errors += r.status_code >= 500
-    return {"single": single, "throughput": throughput, "stream": stream, "errors": errors}
+    return {"single": single, "throughput": throughput, "stream": stream, "errors": errors, "floor": floor}
 
 
 def path_benchmark(model, patients, batch: int, repeats: int) -> list[tuple[str, float, float]]:
@@ -122,6 +130,33 @@ def path_benchmark(model, patients, batch: int, repeats: int) -> list[tuple[str,
                 score()
             times.append((time.perf_counter() - t) * 1000 / repeats)
         out.append((label, *times))
+    return out
+
+
+def request_breakdown(model, patients, repeats: int) -> list[tuple[str, float]]:
+    """(step, ms) of one single-patient ``/v1/predict`` request's work in process, step by step (the service's own
+    functions, in its order): where the time of a request goes, apart from HTTP."""
+    from healthfusion.serve.patients import patients_records
+    from healthfusion.serve.schemas import PredictRequest, PredictResponse
+
+    vocabulary = Vocabulary.of(model)
+    raw = json.dumps({"patients": [json.loads(patients[0].model_dump_json())], "top_k": 0}).encode()
+    body = PredictRequest.model_validate_json(raw)
+    records = patients_records(body.patients, vocabulary)
+    data = model.featurizer.transform_records(records)
+    results = score_patients(model, body.patients, vocabulary)
+    steps = [("validate the JSON body", lambda: PredictRequest.model_validate_json(raw)),
+             ("events -> arrays", lambda: patients_records(body.patients, vocabulary)),
+             ("featurize (grid, static)", lambda: model.featurizer.transform_records(records)),
+             ("network + calibrator + risk group", lambda: model.score_records(records, data)),
+             ("answer as JSON", lambda: PredictResponse(model="m", results=results).model_dump_json())]
+    out = []
+    for name, step in steps:
+        step()
+        t = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        out.append((name, (time.perf_counter() - t) * 1000 / repeats))
     return out
 
 
@@ -176,6 +211,7 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        print(f"[{backend}] GET /v1/health over HTTP (the HTTP stack alone): {_pct(http['floor'])}")
         for top_k, ms in http["single"].items():
             print(f"[{backend}] single patient over HTTP, top_k {top_k}: {_pct(ms)}")
         print(f"[{backend}] batch of {args.batch} over HTTP, top_k 0: {http['throughput']:.0f} patients/s")
@@ -184,6 +220,9 @@ def main() -> None:
     for label, cohort_ms, array_ms in path_benchmark(model, patients, args.batch, args.repeats):
         print(f"scoring {label} in process: via a cohort {cohort_ms:.1f} ms, from arrays {array_ms:.1f} ms "
               f"(ratio {cohort_ms / array_ms:.1f})")
+    breakdown = request_breakdown(model, patients, args.repeats * 5)
+    print("one patient's request in process (torch): " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in breakdown)
+          + f"; total {sum(ms for _, ms in breakdown):.2f} ms")
     torch_ms, ort_ms, diff = forward_benchmark(args.model, cohort, ids, args.repeats)
     print(f"network forward on {len(ids)} patients: torch {torch_ms:.1f} ms, onnxruntime {ort_ms:.1f} ms "
           f"(ratio torch/onnxruntime {torch_ms / ort_ms:.2f}; max |logit difference| {diff:.1e})")

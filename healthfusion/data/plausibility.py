@@ -63,8 +63,12 @@ PLAUSIBLE_RANGES: dict[str, tuple[float, float, str]] = {
 
 def plausible_values(variables: np.ndarray, values: np.ndarray) -> np.ndarray:
     """``[E]`` bool: True where ``values[i]`` is present (not NaN) and within the range of ``variables[i]``
-    (variables without a range only need a value). ``variables``: names (a 1-D array or Series); ``values``: floats."""
-    codes, names = pd.factorize(variables)
+    (variables without a range only need a value). ``variables``: names (a 1-D array, a Series or a
+    ``pd.Categorical``, whose codes are used as they are); ``values``: floats."""
+    if isinstance(variables, pd.Categorical):
+        codes, names = variables.codes, variables.categories
+    else:
+        codes, names = pd.factorize(variables)
     low = np.array([PLAUSIBLE_RANGES.get(str(v), (-np.inf, np.inf, ""))[0] for v in names] + [-np.inf])
     high = np.array([PLAUSIBLE_RANGES.get(str(v), (-np.inf, np.inf, ""))[1] for v in names] + [np.inf])
     value = np.asarray(values, dtype=float)

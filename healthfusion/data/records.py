@@ -38,8 +38,9 @@ class PatientRecords:
     event_stay : [E] int
         Row in ``stay_ids`` of each event.
     event_time, event_value : [E] float
-    event_variable : [E] object
-        Variable names.
+    event_variable : [E] object, or a ``pd.Categorical``
+        Variable names. The scoring service sends a categorical over the model's variables (built from the
+        request in one pass), which the transformers look up per category rather than per event.
     static : dict of column -> list of n values, or None
         None: no static table. Numeric columns hold floats (NaN or None missing), categorical ones text or None.
     feature_types : dict of column -> "numeric" | "categorical"
@@ -55,7 +56,7 @@ class PatientRecords:
     prediction_time: np.ndarray
     event_stay: np.ndarray
     event_time: np.ndarray
-    event_variable: np.ndarray
+    event_variable: np.ndarray | pd.Categorical
     event_value: np.ndarray
     static: dict[str, list] | None = None
     feature_types: dict[str, str] = field(default_factory=dict)
@@ -84,7 +85,8 @@ class PatientRecords:
     def events_frame(self) -> pd.DataFrame:
         """The events as an events table (``stay_id, time, variable, value``), in their order."""
         return pd.DataFrame({"stay_id": np.asarray(self.stay_ids, dtype=object)[self.event_stay],
-                             "time": self.event_time, "variable": self.event_variable, "value": self.event_value})
+                             "time": self.event_time, "variable": np.asarray(self.event_variable, dtype=object),
+                             "value": self.event_value})
 
     def to_cohort(self, name: str = "records") -> Cohort:
         """The same patients as a cohort (``stay_id`` = ``patient_id``), with an events table and, when

@@ -65,7 +65,7 @@ import pyarrow as pa
 from healthfusion.data.accounting import RowAccounting
 from healthfusion.data.cohort import Cohort, CohortWriter
 from healthfusion.data.errors import SourceError
-from healthfusion.data.schema import CohortMeta
+from healthfusion.data.schema import CohortMeta, LabelSpec
 
 # the generative model's constants are the cohort's public vocabulary (sites, units, phenotypes, labels, variables)
 from healthfusion.data.synthetic_model import (
@@ -127,7 +127,7 @@ def _take(values, index: np.ndarray) -> pd.Series:
     return pa.array(np.asarray(values, dtype=object), type=pa.large_string()).take(pa.array(index)).to_pandas()
 
 
-def _frames(blocks: list[dict], hours: float) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
+def _frames(blocks: list[dict], hours: float, positive_class: int = 1) -> tuple[dict[str, pd.DataFrame], np.ndarray]:
     """Turn consecutive blocks into the cohort's tables (DataFrames) and the image array."""
     first = blocks[0]["stays"][0][0]
     gidx = np.concatenate([b["stays"][0] for b in blocks])
@@ -162,7 +162,7 @@ def _frames(blocks: list[dict], hours: float) -> tuple[dict[str, pd.DataFrame], 
     offsets = pa.array(np.r_[0, np.cumsum(diag.sum(axis=1))].astype(np.int32))
     diagnoses = pa.ListArray.from_arrays(offsets, flat).to_pandas()  # arrays of class names, as when loaded
     labels = pd.DataFrame({
-        "stay_id": ids, "mortality": lat("died").astype(np.int64), "los_days": los_days.round(3),
+        "stay_id": ids, "mortality": (lat("died") == positive_class).astype(np.int64), "los_days": los_days.round(3),
         "los_gt_3d": (los_days > 3).astype(np.int64),
         "phenotype": np.asarray(PHENOTYPES, dtype=object)[lat("pheno")],
         "diagnoses": diagnoses,
@@ -187,7 +187,7 @@ def _frames(blocks: list[dict], hours: float) -> tuple[dict[str, pd.DataFrame], 
     return tables, cat("images", 2)
 
 
-def _check(n_stays, seed, image_size, hours, chunk_size) -> None:
+def _check(n_stays, seed, image_size, hours, chunk_size, positive_class=1) -> None:
     def bad(name, value, expected):
         raise ValueError(f"synthetic: {name} must be {expected}; got {value!r}.")
 
@@ -201,25 +201,32 @@ def _check(n_stays, seed, image_size, hours, chunk_size) -> None:
         bad("hours", hours, "a number of hours between 6 and 720 (the prediction time)")
     if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         bad("chunk_size", chunk_size, "a positive integer (stays per written chunk)")
+    if isinstance(positive_class, bool) or positive_class not in (0, 1):
+        bad("positive_class", positive_class, "1 (mortality = died, the default) or 0 (mortality = survived)")
 
 
-def _meta(n_stays: int, seed: int, hours: float) -> CohortMeta:
+def _meta(n_stays: int, seed: int, hours: float, positive_class: int = 1) -> CohortMeta:
+    labels = list(LABELS)
+    if positive_class == 0:
+        labels = [LabelSpec("mortality", "binary", description="Survived to hospital discharge (synthetic, "
+                            "positive_class 0: 1 = survived).") if spec.name == "mortality" else spec
+                  for spec in labels]
     return CohortMeta(
-        name="synthetic", source="synthetic", feature_types=dict(FEATURE_TYPES), labels=list(LABELS),
+        name="synthetic", source="synthetic", feature_types=dict(FEATURE_TYPES), labels=labels,
         derived={"age_group": ["age"], "sex": ["sex"]},
         description=(f"Synthetic multimodal ICU cohort: {n_stays} stays, seed {seed}, prediction at {hours:g} h. "
                      "Generative story and exact mortality logit: healthfusion.data.synthetic."),
     )
 
 
-def _chunks(n_stays: int, seed: int, hours: float, image_size: int, chunk_size: int):
+def _chunks(n_stays: int, seed: int, hours: float, image_size: int, chunk_size: int, positive_class: int = 1):
     """Yield (tables, image arrays) for consecutive chunks of about ``chunk_size`` stays (whole blocks)."""
     n_blocks = -(-n_stays // BLOCK)
     per_chunk = max(1, round(chunk_size / BLOCK))
     for b0 in range(0, n_blocks, per_chunk):
         blocks = [_block(seed, b, min(BLOCK, n_stays - b * BLOCK), hours, image_size)
                   for b in range(b0, min(b0 + per_chunk, n_blocks))]
-        chunk = _frames(blocks, hours)
+        chunk = _frames(blocks, hours, positive_class)
         del blocks  # keep one chunk alive at a time
         yield chunk
         del chunk
@@ -232,7 +239,7 @@ def _account(acc: RowAccounting, tables: dict[str, pd.DataFrame]) -> None:
 
 
 def generate(n_stays: int = 2000, seed: int = 0, *, image_size: int = 28, hours: float = 48,
-             chunk_size: int = 5000) -> Cohort:
+             chunk_size: int = 5000, positive_class: int = 1) -> Cohort:
     """An in-memory synthetic cohort of ``n_stays`` stays (use :func:`write` for large ones).
 
     Parameters
@@ -246,6 +253,9 @@ def generate(n_stays: int = 2000, seed: int = 0, *, image_size: int = 28, hours:
         Prediction time (hours since admission) of every stay; events run to ``hours`` plus a few up to 12 h after.
     chunk_size : int, default 5000
         Stays generated at a time (rounded to whole blocks of :data:`BLOCK`).
+    positive_class : int, default 1
+        What the binary ``mortality`` label calls 1: death (1) or survival (0, a model of the chance to survive;
+        the same stays and outcomes, the label flipped). A model folder saves it with the reader options.
 
     Raises
     ------
@@ -257,9 +267,9 @@ def generate(n_stays: int = 2000, seed: int = 0, *, image_size: int = 28, hours:
         cohort = generate(200, seed=3)
         cohort.label("mortality").mean()
     """
-    _check(n_stays, seed, image_size, hours, chunk_size)
+    _check(n_stays, seed, image_size, hours, chunk_size, positive_class)
     parts, arrays = [], []
-    for tables, images in _chunks(n_stays, seed, hours, image_size, chunk_size):
+    for tables, images in _chunks(n_stays, seed, hours, image_size, chunk_size, positive_class):
         parts.append(tables)
         arrays.append(images)
     tables = {name: pd.concat([p[name] for p in parts], ignore_index=True) for name in parts[0]}
@@ -267,11 +277,12 @@ def generate(n_stays: int = 2000, seed: int = 0, *, image_size: int = 28, hours:
     acc = RowAccounting()
     _account(acc, tables)
     return Cohort(tables.pop("stays"), **tables, image_arrays=np.concatenate(arrays),
-                  meta=_meta(n_stays, seed, hours), accounting=acc)
+                  meta=_meta(n_stays, seed, hours, positive_class), accounting=acc)
 
 
 def write(path: str | Path, n_stays: int, seed: int = 0, *, chunk_size: int = 5000,
-          progress: Callable[[int, int], None] | None = None, image_size: int = 28, hours: float = 48) -> Path:
+          progress: Callable[[int, int], None] | None = None, image_size: int = 28, hours: float = 48,
+          positive_class: int = 1) -> Path:
     """Stream a synthetic cohort of ``n_stays`` stays to the cohort folder ``path``; memory does not grow with n.
 
     The tables equal those of :func:`generate` with the same arguments. ``progress(done, total)`` is called after
@@ -282,11 +293,11 @@ def write(path: str | Path, n_stays: int, seed: int = 0, *, chunk_size: int = 50
     ValueError
         If a parameter is out of range.
     """
-    _check(n_stays, seed, image_size, hours, chunk_size)
+    _check(n_stays, seed, image_size, hours, chunk_size, positive_class)
     acc = RowAccounting()
     done = 0
-    with CohortWriter(path, _meta(n_stays, seed, hours), acc) as writer:
-        for tables, images in _chunks(n_stays, seed, hours, image_size, chunk_size):
+    with CohortWriter(path, _meta(n_stays, seed, hours, positive_class), acc) as writer:
+        for tables, images in _chunks(n_stays, seed, hours, image_size, chunk_size, positive_class):
             _account(acc, tables)
             writer.append(image_arrays=images, **tables)
             done += len(tables["stays"])
@@ -309,7 +320,7 @@ def build(path: str | Path, *, task: str | None = None, progress: bool | Callabl
     progress : bool or callable
         True logs each chunk at INFO level; a callable gets ``(done, total)``.
     n_stays, seed, **options
-        Passed to :func:`write` (``chunk_size``, ``image_size``, ``hours``).
+        Passed to :func:`write` (``chunk_size``, ``image_size``, ``hours``, ``positive_class``).
 
     Raises
     ------
@@ -321,10 +332,10 @@ def build(path: str | Path, *, task: str | None = None, progress: bool | Callabl
     names = [spec.name for spec in LABELS]
     if task is not None and task not in names:
         raise SourceError(f"Task {task!r} is not a label of the synthetic cohort; labels are {names}.")
-    unknown = set(options) - {"chunk_size", "image_size", "hours"}
+    unknown = set(options) - {"chunk_size", "image_size", "hours", "positive_class"}
     if unknown:
         raise SourceError(f"Unknown option(s) {sorted(unknown)} for the synthetic source; it takes n_stays, seed, "
-                          "chunk_size, image_size and hours.")
+                          "chunk_size, image_size, hours and positive_class.")
     def log_progress(done: int, total: int) -> None:
         log.info("synthetic cohort: %d / %d stays written", done, total)
 

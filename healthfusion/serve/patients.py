@@ -10,9 +10,12 @@ Example::
 from __future__ import annotations
 
 import difflib
+import itertools
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -61,16 +64,47 @@ class Vocabulary:
             window=max(hours, default=math.inf),
         )
 
-    def check_events(self, events: Sequence[Event], where: str) -> None:
-        """Raise :class:`PatientError` naming ``where.events[i].variable`` for a variable the model does not read."""
-        known = set(self.variables)
-        for i, event in enumerate(events):
-            if event["variable"] not in known:
-                raise PatientError(
-                    f"{where}.events[{i}].variable",
-                    f"{event['variable']!r} is not one of the model's {len(known)} time-series variables."
-                    + _did_you_mean(event["variable"], self.variables) + " GET /v1/model lists them.",
-                )
+    @cached_property
+    def lookup(self) -> dict[str, int]:
+        """Variable name -> its position in :attr:`variables`."""
+        return {name: i for i, name in enumerate(self.variables)}
+
+    def codes(self, variables: Sequence[str], where: str, counts: np.ndarray | None = None) -> np.ndarray:
+        """``[E]`` int64: the position of each of ``variables`` (the events' names, in order) in :attr:`variables`.
+
+        ``counts``: events per patient when ``variables`` are the events of several patients back to back (then
+        ``where`` names the list, e.g. ``patients``); without it they are one list's events (``where`` names its
+        owner, e.g. ``stream``).
+
+        Raises
+        ------
+        PatientError
+            Naming ``where[i].events[j].variable`` (or ``where.events[j].variable``) of the first variable the model
+            does not read, with a "did you mean".
+        """
+        lookup = self.lookup
+        out = np.fromiter(map(lookup.get, variables, itertools.repeat(-1)), np.int64, len(variables))
+        bad = np.flatnonzero(out < 0)
+        if bad.size:
+            k = int(bad[0])
+            if counts is None:
+                field = f"{where}.events[{k}].variable"
+            else:
+                starts = np.concatenate([[0], np.cumsum(counts)])
+                i = int(np.searchsorted(starts, k, side="right") - 1)
+                field = f"{where}[{i}].events[{k - starts[i]}].variable"
+            name = variables[k]
+            raise PatientError(field, f"{name!r} is not one of the model's {len(self.variables)} time-series "
+                                      f"variables." + _did_you_mean(name, self.variables) + " GET /v1/model lists them.")
+        return out
+
+    def names(self, codes: np.ndarray) -> pd.Categorical:
+        """Variable positions (from :meth:`codes`) as the names the transformers read, over the model's variables."""
+        return pd.Categorical.from_codes(codes, dtype=self._dtype)
+
+    @cached_property
+    def _dtype(self) -> pd.CategoricalDtype:  # built once: building it checks the categories (~0.1 ms)
+        return pd.CategoricalDtype(pd.Index(self.variables, dtype=object))
 
     def check_static(self, static: dict, where: str) -> dict:
         """Static values checked by column kind (numbers for numeric columns, text for categorical ones).
@@ -96,39 +130,53 @@ class Vocabulary:
         return out
 
 
+_TIME, _VARIABLE, _VALUE = (operator.itemgetter(key) for key in ("time", "variable", "value"))
+
+
+def event_columns(events: Sequence[Event]) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(times [E] float, variable names, values [E] float) of ``events`` in their order. One C-level pass per
+    column (a transposing ``zip(*events)`` of 40,000 events took 3x as long)."""
+    n = len(events)
+    return (np.fromiter(map(_TIME, events), float, n), list(map(_VARIABLE, events)),
+            np.fromiter(map(_VALUE, events), float, n))
+
+
 def patients_records(patients: Sequence[Patient], vocabulary: Vocabulary, where: str = "patients") -> PatientRecords:
     """``patients`` as arrays (one stay each, ``stay_id`` = ``id``): their static values (every static column of
-    the model, None where not sent), their events up to the prediction time, and their prediction times.
+    the model, None where not sent), their events up to the prediction time, and their prediction times. The events
+    of all patients are read in one pass and checked as arrays (no per-patient loop over events).
 
     Raises
     ------
     PatientError
         A duplicated id, an unknown variable or static column, or a numeric column given text (field named).
     """
-    seen: set[str] = set()
-    stay, time, variable, value, at = [], [], [], [], []
+    n = len(patients)
+    ids = tuple(p.id for p in patients)
+    if len(set(ids)) != n:
+        seen: set[str] = set()
+        for i, sid in enumerate(ids):
+            if sid in seen:
+                raise PatientError(f"{where}[{i}].id", "appears twice in the request; send each patient once.")
+            seen.add(sid)
     columns = vocabulary.numeric + vocabulary.categorical
     static: dict[str, list] = {c: [] for c in columns}
     for i, p in enumerate(patients):
-        if p.id in seen:
-            raise PatientError(f"{where}[{i}].id", "appears twice in the request; send each patient once.")
-        seen.add(p.id)
-        checked = vocabulary.check_static(p.static, f"{where}[{i}]")
+        checked = vocabulary.check_static(p.static, f"{where}[{i}]") if p.static else {}
         for column in columns:
             static[column].append(checked.get(column))
-        vocabulary.check_events(p.events, f"{where}[{i}]")
-        cutoff = p.at()
-        at.append(cutoff)
-        for e in p.events:
-            if e["time"] <= cutoff:
-                stay.append(i)
-                time.append(e["time"])
-                variable.append(e["variable"])
-                value.append(e["value"])
+    counts = np.fromiter((len(p.events) for p in patients), np.int64, n)
+    time, variable, value = event_columns(list(itertools.chain.from_iterable(p.events for p in patients)))
+    code = vocabulary.codes(variable, where, counts)
+    stay = np.repeat(np.arange(n), counts)
+    latest = np.zeros(n)  # the default prediction time: the latest event (times are >= 0), 0 without events
+    np.maximum.at(latest, stay, time)
+    at = np.array([latest[i] if p.prediction_time is None else p.prediction_time for i, p in enumerate(patients)],
+                  dtype=float)
+    keep = time <= at[stay]
     types = {**dict.fromkeys(vocabulary.numeric, "numeric"), **dict.fromkeys(vocabulary.categorical, "categorical")}
-    return PatientRecords(stay_ids=tuple(p.id for p in patients), prediction_time=np.array(at, dtype=float),
-                          event_stay=np.array(stay, dtype=np.int64), event_time=np.array(time, dtype=float),
-                          event_variable=np.array(variable, dtype=object), event_value=np.array(value, dtype=float),
+    return PatientRecords(stay_ids=ids, prediction_time=at, event_stay=stay[keep], event_time=time[keep],
+                          event_variable=vocabulary.names(code[keep]), event_value=value[keep],
                           static=static if columns else None, feature_types=types)
 
 
@@ -144,20 +192,26 @@ def score_patients(model: ScoringModel, patients: Sequence[Patient], vocabulary:
     PatientError
         As :func:`patients_records`.
     """
-    records = patients_records(patients, vocabulary, where)
+    return score_records(model, patients_records(patients, vocabulary, where), top_k)
+
+
+def score_records(model: ScoringModel, records: PatientRecords, top_k: int = 0) -> list[PatientResult]:
+    """:func:`score_patients` of patients already turned into arrays (:func:`patients_records`; a stream keeps its
+    buffered events as arrays and comes in here), results in ``records`` order."""
     data = model.featurizer.transform_records(records) if model.reads_records and len(records) else None
     try:
-        frame = model.predict_records(records, data)
+        scores = model.score_records(records, data)
     except PredictionError as err:  # nothing the model reads in any of them: each gets the reason
-        return [PatientResult(id=p.id, probability=None, risk_group=None, status=f"not scored: {err}")
-                for p in patients]
-    probability = frame["probability"].to_numpy(dtype=float)
-    ok = (frame["status"] == OK).to_numpy() & np.isfinite(probability)
-    top = top_contributions(model, data, top_k) if top_k and data is not None else [[] for _ in patients]
-    return [PatientResult(id=p.id, probability=float(probability[i]) if ok[i] else None,
+        return [PatientResult(id=sid, probability=None, risk_group=None, status=f"not scored: {err}")
+                for sid in records.stay_ids]
+    probability = np.asarray(scores["probability"], dtype=float)
+    ok = (np.asarray(scores["status"]) == OK) & np.isfinite(probability)
+    top = top_contributions(model, data, top_k) if top_k and data is not None else [[] for _ in records.stay_ids]
+    return [PatientResult(id=sid, probability=float(probability[i]) if ok[i] else None,
                           risk_group=str(group) if ok[i] else None, status=str(status),
                           top_features=[Contribution(feature=f, attribution=a) for f, a in top[i]] if ok[i] else [])
-            for i, (p, group, status) in enumerate(zip(patients, frame["risk_group"], frame["status"], strict=True))]
+            for i, (sid, group, status) in enumerate(zip(records.stay_ids, scores["risk_group"], scores["status"],
+                                                         strict=True))]
 
 
 def cohort_patients(cohort: Cohort, vocabulary: Vocabulary, stay_ids: Sequence[str] | None = None) -> list[Patient]:

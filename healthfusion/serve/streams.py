@@ -1,12 +1,16 @@
 """Live monitoring streams: one session per patient that takes events as they arrive and keeps a current risk.
 
-**Incremental by recomputing over a bounded window.** On each update a session scores its buffered events with the
-model's own ``predict`` at the latest event time, and keeps only the events the model can still see (those within
-its observation window before the latest time, plus the out-of-order tolerance). We recompute rather than carry a
-recurrent state because the model's answer at time t is not a function of a state carried from t-1: the grid is
-anchored at the prediction time (the window slides), values are carried forward and standardised per bin, and
-attention pooling re-weights every step of the window. Carrying an LSTM state would give a different number from
-``predict``; recomputing over a bounded window gives the same number at a cost bounded by the window length
+**Incremental input, the model's answer recomputed over a bounded window.** A session keeps its events as arrays
+(time, variable position, value): each update checks and appends only the new events, drops the ones that left the
+model's observation window (plus the out-of-order tolerance), and scores the rest with the featurization and
+forward pass of ``/v1/predict`` and ``predict`` (:func:`healthfusion.serve.patients.score_records`) at the latest
+time. Nothing about an event is re-validated or re-converted after its arrival. The hourly grid itself is rebuilt
+from the buffered arrays on every update (a few hundred events: tens of microseconds of numpy), not updated bin by
+bin, because the grid is anchored at the prediction time: a new event moves the prediction time, which moves every
+bin boundary (PhysioNet times are in minutes, bins 1-2 h). For the same reason we do not carry a recurrent state:
+the model's answer at time t is not a function of a state carried from t-1 (the window slides, values are carried
+forward and standardised per bin, attention pooling re-weights every step of the window). Carrying state would give
+a different number from ``predict``; recomputing gives the same number at a cost bounded by the window length
 (measured in ``benchmarks/serve_latency.py``).
 
 **Out-of-order events.** An event older than the latest time seen is accepted when it is within ``tolerance``
@@ -32,9 +36,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from healthfusion.data.records import PatientRecords
 from healthfusion.models.scoring import OK, ScoringModel
-from healthfusion.serve.patients import PatientError, Vocabulary, score_patients
-from healthfusion.serve.schemas import Alert, Event, Patient, StreamState
+from healthfusion.serve.patients import PatientError, Vocabulary, event_columns, score_records
+from healthfusion.serve.schemas import Alert, Event, StreamState
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ class StreamSession:
                  policy: AlertPolicy | None = None):
         self.model, self.id, self.vocabulary, self.tolerance = model, stream_id, vocabulary, tolerance
         self.on, self.off, self.cooldown = (policy or AlertPolicy()).resolve(model.threshold)
-        self.events: list[Event] = []
+        self._time, self._code, self._value = np.empty(0), np.empty(0, np.int64), np.empty(0)  # buffered events
         self.static: dict = {}
         self.time: float | None = None
         self.n_events = 0
@@ -102,6 +109,11 @@ class StreamSession:
         self.alerting = False
         self.alerts: list[Alert] = []
 
+    @property
+    def buffered(self) -> int:
+        """Events kept for the next update (those the model can still see)."""
+        return len(self._time)
+
     def update(self, events: Sequence[Event], static: dict | None = None, now: float | None = None) -> StreamState:
         """Add ``events`` (any order within the tolerance) and ``static`` values, rescore at the latest time (or
         ``now``, hours since admission, when later: a clock tick without new events), update the alert.
@@ -111,20 +123,25 @@ class StreamSession:
         PatientError
             An unknown variable or static column (field named); nothing of the update is applied then.
         """
-        self.vocabulary.check_events(events, "events")
+        time, variable, value = event_columns(events)
+        code = self.vocabulary.codes(variable, "")
         checked = self.vocabulary.check_static(static or {}, "") if static else {}
         self.static.update(checked)
-        latest = self.time if self.time is not None else -math.inf
-        for event in sorted(events, key=lambda e: e["time"]):
-            if event["time"] < latest - self.tolerance:
-                self.rejected += 1
-                continue
-            self.events.append(event)
-            self.n_events += 1
-            latest = max(latest, event["time"])
+        previous = self.time if self.time is not None else -math.inf
+        # taken in time order, an event of this update is never older than one accepted before it in the update:
+        # only the latest time of the earlier updates can make it too old
+        accepted = time >= previous - self.tolerance
+        self.rejected += int((~accepted).sum())
+        self.n_events += int(accepted.sum())
+        latest = max(previous, float(time[accepted].max())) if accepted.any() else previous
+        order = np.argsort(time, kind="stable")
+        keep = order[accepted[order]]
+        self._time = np.concatenate([self._time, time[keep]])
+        self._code = np.concatenate([self._code, code[keep]])
+        self._value = np.concatenate([self._value, value[keep]])
         if now is not None:
             latest = max(latest, now)
-        if self.events or self.static:
+        if self.buffered or self.static:
             self.time = max(latest, 0.0)
             self._prune()
             self._score()
@@ -132,14 +149,26 @@ class StreamSession:
 
     def _prune(self) -> None:
         """Keep the events the model can still see at the next update (window + tolerance before the latest)."""
-        oldest = self.time - self.vocabulary.window - self.tolerance
-        self.events = [e for e in self.events if e["time"] >= oldest]
+        keep = self._time >= self.time - self.vocabulary.window - self.tolerance
+        if not keep.all():
+            self._time, self._code, self._value = self._time[keep], self._code[keep], self._value[keep]
+
+    def records(self) -> PatientRecords:
+        """The buffered events up to :attr:`time` and the static values, as the one patient ``/v1/predict`` would
+        build from the same events (:func:`healthfusion.serve.patients.patients_records`)."""
+        seen = self._time <= self.time
+        columns = self.vocabulary.numeric + self.vocabulary.categorical
+        types = {**dict.fromkeys(self.vocabulary.numeric, "numeric"),
+                 **dict.fromkeys(self.vocabulary.categorical, "categorical")}
+        return PatientRecords(stay_ids=(self.id,), prediction_time=np.array([self.time]),
+                              event_stay=np.zeros(int(seen.sum()), np.int64), event_time=self._time[seen],
+                              event_variable=self.vocabulary.names(self._code[seen]),
+                              event_value=self._value[seen],
+                              static={c: [self.static.get(c)] for c in columns} if columns else None,
+                              feature_types=types)
 
     def _score(self) -> None:
-        # the events and static values were validated on arrival: not again on every update
-        patient = Patient.model_construct(id="stream", static=self.static, events=self.events,
-                                          prediction_time=self.time)
-        result = score_patients(self.model, [patient], self.vocabulary, where="stream")[0]
+        result = score_records(self.model, self.records())[0]
         self.probability, self.risk_group, self.status = result.probability, result.risk_group, result.status
         if result.status != OK or result.probability is None:
             return

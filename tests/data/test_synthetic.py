@@ -215,3 +215,14 @@ def test_memory_stays_flat_as_the_cohort_grows(tmp_path):
     held_in_memory_mb = events * 30 / 2**20  # at least stay, time, variable, value per event row
     assert held_in_memory_mb > 60
     assert large - small < 35, (small, large)
+
+
+def test_positive_class_flips_mortality_and_says_so():
+    from healthfusion.data.synthetic import generate
+
+    died, survived = generate(60, seed=2), generate(60, seed=2, positive_class=0)
+    assert (survived.label("mortality") == 1 - died.label("mortality")).all()
+    assert survived.events.equals(died.events)  # the same stays; only the label's meaning changes
+    assert "1 = survived" in survived.meta.label("mortality").description
+    with pytest.raises(ValueError, match="positive_class"):
+        generate(10, positive_class=2)

@@ -1,5 +1,7 @@
 """Patients as arrays (a scoring request) featurize exactly like the same patients as a cohort."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -51,6 +53,12 @@ def test_records_featurize_like_the_same_patients_as_a_cohort(tmp_path, missing)
     drops = fast.meta["feature_drops"]["events"]
     assert drops["implausible value"] >= 1 and drops["unknown variable"] >= 1 and drops["before window"] >= 1
     assert not fast["ts_present"][0] and fast["ts_present"][1:].all()
+    # variables as a categorical (how the service sends them), an unknown one among its categories: the same
+    categorical = feat.transform_records(dataclasses.replace(records,
+                                                             event_variable=pd.Categorical(records.event_variable)))
+    for key in slow:
+        np.testing.assert_array_equal(categorical[key], slow[key], err_msg=key)
+    assert categorical.meta["feature_drops"] == slow.meta["feature_drops"]
     future = records.event_time > 30.0  # the planted future event reaches no array: drop it and nothing changes
     kept = PatientRecords(records.stay_ids, records.prediction_time, records.event_stay[~future],
                           records.event_time[~future], records.event_variable[~future], records.event_value[~future],

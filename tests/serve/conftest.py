@@ -1,4 +1,5 @@
-"""A tiny trained model folder (synthetic cohort, a 36-hour window instead of the reader's 48) for the serve tests."""
+"""A tiny trained model folder for the serve tests: synthetic cohort, a 36-hour window instead of the reader's 48
+and the non-default positive class (mortality = 1 for survival)."""
 
 import pytest
 import yaml
@@ -7,6 +8,7 @@ from healthfusion.workflows.config import load_run_config
 from healthfusion.workflows.train import run_training
 
 HOURS = 36.0
+POSITIVE_CLASS = 0  # the label is survival, not death
 SOURCE_OPTIONS = {"n_stays": 160, "seed": 7}
 
 
@@ -16,7 +18,7 @@ def model_dir(tmp_path_factory):
     cfg = {
         "name": "serve", "out": str(root / "run"),
         "data": {"source": "synthetic", "path": str(root / "raw"), "label": "mortality",
-                 "options": {**SOURCE_OPTIONS, "hours": HOURS}},
+                 "options": {**SOURCE_OPTIONS, "hours": HOURS, "positive_class": POSITIVE_CLASS}},
         "features": {"modalities": ["ts", "static"], "hours": HOURS},
         "model": {"hidden": 8},
         "training": {"max_epochs": 1, "batch_size": 32},

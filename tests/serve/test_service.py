@@ -11,6 +11,7 @@ from healthfusion.models.scoring import OK, load_model
 from healthfusion.serve.app import create_app, read_token
 from healthfusion.serve.patients import Vocabulary, cohort_patients
 from healthfusion.serve.streams import StreamRegistry
+from tests.serve.conftest import SOURCE_OPTIONS
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -31,8 +32,15 @@ def patients(model, cohort):
     return cohort_patients(cohort, Vocabulary.of(model), [str(s) for s in cohort.stay_ids[:12]])
 
 
-def test_predict_service_and_stream_give_the_same_risk(model, cohort, client, patients):
-    # the same numbers up to float32 rounding, which depends on how many stays share a forward pass (~1e-7)
+def test_predict_service_and_stream_give_the_same_risk(model, cohort, client, patients, tmp_path):
+    """A model with a non-default window (36 h) and positive class (survival) scores the same through predict, the
+    service and a stream replayed to the end: up to float32 rounding, which depends on how many stays share a
+    forward pass (~1e-7)."""
+    from healthfusion.data.sources import get_source
+
+    default = get_source("synthetic")(tmp_path / "default", **SOURCE_OPTIONS, hours=36.0)
+    flipped, died = cohort.label("mortality"), default.label("mortality")  # predict's cohort: the saved options
+    assert flipped.index.equals(died.index) and (flipped == 1 - died).all() and 0 < died.mean() < 1
     expected = model.predict(cohort).set_index("stay_id")
     body = {"patients": [json.loads(p.model_dump_json()) for p in patients]}
     response = client.post("/v1/predict", json=body, headers=AUTH)
@@ -60,11 +68,21 @@ def test_predict_service_and_stream_give_the_same_risk(model, cohort, client, pa
 
 def test_model_card_health_and_openapi(client, model):
     card = client.get("/v1/model", headers=AUTH).json()
-    assert card["fingerprint"] == model.card["fingerprint"] and card["data"]["options"] == {"hours": 36.0}
+    assert card["fingerprint"] == model.card["fingerprint"]
+    assert card["data"]["options"] == {"hours": 36.0, "positive_class": 0}
+    assert "1 = survived" in card["label"]["description"]
     assert "HR" in card["variables"]
     assert client.get("/v1/health").json()["status"] == "ok"
-    paths = client.get("/openapi.json").json()["paths"]
+    schema = client.get("/openapi.json").json()
+    paths, components = schema["paths"], schema["components"]["schemas"]
     assert {"/v1/predict", "/v1/streams/{stream_id}/events", "/v1/model"} <= set(paths)
+    # the bodies are validated from raw JSON by the endpoints themselves; the schema still declares them
+    for path, name in (("/v1/predict", "PredictRequest"), ("/v1/streams/{stream_id}/events", "StreamEvents")):
+        body = paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{name}"}
+    assert components["PredictRequest"]["properties"]["patients"]["items"] == {"$ref": "#/components/schemas/Patient"}
+    assert {"time", "variable", "value"} <= set(components["Event"]["properties"])
+    assert "PredictResponse" in components and "StreamState" in components
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}])
@@ -104,6 +122,15 @@ def test_oversized_requests_are_rejected(client, patients):
     assert response.status_code == 413 and "200000 bytes" in response.json()["detail"]
     assert client.post("/v1/predict", content=b"{not json", headers={**AUTH, "content-type": "application/json"}
                        ).status_code == 422
+
+    def chunked(*parts: bytes):  # no Content-Length: the size is counted as the body arrives
+        yield from parts
+
+    body = json.dumps({"patients": [one]}).encode()
+    response = client.post("/v1/predict", content=chunked(body[:10], b" " * 250_000, body[10:]), headers=AUTH)
+    assert response.status_code == 413 and response.json()["detail"].endswith("200000 bytes.")
+    response = client.post("/v1/predict", content=chunked(body[:10], body[10:]), headers=AUTH)
+    assert response.status_code == 200 and response.json()["results"][0]["id"] == one["id"]
 
 
 def test_logs_hold_no_identifiers_or_values(client, patients, caplog):

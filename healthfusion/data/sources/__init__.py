@@ -43,7 +43,7 @@ def get_exporter(name: str) -> Callable:
 #: lookback, lab and code timing, positive class, image size); a model folder saves them and every scorer reads the
 #: data with them. Options that only select data (paths, splits, sites, sizes of synthetic cohorts) are not listed.
 SCORING_OPTIONS: dict[str, tuple[str, ...]] = {
-    "synthetic": ("hours", "image_size"),
+    "synthetic": ("hours", "image_size", "positive_class"),
     "physionet2012": ("hours",),
     "medmnist": ("positive_class",),
     "image_folder": ("size", "channels", "classes"),
