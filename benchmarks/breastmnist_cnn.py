@@ -6,7 +6,9 @@ fits the image normalisation and trains the model on the other folds only, and t
 The hybrid model is used with the image modality only (CNN encoder -> FC -> binary head), trained by the library's
 Trainer for a fixed number of epochs with a cosine learning-rate schedule (no early stopping, so no data is held
 out of training). Each fold's CNN is an ensemble of ``--ensemble`` models (default 3) trained with consecutive seeds
-and averaged; ``--tta`` also averages over left-right mirrored test images.
+and averaged; ``--tta`` scores each model also with the encoder's flip test-time augmentation (the image feature
+averaged over the image and its left-right mirror, ``model.image.tta: flip`` in a run config) and reports the
+ensemble with and without it.
 
 The script prints per-fold AUROC and the pooled out-of-fold metrics (AUROC with a bootstrap 95% CI; accuracy,
 precision, recall and F1 at a 0.5 threshold) for the CNN ensemble, for its first model alone, and for two
@@ -101,6 +103,7 @@ class Setting:
 
 SETTINGS: dict[str, Setting] = {
     "plain": Setting(),
+    "flip": Setting(augmentation={"hflip": True, "max_shift": 0}),
     "flip-shift": Setting(augmentation={"hflip": True, "max_shift": 2}),
     "wide": Setting(channels=(32, 64, 128)),
     "double": Setting(convs_per_block=2),
@@ -133,18 +136,21 @@ def featurize(cohort, train_ids: list[str], test_ids: list[str], size: int) -> t
 def cnn_predict(train: ArrayDataset, test: ArrayDataset, setting: Setting, seeds: list[int], tta: bool,
                 epochs: int | None) -> np.ndarray:
     """Predicted risk on ``test``, ``[len(seeds), views, n]``: one model per seed, scored on the test images and,
-    with ``tta``, on their left-right mirror images too."""
+    with ``tta``, also with the encoder's flip test-time augmentation on (``CNNEncoderConfig(tta="flip")``, the
+    run config's ``model.image.tta``: the image feature averaged over the image and its left-right mirror)."""
     channels_in, size = train["image"].shape[1], train["image"].shape[-1]
-    views = [test]
-    if tta:
-        views.append(test.with_arrays(image=np.ascontiguousarray(test["image"][..., ::-1])))
     preds = []
     for seed in seeds:
         torch.manual_seed(seed)
         model = setting.model(channels_in, size)
         trainer = setting.trainer(seed, epochs)
         trainer.fit(model, train)
-        preds.append([trainer.predict(model, view) for view in views])
+        views = [trainer.predict(model, test)]
+        if tta:
+            encoder = model.encoders["image"]
+            encoder.config = encoder.config.model_copy(update={"tta": "flip"})  # as a saved model with tta: flip
+            views.append(trainer.predict(model, test))
+        preds.append(views)
     return np.asarray(preds, dtype=np.float64)
 
 
@@ -211,7 +217,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the setting's number of epochs")
     parser.add_argument("--setting", choices=sorted(SETTINGS), default="plain")
     parser.add_argument("--ensemble", type=int, default=3, help="models (seeds seed..seed+N-1) averaged per fold")
-    parser.add_argument("--tta", action="store_true", help="also average over left-right mirrored test images")
+    parser.add_argument("--tta", action="store_true", help="also score with the encoder's flip TTA (both reported)")
     parser.add_argument("--size", type=int, default=28, help="image side after resizing")
     parser.add_argument("--nested", action="store_true", help="choose the setting per fold by inner CV")
     parser.add_argument("--candidates", nargs="+", choices=sorted(SETTINGS), default=["plain", "double"])
@@ -234,7 +240,7 @@ def main() -> None:
     cohort, ids, y = load(args.data)
     seeds = list(range(args.seed, args.seed + args.ensemble))
     outer = StratifiedKFold(args.folds, shuffle=True, random_state=args.seed)
-    oof_cnn, oof_single = np.zeros(len(ids)), np.zeros(len(ids))
+    oof_cnn, oof_single, oof_plain = np.zeros(len(ids)), np.zeros(len(ids)), np.zeros(len(ids))
     oof_lr, fold_of = np.zeros(len(ids)), np.zeros(len(ids), dtype=np.int64)
     rows = []
     for k, (tr, te) in enumerate(outer.split(np.zeros(len(y)), y)):
@@ -244,7 +250,8 @@ def main() -> None:
         if args.nested:
             chosen, inner_scores = select_setting(train, args.candidates, args)
         preds = cnn_predict(train, test, SETTINGS[chosen], seeds, args.tta, args.epochs)
-        oof_cnn[te], oof_single[te] = preds.mean(axis=(0, 1)), preds[0, 0]
+        oof_cnn[te], oof_single[te] = preds[:, -1].mean(axis=0), preds[0, 0]
+        oof_plain[te] = preds[:, 0].mean(axis=0)
         oof_lr[te] = logistic_predict(train, test, args.seed)
         fold_of[te] = k
         rows.append({
@@ -263,6 +270,9 @@ def main() -> None:
     if combined:
         cnn_name = f"{cnn_name[:-1]}, {' + '.join(combined)})"
     results = {cnn_name: (y, oof_cnn)}
+    if args.tta:
+        results[f"CNN ({args.setting if not args.nested else 'nested'}, ensemble of {args.ensemble}, no TTA)"] = \
+            (y, oof_plain)
     if combined:
         results["CNN, one model of it (first seed, no TTA)"] = (y, oof_single)
     results["logistic regression, raw pixels"] = (y, oof_lr)
@@ -291,6 +301,7 @@ def main() -> None:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         pd.DataFrame({"stay_id": ids, "fold": fold_of, "y": y, "cnn": oof_cnn, "cnn_one_model": oof_single,
+                      **({"cnn_no_tta": oof_plain} if args.tta else {}),
                       "logreg": oof_lr}).to_csv(
             args.out / "oof.csv", index=False)
         summary = {

@@ -214,16 +214,24 @@ def run_cv_a(args: argparse.Namespace, out: Path) -> None:
                          "boosting_auroc": auroc(y[held], oof[BOOSTING][held]), "boosting_trees": gbm.n_trees_})
             say(f"fold {k}: hybrid AUROC {rows[-1]['auroc']:.4f} (best epoch {best}), boosting "
                 f"{rows[-1]['boosting_auroc']:.4f} ({gbm.n_trees_} trees)")
-        # the ensemble a run would build, scored out of fold: each fold's weights are fitted (log-loss) on the
-        # out-of-fold predictions of the other four folds
-        oof[ENSEMBLE] = np.zeros(len(y))
-        weights = []
-        for k in range(5):
-            other, here = fold_of != k, fold_of == k
-            spec = fit_weights({m: oof[m][other] for m in (HYBRID, BOOSTING)}, y[other], criterion="log_loss")
-            oof[ENSEMBLE][here] = combine({m: oof[m][here] for m in (HYBRID, BOOSTING)}, spec)
-            weights.append(spec.weight(HYBRID))
+        # the ensemble a run would build, scored out of fold: each fold's weights are fitted on the out-of-fold
+        # predictions of the other four folds, by the grid's log-loss (ensemble.fit: grid) and by stacking
+        stacked = f"{ENSEMBLE}_stacking"
+        weights, fits = [], {ENSEMBLE: ("grid", []), stacked: ("stacking", [])}
+        for name, (method, hybrid_weights) in fits.items():
+            oof[name] = np.zeros(len(y))
+            for k in range(5):
+                other, here = fold_of != k, fold_of == k
+                spec = fit_weights({m: oof[m][other] for m in (HYBRID, BOOSTING)}, y[other], criterion="log_loss",
+                                   method=method)
+                oof[name][here] = combine({m: oof[m][here] for m in (HYBRID, BOOSTING)}, spec)
+                hybrid_weights.append(spec.weight(HYBRID))
+        weights = fits[ENSEMBLE][1]
         gain = paired_auroc_difference(y, oof[ENSEMBLE], oof[BOOSTING], args.n_boot)
+        gain_stacked = paired_auroc_difference(y, oof[stacked], oof[BOOSTING], args.n_boot)
+        say(f"stacking: ensemble {auroc(y, oof[stacked]):.4f} (hybrid weight {np.mean(fits[stacked][1]):.2f}); "
+            f"ensemble - boosting {gain_stacked['difference']:+.4f} ({gain_stacked['ci_low']:+.4f} to "
+            f"{gain_stacked['ci_high']:+.4f})")
         # an upper bound, not an estimate: the best single hybrid weight chosen in hindsight on all of A
         grid = np.round(np.arange(0.0, 1.0001, 0.05), 2)
         best_w = {w: auroc(y, combine({HYBRID: oof[HYBRID], BOOSTING: oof[BOOSTING]},
@@ -233,7 +241,10 @@ def run_cv_a(args: argparse.Namespace, out: Path) -> None:
                      "ensemble_auroc": auroc(y, oof[ENSEMBLE]), "ensemble_minus_boosting": gain["difference"],
                      "ci_low": gain["ci_low"], "ci_high": gain["ci_high"],
                      "hybrid_weight": float(np.mean(weights)), "hindsight_weight": float(w_star),
-                     "hindsight_auroc": best_w[w_star]})
+                     "hindsight_auroc": best_w[w_star], "stacking_auroc": auroc(y, oof[stacked]),
+                     "stacking_minus_boosting": gain_stacked["difference"],
+                     "stacking_ci_low": gain_stacked["ci_low"], "stacking_ci_high": gain_stacked["ci_high"],
+                     "stacking_hybrid_weight": float(np.mean(fits[stacked][1]))})
         pd.DataFrame({"stay_id": ids, "y": y, "fold": fold_of, **oof}).to_csv(out / "oof.csv", index=False)
         say(f"pooled: hybrid {rows[-1]['auroc']:.4f}, boosting {rows[-1]['boosting_auroc']:.4f}, ensemble "
             f"{rows[-1]['ensemble_auroc']:.4f} (hybrid weight {np.mean(weights):.2f}); ensemble - boosting "

@@ -158,7 +158,7 @@ def predict(
 def _print_run(run_dir: Path) -> None:
     import pandas as pd
 
-    from healthfusion.workflows.evaluate import display_comparison, display_differences
+    from healthfusion.workflows.evaluate import display_challenge, display_comparison, display_differences
 
     metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
     shown, title = display_comparison(pd.read_csv(run_dir / "comparison.csv", index_col=0))
@@ -173,8 +173,8 @@ def _print_run(run_dir: Path) -> None:
         print_frame(console, by_set[["test_set", "model", "n", "auroc", "auroc_ci_low", "auroc_ci_high", "auprc"]]
                     .round(3), title="Each external test set on its own (AUROC, 95% bootstrap CI)")
     if (run_dir / "challenge2012.csv").is_file():
-        print_frame(console, pd.read_csv(run_dir / "challenge2012.csv").round(3),
-                    title="PhysioNet Challenge 2012 scores (event 1 higher, event 2 H lower is better)")
+        shown, title = display_challenge(pd.read_csv(run_dir / "challenge2012.csv", index_col=0))
+        print_frame(console, shown, title=title)
     console.print(f"Run folder: [bold]{display_path(run_dir)}[/]")
 
 

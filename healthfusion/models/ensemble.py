@@ -11,8 +11,18 @@ combine        ensemble probability
 ``probability``  ``sum_m w_m * p_m``: a weighted mean of the probabilities
 =============  =========================================================================================
 
-:func:`fit_weights` chooses the weights on a grid over the simplex (step 0.05 by default) by validation log-loss or
-AUROC. Fit them on predictions for stays none of the members was trained on (a validation split), never on the
+:func:`fit_weights` chooses the weights by one of two methods (``method``):
+
+* ``"grid"`` (the default): a grid over the simplex (step 0.05 by default), scored by the validation log-loss (or
+  AUROC) of the combined probabilities. The combination has no intercept or scale of its own, so a member whose
+  probabilities are shifted or over/under-confident costs log-loss however well it ranks the stays, and the weights
+  can collapse onto the best-calibrated member although another adds information.
+* ``"stacking"``: a logistic regression of the outcome on the members' log-odds (``combine="logit"``; their
+  probabilities with ``"probability"``), with an intercept and non-negative coefficients; the weights are the
+  coefficients divided by their sum. The intercept and the coefficients' overall size absorb the members'
+  calibration, so the weights reflect what each member adds to the ranking; the ensemble's own calibration is left
+  to the calibrator fitted after it (``evaluation.calibration`` in a run).
+ Fit them on predictions for stays none of the members was trained on (a validation split), never on the
 test set: weights chosen on test data make the ensemble's test score optimistic.
 
 Example
@@ -44,6 +54,7 @@ ENSEMBLE_FORMAT = "healthfusion.ensemble"
 ENSEMBLE_FORMAT_VERSION = 1
 COMBINE_METHODS: tuple[str, ...] = ("logit", "probability")
 CRITERIA: tuple[str, ...] = ("log_loss", "auroc")
+FIT_METHODS: tuple[str, ...] = ("grid", "stacking")
 MAX_GRID_POINTS = 200_000
 _EPS = 1e-7
 
@@ -235,8 +246,10 @@ def fit_weights(
     combine: str = "logit",
     criterion: str = "log_loss",
     step: float = 0.05,
+    method: str = "grid",
 ) -> EnsembleWeights:
-    """Choose convex member weights on VALIDATION predictions by a grid search over the simplex.
+    """Choose convex member weights on VALIDATION predictions by a grid search over the simplex or by stacking
+    (``method``; see the module docstring).
 
     Args:
         probabilities: ``{member: p [n]}``, each member's positive-class probabilities on validation stays that
@@ -244,17 +257,21 @@ def fit_weights(
         y_true: binary labels ``[n]`` of those stays.
         combine: ``"logit"`` (default) or ``"probability"``, see the module table.
         criterion: ``"log_loss"`` (default; smooth, so stable on small validation sets) or ``"auroc"``.
-        step: grid spacing of the weights (default 0.05: 21 candidates for two members).
+        step: grid spacing of the weights (default 0.05: 21 candidates for two members); grid only.
+        method: ``"grid"`` (default) or ``"stacking"`` (a logistic regression with non-negative coefficients).
 
     Returns:
-        The best :class:`EnsembleWeights`. Among equally good candidates the one closest to uniform weights is
-        chosen. ``fit_info`` records the criterion, the step, the validation size and the members' and the
-        ensemble's validation scores.
+        The best :class:`EnsembleWeights`. Grid: among equally good candidates the one closest to uniform
+        weights is chosen. Stacking: the normalised coefficients (uniform when every coefficient is 0, i.e. no
+        member adds to the intercept). ``fit_info`` records the method, the criterion (or the stacking intercept
+        and coefficients), the validation size and the members' and the ensemble's validation scores.
 
     Raises:
         ValueError: bad member predictions (see :func:`combine`), labels that are not 0/1 or are all one
-            class, a length mismatch, an unknown ``combine``/``criterion``, or an unusable ``step``.
+            class, a length mismatch, an unknown ``combine``/``criterion``/``method``, or an unusable ``step``.
     """
+    if method not in FIT_METHODS:
+        raise ValueError(f"Unknown method {method!r}; expected one of {', '.join(FIT_METHODS)}.")
     if combine not in COMBINE_METHODS:
         raise ValueError(f"Unknown combine {combine!r}; expected one of {', '.join(COMBINE_METHODS)}.")
     if criterion not in CRITERIA:
@@ -268,6 +285,8 @@ def fit_weights(
         raise ValueError("y_true must hold 0/1 labels without missing values; drop unlabelled stays first.")
     if len(np.unique(y)) < 2:
         raise ValueError("y_true has a single class; weights cannot be fitted on such a validation set.")
+    if method == "stacking":
+        return _stacking_weights(stack, y, members, combine, criterion)
     grid = simplex_grid(len(members), step)
     scores = np.array([_score(y, _combine_stack(stack, w, combine), criterion) for w in grid])
     best = scores.max()
@@ -276,11 +295,46 @@ def fit_weights(
     choice = tied[np.argmin(np.abs(grid[tied] - uniform).sum(axis=1))]
     weights = grid[choice]
     info = {
+        "method": "grid",
         "criterion": criterion,
         "step": step,
         "n_validation": int(len(y)),
         "n_positive": int(y.sum()),
         "ensemble_score": float(scores[choice]),
+        "member_scores": {m: _score(y, stack[i], criterion) for i, m in enumerate(members)},
+    }
+    return EnsembleWeights(tuple(members), tuple(float(w) for w in weights), combine, info)
+
+
+def _stacking_weights(stack: np.ndarray, y: np.ndarray, members: list[str], combine: str,
+                      criterion: str) -> EnsembleWeights:
+    """Weights from a logistic regression of ``y`` on the members' log-odds (or probabilities), intercept free,
+    coefficients >= 0 (L-BFGS-B on the mean log-loss), normalised to sum to 1."""
+    from scipy.optimize import minimize
+    from scipy.special import expit
+
+    z = _logit(stack) if combine == "logit" else stack
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        s = theta[0] + theta[1:] @ z
+        residual = expit(s) - y
+        value = float(np.mean(np.logaddexp(0.0, s) - y * s))
+        return value, np.concatenate([[residual.mean()], z @ residual / len(y)])
+
+    start = np.concatenate([[0.0], np.full(len(members), 1.0 / len(members))])
+    bounds = [(None, None)] + [(0.0, None)] * len(members)
+    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
+    coef = np.clip(result.x[1:], 0.0, None)
+    weights = coef / coef.sum() if coef.sum() > 0 else np.full(len(members), 1.0 / len(members))
+    info = {
+        "method": "stacking",
+        "criterion": criterion,
+        "intercept": float(result.x[0]),
+        "coefficients": {m: float(c) for m, c in zip(members, coef, strict=True)},
+        "converged": bool(result.success),
+        "n_validation": int(len(y)),
+        "n_positive": int(y.sum()),
+        "ensemble_score": _score(y, _combine_stack(stack, weights, combine), criterion),
         "member_scores": {m: _score(y, stack[i], criterion) for i, m in enumerate(members)},
     }
     return EnsembleWeights(tuple(members), tuple(float(w) for w in weights), combine, info)

@@ -229,8 +229,7 @@ class BranchFreeHybrid(nn.Module):
             return encoder.dropout(_bag_mean(encoder.embed, named[B.CODES]))
         if isinstance(encoder, TextEncoder):
             return encoder.mlp(_bag_mean(encoder.embed, named[B.TEXT]))
-        x = encoder.pool(encoder.blocks(named[B.IMAGE])).flatten(1)
-        return encoder.fc(encoder.dropout(x))
+        return encoder.embed(named[B.IMAGE])
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         named = dict(zip(self.names, inputs, strict=True))

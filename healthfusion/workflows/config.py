@@ -196,6 +196,9 @@ class ImageEncoderSpec(StrictModel):
     block: Literal["plain", "double", "residual"] = Field(
         "plain", description="CNN blocks: plain (one conv 3x3 + BN + ReLU), double (two, VGG-style) or residual "
         "(two as a ResNet basic block).")
+    tta: Literal["none", "flip"] = Field(
+        "none", description="Test-time augmentation: flip averages the CNN's image feature over each image and its "
+        "left-right mirror when scoring (validation, test, predict, serve); training is unchanged.")
 
     @model_validator(mode="after")
     def _positive(self) -> ImageEncoderSpec:
@@ -344,7 +347,10 @@ class EnsembleSpec(StrictModel):
     ``weights``: ``validation`` fits them on the validation stays (cheap; the hybrid also early-stops on those
     stays, which flatters it a little), ``cross_fit`` on out-of-fold predictions over the training + validation
     stays (``folds`` extra hybrid and boosting fits, with the epoch and tree counts of the final members),
-    ``uniform`` takes equal weights."""
+    ``uniform`` takes equal weights. ``fit``: ``grid`` chooses them on a grid over the simplex by log-loss,
+    ``stacking`` by a logistic regression on the members' log-odds with an intercept and non-negative
+    coefficients, which does not collapse onto the best-calibrated member when another adds information
+    (:func:`healthfusion.models.ensemble.fit_weights`)."""
 
     seeds: int = Field(1, ge=1)
     members: list[Literal["hybrid", "gradient_boosting"]] = Field(
@@ -352,6 +358,7 @@ class EnsembleSpec(StrictModel):
     weights: Literal["validation", "cross_fit", "uniform"] = "validation"
     folds: int = Field(5, ge=2)
     combine: Literal["logit", "probability"] = "logit"
+    fit: Literal["grid", "stacking"] = "grid"
 
     @model_validator(mode="after")
     def _hybrid(self) -> EnsembleSpec:

@@ -71,7 +71,8 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "lstm_layers": "Stacked LSTM layers of the time-series encoder.",
         "bidirectional": "Bidirectional LSTM.",
         "ts_encoder": "Time-series encoder: lstm or transformer (hidden a multiple of 4).",
-        "image": "The CNN image encoder: channels per block, output width (default hidden), block kind.",
+        "image": "The CNN image encoder: channels per block, output width (default hidden), block kind, "
+                 "test-time augmentation (tta: flip).",
         "image_block": "Deprecated: use image.block (a value here is moved there, with a warning).",
         "dropout": "Dropout rate of the encoders and the head.",
         "pretrained": "Pretrained encoders per modality (registry name or folder).",
@@ -83,6 +84,8 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "seeds": "Hybrid networks trained with seeds training.seed, +1, ... (logits averaged).",
         "members": "Members: hybrid and, optionally, gradient_boosting.",
         "weights": "Member weights: validation, cross_fit (out-of-fold) or uniform.",
+        "fit": "How the weights are fitted: grid (log-loss over the simplex) or stacking (logistic regression on "
+               "the members' log-odds, non-negative coefficients).",
         "folds": "Folds of the cross_fit weights.",
         "combine": "Average members' logits or probabilities.",
     },

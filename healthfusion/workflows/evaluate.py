@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from healthfusion.evaluation.bootstrap import bootstrap_ci
-from healthfusion.evaluation.challenge2012 import event1_score, hosmer_lemeshow_h
+from healthfusion.evaluation.challenge2012 import challenge_scores_with_ci
 from healthfusion.evaluation.compare import comparison_table, difference_table, format_ci, format_comparison
 from healthfusion.evaluation.metrics import multiclass_metrics, regression_metrics
 from healthfusion.evaluation.plots import plot_pr, plot_roc
@@ -305,6 +305,30 @@ def display_differences(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 
 
 
+def display_challenge(table: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """A run's ``challenge2012.csv`` (model as index) as strings to print, one row per model: n (deaths), the
+    threshold, sensitivity, PPV, event 1 and event 2 H as ``"value (low-high)"``; and its title. A table written
+    before the intervals existed shows the values alone."""
+    out = pd.DataFrame(index=table.index)
+    if "n_positive" in table.columns:
+        out["n (deaths)"] = [f"{int(n)} ({int(k)})" for n, k in zip(table["n"], table["n_positive"], strict=True)]
+    else:  # written before the intervals existed
+        out["n"] = table["n"].astype(int)
+    out["threshold"] = table["threshold"].map(lambda v: f"{v:.3f}")
+    out["sensitivity"] = table["sensitivity"].map(lambda v: f"{v:.3f}")
+    out["ppv"] = table["ppv"].map(lambda v: f"{v:.3f}")
+    for m, digits in (("event1", 3), ("event2_h", 1)):
+        if f"{m}_ci_low" in table.columns:
+            out[m] = [format_ci(v, lo, hi, digits=digits) for v, lo, hi in
+                      table[[m, f"{m}_ci_low", f"{m}_ci_high"]].to_numpy(dtype=float)]
+        else:
+            out[m] = table[m].map(lambda v, d=digits: f"{v:.{d}f}")
+    boot = f", 95% bootstrap CI over {int(table['n_boot'].iloc[0])} resamples" if "n_boot" in table.columns and \
+        len(table) else ""
+    return (out.reset_index(), "PhysioNet Challenge 2012 scores (event 1 higher, event 2 H lower is better"
+                               f"{boot})")
+
+
 def evaluate_test_sets(run_dir: str | Path, test_sets: Mapping[str, list[str]], threshold: float = 0.5,
                        n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Every model of a binary run's ``predictions.csv`` on each external test set of ``test_sets`` (name -> its
@@ -334,11 +358,18 @@ def evaluate_test_sets(run_dir: str | Path, test_sets: Mapping[str, list[str]], 
     return out
 
 
-def challenge_scores(run_dir: str | Path, split: str, operating_points: Mapping[str, float]) -> pd.DataFrame:
+CHALLENGE_COLUMNS = ["model", "n", "n_positive", "threshold", "sensitivity", "ppv", "event1", "event1_ci_low",
+                     "event1_ci_high", "event2_h", "event2_h_ci_low", "event2_h_ci_high", "n_event2", "n_boot"]
+
+
+def challenge_scores(run_dir: str | Path, split: str, operating_points: Mapping[str, float], n_boot: int = 1000,
+                     seed: int = 0) -> pd.DataFrame:
     """The PhysioNet Challenge 2012 scores (:mod:`healthfusion.evaluation.challenge2012`) of every model of a
     binary run's ``predictions.csv`` on ``split``: event 1 at the model's operating point chosen on the validation
-    stays (models without one are left out), event 2 (the H statistic) of its risks; writes ``challenge2012.csv``
-    (one row per model: n, threshold, sensitivity, ppv, event1, event2_h, n_event2) and returns it.
+    stays (models without one are left out), event 2 (the H statistic) of its risks, each with a 95% bootstrap
+    interval over ``n_boot`` resamples of the stays stratified by outcome (``seed``; the same resamples for every
+    model scored on the same stays); writes ``challenge2012.csv`` (one row per model, columns
+    :data:`CHALLENGE_COLUMNS`) and returns it.
 
     Raises
     ------
@@ -353,12 +384,8 @@ def challenge_scores(run_dir: str | Path, split: str, operating_points: Mapping[
             continue
         part = rows[rows[model].notna()]
         y, p = part["y_true"].to_numpy(dtype=float), part[model].to_numpy(dtype=float)
-        e1 = event1_score(y, p, threshold)
-        e2 = hosmer_lemeshow_h(y, p) if len(y) >= 10 else {"h": float("nan"), "n_used": 0}
-        records.append({"model": model, "n": e1["n"], "threshold": e1["threshold"], "sensitivity": e1["sensitivity"],
-                        "ppv": e1["ppv"], "event1": e1["score"], "event2_h": e2["h"], "n_event2": e2["n_used"]})
-    table = pd.DataFrame(records, columns=["model", "n", "threshold", "sensitivity", "ppv", "event1", "event2_h",
-                                           "n_event2"]).set_index("model")
+        records.append({"model": model, **challenge_scores_with_ci(y, p, threshold, n_boot=n_boot, seed=seed)})
+    table = pd.DataFrame(records, columns=CHALLENGE_COLUMNS).set_index("model")
     write_csv(table, run_dir / "challenge2012.csv")
     _record_if_recorded(run_dir, ("challenge2012.csv",))
     return table

@@ -101,9 +101,7 @@ def card_rows(run_dir: Path, info: dict, audit: dict) -> list[tuple[str, str]]:
         weights = ", ".join(f"{m} {w:.2f}" for m, w in zip(ensemble["members"], ensemble["weights"], strict=True))
         described = (f"ensemble of the {described} (logits of {len(ensemble['seeds'])} seeds averaged)"
                      + (f" and gradient boosting on engineered features; weights {weights} ("
-                        + {"validation": "chosen by log-loss on the validation stays",
-                           "cross_fit": "chosen by log-loss on cross-fitted predictions",
-                           "uniform": "equal"}.get(ensemble["weights_from"], ensemble["weights_from"]) + ")"
+                        + _weights_text(ensemble) + ")"
                         if len(ensemble["members"]) > 1 else ""))
     cohort = facts.get("cohort") or {}
     card = [
@@ -200,3 +198,14 @@ def tripod_items(info: dict, audit: dict, calibration: pd.DataFrame | None, sect
         ("Code and configuration", PRESENT, "config.yaml in the run folder re-runs the study with healthfusion"),
     ]
     return pd.DataFrame(rows, columns=["item", "status", "in this report"])
+
+
+def _weights_text(ensemble: dict) -> str:
+    """How an ensemble's weights were chosen, from ``metrics.json``'s ``ensemble`` entry."""
+    source = ensemble["weights_from"]
+    if source == "uniform":
+        return "equal"
+    how = ("by a non-negative logistic regression (stacking)" if ensemble.get("fit_info", {}).get("method") ==
+           "stacking" else "by log-loss")
+    where = {"validation": "on the validation stays", "cross_fit": "on cross-fitted predictions"}.get(source, source)
+    return f"chosen {how} {where}"

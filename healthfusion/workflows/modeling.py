@@ -52,6 +52,7 @@ def hybrid_config(
     image_block: str = "plain",
     image_channels: tuple[int, ...] | None = None,
     image_width: int | None = None,
+    image_tta: str = "none",
 ) -> HybridConfig:
     """A :class:`HybridConfig` whose encoders match the fitted ``featurizer``'s modalities and input sizes.
 
@@ -71,7 +72,8 @@ def hybrid_config(
     ``image_block`` shapes the CNN's blocks: ``"plain"`` one conv 3x3 + BN + ReLU per block, ``"double"`` two
     (VGG-style), ``"residual"`` two as a ResNet basic block with a projection shortcut (:class:`CNNEncoderConfig`;
     docs/benchmarks.md compares them on BreastMNIST). ``image_channels`` are the blocks' output channels (default
-    16-32-64) and ``image_width`` the CNN's output width (default ``hidden``, the fusion width).
+    16-32-64) and ``image_width`` the CNN's output width (default ``hidden``, the fusion width). ``image_tta``
+    ``"flip"`` averages the CNN's feature over each image and its mirror when scoring (``CNNEncoderConfig.tta``).
 
     Raises
     ------
@@ -109,7 +111,7 @@ def hybrid_config(
     if "image" in featurizer.transformers_:
         sizes = {"channels": tuple(image_channels)} if image_channels is not None else {}
         enc["image"] = CNNEncoderConfig(in_channels=dims["image_channels"], image_size=dims["image_size"],
-                                        out_dim=image_width or hidden, dropout=dropout, **sizes,
+                                        out_dim=image_width or hidden, dropout=dropout, tta=image_tta, **sizes,
                                         **IMAGE_BLOCKS[image_block])
     for m, enc_config in (pretrained or {}).items():
         if m not in enc:
@@ -195,7 +197,7 @@ def build_run_hybrid(featurizer: CohortFeaturizer, spec, training: TrainerConfig
                          bidirectional=spec.bidirectional, dropout=spec.dropout, text_pooling=spec.text_pooling,
                          text_freeze=spec.text_freeze, head=head, n_outputs=n_outputs, ts_encoder=spec.ts_encoder,
                          image_block=spec.image.block, image_channels=tuple(spec.image.channels),
-                         image_width=spec.image.width)
+                         image_width=spec.image.width, image_tta=spec.image.tta)
     ft = training.finetune
     if loaded and ft is not None and "modules" not in ft.model_fields_set:
         modules = tuple(f"encoders.{m}" for m in loaded)

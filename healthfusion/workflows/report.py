@@ -26,7 +26,12 @@ from healthfusion.evaluation.disclosure import (
 from healthfusion.models.run_ensemble import primary_network_dir
 from healthfusion.report.html import write_report
 from healthfusion.workflows.audit import HYBRID, write_audit
-from healthfusion.workflows.evaluate import display_comparison, display_differences, run_label
+from healthfusion.workflows.evaluate import (
+    display_challenge,
+    display_comparison,
+    display_differences,
+    run_label,
+)
 from healthfusion.workflows.model_card import card_rows, is_synthetic, tripod_items
 from healthfusion.workflows.report_sections import (
     KNOWN_FILES,
@@ -123,13 +128,14 @@ def _metrics_sections(run_dir: Path, info: dict) -> list[dict]:
                                   heading="Each external test set on its own (threshold 0.5)"))
     challenge = read_csv(run_dir / "challenge2012.csv", index_col=0)
     if challenge is not None and len(challenge):
+        shown, _ = display_challenge(challenge)
         blocks.append(table_block(
-            challenge.reset_index(), heading="PhysioNet Challenge 2012 scores",
+            shown, heading="PhysioNet Challenge 2012 scores",
             caption="Event 1: min(sensitivity, positive predictivity) of the high-risk group at each model's "
                     "operating point chosen on validation stays (higher is better); event 2: the challenge's "
-                    "Hosmer-Lemeshow H statistic of the risks (lower is better), over n_event2 stays in 10 risk "
-                    "groups. Best published on the challenge's hidden set C: event 1 0.5353 (SAPS-I 0.3125), "
-                    "event 2 17.88."))
+                    "Hosmer-Lemeshow H statistic of the risks (lower is better), over 10 risk groups. Intervals: "
+                    "95% percentile bootstrap over the test stays, resampled within deaths and survivors. Best "
+                    "published on the challenge's hidden set C: event 1 0.5353 (SAPS-I 0.3125), event 2 17.88."))
     diff = read_csv(run_dir / "comparison_difference.csv", index_col=0)
     if diff is not None and len(diff):
         shown, title = display_differences(diff)

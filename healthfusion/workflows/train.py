@@ -159,7 +159,7 @@ def _ensemble_weights(config: RunConfig, spec: ModelSpec, cohort: Cohort, ids: d
     if ens.weights == "validation":
         table = pd.DataFrame({"y_true": y_val, **val_p}).dropna()
         return fit_weights({m: table[m].to_numpy() for m in members}, table["y_true"].to_numpy(),
-                           combine=ens.combine)
+                           combine=ens.combine, method=ens.fit)
     epochs = int(np.median([h.best_epoch + 1 for h in histories.values()]))
     fixed = config.training.model_copy(update={"max_epochs": epochs})
     say(f"      cross-fitting the members over {ens.folds} folds of the training + validation stays "
@@ -176,7 +176,8 @@ def _ensemble_weights(config: RunConfig, spec: ModelSpec, cohort: Cohort, ids: d
                           folds=ens.folds, seed=config.data.split.seed + 100,
                           on_fold=lambda k: say(f"      fold {k + 1} of {ens.folds} done"))
     table = pd.DataFrame({"y_true": y, **oof}).dropna()
-    return fit_weights({m: table[m].to_numpy() for m in members}, table["y_true"].to_numpy(), combine=ens.combine)
+    return fit_weights({m: table[m].to_numpy() for m in members}, table["y_true"].to_numpy(), combine=ens.combine,
+                       method=ens.fit)
 
 
 def fit_calibrator(config: RunConfig, y_val: np.ndarray, p_val: np.ndarray, say, what: str) -> Calibrator:
@@ -380,7 +381,7 @@ def _train(config: RunConfig, console=None, overwrite: bool = False, cluster=Non
         summary["test_sets"] = {name: json.loads(by_set.loc[name].to_json(orient="index"))
                                 for name in prepared.test_sets}
     if op:
-        challenge = challenge_scores(run_dir, on, op)
+        challenge = challenge_scores(run_dir, on, op, n_boot=ev.n_boot, seed=config.training.seed)
         summary["challenge2012"] = json.loads(challenge.to_json(orient="index"))
     summary["seconds"] = time.perf_counter() - t0
     summary["best_epoch"] = history.best_epoch

@@ -81,6 +81,7 @@ def test_train_quick_runs_end_to_end_and_is_recorded(study, tmp_path):
     result = runner.invoke(app, ["train", "-c", str(study), "--out", str(out), "--quick"])
     assert result.exit_code == 0, result.output
     assert "Quick smoke run" in result.output and "of 400 stays used" in result.output
+    assert "PhysioNet Challenge 2012 scores" in result.output and "95% bootstrap CI over 20 resamples" in result.output
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["quick"] is True and saved["training"]["max_epochs"] == 2
     assert saved["evaluation"]["n_boot"] == 20 and saved["data"]["max_stays"] == 300

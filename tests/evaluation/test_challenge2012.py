@@ -70,3 +70,78 @@ def test_the_se_ppv_operating_point_maximises_event1_on_validation():
     assert event1_score(y, p, 0.6)["score"] == 0.75
     best = max(event1_score(y, p, t)["score"] for t in p)
     assert event1_score(y, p, choose_threshold(y, p, rule="se_ppv"))["score"] == best
+
+
+def _risks(n, seed=0):
+    rng = np.random.default_rng(seed)
+    p = rng.uniform(0.02, 0.7, n)
+    return (rng.uniform(size=n) < p).astype(int), p
+
+
+def test_intervals_hold_the_point_scores_and_repeat_with_the_seed():
+    from healthfusion.evaluation.challenge2012 import challenge_scores_with_ci
+
+    y, p = _risks(600)
+    out = challenge_scores_with_ci(y, p, threshold=0.4, n_boot=300, seed=3)
+    assert out["event1"] == event1_score(y, p, 0.4)["score"]
+    assert out["event2_h"] == hosmer_lemeshow_h(y, p)["h"]
+    assert out["event1_ci_low"] < out["event1"] < out["event1_ci_high"]
+    assert out["event2_h_ci_low"] < out["event2_h_ci_high"]
+    assert (out["n"], out["n_positive"], out["n_event2"], out["n_boot"]) == (600, int(y.sum()), 600, 300)
+    assert challenge_scores_with_ci(y, p, threshold=0.4, n_boot=300, seed=3) == out
+    assert challenge_scores_with_ci(y, p, threshold=0.4, n_boot=300, seed=4)["event1_ci_low"] != out["event1_ci_low"]
+
+
+def test_batched_scores_equal_the_one_at_a_time_functions():
+    from healthfusion.evaluation.bootstrap import resample_indices
+    from healthfusion.evaluation.challenge2012 import _event1_batch, _h_batch
+
+    y, p = _risks(137, seed=1)  # 137 stays: groups of 13, the 7 highest risks left over
+    idx = next(resample_indices(y, 20, seed=0))
+    h = _h_batch(y[idx].astype(float), p[idx])
+    e1 = _event1_batch(y[idx].astype(float), p[idx], 0.35)
+    for row, i in enumerate(idx):
+        assert h[row] == pytest.approx(hosmer_lemeshow_h(y[i], p[i])["h"], rel=1e-12)
+        assert e1[row] == pytest.approx(event1_score(y[i], p[i], 0.35)["score"], abs=1e-15)
+
+
+def test_resamples_keep_the_deaths_count_and_intervals_shrink_with_more_stays():
+    from healthfusion.evaluation.challenge2012 import challenge_scores_with_ci
+
+    small = challenge_scores_with_ci(*_risks(300), threshold=0.4, n_boot=300)
+    large = challenge_scores_with_ci(*_risks(3000), threshold=0.4, n_boot=300)
+    width = lambda o, m: o[f"{m}_ci_high"] - o[f"{m}_ci_low"]  # noqa: E731
+    assert width(large, "event1") < width(small, "event1") / 2
+    # a model with a single risk for everyone: every resample has H infinite, so does the interval
+    y = np.array([0, 1] * 10)
+    flat = challenge_scores_with_ci(y, np.full(20, 0.5), threshold=0.5, n_boot=50)
+    assert flat["event1"] == 0.5 and flat["event1_ci_low"] == flat["event1_ci_high"] == 0.5  # deaths fixed per resample
+    assert np.isinf(flat["event2_h"]) and np.isinf(flat["event2_h_ci_low"])
+
+
+def test_fewer_than_ten_stays_give_event1_with_an_interval_and_no_h():
+    from healthfusion.evaluation.challenge2012 import challenge_scores_with_ci
+
+    out = challenge_scores_with_ci([1, 0, 1, 0, 0], [0.9, 0.2, 0.6, 0.7, 0.1], threshold=0.5, n_boot=50)
+    assert out["event1"] == pytest.approx(2 / 3) and np.isnan(out["event2_h"]) and out["n_event2"] == 0
+    with pytest.raises(ValueError, match="alpha"):
+        challenge_scores_with_ci([1, 0], [0.9, 0.2], threshold=0.5, alpha=1.5)
+
+
+def test_the_printed_table_shows_intervals_and_reads_tables_written_before_them():
+    import pandas as pd
+
+    from healthfusion.workflows.evaluate import display_challenge
+
+    new = pd.DataFrame({"n": [1200], "n_positive": [168], "threshold": [0.35], "sensitivity": [0.548], "ppv": [0.511],
+                        "event1": [0.511], "event1_ci_low": [0.455], "event1_ci_high": [0.567], "event2_h": [35.48],
+                        "event2_h_ci_low": [17.2], "event2_h_ci_high": [97.5], "n_event2": [1200], "n_boot": [1000]},
+                       index=pd.Index(["ensemble"], name="model"))
+    shown, title = display_challenge(new)
+    row = shown.iloc[0]
+    assert (row["n (deaths)"], row["event1"], row["event2_h"]) == ("1200 (168)", "0.511 (0.455-0.567)",
+                                                                   "35.5 (17.2-97.5)")
+    assert "1000 resamples" in title
+    old = new[["n", "threshold", "sensitivity", "ppv", "event1", "event2_h", "n_event2"]]
+    shown, title = display_challenge(old)
+    assert (shown.iloc[0]["n"], shown.iloc[0]["event1"]) == (1200, "0.511") and "resamples" not in title

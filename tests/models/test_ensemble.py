@@ -108,3 +108,40 @@ def test_bad_inputs_are_named():
         combine({"a": np.full((2, 2), 0.5), "b": np.array([0.5, 0.5])}, spec)
     with pytest.raises(ValueError, match="single class"):
         fit_weights({"a": np.array([0.2, 0.4]), "b": np.array([0.1, 0.3])}, np.array([1, 1]))
+
+
+def _calibrated_and_miscalibrated(n=4000, seed=0):
+    """Member a: calibrated on half the signal. Member b: most of the other half too, but shifted and 6x
+    over-confident, so its probabilities cost log-loss although it ranks stays well."""
+    rng = np.random.default_rng(seed)
+    z1, z2 = rng.normal(size=n), rng.normal(size=n)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-(-2 + 1.5 * z1 + 0.8 * z2)))).astype(float)
+    a = 1 / (1 + np.exp(-(-2 + 1.5 * z1)))
+    b = 1 / (1 + np.exp(-(6 * (0.8 * z2 + 0.7 * z1) + 1)))
+    return y, {"a": a, "b": b}
+
+
+def test_stacking_does_not_collapse_onto_the_calibrated_member_when_the_other_adds_information():
+    y, members = _calibrated_and_miscalibrated()
+    grid = fit_weights(members, y)
+    stacked = fit_weights(members, y, method="stacking")
+    assert grid.weight("b") <= 0.1  # the grid's log-loss punishes b's scale
+    assert 0.2 < stacked.weight("b") < 0.5
+    assert sum(stacked.weights) == pytest.approx(1.0)
+    assert roc_auc_score(y, combine(members, stacked)) > roc_auc_score(y, combine(members, grid)) + 0.005
+    assert stacked.fit_info["method"] == "stacking" and stacked.fit_info["converged"]
+    assert set(stacked.fit_info["coefficients"]) == {"a", "b"}
+    # out of sample too: fitted on one draw, scored on another
+    y2, fresh = _calibrated_and_miscalibrated(seed=1)
+    assert roc_auc_score(y2, combine(fresh, stacked)) > roc_auc_score(y2, combine(fresh, grid))
+
+
+def test_stacking_gives_a_useless_member_no_weight_and_checks_its_method():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 3000).astype(float)
+    good = np.clip(0.5 * y + rng.uniform(0, 0.5, y.size), 0, 1)
+    noise = rng.uniform(0.01, 0.99, y.size)
+    stacked = fit_weights({"good": good, "noise": noise}, y, method="stacking")
+    assert stacked.weight("noise") < 0.05
+    with pytest.raises(ValueError, match="Unknown method 'stack'; expected one of grid, stacking"):
+        fit_weights({"good": good, "noise": noise}, y, method="stack")

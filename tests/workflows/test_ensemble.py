@@ -153,6 +153,7 @@ def test_cross_fitting_scores_every_stay_by_models_that_never_saw_it(tmp_path):
     ({"baseline_params": {"gradient_boosting": {"learning_rat": 0.1}}}, "learning_rat"),
     ({"baseline_params": {"xgboost": {}}}, "unknown baseline 'xgboost'"),
     ({"features": {"summary_stats": ["last", "median"]}}, "median"),
+    ({"ensemble": {"fit": "stack"}}, "ensemble.fit"),
 ])
 def test_bad_ensemble_settings_are_config_errors(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
@@ -170,3 +171,16 @@ def test_a_seed_bag_alone_is_saved_and_scored_as_the_hybrid(tmp_path):
     frame = predict_source(run / "model", "synthetic", tmp_path / "again", n_stays=200, seed=3).set_index("stay_id")
     test = preds[preds["split"] == "test"].set_index("stay_id")
     np.testing.assert_allclose(frame.loc[test.index, "probability"], test[HYBRID], atol=1e-6)
+
+
+def test_stacked_weights_reach_the_saved_ensemble_and_its_card(tmp_path):
+    synthetic.write(tmp_path / "cohort", n_stays=200, seed=4)
+    run = run_training(load_run_config(_config(tmp_path, ensemble={"seeds": 1, "fit": "stacking"})))
+    metrics = json.loads((run / "metrics.json").read_text())
+    info = metrics["ensemble"]["fit_info"]
+    assert info["method"] == "stacking" and set(info["coefficients"]) == {HYBRID, BOOSTING}
+    total = sum(info["coefficients"].values())
+    expected = [info["coefficients"][m] / total for m in metrics["ensemble"]["members"]] if total else [0.5, 0.5]
+    assert metrics["ensemble"]["weights"] == pytest.approx(expected)
+    assert RunEnsemble.load(run / "model").weights.weights == pytest.approx(tuple(expected))
+    assert "by a non-negative logistic regression (stacking) on the validation stays" in build_report(run).read_text()

@@ -87,3 +87,25 @@ def test_an_image_only_run_skips_the_baselines_in_one_line(tmp_path, caplog):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ConfigError, match="ensemble.members: \\[hybrid\\]"):
         load_run_config(tmp_path / "run.yaml")
+
+
+def test_image_tta_reaches_the_saved_model_and_every_scorer(tmp_path):
+    import pandas as pd
+
+    from healthfusion.api import load_model
+    from healthfusion.data.cohort import Cohort
+
+    synthetic.write(tmp_path / "cohort", n_stays=60, seed=3)
+    cfg = {"name": "images", "out": str(tmp_path / "run"), "data": {"cohort": "cohort", "label": "mortality"},
+           "features": {"modalities": ["image"]}, "model": {"hidden": 8, "image": {"channels": [4, 8], "tta": "flip"}},
+           "training": {"max_epochs": 1, "batch_size": 16}, "evaluation": {"n_boot": 10, "audit": False}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
+    run = run_training(load_run_config(tmp_path / "run.yaml"))
+    saved = HybridModel.from_pretrained(run / "model")
+    assert saved.config.image.tta == "flip"
+    preds = pd.read_csv(run / "predictions.csv", dtype={"stay_id": str})
+    test = preds[preds["split"] == "test"].set_index("stay_id")["hybrid"]
+    scored = load_model(run / "model").predict(Cohort.load(tmp_path / "cohort")).set_index("stay_id")
+    assert (scored.loc[test.index, "probability"] - test).abs().max() < 1e-6  # predict applies the same TTA
+    with pytest.raises(ConfigError, match="tta"):
+        load_run_config(write_config(tmp_path, image={"tta": "mirror"}))

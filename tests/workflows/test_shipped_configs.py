@@ -83,3 +83,29 @@ def test_physionet2012_config_pools_a_and_b_and_tests_on_other_stays(shared_data
     assert set(metrics["challenge2012"]) >= {"ensemble", "hybrid"}
     assert metrics["challenge2012"]["ensemble"]["n"] == len(test)
     assert os.path.isfile(tmp_path / "run" / "challenge2012.csv")
+
+
+@pytest.mark.slow
+def test_breastmnist_config_evaluates_on_the_files_test_split_when_it_has_one(tmp_path, monkeypatch):
+    """The full MedMNIST download holds a `test` split: the shipped config then reports on those images (the
+    shared copy, without one, trains and validates only: the real-data test above)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for name, n in (("train", 60), ("val", 20), ("test", 24)):
+        labels = rng.integers(0, 2, n)
+        images = rng.integers(0, 80, (n, 28, 28)) + np.where(labels == 0, 120, 0)[:, None, None]
+        arrays[f"{name}_images"], arrays[f"{name}_labels"] = images.astype(np.uint8), labels[:, None]
+    (tmp_path / "data" / "medmnist").mkdir(parents=True)
+    np.savez(tmp_path / "data" / "medmnist" / "breastmnist.npz", **arrays)
+    monkeypatch.setenv("HEALTHFUSION_SHARED_DATA", str(tmp_path / "data"))
+    metrics = _quick("breastmnist.yaml", tmp_path / "run")
+    assert metrics["test_set"] is True and metrics["split"] == "test"
+    preds = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert (preds["split"] == "test").sum() == 24 and (preds["split"] == "val").sum() == 20
+    shipped = load_run_config(CONFIGS / "breastmnist.yaml").model.image
+    model = tmp_path / "run" / "model"
+    saved = json.loads(((model / "hybrid-seed0") if (model / "hybrid-seed0").is_dir() else model)
+                       .joinpath("config.json").read_text())
+    assert saved["image"]["tta"] == shipped.tta  # the config's test-time augmentation is in the saved model

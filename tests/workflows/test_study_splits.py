@@ -95,10 +95,14 @@ def test_a_run_without_test_set_trains_validates_and_says_so(cohorts):
     assert metrics["n"] == len(preds)
     assert set(metrics["challenge2012"]) == {"hybrid", "logistic_regression"}
     assert metrics["challenge2012"]["hybrid"]["n"] == metrics["n"]
+    e1 = metrics["challenge2012"]["hybrid"]
+    assert e1["n_boot"] == 20 and e1["event1_ci_low"] <= e1["event1"] <= e1["event1_ci_high"]
+    assert e1["event2_h_ci_low"] <= e1["event2_h_ci_high"]
     acc = pd.read_csv(run / "accounting.csv")
     assert list(acc["cohort"].unique()) == ["main (train, val)"]
     html = build_report(run).read_text()
     assert "no test set" in html and "PhysioNet Challenge 2012 scores" in html
+    assert "95% percentile bootstrap over the test stays, resampled within deaths and survivors" in html
     with pytest.raises(ValueError, match="no test stays"):
         explain_run(run)
     frame = predict_source(run / "model", "synthetic", cohorts / "new", n_stays=40, seed=5)  # external data later

@@ -49,6 +49,11 @@ class CNNEncoderConfig(ModelConfig):
     dropout : float, default 0.0
         Dropout before the final linear layer.
     out_dim : int, default 64
+    tta : "none" | "flip", default "none"
+        Test-time augmentation: with ``"flip"``, in eval mode the feature vector is the mean of the features of the
+        image and of its left-right mirror (so every scorer of a saved model, ``predict``, the service and ONNX,
+        averages the same two views); training mode is unchanged. ``"none"`` keeps models saved without the option
+        as they were.
 
     Raises
     ------
@@ -67,6 +72,7 @@ class CNNEncoderConfig(ModelConfig):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     out_dim: int = Field(default=64, ge=1)
     residual: bool = False
+    tta: Literal["none", "flip"] = "none"
 
     @model_validator(mode="after")
     def _check_depth(self) -> CNNEncoderConfig:
@@ -183,5 +189,14 @@ class CNNEncoder(nn.Module):
                 f"CNNEncoder with {len(self.config.channels)} blocks needs images of at least "
                 f"{min_side}x{min_side}, got {image.shape[2]}x{image.shape[3]}."
             )
-        x = self.pool(self.blocks(image)).flatten(1)
+        return self.embed(image)
+
+    def embed(self, image: torch.Tensor) -> torch.Tensor:
+        """The feature vector ``[B, out_dim]`` of checked images ``[B, C, H, W]`` (no input checks; the ONNX
+        export's forward uses it, so exported and torch scoring apply the same test-time augmentation)."""
+        if self.config.tta == "flip" and not self.training:
+            both = self.pool(self.blocks(torch.cat([image, image.flip(-1)]))).flatten(1)
+            x = 0.5 * (both[: image.shape[0]] + both[image.shape[0]:])
+        else:
+            x = self.pool(self.blocks(image)).flatten(1)
         return self.fc(self.dropout(x))
