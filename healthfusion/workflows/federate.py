@@ -52,7 +52,7 @@ from healthfusion.evaluation.bootstrap import bootstrap_ci
 from healthfusion.evaluation.calibration import CALIBRATION_METRICS, calibration_with_ci
 from healthfusion.evaluation.metrics import auroc
 from healthfusion.features.dataset import ArrayDataset
-from healthfusion.federated.calibration import calibrate_federated, fit_temperature
+from healthfusion.federated.calibration import calibrate_federated, combine_temperatures, fit_temperature
 from healthfusion.federated.client import Site, set_weights
 from healthfusion.federated.server import FederatedConfig, run_rounds
 from healthfusion.models.calibration import Calibrator
@@ -321,12 +321,14 @@ def run_federate(config: FederateConfig, console=None,
     if role == "server":
         from healthfusion.federated.flower import serve
 
-        server, metrics = serve(address, model, fed, state_dir, on_round=on_round)
+        server, metrics, sent = serve(address, model, fed, state_dir, on_round=on_round)
         rounds = server.rounds
+        # the temperatures the sites sent with their evaluation of the final model, not fitted on the server's data
+        calibrator, per_site_cal = combine_temperatures(sent)
     else:
         result = run_rounds(model, sites, fed, local, state_dir=state_dir, on_round=on_round)
         rounds, metrics, personalised = result.rounds, result.site_metrics, result.personalised
-    calibrator, per_site_cal = calibrate_federated(model, sites)
+        calibrator, per_site_cal = calibrate_federated(model, sites)
     say("      calibration: " + ("none (no site has validation stays with both outcomes)" if calibrator is None else
                                  f"temperature {calibrator.params_['temperature']:.3f} (federated average of "
                                  f"{sum(v['temperature'] is not None for v in per_site_cal.values())} sites')"))
