@@ -200,3 +200,13 @@ def test_score_applies_each_sites_calibrator_before_the_calibration_metrics(tiny
     assert scaled["ece"] != pytest.approx(raw["ece"])
     # a temperature keeps each risk's side of 0.5 and the ranking
     assert scaled["mean_client_accuracy"] == raw["mean_client_accuracy"] and scaled["auroc"] == raw["auroc"]
+
+
+def test_the_federated_summary_has_its_own_caption_in_the_report():
+    from healthfusion.workflows.report_studies import _study_table
+
+    frame = pd.DataFrame({"setting": ["fedavg", "pooled"], "auroc": [0.8, 0.81]})
+    [fed] = _study_table(frame, "summary.csv", cut=False, kind="federate")
+    [transfer] = _study_table(frame, "summary.csv", cut=False, kind="transfer")
+    assert "every row scored calibrated by its temperature" in fed["caption"]
+    assert "target test AUROC" in transfer["caption"] and "target" not in fed["caption"]
