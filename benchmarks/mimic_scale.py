@@ -212,11 +212,11 @@ def _chart_chunk(s, stays, intime, length, mapped_ids, mapped_p, unmapped_ids, r
 
 
 # ---------------------------------------------------------------------------------------------- the builds
-def project_build(root: Path, events: bool = True) -> tuple[pd.DataFrame | int, dict[str, np.ndarray], dict]:
+def project_build(root: Path) -> tuple[int, dict[str, np.ndarray], dict]:
     """(a)/(d): the project's reader writing the cohort folder ``<root>-cohort`` as it reads (hourly means
     streamed out chunk by chunk), then the tensors of the 48 h before the prediction time from what the leakage
-    guard lets through (a filtered read of the folder). Returns the cohort's events (or, with ``events=False``,
-    their number, so nothing else is read back), the tensors and the chartevents row accounting."""
+    guard lets through (a filtered read of the folder). Returns the number of the cohort's events (the check
+    reads the folder in its own child), the tensors and the chartevents row accounting."""
     from healthfusion.data.sources.mimic4 import build
 
     folder = root.parent / f"{root.name}-cohort"
@@ -228,7 +228,7 @@ def project_build(root: Path, events: bool = True) -> tuple[pd.DataFrame | int, 
     stays = np.sort(cohort.stay_ids.astype("int64"))
     cells = pd.DataFrame({"s": _index_in(seen["stay_id"], stays.astype(str)), "h": hour,
                           "v": _index_in(seen["variable"], chart_variables()), "value": seen["value"].to_numpy()})
-    kept = cohort.events if events else json.loads((folder / "cohort.json").read_text())["tables"]["events"]
+    kept = json.loads((folder / "cohort.json").read_text())["tables"]["events"]
     return kept, _tensors(cells, len(stays)), cohort.accounting.to_dict()["chartevents"]
 
 
@@ -326,20 +326,23 @@ def _child(mode: str, root: Path, out: Path, save: Path | None, rows: int = 0, c
 
         convert_to_parquet(root, save)
     elif mode == "check":
-        figures = compare(pd.read_parquet(root / "project-means.parquet"), pd.read_parquet(root / "pandas-means.parquet"),
+        from healthfusion.data.cohort import Cohort
+
+        figures = compare(hourly_means(Cohort.load(save).events), pd.read_parquet(root / "pandas-means.parquet"),
                           dict(np.load(root / "project-means.npz")), dict(np.load(root / "pandas-means.npz")))
     else:
         if mode == "pandas":
             means, tensors, counts = pandas_build(root)
         else:
-            means, tensors, counts = project_build(root, events=save is not None)
+            means, tensors, counts = project_build(root)
         n_means = means if isinstance(means, int) else len(means)
         figures = {"rows": counts["read"], "hourly_means": n_means, "tensor_shape": list(tensors["mask"].shape),
                    "observed": int(tensors["mask"].sum())}
     figures["seconds"] = time.perf_counter() - start
     figures["vm_hwm_mb"] = _vm_hwm_mb()
     if save is not None and mode in ("project", "pandas"):
-        (means if mode == "pandas" else hourly_means(means)).to_parquet(save)
+        if mode == "pandas":  # the check reads the project's hourly means from its cohort folder
+            means.to_parquet(save)
         np.savez(save.with_suffix(".npz"), **tensors)
     out.write_text(json.dumps(figures))
 
@@ -404,7 +407,7 @@ def run(sizes: list[int], copies: int, work: Path, keep: bool, reuse: bool = Fal
         row = {"rows": n, "icu_stays": made["icu_stays"]}
         row["zcat"] = _measure_zcat(root / "icu" / "chartevents.csv.gz")
         _report(row["zcat"], n)
-        row["project_csv"] = _measure("project", root, work, work / "project-means.parquet" if check else None)
+        row["project_csv"] = _measure("project", root, work, work / "project-means.npz" if check else None)
         _report(row["project_csv"], n)
         row["pandas_csv"] = _measure("pandas", root, work, work / "pandas-means.parquet" if check else None)
         _report(row["pandas_csv"], n)
@@ -413,7 +416,7 @@ def run(sizes: list[int], copies: int, work: Path, keep: bool, reuse: bool = Fal
         row["project_parquet"] = _measure("project", parquet, work)
         _report(row["project_parquet"], n)
         if check and row["project_csv"]["exit"] == 0 and row["pandas_csv"]["exit"] == 0:
-            row["check"] = c = _measure("check", work, work)
+            row["check"] = c = _measure("check", work, work, work / f"csv-{n}-cohort")
             print(f"   check on {n:,} rows: {'EQUAL' if c.get('equal') else 'DIFFERENT'} - {c.get('cells', 0):,} "
                   f"hourly means (pandas {c.get('reference_cells', 0):,}), max relative difference "
                   f"{c.get('max_rel_diff')}; tensors: same mask {c.get('same_mask')}, values close "

@@ -187,9 +187,11 @@ def cohort_build(
                                     "task_labels/<task>/ folder to read (all tasks there when omitted); for fhir, "
                                     "condition:<code prefix> or in_hospital_death."),
     option: list[str] | None = typer.Option(None, "--option", "-o", help=_OPTION_HELP),
-    cluster: str | None = typer.Option(None, "--cluster", help=CLUSTER_HELP + " The event tables are reduced in "
-                                       "groups of patients' stays, one Ray task per worker (mimic4, eicu); same folder "
-                                       "and row accounting as without it."),
+    cluster: str | None = typer.Option(None, "--cluster", help=CLUSTER_HELP + " The event tables are reduced "
+                                       "by one Ray task per worker (mimic4, eicu): each reads its own Parquet row "
+                                       "groups (mimic4 with every event table in Parquet, see cohort convert), else "
+                                       "each reduces a group of patients' stays; same folder and row accounting as "
+                                       "without it."),
 ) -> None:
     """Read raw files of a source into a cohort folder and print its row accounting."""
     from healthfusion.workflows.cohorts import build_cohort

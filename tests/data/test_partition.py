@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from healthfusion.data.accounting import AccountingError, RowAccounting, combine_partitions
+from healthfusion.data.errors import SourceError
 from healthfusion.data.partition import Sequential, split_by_patient
 
 BENCHMARK = Path(__file__).resolve().parents[2] / "benchmarks" / "mimic_scale.py"
@@ -118,3 +119,79 @@ def test_eicu_partitioned_build_equals_single_process(shared_dataset):
     tables = single.accounting.to_dict()
     assert {"vitalAperiodic", "vitalAperiodic values", "intakeOutput"} <= set(tables)
     assert tables["intakeOutput"]["dropped"]["unmapped item"] > 0
+
+
+def test_split_row_groups_covers_every_row_group_once_in_balanced_ranges(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from healthfusion.data.partition import split_row_groups
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": np.arange(1000)}), path, row_group_size=90)  # 12 row groups
+    for n in (1, 2, 3, 5, 20):
+        ranges = split_row_groups(path, n)
+        assert len(ranges) == n
+        assert [g for r in ranges for g in r] == list(range(12))
+    assert [len(r) for r in split_row_groups(path, 3)] == [4, 4, 4]
+    with pytest.raises(ValueError, match="n >= 1"):
+        split_row_groups(path, 0)
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(SourceError, match="bad.parquet"):
+        split_row_groups(tmp_path / "bad.parquet", 2)
+
+
+def test_stream_table_reads_a_range_of_row_groups_with_file_row_numbers(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from healthfusion.data.sources.io import stream_table
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"a": np.arange(100)}), path, row_group_size=30)  # groups of 30, 30, 30, 10
+    part = pa.concat_tables(stream_table(path, {"a": "int"}, range(1, 3)))
+    assert part["a"].to_pylist() == list(range(30, 90))
+    assert part["_row"].to_pylist() == list(range(30, 90))
+    assert list(stream_table(path, {"a": "int"}, range(4, 4))) == []
+    with pytest.raises(ValueError, match="contiguous"):
+        list(stream_table(path, {"a": "int"}, range(3, 6)))
+
+
+class _Recording(Sequential):
+    """Sequential partitions that keep the arguments of each task."""
+
+    def map(self, function, arguments):
+        self.calls = (function.__name__, list(arguments))
+        return super().map(function, arguments)
+
+
+@pytest.mark.realdata
+def test_mimic4_build_split_by_parquet_row_groups_equals_single_process(shared_dataset, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from healthfusion.data.sources import convert
+    from healthfusion.data.sources.mimic4 import build
+
+    csv = mimic_with_chartevents(shared_dataset("mimic_iv_demo"), tmp_path / "db")
+    monkeypatch.setattr(convert, "ROW_GROUP_ROWS", 3000)  # many small row groups in every event table
+    convert.convert_to_parquet(csv, tmp_path / "pq")
+    root = tmp_path / "pq"
+    chart = pq.ParquetFile(root / "icu" / "chartevents.parquet")
+    assert chart.num_row_groups >= 4
+    first_stays = [chart.read_row_group(g, columns=["stay_id"])["stay_id"] for g in range(chart.num_row_groups)]
+    spanning = sum(a[-1].as_py() == b[0].as_py() for a, b in zip(first_stays[:-1], first_stays[1:], strict=True))
+    assert spanning >= 3  # stays whose rows span row groups (and so workers)
+
+    single = build(root, out=tmp_path / "single")
+    recording = _Recording(3)
+    parted = build(root, out=tmp_path / "parted", partitions=recording)
+    assert_same_cohort(single, parted)
+    name, tasks = recording.calls
+    assert name == "partition_rows" and len(tasks) == 3
+    for table in ("labevents", "chartevents", "outputevents"):
+        groups = [g for task in tasks for g in task[-1][table]]
+        assert groups == list(range(pq.ParquetFile(next((root).rglob(f"{table}.parquet"))).num_row_groups))
+        assert all(len(task[-1][table]) > 0 for task in tasks)
+    tables = single.accounting.to_dict()
+    assert tables["chartevents"]["used"] > 0 and tables["labevents"]["used"] > 0
+    assert tables["chartevents"]["read"] == chart.metadata.num_rows

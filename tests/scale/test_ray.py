@@ -88,6 +88,22 @@ def test_cohort_build_on_two_workers_equals_single_process(cluster, shared_datas
     assert on_ray.accounting.to_dict()["chartevents"]["used"] > 0
 
 
+@pytest.mark.realdata
+def test_parquet_build_split_by_row_groups_on_two_workers_equals_single_process(cluster, shared_dataset, tmp_path,
+                                                                                  monkeypatch):
+    from healthfusion.data.sources import convert
+    from healthfusion.data.sources.mimic4 import build
+
+    helpers = _load("partition_helpers", TESTS / "data" / "test_partition.py")
+    csv = helpers.mimic_with_chartevents(shared_dataset("mimic_iv_demo"), tmp_path / "db")
+    monkeypatch.setattr(convert, "ROW_GROUP_ROWS", 3000)  # stays' rows span row groups read by both workers
+    convert.convert_to_parquet(csv, tmp_path / "pq")
+    single = build(tmp_path / "pq", out=tmp_path / "single")
+    on_ray = build(tmp_path / "pq", out=tmp_path / "ray", partitions=cluster)
+    helpers.assert_same_cohort(single, on_ray)
+    assert on_ray.accounting.to_dict()["chartevents"]["used"] > 0
+
+
 def test_data_parallel_fit_on_two_workers_matches_single_process(cluster):
     import ray.cloudpickle
 

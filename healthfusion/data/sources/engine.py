@@ -90,7 +90,8 @@ def connect(memory_limit: str | None = None, spill_dir: Path | None = None,
 
 
 def scan(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str],
-         keep: tuple[str, pa.Array] | None = None, progress: str | None = None) -> Stream:
+         keep: tuple[str, pa.Array] | None = None, progress: str | None = None,
+         row_groups: range | None = None) -> Stream:
     """Table file ``path`` (CSV, CSV.gz or Parquet) restricted to ``columns`` (name -> ``"int"``, ``"float"``,
     ``"str"`` or ``"time"``), each of that kind, as a :class:`Stream` whose ``sql`` names it in queries on
     ``con``.
@@ -101,7 +102,8 @@ def scan(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str],
     ``values`` reach DuckDB; the others are counted in :attr:`Stream.skipped` (MIMIC-IV chartevents: 80 % of
     the rows are items no variable uses). On 2M gzipped chartevents rows DuckDB's own CSV reader took 3.0 CPU
     seconds for a query this way took 2.6 (docs/data-sources.md, "Choosing the table engine").
-    With ``progress`` (a label), the rows decoded so far are logged every :data:`PROGRESS_SECONDS`.
+    With ``progress`` (a label), the rows decoded so far are logged every :data:`PROGRESS_SECONDS`. With
+    ``row_groups`` (Parquet only) only those row groups are read.
 
     Raises
     ------
@@ -114,7 +116,7 @@ def scan(con: duckdb.DuckDBPyConnection, path: Path, columns: dict[str, str],
         _check_columns(path, _parquet_names(path), columns)
     else:
         _check_columns(path, _csv_header(path, list(columns)), columns)
-    stream = Stream(path, columns, keep, progress)
+    stream = Stream(path, columns, keep, progress, row_groups)
     stream.sql = f"stream_{len(_STREAMS.setdefault(id(con), []))}"
     _STREAMS[id(con)].append(stream)
     schema = pa.schema([(c, _ARROW[k]) for c, k in columns.items()])
@@ -128,14 +130,15 @@ class Stream:
     was (DuckDB would wrap it)."""
 
     def __init__(self, path: Path, columns: dict[str, str], keep: tuple[str, pa.Array] | None = None,
-                 progress: str | None = None):
+                 progress: str | None = None, row_groups: range | None = None):
         self.path, self.columns, self.keep, self.progress = path, columns, keep, progress
+        self.row_groups = row_groups
         self.sql, self.read, self.skipped, self.error = "", 0, 0, None
 
     def batches(self):
         last = time.perf_counter()
         try:
-            for t in stream_table(self.path, self.columns):
+            for t in stream_table(self.path, self.columns, self.row_groups):
                 n = t.num_rows
                 self.read += n
                 if self.progress and time.perf_counter() - last >= PROGRESS_SECONDS:

@@ -111,9 +111,10 @@ def keep_rows(t: pa.Table, mask: pa.ChunkedArray, acc: RowAccounting, table: str
 
 
 # ------------------------------------------------------------------------------------------ streaming reader
-def stream_table(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
+def stream_table(path: Path, columns: dict[str, str], row_groups: range | None = None) -> Iterator[pa.Table]:
     """Blocks of ``columns`` (name -> ``"int"``, ``"float"``, ``"str"`` or ``"time"``) of a CSV (.csv,
-    .csv.gz) or Parquet table.
+    .csv.gz) or Parquet table; with ``row_groups`` (Parquet only: a range of row-group indices, see
+    :func:`~healthfusion.data.partition.split_row_groups`) only the rows of those row groups.
 
     Each block is a pyarrow Table of about :data:`PARQUET_BATCH_ROWS` rows with the requested columns (int64,
     float64, string, timestamp[us]) plus ``_row``, the 0-based data row in the file (the CSV line is
@@ -128,8 +129,10 @@ def stream_table(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
     """
     path = Path(path)
     if path.suffix == ".parquet":
-        yield from _stream_parquet(path, columns)
+        yield from _stream_parquet(path, columns, row_groups)
         return
+    if row_groups is not None:
+        raise ValueError(f"{path} is not Parquet: only a Parquet table is read by row groups.")
     _check_columns(path, _csv_header(path, list(columns)), columns)
     options = pacsv.ConvertOptions(include_columns=list(columns), strings_can_be_null=True,
                                    column_types={c: _ARROW[k] for c, k in columns.items()})
@@ -158,15 +161,20 @@ def stream_table(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
         raise read_error(path, exc) from exc
 
 
-def _stream_parquet(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
+def _stream_parquet(path: Path, columns: dict[str, str], row_groups: range | None = None) -> Iterator[pa.Table]:
     try:
         with reading(path):
             pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering doubled memory and time here
     except pa.ArrowInvalid as exc:
         raise SourceError(f"File {path} is not readable Parquet ({exc}).") from exc
     _check_columns(path, pf.schema_arrow.names, columns)
-    row = 0
-    for batch in _parquet_batches(path, pf, list(columns)):
+    groups = range(pf.num_row_groups) if row_groups is None else row_groups
+    if groups.step != 1 or groups.start < 0 or groups.stop > pf.num_row_groups:
+        raise ValueError(f"Row groups {groups} are not a contiguous range of the {pf.num_row_groups} of {path}.")
+    if len(groups) == 0:
+        return
+    row = sum(pf.metadata.row_group(g).num_rows for g in range(groups.start))  # _row counts from the file's start
+    for batch in _parquet_batches(path, pf, list(columns), list(groups)):
         t = pa.Table.from_batches([batch]).replace_schema_metadata(None)  # pandas metadata would undo casts
         for name, kind in columns.items():
             if kind == "str" and pa.types.is_timestamp(t[name].type):
@@ -177,10 +185,11 @@ def _stream_parquet(path: Path, columns: dict[str, str]) -> Iterator[pa.Table]:
         row += t.num_rows
 
 
-def _parquet_batches(path: Path, pf: pq.ParquetFile, columns: list[str]) -> Iterator[pa.RecordBatch]:
+def _parquet_batches(path: Path, pf: pq.ParquetFile, columns: list[str],
+                     row_groups: list[int]) -> Iterator[pa.RecordBatch]:
     with reading(path):
         try:
-            yield from pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns)
+            yield from pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns, row_groups=row_groups)
         except pa.ArrowInvalid as exc:
             raise SourceError(f"File {path} is truncated or corrupt Parquet ({exc}); convert it again.") from exc
 

@@ -75,32 +75,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from healthfusion.data.accounting import RowAccounting, combine_partitions
+from healthfusion.data.accounting import RowAccounting
 from healthfusion.data.cohort import Cohort, CohortWriter
 from healthfusion.data.errors import SourceError
-from healthfusion.data.partition import Partitions, split_by_patient
-from healthfusion.data.plausibility import drop_implausible
+from healthfusion.data.partition import Partitions
 from healthfusion.data.schema import CohortMeta, LabelSpec
-from healthfusion.data.sources.hourly import iter_hourly
-from healthfusion.data.sources.io import (
-    find_table,
-    keep_rows,
-    optional_table,
-    parse_times,
-    read_table,
-    stream_table,
-)
+from healthfusion.data.sources.io import find_table, parse_times, read_table
 from healthfusion.data.sources.itemmap import (
-    GCS_COMPONENTS,
     UNKNOWN,
     age_group,
     ethnicity_group,
     mimic4_items,
     sex_group,
 )
+from healthfusion.data.sources.mimic4_events import event_parts, partitioned_events
 from healthfusion.files import display_path
 
 log = logging.getLogger(__name__)
@@ -158,10 +147,11 @@ def build(
         chartevents are written chunk by chunk (stays in order), so memory stays flat however large the table.
         Without it the cohort is built in memory.
     partitions : Partitions, optional
-        Reduce the event tables in groups of stays (whole patients), one call of ``partitions.map`` per group
-        (e.g. Ray tasks, see :mod:`healthfusion.data.partition`): each group runs the same reduction as the
-        single-process build, and the cohort and its row accounting are the same (event rows in another order).
-        Each group's events are held in memory by its worker until the build writes them.
+        Reduce the event tables in ``partitions.n`` parts, one call of ``partitions.map`` each (e.g. Ray tasks,
+        see :mod:`healthfusion.data.partition`): disjoint ranges of row groups when every event table is
+        Parquet, else groups of whole patients' stays (:mod:`~healthfusion.data.sources.mimic4_events`). The
+        cohort and its row accounting are the same as without it (event rows in another order). The parts'
+        events (chartevents: their hourly sums) are held in this process's memory until the build writes them.
 
     Returns
     -------
@@ -218,9 +208,9 @@ def build(
                            variable=pd.Categorical(part["variable"], categories=variables))
 
     if partitions is None:
-        parts = _event_parts(root, windows, prediction_hours, lab_time, acc, progress)
+        parts = event_parts(root, windows, prediction_hours, lab_time, acc, progress)
     else:
-        parts = _partitioned_events(root, windows, prediction_hours, lab_time, acc, partitions)
+        parts = partitioned_events(root, windows, prediction_hours, lab_time, acc, partitions)
     if out is not None:
         n_events = 0
         with CohortWriter(out, meta, acc) as writer:
@@ -236,48 +226,6 @@ def build(
     acc.check()
     log.info("%s: %d ICU stays, %d events, %d codes", root, len(table), len(events), len(codes))
     return Cohort(table, static=static, events=events, codes=codes, labels=labels, meta=meta, accounting=acc)
-
-
-def _event_parts(root: Path, windows: pd.DataFrame, prediction_hours: float, lab_time: str, acc: RowAccounting,
-                 progress: bool):
-    """Events of the stays in ``windows``, part by part: labs, hourly chartevents chunks, urine output."""
-    lab_cols = {"subject_id": "int", "itemid": "int", lab_time: "time", "valuenum": "float"}
-    yield stream_events(find_table(root / "hosp", "labevents"), "labevents", lab_cols, "subject_id",
-                        lab_time, "valuenum", mimic4_items("labevents"), windows, acc, progress)
-    chart = optional_table(root / "icu", "chartevents")
-    if chart is not None:
-        yield from iter_hourly(chart, "chartevents", ("stay_id", "itemid", "charttime", "valuenum"),
-                               mimic4_items("chartevents"), windows, prediction_hours, acc,
-                               derived={"GCS": GCS_COMPONENTS}, progress=progress)
-    output = optional_table(root / "icu", "outputevents")
-    if output is not None:
-        cols = {"stay_id": "int", "itemid": "int", "charttime": "time", "value": "float"}
-        yield stream_events(output, "outputevents", cols, "stay_id", "charttime", "value",
-                            mimic4_items("outputevents"), windows, acc, progress)
-    for name, file in (("chartevents", chart), ("outputevents", output)):
-        if file is None:
-            log.info("%s: no %s table; its variables are absent from the cohort.", display_path(root), name)
-
-
-def partition_events(root: Path, windows: pd.DataFrame, prediction_hours: float, lab_time: str,
-                     ) -> tuple[list[pd.DataFrame], dict]:
-    """The events of the stays in ``windows`` (one partition of a build) and the row accounting of the event
-    tables as read for them (:meth:`RowAccounting.to_dict`): what a worker of a partitioned build computes."""
-    acc = RowAccounting()
-    frames = list(_event_parts(root, windows, prediction_hours, lab_time, acc, False))
-    acc.check()
-    return frames, acc.to_dict()
-
-
-def _partitioned_events(root: Path, windows: pd.DataFrame, prediction_hours: float, lab_time: str,
-                        acc: RowAccounting, partitions: Partitions) -> list[pd.DataFrame]:
-    """Events of all ``windows`` reduced group by group through ``partitions``; their accounting merged into
-    ``acc``."""
-    groups = split_by_patient(windows, partitions.n, patient="subject_id")
-    log.info("%s: reducing the event tables in %d partitions of stays", root, len(groups))
-    results = partitions.map(partition_events, [(root, g, prediction_hours, lab_time) for g in groups])
-    acc.merge(combine_partitions([RowAccounting.from_dict(counts) for _, counts in results]))
-    return [frame for frames, _ in results for frame in frames]
 
 
 def check_hours(**hours: float | None) -> None:
@@ -408,52 +356,3 @@ def _codes(root: Path, stays: pd.DataFrame, acc: RowAccounting, codes_at: str) -
     m = dx.merge(stays[["hadm_id", "stay_id", "intime", anchor]], on="hadm_id")
     m["time"] = (m[anchor] - m["intime"]) / np.timedelta64(1, "h")
     return m[["stay_id", "time", "system", "code"]].reset_index(drop=True)
-
-
-# ---------------------------------------------------------------------------------------------- events
-def stream_events(
-    path: Path, table: str, columns: dict[str, str], key: str, time_col: str, value_col: str,
-    items: pd.DataFrame, windows: pd.DataFrame, acc: RowAccounting, progress: bool = False,
-) -> pd.DataFrame:
-    """Stream an itemid-coded event table into canonical events of the cohort's stays, counting every row.
-
-    ``items`` is indexed by itemid (columns variable, factor, offset); ``windows`` has ``key`` (subject_id or
-    stay_id, int), ``stay_id`` (str), ``intime``, ``start`` and ``end`` (hours). Returns events columns
-    stay_id, time, variable, value.
-    """
-    item_ids = pa.array(items.index.to_numpy(dtype="int64"))
-    keys = pa.array(windows[key if key != "stay_id" else "stay_key"].to_numpy(dtype="int64"))
-    right = windows.rename(columns={"stay_key": "stay_id_key"}) if key == "stay_id" else windows
-    join_on = "stay_id_key" if key == "stay_id" else key
-    out = []
-    for i, t in enumerate(stream_table(path, columns)):
-        acc.read(table, t.num_rows)
-        if progress and i % 20 == 0:
-            log.info("%s: %d rows read", table, acc.tables[table].read)
-        t = keep_rows(t, pc.is_in(t["itemid"], value_set=item_ids), acc, table, "unmapped item")
-        t = keep_rows(t, pc.is_in(t[key], value_set=keys), acc, table,
-                  "subject not in cohort" if key == "subject_id" else "stay not in cohort")
-        if t.num_rows == 0:
-            continue
-        df = t.to_pandas().rename(columns={time_col: "when"})
-        no_time = df["when"].isna()
-        acc.drop(table, "missing time", int(no_time.sum()))
-        df = df[~no_time]
-        mapped = items.loc[df["itemid"].to_numpy()]
-        df = pd.DataFrame({
-            "_row": df["_row"].to_numpy(), join_on: df[key].to_numpy(), "when": df["when"].to_numpy(),
-            "variable": mapped["variable"].to_numpy(),
-            "value": df[value_col].to_numpy() * mapped["factor"].to_numpy() + mapped["offset"].to_numpy(),
-        })
-        df = drop_implausible(df, acc, table)
-        m = df.merge(right[[join_on, "stay_id", "intime", "start", "end"]], on=join_on)
-        m["time"] = (m["when"] - m["intime"]) / np.timedelta64(1, "h")
-        m = m[(m["time"] >= m["start"]) & (m["time"] <= m["end"])]
-        used = m["_row"].nunique()
-        acc.use(table, used)
-        acc.drop(table, "outside stay window", len(df) - used)
-        out.append(m[["stay_id", "time", "variable", "value"]])
-    if not out:
-        return pd.DataFrame({"stay_id": pd.Series(dtype=object), "time": pd.Series(dtype=float),
-                             "variable": pd.Series(dtype=object), "value": pd.Series(dtype=float)})
-    return pd.concat(out, ignore_index=True)

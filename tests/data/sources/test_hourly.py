@@ -105,6 +105,29 @@ def test_hourly_means_and_accounting_equal_a_plain_pandas_reference(tmp_path, mo
     _assert_same_events(pd.concat(parts, ignore_index=True), want)
 
 
+def test_hourly_sums_of_row_group_ranges_combine_to_the_means_of_one_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from healthfusion.data.partition import split_row_groups
+
+    rng = np.random.default_rng(1)
+    rows = _random_rows(tmp_path / "chart.csv", rng, 6000, n_stays=30)  # rows in random order: every stay
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), tmp_path / "chart.parquet",
+                   row_group_size=500)  # spans many of the 12 row groups
+    columns = ("stay_id", "itemid", "charttime", "valuenum")
+    ranges = split_row_groups(tmp_path / "chart.parquet", 3)
+    parts = [hourly.hourly_sums(tmp_path / "chart.parquet", columns, ITEMS, _windows(30), 24.0, row_groups=r)
+             for r in ranges]
+    assert [sum(p["n"].to_numpy()) for p in parts] == [500 * len(r) for r in ranges]  # each row in one part
+    acc = RowAccounting()
+    got = pd.concat(hourly.combine_hourly(parts, "chartevents", columns, ITEMS, _windows(30), 24.0, acc),
+                    ignore_index=True)
+    want, want_acc = _reference(rows, _windows(30), 24.0)
+    assert acc.to_dict()["chartevents"] == want_acc
+    _assert_same_events(got, want)
+
+
 @pytest.mark.realdata
 def test_hourly_means_of_the_demo_outputevents_equal_the_pandas_reference(shared_dataset):
     """The demo ships no chartevents; its outputevents (same layout: stay_id, itemid, charttime, value) go
@@ -181,7 +204,11 @@ def test_reader_equals_the_vectorized_pandas_build(benchmark, tmp_path, monkeypa
     root = tmp_path / "db"
     made = benchmark.make_database(_template(tmp_path / "template"), root, n_rows=30_000, copies=3, seed=3)
     assert made["icu_stays"] == 12
-    events, tensors, counts = benchmark.project_build(root)
+    from healthfusion.data.cohort import Cohort
+
+    n_events, tensors, counts = benchmark.project_build(root)
+    events = Cohort.load(tmp_path / "db-cohort").events  # the cohort folder the build wrote, as the check reads it
+    assert n_events == len(events)
     means, ref_tensors, ref_counts = benchmark.pandas_build(root)
     assert counts["read"] == ref_counts["read"] == 30_000
     assert counts["read"] == counts["used"] + sum(counts["dropped"].values())
