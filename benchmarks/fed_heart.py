@@ -31,7 +31,17 @@ table as ``DIR/summary.csv`` (``setting``, ``epsilon`` (empty without DP; the la
 ``--server-clip``, uniform mean, Gaussian noise ``sigma * clip / 4``): the epsilon printed is site-level (a whole
 site's data, RDP accountant at sampling rate 1 over the rounds), not per record.
 
-``--model mlp`` swaps the logistic regression for a one-hidden-layer MLP (16 units). The published reference
+``--model mlp`` swaps the logistic regression for a one-hidden-layer MLP (16 units), ``--model hybrid`` for
+healthfusion's hybrid model with only its tabular branch (static MLP encoder 16, fusion FC 16, dropout 0.1).
+
+``--select`` chooses every setting's training settings (learning rate, epochs; local epochs and rounds; FedProx mu;
+the server learning rate of FedAdagrad/FedAdam; the fine-tuning epochs and learning rate) by mean client accuracy on
+validation rows split off inside each site's training part, over the same seeds; the test rows are never used
+(:func:`select`; ``--out`` also writes every candidate's validation accuracy to ``selection.csv``).
+
+    python benchmarks/fed_heart.py --seeds 5 --select --out runs/fed-heart-select
+
+The published reference
 (FLamby, mean-of-clients accuracy; FENDA-FL from Tian et al. 2024) is printed beside the results; it is a cited
 figure under the same protocol, not a run of this script.
 
@@ -88,12 +98,17 @@ def read_sites(folder: Path) -> dict[str, pd.DataFrame]:
     return {name: x.loc[name] for name in SITES}
 
 
-def make_sites(tables: dict[str, pd.DataFrame], seed: int) -> list[Site]:
+def split_site(df: pd.DataFrame, seed: int, test_size: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified split of one site's rows (plain random where a class has fewer than 2 rows)."""
+    stratify = df["y"] if df["y"].value_counts().min() >= 2 else None  # Switzerland: 1 negative of 46
+    return train_test_split(df, test_size=test_size, stratify=stratify, random_state=seed)
+
+
+def make_sites(tables: dict[str, pd.DataFrame], seed: int, test_size: float = 0.34) -> list[Site]:
     """Per-site stratified 66/34 split and per-site standardisation on the training part."""
     sites = []
     for name, df in tables.items():
-        stratify = df["y"] if df["y"].value_counts().min() >= 2 else None  # Switzerland: 1 negative of 46
-        train, test = train_test_split(df, test_size=0.34, stratify=stratify, random_state=seed)
+        train, test = split_site(df, seed, test_size)
         features = [c for c in df.columns if c != "y"]
         mu, sd = train[features].mean(), train[features].std(ddof=0).replace(0, 1.0)
 
@@ -115,6 +130,17 @@ class Logistic(nn.Module):
         return {"logits": self.net(batch["static"]).squeeze(-1)}
 
 
+def build_model(kind: str, d: int) -> nn.Module:
+    """``logistic``, ``mlp`` (one hidden layer of 16) or ``hybrid``: healthfusion's hybrid model with only its
+    tabular branch (static MLP encoder of 16 units, one fusion FC layer of 16, dropout 0.1, binary head)."""
+    if kind == "hybrid":
+        from healthfusion.models.encoders.mlp import MLPEncoderConfig
+        from healthfusion.models.hybrid import HybridConfig, HybridModel
+
+        return HybridModel(HybridConfig(static=MLPEncoderConfig(in_dim=d, hidden_sizes=(16,)), fc_hidden=(16,)))
+    return Logistic(d, 16 if kind == "mlp" else 0)
+
+
 def score(models: nn.Module | dict[str, nn.Module], sites: list[Site]) -> tuple[float, float]:
     """(mean over sites of test accuracy, AUROC over all sites' test rows); ``models`` is one model or one per
     site (personalised)."""
@@ -129,67 +155,185 @@ def pooled_site(sites: list[Site]) -> ArrayDataset:
     return ArrayDataset({k: np.concatenate([s.train[k] for s in sites]) for k in ("static", "target")})
 
 
-def run_seed(tables, seed: int, args) -> dict[str, tuple[float, float, float | None]]:
-    """Setting -> (mean client accuracy, AUROC, accountant epsilon or None) for one seed."""
+FAMILIES = {  # federated strategy -> its server settings besides the local training (fedavg's)
+    "fedavg": {},
+    "fedprox": {"proximal_mu": None},
+    "fedadagrad": {"server_optimizer": "adagrad", "server_lr": None},
+    "fedadam": {"server_optimizer": "adam", "server_lr": None},
+    "median": {"aggregation": "median"},
+    "trimmed_mean": {"aggregation": "trimmed_mean", "trim_beta": 0.25},
+}
+
+
+def default_settings(args) -> dict[str, dict]:
+    """The settings of every setting from the command line (what ``--select`` replaces)."""
+    fed = {"lr": args.lr, "local_epochs": args.local_epochs, "rounds": args.rounds}
+    out = {"pooled": {"lr": args.lr, "epochs": args.epochs}, "local": {"lr": args.lr, "epochs": args.epochs}}
+    for name, extra in FAMILIES.items():
+        out[name] = {**fed, **{k: v for k, v in extra.items() if v is not None}}
+    out["fedprox"]["proximal_mu"] = args.mu
+    out["fedadagrad"]["server_lr"] = out["fedadam"]["server_lr"] = args.server_lr
+    out["fedavg+finetune"] = {**fed, "finetune": args.finetune, "finetune_lr": args.finetune_lr}
+    return out
+
+
+def trainer_config(args, seed: int, lr: float, epochs: int) -> TrainerConfig:
+    return TrainerConfig(max_epochs=epochs, batch_size=args.batch_size, lr=lr, seed=seed, weight_decay=0.0)
+
+
+def federated(sites, fresh, settings: dict, args, seed: int, **extra):
+    """One federated run with ``settings`` (lr, local_epochs, rounds and the strategy's keys); returns the model
+    (final global weights) and the run's result."""
+    strategy = {k: v for k, v in settings.items() if k not in ("lr", "local_epochs", "rounds", "finetune",
+                                                                "finetune_lr")}
+    cfg = FederatedConfig(rounds=settings["rounds"], seed=seed, **strategy, **extra.pop("config", {}))
+    model = fresh()
+    result = run_rounds(model, sites, cfg, trainer_config(args, seed, settings["lr"], settings["local_epochs"]),
+                        **extra)
+    set_weights(model, result.weights)
+    return model, result
+
+
+def finetuned(sites, fresh, weights, settings: dict, args, seed: int) -> dict[str, nn.Module]:
+    """Each site's copy of the global ``weights`` fine-tuned on its own training rows (the personalised setting)."""
+    tune = trainer_config(args, seed, settings["finetune_lr"], settings["finetune"])
+    own = {}
+    for site in sites:
+        own[site.name] = fresh()
+        site.fit(own[site.name], weights, tune, round_=settings["rounds"] + 1)
+    return own
+
+
+def run_seed(tables, seed: int, args, chosen: dict[str, dict]) -> dict[str, tuple[float, float, float | None]]:
+    """Setting -> (mean client accuracy, AUROC, accountant epsilon or None) for one seed; ``chosen`` holds each
+    setting's training settings (:func:`default_settings` or :func:`select`)."""
     sites = make_sites(tables, seed)
     d = sites[0].train["static"].shape[1]
-    hidden = 16 if args.model == "mlp" else 0
 
     def fresh():
         torch.manual_seed(seed)
-        return Logistic(d, hidden)
+        return build_model(args.model, d)
 
-    local = TrainerConfig(max_epochs=args.local_epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
-                          weight_decay=0.0)
-    full = local.model_copy(update={"max_epochs": args.epochs})
+    full = trainer_config(args, seed, chosen["pooled"]["lr"], chosen["pooled"]["epochs"])
     out = {}
     model = fresh()
     Trainer(full).fit(model, pooled_site(sites), head_kind="binary")
     out["pooled"] = (*score(model, sites), None)
     for site in [] if args.dp_only else sites:
         model = fresh()
-        Trainer(full).fit(model, site.train, head_kind="binary")
+        Trainer(trainer_config(args, seed, chosen["local"]["lr"], chosen["local"]["epochs"])).fit(
+            model, site.train, head_kind="binary")
         out[f"local {site.name}"] = (*score(model, sites), None)
-    strategies = {
-        "fedavg": {},
-        "fedprox": {"proximal_mu": args.mu},
-        "fedadagrad": {"server_optimizer": "adagrad", "server_lr": args.server_lr},
-        "fedadam": {"server_optimizer": "adam", "server_lr": args.server_lr},
-        "median": {"aggregation": "median"},
-        "trimmed_mean": {"aggregation": "trimmed_mean", "trim_beta": 0.25},
-        "fedavg+finetune": {"personalize_epochs": args.finetune, "personalize_lr": args.finetune_lr},
-    }
-    if args.dp_only:
-        strategies = {"fedavg": {}}
-    for sigma in args.server_noise:  # server-side DP: site-level epsilon
-        strategies[f"fedavg server-dp sigma={sigma:g}"] = {
-            "server_privacy": ServerPrivacyConfig(clip_norm=args.server_clip, noise_multiplier=sigma)}
-    for name, settings in strategies.items():
-        cfg = FederatedConfig(rounds=args.rounds, seed=seed, **settings)
-        model = fresh()
-        result = run_rounds(model, sites, cfg, local, evaluate_every=0)
-        if cfg.personalize_epochs:
-            own = {}
-            for site in sites:
-                own[site.name] = fresh()
-                set_weights(own[site.name], result.personalised[site.name])
-            out[name] = (*score(own, sites), None)
+    names = ["fedavg"] if args.dp_only else [*FAMILIES, "fedavg+finetune"]
+    for name in names:
+        settings = chosen[name]
+        model, result = federated(sites, fresh, settings, args, seed, evaluate_every=0)
+        if name == "fedavg+finetune":
+            out[name] = (*score(finetuned(sites, fresh, result.weights, settings, args, seed), sites), None)
         else:
-            set_weights(model, result.weights)
-            out[name] = (*score(model, sites), result.rounds[-1].get("server_epsilon"))
+            out[name] = (*score(model, sites), None)
+    for sigma in args.server_noise:  # server-side DP: site-level epsilon
+        model, result = federated(sites, fresh, chosen["fedavg"], args, seed, evaluate_every=0, config={
+            "server_privacy": ServerPrivacyConfig(clip_norm=args.server_clip, noise_multiplier=sigma)})
+        out[f"fedavg server-dp sigma={sigma:g}"] = (*score(model, sites), result.rounds[-1].get("server_epsilon"))
     for eps in args.dp:
         privacy = PrivacyConfig(target_epsilon=eps, max_grad_norm=args.clip)
         model = fresh()
-        dp = DPSGD(privacy, len(pooled_site(sites)), args.batch_size, args.epochs)
+        dp = DPSGD(privacy, len(pooled_site(sites)), args.batch_size, full.max_epochs)
         Trainer(full, plugins=[dp]).fit(model, pooled_site(sites), head_kind="binary")
         out[f"pooled dp eps={eps:g}"] = (*score(model, sites), dp.report()["epsilon"])
-        model = fresh()
-        result = run_rounds(model, sites, FederatedConfig(rounds=args.rounds, seed=seed, privacy=privacy), local,
-                            evaluate_every=0)
-        set_weights(model, result.weights)
+        model, result = federated(sites, fresh, chosen["fedavg"], args, seed, evaluate_every=0,
+                                  config={"privacy": privacy})
         # the federated run's epsilon: the largest site's (each site's accountant covers its own data)
         out[f"fedavg dp eps={eps:g}"] = (*score(model, sites), max(result.rounds[-1]["epsilon"].values()))
     return out
+
+
+# --select: the grids searched on validation rows inside each site's training part (never the test rows)
+GRID_LR, GRID_LOCAL_EPOCHS, GRID_EPOCHS, MAX_ROUNDS = (0.01, 0.05), (1, 5), (10, 20, 50), 40
+GRID_MU, GRID_SERVER_LR, GRID_FINETUNE = (0.01, 0.1, 1.0), (0.01, 0.1, 1.0), ((5, 0.01), (20, 0.01), (20, 0.1))
+
+
+def select(tables, args) -> tuple[dict[str, dict], pd.DataFrame]:
+    """Choose each setting's training settings by mean client accuracy on validation rows: for every seed, each
+    site's training part (the same 66 % as the test protocol) is split again 75/25 (stratified, standardised on the
+    75 %), every candidate is trained on the 75 % and scored on the 25 %, and the candidate with the best mean over
+    the selection seeds (``--select-seeds``, default ``--seeds``) is kept (ties: the first in grid order). Pooled and local models: lr x epochs; FedAvg (and the robust
+    rules, which reuse its local settings): lr x local epochs x rounds (scored every 10 rounds of one 40-round run);
+    then with FedAvg's lr and local epochs, FedProx's mu, FedAdagrad's and FedAdam's server lr (with their rounds)
+    and the personalised setting's fine-tuning epochs and lr. Returns the chosen settings and every candidate's
+    validation accuracy."""
+    rows = []
+
+    def record(setting, settings, seed, value):
+        rows.append({"setting": setting, **settings, "seed": seed, "val_accuracy": value})
+
+    def by_round(result):
+        frame = pd.DataFrame(result.site_metrics)
+        return frame.groupby("round")["accuracy"].mean()
+
+    def best(setting):
+        frame = pd.DataFrame([r for r in rows if r["setting"] == setting])
+        keys = [c for c in frame.columns if c not in ("setting", "seed", "val_accuracy") and frame[c].notna().any()]
+        top = frame.groupby(keys, sort=False, dropna=False)["val_accuracy"].mean().idxmax()
+        top = top if isinstance(top, tuple) else (top,)
+        return {k: v.item() if hasattr(v, "item") else v for k, v in zip(keys, top, strict=True)}
+
+    def fed_runs(setting, sites, fresh, base, seed, **strategy):
+        model, result = federated(sites, fresh, {**base, "rounds": MAX_ROUNDS, **strategy}, args, seed,
+                                  evaluate_every=10)
+        for r, value in by_round(result).items():
+            record(setting, {**base, **strategy, "rounds": int(r)}, seed, float(value))
+        return result
+
+    seeds = range(args.select_seeds or args.seeds)
+    inner = {seed: make_sites({name: split_site(df, seed, 0.34)[0] for name, df in tables.items()}, seed + 1000,
+                              test_size=0.25) for seed in seeds}
+
+    def fresh_for(sites, seed):
+        def fresh():
+            torch.manual_seed(seed)
+            return build_model(args.model, sites[0].train["static"].shape[1])
+        return fresh
+
+    for seed in seeds:
+        print(f"  selection, seed {seed + 1}/{len(seeds)}: pooled, local and FedAvg grids", flush=True)
+        sites, fresh = inner[seed], fresh_for(inner[seed], seed)
+        for lr in GRID_LR:
+            for epochs in GRID_EPOCHS:
+                model = fresh()
+                Trainer(trainer_config(args, seed, lr, epochs)).fit(model, pooled_site(sites), head_kind="binary")
+                record("pooled", {"lr": lr, "epochs": epochs}, seed, score(model, sites)[0])
+                accs = []
+                for site in sites:
+                    model = fresh()
+                    Trainer(trainer_config(args, seed, lr, epochs)).fit(model, site.train, head_kind="binary")
+                    accs.append(score(model, sites)[0])
+                record("local", {"lr": lr, "epochs": epochs}, seed, float(np.mean(accs)))
+            for local_epochs in GRID_LOCAL_EPOCHS:
+                fed_runs("fedavg", sites, fresh, {"lr": lr, "local_epochs": local_epochs}, seed)
+    chosen = {"pooled": best("pooled"), "local": best("local"), "fedavg": best("fedavg")}
+    base = {k: chosen["fedavg"][k] for k in ("lr", "local_epochs")}
+    for seed in seeds:
+        print(f"  selection, seed {seed + 1}/{len(seeds)}: FedProx, FedAdagrad, FedAdam and fine-tuning grids",
+              flush=True)
+        sites, fresh = inner[seed], fresh_for(inner[seed], seed)
+        for mu in GRID_MU:
+            fed_runs("fedprox", sites, fresh, base, seed, proximal_mu=mu)
+        for opt in ("adagrad", "adam"):
+            for server_lr in GRID_SERVER_LR:
+                fed_runs(f"fed{opt}", sites, fresh, base, seed, server_optimizer=opt, server_lr=server_lr)
+        model, result = federated(sites, fresh, chosen["fedavg"], args, seed, evaluate_every=0)
+        for finetune, finetune_lr in GRID_FINETUNE:
+            own = finetuned(sites, fresh, result.weights, {**chosen["fedavg"], "finetune": finetune,
+                                                           "finetune_lr": finetune_lr}, args, seed)
+            record("fedavg+finetune", {"finetune": finetune, "finetune_lr": finetune_lr}, seed, score(own, sites)[0])
+    for name in ("fedprox", "fedadagrad", "fedadam"):
+        chosen[name] = best(name)
+    chosen["fedavg+finetune"] = {**chosen["fedavg"], **best("fedavg+finetune")}
+    for name in ("median", "trimmed_mean"):
+        chosen[name] = {**chosen["fedavg"], **{k: v for k, v in FAMILIES[name].items()}}
+    return chosen, pd.DataFrame(rows)
 
 
 def main(argv=None) -> None:
@@ -201,7 +345,13 @@ def main(argv=None) -> None:
                         help="folder of processed.*.data (default $HEALTHFUSION_SHARED_DATA or ../shared/data, "
                              "then uci_heart_disease)")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--model", choices=["logistic", "mlp"], default="logistic")
+    parser.add_argument("--model", choices=["logistic", "mlp", "hybrid"], default="logistic",
+                        help="logistic regression, a 16-unit MLP, or the hybrid's tabular branch (default logistic)")
+    parser.add_argument("--select", action="store_true", help="choose every setting's lr, epochs, local epochs, "
+                        "rounds, mu, server lr and fine-tuning by validation rows inside the sites' training parts "
+                        "(see select()); the flags below are then only the DP runs' and ignored elsewhere")
+    parser.add_argument("--select-seeds", type=int, default=None, help="with --select: the seeds whose validation "
+                        "splits choose the settings (default: --seeds; fewer for a quicker selection)")
     parser.add_argument("--epochs", type=int, default=20, help="pooled / local training epochs (default 20)")
     parser.add_argument("--rounds", type=int, default=20, help="federated rounds (default 20)")
     parser.add_argument("--local-epochs", type=int, default=1, help="local epochs per round (default 1)")
@@ -230,7 +380,20 @@ def main(argv=None) -> None:
     n_features = tables["cleveland"].shape[1] - 1
     print(f"Fed-Heart-Disease: {sum(counts.values())} rows {counts}, {n_features} features, model {args.model}, "
           f"{args.seeds} seeds")
-    runs = [run_seed(tables, seed, args) for seed in range(args.seeds)]
+    chosen = default_settings(args)
+    if args.select:
+        t_select = time.perf_counter()
+        chosen, tried = select(tables, args)
+        print(f"selected on validation rows inside the training sites ({time.perf_counter() - t_select:.0f} s):")
+        for name, settings in chosen.items():
+            print(f"  {name:<16} {settings}")
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            tried.to_csv(args.out / "selection.csv", index=False)
+    runs = []
+    for seed in range(args.seeds):
+        print(f"  test protocol, seed {seed + 1}/{args.seeds}", flush=True)
+        runs.append(run_seed(tables, seed, args, chosen))
     rows = []
     for name in runs[0]:
         acc = np.array([r[name][0] for r in runs])

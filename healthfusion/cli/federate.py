@@ -12,7 +12,7 @@ from healthfusion.cli.common import console, fail
 from healthfusion.cli.render import print_frame
 from healthfusion.files import display_path
 
-_SUMMARY = ("setting", "epsilon", "mean_client_accuracy", "auroc", "auroc_ci_low", "auroc_ci_high", "ece",
+_SUMMARY = ("setting", "epsilon", "temperature", "mean_client_accuracy", "auroc", "auroc_ci_low", "auroc_ci_high", "ece",
             "cal_slope", "cal_intercept", "n_test")
 
 

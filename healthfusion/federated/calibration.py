@@ -19,14 +19,16 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from torch import nn
 
 from healthfusion.features import batch as B
+from healthfusion.features.dataset import ArrayDataset
 from healthfusion.federated.client import Site
 from healthfusion.models.calibration import Calibrator
+from healthfusion.training import Trainer, TrainerConfig
 
 log = logging.getLogger(__name__)
 
@@ -50,35 +52,56 @@ def average_temperature(temperatures: Sequence[float], counts: Sequence[int]) ->
     return float(np.exp(np.sum(n * np.log(t)) / n.sum()))
 
 
-def site_temperature(model: nn.Module, site: Site, head_kind: str = "binary") -> tuple[float, int] | None:
-    """``(T, n)`` fitted on ``site``'s validation stays (what the site sends), or None when it has none or they
-    hold a single outcome."""
-    if site.val is None:
+def fit_temperature(model: nn.Module, data: ArrayDataset | None, head_kind: str = "binary") -> Calibrator | None:
+    """Temperature scaling of ``model`` fitted on ``data`` (validation stays with a ``"target"`` array; NaN targets
+    are left out), or None when there is no data or it holds a single outcome. What a site fits on its own
+    validation stays, and what the pooled and local-only reference models of ``federate`` are calibrated with."""
+    if data is None:
         return None
-    y = site.val[B.TARGET].astype(np.float64)
+    y = data[B.TARGET].astype(np.float64)
     keep = ~np.isnan(y)
     if keep.sum() == 0 or y[keep].min() == y[keep].max():
         return None
-    p = site.predict(model, "val", head_kind)
-    cal = Calibrator("temperature").fit(y[keep], p[keep])
-    return float(cal.params_["temperature"]), int(keep.sum())
+    p = Trainer(TrainerConfig(progress=False)).predict(model, data, head_kind=head_kind)
+    return Calibrator("temperature").fit(y[keep], p[keep])
+
+
+def site_temperature(model: nn.Module, site: Site, head_kind: str = "binary") -> tuple[float, int] | None:
+    """``(T, n)`` fitted on ``site``'s validation stays (what the site sends), or None when it has none or they
+    hold a single outcome."""
+    cal = fit_temperature(model, site.val, head_kind)
+    if cal is None:
+        return None
+    return float(cal.params_["temperature"]), int(cal.n_fit_)
 
 
 def calibrate_federated(model: nn.Module, sites: Sequence[Site],
                         head_kind: str = "binary") -> tuple[Calibrator | None, dict[str, dict]]:
-    """Fit the federated temperature of ``model`` over ``sites``.
+    """Fit the federated temperature of ``model`` over in-process ``sites`` (each fits its own, then
+    :func:`combine_temperatures`).
+
+    Returns
+    -------
+    (calibrator, per_site)
+        As :func:`combine_temperatures`.
+    """
+    return combine_temperatures({site.name: site_temperature(model, site, head_kind) for site in sites})
+
+
+def combine_temperatures(sent: Mapping[str, tuple[float, int] | None]) -> tuple[Calibrator | None, dict[str, dict]]:
+    """The server's side: the federated temperature from what each site sent, ``site name -> (T, n_val)`` or None
+    (the site had no usable validation stays). The in-process simulation and the Flower server (the sites send
+    ``(T, n_val)`` with their last evaluation) both end here, so they calibrate identically.
 
     Returns
     -------
     (calibrator, per_site)
         A fitted temperature :class:`Calibrator` (its ``info`` names the rule and each site's temperature) or None
-        when no site could fit one; ``per_site`` maps site name -> ``{"temperature", "n_val"}`` (None values for a
-        site that sent nothing).
+        when no site sent one; ``per_site`` maps site name -> ``{"temperature", "n_val"}`` (None and 0 for a site
+        that sent nothing).
     """
-    per_site: dict[str, dict] = {}
-    for site in sites:
-        fit = site_temperature(model, site, head_kind)
-        per_site[site.name] = {"temperature": None if fit is None else fit[0], "n_val": 0 if fit is None else fit[1]}
+    per_site = {name: {"temperature": None if fit is None else float(fit[0]), "n_val": 0 if fit is None else int(fit[1])}
+                for name, fit in sent.items()}
     fitted = {k: v for k, v in per_site.items() if v["temperature"] is not None}
     if not fitted:
         log.warning("No site has validation stays with both outcomes; the federated model is not calibrated.")

@@ -9,6 +9,10 @@ Two ways to run the same strategy (:class:`~healthfusion.federated.server.Federa
   (``flwr.server.start_server`` / ``flwr.client.start_client``; deprecated by Flower in favour of SuperLink /
   SuperNode but still shipped by flwr 1.41 and the simplest way to run one server and N sites as plain processes).
 
+Calibration: with the evaluation of the final global model each site sends its temperature fitted on its own
+validation stays and their number (``temperature``, ``n_val`` in the evaluate metrics); the server averages them
+with :func:`~healthfusion.federated.calibration.combine_temperatures`, as the in-process simulation does.
+
 Faults: a site that crashes, disconnects or exceeds ``round_timeout`` is a failure of that round; the round is
 aggregated from the others when at least ``min_sites`` returned (Flower's ``accept_failures``). The server waits
 for ``min_sites`` sites before each round. With a state folder, a restarted server resumes after the last
@@ -30,6 +34,7 @@ from typing import Any
 
 from torch import nn
 
+from healthfusion.federated.calibration import site_temperature
 from healthfusion.federated.client import Site, get_weights, set_weights
 from healthfusion.federated.server import FederatedConfig, FederatedServer
 from healthfusion.optional import require
@@ -64,11 +69,15 @@ def make_client(model: nn.Module, site: Site, local: TrainerConfig, config: Fede
             return weights, n, {"site": site.name, **info}
 
         def evaluate(self, parameters, config):
-            if site.test is None:
-                return 0.0, 0, {"site": site.name}
             set_weights(model, parameters)
+            sent = {"site": site.name}
+            if config.get("calibrate"):  # the final global model: the site's temperature on its validation stays
+                fit = site_temperature(model, site, head_kind)
+                sent.update({"n_val": 0} if fit is None else {"temperature": fit[0], "n_val": fit[1]})
+            if site.test is None:
+                return 0.0, 0, sent
             metrics = site.evaluate(model, "test", head_kind)
-            return float(metrics.pop("loss", 0.0)), int(metrics["n"]), {"site": site.name, **metrics}
+            return float(metrics.pop("loss", 0.0)), int(metrics["n"]), {**sent, **metrics}
 
     fed, config_seed = config, config.seed
     return SiteClient().to_client()
@@ -87,6 +96,7 @@ def make_strategy(server: FederatedServer, offset: int = 0, on_round: Callable |
         def __init__(self):
             super().__init__()
             self.site_metrics: list[dict[str, Any]] = []
+            self.temperatures: dict[str, tuple[float, int] | None] = {}  # what each site sent after the last round
 
         def initialize_parameters(self, client_manager):
             return common.ndarrays_to_parameters(server.weights)
@@ -114,12 +124,17 @@ def make_strategy(server: FederatedServer, offset: int = 0, on_round: Callable |
 
         def configure_evaluate(self, server_round, parameters, client_manager):
             clients = client_manager.sample(num_clients=client_manager.num_available(), min_num_clients=1)
-            return [(c, common.EvaluateIns(parameters, {})) for c in clients]
+            last = offset + server_round == cfg.rounds  # the final global model: ask for the sites' temperatures
+            return [(c, common.EvaluateIns(parameters, {"calibrate": int(last)})) for c in clients]
 
         def aggregate_evaluate(self, server_round, results, failures):
             n = sum(r.num_examples for _, r in results)
             for _, r in results:
                 metrics = dict(r.metrics)
+                if "n_val" in metrics:
+                    count, temperature = int(metrics.pop("n_val")), metrics.pop("temperature", None)
+                    self.temperatures[str(metrics.get("site", "unknown"))] = (
+                        None if temperature is None else (float(temperature), count))
                 if r.num_examples:
                     self.site_metrics.append({"round": offset + server_round, "site": metrics.pop("site", "unknown"),
                                               "model": "global", **metrics})
@@ -147,9 +162,13 @@ def _failure_reason(failure) -> str:
 def serve(address: str, model: nn.Module, config: FederatedConfig, state_dir=None, on_round=None):
     """Run the Flower server on ``address`` (``host:port``) until ``config.rounds`` rounds are complete.
 
-    Returns ``(server, site_metrics)``: the :class:`FederatedServer` (final weights, round record) and the
-    per-round, per-site test metrics the sites reported. With ``state_dir`` the state is saved after each round
-    and a restarted server continues after the last completed one (returning at once if all are done).
+    Returns ``(server, site_metrics, temperatures)``: the :class:`FederatedServer` (final weights, round record),
+    the per-round, per-site test metrics the sites reported, and what each site sent with its evaluation of the
+    final global model: site name -> ``(T, n_val)``, its calibration temperature on its validation stays, or None
+    (no usable validation stays); :func:`~healthfusion.federated.calibration.combine_temperatures` turns them into
+    the model's calibrator, as in the simulation. With ``state_dir`` the state is saved after each round and a
+    restarted server continues after the last completed one (returning at once, with no temperatures, if all are
+    done).
     """
     flwr, _, _ = _flwr()
     server = FederatedServer(config, get_weights(model), state_dir)
@@ -163,7 +182,7 @@ def serve(address: str, model: nn.Module, config: FederatedConfig, state_dir=Non
             strategy=strategy,
         )
     set_weights(model, server.weights)
-    return server, strategy.site_metrics
+    return server, strategy.site_metrics, strategy.temperatures
 
 
 def connect(address: str, model: nn.Module, site: Site, local: TrainerConfig, config: FederatedConfig,
@@ -207,4 +226,4 @@ def simulate(model_fn: Callable[[], nn.Module], sites: Sequence[Site], config: F
         if not running and ray.is_initialized():
             ray.shutdown()
     set_weights(model, server.weights)
-    return server, strategy.site_metrics
+    return server, strategy.site_metrics, strategy.temperatures

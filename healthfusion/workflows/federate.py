@@ -15,9 +15,12 @@ stays), ``server_state/`` (what a restarted server resumes from) and ``summary.c
 the federated strategy, and with ``federated.compare`` the pooled model and one local-only model per site, each
 scored on every site's test stays (columns ``setting``, ``epsilon`` (with ``federated.privacy``: the largest
 per-site epsilon, each site's in ``rounds.csv``; empty without differential privacy; the personalisation epochs
-are not covered),
-``mean_client_accuracy``, ``auroc``, ``ece``, ``cal_slope`` and ``cal_intercept`` each with its bootstrap 95% CI
-over the pooled test stays, ``n_test``).
+are not covered), ``temperature`` (the calibration temperature the row's risks were scored with; empty for the
+personalised row, whose sites each use their own, and for an uncalibrated model), ``mean_client_accuracy``,
+``auroc``, ``ece``, ``cal_slope`` and ``cal_intercept`` each with its bootstrap 95% CI over the pooled test stays,
+``n_test``). Every row is scored calibrated, like a saved model: the federated model with the federated
+temperature, the pooled reference with a temperature fitted on all sites' validation stays, each local-only
+reference on its own site's validation stays, each personalised copy on its site's.
 
 Each site's non-test patients are split again into training and validation stays (``federated.validation``,
 default 0.15); after the last round every site fits a temperature on its validation stays and the global model's
@@ -49,9 +52,10 @@ from healthfusion.evaluation.bootstrap import bootstrap_ci
 from healthfusion.evaluation.calibration import CALIBRATION_METRICS, calibration_with_ci
 from healthfusion.evaluation.metrics import auroc
 from healthfusion.features.dataset import ArrayDataset
-from healthfusion.federated.calibration import calibrate_federated
+from healthfusion.federated.calibration import calibrate_federated, combine_temperatures, fit_temperature
 from healthfusion.federated.client import Site, set_weights
 from healthfusion.federated.server import FederatedConfig, run_rounds
+from healthfusion.models.calibration import Calibrator
 from healthfusion.models.folder import write_card
 from healthfusion.training import Trainer, TrainerConfig
 from healthfusion.workflows.common import (
@@ -192,13 +196,16 @@ def _run_dir(config: FederateConfig) -> Path:
     return run_dir
 
 
-def _score(models: dict[str, object], sites: list[Site], n_boot: int, seed: int) -> dict:
+def _score(models: dict[str, object], sites: list[Site], n_boot: int, seed: int,
+           calibrators: dict[str, Calibrator | None]) -> dict:
     """Mean over sites of test accuracy and the AUROC, ECE, calibration slope and intercept (bootstrap CIs) over all
-    test stays; ``models`` maps site
-    name -> the model that site uses (the same for all but personalised settings)."""
+    test stays; ``models`` maps site name -> the model that site uses (the same for all but personalised settings)
+    and ``calibrators`` site name -> the calibrator applied to that model's risks (None: uncalibrated)."""
     accs, ys, ps = [], [], []
     for site in sites:
         p = site.predict(models[site.name])
+        if calibrators[site.name] is not None:
+            p = calibrators[site.name].transform(p)
         y = site.test["target"]
         accs.append(float(np.mean((p >= 0.5) == (y >= 0.5))))
         ys.append(y)
@@ -208,7 +215,9 @@ def _score(models: dict[str, object], sites: list[Site], n_boot: int, seed: int)
     cal = calibration_with_ci(y_all, p_all, n_boot=n_boot, seed=seed).set_index("metric")
     calibration = {f"{m}{suffix}": float(cal.loc[m, column]) for m in CALIBRATION_METRICS
                    for suffix, column in (("", "value"), ("_ci_low", "ci_low"), ("_ci_high", "ci_high"))}
-    return {"mean_client_accuracy": float(np.mean(accs)), "auroc": ci.value, "auroc_ci_low": ci.ci_low,
+    used = {c.params_["temperature"] for c in calibrators.values() if c is not None}
+    return {"temperature": used.pop() if len(used) == 1 and None not in calibrators.values() else None,
+            "mean_client_accuracy": float(np.mean(accs)), "auroc": ci.value, "auroc_ci_low": ci.ci_low,
             "auroc_ci_high": ci.ci_high, **calibration, "n_test": int(sum(len(y) for y in ys)),
             **{f"accuracy_{s.name}": a for s, a in zip(sites, accs, strict=True)}}
 
@@ -312,12 +321,14 @@ def run_federate(config: FederateConfig, console=None,
     if role == "server":
         from healthfusion.federated.flower import serve
 
-        server, metrics = serve(address, model, fed, state_dir, on_round=on_round)
+        server, metrics, sent = serve(address, model, fed, state_dir, on_round=on_round)
         rounds = server.rounds
+        # the temperatures the sites sent with their evaluation of the final model, not fitted on the server's data
+        calibrator, per_site_cal = combine_temperatures(sent)
     else:
         result = run_rounds(model, sites, fed, local, state_dir=state_dir, on_round=on_round)
         rounds, metrics, personalised = result.rounds, result.site_metrics, result.personalised
-    calibrator, per_site_cal = calibrate_federated(model, sites)
+        calibrator, per_site_cal = calibrate_federated(model, sites)
     say("      calibration: " + ("none (no site has validation stays with both outcomes)" if calibrator is None else
                                  f"temperature {calibrator.params_['temperature']:.3f} (federated average of "
                                  f"{sum(v['temperature'] is not None for v in per_site_cal.values())} sites')"))
@@ -355,30 +366,38 @@ def run_federate(config: FederateConfig, console=None,
     if site_eps:
         say("      per-site epsilon: " + ", ".join(f"{k} {v:.2f}" for k, v in site_eps.items()))
     extra = {"server_epsilon": server_eps[-1]} if server_eps else {}
-    rows = [{"setting": strategy_name(fed), "epsilon": epsilon, **extra, **_score({s.name: model for s in sites}, sites,
-                                                                      config.n_boot, seed)}]
+    everywhere = {s.name: calibrator for s in sites}
+    rows = [{"setting": strategy_name(fed), "epsilon": epsilon, **extra,
+             **_score({s.name: model for s in sites}, sites, config.n_boot, seed, everywhere)}]
     if personalised:
         own = {}
         for s in sites:
             own[s.name] = copy.deepcopy(model)
             set_weights(own[s.name], personalised[s.name])
+        # each fine-tuned copy is a site's own model: calibrated on that site's validation stays
         rows.append({"setting": f"{strategy_name(fed)}+finetune", "epsilon": epsilon,
-                     **_score(own, sites, config.n_boot, seed)})
+                     **_score(own, sites, config.n_boot, seed, {s.name: fit_temperature(own[s.name], s.val)
+                                                                for s in sites})})
     if spec.compare and role == "simulate":
         stopping = (f", early stopping after {config.training.patience} epochs without a better validation loss"
                     if config.training.patience and all(s.val is not None for s in sites) else "")
         say(f"[bold cyan]References[/] pooled and local-only models (at most {spec.compare_epochs} epochs each"
-            f"{stopping})")
+            f"{stopping}; each calibrated by a temperature on the validation stays it may see)")
         full = config.training.model_copy(update={"max_epochs": spec.compare_epochs})
         pooled = _pool([s.train for s in sites])
         pooled_val = _pool([s.val for s in sites]) if all(s.val is not None for s in sites) else None
         for name, train, val in [("pooled", pooled, pooled_val)] + [(f"local {s.name}", s.train, s.val)
                                                                     for s in sites]:
             ref = copy.deepcopy(initial)
-            # early stopping on the same validation stays the sites keep for calibration (none: all epochs)
+            # early stopping and the temperature on the validation stays the model may see: the pooled model on
+            # all sites', a local model on its own site's (the stays each site calibrates the federated model on)
             Trainer(full).fit(ref, train, val, head_kind="binary")
+            ref_cal = fit_temperature(ref, val)
+            if ref_cal is None and val is not None:
+                log.warning("The %s reference is not calibrated: its validation stays hold a single outcome.", name)
             rows.append({"setting": name, "epsilon": None, **_score({s.name: ref for s in sites}, sites,
-                                                                    config.n_boot, seed)})
+                                                                    config.n_boot, seed,
+                                                                    {s.name: ref_cal for s in sites})})
     pd.DataFrame(rows).to_csv(run_dir / "summary.csv", index=False)
     return run_dir
 

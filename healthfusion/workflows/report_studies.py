@@ -47,6 +47,11 @@ _STUDY_CAPTIONS = {
     "tim_attention.csv": "Task-interdependence from attention: the share of task i's representation (row) taken from "
                          "task j (column); the diagonal is the task itself.",
     "results.csv": "One row per strategy, labelled target size and seed: the target test metrics of that run.",
+    ("federate", "summary.csv"): "One row per setting (the federated strategy, its personalised variant, the pooled "
+                                 "model, one local-only model per site): mean over sites of test accuracy at 0.5, "
+                                 "AUROC and calibration (ECE, slope, intercept) with bootstrap 95% CIs over all "
+                                 "sites' test stays; every row scored calibrated by its temperature (the federated "
+                                 "average for the strategy; fitted on the validation stays each reference may see).",
     "rounds.csv": "One row per federated round: the sites that took part, whether the round was aggregated and "
                   "the samples it aggregated.",
 }
@@ -138,7 +143,7 @@ def study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False)
         small = small or bool(frame.isin([SUPPRESSED]).any().any())
         rel = path.relative_to(run_dir).as_posix()
         lead = rel in lead_tables
-        (headline if lead else blocks).extend(_study_table(frame, rel, cut=not lead))
+        (headline if lead else blocks).extend(_study_table(frame, rel, cut=not lead, kind=kind))
     # a figure drawn from the test results cannot hide a suppressed cell: left out when any row was suppressed
     hidden = ("learning_curve.png",) if small else ()
     pictures = [p for p in sorted(run_dir.rglob("*.png")) if "models" not in p.parts and p.name not in hidden]
@@ -171,10 +176,11 @@ def study_report(run_dir: Path, out: Path, kind: str, identifiers: bool = False)
     return write_report(context, out)
 
 
-def _study_table(frame: pd.DataFrame, rel: str, cut: bool) -> list[dict]:
-    """Report blocks of the study table ``rel``: the table with the caption saying what its columns mean; with
-    ``cut``, a table longer than :data:`STUDY_TABLE_ROWS` shows its first rows and names the file that has all."""
-    caption = _STUDY_CAPTIONS.get(rel)
+def _study_table(frame: pd.DataFrame, rel: str, cut: bool, kind: str | None = None) -> list[dict]:
+    """Report blocks of the study table ``rel`` of a ``kind`` run: the table with the caption saying what its columns
+    mean (the kind's own caption where two kinds write a file of the same name); with ``cut``, a table longer than
+    :data:`STUDY_TABLE_ROWS` shows its first rows and names the file that has all."""
+    caption = _STUDY_CAPTIONS.get((kind, rel), _STUDY_CAPTIONS.get(rel))
     if cut and len(frame) > STUDY_TABLE_ROWS:
         more = (f"The first {STUDY_TABLE_ROWS} of {len(frame):,} rows (in the file's order); {rel} in the run folder "
                 "has them all.")

@@ -1,7 +1,11 @@
 """One side of a federated deployment on loopback, run as its own process by test_flower.py.
 
     python flower_process.py server ADDRESS STATE_DIR ROUNDS MIN_SITES
-    python flower_process.py site ADDRESS NAME SLOW_ROUND   (sleeps 20 s in that round's local training)
+    python flower_process.py site ADDRESS NAME SLOW_ROUND [val]   (sleeps 20 s in that round's local training;
+                                                                    val: the site has validation samples)
+
+The server writes STATE_DIR/result.json: its round record, the sites' metrics, the temperatures they sent and the
+final global weights.
 """
 
 import json
@@ -40,12 +44,14 @@ def main(argv):
     if role == "server":
         state_dir, rounds, min_sites = Path(argv[2]), int(argv[3]), int(argv[4])
         config = FederatedConfig(rounds=rounds, min_sites=min_sites, start_sites=3, round_timeout=60)
-        server, metrics = serve(address, model, config, state_dir)
-        (state_dir / "result.json").write_text(json.dumps({"rounds": server.rounds, "site_metrics": metrics}))
+        server, metrics, temperatures = serve(address, model, config, state_dir)
+        (state_dir / "result.json").write_text(json.dumps({
+            "rounds": server.rounds, "site_metrics": metrics, "temperatures": temperatures,
+            "weights": [w.tolist() for w in server.weights]}))
     else:
         name, slow_round = argv[2], int(argv[3])
-        plain = make_site(name, *SITES[name])
-        site = SlowSite(plain.name, plain.train, plain.test)
+        plain = make_site(name, *SITES[name], val=argv[4:] == ["val"])
+        site = SlowSite(plain.name, plain.train, plain.test, plain.val)
         site.slow_round = slow_round
         connect(address, model, site, LOCAL, FederatedConfig(), max_wait=60)
 

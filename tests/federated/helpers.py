@@ -17,7 +17,9 @@ class TinyLogistic(nn.Module):
         return {"logits": self.linear(batch["static"]).squeeze(-1)}
 
 
-def make_site(name: str, n: int, shift: float, seed: int) -> Site:
+def make_site(name: str, n: int, shift: float, seed: int, val: bool = False) -> Site:
+    """A site of ``n`` training and ``n // 2`` test samples (and with ``val``, ``n // 2`` validation samples, drawn
+    after the others so that the training and test draws do not depend on it)."""
     rng = np.random.default_rng(seed)
 
     def draw(m):
@@ -25,4 +27,5 @@ def make_site(name: str, n: int, shift: float, seed: int) -> Site:
         y = (x @ np.array([1.5, -1.0, 0.5]) - 0.5 * shift + rng.normal(0, 0.3, m) > 0).astype(np.float32)
         return ArrayDataset({"static": x, "target": y})
 
-    return Site(name, draw(n), draw(n // 2))
+    train, test = draw(n), draw(n // 2)
+    return Site(name, train, test, draw(n // 2) if val else None)

@@ -149,3 +149,64 @@ def test_federate_groups_a_site_column_into_fewer_sites(tmp_path):
     sites = pd.read_csv(tmp_path / "run" / "sites.csv")
     assert list(sites["site"]) == ["group1", "group2"]
     assert "grouped into 2 sites" in result.output
+
+
+def test_every_summary_row_is_scored_calibrated_on_the_validation_stays_it_may_see(tmp_path, monkeypatch, caplog):
+    from healthfusion.workflows import federate as workflow
+
+    fitted = []
+
+    def recording(model, data, head_kind="binary"):
+        cal = fit_temperature(model, data, head_kind)
+        fitted.append((None if data is None else len(data), None if cal is None else cal.params_["temperature"]))
+        return cal
+
+    fit_temperature = workflow.fit_temperature
+    monkeypatch.setattr(workflow, "fit_temperature", recording)
+    result = runner.invoke(app, ["federate", "--config", str(write_config(tmp_path, compare_epochs=2))])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    summary = pd.read_csv(run / "summary.csv").set_index("setting")
+    sites = pd.read_csv(run / "sites.csv")
+    card = json.loads((run / "model" / "model.json").read_text())
+    assert summary.loc["fedavg", "temperature"] == pytest.approx(card["calibrator"]["params"]["temperature"])
+    pooled, *local = fitted  # the pooled reference, then one local-only model per site
+    assert pooled[0] == sites["n_val"].sum() and summary.loc["pooled", "temperature"] == pytest.approx(pooled[1])
+    assert [n for n, _ in local] == sites["n_val"].tolist()  # each local model on its own site's validation stays
+    for site, (_, temperature) in zip(sites["site"], local, strict=True):
+        if temperature is None:  # validation stays with a single outcome: uncalibrated, and said so
+            assert math.isnan(summary.loc[f"local {site}", "temperature"]) and f"local {site} reference is not" in \
+                result.output + caplog.text
+        else:
+            assert summary.loc[f"local {site}", "temperature"] == pytest.approx(temperature)
+    assert sum(t is not None for _, t in local) >= 2
+    assert summary["temperature"].dropna().round(6).nunique() > 1  # not one shared temperature
+
+
+def test_score_applies_each_sites_calibrator_before_the_calibration_metrics(tiny_sites, tiny_model):
+    from healthfusion.evaluation.calibration import expected_calibration_error
+    from healthfusion.models.calibration import Calibrator
+    from healthfusion.workflows.federate import _score
+
+    hot = Calibrator.from_dict({"method": "temperature", "params": {"temperature": 3.0}, "n_fit": 10})
+    models = {s.name: tiny_model for s in tiny_sites}
+    raw = _score(models, tiny_sites, 20, 0, {s.name: None for s in tiny_sites})
+    scaled = _score(models, tiny_sites, 20, 0, {s.name: hot for s in tiny_sites})
+    y = np.concatenate([s.test["target"] for s in tiny_sites])
+    p = np.concatenate([s.predict(tiny_model) for s in tiny_sites])
+    assert raw["temperature"] is None and scaled["temperature"] == 3.0
+    assert raw["ece"] == pytest.approx(expected_calibration_error(y, p))
+    assert scaled["ece"] == pytest.approx(expected_calibration_error(y, hot.transform(p)))
+    assert scaled["ece"] != pytest.approx(raw["ece"])
+    # a temperature keeps each risk's side of 0.5 and the ranking
+    assert scaled["mean_client_accuracy"] == raw["mean_client_accuracy"] and scaled["auroc"] == raw["auroc"]
+
+
+def test_the_federated_summary_has_its_own_caption_in_the_report():
+    from healthfusion.workflows.report_studies import _study_table
+
+    frame = pd.DataFrame({"setting": ["fedavg", "pooled"], "auroc": [0.8, 0.81]})
+    [fed] = _study_table(frame, "summary.csv", cut=False, kind="federate")
+    [transfer] = _study_table(frame, "summary.csv", cut=False, kind="transfer")
+    assert "every row scored calibrated by its temperature" in fed["caption"]
+    assert "target test AUROC" in transfer["caption"] and "target" not in fed["caption"]
